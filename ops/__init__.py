@@ -1,0 +1,19 @@
+"""The op registry: how each ATen op runs and how it reads as Python source.
+
+Importing this package registers every family. See :mod:`pt2interp.ops.registry`.
+"""
+
+from pt2interp.ops import registry
+from pt2interp.ops.registry import REGISTRY, Call, OpEntry, lookup, register, resolve_torch_op
+
+# Families register themselves on import; the order does not matter.
+from pt2interp.ops import symbolic, higher_order  # noqa: E402,F401
+
+for _family in ("elementwise", "shape", "nn", "reduction", "indexing", "factory"):
+    try:
+        __import__(f"pt2interp.ops.{_family}")
+    except ModuleNotFoundError as _exc:  # a family not written yet
+        if _exc.name != f"pt2interp.ops.{_family}":
+            raise
+
+__all__ = ["REGISTRY", "Call", "OpEntry", "lookup", "register", "registry", "resolve_torch_op"]

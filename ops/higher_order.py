@@ -1,0 +1,101 @@
+"""Higher-order ops: control flow and the wrappers export emits around effects.
+
+Subgraph arguments reach these kernels as callables (the interpreter's compiled subgraphs):
+``fn(*operands) -> list`` of the subgraph's outputs. Kernels here run exactly what eager
+``torch.cond`` / ``while_loop`` / ``map`` do, without tracing machinery.
+"""
+
+from __future__ import annotations
+
+from pt2interp.ops.registry import Call, register
+
+
+def cond(pred, true_fn, false_fn, operands=()):
+    branch = true_fn if bool(pred) else false_fn
+    return list(branch(*operands))
+
+
+def while_loop(cond_fn, body_fn, carried_inputs, additional_inputs=()):
+    carried = list(carried_inputs)
+    additional = list(additional_inputs)
+    while bool(_single(cond_fn(*carried, *additional))):
+        carried = list(body_fn(*carried, *additional))
+    return carried
+
+
+def map_impl(fn, xs, pos_args=()):
+    import torch
+
+    xs = list(xs)
+    if not xs:
+        return []
+    per_step = [list(fn(*[x[i] for x in xs], *pos_args)) for i in range(xs[0].shape[0])]
+    return [torch.stack([step[j] for step in per_step]) for j in range(len(per_step[0]))]
+
+
+def with_effects(token, op, *args, **kwargs):
+    import torch
+
+    result = op(*args, **kwargs)
+    new_token = torch.empty(0)
+    if isinstance(result, (tuple, list)):
+        return (new_token, *result)
+    return (new_token, result)
+
+
+def auto_functionalized(op, **kwargs):
+    """Run a mutating custom op on copies of its mutable arguments: (result, *new values)."""
+    mutable = [a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+    call_kwargs = dict(kwargs)
+    for name in mutable:
+        if call_kwargs.get(name) is not None:
+            call_kwargs[name] = call_kwargs[name].clone()
+    result = op(**call_kwargs)
+    new_values = [call_kwargs.get(name) for name in mutable]
+    if result is None or (isinstance(result, tuple) and len(result) == 0):
+        return (None, *new_values)
+    if isinstance(result, tuple):
+        return (*result, *new_values)
+    return (result, *new_values)
+
+
+def _single(value):
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"while_loop condition returned {len(value)} values, expected 1")
+        return value[0]
+    return value
+
+
+def _sample_cond(gen):
+    import torch
+
+    x = torch.randn(3, generator=gen)
+    return (x.sum() > 0, lambda t: [t + 1], lambda t: [t - 1], [x]), {}
+
+
+@register("higher_order.cond", kernel=cond, sample=_sample_cond)
+def _cond(c: Call) -> str:
+    pred, t, f, ops_ = (c.positional + ["()"] * 4)[:4]
+    return f"torch.cond({pred}, {t}, {f}, {ops_})"
+
+
+@register("higher_order.while_loop", kernel=while_loop)
+def _while(c: Call) -> str:
+    return f"torch._higher_order_ops.while_loop({', '.join(c.positional)})"
+
+
+@register("higher_order.map_impl", kernel=map_impl)
+def _map(c: Call) -> str:
+    return f"torch._higher_order_ops.map._map_wrapper({', '.join(c.positional)})"
+
+
+@register("higher_order.with_effects", kernel=with_effects)
+def _with_effects(c: Call) -> str:
+    return f"{c.positional[1]}({', '.join(c.positional[2:])})"
+
+
+@register("higher_order.auto_functionalized", kernel=auto_functionalized)
+def _auto_functionalized(c: Call) -> str:
+    kwargs = ", ".join(f"{k}={v}" for k, v in c.args.items() if k)
+    return f"torch.ops.higher_order.auto_functionalized({c.positional[0]}, {kwargs})"

@@ -1,0 +1,25 @@
+"""The public entry points that need torch (importing this module imports torch)."""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO
+
+from pt2interp.loaded import LoadedProgram
+from pt2interp.program import read_program
+
+
+def load(path: str | os.PathLike | BinaryIO, device=None, model: str | None = None, *,
+         inference_mode: bool = True) -> LoadedProgram:
+    """Load a ``.pt2`` and return a program you call like the exported module.
+
+    ``device``: where weights live and computation runs (``"cpu"``, ``"cuda"``, ...); None keeps
+    them where the archive stored them (CPU). ``model``: which model of a multi-model archive.
+
+    >>> import torch, pt2interp, importlib.resources as r
+    >>> prog = pt2interp.load(r.files("pt2interp.examples") / "tiny_mlp.pt2")
+    >>> out = prog(torch.randn(2, 8))
+    >>> tuple(out.shape)
+    (2, 4)
+    """
+    return LoadedProgram(read_program(path, model=model), device=device, inference_mode=inference_mode)

@@ -1,0 +1,418 @@
+"""Compile a graph once into a flat plan, then run the plan many times.
+
+At compile time every node's arguments become direct references into a list of value slots
+(or constants), each target is resolved to its kernel through the op registry, outputs get
+their slots, and each value's last use is known so its slot is cleared right after. Running is
+then one loop over small pre-built steps. :meth:`GraphPlan.run_hooked` is a separate loop that
+reports every value to a callback, so the fast path pays nothing for debugging.
+
+Subclass :class:`GraphCompiler` and override one ``compile_*`` method to change how a kind of
+argument or output is handled (as ``torch.fx.Interpreter`` lets one override ``call_function``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from pt2interp.errors import GraphError, SchemaError, UnsupportedOpError
+from pt2interp.ops import registry
+from pt2interp.schema import Argument, Graph, Node, Ref
+from pt2interp.weights import torch_dtype
+
+_MEMORY_FORMATS = {"contiguous_format": torch.contiguous_format, "channels_last": torch.channels_last,
+                   "channels_last_3d": torch.channels_last_3d, "preserve_format": torch.preserve_format}
+_LAYOUTS = {"strided": torch.strided, "sparse_coo": torch.sparse_coo, "sparse_csr": torch.sparse_csr,
+            "sparse_csc": torch.sparse_csc, "sparse_bsr": torch.sparse_bsr, "sparse_bsc": torch.sparse_bsc,
+            "_mkldnn": getattr(torch, "_mkldnn", torch.strided)}
+
+
+# -- argument sources: how a step finds each argument at run time ------------------------------
+
+class _Const:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def get(self, env):
+        return self.value
+
+
+class _List:
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = items
+
+    def get(self, env):
+        return [env[i] if i.__class__ is int else i.get(env) for i in self.items]
+
+
+class _Dict:
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = items
+
+    def get(self, env):
+        return {k: env[i] if i.__class__ is int else i.get(env) for k, i in self.items.items()}
+
+
+def _fetch(src, env):
+    return env[src] if src.__class__ is int else src.get(env)
+
+
+@dataclass
+class Step:
+    """One node, ready to run: ``run(env)`` computes and stores its outputs."""
+
+    node: Node
+    kernel: Callable
+    run: Callable[[list], None]
+    free: tuple[int, ...]
+    via_fallback: bool = False
+    output_slots: dict[str, int] = field(default_factory=dict)
+    subplans: list = field(default_factory=list)
+
+
+class GraphPlan:
+    """A compiled graph. Call it with the graph's inputs (a list) to get its outputs (a list)."""
+
+    def __init__(self, graph: Graph, nslots: int, input_slots: list[int | None], steps: list[Step],
+                 output_sources: list, slot_of: dict[str, int], where: str):
+        self.graph = graph
+        self.nslots = nslots
+        self.input_slots = input_slots
+        self.steps = steps
+        self.output_sources = output_sources
+        self.slot_of = slot_of
+        self.where = where
+        self._fast = [(s.run, s.free) for s in steps]
+
+    def run(self, inputs: list) -> list:
+        env = [None] * self.nslots
+        for slot, value in zip(self.input_slots, inputs):
+            if slot is not None:
+                env[slot] = value
+        for step, free in self._fast:
+            step(env)
+            for s in free:
+                env[s] = None
+        return [env[s] if s.__class__ is int else s.get(env) for s in self.output_sources]
+
+    __call__ = run
+
+    def run_hooked(self, inputs: list, on_node: Callable[[str, str, Any], None]) -> list:
+        """Like :meth:`run`, calling ``on_node(name, target, value)`` after every node."""
+        env = [None] * self.nslots
+        for slot, value in zip(self.input_slots, inputs):
+            if slot is not None:
+                env[slot] = value
+        for step in self.steps:
+            step.run(env)
+            for name, slot in step.output_slots.items():
+                on_node(name, step.node.target, env[slot])
+            for s in step.free:
+                env[s] = None
+        return [_fetch(s, env) for s in self.output_sources]
+
+    def fallback_targets(self) -> set[str]:
+        """Targets that ran through the generic ``torch.ops`` fallback (no registry entry)."""
+        out = {s.node.target for s in self.steps if s.via_fallback}
+        for s in self.steps:
+            for sub in s.subplans:
+                out |= sub.fallback_targets()
+        return out
+
+
+class Subgraph:
+    """A compiled subgraph of a higher-order op, callable as ``fn(*operands) -> list``."""
+
+    __slots__ = ("name", "plan")
+
+    def __init__(self, name: str, plan: GraphPlan):
+        self.name = name
+        self.plan = plan
+
+    def __call__(self, *operands):
+        return self.plan.run(list(operands))
+
+    def __repr__(self) -> str:
+        return f"<subgraph {self.name}: {len(self.plan.steps)} nodes>"
+
+
+class GraphCompiler:
+    """Turns a :class:`Graph` into a :class:`GraphPlan`.
+
+    ``device``: when set, every device argument recorded in the graph (factory ops' ``device=cpu``,
+    ``to.device``) is replaced by it, so a program moved to CUDA creates its tensors there.
+    """
+
+    def __init__(self, *, device: torch.device | None = None, member: str = "<graph>"):
+        self.device = device
+        self.member = member
+
+    # -- entry point -------------------------------------------------------------------------
+    def compile(self, graph: Graph, where: str = "graph") -> GraphPlan:
+        slot_of: dict[str, int] = {}
+
+        def define(name: str, what: str) -> int:
+            if name in slot_of:
+                raise GraphError(f"{self.member}: {where}: value {name!r} is defined twice ({what})")
+            slot_of[name] = len(slot_of)
+            return slot_of[name]
+
+        input_slots: list[int | None] = []
+        for i, arg in enumerate(graph.inputs):
+            refs = arg.refs()
+            input_slots.append(define(refs[0], f"input {i}") if len(refs) == 1 and arg.kind != "tensors" else None)
+
+        # last use of each value, so its slot can be cleared right after
+        last_use: dict[str, int] = {}
+        for idx, node in enumerate(graph.nodes):
+            for na in node.inputs:
+                for r in na.arg.refs():
+                    last_use[r] = idx
+        pinned = {r for a in graph.outputs for r in a.refs()}
+
+        steps = []
+        for idx, node in enumerate(graph.nodes):
+            npath = f"{where}.nodes[{idx}]"
+            for na in node.inputs:
+                for r in na.arg.refs():
+                    if r not in slot_of:
+                        raise GraphError(f"{self.member}: {npath} ({node.label}, {node.target}): input "
+                                         f"{na.name or '#'}' reads {r!r}, which no input or earlier node defines")
+            step = self.compile_node(node, slot_of, npath, define)
+            free = tuple(slot_of[r] for na in node.inputs for r in set(na.arg.refs())
+                         if last_use.get(r) == idx and r not in pinned)
+            step.free = tuple(sorted(set(free)))
+            steps.append(step)
+
+        outputs = []
+        for i, arg in enumerate(graph.outputs):
+            for r in arg.refs():
+                if r not in slot_of:
+                    raise GraphError(f"{self.member}: {where}.outputs[{i}] names {r!r}, which nothing defines")
+            outputs.append(self.compile_argument(arg, slot_of, f"{where}.outputs[{i}]"))
+        return GraphPlan(graph, len(slot_of), input_slots, steps, outputs, slot_of, where)
+
+    # -- nodes -------------------------------------------------------------------------------
+    def resolve(self, node: Node, path: str) -> tuple[Callable, Any, bool]:
+        """(kernel, torch op or None, via_fallback) for a node's target."""
+        entry = registry.lookup(node.target)
+        if entry is not None and entry.kernel is not None:
+            op = None
+            if node.target.startswith("torch.ops."):
+                try:
+                    op = registry.resolve_torch_op(node.target)
+                except UnsupportedOpError:
+                    op = None
+            return entry.kernel, op, False
+        if not node.target.startswith("torch.ops."):
+            raise UnsupportedOpError(
+                f"{self.member}: {path} ({node.label}): target {node.target!r} is neither a torch.ops op nor "
+                f"one of the Python operators pt2interp runs")
+        try:
+            op = registry.resolve_torch_op(node.target)
+        except UnsupportedOpError as exc:
+            raise UnsupportedOpError(f"{self.member}: {path} ({node.label}): {exc}") from None
+        kernel = getattr(op, "_op", op)  # the C++ callable, skipping OpOverload.__call__'s frame
+        return kernel, op, entry is None
+
+    def compile_node(self, node: Node, slot_of: dict, path: str, define) -> Step:
+        kernel, op, via_fallback = self.resolve(node, path)
+        args, kwargs = self.compile_inputs(node, op, slot_of, path)
+        store, out_slots = self.compile_outputs(node, define, path)
+        run = _make_step(kernel, args, kwargs, store)
+        step = Step(node, kernel, run, (), via_fallback, out_slots)
+        step.subplans = [a.value.plan for a in args if isinstance(a, _Const) and isinstance(a.value, Subgraph)]
+        return step
+
+    def compile_inputs(self, node: Node, op, slot_of: dict, path: str) -> tuple[list, dict]:
+        schema = getattr(op, "_schema", None)
+        given = {}
+        positional_unnamed = []
+        for i, na in enumerate(node.inputs):
+            src = self.compile_argument(na.arg, slot_of, f"{path}.inputs[{i}]")
+            if not na.name or schema is None:
+                if na.name and na.is_keyword:
+                    given[na.name] = src
+                else:
+                    positional_unnamed.append(src)
+            else:
+                given[na.name] = src
+        if schema is None:
+            return positional_unnamed, given
+        args, kwargs = [], {}
+        names = {a.name for a in schema.arguments}
+        for name in given:
+            if name not in names:
+                raise SchemaError(f"node {node.label} passes argument {name!r}, which {node.target} does not take "
+                                  f"in torch {torch.__version__} (it takes {sorted(names)})",
+                                  member=self.member, path=path)
+        gap = False
+        for a in schema.arguments:
+            if a.name in given:
+                if a.kwarg_only or gap:
+                    kwargs[a.name] = given[a.name]
+                else:
+                    args.append(given[a.name])
+            else:
+                if not a.has_default_value() and not _is_optional(a):
+                    raise SchemaError(f"node {node.label} lacks required argument {a.name!r} of {node.target}",
+                                      member=self.member, path=path)
+                gap = True
+        return positional_unnamed + args, kwargs
+
+    def compile_outputs(self, node: Node, define, path: str):
+        """A function storing the kernel's result into slots, and the slots by name."""
+        outs = node.outputs
+        names: dict[str, int] = {}
+        if not outs or (len(outs) == 1 and outs[0].kind == "none"):
+            return None, names
+        is_hop = node.target.startswith("torch.ops.higher_order.")
+
+        def one(arg: Argument, where: str):
+            if arg.kind in ("tensor", "sym_int", "sym_float", "sym_bool", "optional_tensor", "custom_obj"):
+                v = arg.value
+                if isinstance(v, (Ref,)) or hasattr(v, "name"):
+                    slot = define(v.name, f"{path} output")
+                    names[v.name] = slot
+                    return slot
+                return None  # a constant output (e.g. as_int): nothing to store
+            if arg.kind == "tensors":
+                slots = tuple(define(r.name, f"{path} output") for r in arg.value)
+                names.update({r.name: s for r, s in zip(arg.value, slots)})
+                return slots
+            if arg.kind == "none":
+                return None
+            raise SchemaError(f"node {node.label}: unsupported output kind '{arg.kind}'", member=self.member, path=where)
+
+        if len(outs) == 1:
+            target = one(outs[0], f"{path}.outputs[0]")
+            if target is None:
+                return None, names
+            if isinstance(target, tuple):
+                slots = target
+
+                def store(env, result):
+                    for s, v in zip(slots, result):
+                        env[s] = v
+                return store, names
+            slot = target
+            if is_hop and node.is_hop_single_tensor_return is not True:
+                def store(env, result):
+                    env[slot] = result[0] if isinstance(result, (list, tuple)) else result
+                return store, names
+            return slot, names
+
+        targets = [one(a, f"{path}.outputs[{i}]") for i, a in enumerate(outs)]
+
+        def store(env, result):
+            for t, v in zip(targets, result):
+                if t is None:
+                    continue
+                if t.__class__ is int:
+                    env[t] = v
+                else:
+                    for s, x in zip(t, v):
+                        env[s] = x
+        return store, names
+
+    # -- arguments ---------------------------------------------------------------------------
+    def compile_argument(self, arg: Argument, slot_of: dict, path: str):
+        k, v = arg.kind, arg.value
+        if k in ("tensor", "sym_int", "sym_float", "sym_bool", "optional_tensor"):
+            if isinstance(v, Ref):
+                return slot_of[v.name]
+            return _Const(v)
+        if k in ("tensors", "optional_tensors", "sym_ints", "sym_floats", "sym_bools"):
+            items = [slot_of[x.name] if isinstance(x, Ref) else _Const(x) for x in v]
+            if all(isinstance(i, _Const) for i in items):
+                return _Const([i.value for i in items])
+            return _List(items)
+        if k == "nested_tensors":
+            return _List([_List([slot_of[x.name] for x in inner]) for inner in v])
+        if k in ("none", "int", "float", "bool", "string", "complex"):
+            return _Const(v)
+        if k in ("ints", "floats", "bools", "strings"):
+            return _Const(list(v))
+        if k in ("int_lists", "float_lists"):
+            return _Const([list(x) for x in v])
+        if k == "scalar_type":
+            return _Const(torch_dtype(v, where=f"{self.member}: {path}: "))
+        if k == "memory_format":
+            return _Const(_MEMORY_FORMATS.get(v))
+        if k == "layout":
+            return _Const(_LAYOUTS.get(v, torch.strided))
+        if k == "device":
+            if self.device is not None:
+                return _Const(self.device)
+            return _Const(torch.device(v.type, v.index) if v.index is not None else torch.device(v.type))
+        if k == "graph":
+            return _Const(Subgraph(v.name, self.compile(v.graph, where=f"{path}.graph")))
+        if k == "operator":
+            try:
+                return _Const(registry.resolve_torch_op(v) if v.startswith("torch.ops.") else
+                              registry.resolve_torch_op("torch.ops." + v))
+            except UnsupportedOpError as exc:
+                raise UnsupportedOpError(f"{self.member}: {path}: {exc}") from None
+        if k == "custom_obj":
+            return slot_of[v.name]
+        if k == "string_to_argument":
+            return _Dict({key: self.compile_argument(a, slot_of, f"{path}.{key}") for key, a in v.items()})
+        raise SchemaError(f"unknown argument kind '{k}'", member=self.member, path=path)
+
+
+def _is_optional(schema_arg) -> bool:
+    return "Optional" in str(schema_arg.type) or str(schema_arg.type).endswith("?")
+
+
+def _make_step(kernel, args: list, kwargs: dict, store) -> Callable[[list], None]:
+    """A closure specialised for the common shapes: every argument a slot or constant."""
+    all_slots = all(a.__class__ is int for a in args) and not kwargs
+    if all_slots and store.__class__ is int:
+        out = store
+        if len(args) == 1:
+            a0, = args
+
+            def step(env):
+                env[out] = kernel(env[a0])
+            return step
+        if len(args) == 2:
+            a0, a1 = args
+
+            def step(env):
+                env[out] = kernel(env[a0], env[a1])
+            return step
+        slots = tuple(args)
+
+        def step(env):
+            env[out] = kernel(*[env[i] for i in slots])
+        return step
+
+    arg_srcs = tuple(args)
+    kw_items = tuple(kwargs.items())
+
+    def call(env):
+        a = [env[x] if x.__class__ is int else x.get(env) for x in arg_srcs]
+        if kw_items:
+            return kernel(*a, **{k: env[x] if x.__class__ is int else x.get(env) for k, x in kw_items})
+        return kernel(*a)
+
+    if store is None:
+        return call
+    if store.__class__ is int:
+        out = store
+
+        def step(env):
+            env[out] = call(env)
+        return step
+
+    def step(env):
+        store(env, call(env))
+    return step

@@ -1,0 +1,171 @@
+"""The program a user holds: the typed graph plus lazily materialized weights.
+
+Reading a :class:`Program` parses the JSON only; torch is imported the first time weights
+are asked for (:meth:`Program.state_dict`, :meth:`Program.constants`).
+
+>>> import pt2interp, sys, importlib.resources as r
+>>> prog = pt2interp.read_program(r.files("pt2interp.examples") / "tiny_mlp.pt2")
+>>> prog.layout, prog.schema_version >= (8, 0), len(prog.graph.nodes) > 0
+('pt2', True, True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from pt2interp import versions
+from pt2interp.archive import Archive, open_archive
+from pt2interp.errors import SchemaError
+from pt2interp.schema import ExportedProgramModel, parse_exported_program
+
+if TYPE_CHECKING:
+    import torch
+
+
+class Program:
+    """An exported program read from a ``.pt2`` archive.
+
+    Attributes: ``archive``, ``model_name``, ``model`` (:class:`ExportedProgramModel`),
+    ``layout``, ``schema_version``, ``torch_version``, ``source``.
+    """
+
+    def __init__(self, archive: Archive, model_name: str, model: ExportedProgramModel):
+        self.archive = archive
+        self.model_name = model_name
+        self.model = model
+        self._weights = None
+
+    # -- facts -----------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        return self.archive.source
+
+    @property
+    def layout(self) -> str:
+        return self.archive.layout
+
+    @property
+    def schema_version(self) -> tuple[int, int]:
+        return self.model.schema_version
+
+    @property
+    def torch_version(self) -> str | None:
+        return self.model.torch_version
+
+    @property
+    def graph(self):
+        return self.model.graph
+
+    @property
+    def signature(self):
+        return self.model.signature
+
+    # -- weights ---------------------------------------------------------------------
+    def _loaded(self):
+        if self._weights is None:
+            from pt2interp.weights import load_weights
+
+            self._weights = load_weights(self.archive, self.model_name)
+        return self._weights
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``{name: tensor}`` keyed like the exporting module's ``state_dict()``: parameters
+        and persistent buffers, in graph order."""
+        w = self._loaded()
+        out = {}
+        for spec in self.signature.input_specs:
+            if spec.kind == "parameter" or (spec.kind == "buffer" and spec.persistent is not False):
+                out[spec.target] = self._lookup(spec.target, w)
+        return out
+
+    def parameter_names(self) -> list[str]:
+        return [s.target for s in self.signature.inputs_of("parameter")]
+
+    def buffer_names(self, persistent_only: bool = False) -> list[str]:
+        return [s.target for s in self.signature.inputs_of("buffer")
+                if not persistent_only or s.persistent is not False]
+
+    def constants(self) -> dict[str, Any]:
+        """Tensor constants, non-persistent buffers and opaque objects, by name."""
+        return dict(self._loaded().constants)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One parameter, buffer or constant by its state-dict name."""
+        return self._lookup(name, self._loaded())
+
+    def _lookup(self, name: str, w) -> Any:
+        if name in w.tensors:
+            return w.tensors[name]
+        if name in w.constants:
+            return w.constants[name]
+        from pt2interp.errors import WeightError
+
+        raise WeightError(f"{self.source}: the graph signature names {name!r}, "
+                          f"but the archive stores no weight or constant of that name")
+
+    def example_inputs(self) -> tuple[tuple, dict] | None:
+        """The sample inputs stored at export time, as ``(args, kwargs)``, if any."""
+        from pt2interp.weights import load_pickled
+
+        member = (versions.LEGACY_EXAMPLE_INPUTS if self.layout == "legacy"
+                  else f"{versions.PT2_SAMPLE_INPUTS_DIR}{self.model_name}.pt")
+        if not self.archive.has(member) or self.archive.info(member).size == 0:
+            return None
+        obj = load_pickled(self.archive, member)
+        if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], dict):
+            return tuple(obj[0]), dict(obj[1])
+        return None
+
+    def __repr__(self) -> str:
+        v = ".".join(map(str, self.schema_version))
+        return (f"<Program {self.source!r} model={self.model_name!r} layout={self.layout} schema={v} "
+                f"torch={self.torch_version or '?'} nodes={len(self.graph.nodes)}>")
+
+
+def read_program(source: str | os.PathLike | BinaryIO | Archive, model: str | None = None) -> Program:
+    """Read the typed program of one model in a ``.pt2`` (weights stay on disk until asked for).
+
+    ``model`` picks one of an archive's models by name; with several and none named, the
+    one called ``model`` is taken, else an error lists the names.
+    """
+    archive = source if isinstance(source, Archive) else open_archive(source)
+    name = _pick_model(archive, model)
+    member = (versions.LEGACY_PROGRAM if archive.layout == "legacy"
+              else f"{versions.PT2_MODELS_DIR}{name}.json")
+    text = archive.read_text(member)
+    full = archive.member_path(member)
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise SchemaError("JSON nested too deeply", member=full, path="$") from None
+    except ValueError as exc:
+        raise SchemaError(f"invalid JSON: {exc}", member=full, path="$") from None
+    _check_legacy_version_member(archive, doc, full)
+    return Program(archive, name, parse_exported_program(doc, full))
+
+
+def _pick_model(archive: Archive, model: str | None) -> str:
+    names = archive.model_names
+    if model is not None:
+        if model not in names:
+            raise SchemaError(f"{archive.source}: no model named {model!r}; the archive holds {names}")
+        return model
+    if len(names) == 1:
+        return names[0]
+    if "model" in names:
+        return "model"
+    raise SchemaError(f"{archive.source}: the archive holds several models {names}; pick one with model=...")
+
+
+def _check_legacy_version_member(archive: Archive, doc: Any, member: str) -> None:
+    # The legacy `version` member must agree with the JSON; a disagreement means a mangled file.
+    if archive.layout != "legacy" or not archive.has(versions.LEGACY_VERSION) or not isinstance(doc, dict):
+        return
+    text = archive.read(versions.LEGACY_VERSION, limit=64).decode("ascii", "replace").strip()
+    sv = doc.get("schema_version")
+    if isinstance(sv, dict) and text and text.split(".")[0].isdigit():
+        if int(text.split(".")[0]) != sv.get("major"):
+            raise SchemaError(f"the archive's version member says {text!r} but the program declares schema "
+                              f"{sv.get('major')}.{sv.get('minor')}", member=member, path="schema_version")

@@ -1,0 +1,828 @@
+"""The typed model of an exported program, parsed tolerantly from any schema version.
+
+Nothing here imports torch. :func:`parse_exported_program` turns the archive's JSON into
+dataclasses; unknown fields are ignored, renamed ones mapped through
+:mod:`pt2interp.versions`, and anything that cannot be understood raises
+:class:`~pt2interp.errors.SchemaError` naming the member, the JSON path and the field.
+
+Arguments are :class:`Argument` values: a ``kind`` (``"tensor"``, ``"ints"``,
+``"sym_int"``, ``"graph"``, ...) and a ``value`` whose type the kind fixes (see
+:data:`ARGUMENT_KINDS`). Named values in the graph (tensors, sym ints) are :class:`Ref`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pt2interp import versions
+from pt2interp.errors import SchemaError
+from pt2interp.symexpr import Expr, parse_expr
+from pt2interp.treespec import TreeSpec, parse_treespec
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A reference to a named value of the graph (a tensor, sym int, token, custom object)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class SymExpr:
+    """A symbolic integer: the parsed expression and the hint recorded at export."""
+
+    expr: Expr
+    hint: int | float | bool | None = None
+
+    def __str__(self) -> str:
+        return str(self.expr)
+
+
+SymInt = int | SymExpr
+
+
+@dataclass(frozen=True)
+class Device:
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    dtype: str
+    sizes: tuple[SymInt, ...]
+    strides: tuple[SymInt, ...]
+    storage_offset: SymInt
+    device: Device
+    layout: str = "strided"
+    requires_grad: bool = False
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(s, int) for s in self.sizes)
+
+    @property
+    def numel(self) -> int | None:
+        if not self.is_static:
+            return None
+        n = 1
+        for s in self.sizes:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int | None:
+        n = self.numel
+        return None if n is None else n * versions.ITEMSIZE.get(self.dtype, 0)
+
+
+@dataclass(frozen=True)
+class CustomObjRef:
+    name: str
+    class_fqn: str
+
+
+@dataclass(frozen=True)
+class GraphArgument:
+    name: str
+    graph: Graph
+
+
+# kind → what ``Argument.value`` holds
+ARGUMENT_KINDS: dict[str, str] = {
+    "none": "None",
+    "tensor": "Ref",
+    "tensors": "tuple[Ref, ...]",
+    "optional_tensor": "Ref | None",
+    "optional_tensors": "tuple[Ref | None, ...]",
+    "nested_tensors": "tuple[tuple[Ref, ...], ...]",
+    "int": "int", "ints": "tuple[int, ...]", "int_lists": "tuple[tuple[int, ...], ...]",
+    "float": "float", "floats": "tuple[float, ...]", "float_lists": "tuple[tuple[float, ...], ...]",
+    "bool": "bool", "bools": "tuple[bool, ...]",
+    "string": "str", "strings": "tuple[str, ...]",
+    "complex": "complex",
+    "sym_int": "Ref | int", "sym_ints": "tuple[Ref | int, ...]",
+    "sym_float": "Ref | float", "sym_floats": "tuple[Ref | float, ...]",
+    "sym_bool": "Ref | bool", "sym_bools": "tuple[Ref | bool, ...]",
+    "scalar_type": "str (dtype name)", "memory_format": "str", "layout": "str",
+    "device": "Device", "graph": "GraphArgument", "custom_obj": "CustomObjRef",
+    "operator": "str (target)", "string_to_argument": "dict[str, Argument]",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Argument:
+    kind: str
+    value: Any = None
+
+    def refs(self) -> list[str]:
+        """Names of the graph values this argument reads."""
+        v, k = self.value, self.kind
+        if isinstance(v, Ref):
+            return [v.name]
+        if k in ("tensors", "optional_tensors", "sym_ints", "sym_floats", "sym_bools"):
+            return [x.name for x in v if isinstance(x, Ref)]
+        if k == "nested_tensors":
+            return [x.name for inner in v for x in inner]
+        if k == "custom_obj":
+            return [v.name]
+        if k == "string_to_argument":
+            return [n for a in v.values() for n in a.refs()]
+        return []
+
+
+@dataclass(frozen=True)
+class NamedArgument:
+    name: str
+    arg: Argument
+    kind: int | None = None  # 1 positional, 2 keyword (torch 2.7+); None when not recorded
+
+    @property
+    def is_keyword(self) -> bool:
+        return self.kind == 2
+
+
+@dataclass(frozen=True)
+class ModuleFrame:
+    """One entry of a node's ``nn_module_stack``: the module it ran inside."""
+
+    key: str
+    fqn: str        # dotted path from the root module ("layer1.0.conv1"); "" for the root
+    type_name: str  # "torch.nn.modules.conv.Conv2d"
+
+    @property
+    def class_name(self) -> str:
+        return self.type_name.rsplit(".", 1)[-1]
+
+
+@dataclass
+class Node:
+    target: str
+    inputs: list[NamedArgument]
+    outputs: list[Argument]
+    metadata: dict[str, str]
+    name: str | None = None
+    is_hop_single_tensor_return: bool | None = None
+
+    @property
+    def stack_trace(self) -> str | None:
+        return self.metadata.get("stack_trace")
+
+    @property
+    def torch_fn(self) -> str | None:
+        return self.metadata.get("torch_fn")
+
+    @property
+    def nn_module_stack(self) -> list[ModuleFrame]:
+        return parse_nn_module_stack(self.metadata.get("nn_module_stack"))
+
+    @property
+    def label(self) -> str:
+        """A name for messages: the node's own name or its first output's."""
+        if self.name:
+            return self.name
+        for o in self.outputs:
+            r = o.refs()
+            if r:
+                return r[0]
+        return self.target
+
+
+@dataclass
+class Graph:
+    inputs: list[Argument]
+    outputs: list[Argument]
+    nodes: list[Node]
+    tensor_values: dict[str, TensorMeta]
+    sym_int_values: dict[str, SymInt] = field(default_factory=dict)
+    sym_bool_values: dict[str, Any] = field(default_factory=dict)
+    sym_float_values: dict[str, Any] = field(default_factory=dict)
+    custom_obj_values: dict[str, CustomObjRef] = field(default_factory=dict)
+    is_single_tensor_return: bool = False
+
+    def iter_nodes(self):
+        """Every node, those of subgraphs included (depth first)."""
+        for node in self.nodes:
+            yield node
+            for na in node.inputs:
+                if na.arg.kind == "graph":
+                    yield from na.arg.value.graph.iter_nodes()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: ``kind`` is user_input, parameter, buffer, tensor_constant, custom_obj,
+    token or constant_input; ``target`` the state-dict name for parameters, buffers and
+    constants."""
+
+    kind: str
+    arg: Argument
+    target: str | None = None
+    persistent: bool | None = None
+    constant_value: Any = None
+    name: str | None = None  # constant inputs: the argument's name
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    kind: str
+    arg: Argument
+    target: str | None = None
+
+
+@dataclass
+class GraphSignature:
+    input_specs: list[InputSpec]
+    output_specs: list[OutputSpec]
+
+    def inputs_of(self, *kinds: str) -> list[InputSpec]:
+        return [s for s in self.input_specs if s.kind in kinds]
+
+    def outputs_of(self, *kinds: str) -> list[OutputSpec]:
+        return [s for s in self.output_specs if s.kind in kinds]
+
+
+@dataclass(frozen=True)
+class RangeConstraint:
+    min_val: int | None  # None: unbounded
+    max_val: int | None
+
+
+@dataclass
+class ModuleCallSignature:
+    inputs: list[Argument]
+    outputs: list[Argument]
+    in_spec: TreeSpec
+    out_spec: TreeSpec
+    forward_arg_names: list[str] | None = None
+
+
+@dataclass
+class ModuleCallEntry:
+    fqn: str
+    signature: ModuleCallSignature | None = None
+
+
+@dataclass
+class ExportedProgramModel:
+    """The JSON program, typed. Weights live elsewhere (:mod:`pt2interp.weights`)."""
+
+    graph: Graph
+    signature: GraphSignature
+    module_call_graph: list[ModuleCallEntry]
+    range_constraints: dict[str, RangeConstraint]
+    schema_version: tuple[int, int]
+    opset_version: dict[str, int] = field(default_factory=dict)
+    verifiers: list[str] = field(default_factory=list)
+    torch_version: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    guards_code: list[str] = field(default_factory=list)
+
+    @property
+    def root_call(self) -> ModuleCallSignature | None:
+        for entry in self.module_call_graph:
+            if entry.fqn == "" and entry.signature is not None:
+                return entry.signature
+        return None
+
+    @property
+    def dialect(self) -> str:
+        """``TRAINING`` (export's default IR) or ``ATEN`` (core ATen after decompositions)."""
+        return self.verifiers[0] if self.verifiers else "ATEN"
+
+
+# ---------------------------------------------------------------------------------------
+# nn_module_stack
+# ---------------------------------------------------------------------------------------
+
+def _split_top_level_commas(text: str) -> list[str]:
+    # Module paths like "getattr(L['s'].net, '0')" contain commas: split only outside brackets.
+    out, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c in "([":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return out
+
+
+def normalize_module_path(path: str) -> str:
+    """Turn dynamo's access path (``getattr(L['self'].net, '0')``) into an FQN (``net.0``)."""
+    p = path.strip()
+    # unwrap getattr(X, 'name') → X.name, innermost first
+    while p.startswith("getattr(") and p.endswith(")"):
+        inner = p[len("getattr("):-1]
+        parts = _split_top_level_commas(inner)
+        if len(parts) != 2:
+            break
+        p = parts[0].strip() + "." + parts[1].strip().strip("'\"")
+    for prefix in ("L['self']", "L['s']", "L__self__", "self"):
+        if p == prefix:
+            return ""
+        if p.startswith(prefix + "."):
+            p = p[len(prefix) + 1:]
+            break
+    if p.startswith("L['") and "']" in p:
+        # another root name: L['mod'].x → x
+        p = p.split("']", 1)[1].lstrip(".")
+    p = p.replace("['", ".").replace("']", "").replace("[", ".").replace("]", "")
+    return p.strip(".")
+
+
+def parse_nn_module_stack(text: str | None) -> list[ModuleFrame]:
+    if not text:
+        return []
+    frames = []
+    for item in text.split(";"):
+        parts = _split_top_level_commas(item)
+        if len(parts) < 3:
+            continue
+        key, type_name = parts[0], parts[-1]
+        path = ",".join(parts[1:-1])
+        frames.append(ModuleFrame(key=key, fqn=normalize_module_path(path), type_name=type_name))
+    return frames
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------
+
+class _Parser:
+    """Walks the JSON with a path for every error. One instance per archive member."""
+
+    def __init__(self, member: str, version: tuple[int, int]):
+        self.member = member
+        self.version = version
+
+    def fail(self, path: str, message: str) -> SchemaError:
+        return SchemaError(message, member=self.member, path=path)
+
+    # -- primitives ------------------------------------------------------------------
+    def obj(self, v: Any, path: str) -> dict:
+        if not isinstance(v, dict):
+            raise self.fail(path, f"expected an object, got {_type_name(v)}")
+        return v
+
+    def lst(self, v: Any, path: str) -> list:
+        if not isinstance(v, list):
+            raise self.fail(path, f"expected a list, got {_type_name(v)}")
+        return v
+
+    def req(self, d: dict, key: str, path: str) -> Any:
+        if key not in d:
+            raise self.fail(f"{path}.{key}", f"missing required field '{key}'")
+        return d[key]
+
+    def str_(self, v: Any, path: str) -> str:
+        if not isinstance(v, str):
+            raise self.fail(path, f"expected a string, got {_type_name(v)}")
+        return v
+
+    def int_(self, v: Any, path: str) -> int:
+        if type(v) is not int:
+            raise self.fail(path, f"expected an integer, got {_type_name(v)}")
+        return v
+
+    def bool_(self, v: Any, path: str) -> bool:
+        if type(v) is not bool:
+            raise self.fail(path, f"expected a boolean, got {_type_name(v)}")
+        return v
+
+    def float_(self, v: Any, path: str) -> float:
+        if isinstance(v, str) and v in versions.SPECIAL_FLOATS:
+            return versions.SPECIAL_FLOATS[v]
+        if type(v) in (int, float):
+            return float(v)
+        raise self.fail(path, f"expected a number, got {_type_name(v)}")
+
+    def union(self, v: Any, path: str) -> tuple[str, Any]:
+        """(tag, value) of a union, from a one-key object or an every-tag-present object."""
+        d = self.obj(v, path)
+        if len(d) == 1:
+            (tag, val), = d.items()
+        else:
+            present = [(k, x) for k, x in d.items() if x is not None and k != "type"]
+            if len(present) != 1:
+                raise self.fail(path, f"expected exactly one field of a union, found {sorted(d)}")
+            tag, val = present[0]
+        return versions.ARGUMENT_TAG_RENAMES.get(tag, tag), val
+
+    # -- leaf types ------------------------------------------------------------------
+    def dtype(self, v: Any, path: str) -> str:
+        n = self.int_(v, path)
+        try:
+            return versions.SCALAR_TYPES[n]
+        except KeyError:
+            raise self.fail(path, f"unknown ScalarType {n}") from None
+
+    def device(self, v: Any, path: str) -> Device:
+        d = self.obj(v, path)
+        t = self.str_(self.req(d, "type", path), path + ".type")
+        idx = d.get("index")
+        if idx is not None:
+            idx = self.int_(idx, path + ".index")
+        return Device(t, idx)
+
+    def sym_expr(self, v: Any, path: str) -> SymExpr:
+        d = self.obj(v, path)
+        text = self.str_(self.req(d, "expr_str", path), path + ".expr_str")
+        expr = parse_expr(text, member=self.member, path=path + ".expr_str")
+        hint = d.get("hint")
+        if isinstance(hint, dict):
+            _, hint = self.union(hint, path + ".hint")
+        return SymExpr(expr, hint if type(hint) in (int, float, bool) else None)
+
+    def sym_int(self, v: Any, path: str) -> SymInt:
+        tag, val = self.union(v, path)
+        if tag == "as_int":
+            return self.int_(val, f"{path}.as_int")
+        if tag == "as_expr":
+            return self.sym_expr(val, f"{path}.as_expr")
+        raise self.fail(path, f"unknown SymInt kind '{tag}'")
+
+    def sym_value(self, v: Any, path: str, scalar: str) -> Any:
+        tag, val = self.union(v, path)
+        if tag == "as_expr":
+            return self.sym_expr(val, f"{path}.as_expr")
+        if tag == f"as_{scalar}":
+            return val
+        raise self.fail(path, f"unknown Sym{scalar.capitalize()} kind '{tag}'")
+
+    def tensor_meta(self, v: Any, path: str) -> TensorMeta:
+        d = self.obj(v, path)
+        sizes = tuple(self.sym_int(s, f"{path}.sizes[{i}]")
+                      for i, s in enumerate(self.lst(self.req(d, "sizes", path), path + ".sizes")))
+        strides = tuple(self.sym_int(s, f"{path}.strides[{i}]")
+                        for i, s in enumerate(self.lst(d.get("strides", []), path + ".strides")))
+        for i, s in enumerate(sizes):
+            if isinstance(s, int) and s < 0:
+                raise self.fail(f"{path}.sizes[{i}]", f"negative size {s}")
+        for i, s in enumerate(strides):
+            if isinstance(s, int) and s < 0:
+                raise self.fail(f"{path}.strides[{i}]", f"negative stride {s}")
+        if strides and len(strides) != len(sizes):
+            raise self.fail(path + ".strides", f"{len(strides)} strides for {len(sizes)} sizes")
+        off = d.get("storage_offset", 0)
+        off = off if type(off) is int else self.sym_int(off, path + ".storage_offset")
+        if isinstance(off, int) and off < 0:
+            raise self.fail(path + ".storage_offset", f"negative storage offset {off}")
+        layout = d.get("layout", 7)
+        return TensorMeta(
+            dtype=self.dtype(self.req(d, "dtype", path), path + ".dtype"),
+            sizes=sizes,
+            strides=strides or _contiguous_strides(sizes),
+            storage_offset=off,
+            device=self.device(d.get("device", {"type": "cpu"}), path + ".device"),
+            layout=versions.LAYOUTS.get(layout, f"layout{layout}"),
+            requires_grad=bool(d.get("requires_grad", False)),
+        )
+
+    # -- arguments -------------------------------------------------------------------
+    def ref(self, v: Any, path: str) -> Ref:
+        if isinstance(v, str):  # optional tensors before schema 5.3 held the bare name
+            return Ref(v)
+        d = self.obj(v, path)
+        return Ref(self.str_(self.req(d, "name", path), path + ".name"))
+
+    def sym_arg(self, v: Any, path: str, scalar: str) -> Ref | int | float | bool:
+        tag, val = self.union(v, path)
+        if tag == "as_name":
+            return Ref(self.str_(val, path + ".as_name"))
+        if tag == f"as_{scalar}":
+            return val
+        raise self.fail(path, f"unknown Sym{scalar.capitalize()}Argument kind '{tag}'")
+
+    def optional_tensor(self, v: Any, path: str) -> Ref | None:
+        tag, val = self.union(v, path)
+        if tag == "as_none":
+            return None
+        if tag == "as_tensor":
+            return self.ref(val, path + ".as_tensor")
+        raise self.fail(path, f"unknown OptionalTensorArgument kind '{tag}'")
+
+    def argument(self, v: Any, path: str, depth: int = 0) -> Argument:
+        if depth > 32:
+            raise self.fail(path, "arguments nested too deeply")
+        tag, val = self.union(v, path)
+        p = f"{path}.{tag}"
+        kind = tag[3:] if tag.startswith("as_") else tag
+        if tag == "as_none":
+            return Argument("none")
+        if tag == "as_tensor":
+            return Argument("tensor", self.ref(val, p))
+        if tag == "as_tensors":
+            return Argument("tensors", tuple(self.ref(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+        if tag == "as_optional_tensor":
+            return Argument("optional_tensor", self.optional_tensor(val, p))
+        if tag == "as_optional_tensors":
+            return Argument("optional_tensors",
+                            tuple(self.optional_tensor(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+        if tag == "as_nested_tensors":
+            return Argument("nested_tensors", tuple(
+                tuple(self.ref(x, f"{p}[{i}][{j}]") for j, x in enumerate(self.lst(inner, f"{p}[{i}]")))
+                for i, inner in enumerate(self.lst(val, p))))
+        if tag == "as_int":
+            return Argument("int", self.int_(val, p))
+        if tag == "as_ints":
+            return Argument("ints", tuple(self.int_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+        if tag == "as_int_lists":
+            return Argument("int_lists", tuple(
+                tuple(self.int_(x, f"{p}[{i}][{j}]") for j, x in enumerate(self.lst(inner, f"{p}[{i}]")))
+                for i, inner in enumerate(self.lst(val, p))))
+        if tag == "as_float":
+            return Argument("float", self.float_(val, p))
+        if tag == "as_floats":
+            return Argument("floats", tuple(self.float_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+        if tag == "as_float_lists":
+            return Argument("float_lists", tuple(
+                tuple(self.float_(x, f"{p}[{i}][{j}]") for j, x in enumerate(self.lst(inner, f"{p}[{i}]")))
+                for i, inner in enumerate(self.lst(val, p))))
+        if tag == "as_bool":
+            return Argument("bool", self.bool_(val, p))
+        if tag == "as_bools":
+            return Argument("bools", tuple(self.bool_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+        if tag == "as_string":
+            return Argument("string", self.str_(val, p))
+        if tag == "as_strings":
+            return Argument("strings", tuple(self.str_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+        if tag == "as_complex":
+            d = self.obj(val, p)
+            return Argument("complex", complex(self.float_(d.get("real", 0.0), p + ".real"),
+                                               self.float_(d.get("imag", 0.0), p + ".imag")))
+        if tag in ("as_sym_int", "as_sym_float", "as_sym_bool"):
+            return Argument(kind, self.sym_arg(val, p, kind[4:]))
+        if tag in ("as_sym_ints", "as_sym_floats", "as_sym_bools"):
+            scalar = kind[4:-1]
+            return Argument(kind, tuple(self.sym_arg(x, f"{p}[{i}]", scalar) for i, x in enumerate(self.lst(val, p))))
+        if tag == "as_scalar_type":
+            return Argument("scalar_type", self.dtype(val, p))
+        if tag == "as_memory_format":
+            n = self.int_(val, p)
+            if n not in versions.MEMORY_FORMATS:
+                raise self.fail(p, f"unknown MemoryFormat {n}")
+            return Argument("memory_format", versions.MEMORY_FORMATS[n])
+        if tag == "as_layout":
+            n = self.int_(val, p)
+            if n not in versions.LAYOUTS:
+                raise self.fail(p, f"unknown Layout {n}")
+            return Argument("layout", versions.LAYOUTS[n])
+        if tag == "as_device":
+            return Argument("device", self.device(val, p))
+        if tag == "as_graph":
+            d = self.obj(val, p)
+            name = self.str_(self.req(d, "name", p), p + ".name")
+            return Argument("graph", GraphArgument(name, self.graph(self.req(d, "graph", p), p + ".graph", depth + 1)))
+        if tag == "as_custom_obj":
+            d = self.obj(val, p)
+            return Argument("custom_obj", CustomObjRef(self.str_(self.req(d, "name", p), p + ".name"),
+                                                       str(d.get("class_fqn", ""))))
+        if tag == "as_operator":
+            return Argument("operator", self.str_(val, p))
+        if tag == "as_string_to_argument":
+            d = self.obj(val, p)
+            return Argument("string_to_argument",
+                            {k: self.argument(x, f"{p}.{k}", depth + 1) for k, x in d.items()})
+        if tag in ("as_token", "as_tokens"):
+            # torch 2.4/2.5 wrote effect tokens as their own kind in graph inputs/outputs
+            if tag == "as_token":
+                return Argument("tensor", self.ref(val, p))
+            return Argument("tensors", tuple(self.ref(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+        raise self.fail(path, f"unknown argument kind '{tag}'")
+
+    # -- graph -----------------------------------------------------------------------
+    def node(self, v: Any, path: str, depth: int) -> Node:
+        d = self.obj(v, path)
+        target = self.str_(self.req(d, "target", path), path + ".target")
+        inputs = []
+        for i, x in enumerate(self.lst(self.req(d, "inputs", path), path + ".inputs")):
+            ip = f"{path}.inputs[{i}]"
+            xd = self.obj(x, ip)
+            name = xd.get("name", "")
+            kind = xd.get("kind")
+            inputs.append(NamedArgument(self.str_(name, ip + ".name"),
+                                        self.argument(self.req(xd, "arg", ip), ip + ".arg", depth),
+                                        kind if type(kind) is int else None))
+        outputs = [self.argument(x, f"{path}.outputs[{i}]", depth)
+                   for i, x in enumerate(self.lst(d.get("outputs", []), path + ".outputs"))]
+        meta = d.get("metadata") or {}
+        meta = {k: v for k, v in self.obj(meta, path + ".metadata").items() if isinstance(v, str)}
+        name = d.get("name")
+        single = d.get("is_hop_single_tensor_return")
+        return Node(target, inputs, outputs, meta, name if isinstance(name, str) else None,
+                    single if isinstance(single, bool) else None)
+
+    def graph(self, v: Any, path: str, depth: int = 0) -> Graph:
+        if depth > 16:
+            raise self.fail(path, "subgraphs nested too deeply")
+        d = self.obj(v, path)
+        tv = self.obj(d.get("tensor_values", {}), path + ".tensor_values")
+        return Graph(
+            inputs=[self.argument(x, f"{path}.inputs[{i}]", depth)
+                    for i, x in enumerate(self.lst(self.req(d, "inputs", path), path + ".inputs"))],
+            outputs=[self.argument(x, f"{path}.outputs[{i}]", depth)
+                     for i, x in enumerate(self.lst(self.req(d, "outputs", path), path + ".outputs"))],
+            nodes=[self.node(x, f"{path}.nodes[{i}]", depth)
+                   for i, x in enumerate(self.lst(self.req(d, "nodes", path), path + ".nodes"))],
+            tensor_values={k: self.tensor_meta(m, f"{path}.tensor_values.{k}") for k, m in tv.items()},
+            sym_int_values={k: self.sym_int(m, f"{path}.sym_int_values.{k}")
+                            for k, m in self.obj(d.get("sym_int_values") or {}, path + ".sym_int_values").items()},
+            sym_bool_values={k: self.sym_value(m, f"{path}.sym_bool_values.{k}", "bool")
+                             for k, m in self.obj(d.get("sym_bool_values") or {}, path + ".sym_bool_values").items()},
+            sym_float_values={k: self.sym_value(m, f"{path}.sym_float_values.{k}", "float")
+                              for k, m in self.obj(d.get("sym_float_values") or {}, path + ".sym_float_values").items()},
+            custom_obj_values={k: CustomObjRef(k, str(self.obj(m, f"{path}.custom_obj_values.{k}").get("class_fqn", "")))
+                               for k, m in self.obj(d.get("custom_obj_values") or {}, path + ".custom_obj_values").items()},
+            is_single_tensor_return=bool(d.get("is_single_tensor_return", False)),
+        )
+
+    # -- signature -------------------------------------------------------------------
+    def input_spec(self, v: Any, path: str) -> InputSpec:
+        tag, val = self.union(v, path)
+        p = f"{path}.{tag}"
+        if tag not in versions.INPUT_SPEC_TARGET_FIELDS:
+            raise self.fail(path, f"unknown input spec kind '{tag}'")
+        d = self.obj(val, p)
+        if tag == "constant_input":
+            cv = d.get("value")
+            value = None
+            if cv is not None:
+                ctag, value = self.union(cv, p + ".value")
+                value = None if ctag == "as_none" else value
+            name = self.str_(self.req(d, "name", p), p + ".name")
+            return InputSpec("constant_input", Argument("none"), None, None, value, name)
+        raw_arg = self.req(d, "arg", p)
+        if tag == "user_input":
+            arg = self.argument(raw_arg, p + ".arg")
+        elif tag == "custom_obj":
+            ad = self.obj(raw_arg, p + ".arg")
+            arg = Argument("custom_obj", CustomObjRef(self.str_(self.req(ad, "name", p + ".arg"), p + ".arg.name"),
+                                                      str(ad.get("class_fqn", ""))))
+        else:
+            arg = Argument("tensor", self.ref(raw_arg, p + ".arg"))
+        field_name = versions.INPUT_SPEC_TARGET_FIELDS[tag]
+        target = self.str_(self.req(d, field_name, p), f"{p}.{field_name}") if field_name else None
+        persistent = d.get("persistent") if tag == "buffer" else None
+        return InputSpec(tag, arg, target, persistent if isinstance(persistent, bool) else
+                         (True if tag == "buffer" else None))
+
+    def output_spec(self, v: Any, path: str) -> OutputSpec:
+        tag, val = self.union(v, path)
+        p = f"{path}.{tag}"
+        if tag not in versions.OUTPUT_SPEC_TARGET_FIELDS:
+            raise self.fail(path, f"unknown output spec kind '{tag}'")
+        d = self.obj(val, p)
+        raw_arg = self.req(d, "arg", p)
+        arg = self.argument(raw_arg, p + ".arg") if tag == "user_output" else Argument("tensor", self.ref(raw_arg, p + ".arg"))
+        field_name = versions.OUTPUT_SPEC_TARGET_FIELDS[tag]
+        target = self.str_(self.req(d, field_name, p), f"{p}.{field_name}") if field_name else None
+        return OutputSpec(tag, arg, target)
+
+    def signature(self, v: Any, path: str) -> GraphSignature:
+        d = self.obj(v, path)
+        d = {versions.SIGNATURE_RENAMES.get(k, k): x for k, x in d.items()}
+        if "input_specs" not in d:
+            raise self.fail(path, "signature has no input_specs (schema 1 signatures are not supported)")
+        return GraphSignature(
+            [self.input_spec(x, f"{path}.input_specs[{i}]")
+             for i, x in enumerate(self.lst(d["input_specs"], path + ".input_specs"))],
+            [self.output_spec(x, f"{path}.output_specs[{i}]")
+             for i, x in enumerate(self.lst(self.req(d, "output_specs", path), path + ".output_specs"))],
+        )
+
+    def bound(self, v: Any, path: str) -> int | None:
+        if v is None:
+            return None
+        if isinstance(v, str) and v in versions.SPECIAL_FLOATS:
+            return None
+        if isinstance(v, float):
+            if math.isinf(v) or math.isnan(v):
+                return None
+            return int(v)
+        if type(v) is int:
+            return None if abs(v) >= versions.UNBOUNDED_THRESHOLD else v
+        raise self.fail(path, f"expected an integer bound, got {_type_name(v)}")
+
+    def module_call_graph(self, v: Any, path: str, nt_fields: dict) -> list[ModuleCallEntry]:
+        out = []
+        for i, e in enumerate(self.lst(v, path)):
+            p = f"{path}[{i}]"
+            d = self.obj(e, p)
+            fqn = self.str_(self.req(d, "fqn", p), p + ".fqn")
+            sig = d.get("signature")
+            msig = None
+            if sig is not None:
+                sp = p + ".signature"
+                sd = self.obj(sig, sp)
+                msig = ModuleCallSignature(
+                    inputs=[self.argument(x, f"{sp}.inputs[{j}]") for j, x in enumerate(self.lst(sd.get("inputs", []), sp + ".inputs"))],
+                    outputs=[self.argument(x, f"{sp}.outputs[{j}]") for j, x in enumerate(self.lst(sd.get("outputs", []), sp + ".outputs"))],
+                    in_spec=parse_treespec(self.str_(self.req(sd, "in_spec", sp), sp + ".in_spec"),
+                                           namedtuple_fields=nt_fields, member=self.member, path=sp + ".in_spec"),
+                    out_spec=parse_treespec(self.str_(self.req(sd, "out_spec", sp), sp + ".out_spec"),
+                                            namedtuple_fields=nt_fields, member=self.member, path=sp + ".out_spec"),
+                    forward_arg_names=sd.get("forward_arg_names") if isinstance(sd.get("forward_arg_names"), list) else None,
+                )
+            out.append(ModuleCallEntry(fqn, msig))
+        return out
+
+
+def schema_version_of(doc: Any, member: str) -> tuple[int, int]:
+    """The (major, minor) a program JSON declares; raises for unknown majors."""
+    if not isinstance(doc, dict):
+        raise SchemaError(f"expected a JSON object at the top, got {_type_name(doc)}", member=member, path="$")
+    sv = doc.get("schema_version")
+    if sv is None:
+        major, minor = 1, 0  # torch 2.1 wrote no version inside the JSON
+    elif isinstance(sv, dict) and type(sv.get("major")) is int:
+        major, minor = sv["major"], sv.get("minor", 0)
+        if type(minor) is not int:
+            raise SchemaError("schema_version.minor is not an integer", member=member, path="schema_version.minor")
+    else:
+        raise SchemaError("schema_version must be {major, minor}", member=member, path="schema_version")
+    if major not in versions.SUPPORTED_MAJORS:
+        raise SchemaError(
+            f"unknown schema major {major} (this pt2interp reads majors "
+            f"{min(versions.SUPPORTED_MAJORS)} to {max(versions.SUPPORTED_MAJORS)}: torch 2.3 and later)",
+            member=member, path="schema_version.major")
+    return major, minor
+
+
+def parse_exported_program(doc: Any, member: str) -> ExportedProgramModel:
+    """Parse the program JSON (already decoded) into :class:`ExportedProgramModel`."""
+    version = schema_version_of(doc, member)
+    p = _Parser(member, version)
+    gm = p.obj(p.req(doc, "graph_module", "$"), "graph_module")
+    nt_raw = p.obj(gm.get("treespec_namedtuple_fields") or {}, "graph_module.treespec_namedtuple_fields")
+    nt_fields = {k: (v.get("field_names") if isinstance(v, dict) else v) for k, v in nt_raw.items()}
+    rc = {}
+    for k, r in p.obj(doc.get("range_constraints") or {}, "range_constraints").items():
+        rp = f"range_constraints.{k}"
+        rd = p.obj(r, rp)
+        rc[k] = RangeConstraint(p.bound(rd.get("min_val"), rp + ".min_val"), p.bound(rd.get("max_val"), rp + ".max_val"))
+    verifiers = doc.get("verifiers")
+    if not isinstance(verifiers, list):
+        dialect = doc.get("dialect")
+        verifiers = [dialect] if isinstance(dialect, str) and dialect else []
+    tv = doc.get("torch_version")
+    return ExportedProgramModel(
+        graph=p.graph(p.req(gm, "graph", "graph_module"), "graph_module.graph"),
+        signature=p.signature(p.req(gm, "signature", "graph_module"), "graph_module.signature"),
+        module_call_graph=p.module_call_graph(gm.get("module_call_graph") or [], "graph_module.module_call_graph", nt_fields),
+        range_constraints=rc,
+        schema_version=version,
+        opset_version={k: v for k, v in (doc.get("opset_version") or {}).items() if type(v) is int},
+        verifiers=[str(x) for x in verifiers],
+        torch_version=tv if isinstance(tv, str) and tv != "<=2.4" else None,
+        metadata={k: v for k, v in (gm.get("metadata") or {}).items() if isinstance(v, str)},
+        guards_code=[g for g in (doc.get("guards_code") or []) if isinstance(g, str)],
+    )
+
+
+def parse_payload_config(doc: Any, member: str) -> dict[str, PayloadMeta]:
+    """Parse ``model_weights_config.json`` / ``model_constants_config.json`` (torch 2.9+)."""
+    p = _Parser(member, versions.NEWEST_KNOWN)
+    cfg = p.obj(p.req(p.obj(doc, "$"), "config", "$"), "config")
+    out = {}
+    for fqn, meta in cfg.items():
+        mp = f"config.{fqn}"
+        md = p.obj(meta, mp)
+        tm = md.get("tensor_meta")
+        out[fqn] = PayloadMeta(
+            path_name=p.str_(p.req(md, "path_name", mp), mp + ".path_name"),
+            is_param=bool(md.get("is_param", False)),
+            use_pickle=bool(md.get("use_pickle", False)),
+            tensor_meta=p.tensor_meta(tm, mp + ".tensor_meta") if tm is not None else None,
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class PayloadMeta:
+    path_name: str
+    is_param: bool
+    use_pickle: bool
+    tensor_meta: TensorMeta | None
+
+
+def _contiguous_strides(sizes: tuple) -> tuple:
+    if not all(isinstance(s, int) for s in sizes):
+        return ()
+    strides, acc = [], 1
+    for s in reversed(sizes):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+def _type_name(v: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
+            float: "number", type(None): "null"}.get(type(v), type(v).__name__)

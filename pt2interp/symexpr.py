@@ -1,0 +1,173 @@
+"""Symbolic dimension expressions, parsed without sympy and without ``eval``.
+
+Archives store dynamic sizes as expression strings. Torch up to 2.5 wrote ``str(expr)``
+(``s0``, ``2*s0 + 1``); 2.6 and later write sympy's ``srepr``
+(``Mul(Integer(2), Symbol('s77', positive=True, integer=True))``). Both are parsed here with
+:mod:`ast` (which only parses, never runs) into a small tree that can be evaluated against a
+binding of symbols to ints and printed back as readable Python.
+
+>>> e = parse_expr("Add(Mul(Integer(2), Symbol('s0', integer=True)), Integer(1))")
+>>> e.evaluate({"s0": 3}), str(e), sorted(e.symbols())
+(7, '2*s0 + 1', ['s0'])
+>>> parse_expr("s0*s1").evaluate({"s0": 2, "s1": 5})
+10
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from pt2interp.errors import SchemaError
+
+_MAX_EXPR_CHARS = 10_000
+_MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class Expr:
+    """A node of a symbolic integer expression: ``op`` is ``sym``, ``int``, or an operator."""
+
+    op: str
+    args: tuple = ()
+    value: int | str | None = None
+
+    def symbols(self) -> set[str]:
+        if self.op == "sym":
+            return {self.value}
+        out: set[str] = set()
+        for a in self.args:
+            out |= a.symbols()
+        return out
+
+    def evaluate(self, env: dict[str, int]) -> int:
+        """Value of the expression with every symbol bound in ``env``."""
+        op = self.op
+        if op == "int":
+            return self.value
+        if op == "sym":
+            try:
+                return env[self.value]
+            except KeyError:
+                raise KeyError(self.value) from None
+        vals = [a.evaluate(env) for a in self.args]
+        if op == "add":
+            return sum(vals)
+        if op == "mul":
+            out = 1
+            for v in vals:
+                out *= v
+            return out
+        if op == "neg":
+            return -vals[0]
+        if op == "sub":
+            return vals[0] - vals[1]
+        if op == "floordiv":
+            return vals[0] // vals[1]
+        if op == "mod":
+            return vals[0] % vals[1]
+        if op == "pow":
+            return vals[0] ** vals[1]
+        if op == "max":
+            return max(vals)
+        if op == "min":
+            return min(vals)
+        raise AssertionError(op)
+
+    def as_symbol(self) -> str | None:
+        """The symbol's name when the expression is a bare symbol, else None."""
+        return self.value if self.op == "sym" else None
+
+    def __str__(self) -> str:
+        return _render(self, 0)
+
+
+_PREC = {"add": 1, "sub": 1, "mul": 2, "floordiv": 2, "mod": 2, "neg": 3, "pow": 4}
+_INFIX = {"add": " + ", "sub": " - ", "mul": "*", "floordiv": "//", "mod": " % ", "pow": "**"}
+
+
+def _render(e: Expr, outer: int) -> str:
+    if e.op == "int":
+        return str(e.value) if e.value >= 0 or outer == 0 else f"({e.value})"
+    if e.op == "sym":
+        return e.value
+    if e.op in ("max", "min"):
+        return f"{e.op}({', '.join(_render(a, 0) for a in e.args)})"
+    prec = _PREC[e.op]
+    if e.op == "neg":
+        text = "-" + _render(e.args[0], prec)
+    elif e.op == "add":
+        text = _render(e.args[0], prec)
+        for a in e.args[1:]:
+            if a.op == "int" and a.value < 0:
+                text += f" - {-a.value}"
+            elif a.op == "mul" and a.args and a.args[0].op == "int" and a.args[0].value == -1:
+                text += " - " + _render(Expr("mul", a.args[1:]) if len(a.args) > 2 else a.args[1], prec)
+            else:
+                text += " + " + _render(a, prec)
+    else:
+        text = _INFIX[e.op].join(_render(a, prec + (i > 0 and e.op != "mul")) for i, a in enumerate(e.args))
+    return f"({text})" if prec < outer else text
+
+
+_SREPR_OPS = {"Add": "add", "Mul": "mul", "Pow": "pow", "FloorDiv": "floordiv", "Mod": "mod",
+              "Max": "max", "Min": "min", "PythonMod": "mod", "CleanDiv": "floordiv",
+              "IntTrueDiv": "floordiv"}
+_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.FloorDiv: "floordiv",
+           ast.Mod: "mod", ast.Pow: "pow"}
+
+
+def parse_expr(text: str, *, member: str | None = None, path: str | None = None) -> Expr:
+    """Parse an archive's ``expr_str`` (either sympy ``srepr`` or ``str`` form).
+
+    Raises :class:`SchemaError` naming ``member``/``path`` on anything it does not know.
+    """
+    if not isinstance(text, str) or len(text) > _MAX_EXPR_CHARS:
+        raise SchemaError("symbolic expression is not a string of sane length", member=member, path=path)
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise SchemaError(f"cannot parse symbolic expression {text[:80]!r}: {exc}", member=member, path=path) from None
+    try:
+        return _convert(tree.body, 0)
+    except _Unsupported as exc:
+        raise SchemaError(f"unsupported symbolic expression {text[:80]!r}: {exc}", member=member, path=path) from None
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _convert(node: ast.AST, depth: int) -> Expr:
+    if depth > _MAX_DEPTH:
+        raise _Unsupported("nested too deeply")
+    d = depth + 1
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return Expr("int", value=node.value)
+    if isinstance(node, ast.Name):
+        return Expr("sym", value=node.id)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _convert(node.operand, d)
+        return Expr("int", value=-inner.value) if inner.op == "int" else Expr("neg", (inner,))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+        return _convert(node.operand, d)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return Expr(_BINOPS[type(node.op)], (_convert(node.left, d), _convert(node.right, d)))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        fn = node.func.id
+        if fn in ("Symbol", "Dummy") and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            return Expr("sym", value=node.args[0].value)
+        if fn == "Integer" and len(node.args) == 1:
+            inner = _convert(node.args[0], d)
+            if inner.op != "int":
+                raise _Unsupported("Integer() of a non-integer")
+            return inner
+        if fn in ("Max", "Min") and node.args:
+            return Expr(fn.lower(), tuple(_convert(a, d) for a in node.args))
+        if fn in _SREPR_OPS and len(node.args) >= 2:
+            return Expr(_SREPR_OPS[fn], tuple(_convert(a, d) for a in node.args))
+        if fn in ("max", "min") and node.args:
+            return Expr(fn, tuple(_convert(a, d) for a in node.args))
+        raise _Unsupported(f"function {fn}")
+    raise _Unsupported(type(node).__name__)

@@ -1,0 +1,217 @@
+"""Pytree specs as archives store them, decoded without torch.
+
+``torch.export`` records how a module's call arguments and results nest (tuples, lists,
+dicts, namedtuples, ``None``) as ``treespec_dumps`` JSON: ``[1, {"type": ..., "context":
+..., "children_spec": [...]}]``. :class:`TreeSpec` flattens Python values along such a
+spec and builds them back from leaves. No type named in a file is ever imported: namedtuples
+come back as fresh ``collections.namedtuple`` classes with the recorded field names.
+
+>>> spec = parse_treespec('[1, {"type": "builtins.dict", "context": "[\\\\"a\\\\", \\\\"b\\\\"]", '
+...     '"children_spec": [{"type": null, "context": null, "children_spec": []}, '
+...     '{"type": null, "context": null, "children_spec": []}]}]')
+>>> spec.num_leaves, spec.unflatten([1, 2])
+(2, {'a': 1, 'b': 2})
+>>> spec.flatten({"b": 20, "a": 10})
+[10, 20]
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pt2interp.errors import InputMismatchError, SchemaError
+
+_MAX_DEPTH = 200
+
+_TUPLE = "builtins.tuple"
+_LIST = "builtins.list"
+_DICT = "builtins.dict"
+_NONE = "builtins.NoneType"
+_ORDERED_DICT = "collections.OrderedDict"
+_DEFAULT_DICT = "collections.defaultdict"
+_NAMEDTUPLE = "collections.namedtuple"
+_DEQUE = "collections.deque"
+_IMMUTABLE_LIST = "torch.fx.immutable_collections.immutable_list"
+_IMMUTABLE_DICT = "torch.fx.immutable_collections.immutable_dict"
+
+KNOWN_TYPES = frozenset({_TUPLE, _LIST, _DICT, _NONE, _ORDERED_DICT, _DEFAULT_DICT, _NAMEDTUPLE,
+                         _DEQUE, _IMMUTABLE_LIST, _IMMUTABLE_DICT})
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """One node of a pytree spec. ``type`` is None for a leaf."""
+
+    type: str | None
+    context: Any = None
+    children: tuple[TreeSpec, ...] = ()
+    namedtuple_fields: tuple[str, ...] | None = field(default=None, compare=False)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.type is None
+
+    @property
+    def num_leaves(self) -> int:
+        if self.is_leaf:
+            return 1
+        return sum(c.num_leaves for c in self.children)
+
+    def flatten(self, value: Any, _where: str = "input") -> list[Any]:
+        """Leaves of ``value`` in spec order; raises :class:`InputMismatchError` on a mismatch."""
+        out: list[Any] = []
+        self._flatten_into(value, out, _where)
+        return out
+
+    def _flatten_into(self, value: Any, out: list, where: str) -> None:
+        t = self.type
+        if t is None:
+            out.append(value)
+            return
+        if t == _NONE:
+            if value is not None:
+                raise InputMismatchError(f"{where}: expected None, got {type(value).__name__}")
+            return
+        if t in (_DICT, _ORDERED_DICT, _DEFAULT_DICT, _IMMUTABLE_DICT):
+            keys = self.dict_keys
+            if not isinstance(value, dict):
+                raise InputMismatchError(f"{where}: expected a dict with keys {keys}, got {type(value).__name__}")
+            missing = [k for k in keys if k not in value]
+            extra = [k for k in value if k not in keys]
+            if missing or extra:
+                raise InputMismatchError(
+                    f"{where}: dict keys differ from the exported ones"
+                    + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
+            for k, child in zip(keys, self.children):
+                child._flatten_into(value[k], out, f"{where}[{k!r}]")
+            return
+        if not isinstance(value, (tuple, list, collections.deque)):
+            raise InputMismatchError(f"{where}: expected a {self.type_label} of {len(self.children)}, "
+                                     f"got {type(value).__name__}")
+        if len(value) != len(self.children):
+            raise InputMismatchError(f"{where}: expected {len(self.children)} items, got {len(value)}")
+        for i, (v, child) in enumerate(zip(value, self.children)):
+            child._flatten_into(v, out, f"{where}[{i}]")
+
+    def unflatten(self, leaves: list[Any]) -> Any:
+        """Build the structured value from ``leaves`` (in spec order)."""
+        it = iter(leaves)
+        value = self._build(it)
+        if next(it, _SENTINEL) is not _SENTINEL:
+            raise ValueError("more leaves than the spec holds")
+        return value
+
+    def _build(self, it) -> Any:
+        t = self.type
+        if t is None:
+            return next(it)
+        if t == _NONE:
+            return None
+        kids = [c._build(it) for c in self.children]
+        if t in (_TUPLE,):
+            return tuple(kids)
+        if t in (_LIST, _IMMUTABLE_LIST):
+            return kids
+        if t == _DEQUE:
+            return collections.deque(kids)
+        if t in (_DICT, _IMMUTABLE_DICT, _DEFAULT_DICT):
+            return dict(zip(self.dict_keys, kids))
+        if t == _ORDERED_DICT:
+            return collections.OrderedDict(zip(self.dict_keys, kids))
+        if t == _NAMEDTUPLE:
+            return _namedtuple_class(self.context, self.namedtuple_fields or ())(*kids)
+        raise AssertionError(t)
+
+    @property
+    def dict_keys(self) -> list:
+        if self.type == _DEFAULT_DICT:
+            return list(self.context.get("dict_context") or [])
+        return list(self.context or [])
+
+    @property
+    def type_label(self) -> str:
+        return {_TUPLE: "tuple", _LIST: "list", _NAMEDTUPLE: f"namedtuple {self.context}"}.get(
+            self.type, self.type or "leaf")
+
+    def describe(self) -> Any:
+        """A JSON-friendly picture of the structure, leaves shown as ``"*"``."""
+        if self.is_leaf:
+            return "*"
+        if self.type == _NONE:
+            return None
+        kids = [c.describe() for c in self.children]
+        if self.type in (_DICT, _ORDERED_DICT, _DEFAULT_DICT, _IMMUTABLE_DICT):
+            return {str(k): v for k, v in zip(self.dict_keys, kids)}
+        return kids
+
+
+_SENTINEL = object()
+_NAMEDTUPLE_CACHE: dict[tuple[str, tuple[str, ...]], type] = {}
+
+
+def _namedtuple_class(type_name: str, fields: tuple[str, ...]) -> type:
+    key = (type_name, fields)
+    cls = _NAMEDTUPLE_CACHE.get(key)
+    if cls is None:
+        short = str(type_name).rsplit(".", 1)[-1]
+        safe = short if short.isidentifier() else "Result"
+        cls = collections.namedtuple(safe, fields, rename=True)
+        _NAMEDTUPLE_CACHE[key] = cls
+    return cls
+
+
+def parse_treespec(text: str, *, namedtuple_fields: dict[str, list[str]] | None = None,
+                   member: str | None = None, path: str | None = None) -> TreeSpec:
+    """Decode ``treespec_dumps`` JSON (protocol 1). Errors name ``member`` and ``path``."""
+    try:
+        data = json.loads(text) if isinstance(text, str) else text
+    except (ValueError, RecursionError) as exc:
+        raise SchemaError(f"tree spec is not valid JSON: {exc}", member=member, path=path) from None
+    if not (isinstance(data, list) and len(data) == 2):
+        raise SchemaError("tree spec must be [protocol, spec]", member=member, path=path)
+    if data[0] != 1:
+        raise SchemaError(f"unknown tree spec protocol {data[0]!r} (only 1 is known)", member=member, path=path)
+    return _parse_node(data[1], namedtuple_fields or {}, member, path or "spec", 0)
+
+
+def _parse_node(obj: Any, nt_fields: dict, member, path: str, depth: int) -> TreeSpec:
+    if depth > _MAX_DEPTH:
+        raise SchemaError("tree spec nested too deeply", member=member, path=path)
+    if not isinstance(obj, dict):
+        raise SchemaError(f"tree spec node must be an object, got {type(obj).__name__}", member=member, path=path)
+    t = obj.get("type")
+    kids_raw = obj.get("children_spec") or []
+    if not isinstance(kids_raw, list):
+        raise SchemaError("children_spec must be a list", member=member, path=path + ".children_spec")
+    if t is None:
+        return TreeSpec(None)
+    if t not in KNOWN_TYPES:
+        raise SchemaError(f"tree spec names type {t!r}, which pt2interp cannot rebuild without importing it "
+                          f"(known: tuple, list, dict, OrderedDict, defaultdict, namedtuple, None)",
+                          member=member, path=path + ".type")
+    ctx_raw = obj.get("context")
+    try:
+        ctx = json.loads(ctx_raw) if isinstance(ctx_raw, str) else ctx_raw
+    except ValueError:
+        ctx = ctx_raw  # namedtuple contexts are plain type names, not JSON
+    children = tuple(_parse_node(c, nt_fields, member, f"{path}.children_spec[{i}]", depth + 1)
+                     for i, c in enumerate(kids_raw))
+    fields = None
+    if t == _NAMEDTUPLE:
+        raw_fields = nt_fields.get(ctx)
+        if isinstance(raw_fields, dict):
+            raw_fields = raw_fields.get("field_names")
+        fields = tuple(raw_fields) if raw_fields else tuple(f"field_{i}" for i in range(len(children)))
+        if len(fields) != len(children):
+            raise SchemaError(f"namedtuple {ctx!r} has {len(fields)} fields but {len(children)} children",
+                              member=member, path=path)
+    if t in (_DICT, _ORDERED_DICT, _IMMUTABLE_DICT):
+        if not isinstance(ctx, list) or len(ctx) != len(children):
+            raise SchemaError("dict tree spec context must list one key per child", member=member,
+                              path=path + ".context")
+    if t == _DEFAULT_DICT and not (isinstance(ctx, dict) and isinstance(ctx.get("dict_context"), list)):
+        raise SchemaError("defaultdict tree spec context lacks dict_context", member=member, path=path + ".context")
+    return TreeSpec(t, ctx, children, fields)
