@@ -36,9 +36,18 @@ class LoadedProgram:
         self.inference_mode = inference_mode
         self._device = torch.device(device) if device is not None else None
         self._state: dict[str, Any] = {}
+        values = program.graph.tensor_values
         for spec in program.signature.input_specs:
             if spec.kind in _STATE_KINDS:
-                self._state[spec.target] = program.tensor(spec.target)
+                value = program.tensor(spec.target)
+                meta = values.get(spec.arg.value.name) if spec.arg.kind == "tensor" else None
+                if spec.kind == "parameter" and meta is not None and meta.requires_grad \
+                        and isinstance(value, torch.Tensor) and value.is_floating_point():
+                    # Kernels pick their path by requires_grad (matmul folding in linear, the RNN
+                    # fast paths): parameters keep it as exported so results match ep.module()
+                    # bit for bit. Inference mode still records no autograd graph.
+                    value = value.detach().requires_grad_(True)
+                self._state[spec.target] = value
         if self._device is not None:
             self._move_state(self._device)
         self._build()

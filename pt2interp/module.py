@@ -3,6 +3,7 @@
 Parameters and buffers are registered under their original dotted names (``layer1.0.conv1.weight``
 lives at ``module.layer1[0].conv1.weight``-style attributes), so ``state_dict()`` keys equal the
 exporting module's, and ``.to()``, ``.half()``, ``load_state_dict()`` work as on any module.
+The module shares its tensors with the program (no copy): changing one changes the other.
 Unlike ``LoadedProgram.__call__``, ``forward`` follows the caller's grad mode, so outputs can be
 used with autograd.
 """
@@ -23,7 +24,7 @@ class ProgramModule(torch.nn.Module):
             value = program._state[spec.target] if spec.target in program._state else None
             if spec.kind == "parameter":
                 owner, leaf = self._owner(spec.target)
-                owner.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=value.is_floating_point()))
+                owner.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=value.requires_grad))
             elif spec.kind == "buffer":
                 owner, leaf = self._owner(spec.target)
                 owner.register_buffer(leaf, value, persistent=spec.persistent is not False)

@@ -1,0 +1,17 @@
+import pytest
+import torch
+
+from fixture_cases import all_cases
+
+# The fixtures' reference outputs were computed single-threaded; some CPU kernels (oneDNN
+# convolutions, RNNs) split work differently with more threads and change the last bits.
+torch.set_num_threads(1)
+
+CASES = all_cases()
+
+
+def pytest_report_header(config):
+    return f"torch {torch.__version__}; {len(CASES)} fixture archives; cuda={'yes' if torch.cuda.is_available() else 'no'}"
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")

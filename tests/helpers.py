@@ -1,0 +1,54 @@
+"""Small tools shared by tests: bitwise tensor comparison and zip surgery."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+
+def assert_bitwise_equal(got, want, name: str = "") -> None:
+    """Same dtype, shape, strides, storage offset and bits (NaNs included)."""
+    import torch
+
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert got.stride() == want.stride(), f"{name}: strides {got.stride()} != {want.stride()}"
+    assert got.storage_offset() == want.storage_offset(), f"{name}: storage offset differs"
+    if got.numel() == 0:
+        return
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.int64}[got.element_size()]
+    g, w = got.detach().contiguous().reshape(-1), want.detach().contiguous().reshape(-1)
+    if got.dtype == torch.bool:
+        assert torch.equal(g, w), f"{name}: values differ"
+        return
+    if got.is_complex():
+        g, w = torch.view_as_real(g).reshape(-1), torch.view_as_real(w).reshape(-1)
+        bits = {4: torch.int32, 8: torch.int64}[g.element_size()]
+    assert torch.equal(g.view(bits), w.view(bits)), f"{name}: bits differ"
+
+
+def rewrite_zip(src: Path, dst: Path, replace: dict[str, bytes | None] | None = None,
+                add: dict[str, bytes] | None = None, compress: bool = False) -> Path:
+    """Copy a zip, replacing (bytes), dropping (None) or adding members by name."""
+    replace = replace or {}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(
+            dst, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            if info.filename in replace:
+                data = replace[info.filename]
+                if data is None:
+                    continue
+            else:
+                data = zin.read(info.filename)
+            zout.writestr(info.filename, data)
+        for name, data in (add or {}).items():
+            zout.writestr(name, data)
+    return dst
+
+
+def member_named(path: Path, suffix: str) -> str:
+    with zipfile.ZipFile(path) as z:
+        for n in z.namelist():
+            if n.endswith(suffix):
+                return n
+    raise LookupError(suffix)

@@ -1,0 +1,204 @@
+"""Issue: run any .pt2 on CPU or CUDA, equal to torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pt2interp
+from conftest import CASES, requires_cuda
+from fixture_cases import case, flatten_outputs
+
+
+def _check_outputs(c, got: dict, *, exact: bool):
+    want = c.expected()
+    assert set(got) == set(want), f"output keys {sorted(got)} != {sorted(want)}"
+    for key, w in want.items():
+        g = got[key]
+        if isinstance(g, torch.Tensor) and g.dtype == torch.bfloat16:
+            g = g.float()
+        if not isinstance(g, torch.Tensor):
+            g = torch.tensor(g)
+        if exact:
+            torch.testing.assert_close(g, w, rtol=0, atol=0, msg=lambda m: f"{c.id} {key}: {m}")
+        elif c.low_precision:
+            torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2)
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
+def test_fixture_outputs_match_reference(c):
+    args, kwargs = c.inputs()
+    prog = pt2interp.load(c.path)
+    out = prog(*args, **kwargs)
+    # exact where the same kernels run in the same order: archives exported by this torch
+    _check_outputs(c, flatten_outputs(out), exact=c.made_here)
+
+
+@pytest.mark.parametrize("ir", ["training", "core"])
+def test_matches_torch_export_load_exactly(ir):
+    c = case("zoo", "tiny_resnet", ir)
+    args, kwargs = c.inputs()
+    want = torch.export.load(c.path).module()(*args, **kwargs)
+    got = pt2interp.load(c.path)(*args, **kwargs)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("folder", ["zoo", "torch-2.5.1", "torch-2.7.1"])
+@pytest.mark.parametrize("ir", ["training", "core"])
+def test_counter_buffer_advances(folder, ir):
+    c = case(folder, "counter", ir)
+    (x,), _ = c.inputs()
+    prog = pt2interp.load(c.path)
+    first = prog(x)
+    name = next(n for n in prog.state_dict() if "steps" in n)
+    steps = [prog.state_dict()[name].item()]
+    second = prog(x)
+    steps.append(prog.state_dict()[name].item())
+    prog(x)
+    steps.append(prog.state_dict()[name].item())
+    assert steps == [1, 2, 3]
+    torch.testing.assert_close(second, first * 2)
+    # the archive itself is never written: a fresh load starts again
+    assert pt2interp.load(c.path).state_dict()[name].item() == 0
+
+
+@pytest.mark.parametrize("ir", ["training", "core"])
+def test_cond_takes_both_branches(ir):
+    c = case("zoo", "cond", ir)
+    (x,), _ = c.inputs()
+    ref = torch.export.load(c.path).module()
+    prog = pt2interp.load(c.path)
+    taken = set()
+    for inp in (x, -x):
+        taken.add(bool(inp.sum() > 0))
+        torch.testing.assert_close(prog(inp), ref(inp), rtol=0, atol=0)
+    assert taken == {True, False}
+
+
+@pytest.mark.parametrize("ir", ["training", "core"])
+def test_dynamic_batch(ir):
+    c = case("zoo", "dynamic_batch_mlp", ir)
+    (x,), _ = c.inputs()
+    ref = torch.export.load(c.path).module()
+    prog = pt2interp.load(c.path)
+    for batch in (1, 7, 1024):
+        inp = torch.randn(batch, *x.shape[1:])
+        torch.testing.assert_close(prog(inp), ref(inp), rtol=0, atol=0)
+    with pytest.raises(pt2interp.InputMismatchError, match=r"dim 0: expected \w+ in 1\.\.1024, got 1025"):
+        prog(torch.randn(1025, *x.shape[1:]))
+
+
+def test_input_errors_name_input_and_dimension():
+    prog = pt2interp.load(case("zoo", "mlp").path)
+    (x,), _ = case("zoo", "mlp").inputs()
+    with pytest.raises(pt2interp.InputMismatchError, match=r"input 'x' dim 1: expected 16, got 5"):
+        prog(torch.randn(x.shape[0], 5))
+    with pytest.raises(pt2interp.InputMismatchError, match="expected dtype torch.float32, got torch.float64"):
+        prog(x.double())
+    with pytest.raises(pt2interp.InputMismatchError, match="expected 2 dimensions"):
+        prog(x[0])
+    with pytest.raises(pt2interp.InputMismatchError, match="expected a tensor"):
+        prog("not a tensor")
+    with pytest.raises(pt2interp.InputMismatchError):
+        prog(x, x)
+
+
+def test_keyword_inputs_and_structured_outputs():
+    c = case("zoo", "multi_io")
+    args, kwargs = c.inputs()
+    ref = torch.export.load(c.path).module()(*args, **kwargs)
+    out = pt2interp.load(c.path)(*args, **kwargs)
+    assert isinstance(out, dict) and set(out) == set(ref)
+    assert isinstance(out["pair"], tuple)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    with pytest.raises(pt2interp.InputMismatchError):
+        pt2interp.load(c.path)(*args)  # the keyword input is missing
+
+
+def test_module_wrapper_keeps_names_and_composes():
+    c = case("zoo", "tiny_resnet")
+    (x,), _ = c.inputs()
+    prog = pt2interp.load(c.path)
+    mod = prog.module()
+    assert isinstance(mod, torch.nn.Module)
+    want_keys = list(torch.load(c.state_dict_path, weights_only=True))
+    assert list(mod.state_dict()) == want_keys
+    torch.testing.assert_close(mod(x), prog(x), rtol=0, atol=0)
+    # load_state_dict into the wrapper changes what it computes (it shares the program's weights)
+    zeros = {k: torch.zeros_like(v) for k, v in mod.state_dict().items()}
+    mod.load_state_dict(zeros)
+    assert not torch.equal(mod(x), pt2interp.load(c.path)(x))
+    assert torch.equal(mod(x), prog(x))
+    # and it composes with autograd like any module
+    out = mod(x.requires_grad_(True)).sum()
+    out.backward()
+    assert x.grad is not None
+
+
+def test_hooks_see_every_node():
+    c = case("zoo", "small_cnn")
+    (x,), _ = c.inputs()
+    prog = pt2interp.load(c.path)
+    seen = []
+    out = prog.run(x, on_node=lambda name, target, value: seen.append((name, target)))
+    assert len(seen) >= len(prog.program.graph.nodes)
+    assert any("conv" in t for _, t in seen)
+    torch.testing.assert_close(out, prog(x), rtol=0, atol=0)
+
+
+def test_fallback_ops_are_listed():
+    prog = pt2interp.load(case("zoo", "mlp").path)
+    assert isinstance(prog.fallback_ops(), list)
+
+
+def test_runs_under_inference_mode_by_default_and_can_opt_out():
+    c = case("zoo", "mlp")
+    (x,), _ = c.inputs()
+    assert pt2interp.load(c.path)(x).is_inference()
+    out = pt2interp.load(c.path, inference_mode=False)(x)
+    assert not out.is_inference()
+
+
+def test_unknown_target_is_refused_not_imported(tmp_path):
+    import json
+    import zipfile
+
+    from helpers import member_named, rewrite_zip
+
+    src = case("zoo", "mlp").path
+    name = member_named(src, "models/model.json")
+    with zipfile.ZipFile(src) as z:
+        doc = json.loads(z.read(name))
+    for target in ("os.system", "builtins.eval", "torch.load", "torch.ops.import_module.os.x"):
+        doc["graph_module"]["graph"]["nodes"][0]["target"] = target
+        p = rewrite_zip(src, tmp_path / "t.pt2", replace={name: json.dumps(doc).encode()})
+        with pytest.raises(pt2interp.UnsupportedOpError, match="nodes\\[0\\]"):
+            pt2interp.load(p)
+
+
+@requires_cuda
+@pytest.mark.parametrize("c", [c for c in CASES if c.made_here], ids=lambda c: c.id)
+def test_zoo_on_cuda(c):
+    args, kwargs = c.inputs()
+    prog = pt2interp.load(c.path, device="cuda")
+    assert prog.device.type == "cuda"
+    out = flatten_outputs(prog(*args, **kwargs))
+    ref = torch.export.load(c.path).module().to("cuda")
+    want = flatten_outputs(ref(*[a.cuda() for a in args], **{k: v.cuda() for k, v in kwargs.items()}))
+    for key, w in want.items():
+        g = out[key]
+        assert g.device.type == w.device.type == "cuda" if isinstance(w, torch.Tensor) else True
+        tol = 2e-2 if c.low_precision else 1e-4
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+@requires_cuda
+def test_to_cuda_moves_factory_ops():
+    c = case("zoo", "mini_gpt")  # arange for positions is recorded with device=cpu
+    args, _ = c.inputs()
+    prog = pt2interp.load(c.path).to("cuda")
+    out = prog(*args)
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), pt2interp.load(c.path)(*args), rtol=1e-4, atol=1e-4)
