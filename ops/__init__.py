@@ -3,11 +3,9 @@
 Importing this package registers every family. See :mod:`pt2interp.ops.registry`.
 """
 
-from pt2interp.ops import registry
-from pt2interp.ops.registry import REGISTRY, Call, OpEntry, lookup, register, resolve_torch_op
-
 # Families register themselves on import; the order does not matter.
-from pt2interp.ops import symbolic, higher_order  # noqa: E402,F401
+from pt2interp.ops import higher_order, registry, symbolic  # noqa: F401
+from pt2interp.ops.registry import REGISTRY, Call, OpEntry, lookup, register, resolve_torch_op
 
 for _family in ("elementwise", "shape", "nn", "reduction", "indexing", "factory"):
     try:

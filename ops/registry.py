@@ -17,8 +17,8 @@ or evaluates a target string, it only walks ``torch.ops`` namespaces.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from pt2interp.errors import UnsupportedOpError
 
@@ -118,11 +118,14 @@ def _looks_inplace(target: str) -> bool:
 
 def registry_key(target: str) -> str:
     """``torch.ops.aten.add.Tensor`` → ``aten.add.Tensor``; other targets unchanged."""
-    return target[len("torch.ops."):] if target.startswith("torch.ops.") else target
+    return target.removeprefix("torch.ops.")
 
 
 def lookup(target: str) -> OpEntry | None:
     return REGISTRY.get(registry_key(target))
+
+
+_RESOLVED: dict[str, object] = {}
 
 
 def resolve_torch_op(target: str):
@@ -131,6 +134,13 @@ def resolve_torch_op(target: str):
     Raises :class:`UnsupportedOpError` for malformed targets, names outside ``torch.ops``
     namespaces, and ops this torch does not have.
     """
+    op = _RESOLVED.get(target)
+    if op is None:
+        op = _RESOLVED[target] = _resolve_torch_op(target)
+    return op
+
+
+def _resolve_torch_op(target: str):
     import torch
 
     m = _TORCH_OPS_TARGET.match(target)

@@ -58,9 +58,12 @@ register("_operator.abs", kernel=operator.abs, family="symbolic")(lambda c: f"ab
 register("_operator.getitem", kernel=operator.getitem, family="symbolic")(
     lambda c: f"{_wrap(c.positional[0])}[{c.positional[1]}]")
 
+def _call_render(func: str):
+    return lambda c: f"{func}({', '.join(c.positional)})"
+
+
 for _name in ("trunc", "ceil", "floor", "sqrt"):
-    register(f"math.{_name}", kernel=getattr(math, _name), family="symbolic")(
-        (lambda n: lambda c: f"math.{n}({c.positional[0]})")(_name))
+    register(f"math.{_name}", kernel=getattr(math, _name), family="symbolic")(_call_render(f"math.{_name}"))
 
 
 def _sym_fn(name: str):
@@ -73,5 +76,4 @@ def _sym_fn(name: str):
 
 
 for _name in ("sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_sqrt", "sym_ite", "_sym_sqrt"):
-    register(f"torch.{_name}", kernel=_sym_fn(_name), family="symbolic")(
-        (lambda n: lambda c: f"torch.{n}({', '.join(c.positional)})")(_name))
+    register(f"torch.{_name}", kernel=_sym_fn(_name), family="symbolic")(_call_render(f"torch.{_name}"))

@@ -2,12 +2,23 @@
 
 from pt2interp.archive import Archive, open_archive
 from pt2interp.errors import (
-    AOTInductorPackageError, FormatError, GraphError, InputMismatchError, Pt2Error, SchemaError,
-    UnsupportedOpError, WeightError,
+    AOTInductorPackageError,
+    FormatError,
+    GraphError,
+    InputMismatchError,
+    Pt2Error,
+    SchemaError,
+    UnsupportedOpError,
+    WeightError,
 )
 from pt2interp.program import Program, read_program
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AOTInductorPackageError", "Archive", "FormatError", "GraphError", "InputMismatchError", "Program",
+    "Pt2Error", "SchemaError", "UnsupportedOpError", "WeightError", "load", "open_archive", "read_program",
+]
 
 
 def load(path, device=None, model=None, *, inference_mode=True):

@@ -64,7 +64,7 @@ class Archive:
         if isinstance(source, (str, os.PathLike)):
             self.source = str(source)
             try:
-                self._file = open(source, "rb")
+                self._file = open(source, "rb")  # noqa: SIM115 (held open for the archive's life)
             except OSError as exc:
                 raise FormatError(f"{self.source}: cannot open: {exc.strerror or exc}") from None
             fileobj: BinaryIO = self._file
@@ -84,7 +84,7 @@ class Archive:
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
             self.close()
             raise FormatError(f"{self.source}: not a readable zip archive ({exc})") from None
-        except Exception as exc:  # zipfile raises assorted errors on mangled central directories
+        except Exception as exc:  # noqa: BLE001 (zipfile raises assorted errors on mangled directories)
             self.close()
             raise FormatError(f"{self.source}: corrupt zip archive ({type(exc).__name__}: {exc})") from None
         self.members: dict[str, Member] = {}

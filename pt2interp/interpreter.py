@@ -12,8 +12,9 @@ argument or output is handled (as ``torch.fx.Interpreter`` lets one override ``c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -248,22 +249,22 @@ class GraphCompiler:
         if schema is None:
             return positional_unnamed, given
         args, kwargs = [], {}
-        names = {a.name for a in schema.arguments}
+        params = _schema_params(op)
         for name in given:
-            if name not in names:
+            if name not in params.names:
                 raise SchemaError(f"node {node.label} passes argument {name!r}, which {node.target} does not take "
-                                  f"in torch {torch.__version__} (it takes {sorted(names)})",
+                                  f"in torch {torch.__version__} (it takes {sorted(params.names)})",
                                   member=self.member, path=path)
         gap = False
-        for a in schema.arguments:
-            if a.name in given:
-                if a.kwarg_only or gap:
-                    kwargs[a.name] = given[a.name]
+        for name, kwarg_only, required in params.args:
+            if name in given:
+                if kwarg_only or gap:
+                    kwargs[name] = given[name]
                 else:
-                    args.append(given[a.name])
+                    args.append(given[name])
             else:
-                if not a.has_default_value() and not _is_optional(a):
-                    raise SchemaError(f"node {node.label} lacks required argument {a.name!r} of {node.target}",
+                if required:
+                    raise SchemaError(f"node {node.label} lacks required argument {name!r} of {node.target}",
                                       member=self.member, path=path)
                 gap = True
         return positional_unnamed + args, kwargs
@@ -366,6 +367,27 @@ class GraphCompiler:
         if k == "string_to_argument":
             return _Dict({key: self.compile_argument(a, slot_of, f"{path}.{key}") for key, a in v.items()})
         raise SchemaError(f"unknown argument kind '{k}'", member=self.member, path=path)
+
+
+@dataclass(frozen=True)
+class _SchemaParams:
+    names: frozenset[str]
+    args: tuple[tuple[str, bool, bool], ...]  # (name, kwarg_only, required)
+
+
+_SCHEMA_PARAMS: dict[int, _SchemaParams] = {}
+
+
+def _schema_params(op) -> _SchemaParams:
+    """What plan-building needs of an op's schema, computed once per op."""
+    params = _SCHEMA_PARAMS.get(id(op))
+    if params is None:
+        arguments = op._schema.arguments
+        params = _SchemaParams(
+            frozenset(a.name for a in arguments),
+            tuple((a.name, a.kwarg_only, not a.has_default_value() and not _is_optional(a)) for a in arguments))
+        _SCHEMA_PARAMS[id(op)] = params
+    return params
 
 
 def _is_optional(schema_arg) -> bool:

@@ -8,7 +8,8 @@ torch.Size([2, 4])
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -233,7 +234,7 @@ _MISSING = object()
 class _InputCheck:
     """Checks one user input against its recorded metadata: dtype, rank, sizes, dim ranges."""
 
-    __slots__ = ("label", "meta", "dtype", "kind")
+    __slots__ = ("dtype", "kind", "label", "meta")
 
     def __init__(self, label: str, meta: TensorMeta | None, kind: str):
         self.label = label

@@ -21,7 +21,7 @@ class ProgramModule(torch.nn.Module):
         object.__setattr__(self, "_program", program)
         specs = program.program.signature.input_specs
         for spec in specs:
-            value = program._state[spec.target] if spec.target in program._state else None
+            value = program._state.get(spec.target)
             if spec.kind == "parameter":
                 owner, leaf = self._owner(spec.target)
                 owner.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=value.requires_grad))

@@ -165,7 +165,7 @@ def _check_legacy_version_member(archive: Archive, doc: Any, member: str) -> Non
         return
     text = archive.read(versions.LEGACY_VERSION, limit=64).decode("ascii", "replace").strip()
     sv = doc.get("schema_version")
-    if isinstance(sv, dict) and text and text.split(".")[0].isdigit():
-        if int(text.split(".")[0]) != sv.get("major"):
-            raise SchemaError(f"the archive's version member says {text!r} but the program declares schema "
-                              f"{sv.get('major')}.{sv.get('minor')}", member=member, path="schema_version")
+    if isinstance(sv, dict) and text and text.split(".")[0].isdigit() \
+            and int(text.split(".")[0]) != sv.get("major"):
+        raise SchemaError(f"the archive's version member says {text!r} but the program declares schema "
+                          f"{sv.get('major')}.{sv.get('minor')}", member=member, path="schema_version")

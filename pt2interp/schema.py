@@ -362,6 +362,9 @@ class _Parser:
     def __init__(self, member: str, version: tuple[int, int]):
         self.member = member
         self.version = version
+        # Graphs repeat the same static metadata (same shape, dtype, device) many times; the
+        # dataclasses are frozen, so equal JSON can share one parsed value.
+        self._meta_cache: dict[tuple, TensorMeta] = {}
 
     def fail(self, path: str, message: str) -> SchemaError:
         return SchemaError(message, member=self.member, path=path)
@@ -442,6 +445,10 @@ class _Parser:
         return SymExpr(expr, hint if type(hint) in (int, float, bool) else None)
 
     def sym_int(self, v: Any, path: str) -> SymInt:
+        if v.__class__ is dict and len(v) == 1:
+            n = v.get("as_int")
+            if n.__class__ is int:  # the common case, parsed without the general union walk
+                return n
         tag, val = self.union(v, path)
         if tag == "as_int":
             return self.int_(val, f"{path}.as_int")
@@ -459,6 +466,15 @@ class _Parser:
 
     def tensor_meta(self, v: Any, path: str) -> TensorMeta:
         d = self.obj(v, path)
+        key = _meta_cache_key(d)
+        if key is not None:
+            cached = self._meta_cache.get(key)
+            if cached is None:
+                cached = self._meta_cache[key] = self._tensor_meta(d, path)
+            return cached
+        return self._tensor_meta(d, path)
+
+    def _tensor_meta(self, d: dict, path: str) -> TensorMeta:
         sizes = tuple(self.sym_int(s, f"{path}.sizes[{i}]")
                       for i, s in enumerate(self.lst(self.req(d, "sizes", path), path + ".sizes")))
         strides = tuple(self.sym_int(s, f"{path}.strides[{i}]")
@@ -514,7 +530,7 @@ class _Parser:
             raise self.fail(path, "arguments nested too deeply")
         tag, val = self.union(v, path)
         p = f"{path}.{tag}"
-        kind = tag[3:] if tag.startswith("as_") else tag
+        kind = tag.removeprefix("as_")
         if tag == "as_none":
             return Argument("none")
         if tag == "as_tensor":
@@ -811,6 +827,22 @@ class PayloadMeta:
     is_param: bool
     use_pickle: bool
     tensor_meta: TensorMeta | None
+
+
+def _meta_cache_key(d: dict) -> tuple | None:
+    """A hashable key for fully static tensor metadata, or None (symbolic sizes: parse each)."""
+    try:
+        sizes = tuple(x["as_int"] for x in d["sizes"])
+        strides = tuple(x["as_int"] for x in d.get("strides", ()))
+        off = d.get("storage_offset", 0)
+        off = off["as_int"] if off.__class__ is dict else off
+        dev = d.get("device") or {}
+        key = (d["dtype"], sizes, strides, off, dev.get("type"), dev.get("index"), d.get("layout", 7),
+               d.get("requires_grad", False))
+        hash(key)  # hostile JSON can put lists anywhere: such metadata takes the checked path
+        return key
+    except (KeyError, TypeError, AttributeError):
+        return None
 
 
 def _contiguous_strides(sizes: tuple) -> tuple:

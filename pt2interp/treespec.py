@@ -208,10 +208,8 @@ def _parse_node(obj: Any, nt_fields: dict, member, path: str, depth: int) -> Tre
         if len(fields) != len(children):
             raise SchemaError(f"namedtuple {ctx!r} has {len(fields)} fields but {len(children)} children",
                               member=member, path=path)
-    if t in (_DICT, _ORDERED_DICT, _IMMUTABLE_DICT):
-        if not isinstance(ctx, list) or len(ctx) != len(children):
-            raise SchemaError("dict tree spec context must list one key per child", member=member,
-                              path=path + ".context")
+    if t in (_DICT, _ORDERED_DICT, _IMMUTABLE_DICT) and (not isinstance(ctx, list) or len(ctx) != len(children)):
+        raise SchemaError("dict tree spec context must list one key per child", member=member, path=path + ".context")
     if t == _DEFAULT_DICT and not (isinstance(ctx, dict) and isinstance(ctx.get("dict_context"), list)):
         raise SchemaError("defaultdict tree spec context lacks dict_context", member=member, path=path + ".context")
     return TreeSpec(t, ctx, children, fields)

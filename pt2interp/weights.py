@@ -18,7 +18,7 @@ import torch
 
 from pt2interp import versions
 from pt2interp.archive import Archive
-from pt2interp.errors import Pt2Error, WeightError
+from pt2interp.errors import WeightError
 from pt2interp.schema import PayloadMeta, SymExpr, TensorMeta, parse_payload_config
 
 
@@ -69,7 +69,7 @@ def load_pickled(archive: Archive, relative: str) -> object:
     data = archive.read(relative)
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad payloads
+    except Exception as exc:  # noqa: BLE001 (torch raises UnpicklingError, RuntimeError, ... for bad payloads)
         msg = str(exc).split("\n")[0][:300]
         raise WeightError(f"{archive.source}: cannot load pickled member {archive.member_path(relative)!r} "
                           f"safely (weights_only): {type(exc).__name__}: {msg}") from None
@@ -137,10 +137,7 @@ def read_payload_config(archive: Archive, config_member: str) -> dict[str, Paylo
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise WeightError(f"{archive.source}: {archive.member_path(config_member)} is not valid JSON: {exc}") from None
-    try:
-        return parse_payload_config(doc, archive.member_path(config_member))
-    except Pt2Error:
-        raise
+    return parse_payload_config(doc, archive.member_path(config_member))
 
 
 def _archive_is_big_endian(archive: Archive) -> bool:

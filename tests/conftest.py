@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from fixture_cases import all_cases
 
 # The fixtures' reference outputs were computed single-threaded; some CPU kernels (oneDNN
