@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pt2interp.errors import UnsupportedOpError
 
 _SEGMENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_DUNDER_OP = re.compile(r"__[a-z]+__")
 _TORCH_OPS_TARGET = re.compile(rf"^torch\.ops\.({_SEGMENT})\.({_SEGMENT})(?:\.({_SEGMENT}))?$")
 
 
@@ -144,9 +145,15 @@ def _resolve_torch_op(target: str):
     import torch
 
     m = _TORCH_OPS_TARGET.match(target)
-    if not m or any(s.startswith("__") for s in m.groups() if s):
+    # Dunder op names are real ATen ops (aten.__and__.Tensor); namespaces and overloads never are.
+    # Whatever a name finds, only an OpOverloadPacket / OpOverload / HigherOrderOperator passes.
+    if not m or m.group(1).startswith("__") or (m.group(3) or "").startswith("__") \
+            or (m.group(2).startswith("__") and not _DUNDER_OP.fullmatch(m.group(2))):
         raise UnsupportedOpError(f"target {target!r} is not a torch.ops.<namespace>.<op>[.<overload>] name")
     ns_name, op_name, overload = m.groups()
+    denied = _DENIED_NAMESPACES.get(ns_name) or _DENIED_OPS.get(f"{ns_name}::{op_name}")
+    if denied:
+        raise UnsupportedOpError(f"op {target!r} {denied}: pt2interp never runs it")
     ns = getattr(torch.ops, ns_name, None) if ns_name not in _NOT_NAMESPACES else None
     if not isinstance(ns, (torch._ops._OpNamespace, torch._ops._HigherOrderNamespace)):
         raise UnsupportedOpError(f"target {target!r}: {ns_name!r} is not an op namespace in torch {torch.__version__}")
@@ -169,6 +176,19 @@ def _resolve_torch_op(target: str):
 
 # Attributes of torch.ops that are functions, not namespaces (import_module, load_library).
 _NOT_NAMESPACES = frozenset({"import_module", "load_library", "loaded_libraries"})
+
+# Real ops a graph must not reach: they touch files the graph names, or build views with no
+# bounds check (a read or write through one reaches memory outside the tensor). Export never
+# emits them; a file that names them is hostile.
+_DENIED_OPS = {
+    "aten::from_file": "reads a file the graph names (and with shared=True writes to it)",
+    "aten::save": "writes a file the graph names",
+    "aten::_reshape_alias": "builds views without checking its bounds",
+}
+_DENIED_NAMESPACES = {
+    "inductor": "is compiler-internal: it builds views without checking its bounds",
+    "debugprims": "is a debugging primitive",
+}
 
 
 def schema_of(target: str):
