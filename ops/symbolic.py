@@ -48,8 +48,41 @@ _BINARY = {
     "eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "and_": "&", "or_": "|",
     "xor": "^", "lshift": "<<", "rshift": ">>",
 }
+# Sizes are int64: Python ints far beyond that come only from a hostile graph, and computing
+# them (10 ** 10 ** 9, 1 << 10 ** 12, "x" * 10 ** 12) would hang or exhaust memory.
+_MAX_INT_BITS = 256
+_MAX_REPEAT = 1 << 24
+
+
+def _too_big(what: str):
+    return OverflowError(f"{what} is too large for a size computation (over {_MAX_INT_BITS} bits)")
+
+
+def _pow(a, b):
+    if type(a) is int and type(b) is int and abs(a) > 1 and b * abs(a).bit_length() > _MAX_INT_BITS:
+        raise _too_big(f"{a} ** {b}")
+    return operator.pow(a, b)
+
+
+def _lshift(a, b):
+    if type(a) is int and type(b) is int and a and b + a.bit_length() > _MAX_INT_BITS:
+        raise _too_big(f"{a} << {b}")
+    return operator.lshift(a, b)
+
+
+def _mul(a, b):
+    if type(a) is int and type(b) is int and a.bit_length() + b.bit_length() > _MAX_INT_BITS:
+        raise _too_big(f"{a} * {b}")
+    for seq, n in ((a, b), (b, a)):
+        if isinstance(seq, (str, bytes, list, tuple)) and type(n) is int and len(seq) * n > _MAX_REPEAT:
+            raise OverflowError(f"repeating a sequence of {len(seq)} items {n} times is too large")
+    return operator.mul(a, b)
+
+
+_BOUNDED = {"pow": _pow, "lshift": _lshift, "mul": _mul}
 for _name, _sym in _BINARY.items():
-    register(f"_operator.{_name}", kernel=getattr(operator, _name), family="symbolic")(_binary(_sym))
+    register(f"_operator.{_name}", kernel=_BOUNDED.get(_name, getattr(operator, _name)),
+             family="symbolic")(_binary(_sym))
 
 register("_operator.neg", kernel=operator.neg, family="symbolic")(lambda c: f"-{_wrap(c.positional[0])}")
 register("_operator.pos", kernel=operator.pos, family="symbolic")(lambda c: f"+{_wrap(c.positional[0])}")

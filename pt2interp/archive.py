@@ -19,6 +19,7 @@ written.
 
 from __future__ import annotations
 
+import bisect
 import io
 import mmap
 import os
@@ -97,9 +98,30 @@ class Archive:
                 raise FormatError(f"{self.source}: member {name!r} uses unsupported compression {info.compress_type}")
             if info.file_size < 0 or info.compress_size < 0:
                 raise FormatError(f"{self.source}: member {name!r} has a negative size")
+            if info.header_offset < 0:
+                raise FormatError(f"{self.source}: member {name!r} has a negative header offset "
+                                  f"{info.header_offset} (corrupt central directory)")
             self.members[name] = Member(name, info.file_size, info.compress_size,
                                         info.compress_type == zipfile.ZIP_STORED, info.header_offset, info.CRC)
+        self._check_overlaps()
         self._detect_layout()
+
+    def _check_overlaps(self) -> None:
+        # Every member's local header must agree with the central directory, and its data must
+        # end before the next local header (or the central directory): members sharing bytes are
+        # a zip-bomb technique and the mark of a forged directory. One small read per member.
+        starts = sorted({m.header_offset for m in self.members.values()})
+        start_dir = getattr(self._zip, "start_dir", None)
+        self._data_limit: dict[str, int] = {}
+        self._data_start: dict[str, int] = {}
+        for m in self.members.values():
+            i = bisect.bisect_right(starts, m.header_offset)
+            limit = starts[i] if i < len(starts) else None
+            if start_dir is not None and start_dir > m.header_offset:
+                limit = start_dir if limit is None else min(limit, start_dir)
+            if limit is not None:
+                self._data_limit[m.name] = limit
+            self._data_start[m.name] = self._local_data_start(m)
 
     # -- layout ----------------------------------------------------------------------
     def _detect_layout(self) -> None:
@@ -207,16 +229,36 @@ class Archive:
         return self._mmap
 
     def _data_offset(self, m: Member) -> int:
+        return self._data_start[m.name]
+
+    def _local_data_start(self, m: Member) -> int:
         f = self._fileobj
-        f.seek(m.header_offset)
-        raw = f.read(_LOCAL_HEADER.size)
-        if len(raw) != _LOCAL_HEADER.size:
-            raise FormatError(f"{self.source}: local header of {m.name!r} is truncated")
-        fields = _LOCAL_HEADER.unpack(raw)
-        if fields[0] != _LOCAL_HEADER_SIG:
-            raise FormatError(f"{self.source}: bad local header signature for {m.name!r}")
-        name_len, extra_len = fields[9], fields[10]
-        return m.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        try:
+            f.seek(m.header_offset)
+            raw = f.read(_LOCAL_HEADER.size)
+            if len(raw) != _LOCAL_HEADER.size:
+                raise FormatError(f"{self.source}: local header of {m.name!r} is truncated")
+            fields = _LOCAL_HEADER.unpack(raw)
+            if fields[0] != _LOCAL_HEADER_SIG:
+                raise FormatError(f"{self.source}: bad local header signature for {m.name!r}")
+            flags, local_csize, name_len, extra_len = fields[2], fields[7], fields[9], fields[10]
+            local_name = f.read(name_len)
+        except OSError as exc:
+            raise FormatError(f"{self.source}: cannot read the local header of {m.name!r} ({exc})") from None
+        # The local header must describe the same member as the central directory (zipfile checks
+        # this on reads; mapped members bypass zipfile): same name, same size unless deferred.
+        if local_name not in (m.name.encode("utf-8"), m.name.encode("cp437", "replace")):
+            raise FormatError(f"{self.source}: the local header at offset {m.header_offset} names "
+                              f"{local_name[:100]!r}, not {m.name!r} (corrupt central directory)")
+        if not flags & 0x08 and local_csize not in (0xFFFFFFFF, m.compressed_size):
+            raise FormatError(f"{self.source}: member {m.name!r}: the central directory declares "
+                              f"{m.compressed_size} bytes, its local header {local_csize}")
+        start = m.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        limit = self._data_limit.get(m.name)
+        if limit is not None and start + m.compressed_size > limit:
+            raise FormatError(f"{self.source}: member {m.name!r} declares {m.compressed_size} bytes, more than "
+                              f"fit before the next member at offset {limit} (overlapping or corrupt entries)")
+        return start
 
     def close(self) -> None:
         # The mapping stays valid for tensors that still view it; closing the file is enough.

@@ -7,6 +7,7 @@ traceback). Subcommands that only read a program never import torch.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -107,6 +108,10 @@ def _read_tensor_file(path: str) -> dict:
     raise Pt2Error(f"{path}: inputs must be a .npz or .safetensors file")
 
 
+# A recorded shape is a claim made by the file: random inputs beyond this are refused.
+_MAX_RANDOM_ELEMENTS = 1 << 28
+
+
 def _random_inputs(prog) -> tuple:
     import torch
 
@@ -117,8 +122,14 @@ def _random_inputs(prog) -> tuple:
     for spec in model.signature.inputs_of("user_input"):
         if spec.arg.kind != "tensor":
             raise Pt2Error(f"--random cannot make a value for non-tensor input {spec.arg}")
-        meta = model.graph.tensor_values[spec.arg.value.name]
+        meta = model.graph.tensor_values.get(spec.arg.value.name)
+        if meta is None:
+            raise Pt2Error(f"--random: the archive records no shape for input {spec.arg.value.name!r}")
         shape = [s if isinstance(s, int) else (s.hint if isinstance(s.hint, int) else 2) for s in meta.sizes]
+        numel = math.prod(shape)
+        if numel > _MAX_RANDOM_ELEMENTS:
+            raise Pt2Error(f"--random: input {spec.arg.value.name!r} would have {numel:,} elements "
+                           f"({shape}); pass --inputs with real data instead")
         dtype = torch_dtype(meta.dtype)
         if dtype.is_floating_point:
             out.append(torch.randn(shape, dtype=dtype))
@@ -146,18 +157,182 @@ def _preview(t, n: int = 4) -> str:
 
 
 def cmd_info(args) -> int:
+    """Describe an archive: rich tables for people, ``--json`` for programs. Never imports torch
+    (unless ``--check-ops`` asks whether this torch has every op)."""
     import pt2interp
 
-    prog = pt2interp.read_program(args.file, model=args.model)
-    sig = prog.signature
-    print(f"{prog.source}: layout {prog.layout}, schema {'.'.join(map(str, prog.schema_version))}, "
-          f"torch {prog.torch_version or 'unknown'}, IR {prog.model.dialect}")
-    for s in sig.inputs_of("user_input"):
-        meta = prog.graph.tensor_values.get(s.arg.value.name) if s.arg.kind == "tensor" else None
-        shape = "[" + ", ".join(map(str, meta.sizes)) + "]" if meta else ""
-        print(f"  input  {s.arg.value.name if hasattr(s.arg.value, 'name') else s.arg.kind} {meta.dtype if meta else ''}{shape}")
-    print(f"  {len(sig.inputs_of('parameter'))} parameters, {len(sig.inputs_of('buffer'))} buffers, "
-          f"{len(prog.graph.nodes)} nodes")
+    schema = pt2interp.read_schema(args.file, model=args.model, check_ops=True if args.check_ops else None)
+    if args.json:
+        print(schema.to_json())
+        return 0
+    _print_schema(schema)
+    return 0
+
+
+def _print_schema(schema) -> None:
+    """The rich rendering of a :class:`~pt2interp.introspect.ProgramSchema`."""
+    from rich import box
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.tree import Tree
+
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # piped output: do not squeeze tables to 80 columns
+    t = schema.totals
+    arch = schema.archive
+    console.print(f"[bold]{escape(schema.source)}[/bold]: {arch.kind} layout"
+                  + (f" (top folder {arch.top!r})" if arch.top else "")
+                  + f", {arch.members} members" + (f", {_human_bytes(arch.file_bytes)}" if arch.file_bytes else ""))
+    console.print(f"schema {'.'.join(map(str, schema.schema_version))}, written by torch "
+                  f"{schema.torch_version or 'unknown'}, IR {schema.dialect}, model {schema.model!r}")
+    by_dtype = ", ".join(f"{k} {_human_bytes(v)}" for k, v in t.bytes_by_dtype.items()) or "none"
+    console.print(f"{t.parameter_count:,} parameters ({_human_bytes(t.parameter_bytes)}), {t.buffer_count} buffers "
+                  f"({_human_bytes(t.buffer_bytes)}), {len(schema.constants)} constants; bytes by dtype: {by_dtype}")
+    for group in t.tied:
+        console.print(escape(f"tied: {' = '.join(group)}"))
+
+    io_table = Table(title="Inputs and outputs", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("", "name", "kind", "dtype", "shape"):
+        io_table.add_column(col)
+    for direction, values in (("in", schema.inputs), ("out", schema.outputs)):
+        for v in values:
+            tensor = v.tensor
+            kind = v.kind + (" (keyword)" if v.keyword else "")
+            shape = tensor.shape_str if tensor else ("" if v.value is None else str(v.value))
+            io_table.add_row(direction, escape(v.name), kind, tensor.dtype if tensor else "", escape(shape))
+        io_table.add_section()
+    console.print(io_table)
+
+    weights = schema.weights()
+    if weights:
+        w_table = Table(title="Parameters, buffers and constants by module", box=box.SIMPLE_HEAD,
+                        title_justify="left")
+        for col, justify in (("module", "left"), ("class", "left"), ("name", "left"), ("kind", "left"),
+                             ("shape", "left"), ("dtype", "left"), ("bytes", "right")):
+            w_table.add_column(col, justify=justify)
+        classes = {m.fqn: m.class_name for m in schema.module_tree.walk()}
+        order = {m.fqn: i for i, m in enumerate(schema.module_tree.walk())}
+        last = None
+        for w in sorted(weights, key=lambda w: order.get(w.module, len(order))):  # stable: keeps file order
+            first = w.module != last
+            kind = w.kind + (" (not persistent)" if w.persistent is False else "")
+            kind += f" = {w.tied_to}" if w.tied_to else ""
+            w_table.add_row(escape(w.module or "(root)") if first else "",
+                            (classes.get(w.module) or "") if first else "",
+                            escape(w.name.rpartition(".")[2]), escape(kind),
+                            escape(w.tensor.shape_str if w.tensor else (w.class_fqn or "")),
+                            w.tensor.dtype if w.tensor else "", f"{w.nbytes:,}" if w.nbytes is not None else "")
+            last = w.module
+        console.print(w_table)
+
+    ops = Table(title="Op histogram", box=box.SIMPLE_HEAD, title_justify="left")
+    ops.add_column("target")
+    ops.add_column("count", justify="right")
+    for name in schema.subgraph_ops:
+        ops.add_column(f"in {name}", justify="right")
+    for target, count in schema.op_histogram.items():
+        ops.add_row(escape(target.removeprefix("torch.ops.")), str(count),
+                    *(str(sub.get(target, "")) for sub in schema.subgraph_ops.values()))
+    console.print(ops)
+
+    def label(m) -> str:
+        name = escape(m.name or "(root)")
+        cls = f" [cyan]{escape(m.class_name)}[/cyan]" if m.class_name else ""
+        return f"{name}{cls}" + (f"  {m.parameter_count:,} params" if m.parameter_count else "")
+
+    def add(node, branch) -> None:
+        for child in node.children:
+            add(child, branch.add(label(child)))
+
+    tree = Tree(label(schema.module_tree))
+    add(schema.module_tree, tree)
+    console.print("Module tree")
+    console.print(tree)
+
+    if schema.missing_ops is None:
+        console.print("ops this torch lacks: not checked (torch is not imported; --check-ops imports it)")
+    elif schema.missing_ops:
+        console.print(f"[red]ops this torch lacks[/red]: {escape(', '.join(schema.missing_ops))}")
+    else:
+        console.print("ops this torch lacks: none")
+
+
+def cmd_weights(args) -> int:
+    """Write an archive's weights to safetensors (and/or npz) without importing torch."""
+    import pt2interp
+    from pt2interp.extract import save_safetensors
+
+    if not args.output and not args.numpy:
+        raise Pt2Error("nothing to write: give -o FILE.safetensors and/or --numpy FILE.npz")
+    if args.output:
+        saved = save_safetensors(args.file, args.output, model=args.model,
+                                 include_buffers=not args.no_buffers, include_constants=args.constants)
+        tied = f", {len(saved.aliases)} tied name(s) recorded as aliases" if saved.aliases else ""
+        print(f"wrote {len(saved.tensors)} tensors{tied} to {saved.path} ({_human_bytes(saved.nbytes)})")
+    if args.numpy:
+        import json
+
+        import numpy as np
+
+        weights = pt2interp.extract_weights(args.file, backend="numpy", model=args.model,
+                                            include_buffers=not args.no_buffers, include_constants=args.constants)
+        # npz members are plain .npy files; the torch dtype names travel as one JSON string
+        np.savez(args.numpy, **weights, __torch_dtypes__=np.array(json.dumps(weights.dtypes)))
+        raw = f" ({len(weights.raw_bits)} as raw bits, see __torch_dtypes__)" if weights.raw_bits else ""
+        print(f"wrote {len(weights)} arrays{raw} to {args.numpy}")
+    return 0
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_serve(args) -> int:
+    """Serve one or more archives over HTTP (Open Inference Protocol v2, /metrics, status page)."""
+    import uvicorn
+
+    from pt2interp.serve import Server
+    from pt2interp.serve.http import create_app
+
+    servers = []
+    try:
+        for spec in args.files:
+            # NAME=PATH names a model; otherwise the file's stem does
+            name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+            servers.append(Server(path, name=name or None, device=args.device, batch_size=args.batch_size,
+                                  batch_timeout_ms=args.batch_timeout_ms, request_timeout_s=args.request_timeout))
+        app = create_app(servers, max_body_bytes=args.max_body_bytes)
+        for s in servers:
+            note = f", {s.info()['batching_note']}" if s.info()["batching_note"] else ""
+            print(f"model {s.name!r}: {s.path} on {s.device}, batch size {s.batch_size}{note}")
+        print(f"serving on http://{args.host}:{args.port}/  (status page at /, metrics at /metrics)")
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    except ValueError as exc:
+        raise Pt2Error(str(exc)) from None
+    finally:
+        for s in servers:
+            s.shutdown(timeout=5.0)
+    return 0
+
+
+def cmd_codegen(args) -> int:
+    """Write a .pt2 back as readable nn.Module source (and, with --weights, its weights)."""
+    from pt2interp.codegen import to_python
+
+    source = to_python(args.file, class_name=args.class_name, comments=not args.no_comments,
+                       weights=args.weights)
+    if args.output:
+        Path(args.output).write_text(source, encoding="utf-8")
+        extra = f" and {args.weights}" if args.weights else ""
+        print(f"wrote {args.output}{extra} (class {args.class_name!r}; load weights with from_pt2(path))")
+    else:
+        sys.stdout.write(source)
     return 0
 
 
@@ -182,7 +357,41 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a .pt2 without running it (torch not needed)")
     i.add_argument("file")
     i.add_argument("--model", default=None)
+    i.add_argument("--json", action="store_true", help="print the description as JSON")
+    i.add_argument("--check-ops", action="store_true",
+                   help="import torch and list the ops it lacks (otherwise checked only if torch is loaded)")
     i.set_defaults(fn=cmd_info)
+
+    w = sub.add_parser("weights", help="write a .pt2's weights to safetensors or npz (torch not needed)")
+    w.add_argument("file")
+    w.add_argument("--output", "-o", help="the .safetensors file to write")
+    w.add_argument("--numpy", metavar="NPZ", help="also (or only) write the arrays to this .npz")
+    w.add_argument("--model", default=None)
+    w.add_argument("--no-buffers", action="store_true", help="parameters only")
+    w.add_argument("--constants", action="store_true",
+                   help="also tensor constants and non-persistent buffers")
+    w.set_defaults(fn=cmd_weights)
+    sv = sub.add_parser("serve", help="serve .pt2 archives over HTTP (Open Inference Protocol v2)")
+    sv.add_argument("files", nargs="+", metavar="[NAME=]FILE", help="archives to serve, named after their files")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    sv.add_argument("--batch-size", type=int, default=1, help="most rows per model run (1: no batching)")
+    sv.add_argument("--batch-timeout-ms", type=float, default=0.0,
+                    help="how long a request may wait for others to share its run")
+    sv.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger requests get 413")
+    sv.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(fn=cmd_serve)
+    cg = sub.add_parser("codegen", help="write a .pt2 back as readable nn.Module source")
+    cg.add_argument("file")
+    cg.add_argument("--output", "-o", help="the .py file to write (default: standard output)")
+    cg.add_argument("--class-name", default="Model", help="name of the root class (default: Model)")
+    cg.add_argument("--no-comments", action="store_true",
+                    help="leave out the original source lines kept as comments")
+    cg.add_argument("--weights", metavar="SAFETENSORS",
+                    help="also write the weights here, for the generated load_safetensors(path)")
+    cg.set_defaults(fn=cmd_codegen)
     return p
 
 
@@ -194,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     except Pt2Error as exc:
         if args.debug:
             raise
-        print(f"pt2interp: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())  # one line, whatever the archive put in names
+        print(f"pt2interp: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -49,5 +49,11 @@ class GraphError(Pt2Error):
     """The graph is inconsistent: undefined values, cycles, dangling outputs."""
 
 
+class ExecutionError(Pt2Error):
+    """A node's kernel failed while the graph ran (a graph that does not fit its own shapes,
+    an allocation that cannot be made). The message names the node, its target and the error
+    the kernel raised; that error is the ``__cause__``."""
+
+
 class AOTInductorPackageError(FormatError):
     """The archive holds AOTInductor-compiled code, not a graph pt2interp can interpret."""

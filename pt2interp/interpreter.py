@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from pt2interp.errors import GraphError, SchemaError, UnsupportedOpError
+from pt2interp.errors import ExecutionError, GraphError, Pt2Error, SchemaError, UnsupportedOpError
 from pt2interp.ops import registry
+from pt2interp.ops.fast import fast_kernel
 from pt2interp.schema import Argument, Graph, Node, Ref
 from pt2interp.weights import torch_dtype
 
@@ -83,7 +84,8 @@ class GraphPlan:
     """A compiled graph. Call it with the graph's inputs (a list) to get its outputs (a list)."""
 
     def __init__(self, graph: Graph, nslots: int, input_slots: list[int | None], steps: list[Step],
-                 output_sources: list, slot_of: dict[str, int], where: str):
+                 output_sources: list, slot_of: dict[str, int], where: str, member: str = "<graph>"):
+        self.member = member
         self.graph = graph
         self.nslots = nslots
         self.input_slots = input_slots
@@ -98,10 +100,16 @@ class GraphPlan:
         for slot, value in zip(self.input_slots, inputs):
             if slot is not None:
                 env[slot] = value
-        for step, free in self._fast:
-            step(env)
-            for s in free:
-                env[s] = None
+        step = None
+        try:
+            for step, free in self._fast:
+                step(env)
+                for s in free:
+                    env[s] = None
+        except Pt2Error:
+            raise
+        except Exception as exc:  # a kernel failed: name its node (``step`` is the failing one)
+            raise self._failure(step, exc) from exc
         return [env[s] if s.__class__ is int else s.get(env) for s in self.output_sources]
 
     __call__ = run
@@ -113,12 +121,28 @@ class GraphPlan:
             if slot is not None:
                 env[slot] = value
         for step in self.steps:
-            step.run(env)
+            try:
+                step.run(env)
+            except Pt2Error:
+                raise
+            except Exception as exc:
+                raise self._failure(step.run, exc) from exc
             for name, slot in step.output_slots.items():
                 on_node(name, step.node.target, env[slot])
             for s in step.free:
                 env[s] = None
         return [_fetch(s, env) for s in self.output_sources]
+
+    def _failure(self, run: Callable | None, exc: Exception) -> ExecutionError:
+        """The error for a kernel that raised ``exc`` in the step whose ``run`` is ``run``."""
+        lines = [x for x in str(exc).splitlines() if x.strip()]
+        what = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+        for i, step in enumerate(self.steps):
+            if step.run is run:
+                node = step.node
+                return ExecutionError(f"{self.member}: {self.where}.nodes[{i}] ({node.label}, {node.target}) "
+                                      f"failed: {what}")
+        return ExecutionError(f"{self.member}: {self.where} failed: {what}")
 
     def fallback_targets(self) -> set[str]:
         """Targets that ran through the generic ``torch.ops`` fallback (no registry entry)."""
@@ -186,7 +210,7 @@ class GraphCompiler:
                 for r in na.arg.refs():
                     if r not in slot_of:
                         raise GraphError(f"{self.member}: {npath} ({node.label}, {node.target}): input "
-                                         f"{na.name or '#'}' reads {r!r}, which no input or earlier node defines")
+                                         f"'{na.name or '#'}' reads {r!r}, which no input or earlier node defines")
             step = self.compile_node(node, slot_of, npath, define)
             free = tuple(slot_of[r] for na in node.inputs for r in set(na.arg.refs())
                          if last_use.get(r) == idx and r not in pinned)
@@ -199,7 +223,7 @@ class GraphCompiler:
                 if r not in slot_of:
                     raise GraphError(f"{self.member}: {where}.outputs[{i}] names {r!r}, which nothing defines")
             outputs.append(self.compile_argument(arg, slot_of, f"{where}.outputs[{i}]"))
-        return GraphPlan(graph, len(slot_of), input_slots, steps, outputs, slot_of, where)
+        return GraphPlan(graph, len(slot_of), input_slots, steps, outputs, slot_of, where, self.member)
 
     # -- nodes -------------------------------------------------------------------------------
     def resolve(self, node: Node, path: str) -> tuple[Callable, Any, bool]:
@@ -226,7 +250,14 @@ class GraphCompiler:
 
     def compile_node(self, node: Node, slot_of: dict, path: str, define) -> Step:
         kernel, op, via_fallback = self.resolve(node, path)
+        for i in _SUBGRAPH_INPUTS.get(node.target, ()):
+            if i >= len(node.inputs) or node.inputs[i].arg.kind != "graph":
+                got = f"a {node.inputs[i].arg.kind} argument" if i < len(node.inputs) else "nothing"
+                raise GraphError(f"{self.member}: {path} ({node.label}, {node.target}): input {i} must be a "
+                                 f"subgraph, got {got}")
         args, kwargs = self.compile_inputs(node, op, slot_of, path)
+        if not kwargs and not via_fallback:
+            kernel = fast_kernel(node.target, len(args)) or kernel
         store, out_slots = self.compile_outputs(node, define, path)
         run = _make_step(kernel, args, kwargs, store)
         step = Step(node, kernel, run, (), via_fallback, out_slots)
@@ -353,7 +384,10 @@ class GraphCompiler:
         if k == "device":
             if self.device is not None:
                 return _Const(self.device)
-            return _Const(torch.device(v.type, v.index) if v.index is not None else torch.device(v.type))
+            try:
+                return _Const(torch.device(v.type, v.index) if v.index is not None else torch.device(v.type))
+            except (RuntimeError, ValueError) as exc:
+                raise SchemaError(f"not a device: {exc}", member=self.member, path=path) from None
         if k == "graph":
             return _Const(Subgraph(v.name, self.compile(v.graph, where=f"{path}.graph")))
         if k == "operator":
@@ -367,6 +401,11 @@ class GraphCompiler:
         if k == "string_to_argument":
             return _Dict({key: self.compile_argument(a, slot_of, f"{path}.{key}") for key, a in v.items()})
         raise SchemaError(f"unknown argument kind '{k}'", member=self.member, path=path)
+
+
+# Higher-order ops: which positional inputs must be subgraphs.
+_SUBGRAPH_INPUTS = {"torch.ops.higher_order.cond": (1, 2), "torch.ops.higher_order.while_loop": (0, 1),
+                    "torch.ops.higher_order.map_impl": (0,)}
 
 
 @dataclass(frozen=True)

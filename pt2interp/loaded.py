@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pt2interp.errors import InputMismatchError, SchemaError
+from pt2interp.errors import ExecutionError, InputMismatchError, SchemaError
 from pt2interp.interpreter import GraphCompiler, GraphPlan
 from pt2interp.program import Program
 from pt2interp.schema import InputSpec, TensorMeta
@@ -67,6 +67,10 @@ class LoadedProgram:
         self._out_spec: TreeSpec | None = root.out_spec if root else None
         self._arg_names = (root.forward_arg_names if root else None) or []
         self._leaf_specs = [i for i, s in enumerate(specs) if s.kind in ("user_input", "constant_input")]
+        if self._in_spec is not None and self._in_spec.num_leaves != len(self._leaf_specs):
+            raise SchemaError(f"the input tree spec holds {self._in_spec.num_leaves} values but the signature "
+                              f"lists {len(self._leaf_specs)} user inputs", member=member,
+                              path="graph_module.module_call_graph[0].signature.in_spec")
         self._template: list[Any] = [None] * len(specs)
         for i, s in enumerate(specs):
             if s.kind in _STATE_KINDS:
@@ -79,9 +83,20 @@ class LoadedProgram:
                         for n, i in enumerate(self._leaf_specs)]
         self._symbols = {name: (rc.min_val, rc.max_val) for name, rc in model.range_constraints.items()}
         outs = model.signature.output_specs
+        if len(outs) != len(model.graph.outputs):
+            raise SchemaError(f"the signature lists {len(outs)} outputs but the graph has {len(model.graph.outputs)}",
+                              member=member, path="graph_module.signature.output_specs")
         self._user_outputs = [i for i, s in enumerate(outs) if s.kind in ("user_output", "loss_output")]
+        if self._out_spec is not None and self._out_spec.num_leaves != len(self._user_outputs):
+            raise SchemaError(f"the output tree spec holds {self._out_spec.num_leaves} values but the signature "
+                              f"lists {len(self._user_outputs)} user outputs", member=member,
+                              path="graph_module.module_call_graph[0].signature.out_spec")
         self._buffer_writes = [(i, s.target) for i, s in enumerate(outs)
                                if s.kind in ("buffer_mutation", "parameter_mutation")]
+        for i, target in self._buffer_writes:
+            if target not in self._state:
+                raise SchemaError(f"{outs[i].kind} names {target!r}, which is no parameter or buffer",
+                                  member=member, path=f"graph_module.signature.output_specs[{i}]")
         user_input_pos = {s.arg.value.name: n for n, s in enumerate(specs[i] for i in self._leaf_specs)
                           if s.kind == "user_input" and s.arg.kind == "tensor"}
         self._input_writes = []
@@ -214,15 +229,22 @@ class LoadedProgram:
         return _MISSING
 
     def _write_back(self, flat: list, user_leaves: list) -> None:
-        for i, target in self._buffer_writes:
-            buf = self._state[target]
-            value = flat[i]
-            if buf is not value:
-                buf.copy_(value)
-        for i, pos in self._input_writes:
-            dst = user_leaves[pos]
-            if dst is not flat[i]:
-                dst.copy_(flat[i])
+        i = target = None
+        try:
+            for i, target in self._buffer_writes:
+                buf = self._state[target]
+                value = flat[i]
+                if buf is not value:
+                    buf.copy_(value)
+            for i, pos in self._input_writes:
+                target = f"input {self._label(pos)}"
+                dst = user_leaves[pos]
+                if dst is not flat[i]:
+                    dst.copy_(flat[i])
+        except Exception as exc:  # the graph's new value does not fit what it mutates
+            raise ExecutionError(f"{self.program.source}: graph_module.signature.output_specs[{i}]: cannot write "
+                                 f"the new value of {target!r} back ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from exc
 
     def __repr__(self) -> str:
         return f"<LoadedProgram {self.program.source!r} device={self.device}>"

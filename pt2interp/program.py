@@ -114,7 +114,7 @@ class Program:
         if not self.archive.has(member) or self.archive.info(member).size == 0:
             return None
         obj = load_pickled(self.archive, member)
-        if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], dict):
+        if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], (tuple, list)) and isinstance(obj[1], dict):
             return tuple(obj[0]), dict(obj[1])
         return None
 

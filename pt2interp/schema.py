@@ -12,6 +12,7 @@ Arguments are :class:`Argument` values: a ``kind`` (``"tensor"``, ``"ints"``,
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -302,6 +303,8 @@ class ExportedProgramModel:
 
 def _split_top_level_commas(text: str) -> list[str]:
     # Module paths like "getattr(L['s'].net, '0')" contain commas: split only outside brackets.
+    if "(" not in text and "[" not in text:
+        return text.split(",")
     out, depth, start = [], 0, 0
     for i, c in enumerate(text):
         if c in "([":
@@ -315,11 +318,19 @@ def _split_top_level_commas(text: str) -> list[str]:
     return out
 
 
+_MAX_MODULE_PATH = 4096
+_MAX_GETATTR_UNWRAP = 32
+
+
 def normalize_module_path(path: str) -> str:
     """Turn dynamo's access path (``getattr(L['self'].net, '0')``) into an FQN (``net.0``)."""
     p = path.strip()
+    if len(p) > _MAX_MODULE_PATH:
+        return p  # no module path is this long: left as is, not unwrapped at quadratic cost
     # unwrap getattr(X, 'name') → X.name, innermost first
-    while p.startswith("getattr(") and p.endswith(")"):
+    for _ in range(_MAX_GETATTR_UNWRAP):
+        if not (p.startswith("getattr(") and p.endswith(")")):
+            break
         inner = p[len("getattr("):-1]
         parts = _split_top_level_commas(inner)
         if len(parts) != 2:
@@ -339,8 +350,15 @@ def normalize_module_path(path: str) -> str:
 
 
 def parse_nn_module_stack(text: str | None) -> list[ModuleFrame]:
+    """The frames of a node's ``nn_module_stack`` metadata, outermost first."""
     if not text:
         return []
+    return list(_parse_nn_module_stack(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_nn_module_stack(text: str) -> tuple[ModuleFrame, ...]:
+    # Consecutive nodes of one module share the same string: parse each distinct one once.
     frames = []
     for item in text.split(";"):
         parts = _split_top_level_commas(item)
@@ -349,7 +367,7 @@ def parse_nn_module_stack(text: str | None) -> list[ModuleFrame]:
         key, type_name = parts[0], parts[-1]
         path = ",".join(parts[1:-1])
         frames.append(ModuleFrame(key=key, fqn=normalize_module_path(path), type_name=type_name))
-    return frames
+    return tuple(frames)
 
 
 # ---------------------------------------------------------------------------------------
@@ -482,16 +500,20 @@ class _Parser:
         for i, s in enumerate(sizes):
             if isinstance(s, int) and s < 0:
                 raise self.fail(f"{path}.sizes[{i}]", f"negative size {s}")
+            if isinstance(s, int) and s > _INT64_MAX:
+                raise self.fail(f"{path}.sizes[{i}]", f"size {s} does not fit in int64")
         for i, s in enumerate(strides):
             if isinstance(s, int) and s < 0:
                 raise self.fail(f"{path}.strides[{i}]", f"negative stride {s}")
+            if isinstance(s, int) and s > _INT64_MAX:
+                raise self.fail(f"{path}.strides[{i}]", f"stride {s} does not fit in int64")
         if strides and len(strides) != len(sizes):
             raise self.fail(path + ".strides", f"{len(strides)} strides for {len(sizes)} sizes")
         off = d.get("storage_offset", 0)
         off = off if type(off) is int else self.sym_int(off, path + ".storage_offset")
-        if isinstance(off, int) and off < 0:
-            raise self.fail(path + ".storage_offset", f"negative storage offset {off}")
-        layout = d.get("layout", 7)
+        if isinstance(off, int) and not 0 <= off <= _INT64_MAX:
+            raise self.fail(path + ".storage_offset", f"storage offset {off} is not in 0..2**63-1")
+        layout = self.int_(d.get("layout", 7), path + ".layout")
         return TensorMeta(
             dtype=self.dtype(self.req(d, "dtype", path), path + ".dtype"),
             sizes=sizes,
@@ -745,7 +767,7 @@ class _Parser:
                                            namedtuple_fields=nt_fields, member=self.member, path=sp + ".in_spec"),
                     out_spec=parse_treespec(self.str_(self.req(sd, "out_spec", sp), sp + ".out_spec"),
                                             namedtuple_fields=nt_fields, member=self.member, path=sp + ".out_spec"),
-                    forward_arg_names=sd.get("forward_arg_names") if isinstance(sd.get("forward_arg_names"), list) else None,
+                    forward_arg_names=_names_or_none(sd.get("forward_arg_names")),
                 )
             out.append(ModuleCallEntry(fqn, msig))
         return out
@@ -795,11 +817,13 @@ def parse_exported_program(doc: Any, member: str) -> ExportedProgramModel:
         module_call_graph=p.module_call_graph(gm.get("module_call_graph") or [], "graph_module.module_call_graph", nt_fields),
         range_constraints=rc,
         schema_version=version,
-        opset_version={k: v for k, v in (doc.get("opset_version") or {}).items() if type(v) is int},
-        verifiers=[str(x) for x in verifiers],
+        opset_version={k: v for k, v in p.obj(doc.get("opset_version") or {}, "opset_version").items()
+                       if type(v) is int},
+        verifiers=[x for x in verifiers if isinstance(x, str)],
         torch_version=tv if isinstance(tv, str) and tv != "<=2.4" else None,
-        metadata={k: v for k, v in (gm.get("metadata") or {}).items() if isinstance(v, str)},
-        guards_code=[g for g in (doc.get("guards_code") or []) if isinstance(g, str)],
+        metadata={k: v for k, v in p.obj(gm.get("metadata") or {}, "graph_module.metadata").items()
+                  if isinstance(v, str)},
+        guards_code=[g for g in p.lst(doc.get("guards_code") or [], "guards_code") if isinstance(g, str)],
     )
 
 
@@ -843,6 +867,13 @@ def _meta_cache_key(d: dict) -> tuple | None:
         return key
     except (KeyError, TypeError, AttributeError):
         return None
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def _names_or_none(v: Any) -> list[str] | None:
+    return v if isinstance(v, list) and all(isinstance(x, str) for x in v) else None
 
 
 def _contiguous_strides(sizes: tuple) -> tuple:

@@ -62,12 +62,16 @@ class Expr:
             return -vals[0]
         if op == "sub":
             return vals[0] - vals[1]
-        if op == "floordiv":
-            return vals[0] // vals[1]
-        if op == "mod":
-            return vals[0] % vals[1]
+        if op in ("floordiv", "mod"):
+            if vals[1] == 0:
+                raise EvaluationError(f"{self} divides by zero for {_binding(self, env)}")
+            return vals[0] // vals[1] if op == "floordiv" else vals[0] % vals[1]
         if op == "pow":
-            return vals[0] ** vals[1]
+            base, exp = vals[0], vals[1]
+            if abs(base) > 1 and exp > 0 and exp * abs(base).bit_length() > _MAX_POW_BITS:
+                raise EvaluationError(f"{self} is too large to evaluate for {_binding(self, env)} "
+                                      f"(over {_MAX_POW_BITS} bits)")
+            return base ** exp
         if op == "max":
             return max(vals)
         if op == "min":
@@ -80,6 +84,18 @@ class Expr:
 
     def __str__(self) -> str:
         return _render(self, 0)
+
+
+class EvaluationError(SchemaError):
+    """An expression has no value for the given symbols: a division by zero, or a power too
+    large to compute (a file must not make pt2interp compute ``10**(10**15)``)."""
+
+
+_MAX_POW_BITS = 4096
+
+
+def _binding(e: Expr, env: dict) -> str:
+    return ", ".join(f"{k}={env[k]}" for k in sorted(e.symbols()) if k in env) or "no symbols"
 
 
 _PREC = {"add": 1, "sub": 1, "mul": 2, "floordiv": 2, "mod": 2, "neg": 3, "pow": 4}

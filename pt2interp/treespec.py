@@ -129,7 +129,9 @@ class TreeSpec:
     def dict_keys(self) -> list:
         if self.type == _DEFAULT_DICT:
             return list(self.context.get("dict_context") or [])
-        return list(self.context or [])
+        if self.type in (_DICT, _ORDERED_DICT, _IMMUTABLE_DICT):
+            return list(self.context or [])
+        return []
 
     @property
     def type_label(self) -> str:
@@ -188,6 +190,8 @@ def _parse_node(obj: Any, nt_fields: dict, member, path: str, depth: int) -> Tre
         raise SchemaError("children_spec must be a list", member=member, path=path + ".children_spec")
     if t is None:
         return TreeSpec(None)
+    if t == _NONE and kids_raw:
+        raise SchemaError("a None tree spec node cannot have children", member=member, path=path + ".children_spec")
     if t not in KNOWN_TYPES:
         raise SchemaError(f"tree spec names type {t!r}, which pt2interp cannot rebuild without importing it "
                           f"(known: tuple, list, dict, OrderedDict, defaultdict, namedtuple, None)",
@@ -201,15 +205,31 @@ def _parse_node(obj: Any, nt_fields: dict, member, path: str, depth: int) -> Tre
                      for i, c in enumerate(kids_raw))
     fields = None
     if t == _NAMEDTUPLE:
+        if not isinstance(ctx, str):
+            raise SchemaError(f"namedtuple tree spec context must be a type name, got {type(ctx).__name__}",
+                              member=member, path=path + ".context")
         raw_fields = nt_fields.get(ctx)
         if isinstance(raw_fields, dict):
             raw_fields = raw_fields.get("field_names")
+        if raw_fields and not (isinstance(raw_fields, list) and all(isinstance(f, str) for f in raw_fields)):
+            raise SchemaError(f"namedtuple {ctx!r}: field names must be a list of strings",
+                              member=member, path=path)
         fields = tuple(raw_fields) if raw_fields else tuple(f"field_{i}" for i in range(len(children)))
         if len(fields) != len(children):
             raise SchemaError(f"namedtuple {ctx!r} has {len(fields)} fields but {len(children)} children",
                               member=member, path=path)
     if t in (_DICT, _ORDERED_DICT, _IMMUTABLE_DICT) and (not isinstance(ctx, list) or len(ctx) != len(children)):
         raise SchemaError("dict tree spec context must list one key per child", member=member, path=path + ".context")
-    if t == _DEFAULT_DICT and not (isinstance(ctx, dict) and isinstance(ctx.get("dict_context"), list)):
-        raise SchemaError("defaultdict tree spec context lacks dict_context", member=member, path=path + ".context")
+    if t == _DEFAULT_DICT and not (isinstance(ctx, dict) and isinstance(ctx.get("dict_context"), list)
+                                   and len(ctx["dict_context"]) == len(children)):
+        raise SchemaError("defaultdict tree spec context lacks dict_context (one key per child)",
+                          member=member, path=path + ".context")
+    if t in (_DICT, _ORDERED_DICT, _IMMUTABLE_DICT, _DEFAULT_DICT):
+        keys = ctx["dict_context"] if t == _DEFAULT_DICT else ctx
+        if not all(isinstance(k, _KEY_TYPES) for k in keys):
+            raise SchemaError("dict tree spec keys must be strings, numbers, booleans or null",
+                              member=member, path=path + ".context")
     return TreeSpec(t, ctx, children, fields)
+
+
+_KEY_TYPES = (str, int, float, type(None))

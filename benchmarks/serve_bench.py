@@ -1,0 +1,159 @@
+"""In-process serving throughput: dynamic batching (``batch_size=16``) against none
+(``batch_size=1``), 32 concurrent callers each sending one-row requests.
+
+    python -m benchmarks.serve_bench                     # mlp and small_cnn, prints a table
+    python -m benchmarks.serve_bench --requests 400      # requests per caller (default 150)
+    python -m benchmarks.serve_bench --threads 2         # torch intra-op threads (default 1)
+
+Models:
+
+* ``mlp``: the zoo's ``dynamic_batch_mlp`` (the zoo ``mlp``, exported with a dynamic batch
+  dimension 1..1024).
+* ``small_cnn``: the zoo ``small_cnn`` module with the zoo's seeded weights, exported here with
+  ``torch.export.Dim("batch", min=1, max=1024)`` into a temporary folder, because the zoo
+  archive has a static batch of 2, where batching can put at most 2 rows in a run.
+* ``small_cnn (static 2)``: the zoo archive itself, for comparison. With batching its runs hold
+  at most 2 rows (padded when short); without, each caller pads its row to 2 itself.
+
+Each figure is the median of interleaved timed rounds (batch_size 1, then 16, then 1, ...: both
+see the same machine load) after a warm-up, with ``torch.set_num_threads`` fixed, callers
+started together and each sending its requests one after the other (a closed loop, as 32
+clients of an HTTP server would). Every answer is checked against a direct call on the same row. These
+machines are shared and noisy: read the ratios, not the absolute times. The last columns give
+the process CPU time (all threads) per request: on a busy machine, where wall-clock throughput
+depends on what else runs, their ratio is the steadier estimate of the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import pt2interp
+from pt2interp.serve import Server
+
+CALLERS = 32
+
+
+def export_dynamic_small_cnn(folder: Path) -> Path:
+    """The zoo ``small_cnn`` (same seeded weights) exported with a dynamic batch dimension."""
+    from fixtures.zoo import ZOO
+
+    entry = ZOO["small_cnn"]
+    module = entry.module()
+    (x,), _ = entry.inputs()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(module, (x,), dynamic_shapes={"x": {0: batch}})
+    path = folder / "small_cnn_dynamic_batch.pt2"
+    torch.export.save(program, str(path))
+    return path
+
+
+def run_callers(server: Server, rows: list[torch.Tensor], direct, static_rows: int | None) -> dict:
+    """CALLERS threads share ``rows`` round-robin; returns throughput and latency figures."""
+    latencies: list[list[float]] = [[] for _ in range(CALLERS)]
+    answers: dict[int, torch.Tensor] = {}
+    start = threading.Barrier(CALLERS + 1)
+
+    def caller(k: int) -> None:
+        start.wait()
+        mine = latencies[k]
+        for i in range(k, len(rows), CALLERS):
+            t0 = time.perf_counter()
+            answers[i] = server.predict(rows[i])
+            mine.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(CALLERS)]
+    for t in threads:
+        t.start()
+    before = server.info()
+    start.wait()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.join()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    after = server.info()
+    # every answer against a direct call on its own row (padded like the server where static)
+    for i, x in enumerate(rows):
+        ref_in = torch.cat([x] * static_rows) if static_rows else x
+        want = direct(ref_in)[:1]
+        if not torch.allclose(answers[i], want, rtol=1e-4, atol=1e-5):
+            raise AssertionError(f"request {i} got a wrong answer")
+    flat = sorted(v for lat in latencies for v in lat)
+    runs = after["batch_count"] - before["batch_count"]
+    return {"rps": len(rows) / elapsed, "cpu_us": 1e6 * cpu / len(rows), "p50_ms": 1000 * flat[len(flat) // 2],
+            "p99_ms": 1000 * flat[min(len(flat) - 1, int(len(flat) * 0.99))], "rows_per_run": len(rows) / runs}
+
+
+def measure(path: Path, sample_shape: tuple[int, ...], requests_each: int, repeats: int) -> dict[int, dict]:
+    """Figures for batch_size 1 and 16 on one model, their timed rounds interleaved (1, 16, 1,
+    16, ...) so that both see the same machine load; medians over ``repeats`` rounds."""
+    direct = pt2interp.load(path)
+    servers = {bs: Server(path, name=f"bench-{path.stem}-{bs}", batch_size=bs, batch_timeout_ms=2)
+               for bs in (1, 16)}
+    static_rows = servers[16].layout.static_rows
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randn(1, *sample_shape, generator=gen) for _ in range(CALLERS * requests_each)]
+    inputs = {16: rows,
+              # without batching a static program takes only full batches: each caller pads its own
+              1: [torch.cat([r] * static_rows) for r in rows] if static_rows else rows}
+    rounds: dict[int, list[dict]] = {1: [], 16: []}
+    try:
+        for bs, server in servers.items():   # warm-up
+            run_callers(server, inputs[bs][: CALLERS * 5], direct, static_rows if bs == 16 else None)
+        for _ in range(repeats):
+            for bs, server in servers.items():
+                rounds[bs].append(run_callers(server, inputs[bs], direct, static_rows if bs == 16 else None))
+    finally:
+        for server in servers.values():
+            server.shutdown()
+    return {bs: {key: statistics.median(r[key] for r in results) for key in results[0]}
+            for bs, results in rounds.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=150, help="requests per caller (default 150)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per figure; the median is shown")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--no-static", action="store_true", help="skip the static small_cnn row")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = [
+            ("mlp", REPO / "fixtures" / "zoo" / "dynamic_batch_mlp.pt2", (16,)),
+            ("small_cnn", export_dynamic_small_cnn(Path(tmp)), (3, 16, 16)),
+        ]
+        if not args.no_static:
+            models.append(("small_cnn (static 2)", REPO / "fixtures" / "zoo" / "small_cnn.pt2", (3, 16, 16)))
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {CALLERS} callers x "
+              f"{args.requests} one-row requests, batch_timeout_ms=2, median of {args.repeats}")
+        header = ("| model | batch_size=1 req/s | batch_size=16 req/s | speed-up | rows/run (16) "
+                  "| p50 / p99 ms (1) | p50 / p99 ms (16) | CPU µs/req (1 / 16) | CPU ratio |")
+        lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for label, path, shape in models:
+            figures = measure(path, shape, args.requests, args.repeats)
+            one, sixteen = figures[1], figures[16]
+            ratio = sixteen["rps"] / one["rps"]
+            lines.append(f"| {label} | {one['rps']:,.0f} | {sixteen['rps']:,.0f} | {ratio:.1f}x "
+                         f"| {sixteen['rows_per_run']:.1f} | {one['p50_ms']:.1f} / {one['p99_ms']:.1f} "
+                         f"| {sixteen['p50_ms']:.1f} / {sixteen['p99_ms']:.1f} "
+                         f"| {one['cpu_us']:.0f} / {sixteen['cpu_us']:.0f} | {one['cpu_us'] / sixteen['cpu_us']:.1f}x |")
+            print(lines[-1], flush=True)
+        print()
+        print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,612 @@
+"""Describe a ``.pt2`` without running it, without torch and without reading weight bytes.
+
+:func:`read_schema` returns a :class:`ProgramSchema`: the archive layout, schema and torch
+versions, the user inputs and outputs in call structure (``x``, ``scale``, ``out[0]``,
+``out['pair'][1]``) with dtypes and shapes whose symbolic dims carry their ranges
+(``[s77∈1..1024, 16]``), every parameter, buffer and constant with shape, dtype and byte size,
+totals, an op histogram (subgraphs included), the module tree recovered from the nodes'
+``nn_module_stack``, and which ops the running torch lacks.
+
+Everything comes from the program JSON (and, for torch 2.9+ archives, the small
+``<model>_weights_config.json`` that says which names share a storage record); the zip's
+central directory gives sizes. Weight bytes are never read, so a 1 GB archive is described in
+milliseconds.
+
+>>> import pt2interp, importlib.resources as r
+>>> schema = pt2interp.read_schema(r.files("pt2interp.examples") / "tiny_mlp.pt2")
+>>> schema.layout, schema.inputs[0].name, schema.inputs[0].tensor.shape_str
+('pt2', 'x', '[2, 8]')
+>>> schema.totals.parameter_count
+1872
+>>> schema.parameters[0].name, schema.parameters[0].tensor.shape_str, schema.parameters[0].module
+('fc1.weight', '[32, 8]', 'fc1')
+>>> schema.to_dict()["totals"]["bytes_by_dtype"]
+{'float32': 7488}
+
+``missing_ops`` is ``None`` ("not checked") unless torch is already imported in the process or
+``check_ops=True`` asks for the check (which imports torch); then it lists the node targets the
+running torch does not have (``[]`` when it has them all).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, BinaryIO
+
+from pt2interp import versions
+from pt2interp.archive import Archive
+from pt2interp.errors import WeightError
+from pt2interp.program import Program, read_program
+from pt2interp.schema import (
+    Argument,
+    Graph,
+    PayloadMeta,
+    RangeConstraint,
+    SymExpr,
+    TensorMeta,
+    parse_payload_config,
+)
+from pt2interp.symexpr import EvaluationError, Expr
+from pt2interp.treespec import TreeSpec
+
+__all__ = ["ArchiveLayout", "IOValue", "ModuleNode", "ProgramSchema", "SymbolicDim", "TensorInfo",
+           "Totals", "WeightInfo", "read_payload_config", "read_schema"]
+
+_TORCH_OPS = "torch.ops."
+
+
+# ----------------------------------------------------------------------------------------------
+# The description
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SymbolicDim:
+    """A size the program leaves open: its expression (``s77``, ``2*s0``) and range.
+
+    ``min``/``max`` are None when unbounded or unknown; ``hint`` is the size seen at export.
+    """
+
+    expr: str
+    min: int | None = None
+    max: int | None = None
+    hint: int | None = None
+
+    def __str__(self) -> str:
+        if self.min is None and self.max is None:
+            return self.expr
+        lo = "-∞" if self.min is None else str(self.min)
+        hi = "∞" if self.max is None else str(self.max)
+        return f"{self.expr}∈{lo}..{hi}"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """dtype, shape (ints and :class:`SymbolicDim`), element count and bytes (None if dynamic)."""
+
+    dtype: str
+    shape: tuple[int | SymbolicDim, ...]
+    device: str = "cpu"
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(s, int) for s in self.shape)
+
+    @property
+    def numel(self) -> int | None:
+        if not self.is_static:
+            return None
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int | None:
+        n = self.numel
+        return None if n is None else n * versions.ITEMSIZE.get(self.dtype, 0)
+
+    @property
+    def shape_str(self) -> str:
+        return "[" + ", ".join(str(s) for s in self.shape) + "]"
+
+    def to_dict(self) -> dict:
+        return {"dtype": self.dtype, "shape": [_jsonable(s) for s in self.shape],
+                "shape_str": self.shape_str, "numel": self.numel, "nbytes": self.nbytes,
+                "device": self.device}
+
+
+@dataclass(frozen=True)
+class IOValue:
+    """One user input or output, named by where it sits in the call.
+
+    ``name``: ``x``, ``scale`` (keyword), ``x[0]``, ``out``, ``out[1]``, ``out['sum']``;
+    ``graph_name``: the graph value; ``kind``: ``tensor``, ``int``, ``sym_int``, ``float``,
+    ``bool``, ``none``, ``constant`` (an input specialised at export), ...; ``tensor`` for
+    tensors; ``value`` for constants and symbolic ints.
+    """
+
+    name: str
+    kind: str
+    graph_name: str | None = None
+    tensor: TensorInfo | None = None
+    value: Any = None
+    keyword: bool = False
+
+
+@dataclass(frozen=True)
+class WeightInfo:
+    """A parameter, buffer or constant. ``module`` is the owning module's FQN; ``storage``
+    the stored record where the layout says (names with equal ``storage`` and ``tied_to`` are
+    the same tensor); ``persistent`` for buffers (False: not in ``state_dict()``)."""
+
+    name: str
+    kind: str                       # parameter, buffer, tensor_constant, custom_obj
+    tensor: TensorInfo | None
+    module: str
+    persistent: bool | None = None
+    storage: str | None = None
+    tied_to: str | None = None      # the first name of the same tensor, if this one is an alias
+    class_fqn: str | None = None    # custom objects
+
+    @property
+    def nbytes(self) -> int | None:
+        return self.tensor.nbytes if self.tensor else None
+
+
+@dataclass
+class ModuleNode:
+    """A submodule: FQN (``""`` for the root), class, the parameters and buffers it owns
+    directly (full names), and its children in order of first use."""
+
+    fqn: str
+    class_name: str | None = None
+    type_name: str | None = None
+    parameters: list[str] = field(default_factory=list)
+    buffers: list[str] = field(default_factory=list)
+    children: list[ModuleNode] = field(default_factory=list)
+    parameter_count: int = 0        # elements of the parameters here and below (names, not storages)
+
+    @property
+    def name(self) -> str:
+        return self.fqn.rsplit(".", 1)[-1]
+
+    def walk(self):
+        """This node and every node below, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counts over parameters, buffers and constants; a tensor reachable under several names
+    (tied weights) counts once where the archive records the sharing (torch 2.9+ layout)."""
+
+    parameter_count: int
+    parameter_bytes: int
+    buffer_count: int
+    buffer_bytes: int
+    constant_bytes: int
+    bytes_by_dtype: dict[str, int]
+    tied: list[list[str]]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes_by_dtype.values())
+
+
+@dataclass(frozen=True)
+class ArchiveLayout:
+    """The container: ``kind`` (``pt2`` or ``legacy``), top folder, models, members, file size."""
+
+    kind: str
+    top: str
+    models: list[str]
+    members: int
+    file_bytes: int | None
+
+
+@dataclass
+class ProgramSchema:
+    """What :func:`read_schema` returns. ``to_dict()`` / ``to_json()`` give plain JSON."""
+
+    source: str
+    model: str
+    archive: ArchiveLayout
+    schema_version: tuple[int, int]
+    torch_version: str | None
+    dialect: str
+    inputs: list[IOValue]
+    outputs: list[IOValue]
+    parameters: list[WeightInfo]
+    buffers: list[WeightInfo]
+    constants: list[WeightInfo]
+    range_constraints: dict[str, tuple[int | None, int | None]]
+    totals: Totals
+    op_histogram: dict[str, int]
+    subgraph_ops: dict[str, dict[str, int]]
+    module_tree: ModuleNode
+    missing_ops: list[str] | None
+
+    @property
+    def layout(self) -> str:
+        return self.archive.kind
+
+    def weights(self) -> list[WeightInfo]:
+        return [*self.parameters, *self.buffers, *self.constants]
+
+    def to_dict(self) -> dict:
+        d = _jsonable(self)
+        d["schema_version"] = ".".join(map(str, self.schema_version))
+        d["layout"] = self.layout
+        d["totals"]["total_bytes"] = self.totals.total_bytes
+        d["range_constraints"] = {k: {"min": lo, "max": hi} for k, (lo, hi) in self.range_constraints.items()}
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, TensorInfo):
+        return value.to_dict()
+    if isinstance(value, SymbolicDim):
+        return {"expr": value.expr, "min": value.min, "max": value.max, "hint": value.hint}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+def read_schema(source: str | os.PathLike | BinaryIO | Archive, model: str | None = None, *,
+                check_ops: bool | None = None) -> ProgramSchema:
+    """Describe one model of a ``.pt2`` (see the module docstring). Never imports torch unless
+    ``check_ops=True``; with ``check_ops=None`` the op check runs only when torch is already
+    imported, with ``False`` never (``missing_ops`` is then ``None``)."""
+    program = read_program(source, model=model)
+    return _SchemaBuilder(program).build(_want_op_check(check_ops))
+
+
+def _want_op_check(check_ops: bool | None) -> bool:
+    return "torch" in sys.modules if check_ops is None else bool(check_ops)
+
+
+class _SchemaBuilder:
+    def __init__(self, program: Program):
+        self.program = program
+        self.model = program.model
+        self.graph: Graph = program.model.graph
+        self.ranges: dict[str, RangeConstraint] = program.model.range_constraints
+
+    def build(self, check_ops: bool) -> ProgramSchema:
+        p, m = self.program, self.model
+        params, buffers, constants = self._weights()
+        histogram, subgraphs = _op_histograms(self.graph)
+        return ProgramSchema(
+            source=p.source,
+            model=p.model_name,
+            archive=_archive_layout(p.archive),
+            schema_version=m.schema_version,
+            torch_version=m.torch_version,
+            dialect=m.dialect,
+            inputs=self._inputs(),
+            outputs=self._outputs(),
+            parameters=params,
+            buffers=buffers,
+            constants=constants,
+            range_constraints={k: (r.min_val, r.max_val) for k, r in self.ranges.items()},
+            totals=_totals(params, buffers, constants),
+            op_histogram=histogram,
+            subgraph_ops=subgraphs,
+            module_tree=_module_tree(self.graph, params, buffers),
+            missing_ops=_missing_ops(histogram) if check_ops else None,
+        )
+
+    # -- tensors and dims --------------------------------------------------------------------
+    def tensor_info(self, meta: TensorMeta) -> TensorInfo:
+        return TensorInfo(meta.dtype, tuple(self.dim(s) for s in meta.sizes), str(meta.device))
+
+    def dim(self, size: int | SymExpr) -> int | SymbolicDim:
+        if isinstance(size, int):
+            return size
+        lo, hi = _expr_range(size.expr, self.ranges)
+        hint = size.hint if isinstance(size.hint, int) and not isinstance(size.hint, bool) else None
+        return SymbolicDim(str(size.expr), lo, hi, hint)
+
+    def meta_of(self, arg: Argument) -> TensorMeta | None:
+        if arg.kind == "tensor":
+            return self.graph.tensor_values.get(arg.value.name)
+        return None
+
+    # -- inputs and outputs ------------------------------------------------------------------
+    def _inputs(self) -> list[IOValue]:
+        specs = [s for s in self.model.signature.input_specs if s.kind in ("user_input", "constant_input")]
+        root = self.model.root_call
+        paths = _input_paths(root.in_spec, root.forward_arg_names or []) if root else None
+        if paths is None or len(paths) != len(specs):
+            paths = [(s.name or _arg_name(s.arg) or f"input_{i}", False) for i, s in enumerate(specs)]
+        out = []
+        for (name, keyword), spec in zip(paths, specs):
+            if spec.kind == "constant_input":
+                out.append(IOValue(name, "constant", spec.name, None, _jsonable(spec.constant_value), keyword))
+            else:
+                out.append(self._value(name, spec.arg, keyword))
+        return out
+
+    def _outputs(self) -> list[IOValue]:
+        specs = [s for s in self.model.signature.output_specs if s.kind in ("user_output", "loss_output")]
+        root = self.model.root_call
+        paths = _leaf_paths(root.out_spec, "out") if root else None
+        if paths is None or len(paths) != len(specs):
+            paths = ["out"] if len(specs) == 1 else [f"out[{i}]" for i in range(len(specs))]
+        return [self._value(name, spec.arg, False) for name, spec in zip(paths, specs)]
+
+    def _value(self, name: str, arg: Argument, keyword: bool) -> IOValue:
+        meta = self.meta_of(arg)
+        if meta is not None:
+            return IOValue(name, "tensor", arg.value.name, self.tensor_info(meta), None, keyword)
+        graph_name = _arg_name(arg)
+        value = arg.value
+        if arg.kind == "sym_int" and graph_name is not None:
+            sym = self.graph.sym_int_values.get(graph_name)
+            value = str(self.dim(sym)) if sym is not None else None
+        elif arg.kind in ("sym_float", "sym_bool") and graph_name is not None:
+            table = self.graph.sym_float_values if arg.kind == "sym_float" else self.graph.sym_bool_values
+            value = table.get(graph_name)
+        return IOValue(name, arg.kind, graph_name, None, _jsonable(value), keyword)
+
+    # -- weights -----------------------------------------------------------------------------
+    def _weights(self) -> tuple[list[WeightInfo], list[WeightInfo], list[WeightInfo]]:
+        storages = _storage_records(self.program)
+        groups: dict[str, list[WeightInfo]] = {"parameter": [], "buffer": [], "tensor_constant": [],
+                                               "custom_obj": []}
+        first_of_view: dict[tuple, str] = {}
+        seen: set[str] = set()
+        for spec in self.model.signature.input_specs:
+            if spec.kind not in groups or spec.target in seen:
+                continue  # some torch versions list one tied parameter twice
+            seen.add(spec.target)
+            meta = self.meta_of(spec.arg)
+            record = storages.get(spec.target)
+            if meta is None and record is not None:
+                meta = record[1]
+            storage, tied_to = None, None
+            if record is not None:
+                storage = record[0]
+                key = _view_key(storage, record[1])
+                tied_to = first_of_view.setdefault(key, spec.target)
+                tied_to = None if tied_to == spec.target else tied_to
+            class_fqn = spec.arg.value.class_fqn if spec.arg.kind == "custom_obj" else None
+            groups[spec.kind].append(WeightInfo(
+                spec.target, spec.kind, self.tensor_info(meta) if meta is not None else None,
+                spec.target.rpartition(".")[0], spec.persistent, storage, tied_to, class_fqn))
+        return (groups["parameter"], groups["buffer"],
+                groups["tensor_constant"] + groups["custom_obj"])
+
+
+def _arg_name(arg: Argument) -> str | None:
+    refs = arg.refs()
+    return refs[0] if refs else None
+
+
+def _input_paths(in_spec: TreeSpec, arg_names: list[str]) -> list[tuple[str, bool]] | None:
+    """``(name, is_keyword)`` of every leaf of ``((args...), {kwargs})``."""
+    if in_spec.type != "builtins.tuple" or len(in_spec.children) != 2:
+        return None
+    args, kwargs = in_spec.children
+    out = []
+    for i, child in enumerate(args.children):
+        base = arg_names[i] if i < len(arg_names) else f"args[{i}]"
+        out += [(p, False) for p in _leaf_paths(child, base)]
+    for key, child in zip(kwargs.dict_keys, kwargs.children):
+        out += [(p, True) for p in _leaf_paths(child, str(key))]
+    return out
+
+
+def _leaf_paths(spec: TreeSpec, base: str) -> list[str]:
+    if spec.is_leaf:
+        return [base]
+    if spec.type == "builtins.NoneType":
+        return []
+    if spec.type in ("builtins.dict", "collections.OrderedDict", "collections.defaultdict",
+                     "torch.fx.immutable_collections.immutable_dict"):
+        keys = spec.dict_keys
+        return [p for k, c in zip(keys, spec.children) for p in _leaf_paths(c, f"{base}[{k!r}]")]
+    if spec.type == "collections.namedtuple" and spec.namedtuple_fields:
+        return [p for f, c in zip(spec.namedtuple_fields, spec.children) for p in _leaf_paths(c, f"{base}.{f}")]
+    return [p for i, c in enumerate(spec.children) for p in _leaf_paths(c, f"{base}[{i}]")]
+
+
+# -- symbolic ranges ----------------------------------------------------------------------------
+
+# Operations under which an expression grows with each of its symbols (for non-negative
+# constants): its range is then its value at the symbols' minima and at their maxima.
+_MONOTONE_OPS = frozenset({"sym", "int", "add", "mul", "floordiv", "max", "min"})
+
+
+def _expr_range(expr: Expr, ranges: dict[str, RangeConstraint]) -> tuple[int | None, int | None]:
+    sym = expr.as_symbol()
+    if sym is not None:
+        r = ranges.get(sym)
+        return (r.min_val, r.max_val) if r is not None else (None, None)
+    if not _is_monotone(expr) or any(s not in ranges for s in expr.symbols()):
+        return None, None
+    lows = {s: ranges[s].min_val for s in expr.symbols()}
+    highs = {s: ranges[s].max_val for s in expr.symbols()}
+    try:
+        lo = expr.evaluate(lows) if None not in lows.values() else None
+        hi = expr.evaluate(highs) if None not in highs.values() else None
+    except EvaluationError:  # a range too wide to evaluate (hostile or absurd): show it unbounded
+        return None, None
+    return lo, hi
+
+
+def _is_monotone(expr: Expr) -> bool:
+    if expr.op not in _MONOTONE_OPS or (expr.op == "int" and expr.value < 0):
+        return False
+    if expr.op == "floordiv" and not (expr.args[1].op == "int" and expr.args[1].value > 0):
+        return False
+    return all(_is_monotone(a) for a in expr.args)
+
+
+# -- storage sharing (torch 2.9+ layout) ---------------------------------------------------------
+
+def _storage_records(program: Program) -> dict[str, tuple[str, TensorMeta | None]]:
+    """``{name: (record member, tensor_meta)}`` from the weights/constants configs, if any."""
+    archive = program.archive
+    if archive.layout != "pt2":
+        return {}
+    out = {}
+    for config, base in ((versions.PT2_WEIGHTS_CONFIG, versions.PT2_WEIGHTS_DIR),
+                         (versions.PT2_CONSTANTS_CONFIG, versions.PT2_CONSTANTS_DIR)):
+        member = config.format(program.model_name)
+        if archive.has(member):
+            for name, meta in read_payload_config(archive, member).items():
+                out[name] = (base + meta.path_name, meta.tensor_meta)
+    return out
+
+
+def read_payload_config(archive: Archive, config_member: str) -> dict[str, PayloadMeta]:
+    """``<model>_weights_config.json`` / ``_constants_config.json`` (torch 2.9+), parsed.
+
+    Lives here rather than beside the weight readers so that describing an archive imports
+    neither numpy nor torch."""
+    text = archive.read_text(config_member)
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise WeightError(f"{archive.source}: {archive.member_path(config_member)} is not valid JSON: {exc}") from None
+    return parse_payload_config(doc, archive.member_path(config_member))
+
+
+def _view_key(storage: str, meta: TensorMeta | None) -> tuple:
+    if meta is None:
+        return (storage,)
+    return (storage, meta.dtype, tuple(map(str, meta.sizes)), tuple(map(str, meta.strides)), str(meta.storage_offset))
+
+
+# -- totals --------------------------------------------------------------------------------------
+
+def _totals(params: list[WeightInfo], buffers: list[WeightInfo], constants: list[WeightInfo]) -> Totals:
+    def unique(items):
+        return [w for w in items if w.tied_to is None and w.tensor is not None]
+
+    by_dtype: Counter = Counter()
+    for w in unique(params + buffers + constants):
+        by_dtype[w.tensor.dtype] += w.nbytes or 0
+    tied: dict[str, list[str]] = {}
+    for w in params + buffers + constants:
+        if w.tied_to is not None:
+            tied.setdefault(w.tied_to, [w.tied_to]).append(w.name)
+    return Totals(
+        parameter_count=sum(w.tensor.numel or 0 for w in unique(params)),
+        parameter_bytes=sum(w.nbytes or 0 for w in unique(params)),
+        buffer_count=len(buffers),
+        buffer_bytes=sum(w.nbytes or 0 for w in unique(buffers)),
+        constant_bytes=sum(w.nbytes or 0 for w in unique(constants)),
+        bytes_by_dtype=dict(sorted(by_dtype.items())),
+        tied=list(tied.values()),
+    )
+
+
+# -- ops -----------------------------------------------------------------------------------------
+
+def _op_histograms(graph: Graph) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Target → count over every node (subgraphs included), and per subgraph."""
+    total: Counter = Counter()
+    per_subgraph: dict[str, Counter] = {}
+
+    def visit(g: Graph, into: list[Counter]) -> None:
+        for node in g.nodes:
+            for c in into:
+                c[node.target] += 1
+            for na in node.inputs:
+                if na.arg.kind == "graph":
+                    sub = per_subgraph.setdefault(na.arg.value.name, Counter())
+                    visit(na.arg.value.graph, [total, sub])
+
+    visit(graph, [total])
+    return (dict(total.most_common()),
+            {name: dict(c.most_common()) for name, c in per_subgraph.items()})
+
+
+def _missing_ops(histogram: dict[str, int]) -> list[str]:
+    # Imports torch (and the op registry) on purpose: the caller asked for the check.
+    from pt2interp.errors import UnsupportedOpError
+    from pt2interp.ops.registry import resolve_torch_op
+
+    missing = []
+    for target in histogram:
+        if not target.startswith(_TORCH_OPS):
+            continue  # Python operators (_operator.getitem, ...) need no torch op
+        try:
+            resolve_torch_op(target)
+        except UnsupportedOpError:
+            missing.append(target)
+    return sorted(missing)
+
+
+# -- module tree ---------------------------------------------------------------------------------
+
+# Real module trees are a few levels deep; deeper paths (only a doctored file has them) are cut
+# here so that building, walking and serializing the tree stay far from the recursion limit.
+_MAX_MODULE_DEPTH = 64
+
+
+def _module_tree(graph: Graph, params: list[WeightInfo], buffers: list[WeightInfo]) -> ModuleNode:
+    nodes: dict[str, ModuleNode] = {"": ModuleNode("")}
+
+    def ensure(fqn: str) -> ModuleNode:
+        parts = fqn.split(".")[:_MAX_MODULE_DEPTH] if fqn else []
+        parent = nodes[""]
+        for i in range(1, len(parts) + 1):
+            path = ".".join(parts[:i])
+            node = nodes.get(path)
+            if node is None:
+                node = nodes[path] = ModuleNode(path)
+                parent.children.append(node)
+            parent = node
+        return parent
+
+    # execution order first, so children list in the order the forward pass meets them
+    for node in graph.iter_nodes():
+        for frame in node.nn_module_stack:
+            m = ensure(frame.fqn)
+            if m.type_name is None:
+                m.class_name, m.type_name = frame.class_name, frame.type_name
+    for w in params:
+        ensure(w.module).parameters.append(w.name)
+    for w in buffers:
+        ensure(w.module).buffers.append(w.name)
+    counts = {w.name: (w.tensor.numel or 0) if w.tensor else 0 for w in params}
+
+    def count(node: ModuleNode) -> int:
+        node.parameter_count = sum(counts[p] for p in node.parameters) + sum(count(c) for c in node.children)
+        return node.parameter_count
+
+    count(nodes[""])
+    return nodes[""]
+
+
+def _archive_layout(archive: Archive) -> ArchiveLayout:
+    size = None
+    if archive.source and os.path.isfile(archive.source):
+        size = os.path.getsize(archive.source)
+    return ArchiveLayout(archive.layout, archive.top, list(archive.model_names), len(archive.members), size)
+

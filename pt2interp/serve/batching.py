@@ -1,0 +1,638 @@
+"""How a program's inputs and outputs line up along a batch dimension, and the tensor work of
+dynamic batching: validating requests, grouping compatible ones, stacking, padding, splitting.
+
+Everything here is derived from the program's recorded metadata, never from running it:
+
+* **The batch dimension** of a program with dynamic shapes is the symbol at dim 0 of the first
+  input that has one (else the first symbol found in any input); each tensor input is batched
+  along the dim that carries that symbol, and each output along the dim that carries it.
+* A program with **static** shapes is batched along dim 0 when every tensor output starts with
+  the same size ``B`` as the first input: inputs whose dim 0 is ``B`` are batched, runs always
+  hold exactly ``B`` rows (short runs are padded, results sliced back), and a request larger
+  than the run is split.
+* Programs where mixing requests would change results are never batched: those that write
+  buffers or inputs (a batch of three would advance a counter once, not three times), those
+  with data-dependent control flow (``torch.cond`` on ``x.sum()`` looks at every row), and
+  those with an output that has no batch dimension (it would depend on the whole batch).
+
+>>> import pt2interp
+>>> layout = BatchLayout.from_program(pt2interp.read_program("fixtures/zoo/dynamic_batch_mlp.pt2").model)
+>>> layout.batchable, layout.batch_symbol, layout.max_rows, [s.batch_axis for s in layout.inputs]
+(True, 's77', 1024, [0])
+>>> [(s.name, s.datatype, s.oip_shape) for s in layout.inputs]
+[('x', 'FP32', [-1, 16])]
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pt2interp.errors import InputMismatchError
+from pt2interp.schema import SymExpr, TensorMeta
+from pt2interp.treespec import TreeSpec
+from pt2interp.weights import torch_dtype
+
+# torch dtype name (as archives record it) -> Open Inference Protocol datatype
+OIP_DATATYPES: dict[str, str] = {
+    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "float64": "FP64",
+}
+DTYPE_OF_OIP: dict[str, str] = {v: k for k, v in OIP_DATATYPES.items()}
+
+# Unbatched tensor inputs up to this size are compared by content when grouping requests
+# (a shared ``scale`` of 4 floats); larger ones only batch with the very same tensor object.
+_HASHED_INPUT_BYTES = 1 << 16
+_STATE_KINDS = ("parameter", "buffer", "tensor_constant", "custom_obj")
+_DICT_TYPES = ("builtins.dict", "collections.OrderedDict", "collections.defaultdict",
+               "torch.fx.immutable_collections.immutable_dict")
+
+
+@dataclass(frozen=True)
+class InputSlot:
+    """One leaf of the call's inputs: ``kind`` is ``tensor``, ``int``, ``constant`` or ``other``."""
+
+    name: str
+    kind: str
+    meta: TensorMeta | None = None
+    batch_axis: int | None = None
+    constant: Any = None
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return torch_dtype(self.meta.dtype) if self.meta is not None else None
+
+    @property
+    def datatype(self) -> str:
+        """The Open Inference Protocol datatype name (``FP32``, ``INT64``, ...)."""
+        if self.kind == "int":
+            return "INT64"
+        return OIP_DATATYPES.get(self.meta.dtype, self.meta.dtype.upper()) if self.meta else "BYTES"
+
+    @property
+    def oip_shape(self) -> list[int]:
+        """Sizes with -1 for every dimension that is not fixed."""
+        if self.kind == "int":
+            return [1]
+        return _oip_shape(self.meta)
+
+
+@dataclass(frozen=True)
+class OutputSlot:
+    """One leaf of the call's outputs."""
+
+    name: str
+    meta: TensorMeta | None
+    batch_axis: int | None = None
+
+    @property
+    def datatype(self) -> str:
+        return OIP_DATATYPES.get(self.meta.dtype, self.meta.dtype.upper()) if self.meta else "BYTES"
+
+    @property
+    def oip_shape(self) -> list[int]:
+        return _oip_shape(self.meta)
+
+
+def _oip_shape(meta: TensorMeta | None) -> list[int]:
+    if meta is None:
+        return [-1]
+    return [s if isinstance(s, int) else -1 for s in meta.sizes]
+
+
+@dataclass
+class PreparedRequest:
+    """A request's input leaves after validation, with what batching needs to know about it.
+
+    ``rows`` is the request's extent along the batch dimension (1 where there is none);
+    requests with equal ``group_key`` may share a run.
+    """
+
+    leaves: list[Any]
+    rows: int
+    group_key: Any
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Rows ``start:stop`` of one request, scheduled into one run."""
+
+    owner: Any
+    prepared: PreparedRequest
+    start: int
+    stop: int
+    index: int = 0          # position among the owner's chunks
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class BatchLayout:
+    """The program's call structure and batch dimension (see the module docstring)."""
+
+    inputs: list[InputSlot]
+    outputs: list[OutputSlot]
+    in_spec: TreeSpec | None
+    out_spec: TreeSpec | None
+    n_positional: int | None
+    arg_names: list[str]
+    batch_symbol: str | None = None
+    static_rows: int | None = None      # static programs: every run has exactly this many rows
+    min_rows: int = 1
+    max_rows: int | None = None
+    batchable: bool = False
+    reason: str = ""
+    _constant_values: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_program(cls, model) -> BatchLayout:
+        """Read the layout from an ``ExportedProgramModel`` (``program.model``)."""
+        root = model.root_call
+        in_spec = root.in_spec if root else None
+        out_spec = root.out_spec if root else None
+        arg_names = list((root.forward_arg_names if root else None) or [])
+        specs = model.signature.input_specs
+        leaf_specs = [s for s in specs if s.kind in ("user_input", "constant_input")]
+        # Archives before torch 2.6 record no forward_arg_names: the graph's placeholder names
+        # (the same words, as export derives them from the signature) stand in.
+        placeholders = [s.arg.value.name if s.arg.kind == "tensor" else (s.name or f"input_{i}")
+                        for i, s in enumerate(leaf_specs)]
+        names = (_input_leaf_names(in_spec, arg_names, len(leaf_specs)) if arg_names
+                 else placeholders)
+        values = model.graph.tensor_values
+        slots: list[InputSlot] = []
+        for name, spec in zip(names, leaf_specs):
+            if spec.kind == "constant_input":
+                slots.append(InputSlot(name, "constant", constant=spec.constant_value))
+            elif spec.arg.kind == "tensor":
+                slots.append(InputSlot(name, "tensor", meta=values.get(spec.arg.value.name)))
+            elif spec.arg.kind in ("sym_int", "int"):
+                slots.append(InputSlot(name, "int"))
+            else:
+                slots.append(InputSlot(name, "other"))
+        user_outputs = model.signature.outputs_of("user_output", "loss_output")
+        out_names = _output_leaf_names(out_spec, len(user_outputs))
+        outputs = [OutputSlot(n, values.get(o.arg.value.name) if o.arg.kind == "tensor" else None)
+                   for n, o in zip(out_names, user_outputs)]
+        n_pos = None
+        if in_spec is not None and in_spec.type == "builtins.tuple" and len(in_spec.children) == 2:
+            n_pos = len(in_spec.children[0].children)
+        layout = cls(slots, outputs, in_spec, out_spec, n_pos, arg_names)
+        layout._find_batch_dimension(model)
+        return layout
+
+    def _find_batch_dimension(self, model) -> None:
+        reason = _unbatchable_program(model)
+        if reason:
+            self._refuse(reason)
+            return
+        tensors = [s for s in self.inputs if s.kind == "tensor" and s.meta is not None and s.meta.sizes]
+        if not tensors:
+            self._refuse("no tensor input has a dimension to batch along")
+            return
+        if any(o.meta is None for o in self.outputs):
+            self._refuse("an output is not a tensor")
+            return
+        symbol = _batch_symbol(tensors)
+        if symbol is not None:
+            self._use_symbol(symbol, model)
+        else:
+            self._use_static_dim0(tensors)
+
+    def _use_symbol(self, symbol: str, model) -> None:
+        self.batch_symbol = symbol
+        rc = model.range_constraints.get(symbol)
+        self.min_rows = max(1, rc.min_val) if rc is not None and rc.min_val is not None else 1
+        self.max_rows = rc.max_val if rc is not None and rc.max_val is not None else None
+        self.inputs = [_with_axis(s, _axis_of(s.meta, symbol)) if s.kind == "tensor" else s
+                       for s in self.inputs]
+        outs = []
+        for o in self.outputs:
+            axis = _axis_of(o.meta, symbol)
+            if axis is None:
+                self._refuse(f"output {o.name!r} has no batch dimension ({symbol}): it depends on the "
+                             f"whole batch")
+                return
+            outs.append(OutputSlot(o.name, o.meta, axis))
+        self.outputs = outs
+        self.batchable = True
+
+    def _use_static_dim0(self, tensors: list[InputSlot]) -> None:
+        first = tensors[0].meta.sizes[0]
+        if not isinstance(first, int) or first < 1:
+            self._refuse("the first input's dim 0 is neither static nor a plain symbol")
+            return
+        for o in self.outputs:
+            if not o.meta.sizes or o.meta.sizes[0] != first:
+                self._refuse(f"static shapes, and output {o.name!r} does not start with the inputs' "
+                             f"dim 0 ({first})")
+                return
+        self.inputs = [_with_axis(s, 0) if s.kind == "tensor" and s.meta is not None and s.meta.sizes
+                       and s.meta.sizes[0] == first else s for s in self.inputs]
+        self.outputs = [OutputSlot(o.name, o.meta, 0) for o in self.outputs]
+        self.static_rows = self.min_rows = self.max_rows = first
+        self.batchable = True
+
+    def _refuse(self, reason: str) -> None:
+        self.batchable = False
+        self.reason = reason
+        self.inputs = [_with_axis(s, None) for s in self.inputs]
+        self.outputs = [OutputSlot(o.name, o.meta, None) for o in self.outputs]
+
+    # -- calling convention ----------------------------------------------------------------------
+    def bind(self, args: tuple, kwargs: dict) -> list[Any]:
+        """The call's input leaves in graph order (positional inputs may be passed by name)."""
+        spec = self.in_spec
+        if spec is None:
+            leaves = list(args) + list(kwargs.values())
+        elif not kwargs and self._flat_positional and len(args) == len(self.inputs):
+            leaves = list(args)  # the common call, f(x) or f(a, b): nothing nests
+        else:
+            if self.n_positional is not None:
+                args, kwargs = self._normalize(tuple(args), dict(kwargs))
+            leaves = spec.flatten((tuple(args), kwargs), "inputs")
+        if len(leaves) != len(self.inputs):
+            raise InputMismatchError(f"expected {len(self.inputs)} inputs, got {len(leaves)}")
+        return leaves
+
+    def _normalize(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        n_pos = self.n_positional
+        if len(args) > n_pos:
+            raise InputMismatchError(f"expected at most {n_pos} positional inputs, got {len(args)}")
+        missing = self.arg_names[len(args):n_pos]
+        if len(args) < n_pos and missing and all(m in kwargs for m in missing):
+            args = args + tuple(kwargs.pop(m) for m in missing)
+        if len(args) < n_pos:
+            raise InputMismatchError(f"missing positional input(s) {missing or n_pos - len(args)}")
+        kw_keys = self.in_spec.children[1].dict_keys
+        for key in kw_keys:
+            if key not in kwargs:
+                slot = next((s for s in self.inputs if s.name == key and s.kind == "constant"), None)
+                if slot is not None:
+                    kwargs[key] = slot.constant
+        return args, kwargs
+
+    def unbind(self, leaves: list[Any]) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` for the program, from input leaves in graph order."""
+        if self.in_spec is None:
+            return tuple(leaves), {}
+        value = self.in_spec.unflatten(list(leaves))
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
+            return tuple(value[0]), value[1]
+        return (value,), {}
+
+    def output_leaves(self, out: Any) -> list[Any]:
+        if self.out_spec is None:
+            return list(out) if isinstance(out, tuple) else [out]
+        return self.out_spec.flatten(out, "outputs")
+
+    def build_output(self, leaves: list[Any]) -> Any:
+        """The caller's output structure (tuple, dict, ...) from output leaves."""
+        if self.out_spec is None:
+            return leaves[0] if len(leaves) == 1 else tuple(leaves)
+        return self.out_spec.unflatten(leaves)
+
+    # -- requests --------------------------------------------------------------------------------
+    def check_devices(self, leaves: list[Any], device: torch.device) -> list[Any]:
+        """Move tensors to ``device``; an input that cannot get there fails with the reason."""
+        out = []
+        for slot, value in zip(self.inputs, leaves):
+            if isinstance(value, torch.Tensor) and value.device != device:
+                if value.device.type not in ("cpu", device.type):
+                    raise InputMismatchError(f"input {slot.name!r} is on device {value.device}; this "
+                                             f"server runs on {device}: send a cpu or {device.type} tensor")
+                value = value.to(device)
+            out.append(value)
+        return out
+
+    def rows_of(self, leaves: list[Any]) -> int:
+        """Rows along the batch dimension (1 when the program has none to speak of)."""
+        for slot, value in zip(self.inputs, leaves):
+            if slot.batch_axis is not None and isinstance(value, torch.Tensor) \
+                    and value.dim() > slot.batch_axis:
+                return int(value.shape[slot.batch_axis])
+        return 1
+
+    def prepare(self, leaves: list[Any]) -> PreparedRequest:
+        """Validate leaves for batching: dtypes, ranks and every dimension but the batch one.
+
+        Raises :class:`~pt2interp.errors.InputMismatchError` naming the input and dimension.
+        """
+        rows = None
+        key: list[Any] = []
+        env: dict[str, int] = {}
+        for slot, check, value in zip(self.inputs, self._checks, leaves):
+            if slot.kind == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise InputMismatchError(f"input {slot.name!r}: expected an int, got {type(value).__name__}")
+                key.append(("int", value))
+                continue
+            if check is None:
+                key.append(("object", _identity_key(value)))
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise InputMismatchError(f"input {slot.name!r}: expected a tensor, got {type(value).__name__}")
+            shape = check.validate(value, env)
+            axis = slot.batch_axis
+            if axis is None:
+                key.append(("shared", value.dtype, shape, _content_key(value)))
+                continue
+            n = shape[axis]
+            if rows is None:
+                rows = n
+            elif n != rows:
+                raise InputMismatchError(f"input {slot.name!r} dim {axis}: batch size {n}, "
+                                         f"but other inputs have {rows}")
+            key.append(("batched", value.dtype, shape[:axis] + shape[axis + 1:]))
+        if rows is not None and rows < 1:
+            raise InputMismatchError("the request holds no rows (batch dimension of size 0)")
+        return PreparedRequest(list(leaves), rows if rows is not None else 1, tuple(key))
+
+    @functools.cached_property
+    def _flat_positional(self) -> bool:
+        """Every input is a plain positional leaf: binding is the identity."""
+        spec = self.in_spec
+        return (self.n_positional == len(self.inputs) and not spec.children[1].children
+                and all(c.is_leaf for c in spec.children[0].children))
+
+    @functools.cached_property
+    def _checks(self) -> list[_TensorCheck | None]:
+        # Built once: prepare() runs for every request, in the caller's thread.
+        return [_TensorCheck(s) if s.kind == "tensor" and s.meta is not None else None for s in self.inputs]
+
+    # -- runs ------------------------------------------------------------------------------------
+    @property
+    def rows_per_run_limit(self) -> int | None:
+        """The most rows one run may hold, from the program alone (None: unbounded)."""
+        return self.static_rows if self.static_rows is not None else self.max_rows
+
+    def stack(self, chunks: list[Chunk]) -> tuple[list[Any], int]:
+        """Input leaves for one run over ``chunks`` (same group key), and the padding rows added.
+
+        Rows are concatenated in chunk order along each input's batch dim; a run shorter than the
+        program allows (a static batch, or a dynamic one with a minimum) is padded by repeating
+        its last row, which keeps padded values valid for the program (indices stay in range).
+        """
+        rows = sum(c.rows for c in chunks)
+        target = max(rows, self.min_rows if self.static_rows is None else self.static_rows)
+        pad = target - rows
+        first = chunks[0].prepared.leaves
+        out = []
+        for i, slot in enumerate(self.inputs):
+            axis = slot.batch_axis
+            if axis is None:
+                out.append(first[i])  # equal in every chunk: the group key says so
+                continue
+            pieces = [_rows(c.prepared.leaves[i], axis, c.start, c.stop) for c in chunks]
+            if pad:
+                last = pieces[-1].narrow(axis, pieces[-1].shape[axis] - 1, 1)
+                shape = list(last.shape)
+                shape[axis] = pad
+                pieces.append(last.expand(shape))
+            out.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=axis))
+        return out, pad
+
+    def split(self, out_leaves: list[Any], chunks: list[Chunk], padded_rows: int) -> list[list[Any]]:
+        """Each chunk's share of one run's output leaves, in chunk order."""
+        total = sum(c.rows for c in chunks) + padded_rows
+        shares: list[list[Any]] = [[] for _ in chunks]
+        for slot, value in zip(self.outputs, out_leaves):
+            axis = slot.batch_axis
+            if not isinstance(value, torch.Tensor) or axis is None or value.dim() <= axis \
+                    or value.shape[axis] != total:
+                got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise BatchSplitError(f"output {slot.name!r} is {got}; expected {total} rows along dim {axis}")
+            if len(chunks) == 1 and padded_rows == 0:
+                shares[0].append(value)
+                continue
+            sizes = [c.rows for c in chunks] + ([padded_rows] if padded_rows else [])
+            for share, part in zip(shares, value.split(sizes, dim=axis)):
+                share.append(part)
+        return shares
+
+    def join(self, pieces: list[list[Any]]) -> list[Any]:
+        """One request's output leaves from the shares of its chunks (in chunk order)."""
+        if len(pieces) == 1:
+            return pieces[0]
+        return [torch.cat([p[i] for p in pieces], dim=slot.batch_axis)
+                for i, slot in enumerate(self.outputs)]
+
+    def describe(self) -> dict[str, Any]:
+        """Inputs and outputs as the Open Inference Protocol lists them, plus the batch layout."""
+        return {
+            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": s.oip_shape}
+                       for s in self.inputs if s.kind in ("tensor", "int")],
+            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": s.oip_shape} for s in self.outputs],
+            "batching": {"possible": self.batchable, "reason": self.reason or None,
+                         "symbol": self.batch_symbol, "static_rows": self.static_rows,
+                         "min_rows": self.min_rows, "max_rows": self.max_rows},
+        }
+
+
+class _TensorCheck:
+    """One tensor input's dtype, rank and non-batch sizes, ready to check a value quickly."""
+
+    __slots__ = ("dtype", "fixed", "name", "rank", "sizes", "symbols")
+
+    def __init__(self, slot: InputSlot):
+        meta = slot.meta
+        self.name = slot.name
+        self.dtype = torch_dtype(meta.dtype)
+        self.rank = len(meta.sizes)
+        self.sizes = meta.sizes
+        # (dim, size) for static dims and (dim, symbol) for plain-symbol dims, batch dim left out;
+        # compound sizes (2*s0) are left to the program's own check when the run starts
+        self.fixed = tuple((d, n) for d, n in enumerate(meta.sizes) if isinstance(n, int) and d != slot.batch_axis)
+        self.symbols = tuple((d, n.expr.as_symbol()) for d, n in enumerate(meta.sizes)
+                             if isinstance(n, SymExpr) and n.expr.as_symbol() and d != slot.batch_axis)
+
+    def validate(self, value: torch.Tensor, env: dict[str, int]) -> tuple[int, ...]:
+        """The value's shape, once dtype, rank and sizes are right; else InputMismatchError."""
+        if value.dtype != self.dtype:
+            raise InputMismatchError(f"input {self.name!r}: expected dtype {self.dtype}, got {value.dtype}")
+        shape = tuple(value.shape)
+        if len(shape) != self.rank:
+            raise InputMismatchError(f"input {self.name!r}: expected {self.rank} dimensions "
+                                     f"{_sizes_text(self.sizes)}, got {len(shape)} {list(shape)}")
+        for d, want in self.fixed:
+            if shape[d] != want:
+                raise InputMismatchError(f"input {self.name!r} dim {d}: expected {want}, got {shape[d]} "
+                                         f"(shape {list(shape)})")
+        for d, sym in self.symbols:
+            bound = env.setdefault(sym, shape[d])
+            if bound != shape[d]:
+                raise InputMismatchError(f"input {self.name!r} dim {d}: {sym} is {bound} elsewhere in "
+                                         f"the inputs, got {shape[d]}")
+        return shape
+
+
+class BatchSplitError(RuntimeError):
+    """A run's outputs did not have the batch dimension the layout promised."""
+
+
+def chunk_request(owner: Any, prepared: PreparedRequest, rows_per_run: int) -> list[Chunk]:
+    """Cut a request into chunks of at most ``rows_per_run`` rows (a large request is split).
+
+    >>> [(c.start, c.stop) for c in chunk_request("r", PreparedRequest([], 5, ()), 2)]
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    step = max(1, rows_per_run)
+    chunks = []
+    for i, start in enumerate(range(0, prepared.rows, step)):
+        chunks.append(Chunk(owner, prepared, start, min(start + step, prepared.rows), i))
+    return chunks
+
+
+def plan_runs(chunks: list[Chunk], rows_per_run: int) -> list[list[Chunk]]:
+    """Group chunks by their request's group key and pack each group into runs of at most
+    ``rows_per_run`` rows, first come first served (order within a group is kept).
+
+    >>> a, b = PreparedRequest([], 3, "k"), PreparedRequest([], 2, "other")
+    >>> runs = plan_runs(chunk_request("a", a, 4) + chunk_request("b", b, 4)
+    ...                  + chunk_request("c", PreparedRequest([], 2, "k"), 4), 4)
+    >>> [[(c.owner, c.rows) for c in run] for run in runs]
+    [[('a', 3)], [('b', 2)], [('c', 2)]]
+    """
+    groups: dict[Any, list[list[Chunk]]] = {}
+    filled: dict[Any, int] = {}   # rows in each group's last run
+    for chunk in chunks:
+        key = chunk.prepared.group_key
+        runs = groups.get(key)
+        if runs is None or filled[key] + chunk.rows > rows_per_run:
+            if runs is None:
+                runs = groups[key] = []
+            runs.append([])
+            filled[key] = 0
+        runs[-1].append(chunk)
+        filled[key] += chunk.rows
+    # A group's later runs go after every group's first run: no group waits behind another's tail.
+    ordered = [runs[0] for runs in groups.values()]
+    ordered += [run for runs in groups.values() for run in runs[1:]]
+    return [run for run in ordered if run]
+
+
+def _rows(value: torch.Tensor, axis: int, start: int, stop: int) -> torch.Tensor:
+    if start == 0 and stop == value.shape[axis]:
+        return value
+    return value.narrow(axis, start, stop - start)
+
+
+def _content_key(value: torch.Tensor):
+    """Equal tensors give equal keys (small ones by content; large ones by identity)."""
+    nbytes = value.numel() * value.element_size()
+    if nbytes > _HASHED_INPUT_BYTES:
+        return ("id", id(value))
+    raw = value.detach().to("cpu").contiguous().reshape(-1)
+    data = raw.view(torch.uint8).numpy().tobytes() if raw.numel() else b""
+    return ("sha1", hashlib.sha1(data).hexdigest())
+
+
+def _identity_key(value: Any):
+    try:
+        hash(value)
+        return ("value", type(value).__name__, value)
+    except TypeError:
+        return ("id", id(value))
+
+
+def _with_axis(slot: InputSlot, axis: int | None) -> InputSlot:
+    return InputSlot(slot.name, slot.kind, slot.meta, axis, slot.constant)
+
+
+def _axis_of(meta: TensorMeta | None, symbol: str) -> int | None:
+    if meta is None:
+        return None
+    for d, s in enumerate(meta.sizes):
+        if isinstance(s, SymExpr) and s.expr.as_symbol() == symbol:
+            return d
+    return None
+
+
+def _batch_symbol(tensors: list[InputSlot]) -> str | None:
+    for slot in tensors:
+        first = slot.meta.sizes[0]
+        if isinstance(first, SymExpr) and first.expr.as_symbol():
+            return first.expr.as_symbol()
+    for slot in tensors:
+        for s in slot.meta.sizes:
+            if isinstance(s, SymExpr) and s.expr.as_symbol():
+                return s.expr.as_symbol()
+    return None
+
+
+def _unbatchable_program(model) -> str:
+    """Why requests must not share a run of this program ("" when they may)."""
+    specs = model.signature
+    if specs.outputs_of("buffer_mutation", "parameter_mutation", "user_input_mutation"):
+        return "the program writes buffers or inputs: batching would change how often it does"
+    state_names = {s.arg.value.name for s in specs.input_specs
+                   if s.kind in _STATE_KINDS and s.arg.kind == "tensor"}
+    user_names = {s.arg.value.name for s in specs.input_specs
+                  if s.kind == "user_input" and s.arg.kind == "tensor"}
+    for node in model.graph.iter_nodes():
+        target = node.target or ""
+        if target.startswith("torch.ops.higher_order."):
+            return f"data-dependent control flow ({target.rsplit('.', 1)[-1]}) may look at every row"
+        op = target.split(".")[-2] if target.count(".") >= 2 else ""
+        if op.endswith("_") and not op.startswith("_") and node.inputs:
+            first = node.inputs[0].arg
+            if first.kind == "tensor" and first.value.name in state_names | user_names:
+                return f"the program writes {first.value.name!r} in place ({target})"
+    return ""
+
+
+def _input_leaf_names(spec: TreeSpec | None, arg_names: list[str], count: int) -> list[str]:
+    """``x``, ``scale``, ``xs.0``: forward's argument names, dotted for nested leaves."""
+    if spec is None or spec.type != "builtins.tuple" or len(spec.children) != 2:
+        names = arg_names[:count] if len(arg_names) >= count else []
+        return names or [f"input_{i}" for i in range(count)]
+    names: list[str] = []
+    for i, child in enumerate(spec.children[0].children):
+        base = arg_names[i] if i < len(arg_names) else f"input_{i}"
+        names += _leaf_paths(child, base)
+    kw = spec.children[1]
+    for key, child in zip(kw.dict_keys, kw.children):
+        names += _leaf_paths(child, str(key))
+    if len(names) != count:
+        return [f"input_{i}" for i in range(count)]
+    return names
+
+
+def _output_leaf_names(spec: TreeSpec | None, count: int) -> list[str]:
+    """``output`` for one tensor; ``output_0``, ``output_1`` for a tuple; dict keys for a dict
+    (``sum``, ``pair.0``); nested levels joined with dots."""
+    if spec is None or spec.is_leaf:
+        return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+    if spec.type in _DICT_TYPES:
+        names = [n for k, c in zip(spec.dict_keys, spec.children) for n in _leaf_paths(c, str(k))]
+    elif spec.type == "collections.namedtuple" and spec.namedtuple_fields:
+        names = [n for k, c in zip(spec.namedtuple_fields, spec.children) for n in _leaf_paths(c, k)]
+    else:
+        names = [n for i, c in enumerate(spec.children) for n in _leaf_paths(c, f"output_{i}")]
+    return names if len(names) == count else [f"output_{i}" for i in range(count)]
+
+
+def _leaf_paths(spec: TreeSpec, base: str) -> list[str]:
+    if spec.is_leaf:
+        return [base]
+    if spec.type == "builtins.NoneType":
+        return []
+    if spec.type in _DICT_TYPES:
+        keys = spec.dict_keys
+    elif spec.type == "collections.namedtuple" and spec.namedtuple_fields:
+        keys = list(spec.namedtuple_fields)
+    else:
+        keys = list(range(len(spec.children)))
+    return [n for k, c in zip(keys, spec.children) for n in _leaf_paths(c, f"{base}.{k}")]
+
+
+def _sizes_text(sizes) -> str:
+    return "[" + ", ".join(str(s) for s in sizes) + "]"

@@ -1,0 +1,652 @@
+"""An in-process model server: one worker thread per model, a request queue, dynamic batching,
+telemetry, a process-wide registry, and a worker that comes back when it dies.
+
+>>> import torch
+>>> from pt2interp.serve import Server, get_server
+>>> with Server("fixtures/zoo/dynamic_batch_mlp.pt2", name="doc-mlp", batch_size=8) as server:
+...     y = server.predict(torch.zeros(3, 16))            # from any thread
+...     tuple(y.shape), get_server("doc-mlp") is server, server.info()["inference_count"]
+((3, 8), True, 1)
+
+Design, in short:
+
+* The worker thread owns the :class:`~pt2interp.loaded.LoadedProgram`: only it runs the model,
+  so the program needs no locks and torch's intra-op threads do the parallel math.
+* Callers validate their own inputs (in their own threads, so a malformed request never reaches
+  the worker and never shares a run), enqueue them with a :class:`concurrent.futures.Future`
+  and wait on it with a timeout.
+* With ``batch_size > 1`` the worker takes the first request, then keeps taking requests until
+  one group of compatible requests (same non-batch shapes, dtypes and shared inputs) holds
+  ``batch_size`` rows or the first request has waited ``batch_timeout_ms``; each group runs
+  stacked along the batch dimension and the outputs are split back (see
+  :mod:`pt2interp.serve.batching`). If a combined run fails, its requests run one by one, so an
+  error reaches only the request that caused it.
+* An exception from running a request fails that request. Anything that escapes the worker's
+  own loop kills the worker: the requests it held fail with :class:`WorkerCrashedError`, a
+  ``restart`` event is emitted, and a new worker reloads the model from disk and carries on with
+  the queue.
+* :meth:`Server.shutdown` runs what is queued (``drain=True``) or fails it with
+  :class:`ServerClosedError`; either way every caller gets an answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pt2interp.errors import Pt2Error
+from pt2interp.serve.batching import (
+    BatchLayout,
+    Chunk,
+    PreparedRequest,
+    chunk_request,
+    plan_runs,
+)
+from pt2interp.serve.stats import EventBus, ServeEvent, ServerStats
+
+log = logging.getLogger("pt2interp.serve")
+
+
+class ServeError(Pt2Error):
+    """Base class of errors about serving rather than about the request's inputs."""
+
+
+class ServerClosedError(ServeError):
+    """The server was shut down before (or while) the request could run."""
+
+
+class WorkerCrashedError(ServeError):
+    """The worker died while holding this request; a new worker has taken over."""
+
+
+class ModelUnavailableError(ServeError):
+    """The model could not be reloaded after a worker crash; the server keeps retrying."""
+
+
+class RequestTimeoutError(ServeError, TimeoutError):
+    """No answer within the server's ``request_timeout_s``."""
+
+
+class RequestCancelledError(ServeError):
+    """The caller gave up on the request (cancelled its future) before it ran."""
+
+
+# -- the registry ---------------------------------------------------------------------------------
+_REGISTRY: dict[str, Server] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def get_server(name: str) -> Server:
+    """The running server registered under ``name``, from anywhere in the process.
+
+    Raises ``LookupError`` naming the servers that exist.
+    """
+    with _REGISTRY_LOCK:
+        server = _REGISTRY.get(name)
+        if server is None:
+            raise LookupError(f"no server named {name!r} (running: {sorted(_REGISTRY) or 'none'})")
+        return server
+
+
+def list_servers() -> dict[str, Server]:
+    """Every registered server, by name (a copy: safe to iterate while servers come and go)."""
+    with _REGISTRY_LOCK:
+        return dict(_REGISTRY)
+
+
+_request_ids = itertools.count(1)
+
+
+class _RequestQueue:
+    """A FIFO of requests with one consumer, the worker, which it wakes only when there is
+    enough to do: a waiting worker names how many rows it wants, and producers signal it only
+    once that many are pending (or the queue closes). Collecting a batch of 16 thus costs the
+    worker one wake-up rather than 16, and under load that hand-off is what batching saves.
+    """
+
+    def __init__(self):
+        self._items: collections.deque[_Request] = collections.deque()
+        self._rows = 0
+        self._wanted = 1
+        self._cond = threading.Condition(threading.Lock())
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, request: _Request) -> bool:
+        """Queue ``request``; False (and nothing queued) once the queue is closed."""
+        with self._cond:
+            if self.closed:
+                return False
+            self._items.append(request)
+            self._rows += request.rows
+            if self._rows >= self._wanted:
+                self._cond.notify()
+            return True
+
+    def take(self, rows: int = 1, deadline: float | None = None, most: int | None = None) -> list[_Request]:
+        """Wait until ``rows`` rows are pending, ``deadline`` (``time.monotonic()``) passes or the
+        queue closes; then take up to ``most`` requests (possibly none)."""
+        with self._cond:
+            self._wanted = max(1, rows)
+            try:
+                while self._rows < rows and not self.closed:
+                    if deadline is None:
+                        self._cond.wait()
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            finally:
+                self._wanted = 1
+            count = len(self._items) if most is None else min(most, len(self._items))
+            taken = [self._items.popleft() for _ in range(count)]
+            self._rows -= sum(r.rows for r in taken)
+            return taken
+
+    def close(self) -> None:
+        """Refuse new requests and wake the worker, which finishes what is queued and ends."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def take_all(self) -> list[_Request]:
+        with self._cond:
+            taken = list(self._items)
+            self._items.clear()
+            self._rows = 0
+            return taken
+
+
+class _Request:
+    """One ``predict`` call on its way through the queue."""
+
+    __slots__ = (
+        "enqueued",
+        "failed",
+        "finish_lock",
+        "finished",
+        "future",
+        "id",
+        "largest_run",
+        "leaves",
+        "pieces",
+        "prepared",
+        "remaining",
+        "rows",
+    )
+
+    def __init__(self):
+        self.id = next(_request_ids)
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.enqueued = time.monotonic()
+        self.finish_lock = threading.Lock()
+        self.finished = False
+        self.leaves: list[Any] = []
+        self.prepared: PreparedRequest | None = None
+        self.rows = 1
+        self.pieces: list[Any] = []
+        self.remaining = 0
+        self.largest_run = 0
+        self.failed = False
+
+
+def _group_key(request: _Request) -> Any:
+    return request.prepared.group_key if request.prepared is not None else ("unprepared", request.id)
+
+
+class Server:
+    """Serve one ``.pt2`` in this process.
+
+    ``name`` (default: the file's stem) registers the server for :func:`get_server`; ``device``
+    is where the model runs; ``batch_size`` is the most rows (samples along the batch dimension)
+    one model run may hold, 1 meaning no batching; ``batch_timeout_ms`` is how long the first
+    request of a batch may wait for company; ``request_timeout_s`` bounds every ``predict``.
+    ``model`` picks one model of a multi-model archive.
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 1, batch_timeout_ms: float = 0, *, request_timeout_s: float = 60.0,
+                 model: str | None = None):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_timeout_ms < 0:
+            raise ValueError(f"batch_timeout_ms must not be negative, got {batch_timeout_ms}")
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        self.batch_size = int(batch_size)
+        self.batch_timeout_ms = float(batch_timeout_ms)
+        self.request_timeout_s = float(request_timeout_s)
+        self._model_name = model
+        self._requested_device = device
+        self._bus = EventBus()
+        self._stats = ServerStats()
+        self._bus.subscribe(self._stats.record)
+        self._queue = _RequestQueue()
+        self._closed = False
+        self._abort = False                      # shutdown(drain=False): fail instead of run
+        self._closed_event = threading.Event()   # wakes a worker waiting to reload
+        self._inflight: list[_Request] = []
+        self._reloads = 0
+        self._consecutive_crashes = 0
+        self._ready = False
+        self._load()                             # errors in the archive surface here, at once
+        with _REGISTRY_LOCK:
+            if self.name in _REGISTRY:
+                raise ValueError(f"a server named {self.name!r} is already running; pass name=... "
+                                 f"or shut that one down first")
+            _REGISTRY[self.name] = self
+        self._worker = self._start_worker(generation=0)
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load(self) -> None:
+        from pt2interp.api import load
+
+        program = load(self.path, device=self._requested_device, model=self._model_name)
+        layout = BatchLayout.from_program(program.program.model)
+        self.device = program.device
+        self._program = program
+        self._layout = layout
+        limit = layout.rows_per_run_limit
+        self._rows_per_run = min(self.batch_size, limit) if limit else self.batch_size
+        self._batching = self.batch_size > 1 and layout.batchable
+        if self.batch_size > 1 and not layout.batchable:
+            log.warning("server %r: batching off: %s", self.name, layout.reason)
+        self._ready = True
+
+    @property
+    def program(self):
+        """The :class:`~pt2interp.loaded.LoadedProgram` the worker runs now (replaced on reload)."""
+        return self._program
+
+    @property
+    def layout(self) -> BatchLayout:
+        """Input and output names, types, shapes and batch dimension (see :mod:`.batching`)."""
+        return self._layout
+
+    @property
+    def batching(self) -> bool:
+        """True when requests are stacked into shared runs."""
+        return self._batching
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self._closed
+
+    # -- calling ---------------------------------------------------------------------------------
+    def predict(self, *args, **kwargs):
+        """Run the model on one request, from any thread; outputs in the model's own structure.
+
+        Raises :class:`~pt2interp.errors.InputMismatchError` for inputs that do not fit (only this
+        request fails), :class:`RequestTimeoutError` after ``request_timeout_s``,
+        :class:`ServerClosedError` once shut down, or whatever the model raised.
+        """
+        request = self._submit(args, kwargs)
+        try:
+            return request.future.result(timeout=self.request_timeout_s)
+        except concurrent.futures.TimeoutError:
+            if not request.future.done():
+                error = RequestTimeoutError(f"server {self.name!r}: no answer within {self.request_timeout_s:g} s "
+                                            f"({len(self._queue)} requests queued)")
+                if request.future.cancel():
+                    self._finish(request, error=error)
+                raise error from None
+            raise
+
+    def submit(self, *args, **kwargs) -> concurrent.futures.Future:
+        """Queue a request and return its future at once (``future.result(timeout)`` waits).
+
+        Cancelling the future before the request runs withdraws it. Input errors come back through
+        the future as well.
+        """
+        return self._submit(args, kwargs).future
+
+    def report_rejected(self, error: BaseException) -> None:
+        """Count a request refused before it reached the server (a malformed HTTP body, say):
+        it emits its ``start`` and ``exception`` events like any failed ``predict``."""
+        request = _Request()
+        self._bus.emit(ServeEvent("start", self.name, request_id=request.id))
+        self._finish(request, error=error)
+
+    def _submit(self, args: tuple, kwargs: dict) -> _Request:
+        request = _Request()
+        self._bus.emit(ServeEvent("start", self.name, request_id=request.id))
+        try:
+            if self._closed:
+                raise ServerClosedError(f"server {self.name!r} is shut down")
+            layout = self._layout
+            leaves = layout.check_devices(layout.bind(args, kwargs), self.device)
+            if self._batching:
+                request.prepared = layout.prepare(leaves)
+                request.rows = request.prepared.rows
+            else:
+                request.rows = layout.rows_of(leaves)
+            request.leaves = leaves
+        except Exception as exc:  # noqa: BLE001 - any input problem belongs to this caller alone
+            self._finish(request, error=exc)
+            return request
+        if not self._queue.put(request):
+            self._finish(request, error=ServerClosedError(f"server {self.name!r} is shut down"))
+        return request
+
+    def _finish(self, request: _Request, result: Any = None, error: BaseException | None = None) -> None:
+        """Answer a request exactly once and emit its ``stop`` or ``exception`` event."""
+        with request.finish_lock:
+            if request.finished:
+                return
+            request.finished = True
+        duration = time.monotonic() - request.enqueued
+        try:
+            if error is not None:
+                request.future.set_exception(error)
+            else:
+                request.future.set_result(result)
+        except concurrent.futures.InvalidStateError:
+            # The caller cancelled after we started. It gets no answer; account for one anyway.
+            if error is None:
+                error = RequestCancelledError("the caller cancelled the request")
+                result = None
+        if error is not None:
+            self._bus.emit(ServeEvent("exception", self.name, request_id=request.id, duration_s=duration,
+                                      input_count=request.rows, error=error))
+        else:
+            self._bus.emit(ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
+                                      batch_size=request.largest_run or request.rows, input_count=request.rows))
+
+    # -- telemetry ---------------------------------------------------------------------------------
+    def on_event(self, fn: Callable[[ServeEvent], None]) -> Callable[[], None]:
+        """Call ``fn(event)`` for every :class:`~pt2interp.serve.stats.ServeEvent`; returns an
+        unsubscribe function. ``fn`` runs in the thread that emits (a caller's or the worker's):
+        keep it quick and thread-safe.
+
+        >>> events = []
+        >>> with Server("fixtures/zoo/mlp.pt2", name="doc-events") as s:
+        ...     stop_listening = s.on_event(events.append)
+        ...     _ = s.predict(torch.zeros(4, 16))
+        >>> [e.kind for e in events]
+        ['start', 'batch', 'stop']
+        """
+        return self._bus.subscribe(fn)
+
+    def info(self) -> dict[str, Any]:
+        """Path, name, device, counts, mean batch size, uptime, latency percentiles and more.
+
+        Keys: ``name``, ``path``, ``device``, ``ready``, ``batch_size``, ``batch_timeout_ms``,
+        ``batching``, ``batching_note``, ``rows_per_run``, ``queue_depth``, ``inference_count``,
+        ``error_count``, ``request_count``, ``batch_count``, ``mean_batch_size``,
+        ``batch_size_distribution`` (rows per run -> runs), ``padded_rows``, ``restarts``,
+        ``reloads``, ``last_error``, ``uptime_s``, ``throughput_rps`` (over the last 10 s),
+        ``latency_ms`` (``p50``/``p95``/``p99`` over the last 10,000 successful requests).
+        """
+        layout = self._layout
+        note = None
+        if self.batch_size > 1 and not layout.batchable:
+            note = f"batching off: {layout.reason}"
+        elif layout.static_rows is not None and self._batching:
+            note = f"static batch of {layout.static_rows} rows: short runs are padded"
+        info = {
+            "name": self.name,
+            "path": str(self.path),
+            "device": str(self.device),
+            "ready": self.ready,
+            "batch_size": self.batch_size,
+            "batch_timeout_ms": self.batch_timeout_ms,
+            "batching": self._batching,
+            "batching_note": note,
+            "rows_per_run": self._rows_per_run if self._batching else None,
+            "queue_depth": len(self._queue),
+            "reloads": self._reloads,
+        }
+        info.update(self._stats.snapshot())
+        return info
+
+    def metadata(self) -> dict[str, Any]:
+        """The model as the Open Inference Protocol describes it: name, platform, inputs and
+        outputs with ``datatype`` (``FP32``, ``INT64``, ...) and ``shape`` (-1 where dynamic, and
+        along the batch dimension while batching, which pads and splits to fit any row count)."""
+        layout = self._layout
+        described = layout.describe()
+        if self._batching:
+            # Batching takes any number of rows (padding or splitting as needed): say so.
+            for entry, slot in zip(described["inputs"], [s for s in layout.inputs if s.kind in ("tensor", "int")]):
+                if slot.batch_axis is not None:
+                    entry["shape"][slot.batch_axis] = -1
+            for entry, slot in zip(described["outputs"], layout.outputs):
+                if slot.batch_axis is not None:
+                    entry["shape"][slot.batch_axis] = -1
+        return {"name": self.name, "versions": ["1"], "platform": "pt2interp",
+                "inputs": described["inputs"], "outputs": described["outputs"],
+                "device": str(self.device), "batching": described["batching"]}
+
+    # -- the worker --------------------------------------------------------------------------------
+    def _start_worker(self, generation: int, delay: float = 0.0) -> threading.Thread:
+        thread = threading.Thread(target=self._worker_main, args=(generation, delay), daemon=True,
+                                  name=f"pt2interp-serve-{self.name}-{generation}")
+        self._worker = thread
+        thread.start()
+        return thread
+
+    def _worker_main(self, generation: int, delay: float) -> None:
+        # OpenMP keeps its thread count per thread: a new thread starts from the default (every
+        # core) whatever torch.set_num_threads said in the main thread, and oversubscribed
+        # BLAS threads spin; restate the process's setting here, where the model runs.
+        torch.set_num_threads(torch.get_num_threads())
+        try:
+            if generation > 0 and not self._reload_until_ready(delay):
+                return
+            most = 4 * self._rows_per_run if self._batching else 1  # a round stays bounded
+            while True:
+                batch = self._queue.take(1, most=most)
+                if not batch:
+                    return  # closed, and everything queued before has been answered
+                if self._batching:
+                    self._fill(batch, most)
+                self._inflight = batch
+                self._run_round(batch)
+                self._inflight = []
+                self._consecutive_crashes = 0
+        except BaseException as exc:  # noqa: BLE001 - the worker's death, whatever killed it
+            self._on_worker_death(exc, generation)
+
+    def _fill(self, batch: list[_Request], most: int) -> None:
+        """Take more requests into ``batch`` until a group of compatible ones holds a full run
+        or the first request has waited ``batch_timeout_ms`` (what is already queued is taken
+        even after that: it costs no waiting)."""
+        cap = self._rows_per_run
+        deadline = batch[0].enqueued + self.batch_timeout_ms / 1000.0
+        group_rows: dict[Any, int] = {}
+        for request in batch:
+            key = _group_key(request)
+            group_rows[key] = group_rows.get(key, 0) + request.rows
+        fullest = max(group_rows.values())
+        while fullest < cap and len(batch) < most:
+            more = self._queue.take(cap - fullest, deadline=deadline, most=most - len(batch))
+            if not more:
+                return
+            for request in more:
+                key = _group_key(request)
+                group_rows[key] = group_rows.get(key, 0) + request.rows
+            batch += more
+            fullest = max(group_rows.values())
+
+    def _run_round(self, batch: list[_Request]) -> None:
+        live = []
+        for request in batch:
+            if not request.future.set_running_or_notify_cancel():
+                self._finish(request, error=RequestCancelledError("the caller cancelled the request"))
+            elif self._abort:
+                self._finish(request, error=ServerClosedError(
+                    f"server {self.name!r} shut down before this request ran"))
+            else:
+                live.append(request)
+        if not live:
+            return
+        if not self._batching:
+            for request in live:
+                self._run_alone(request)
+            return
+        chunks: list[Chunk] = []
+        for request in live:
+            if request.prepared is None:
+                # queued before a reload switched batching on: validate it here instead
+                try:
+                    request.prepared = self._layout.prepare(request.leaves)
+                except Exception as exc:  # noqa: BLE001 - an input problem, this request's alone
+                    self._finish(request, error=exc)
+                    continue
+            mine = chunk_request(request, request.prepared, self._rows_per_run)
+            request.pieces = [None] * len(mine)
+            request.remaining = len(mine)
+            chunks += mine
+        for run in plan_runs(chunks, self._rows_per_run):
+            self._run_chunks(run)
+
+    def _run_alone(self, request: _Request) -> None:
+        started = time.perf_counter()
+        try:
+            args, kwargs = self._layout.unbind(request.leaves)
+            out = self._program.run(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - whatever the model raises goes to its caller
+            self._finish(request, error=exc)
+            return
+        self._bus.emit(ServeEvent("batch", self.name, duration_s=time.perf_counter() - started,
+                                  batch_size=request.rows, requests=1, padding=0))
+        request.largest_run = request.rows
+        self._finish(request, result=out)
+
+    def _run_chunks(self, run: list[Chunk]) -> None:
+        run = [c for c in run if not c.owner.failed]
+        if not run:
+            return
+        layout = self._layout
+        started = time.perf_counter()
+        try:
+            leaves, padding = layout.stack(run)
+            args, kwargs = layout.unbind(leaves)
+            out = self._program.run(*args, **kwargs)
+            shares = layout.split(layout.output_leaves(out), run, padding)
+        except Exception as exc:  # noqa: BLE001 - retried per chunk below, then to its caller
+            if len(run) > 1:
+                # Find the culprit: each chunk alone, so only its own request sees the error.
+                for chunk in run:
+                    self._run_chunks([chunk])
+                return
+            owner = run[0].owner
+            owner.failed = True
+            self._finish(owner, error=exc)
+            return
+        rows = sum(c.rows for c in run)
+        owners = {id(c.owner) for c in run}
+        self._bus.emit(ServeEvent("batch", self.name, duration_s=time.perf_counter() - started,
+                                  batch_size=rows, requests=len(owners), padding=padding))
+        for chunk, share in zip(run, shares):
+            owner = chunk.owner
+            owner.pieces[chunk.index] = share
+            owner.remaining -= 1
+            owner.largest_run = max(owner.largest_run, rows)
+            if owner.remaining == 0:
+                try:
+                    result = layout.build_output(layout.join(owner.pieces))
+                except Exception as exc:  # noqa: BLE001 - fails this request, not the worker
+                    self._finish(owner, error=exc)
+                    continue
+                owner.pieces = []
+                self._finish(owner, result=result)
+
+    def _on_worker_death(self, exc: BaseException, generation: int) -> None:
+        held, self._inflight = self._inflight, []
+        crash = WorkerCrashedError(f"the worker of server {self.name!r} died while running this request "
+                                   f"({type(exc).__name__}: {exc}); a new worker has reloaded the model")
+        for request in held:
+            self._finish(request, error=crash)
+        log.error("server %r: worker died (%s: %s); restarting and reloading %s",
+                  self.name, type(exc).__name__, exc, self.path)
+        self._bus.emit(ServeEvent("restart", self.name, error=exc))
+        self._ready = False
+        if self._closed:
+            self._fail_queued("shut down while its worker was restarting")
+            return
+        self._consecutive_crashes += 1
+        # A model that crashes on every request must not spin: back off up to 5 s between lives.
+        delay = 0.0 if self._consecutive_crashes <= 1 else min(5.0, 0.05 * 2 ** self._consecutive_crashes)
+        self._start_worker(generation + 1, delay)
+
+    def _reload_until_ready(self, delay: float) -> bool:
+        """Reload the model from disk, retrying with back-off; False if shut down meanwhile."""
+        attempt = 0
+        while True:
+            if delay and self._closed_event.wait(delay):
+                break
+            if self._closed and self._abort:
+                break
+            try:
+                self._load()
+                self._reloads += 1
+                log.warning("server %r: model reloaded from %s", self.name, self.path)
+                return True
+            except Exception as exc:  # noqa: BLE001 - a missing or broken file: retry, keep serving
+                attempt += 1
+                self._ready = False
+                log.error("server %r: reloading %s failed (%s); retrying", self.name, self.path, exc)
+                self._fail_queued(f"the model could not be reloaded after a crash: {exc}",
+                                  error_type=ModelUnavailableError)
+                delay = min(5.0, 0.1 * 2 ** attempt)
+        self._fail_queued("shut down while its worker was restarting")
+        return False
+
+    def _fail_queued(self, why: str, error_type: type[ServeError] = ServerClosedError) -> None:
+        for request in self._queue.take_all():
+            self._finish(request, error=error_type(f"server {self.name!r}: {why}"))
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def shutdown(self, drain: bool = True, timeout: float = 10.0) -> None:
+        """Stop taking requests; run the queued ones (``drain=True``) or fail them with
+        :class:`ServerClosedError`. After ``timeout`` seconds whatever is left fails too, so no
+        caller waits forever. Unregisters the name. Safe to call more than once."""
+        self._closed = True
+        if not drain:
+            self._abort = True
+        self._queue.close()
+        self._closed_event.set()
+        if not drain:
+            self._fail_queued("shut down before this request ran")
+        deadline = time.monotonic() + timeout
+        while True:
+            worker = self._worker
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker is self._worker or time.monotonic() >= deadline:
+                break  # no replacement was started while we waited
+        self._fail_queued("shut down before this request ran")
+        if self._worker.is_alive():
+            # Stuck in a model run: its callers get an answer now; the run's result is dropped.
+            for request in list(self._inflight):
+                self._finish(request, error=ServerClosedError(
+                    f"server {self.name!r} shut down while this request was running"))
+        self._ready = False
+        with _REGISTRY_LOCK:
+            if _REGISTRY.get(self.name) is self:
+                del _REGISTRY[self.name]
+
+    close = shutdown
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("ready" if self._ready else "restarting")
+        return f"<Server {self.name!r} {self.path} device={self.device} batch_size={self.batch_size} {state}>"

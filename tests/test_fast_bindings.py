@@ -1,0 +1,105 @@
+"""The interpreter's fast bindings dispatch exactly the overload the graph names.
+
+For every op in ``ops.fast.FAST_METHODS`` and several argument shapes (tensor/tensor with
+broadcasting, tensor/int, tensor/float, integer dtypes), the Tensor method and the ``torch.ops``
+overload are run under a mode that records every ATen call: the recorded calls (overload and
+arguments) must be identical, and so must the results, bit for bit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pt2interp.ops.fast import FAST_METHODS, fast_kernel
+from pt2interp.ops.registry import resolve_torch_op
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.calls.append((func, _describe(args), _describe(kwargs)))
+        return func(*args, **kwargs)
+
+
+def _describe(value):
+    if isinstance(value, torch.Tensor):
+        return ("tensor", value.dtype, tuple(value.shape), value.stride())
+    if isinstance(value, (list, tuple)):
+        return tuple(_describe(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _describe(v)) for k, v in sorted(value.items()))
+    return value
+
+
+def _samples(target: str):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 4, generator=g), torch.randn(4, generator=g)
+    ia, ib = torch.randint(1, 9, (3, 4), generator=g), torch.randint(1, 9, (4,), generator=g)
+    name = target.split(".")[1].rstrip("_")
+    if name in ("add", "sub", "mul", "div"):
+        return [(a, b), (a, a.clone()), (a, 2), (a, 0.5), (ia, ib), (ia, 3), (ia, 2.5)]
+    if name in ("view", "reshape"):
+        return [(a, [4, 3]), (a, [-1]), (a, [2, 6])]
+    if name == "permute":
+        return [(a, [1, 0])]
+    if name == "transpose":
+        return [(a, 0, 1), (a, -1, 0)]
+    if name == "unsqueeze":
+        return [(a, 0), (a, -1)]
+    if name == "t":
+        return [(a,)]
+    if name == "mm":
+        return [(a, torch.randn(4, 5, generator=g))]
+    if name == "bmm":
+        return [(torch.randn(2, 3, 4, generator=g), torch.randn(2, 4, 5, generator=g))]
+    if name == "matmul":
+        return [(a, torch.randn(4, 5, generator=g)), (torch.randn(2, 3, 4, generator=g), b)]
+    positive = a.abs() + 0.1 if name in ("log", "sqrt", "rsqrt", "reciprocal") else a
+    return [(positive,), (positive.t(),)]
+
+
+def _clone(args):
+    return tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in args)
+
+
+@pytest.mark.parametrize("target", sorted(FAST_METHODS))
+def test_fast_binding_dispatches_the_same_overload(target):
+    op = resolve_torch_op("torch.ops." + target)
+    fast = fast_kernel(target, 1)
+    assert fast is not None
+    for args in _samples(target):
+        with torch.inference_mode():
+            ref_args, fast_args = _clone(args), _clone(args)
+            try:
+                with _Recorder() as want_calls:
+                    want = op(*ref_args)
+            except RuntimeError as exc:  # an invalid combination must fail the same way
+                with pytest.raises(RuntimeError, match=str(exc).splitlines()[0][:40]):
+                    fast(*fast_args)
+                continue
+            with _Recorder() as got_calls:
+                got = fast(*fast_args)
+        assert got_calls.calls == want_calls.calls, f"{target}{_describe(args)}"
+        assert got_calls.calls[0][0] is op
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(fast_args, ref_args, rtol=0, atol=0)  # in-place ops mutate alike
+
+
+def test_nodes_with_keyword_arguments_keep_the_overload():
+    from pt2interp.interpreter import GraphCompiler
+    from pt2interp.schema import Argument, Graph, NamedArgument, Node, Ref
+
+    node = Node("torch.ops.aten.add.Tensor",
+                [NamedArgument("self", Argument("tensor", Ref("x"))), NamedArgument("other", Argument("tensor", Ref("y"))),
+                 NamedArgument("alpha", Argument("int", 2), 2)],
+                [Argument("tensor", Ref("z"))], {})
+    graph = Graph([Argument("tensor", Ref("x")), Argument("tensor", Ref("y"))], [Argument("tensor", Ref("z"))], [node], {})
+    plan = GraphCompiler().compile(graph)
+    assert plan.steps[0].kernel is not torch.Tensor.add
+    x, y = torch.randn(3), torch.randn(3)
+    torch.testing.assert_close(plan.run([x, y])[0], torch.add(x, y, alpha=2), rtol=0, atol=0)

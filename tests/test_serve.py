@@ -1,0 +1,465 @@
+"""The in-process server: output structure, registry, stats and events, faults (bad requests,
+model errors, worker death with restart and reload), shutdown, and dynamic batching checked
+against direct calls of the same program.
+
+Every test is bounded: threads are daemons, waits have timeouts, and each server is shut down
+by the ``serve`` fixture even when the test fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+
+import pytest
+import torch
+from fixture_cases import case
+
+import pt2interp
+from pt2interp.errors import InputMismatchError
+from pt2interp.serve import (
+    ModelUnavailableError,
+    RequestTimeoutError,
+    Server,
+    ServerClosedError,
+    WorkerCrashedError,
+    get_server,
+    list_servers,
+)
+from pt2interp.serve.batching import PreparedRequest, chunk_request, plan_runs
+
+MLP = case("zoo", "mlp").path                      # static 4x16 -> 4x8
+DYN_MLP = case("zoo", "dynamic_batch_mlp").path    # batch dim 1..1024
+MULTI_IO = case("zoo", "multi_io").path            # dict + tuple outputs, a shared keyword input
+COUNTER = case("zoo", "counter").path              # writes a buffer: never batched
+MINI_GPT = case("zoo", "mini_gpt").path            # int64 token ids (an embedding)
+
+WAIT = 10.0   # upper bound for anything a test waits on
+
+
+class Fatal(BaseException):
+    """Not an Exception: escapes the per-request handling and kills the worker."""
+
+
+@pytest.fixture
+def serve():
+    """``serve(path, **kw)`` starts a uniquely named server, shut down after the test."""
+    started: list[Server] = []
+
+    def start(path, **kw) -> Server:
+        kw.setdefault("name", f"t-{uuid.uuid4().hex[:8]}")
+        server = Server(path, **kw)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown(drain=False, timeout=2.0)
+
+
+def _wait_until(predicate, what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _close(a, b) -> bool:
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _block_worker(server: Server):
+    """Make the worker's next model run wait for the returned event (then run normally)."""
+    release = threading.Event()
+    entered = threading.Event()
+    original = server.program.run
+
+    def blocked_run(*args, **kwargs):
+        entered.set()
+        assert release.wait(WAIT), "test never released the worker"
+        server.program.run = original   # instance attribute: later runs are normal
+        return original(*args, **kwargs)
+
+    server.program.run = blocked_run
+    return entered, release
+
+
+# -- calling and structure -----------------------------------------------------------------------
+def test_outputs_keep_the_models_structure(serve):
+    server = serve(MULTI_IO)
+    (a, b, mask), kw = case("zoo", "multi_io").inputs()
+    got = server.predict(a, b, mask, **kw)
+    want = pt2interp.load(MULTI_IO)(a, b, mask, **kw)
+    assert set(got) == {"sum", "pair", "cat"} and isinstance(got["pair"], tuple)
+    assert torch.equal(got["sum"], want["sum"]) and torch.equal(got["cat"], want["cat"])
+    assert torch.equal(got["pair"][1], want["pair"][1]) and got["pair"][1].dtype == torch.int64
+    # positional inputs by name, as the exported module allows
+    again = server.predict(a=a, b=b, mask=mask, **kw)
+    assert torch.equal(again["cat"], want["cat"])
+
+
+def test_predict_from_many_threads_and_the_registry(serve):
+    server = serve(DYN_MLP, name="registry-mlp")
+    direct = pt2interp.load(DYN_MLP)
+    results: dict[int, torch.Tensor] = {}
+
+    def call(i):
+        results[i] = get_server("registry-mlp").predict(torch.full((1, 16), float(i)))
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert sorted(results) == list(range(8))
+    for i, y in results.items():
+        assert torch.equal(y, direct(torch.full((1, 16), float(i))))
+    assert list_servers()["registry-mlp"] is server
+    with pytest.raises(ValueError, match="already running"):
+        Server(DYN_MLP, name="registry-mlp")
+    server.shutdown()
+    with pytest.raises(LookupError, match="no server named 'registry-mlp'"):
+        get_server("registry-mlp")
+
+
+# -- stats and events ---------------------------------------------------------------------------
+def test_events_and_info_tell_the_same_story(serve):
+    server = serve(DYN_MLP)
+    events = []
+    unsubscribe = server.on_event(events.append)
+    for n in (1, 2, 3):
+        server.predict(torch.randn(n, 16))
+    with pytest.raises(InputMismatchError):
+        server.predict(torch.randn(2, 15))
+    info = server.info()
+    kinds = [e.kind for e in events]
+    assert kinds.count("start") == 4 and kinds.count("stop") == 3 and kinds.count("exception") == 1
+    stops = [e for e in events if e.kind == "stop"]
+    assert [e.input_count for e in stops] == [1, 2, 3] and all(e.duration_s > 0 for e in stops)
+    assert [e.batch_size for e in stops] == [1, 2, 3]
+    failed = next(e for e in events if e.kind == "exception")
+    assert isinstance(failed.error, InputMismatchError)
+    assert info["inference_count"] == 3 and info["error_count"] == 1 and info["request_count"] == 4
+    assert info["batch_count"] == kinds.count("batch") == 3 and info["mean_batch_size"] == 2.0
+    assert info["batch_size_distribution"] == {"1": 1, "2": 1, "3": 1}
+    lat = info["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+    assert max(e.duration_s for e in stops) * 1000 == pytest.approx(lat["p99"], abs=1e-3)
+    assert info["uptime_s"] > 0 and info["path"] == str(DYN_MLP) and info["device"] == "cpu"
+    assert info["name"] == server.name and info["restarts"] == 0
+    unsubscribe()
+    server.predict(torch.randn(1, 16))
+    assert len(events) == len(kinds)
+
+
+def test_a_failing_subscriber_does_not_fail_requests(serve):
+    server = serve(MLP)
+
+    def broken(event):
+        raise RuntimeError("subscriber bug")
+
+    server.on_event(broken)
+    assert server.predict(torch.randn(4, 16)).shape == (4, 8)
+
+
+# -- faults ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_bad_requests_fail_alone_and_the_worker_goes_on(serve, batch_size):
+    server = serve(MLP, batch_size=batch_size)
+    direct = pt2interp.load(MLP)
+    good = torch.randn(4, 16)
+    bad = {
+        "wrong shape": (torch.randn(4, 15),),
+        "wrong rank": (torch.randn(4, 16, 1),),
+        "wrong dtype": (torch.randn(4, 16, dtype=torch.float64),),
+        "wrong device": (torch.randn(4, 16, device="meta"),),
+        "two inputs": (good, good),
+        "not a tensor": ([1.0] * 16,),
+    }
+    for label, args in bad.items():
+        with pytest.raises(InputMismatchError) as err:
+            server.predict(*args)
+        assert "input" in str(err.value), label
+        assert _close(server.predict(good), direct(good))
+    with pytest.raises(InputMismatchError, match="device meta"):
+        server.predict(torch.randn(4, 16, device="meta"))
+    info = server.info()
+    assert info["error_count"] == len(bad) + 1 and info["inference_count"] == len(bad)
+    assert info["restarts"] == 0
+
+
+def test_a_model_error_fails_only_its_request(serve):
+    server = serve(MINI_GPT)
+    tokens = torch.randint(0, 100, (2, 12))
+    with pytest.raises(Exception, match="index out of range"):
+        server.predict(torch.full((2, 12), 10_000, dtype=torch.int64))   # ids beyond the embedding
+    assert server.predict(tokens).shape == (2, 12, 100)
+    assert server.info()["error_count"] == 1 and server.info()["restarts"] == 0
+
+
+def test_worker_death_restarts_the_worker_and_reloads_from_disk(serve, tmp_path):
+    path = tmp_path / "model.pt2"
+    shutil.copy(MLP, path)                       # static batch of 4
+    server = serve(path)
+    events = []
+    server.on_event(events.append)
+    first_program = server.program
+    entered, release = threading.Event(), threading.Event()
+
+    def dies(*args, **kwargs):
+        entered.set()
+        release.wait(WAIT)
+        raise Fatal("segfault-like death")
+
+    first_program.run = dies
+    doomed = server.submit(torch.randn(4, 16))
+    assert entered.wait(WAIT)
+    queued = [server.submit(torch.randn(4, 16)) for _ in range(3)]   # wait behind the crash
+    shutil.copy(DYN_MLP, path)                   # the reload must read the file again
+    release.set()
+    with pytest.raises(WorkerCrashedError, match="died while running this request"):
+        doomed.result(WAIT)
+    for f in queued:
+        assert f.result(WAIT).shape == (4, 8)
+    _wait_until(lambda: server.info()["reloads"] == 1, "the reload")
+    info = server.info()
+    assert info["restarts"] == 1 and info["ready"] and info["error_count"] == 1
+    assert server.program is not first_program
+    assert server.layout.batch_symbol is not None          # the new file's dynamic batch
+    assert server.predict(torch.randn(7, 16)).shape == (7, 8)
+    restart = [e for e in events if e.kind == "restart"]
+    assert len(restart) == 1 and isinstance(restart[0].error, Fatal)
+
+
+def test_a_failed_reload_fails_queued_requests_and_recovers(serve, tmp_path):
+    path = tmp_path / "model.pt2"
+    shutil.copy(MLP, path)
+    server = serve(path)
+    entered, release = threading.Event(), threading.Event()
+
+    def dies(*args, **kwargs):
+        entered.set()
+        release.wait(WAIT)
+        raise Fatal("gone")
+
+    server.program.run = dies
+    doomed = server.submit(torch.randn(4, 16))
+    assert entered.wait(WAIT)
+    path.unlink()                                # nothing to reload from
+    release.set()
+    with pytest.raises(WorkerCrashedError):
+        doomed.result(WAIT)
+    _wait_until(lambda: not server.ready and server.info()["last_error"] is not None, "a failed reload")
+    waiting = server.submit(torch.randn(4, 16))
+    with pytest.raises(ModelUnavailableError, match="could not be reloaded"):
+        waiting.result(WAIT)
+    shutil.copy(MLP, path)
+    _wait_until(lambda: server.ready, "the reload once the file is back")
+    assert server.predict(torch.randn(4, 16)).shape == (4, 8)
+    assert server.info()["reloads"] == 1
+
+
+def test_predict_times_out_instead_of_waiting_forever(serve):
+    server = serve(MLP, request_timeout_s=0.2)
+    entered, release = _block_worker(server)
+    stuck = server.submit(torch.randn(4, 16))
+    assert entered.wait(WAIT)
+    started = time.monotonic()
+    with pytest.raises(RequestTimeoutError, match="no answer within 0.2 s"):
+        server.predict(torch.randn(4, 16))
+    assert time.monotonic() - started < 2.0
+    release.set()
+    assert stuck.result(WAIT).shape == (4, 8)
+    assert server.info()["error_count"] == 1
+
+
+# -- shutdown ----------------------------------------------------------------------------------------
+def test_shutdown_drains_what_is_queued(serve):
+    server = serve(DYN_MLP, batch_size=4)
+    entered, release = _block_worker(server)
+    futures = [server.submit(torch.randn(1, 16)) for _ in range(12)]
+    assert entered.wait(WAIT)
+    closer = threading.Thread(target=server.shutdown, kwargs={"drain": True, "timeout": WAIT}, daemon=True)
+    closer.start()
+    _wait_until(lambda: not server.ready, "shutdown to begin")
+    with pytest.raises(ServerClosedError, match="shut down"):
+        server.predict(torch.randn(1, 16))
+    release.set()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert all(f.result(0).shape == (1, 8) for f in futures)
+
+
+def test_shutdown_without_draining_fails_everyone_promptly(serve):
+    server = serve(MLP)
+    entered, release = _block_worker(server)
+    running = server.submit(torch.randn(4, 16))
+    assert entered.wait(WAIT)
+    queued = [server.submit(torch.randn(4, 16)) for _ in range(5)]
+    started = time.monotonic()
+    server.shutdown(drain=False, timeout=0.3)
+    assert time.monotonic() - started < 2.0
+    for f in queued:
+        with pytest.raises(ServerClosedError, match="shut down before this request ran"):
+            f.result(0)
+    with pytest.raises(ServerClosedError, match="while this request was running"):
+        running.result(0)
+    release.set()
+    assert server.info()["error_count"] == 6
+
+
+# -- batching ------------------------------------------------------------------------------------------
+def _reference(direct, x: torch.Tensor, static_rows: int | None) -> torch.Tensor:
+    """What the program gives for ``x`` run alone: in static chunks padded with the last row."""
+    if static_rows is None:
+        return direct(x)
+    outs = []
+    for start in range(0, x.shape[0], static_rows):
+        part = x[start:start + static_rows]
+        pad = static_rows - part.shape[0]
+        if pad:
+            part = torch.cat([part, part[-1:].expand(pad, *part.shape[1:])])
+        outs.append(direct(part)[:static_rows - pad])
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("path, static_rows", [(DYN_MLP, None), (MLP, 4)], ids=["dynamic", "static-padded"])
+def test_concurrent_requests_are_batched_and_answered_correctly(serve, path, static_rows):
+    server = serve(path, batch_size=16, batch_timeout_ms=20)
+    direct = pt2interp.load(path)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(1 + i % 3, 16, generator=gen) + i for i in range(96)]   # distinct data
+    results: dict[int, torch.Tensor] = {}
+
+    def client(k):
+        for i in range(k, len(inputs), 24):
+            results[i] = server.predict(inputs[i])
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert sorted(results) == list(range(len(inputs)))
+    for i, x in enumerate(inputs):
+        assert results[i].shape == (x.shape[0], 8)
+        assert _close(results[i], _reference(direct, x, static_rows)), f"request {i} got someone else's rows"
+    info = server.info()
+    assert info["inference_count"] == 96 and info["error_count"] == 0
+    assert info["batch_count"] < 96 and info["mean_batch_size"] > 2
+    assert sum(int(k) * v for k, v in info["batch_size_distribution"].items()) == sum(x.shape[0] for x in inputs)
+    if static_rows:
+        assert info["padded_rows"] > 0 and max(map(int, info["batch_size_distribution"])) <= static_rows
+
+
+@pytest.mark.parametrize("path, rows_per_run", [(DYN_MLP, 8), (MLP, 4)], ids=["dynamic", "static"])
+def test_a_request_larger_than_the_batch_is_split(serve, path, rows_per_run):
+    server = serve(path, batch_size=8)
+    runs = []
+    server.on_event(lambda e: runs.append(e.batch_size) if e.kind == "batch" else None)
+    x = torch.randn(21, 16)
+    y = server.predict(x)
+    assert y.shape == (21, 8)
+    assert _close(y, _reference(pt2interp.load(path), x, 4 if rows_per_run == 4 else None))
+    assert max(runs) == rows_per_run and sum(runs) == 21 and len(runs) == -(-21 // rows_per_run)
+
+
+@pytest.fixture(scope="module")
+def seq_model(tmp_path_factory):
+    """A program with a dynamic batch and a dynamic sequence length: (B, T, 8) -> (B, 4)."""
+
+    class MeanPool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.proj(x).mean(dim=1)
+
+    torch.manual_seed(0)
+    batch, seq = torch.export.Dim("batch", min=1, max=256), torch.export.Dim("seq", min=1, max=64)
+    ep = torch.export.export(MeanPool().eval(), (torch.randn(2, 5, 8),), dynamic_shapes={"x": {0: batch, 1: seq}})
+    path = tmp_path_factory.mktemp("seq") / "mean_pool.pt2"
+    torch.export.save(ep, str(path))
+    return path
+
+
+def test_requests_with_different_non_batch_shapes_go_to_separate_runs(serve, seq_model):
+    server = serve(seq_model, batch_size=16)
+    assert server.layout.batch_symbol is not None and [s.batch_axis for s in server.layout.inputs] == [0]
+    runs = []
+    server.on_event(lambda e: runs.append((e.batch_size, e.requests)) if e.kind == "batch" else None)
+    entered, release = _block_worker(server)
+    blocker = server.submit(torch.randn(1, 2, 8))
+    assert entered.wait(WAIT)
+    xs = [torch.randn(1, 3 if i % 2 else 5, 8) + i for i in range(8)]
+    futures = [server.submit(x) for x in xs]           # all queued while the worker is busy
+    release.set()
+    blocker.result(WAIT)
+    direct = pt2interp.load(seq_model)
+    for x, f in zip(xs, futures):
+        assert _close(f.result(WAIT), direct(x))
+    assert runs[1:] == [(4, 4), (4, 4)]                # one run per sequence length
+
+
+def test_requests_with_different_shared_inputs_go_to_separate_runs(serve):
+    server = serve(MULTI_IO, batch_size=5)            # static batch of 5: padded
+    runs = []
+    server.on_event(lambda e: runs.append(e.requests) if e.kind == "batch" else None)
+    direct = pt2interp.load(MULTI_IO)
+    entered, release = _block_worker(server)
+    gen = torch.Generator().manual_seed(3)
+
+    def request(scale):
+        a, b = torch.randn(2, 6, generator=gen), torch.randn(2, 3, generator=gen)
+        return (a, b, torch.rand(2, 4, generator=gen) > 0.5), {"scale": scale}
+
+    blocker = server.submit(*request(torch.ones(4))[0], scale=torch.ones(4))
+    assert entered.wait(WAIT)
+    scales = [torch.ones(4), torch.full((4,), 2.0)]
+    calls = [request(scales[i % 2].clone()) for i in range(4)]
+    futures = [server.submit(*args, **kw) for args, kw in calls]
+    release.set()
+    blocker.result(WAIT)
+    for (args, kw), f in zip(calls, futures):
+        got = f.result(WAIT)
+        padded = [torch.cat([t, t[-1:].expand(3, *t.shape[1:])]) for t in args]
+        want = direct(*padded, **kw)
+        assert _close(got["cat"], want["cat"][:2]) and torch.equal(got["pair"][1], want["pair"][1][:2])
+    assert runs[1:] == [2, 2]                          # equal scales share a run
+
+
+def test_a_bad_request_never_spoils_a_batch(serve):
+    server = serve(DYN_MLP, batch_size=16, batch_timeout_ms=5)
+    entered, release = _block_worker(server)
+    blocker = server.submit(torch.randn(1, 16))
+    assert entered.wait(WAIT)
+    good = [server.submit(torch.randn(2, 16)) for _ in range(4)]
+    bad = server.submit(torch.randn(2, 17))           # refused before it reaches the worker
+    release.set()
+    blocker.result(WAIT)
+    assert all(f.result(WAIT).shape == (2, 8) for f in good)
+    with pytest.raises(InputMismatchError, match="dim 1: expected 16, got 17"):
+        bad.result(WAIT)
+
+
+def test_programs_that_must_not_batch_run_one_request_at_a_time(serve):
+    server = serve(COUNTER, batch_size=8, batch_timeout_ms=5)
+    info = server.info()
+    assert not info["batching"] and "writes" in info["batching_note"]
+    x = torch.ones(2, 4)
+    assert [server.predict(x)[0, 0].item() for _ in range(3)] == [1.0, 2.0, 3.0]   # one step per request
+
+
+def test_plan_runs_groups_by_key_and_packs_rows():
+    def chunks(owner, rows, key, cap):
+        return chunk_request(owner, PreparedRequest([], rows, key), cap)
+
+    cap = 4
+    pieces = chunks("a", 3, "f32[16]", cap) + chunks("b", 1, "f64[16]", cap) + chunks("c", 6, "f32[16]", cap)
+    runs = [[(c.owner, c.start, c.stop) for c in run] for run in plan_runs(pieces, cap)]
+    assert runs == [[("a", 0, 3)], [("b", 0, 1)], [("c", 0, 4)], [("c", 4, 6)]]
+    assert all(sum(stop - start for _, start, stop in run) <= cap for run in runs)
