@@ -20,7 +20,7 @@ def load(path: str | os.PathLike | BinaryIO, device=None, model: str | None = No
     >>> prog = pt2interp.load(r.files("pt2interp.examples") / "tiny_mlp.pt2")
     >>> out = prog(torch.randn(2, 8))
     >>> tuple(out.shape)
-    (2, 4)
+    (2, 16)
     """
     with collector_paused():
         return LoadedProgram(read_program(path, model=model), device=device, inference_mode=inference_mode)

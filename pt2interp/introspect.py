@@ -40,16 +40,15 @@ from typing import Any, BinaryIO
 
 from pt2interp import versions
 from pt2interp.archive import Archive
-from pt2interp.errors import WeightError
-from pt2interp.program import Program, read_program
+from pt2interp.program import Program, read_payload_config, read_program
 from pt2interp.schema import (
     Argument,
     Graph,
-    PayloadMeta,
     RangeConstraint,
     SymExpr,
     TensorMeta,
-    parse_payload_config,
+    static_nbytes,
+    static_numel,
 )
 from pt2interp.symexpr import EvaluationError, Expr
 from pt2interp.treespec import TreeSpec
@@ -98,17 +97,11 @@ class TensorInfo:
 
     @property
     def numel(self) -> int | None:
-        if not self.is_static:
-            return None
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return static_numel(self.shape)
 
     @property
     def nbytes(self) -> int | None:
-        n = self.numel
-        return None if n is None else n * versions.ITEMSIZE.get(self.dtype, 0)
+        return static_nbytes(self.shape, self.dtype)
 
     @property
     def shape_str(self) -> str:
@@ -480,19 +473,6 @@ def _storage_records(program: Program) -> dict[str, tuple[str, TensorMeta | None
             for name, meta in read_payload_config(archive, member).items():
                 out[name] = (base + meta.path_name, meta.tensor_meta)
     return out
-
-
-def read_payload_config(archive: Archive, config_member: str) -> dict[str, PayloadMeta]:
-    """``<model>_weights_config.json`` / ``_constants_config.json`` (torch 2.9+), parsed.
-
-    Lives here rather than beside the weight readers so that describing an archive imports
-    neither numpy nor torch."""
-    text = archive.read_text(config_member)
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise WeightError(f"{archive.source}: {archive.member_path(config_member)} is not valid JSON: {exc}") from None
-    return parse_payload_config(doc, archive.member_path(config_member))
 
 
 def _view_key(storage: str, meta: TensorMeta | None) -> tuple:

@@ -3,7 +3,7 @@
 >>> import torch, pt2interp, importlib.resources as r
 >>> prog = pt2interp.load(r.files("pt2interp.examples") / "tiny_mlp.pt2")
 >>> prog(torch.zeros(2, 8)).shape
-torch.Size([2, 4])
+torch.Size([2, 16])
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ import numpy as np
 from pt2interp import versions
 from pt2interp.archive import Archive
 from pt2interp.errors import WeightError
-from pt2interp.introspect import read_payload_config
+from pt2interp.program import read_payload_config
 from pt2interp.schema import SymExpr, TensorMeta
 from pt2interp.torch_pickle import RawTensor, load_torch_save
 

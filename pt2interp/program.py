@@ -19,8 +19,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pt2interp import versions
 from pt2interp.archive import Archive, open_archive
-from pt2interp.errors import SchemaError
-from pt2interp.schema import ExportedProgramModel, parse_exported_program
+from pt2interp.errors import SchemaError, WeightError
+from pt2interp.schema import (
+    ExportedProgramModel,
+    PayloadMeta,
+    parse_exported_program,
+    parse_payload_config,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -141,6 +146,19 @@ def collector_paused():
     finally:
         if was_enabled:
             gc.enable()
+
+
+def read_payload_config(archive: Archive, config_member: str) -> dict[str, PayloadMeta]:
+    """``<model>_weights_config.json`` / ``_constants_config.json`` (torch 2.9+), parsed.
+
+    Shared by the torch and numpy weight readers and by ``read_schema``, none of which may
+    pull in the others' dependencies."""
+    text = archive.read_text(config_member)
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise WeightError(f"{archive.source}: {archive.member_path(config_member)} is not valid JSON: {exc}") from None
+    return parse_payload_config(doc, archive.member_path(config_member))
 
 
 def read_program(source: str | os.PathLike | BinaryIO | Archive, model: str | None = None) -> Program:

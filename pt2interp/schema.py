@@ -53,6 +53,21 @@ class Device:
         return self.type if self.index is None else f"{self.type}:{self.index}"
 
 
+def static_numel(sizes) -> int | None:
+    """Element count of a shape, or None when a size is symbolic."""
+    n = 1
+    for s in sizes:
+        if not isinstance(s, int):
+            return None
+        n *= s
+    return n
+
+
+def static_nbytes(sizes, dtype: str) -> int | None:
+    n = static_numel(sizes)
+    return None if n is None else n * versions.ITEMSIZE.get(dtype, 0)
+
+
 @dataclass(frozen=True)
 class TensorMeta:
     dtype: str
@@ -69,17 +84,11 @@ class TensorMeta:
 
     @property
     def numel(self) -> int | None:
-        if not self.is_static:
-            return None
-        n = 1
-        for s in self.sizes:
-            n *= s
-        return n
+        return static_numel(self.sizes)
 
     @property
     def nbytes(self) -> int | None:
-        n = self.numel
-        return None if n is None else n * versions.ITEMSIZE.get(self.dtype, 0)
+        return static_nbytes(self.sizes, self.dtype)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import torch
 from pt2interp import versions
 from pt2interp.archive import MAX_COMPRESSION_RATIO, Archive
 from pt2interp.errors import WeightError
-from pt2interp.schema import PayloadMeta, SymExpr, TensorMeta, parse_payload_config
+from pt2interp.program import read_payload_config
+from pt2interp.schema import SymExpr, TensorMeta
 
 
 def torch_dtype(name: str, *, where: str = "") -> torch.dtype:
@@ -167,17 +168,6 @@ def _load_payloads(archive: Archive, config_member: str, base_dir: str) -> tuple
         if meta.is_param:
             params.add(fqn)
     return out, params
-
-
-def read_payload_config(archive: Archive, config_member: str) -> dict[str, PayloadMeta]:
-    import json
-
-    text = archive.read_text(config_member)
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise WeightError(f"{archive.source}: {archive.member_path(config_member)} is not valid JSON: {exc}") from None
-    return parse_payload_config(doc, archive.member_path(config_member))
 
 
 def _archive_is_big_endian(archive: Archive) -> bool:
