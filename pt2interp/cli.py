@@ -52,8 +52,6 @@ def cmd_run(args) -> int:
     prog = pt2interp.load(args.file, device=args.device, model=args.model)
     call_args, call_kwargs = _inputs_for(prog, args)
     out = prog(*call_args, **call_kwargs)
-    from pt2interp.treespec import TreeSpec  # noqa: F401  (structure printing below)
-
     for key, value in _flatten("out", out):
         if isinstance(value, torch.Tensor):
             print(f"{key}: tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')} "

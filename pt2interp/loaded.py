@@ -79,7 +79,7 @@ class LoadedProgram:
                 self._template[i] = torch.empty(0)
             elif s.kind == "constant_input":
                 self._template[i] = s.constant_value
-        self._checks = [_InputCheck.make(i, specs[i], model, self._label(n))
+        self._checks = [_InputCheck.make(specs[i], model, self._label(n))
                         for n, i in enumerate(self._leaf_specs)]
         self._symbols = {name: (rc.min_val, rc.max_val) for name, rc in model.range_constraints.items()}
         outs = model.signature.output_specs
@@ -265,7 +265,7 @@ class _InputCheck:
         self.dtype = torch_dtype(meta.dtype) if meta is not None else None
 
     @classmethod
-    def make(cls, graph_index: int, spec: InputSpec, model, label: str) -> _InputCheck:
+    def make(cls, spec: InputSpec, model, label: str) -> _InputCheck:
         if spec.kind == "user_input" and spec.arg.kind == "tensor":
             meta = model.graph.tensor_values.get(spec.arg.value.name)
             return cls(label, meta, "tensor")

@@ -37,7 +37,6 @@ MEMORY_FORMATS: dict[int, str] = {0: "unknown", 1: "contiguous_format", 2: "chan
 # Argument union tags, old spelling → current spelling. Unions in schema 1/2 were written
 # with every tag present; from 5.1 on a union is a one-key object. Both reach the same tags.
 ARGUMENT_TAG_RENAMES: dict[str, str] = {
-    "as_sym_int": "as_sym_int",
     "as_symint": "as_sym_int",
     "as_symints": "as_sym_ints",
 }
