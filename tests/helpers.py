@@ -1,7 +1,11 @@
-"""Small tools shared by tests: bitwise tensor comparison and zip surgery."""
+"""Small tools shared by tests: bitwise tensor comparison, zip surgery, a loopback server."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -52,3 +56,28 @@ def member_named(path: Path, suffix: str) -> str:
             if n.endswith(suffix):
                 return n
     raise LookupError(suffix)
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serve ``app`` with uvicorn on 127.0.0.1:<free port> in a daemon thread; yields the URL."""
+    import uvicorn
+
+    # IPPROTO_TCP, not 0: asyncio only turns Nagle off (TCP_NODELAY) for sockets that say so,
+    # and with Nagle on every keep-alive request waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

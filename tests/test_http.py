@@ -13,14 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
 import torch
-import uvicorn
 from fixture_cases import case
+from helpers import running
 from prometheus_client.parser import text_string_to_metric_families
 
 import pt2interp
@@ -34,29 +33,6 @@ MAX_BODY = 256 * 1024
 # the bounded load test; lower these on a very slow machine
 CLIENTS = int(os.environ.get("PT2INTERP_LOAD_CLIENTS", "32"))
 REQUESTS_EACH = int(os.environ.get("PT2INTERP_LOAD_REQUESTS", "200"))
-
-
-@contextlib.contextmanager
-def running(app):
-    """Serve ``app`` with uvicorn on 127.0.0.1:<free port> in a daemon thread; yields the URL."""
-    # IPPROTO_TCP, not 0: asyncio only turns Nagle off (TCP_NODELAY) for sockets that say so,
-    # and with Nagle on every keep-alive request waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

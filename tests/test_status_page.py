@@ -5,21 +5,17 @@ JavaScript polls ``/v2/status`` and renders the models, and the figures in the D
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from html.parser import HTMLParser
 
 import httpx
 import pytest
 import torch
-import uvicorn
 from fixture_cases import case
+from helpers import running
 
 from pt2interp.serve import Server
 from pt2interp.serve.http import create_app
@@ -28,26 +24,6 @@ CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is missing (Debian's chromium package; .ci/run installs it)")
-
-
-@contextlib.contextmanager
-def running(app):
-    """uvicorn on 127.0.0.1:<free port> in a daemon thread; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY follows
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 class _Figures(HTMLParser):
