@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 from pt2interp import versions
 from pt2interp.archive import Archive
-from pt2interp.program import Program, read_payload_config, read_program
+from pt2interp.program import Program, collector_paused, read_payload_config, read_program
 from pt2interp.schema import (
     Argument,
     Graph,
@@ -272,8 +272,11 @@ def read_schema(source: str | os.PathLike | BinaryIO | Archive, model: str | Non
     """Describe one model of a ``.pt2`` (see the module docstring). Never imports torch unless
     ``check_ops=True``; with ``check_ops=None`` the op check runs only when torch is already
     imported, with ``False`` never (``missing_ops`` is then ``None``)."""
-    program = read_program(source, model=model)
-    return _SchemaBuilder(program).build(_want_op_check(check_ops))
+    # The parsed program is dropped before the collector resumes, so its objects are freed
+    # by reference counting without ever being scanned.
+    with collector_paused():
+        schema = _SchemaBuilder(read_program(source, model=model)).build(_want_op_check(check_ops))
+    return schema
 
 
 def _want_op_check(check_ops: bool | None) -> bool:
@@ -553,7 +556,10 @@ def _module_tree(graph: Graph, params: list[WeightInfo], buffers: list[WeightInf
     nodes: dict[str, ModuleNode] = {"": ModuleNode("")}
 
     def ensure(fqn: str) -> ModuleNode:
-        parts = fqn.split(".")[:_MAX_MODULE_DEPTH] if fqn else []
+        node = nodes.get(fqn)
+        if node is not None:
+            return node
+        parts = fqn.split(".")[:_MAX_MODULE_DEPTH]
         parent = nodes[""]
         for i in range(1, len(parts) + 1):
             path = ".".join(parts[:i])

@@ -492,14 +492,17 @@ class _Parser:
         raise self.fail(path, f"unknown Sym{scalar.capitalize()} kind '{tag}'")
 
     def tensor_meta(self, v: Any, path: str) -> TensorMeta:
-        d = self.obj(v, path)
-        key = _meta_cache_key(d)
+        key = _plain_meta_key(v)
         if key is not None:
-            cached = self._meta_cache.get(key)
-            if cached is None:
-                cached = self._meta_cache[key] = self._tensor_meta(d, path)
-            return cached
-        return self._tensor_meta(d, path)
+            return self.plain_meta(key)
+        return self._tensor_meta(self.obj(v, path), path)
+
+    def plain_meta(self, key: tuple) -> TensorMeta:
+        """The meta of a :func:`_plain_meta_key`, parsed once per distinct key."""
+        cached = self._meta_cache.get(key)
+        if cached is None:
+            cached = self._meta_cache[key] = _meta_from_key(key)
+        return cached
 
     def _tensor_meta(self, d: dict, path: str) -> TensorMeta:
         sizes = tuple(self.sym_int(s, f"{path}.sizes[{i}]")
@@ -557,6 +560,9 @@ class _Parser:
         raise self.fail(path, f"unknown OptionalTensorArgument kind '{tag}'")
 
     def argument(self, v: Any, path: str, depth: int = 0) -> Argument:
+        return _plain_argument(v) or self.checked_argument(v, path, depth)
+
+    def checked_argument(self, v: Any, path: str, depth: int = 0) -> Argument:
         if depth > 32:
             raise self.fail(path, "arguments nested too deeply")
         tag, val = self.union(v, path)
@@ -647,6 +653,9 @@ class _Parser:
 
     # -- graph -----------------------------------------------------------------------
     def node(self, v: Any, path: str, depth: int) -> Node:
+        return _plain_node(v) or self.checked_node(v, path, depth)
+
+    def checked_node(self, v: Any, path: str, depth: int) -> Node:
         d = self.obj(v, path)
         target = self.str_(self.req(d, "target", path), path + ".target")
         inputs = []
@@ -842,6 +851,10 @@ def parse_payload_config(doc: Any, member: str) -> dict[str, PayloadMeta]:
     cfg = p.obj(p.req(p.obj(doc, "$"), "config", "$"), "config")
     out = {}
     for fqn, meta in cfg.items():
+        plain = _plain_payload_meta(meta, p)
+        if plain is not None:
+            out[fqn] = plain
+            continue
         mp = f"config.{fqn}"
         md = p.obj(meta, mp)
         tm = md.get("tensor_meta")
@@ -860,22 +873,6 @@ class PayloadMeta:
     is_param: bool
     use_pickle: bool
     tensor_meta: TensorMeta | None
-
-
-def _meta_cache_key(d: dict) -> tuple | None:
-    """A hashable key for fully static tensor metadata, or None (symbolic sizes: parse each)."""
-    try:
-        sizes = tuple(x["as_int"] for x in d["sizes"])
-        strides = tuple(x["as_int"] for x in d.get("strides", ()))
-        off = d.get("storage_offset", 0)
-        off = off["as_int"] if off.__class__ is dict else off
-        dev = d.get("device") or {}
-        key = (d["dtype"], sizes, strides, off, dev.get("type"), dev.get("index"), d.get("layout", 7),
-               d.get("requires_grad", False))
-        hash(key)  # hostile JSON can put lists anywhere: such metadata takes the checked path
-        return key
-    except (KeyError, TypeError, AttributeError):
-        return None
 
 
 _INT64_MAX = (1 << 63) - 1
@@ -898,3 +895,185 @@ def _contiguous_strides(sizes: tuple) -> tuple:
 def _type_name(v: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# The plain-shape fast path
+# ---------------------------------------------------------------------------------------
+# Nearly every node, argument and tensor meta in real files comes in one of a few plain
+# shapes. These functions parse just those shapes, with inline type checks and no JSON paths
+# built, and return None for anything else, which the checked parser then reads (naming the
+# path of any error). They accept a subset of what the checked parser accepts and build
+# equal values: tests/test_schema_fastpath.py holds them to that. Building a path string for
+# every field the checked way costs more than all the checks.
+
+_NONE_ARGUMENT = Argument("none")
+
+
+def _plain_ref(v: Any) -> Ref | None:
+    if v.__class__ is dict and len(v) == 1:
+        name = v.get("name")
+        if name.__class__ is str:
+            return Ref(name)
+    return None
+
+
+def _plain_refs(v: Any) -> tuple | None:
+    if v.__class__ is not list:
+        return None
+    refs = tuple(map(_plain_ref, v))
+    return None if None in refs else refs
+
+
+def _plain_sym_int(v: Any) -> Ref | int | None:
+    if v.__class__ is dict and len(v) == 1:
+        n = v.get("as_int")
+        if n.__class__ is int:
+            return n
+        name = v.get("as_name")
+        if name.__class__ is str:
+            return Ref(name)
+    return None
+
+
+def _plain_optional_tensor(v: Any) -> Ref | None | bool:
+    """A Ref, None for as_none, False when not plain."""
+    if v.__class__ is dict and len(v) == 1:
+        if "as_none" in v:
+            return None
+        r = _plain_ref(v.get("as_tensor"))
+        if r is not None:
+            return r
+    return False
+
+
+def _plain_argument(v: Any) -> Argument | None:
+    if v.__class__ is not dict or len(v) != 1:
+        return None
+    (tag, val), = v.items()
+    cls = val.__class__
+    if tag == "as_tensor":
+        r = _plain_ref(val)
+        return None if r is None else Argument("tensor", r)
+    if tag == "as_none":
+        return _NONE_ARGUMENT
+    if tag == "as_int":
+        return Argument("int", val) if cls is int else None
+    if tag == "as_ints":
+        if cls is list and all(x.__class__ is int for x in val):
+            return Argument("ints", tuple(val))
+        return None
+    if tag == "as_float":
+        return Argument("float", float(val)) if cls is float or cls is int else None
+    if tag == "as_bool":
+        return Argument("bool", val) if cls is bool else None
+    if tag == "as_tensors":
+        refs = _plain_refs(val)
+        return None if refs is None else Argument("tensors", refs)
+    if tag == "as_string":
+        return Argument("string", val) if cls is str else None
+    if tag == "as_scalar_type":
+        name = versions.SCALAR_TYPES.get(val) if cls is int else None
+        return None if name is None else Argument("scalar_type", name)
+    if tag == "as_sym_int":
+        s = _plain_sym_int(val)
+        return None if s is None else Argument("sym_int", s)
+    if tag == "as_sym_ints":
+        if cls is not list:
+            return None
+        items = tuple(map(_plain_sym_int, val))
+        return None if None in items else Argument("sym_ints", items)
+    if tag == "as_optional_tensors":
+        if cls is not list:
+            return None
+        items = tuple(map(_plain_optional_tensor, val))
+        return None if False in items else Argument("optional_tensors", items)
+    return None
+
+
+def _plain_node(d: Any) -> Node | None:
+    if d.__class__ is not dict:
+        return None
+    target, raw_inputs, raw_outputs = d.get("target"), d.get("inputs"), d.get("outputs", [])
+    meta = d.get("metadata") or {}
+    if target.__class__ is not str or raw_inputs.__class__ is not list or raw_outputs.__class__ is not list \
+            or meta.__class__ is not dict:
+        return None
+    inputs = []
+    for x in raw_inputs:
+        if x.__class__ is not dict:
+            return None
+        name = x.get("name", "")
+        arg = _plain_argument(x.get("arg"))
+        if arg is None or name.__class__ is not str:
+            return None
+        kind = x.get("kind")
+        inputs.append(NamedArgument(name, arg, kind if kind.__class__ is int else None))
+    outputs = list(map(_plain_argument, raw_outputs))
+    if None in outputs:
+        return None
+    name = d.get("name")
+    single = d.get("is_hop_single_tensor_return")
+    return Node(target, inputs, outputs, {k: v for k, v in meta.items() if v.__class__ is str},
+                name if isinstance(name, str) else None, single if isinstance(single, bool) else None)
+
+
+def _plain_ints(v: Any) -> tuple[int, ...] | None:
+    """``[{"as_int": n}, ...]`` with every n in 0..2**63-1."""
+    if v.__class__ is not list:
+        return None
+    out = []
+    for x in v:
+        if x.__class__ is not dict or len(x) != 1:
+            return None
+        n = x.get("as_int")
+        if n.__class__ is not int or not 0 <= n <= _INT64_MAX:
+            return None
+        out.append(n)
+    return tuple(out)
+
+
+_CPU_JSON = {"type": "cpu"}
+
+
+def _plain_meta_key(d: Any) -> tuple | None:
+    """The fields of a fully static tensor meta in plain shape, as a hashable key, or None.
+
+    Equal keys parse to equal metas, so one parsed :class:`TensorMeta` serves them all."""
+    if d.__class__ is not dict:
+        return None
+    sizes = _plain_ints(d.get("sizes"))
+    strides = _plain_ints(d.get("strides"))
+    if sizes is None or strides is None or len(strides) != len(sizes):
+        return None
+    off = d.get("storage_offset", 0)
+    if off.__class__ is dict and len(off) == 1:
+        off = off.get("as_int")
+    dtype, layout, dev = d.get("dtype"), d.get("layout", 7), d.get("device", _CPU_JSON)
+    if off.__class__ is not int or not 0 <= off <= _INT64_MAX or dtype.__class__ is not int \
+            or dtype not in versions.SCALAR_TYPES or layout.__class__ is not int or dev.__class__ is not dict:
+        return None
+    dev_type, dev_index = dev.get("type"), dev.get("index")
+    if dev_type.__class__ is not str or (dev_index is not None and dev_index.__class__ is not int):
+        return None
+    return (dtype, sizes, strides, off, dev_type, dev_index, layout, bool(d.get("requires_grad", False)))
+
+
+def _meta_from_key(key: tuple) -> TensorMeta:
+    dtype, sizes, strides, off, dev_type, dev_index, layout, requires_grad = key
+    return TensorMeta(versions.SCALAR_TYPES[dtype], sizes, strides, off, Device(dev_type, dev_index),
+                      versions.LAYOUTS.get(layout, f"layout{layout}"), requires_grad)
+
+
+def _plain_payload_meta(md: Any, parser: _Parser) -> PayloadMeta | None:
+    if md.__class__ is not dict:
+        return None
+    path_name, tm = md.get("path_name"), md.get("tensor_meta")
+    if path_name.__class__ is not str:
+        return None
+    if tm is not None:
+        key = _plain_meta_key(tm)
+        if key is None:
+            return None
+        tm = parser.plain_meta(key)
+    return PayloadMeta(path_name, bool(md.get("is_param", False)), bool(md.get("use_pickle", False)), tm)
