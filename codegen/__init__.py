@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pt2interp.errors import GraphError
 from pt2interp.program import Program, read_program
 
 __all__ = ["to_python", "write_weights"]
@@ -43,6 +44,9 @@ def to_python(path_or_program: str | os.PathLike | Program, class_name: str = "M
     from pt2interp.codegen.tree import recover
 
     program = path_or_program if isinstance(path_or_program, Program) else read_program(path_or_program)
+    if program.graph.outline:
+        raise GraphError(f"{program.source}: the program was read as an outline (read_program(outline=True)), "
+                         "which keeps no node arguments: read it in full to generate source")
     facts = ProgramFacts.of(program)
     root, items = recover(facts)
     plan = ModelPlan(facts, root, items, class_name, comments=comments)

@@ -182,6 +182,9 @@ class GraphCompiler:
 
     # -- entry point -------------------------------------------------------------------------
     def compile(self, graph: Graph, where: str = "graph") -> GraphPlan:
+        if graph.outline:
+            raise GraphError(f"{self.member}: {where} was read as an outline (read_program(outline=True)), "
+                             "which keeps no node arguments: read it in full to run it")
         slot_of: dict[str, int] = {}
 
         def define(name: str, what: str) -> int:

@@ -275,7 +275,7 @@ def read_schema(source: str | os.PathLike | BinaryIO | Archive, model: str | Non
     # The parsed program is dropped before the collector resumes, so its objects are freed
     # by reference counting without ever being scanned.
     with collector_paused():
-        schema = _SchemaBuilder(read_program(source, model=model)).build(_want_op_check(check_ops))
+        schema = _SchemaBuilder(read_program(source, model=model, outline=True)).build(_want_op_check(check_ops))
     return schema
 
 

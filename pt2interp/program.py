@@ -161,17 +161,20 @@ def read_payload_config(archive: Archive, config_member: str) -> dict[str, Paylo
     return parse_payload_config(doc, archive.member_path(config_member))
 
 
-def read_program(source: str | os.PathLike | BinaryIO | Archive, model: str | None = None) -> Program:
+def read_program(source: str | os.PathLike | BinaryIO | Archive, model: str | None = None, *,
+                 outline: bool = False) -> Program:
     """Read the typed program of one model in a ``.pt2`` (weights stay on disk until asked for).
 
     ``model`` picks one of an archive's models by name; with several and none named, the
-    one called ``model`` is taken, else an error lists the names.
+    one called ``model`` is taken, else an error lists the names. ``outline=True`` skips
+    node arguments (see :func:`~pt2interp.schema.parse_exported_program`): for describing a
+    program, not running it.
     """
     with collector_paused():
-        return _read_program(source, model)
+        return _read_program(source, model, outline)
 
 
-def _read_program(source, model: str | None) -> Program:
+def _read_program(source, model: str | None, outline: bool) -> Program:
     archive = source if isinstance(source, Archive) else open_archive(source)
     name = _pick_model(archive, model)
     member = (versions.LEGACY_PROGRAM if archive.layout == "legacy"
@@ -185,7 +188,7 @@ def _read_program(source, model: str | None) -> Program:
     except ValueError as exc:
         raise SchemaError(f"invalid JSON: {exc}", member=full, path="$") from None
     _check_legacy_version_member(archive, doc, full)
-    return Program(archive, name, parse_exported_program(doc, full))
+    return Program(archive, name, parse_exported_program(doc, full, outline=outline))
 
 
 def _pick_model(archive: Archive, model: str | None) -> str:

@@ -214,6 +214,9 @@ class Graph:
     sym_float_values: dict[str, Any] = field(default_factory=dict)
     custom_obj_values: dict[str, CustomObjRef] = field(default_factory=dict)
     is_single_tensor_return: bool = False
+    # An outline (see parse_exported_program) keeps of each node only its target, metadata,
+    # name and subgraph arguments: enough to describe a program, not to run it.
+    outline: bool = False
 
     def iter_nodes(self):
         """Every node, those of subgraphs included (depth first)."""
@@ -386,9 +389,10 @@ def _parse_nn_module_stack(text: str) -> tuple[ModuleFrame, ...]:
 class _Parser:
     """Walks the JSON with a path for every error. One instance per archive member."""
 
-    def __init__(self, member: str, version: tuple[int, int]):
+    def __init__(self, member: str, version: tuple[int, int], *, outline: bool = False):
         self.member = member
         self.version = version
+        self.outline = outline
         # Graphs repeat the same static metadata (same shape, dtype, device) many times; the
         # dataclasses are frozen, so equal JSON can share one parsed value.
         self._meta_cache: dict[tuple, TensorMeta] = {}
@@ -653,7 +657,25 @@ class _Parser:
 
     # -- graph -----------------------------------------------------------------------
     def node(self, v: Any, path: str, depth: int) -> Node:
+        if self.outline:
+            return self.outline_node(v, path, depth)
         return _plain_node(v) or self.checked_node(v, path, depth)
+
+    def outline_node(self, v: Any, path: str, depth: int) -> Node:
+        """Target, metadata, name and the subgraph arguments only; the rest is not read."""
+        d = self.obj(v, path)
+        target = self.str_(self.req(d, "target", path), path + ".target")
+        inputs = []
+        for i, x in enumerate(self.lst(self.req(d, "inputs", path), path + ".inputs")):
+            arg = x.get("arg") if x.__class__ is dict else None
+            if arg.__class__ is dict and "as_graph" in arg:
+                ip = f"{path}.inputs[{i}]"
+                inputs.append(NamedArgument(self.str_(x.get("name", ""), ip + ".name"),
+                                            self.checked_argument(arg, ip + ".arg", depth)))
+        meta = d.get("metadata") or {}
+        meta = {k: v for k, v in self.obj(meta, path + ".metadata").items() if isinstance(v, str)}
+        name = d.get("name")
+        return Node(target, inputs, [], meta, name if isinstance(name, str) else None)
 
     def checked_node(self, v: Any, path: str, depth: int) -> Node:
         d = self.obj(v, path)
@@ -698,6 +720,7 @@ class _Parser:
             custom_obj_values={k: CustomObjRef(k, str(self.obj(m, f"{path}.custom_obj_values.{k}").get("class_fqn", "")))
                                for k, m in self.obj(d.get("custom_obj_values") or {}, path + ".custom_obj_values").items()},
             is_single_tensor_return=bool(d.get("is_single_tensor_return", False)),
+            outline=self.outline,
         )
 
     # -- signature -------------------------------------------------------------------
@@ -812,10 +835,15 @@ def schema_version_of(doc: Any, member: str) -> tuple[int, int]:
     return major, minor
 
 
-def parse_exported_program(doc: Any, member: str) -> ExportedProgramModel:
-    """Parse the program JSON (already decoded) into :class:`ExportedProgramModel`."""
+def parse_exported_program(doc: Any, member: str, *, outline: bool = False) -> ExportedProgramModel:
+    """Parse the program JSON (already decoded) into :class:`ExportedProgramModel`.
+
+    ``outline=True`` reads of each node only what describing a program needs (target,
+    metadata, name, subgraphs) and skips its arguments; such a graph says so
+    (``graph.outline``) and cannot be run or turned into source.
+    """
     version = schema_version_of(doc, member)
-    p = _Parser(member, version)
+    p = _Parser(member, version, outline=outline)
     gm = p.obj(p.req(doc, "graph_module", "$"), "graph_module")
     nt_raw = p.obj(gm.get("treespec_namedtuple_fields") or {}, "graph_module.treespec_namedtuple_fields")
     nt_fields = {k: (v.get("field_names") if isinstance(v, dict) else v) for k, v in nt_raw.items()}

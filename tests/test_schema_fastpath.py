@@ -152,3 +152,25 @@ def test_floats_keep_their_value():
     arg = schema._plain_argument({"as_float": 3})
     assert arg == schema.Argument("float", 3.0) and isinstance(arg.value, float)
     assert math.isinf(schema._plain_argument({"as_float": float("inf")}).value)
+
+
+def test_an_outline_describes_but_does_not_run(tmp_path):
+    """``read_program(outline=True)`` (what read_schema reads) keeps targets, metadata and
+    subgraphs, skips node arguments, and is refused by the interpreter and codegen."""
+    from pt2interp.codegen import to_python
+
+    import pt2interp
+    from pt2interp.interpreter import GraphCompiler
+    from tests.fixture_cases import case
+
+    path = case("zoo", "cond").path
+    full, outline = pt2interp.read_program(path), pt2interp.read_program(path, outline=True)
+    assert outline.graph.outline and not full.graph.outline
+    assert [n.target for n in outline.graph.iter_nodes()] == [n.target for n in full.graph.iter_nodes()]
+    assert [n.metadata for n in outline.graph.nodes] == [n.metadata for n in full.graph.nodes]
+    assert any(n.inputs for n in outline.graph.nodes)  # the cond node keeps its two branches
+    assert all(na.arg.kind == "graph" for n in outline.graph.nodes for na in n.inputs)
+    with pytest.raises(pt2interp.GraphError, match="outline"):
+        GraphCompiler(member=str(path)).compile(outline.graph)
+    with pytest.raises(pt2interp.GraphError, match="outline"):
+        to_python(outline)
