@@ -13,8 +13,8 @@ Design, in short:
 * The worker thread owns the :class:`~pt2interp.loaded.LoadedProgram`: only it runs the model,
   so the program needs no locks and torch's intra-op threads do the parallel math.
 * Callers validate their own inputs (in their own threads, so a malformed request never reaches
-  the worker and never shares a run), enqueue them with a :class:`concurrent.futures.Future`
-  and wait on it with a timeout.
+  the worker and never shares a run), enqueue them and wait, with a timeout, on a lock the
+  worker releases when it answers (:meth:`Server.submit` hands out a ``Future`` instead).
 * With ``batch_size > 1`` the worker takes the first request, then keeps taking requests until
   one group of compatible requests (same non-batch shapes, dtypes and shared inputs) holds
   ``batch_size`` rows or the first request has waited ``batch_timeout_ms``; each group runs
@@ -36,6 +36,7 @@ import concurrent.futures
 import itertools
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -109,75 +110,112 @@ _request_ids = itertools.count(1)
 
 class _RequestQueue:
     """A FIFO of requests with one consumer, the worker, which it wakes only when there is
-    enough to do: a waiting worker names how many rows it wants, and producers signal it only
+    enough to do: a waiting worker names how many rows it wants, and producers ring for it only
     once that many are pending (or the queue closes). Collecting a batch of 16 thus costs the
-    worker one wake-up rather than 16, and under load that hand-off is what batching saves.
+    worker one wake-up rather than 16.
+
+    Producers take no lock. A lock every caller must take becomes a convoy under load: a thread
+    that gets the lock while it waits for the GIL holds everyone else up, and each of them then
+    pays a sleep and a wake-up. Here ``deque.append`` and ``popleft`` (atomic under the GIL) carry
+    the requests, and a :class:`queue.SimpleQueue` carries the wake-ups.
     """
 
     def __init__(self):
         self._items: collections.deque[_Request] = collections.deque()
-        self._rows = 0
+        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._wanted = 1
-        self._cond = threading.Condition(threading.Lock())
+        self._sleeping = False
         self.closed = False
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def _has_rows(self, rows: int) -> bool:
+        """At least ``rows`` rows pending (a request holds one row or more, so the first ``rows``
+        requests decide; ``list(islice(...))`` copies them in C, safe against appends)."""
+        if rows <= 1:
+            return bool(self._items)
+        pending = 0
+        for request in list(itertools.islice(self._items, rows)):
+            pending += request.rows
+            if pending >= rows:
+                return True
+        return False
+
     def put(self, request: _Request) -> bool:
         """Queue ``request``; False (and nothing queued) once the queue is closed."""
-        with self._cond:
-            if self.closed:
+        if self.closed:
+            return False
+        self._items.append(request)
+        if self.closed:  # closed meanwhile: withdraw it unless the worker has it already
+            try:
+                self._items.remove(request)
                 return False
-            self._items.append(request)
-            self._rows += request.rows
-            if self._rows >= self._wanted:
-                self._cond.notify()
-            return True
+            except ValueError:
+                return True
+        # The worker sets _sleeping before its last look at the queue, and this looks at
+        # _sleeping after appending: one of the two sees the other, so no wake-up is lost.
+        if self._sleeping and self._has_rows(self._wanted):
+            self._bell.put(None)
+        return True
 
     def take(self, rows: int = 1, deadline: float | None = None, most: int | None = None) -> list[_Request]:
         """Wait until ``rows`` rows are pending, ``deadline`` (``time.monotonic()``) passes or the
-        queue closes; then take up to ``most`` requests (possibly none)."""
-        with self._cond:
-            self._wanted = max(1, rows)
+        queue closes; then take up to ``most`` requests (possibly none). Worker only."""
+        self._wanted = max(1, rows)
+        try:
+            while not self.closed and not self._has_rows(rows):
+                self._sleeping = True
+                if self.closed or self._has_rows(rows):
+                    break
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    break
+                try:
+                    self._bell.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                finally:
+                    self._sleeping = False
+        finally:
+            self._sleeping = False
+            self._wanted = 1
+        return self._pop(len(self._items) if most is None else most)
+
+    def _pop(self, count: int) -> list[_Request]:
+        taken = []
+        items = self._items
+        for _ in range(count):
             try:
-                while self._rows < rows and not self.closed:
-                    if deadline is None:
-                        self._cond.wait()
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-            finally:
-                self._wanted = 1
-            count = len(self._items) if most is None else min(most, len(self._items))
-            taken = [self._items.popleft() for _ in range(count)]
-            self._rows -= sum(r.rows for r in taken)
-            return taken
+                taken.append(items.popleft())
+            except IndexError:
+                break
+        return taken
 
     def close(self) -> None:
         """Refuse new requests and wake the worker, which finishes what is queued and ends."""
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
+        self.closed = True
+        self._bell.put(None)
 
     def take_all(self) -> list[_Request]:
-        with self._cond:
-            taken = list(self._items)
-            self._items.clear()
-            self._rows = 0
-            return taken
+        return self._pop(len(self._items))
 
 
 class _Request:
-    """One ``predict`` call on its way through the queue."""
+    """One ``predict`` call on its way through the queue.
+
+    A request is answered exactly once (:meth:`Server._finish` wins ``claim``) and its caller
+    wakes when ``done``, held from birth, is released: two bare locks, the cheapest hand-off
+    between threads CPython has. A :class:`concurrent.futures.Future` is made only for
+    :meth:`Server.submit`, whose callers ask for one.
+    """
 
     __slots__ = (
+        "claim",
+        "done",
         "enqueued",
+        "error",
         "failed",
-        "finish_lock",
-        "finished",
         "future",
         "id",
         "largest_run",
@@ -185,15 +223,21 @@ class _Request:
         "pieces",
         "prepared",
         "remaining",
+        "result",
         "rows",
+        "running",
     )
 
-    def __init__(self):
+    def __init__(self, future: concurrent.futures.Future | None = None):
         self.id = next(_request_ids)
-        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.future = future
         self.enqueued = time.monotonic()
-        self.finish_lock = threading.Lock()
-        self.finished = False
+        self.claim = threading.Lock()
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.running = False
         self.leaves: list[Any] = []
         self.prepared: PreparedRequest | None = None
         self.rows = 1
@@ -201,6 +245,10 @@ class _Request:
         self.remaining = 0
         self.largest_run = 0
         self.failed = False
+
+    @property
+    def finished(self) -> bool:
+        return self.claim.locked()
 
 
 def _group_key(request: _Request) -> Any:
@@ -293,17 +341,16 @@ class Server:
         request fails), :class:`RequestTimeoutError` after ``request_timeout_s``,
         :class:`ServerClosedError` once shut down, or whatever the model raised.
         """
-        request = self._submit(args, kwargs)
-        try:
-            return request.future.result(timeout=self.request_timeout_s)
-        except concurrent.futures.TimeoutError:
-            if not request.future.done():
-                error = RequestTimeoutError(f"server {self.name!r}: no answer within {self.request_timeout_s:g} s "
-                                            f"({len(self._queue)} requests queued)")
-                if request.future.cancel():
-                    self._finish(request, error=error)
-                raise error from None
-            raise
+        request = self._submit(_Request(), args, kwargs)
+        if not request.done.acquire(timeout=self.request_timeout_s):
+            error = RequestTimeoutError(f"server {self.name!r}: no answer within {self.request_timeout_s:g} s "
+                                        f"({len(self._queue)} requests queued)")
+            if not request.running:
+                self._finish(request, error=error)  # withdrawn: the worker skips it
+            raise error
+        if request.error is not None:
+            raise request.error
+        return request.result
 
     def submit(self, *args, **kwargs) -> concurrent.futures.Future:
         """Queue a request and return its future at once (``future.result(timeout)`` waits).
@@ -311,7 +358,7 @@ class Server:
         Cancelling the future before the request runs withdraws it. Input errors come back through
         the future as well.
         """
-        return self._submit(args, kwargs).future
+        return self._submit(_Request(concurrent.futures.Future()), args, kwargs).future
 
     def report_rejected(self, error: BaseException) -> None:
         """Count a request refused before it reached the server (a malformed HTTP body, say):
@@ -320,8 +367,7 @@ class Server:
         self._bus.emit(ServeEvent("start", self.name, request_id=request.id))
         self._finish(request, error=error)
 
-    def _submit(self, args: tuple, kwargs: dict) -> _Request:
-        request = _Request()
+    def _submit(self, request: _Request, args: tuple, kwargs: dict) -> _Request:
         self._bus.emit(ServeEvent("start", self.name, request_id=request.id))
         try:
             if self._closed:
@@ -342,28 +388,31 @@ class Server:
         return request
 
     def _finish(self, request: _Request, result: Any = None, error: BaseException | None = None) -> None:
-        """Answer a request exactly once and emit its ``stop`` or ``exception`` event."""
-        with request.finish_lock:
-            if request.finished:
-                return
-            request.finished = True
+        """Answer a request exactly once and emit its ``stop`` or ``exception`` event (before the
+        caller wakes, so ``info()`` read after ``predict`` returns counts it)."""
+        if not request.claim.acquire(blocking=False):
+            return  # answered already
         duration = time.monotonic() - request.enqueued
-        try:
-            if error is not None:
-                request.future.set_exception(error)
-            else:
-                request.future.set_result(result)
-        except concurrent.futures.InvalidStateError:
-            # The caller cancelled after we started. It gets no answer; account for one anyway.
-            if error is None:
-                error = RequestCancelledError("the caller cancelled the request")
-                result = None
+        future = request.future
+        if future is not None:
+            try:
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+            except concurrent.futures.InvalidStateError:
+                # The caller cancelled after we started. It gets no answer; account for one anyway.
+                if error is None:
+                    error = RequestCancelledError("the caller cancelled the request")
+                    result = None
         if error is not None:
             self._bus.emit(ServeEvent("exception", self.name, request_id=request.id, duration_s=duration,
                                       input_count=request.rows, error=error))
         else:
             self._bus.emit(ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
                                       batch_size=request.largest_run or request.rows, input_count=request.rows))
+        request.result, request.error = result, error
+        request.done.release()
 
     # -- telemetry ---------------------------------------------------------------------------------
     def on_event(self, fn: Callable[[ServeEvent], None]) -> Callable[[], None]:
@@ -446,7 +495,7 @@ class Server:
         try:
             if generation > 0 and not self._reload_until_ready(delay):
                 return
-            most = 4 * self._rows_per_run if self._batching else 1  # a round stays bounded
+            most = self._rows_per_run if self._batching else 1  # one full run of one-row requests
             while True:
                 batch = self._queue.take(1, most=most)
                 if not batch:
@@ -484,7 +533,10 @@ class Server:
     def _run_round(self, batch: list[_Request]) -> None:
         live = []
         for request in batch:
-            if not request.future.set_running_or_notify_cancel():
+            request.running = True
+            if request.finished:
+                continue  # withdrawn by its caller (a timeout) while queued
+            if request.future is not None and not request.future.set_running_or_notify_cancel():
                 self._finish(request, error=RequestCancelledError("the caller cancelled the request"))
             elif self._abort:
                 self._finish(request, error=ServerClosedError(
