@@ -196,21 +196,26 @@ def bench_tiny(repeats: int) -> dict:
 # the (large) benchmark parent's peak into the child.
 _MEMORY_CHILD = r"""
 import json, sys, torch
-def hwm_kb():
+def status_kb(key):
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
 torch.set_num_threads(int(sys.argv[3]))
 which, path = sys.argv[1], sys.argv[2]
-base = hwm_kb()
+base = {k: status_kb(k) for k in ("VmHWM:", "RssAnon:", "RssFile:")}
 idx = torch.randint(0, 32000, (1, 128))
 if which == "torch":
     m = torch.export.load(path).module()
     with torch.inference_mode():
-        m(idx)
+        out = m(idx)
 else:
     import pt2interp
-    pt2interp.load(path)(idx)
-print(json.dumps({"base_kb": base, "peak_kb": hwm_kb()}))
+    m = pt2interp.load(path)
+    out = m(idx)
+# with the program and the output still held: what the peak was made of, file-backed (mapped weights, library
+# code) and anonymous (copies, activations, the output, the parsed program)
+print(json.dumps({"base_kb": base["VmHWM:"], "peak_kb": status_kb("VmHWM:"),
+                  "anon_kb": status_kb("RssAnon:") - base["RssAnon:"],
+                  "file_kb": status_kb("RssFile:") - base["RssFile:"], "output_bytes": out.nbytes}))
 """
 
 
@@ -227,6 +232,9 @@ def bench_memory(path: Path, threads: int) -> dict:
         extra = (fig["peak_kb"] - fig["base_kb"]) * 1024
         out[f"{which}_peak_over_base_mb"] = extra / 2**20
         out[f"{which}_x_weights"] = extra / weight_bytes
+        out[f"{which}_anon_mb"] = fig["anon_kb"] / 1024
+        out[f"{which}_file_mb"] = fig["file_kb"] / 1024
+        out["output_mb"] = fig["output_bytes"] / 2**20
     return out
 
 
@@ -328,6 +336,10 @@ def main(argv=None) -> int:
         print(f"\npeak RSS over the post-import baseline, loading the GPT ({m['weights_mb']:.0f} MB of weights) "
               f"and running it once: torch {m['torch_peak_over_base_mb']:.0f} MB ({m['torch_x_weights']:.2f}x weights), "
               f"pt2interp {m['pt2interp_peak_over_base_mb']:.0f} MB ({m['pt2interp_x_weights']:.2f}x weights)")
+        for who in ("torch", "pt2interp"):
+            print(f"  {who:<9} after the run: file-backed {m[who + '_file_mb']:.0f} MB (mapped weights, library code), "
+                  f"anonymous {m[who + '_anon_mb']:.0f} MB (weight copies, activations, the "
+                  f"{m['output_mb']:.0f} MB of logits, the parsed program)")
     if "schema" in want:
         s = bench_schema(gpt_path(), a.repeats)
         results["schema"] = s

@@ -199,25 +199,20 @@ class GraphCompiler:
             input_slots.append(define(refs[0], f"input {i}") if len(refs) == 1 and arg.kind != "tensors" else None)
 
         # last use of each value, so its slot can be cleared right after
+        reads = [{r for na in node.inputs for r in na.arg.refs()} for node in graph.nodes]
         last_use: dict[str, int] = {}
-        for idx, node in enumerate(graph.nodes):
-            for na in node.inputs:
-                for r in na.arg.refs():
-                    last_use[r] = idx
+        for idx, names in enumerate(reads):
+            for r in names:
+                last_use[r] = idx
         pinned = {r for a in graph.outputs for r in a.refs()}
 
         steps = []
         for idx, node in enumerate(graph.nodes):
             npath = f"{where}.nodes[{idx}]"
-            for na in node.inputs:
-                for r in na.arg.refs():
-                    if r not in slot_of:
-                        raise GraphError(f"{self.member}: {npath} ({node.label}, {node.target}): input "
-                                         f"'{na.name or '#'}' reads {r!r}, which no input or earlier node defines")
+            if not reads[idx] <= slot_of.keys():
+                self._undefined_read(node, npath, slot_of)
             step = self.compile_node(node, slot_of, npath, define)
-            free = tuple(slot_of[r] for na in node.inputs for r in set(na.arg.refs())
-                         if last_use.get(r) == idx and r not in pinned)
-            step.free = tuple(sorted(set(free)))
+            step.free = tuple(sorted(slot_of[r] for r in reads[idx] if last_use[r] == idx and r not in pinned))
             steps.append(step)
 
         outputs = []
@@ -227,6 +222,13 @@ class GraphCompiler:
                     raise GraphError(f"{self.member}: {where}.outputs[{i}] names {r!r}, which nothing defines")
             outputs.append(self.compile_argument(arg, slot_of, f"{where}.outputs[{i}]"))
         return GraphPlan(graph, len(slot_of), input_slots, steps, outputs, slot_of, where, self.member)
+
+    def _undefined_read(self, node: Node, path: str, slot_of: dict[str, int]):
+        for na in node.inputs:
+            for r in na.arg.refs():
+                if r not in slot_of:
+                    raise GraphError(f"{self.member}: {path} ({node.label}, {node.target}): input "
+                                     f"'{na.name or '#'}' reads {r!r}, which no input or earlier node defines")
 
     # -- nodes -------------------------------------------------------------------------------
     def resolve(self, node: Node, path: str) -> tuple[Callable, Any, bool]:
