@@ -231,18 +231,26 @@ class Archive:
     def _data_offset(self, m: Member) -> int:
         return self._data_start[m.name]
 
+    def _read_at(self, offset: int, size: int) -> bytes:
+        if self._file is not None:
+            return os.pread(self._file.fileno(), size, offset)  # one call, no buffer refill
+        self._fileobj.seek(offset)
+        return self._fileobj.read(size)
+
     def _local_data_start(self, m: Member) -> int:
-        f = self._fileobj
+        header = _LOCAL_HEADER.size
         try:
-            f.seek(m.header_offset)
-            raw = f.read(_LOCAL_HEADER.size)
-            if len(raw) != _LOCAL_HEADER.size:
+            # the header and, in the same read, the name as long as the directory has it
+            raw = self._read_at(m.header_offset, header + len(m.name.encode("utf-8")))
+            if len(raw) < header:
                 raise FormatError(f"{self.source}: local header of {m.name!r} is truncated")
-            fields = _LOCAL_HEADER.unpack(raw)
+            fields = _LOCAL_HEADER.unpack_from(raw)
             if fields[0] != _LOCAL_HEADER_SIG:
                 raise FormatError(f"{self.source}: bad local header signature for {m.name!r}")
             flags, local_csize, name_len, extra_len = fields[2], fields[7], fields[9], fields[10]
-            local_name = f.read(name_len)
+            local_name = raw[header:header + name_len]
+            if len(local_name) != name_len:
+                local_name = self._read_at(m.header_offset + header, name_len)
         except OSError as exc:
             raise FormatError(f"{self.source}: cannot read the local header of {m.name!r} ({exc})") from None
         # The local header must describe the same member as the central directory (zipfile checks

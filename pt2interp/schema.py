@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,7 +209,7 @@ class Graph:
     inputs: list[Argument]
     outputs: list[Argument]
     nodes: list[Node]
-    tensor_values: dict[str, TensorMeta]
+    tensor_values: Mapping[str, TensorMeta]  # a dict; in an outline, parsed entry by entry on demand
     sym_int_values: dict[str, SymInt] = field(default_factory=dict)
     sym_bool_values: dict[str, Any] = field(default_factory=dict)
     sym_float_values: dict[str, Any] = field(default_factory=dict)
@@ -703,6 +704,10 @@ class _Parser:
             raise self.fail(path, "subgraphs nested too deeply")
         d = self.obj(v, path)
         tv = self.obj(d.get("tensor_values", {}), path + ".tensor_values")
+        if self.outline:
+            tensor_values = _MetasOnDemand(tv, self, path + ".tensor_values")
+        else:
+            tensor_values = {k: self.tensor_meta(m, f"{path}.tensor_values.{k}") for k, m in tv.items()}
         return Graph(
             inputs=[self.argument(x, f"{path}.inputs[{i}]", depth)
                     for i, x in enumerate(self.lst(self.req(d, "inputs", path), path + ".inputs"))],
@@ -710,7 +715,7 @@ class _Parser:
                      for i, x in enumerate(self.lst(self.req(d, "outputs", path), path + ".outputs"))],
             nodes=[self.node(x, f"{path}.nodes[{i}]", depth)
                    for i, x in enumerate(self.lst(self.req(d, "nodes", path), path + ".nodes"))],
-            tensor_values={k: self.tensor_meta(m, f"{path}.tensor_values.{k}") for k, m in tv.items()},
+            tensor_values=tensor_values,
             sym_int_values={k: self.sym_int(m, f"{path}.sym_int_values.{k}")
                             for k, m in self.obj(d.get("sym_int_values") or {}, path + ".sym_int_values").items()},
             sym_bool_values={k: self.sym_value(m, f"{path}.sym_bool_values.{k}", "bool")
@@ -923,6 +928,27 @@ def _contiguous_strides(sizes: tuple) -> tuple:
 def _type_name(v: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+class _MetasOnDemand(Mapping):
+    """An outline's ``tensor_values``: each entry parsed (and checked) when first asked for,
+    since describing a program needs the metadata of its inputs, outputs and weights only."""
+
+    def __init__(self, raw: dict, parser: _Parser, path: str):
+        self._raw, self._parser, self._path = raw, parser, path
+        self._parsed: dict[str, TensorMeta] = {}
+
+    def __getitem__(self, name: str) -> TensorMeta:
+        meta = self._parsed.get(name)
+        if meta is None:
+            meta = self._parsed[name] = self._parser.tensor_meta(self._raw[name], f"{self._path}.{name}")
+        return meta
+
+    def __iter__(self):
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 # ---------------------------------------------------------------------------------------

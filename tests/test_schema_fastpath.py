@@ -174,3 +174,16 @@ def test_an_outline_describes_but_does_not_run(tmp_path):
         GraphCompiler(member=str(path)).compile(outline.graph)
     with pytest.raises(pt2interp.GraphError, match="outline"):
         to_python(outline)
+
+
+def test_an_outline_checks_tensor_metadata_when_asked_for_it():
+    from tests.fixture_cases import case
+
+    doc = _program_json(case("zoo", "mlp").path)
+    doc["graph_module"]["graph"]["tensor_values"]["linear"]["sizes"][0] = {"as_int": -3}
+    outline = schema.parse_exported_program(doc, "model.json", outline=True)
+    assert outline.graph.tensor_values["x"].sizes == (4, 16)
+    with pytest.raises(SchemaError, match=r"graph_module\.graph\.tensor_values\.linear\.sizes\[0\].*negative"):
+        outline.graph.tensor_values["linear"]
+    with pytest.raises(SchemaError, match="negative"):
+        schema.parse_exported_program(doc, "model.json")
