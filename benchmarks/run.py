@@ -6,7 +6,8 @@
 
 Every figure is a median over interleaved runs (torch, pt2interp, torch, ...) in one process
 with ``torch.set_num_threads`` fixed, after warm-ups, and both sides run under the same grad
-mode (``torch.inference_mode()``). Peak memory is measured in fresh processes. These machines
+mode (``torch.inference_mode()``). Ratios are medians of the per-round ratios of calls timed
+side by side, so the machine's drift from one round to the next cancels out. Peak memory is measured in fresh processes. These machines
 are shared and noisy: read the ratios, not the absolute times.
 
 Models (exported by the installed torch, cached outside the repository):
@@ -117,8 +118,9 @@ def tiny_path() -> Path:
 
 # -- measuring -----------------------------------------------------------------------------------
 
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, runs interleaved so drift hits all alike."""
+def interleaved(fns: dict, repeats: int, warmup: int = 1, samples: dict | None = None) -> dict[str, float]:
+    """Median seconds per call of each function, runs interleaved so drift hits all alike.
+    ``samples``, if given, receives every timing by name (for :func:`paired_ratio`)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -131,17 +133,27 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
             result = fn()
             times[k].append(time.perf_counter() - t)
             del result
+    if samples is not None:
+        samples.update(times)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def paired_ratio(samples: dict, num: str, den: str) -> float:
+    """Median over rounds of num/den timed side by side in the same round: the machine's
+    drift between rounds (large on shared VMs) cancels, where a ratio of medians keeps it."""
+    return statistics.median(a / b for a, b in zip(samples[num], samples[den]))
 
 
 def bench_load(path: Path, repeats: int) -> dict:
     import pt2interp
 
+    samples: dict = {}
     t = interleaved({
         "torch": lambda: torch.export.load(path).module(),
         "pt2interp": lambda: pt2interp.load(path),
-    }, repeats)
-    return {"torch_load_s": t["torch"], "pt2interp_load_s": t["pt2interp"], "load_ratio": t["torch"] / t["pt2interp"]}
+    }, repeats, samples=samples)
+    return {"torch_load_s": t["torch"], "pt2interp_load_s": t["pt2interp"],
+            "load_ratio": paired_ratio(samples, "torch", "pt2interp")}
 
 
 def bench_forward(path: Path, args: tuple, repeats: int) -> dict:
@@ -154,11 +166,12 @@ def bench_forward(path: Path, args: tuple, repeats: int) -> dict:
         with torch.inference_mode():
             gm(*args)
 
-    t = interleaved({"torch": run_torch, "pt2interp": lambda: prog(*args)}, repeats, warmup=2)
+    samples: dict = {}
+    t = interleaved({"torch": run_torch, "pt2interp": lambda: prog(*args)}, repeats, warmup=2, samples=samples)
     with torch.inference_mode():
         same = torch.equal(gm(*args), prog(*args))
     return {"torch_fwd_ms": t["torch"] * 1e3, "pt2interp_fwd_ms": t["pt2interp"] * 1e3,
-            "fwd_ratio": t["pt2interp"] / t["torch"], "outputs_equal": same}
+            "fwd_ratio": paired_ratio(samples, "pt2interp", "torch"), "outputs_equal": same}
 
 
 def bench_tiny(repeats: int) -> dict:
@@ -185,11 +198,12 @@ def bench_tiny(repeats: int) -> dict:
         with torch.inference_mode():
             return direct()
 
+    samples: dict = {}
     t = interleaved({"direct": direct_im, "graph_module": graph_module, "pt2interp": lambda: prog(x, y)},
-                    repeats, warmup=3)
+                    repeats, warmup=3, samples=samples)
     us = {k: v / nodes * 1e6 for k, v in t.items()}
     return {"nodes": nodes, "direct_us_per_node": us["direct"], "graph_module_us_per_node": us["graph_module"],
-            "pt2interp_us_per_node": us["pt2interp"], "ratio_vs_graph_module": t["pt2interp"] / t["graph_module"]}
+            "pt2interp_us_per_node": us["pt2interp"], "ratio_vs_graph_module": paired_ratio(samples, "pt2interp", "graph_module")}
 
 
 # Peak RSS from /proc/self/status VmHWM, which starts afresh at exec: ru_maxrss would carry over
@@ -310,8 +324,8 @@ def main(argv=None) -> int:
         for batch in (1, 8):
             p = resnet18_path(batch)
             load = bench_load(p, a.repeats)
-            # short calls, so more of them: a median of 7 runs of 40 ms still moves with the machine
-            fwd = bench_forward(p, (torch.randn(batch, 3, 224, 224),), 3 * a.repeats if batch == 1 else a.repeats)
+            # short calls, so more of them: 40 ms calls here vary by a third from one to the next
+            fwd = bench_forward(p, (torch.randn(batch, 3, 224, 224),), 6 * a.repeats if batch == 1 else a.repeats)
             rows.append({"model": f"resnet18 b{batch}", "params": "11.7M", **load, **fwd})
     if "gpt" in want:
         p = gpt_path()
