@@ -22,6 +22,7 @@ from pt2interp.errors import InputMismatchError
 from pt2interp.serve import (
     ModelUnavailableError,
     RequestTimeoutError,
+    ServeError,
     Server,
     ServerClosedError,
     WorkerCrashedError,
@@ -463,3 +464,45 @@ def test_plan_runs_groups_by_key_and_packs_rows():
     runs = [[(c.owner, c.start, c.stop) for c in run] for run in plan_runs(pieces, cap)]
     assert runs == [[("a", 0, 3)], [("b", 0, 1)], [("c", 0, 4)], [("c", 4, 6)]]
     assert all(sum(stop - start for _, start, stop in run) <= cap for run in runs)
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_every_caller_gets_exactly_one_answer_through_timeouts_and_shutdown(serve, batch_size):
+    """Callers that time out, a shutdown that drops the queue mid-stream: each predict returns
+    its own right answer or raises a serving error, none hangs, and every request is counted
+    exactly once (one ``start``, then one ``stop`` or ``exception``)."""
+    server = serve(DYN_MLP, batch_size=batch_size, batch_timeout_ms=1, request_timeout_s=0.02)
+    direct = pt2interp.load(DYN_MLP)
+    attempts, outcomes, lock = [0], {"ok": 0, "error": 0}, threading.Lock()
+    wrong: list[str] = []
+
+    def caller(k: int) -> None:
+        for i in range(60):
+            x = torch.full((1, 16), float(k * 100 + i))
+            with lock:
+                attempts[0] += 1
+            try:
+                y = server.predict(x)
+            except ServeError:
+                with lock:
+                    outcomes["error"] += 1
+                continue
+            if not _close(y, direct(x)):  # a run of 8 rows may round differently from 1 row
+                wrong.append(f"caller {k} request {i}")
+            with lock:
+                outcomes["ok"] += 1
+
+    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(24)]
+    for t in threads:
+        t.start()
+    _wait_until(lambda: attempts[0] >= 400, "the callers to get going")
+    server.shutdown(drain=False, timeout=1.0)
+    for t in threads:
+        t.join(WAIT)
+    assert not any(t.is_alive() for t in threads), "a caller never got an answer"
+    assert not wrong, wrong[:5]
+    info = server.info()
+    assert outcomes["ok"] + outcomes["error"] == attempts[0] == info["request_count"]
+    _wait_until(lambda: server.info()["inference_count"] + server.info()["error_count"] == attempts[0],
+                "every request to be accounted for")
+    assert server.info()["inference_count"] >= outcomes["ok"]
