@@ -135,8 +135,14 @@ class _RequestQueue:
         requests decide; ``list(islice(...))`` copies them in C, safe against appends)."""
         if rows <= 1:
             return bool(self._items)
+        while True:
+            try:
+                head = list(itertools.islice(self._items, rows))
+                break
+            except RuntimeError:  # appended to mid-copy: only if the copy let another thread run
+                continue
         pending = 0
-        for request in list(itertools.islice(self._items, rows)):
+        for request in head:
             pending += request.rows
             if pending >= rows:
                 return True
