@@ -25,7 +25,6 @@ from pt2interp.codegen.names import (
     Scope,
     comment,
     identifier,
-    is_plain_attribute,
     stripped_stem,
 )
 from pt2interp.codegen.statements import (
@@ -179,17 +178,7 @@ class BodyBuilder:
 
     def self_path(self, path: str) -> str:
         """``self.a.b[0].weight`` for a dotted path below this module."""
-        expr, node = "self", self.module
-        for part in path.split("."):
-            child = node.children.get(part) if node is not None else None
-            if node is not None and self.plan.kind_of(node) in ("sequential", "modulelist") and part.isdigit():
-                expr = f"{expr}[{int(part)}]"
-            elif is_plain_attribute(part):
-                expr = f"{expr}.{part}"
-            else:
-                expr = f"getattr({expr}, {layout.constant_text(part)})"
-            node = child
-        return expr
+        return self.module.attribute_expr(path, self.plan.kind_of)
 
     # -- lines ------------------------------------------------------------------------------------
     def line(self, text: str, depth: int = 0, kind: str = "stmt", node: Node | None = None) -> None:

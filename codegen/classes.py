@@ -331,8 +331,8 @@ class ModelPlan:
         for alias, first in self.facts.tied.items():
             if _common_module(alias, first) != module.path:
                 continue
-            lines.append(InitLine("raw", text=f"{self._path_expr(module, relative(alias, module.path))} = "
-                                              f"{self._path_expr(module, relative(first, module.path))}"))
+            lines.append(InitLine("raw", text=f"{module.attribute_expr(relative(alias, module.path), self.kind_of)} = "
+                                              f"{module.attribute_expr(relative(first, module.path), self.kind_of)}"))
         return lines
 
     def _freezes(self, module: Module) -> list[InitLine]:
@@ -342,21 +342,10 @@ class ModelPlan:
                 continue
             for name, entry in child.state.items():
                 if self._frozen(entry):
-                    lines.append(InitLine("raw", text=f"{self._path_expr(module, f'{attr}.{name}')}"
+                    lines.append(InitLine("raw", text=f"{module.attribute_expr(f'{attr}.{name}', self.kind_of)}"
                                                       f".requires_grad_(False)"))
         return lines
 
-    def _path_expr(self, module: Module, path: str) -> str:
-        expr, node = "self", module
-        for part in path.split("."):
-            if node is not None and self.kinds.get(node) in ("sequential", "modulelist") and part.isdigit():
-                expr = f"{expr}[{int(part)}]"
-            elif is_plain_attribute(part):
-                expr = f"{expr}.{part}"
-            else:
-                expr = f"getattr({expr}, {constant_text(part)})"
-            node = node.children.get(part) if node is not None else None
-        return expr
 
     # -- sharing ----------------------------------------------------------------------------------
     def _group(self) -> list[ClassDef]:

@@ -20,9 +20,12 @@ anything after it reads (later nodes, graph outputs, buffer mutations).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pt2interp.codegen.facts import ProgramFacts, StateEntry, node_defines, node_reads, under
+from pt2interp.codegen.layout import constant_text
+from pt2interp.codegen.names import is_plain_attribute
 
 from pt2interp.schema import ModuleFrame, Node, parse_nn_module_stack
 
@@ -46,6 +49,21 @@ class Module:
     @property
     def is_torch_nn(self) -> bool:
         return bool(self.type_name) and self.type_name.startswith("torch.nn.")
+
+    def attribute_expr(self, path: str, kind_of: Callable[[Module], str | None]) -> str:
+        """``self.a.b[0].weight``: the expression that reaches a dotted path below this module
+        from its own ``self``; children of modules ``kind_of`` calls ``sequential`` or
+        ``modulelist`` are indexed, names that are no plain attribute go through ``getattr``."""
+        expr, node = "self", self
+        for part in path.split("."):
+            if node is not None and kind_of(node) in ("sequential", "modulelist") and part.isdigit():
+                expr = f"{expr}[{int(part)}]"
+            elif is_plain_attribute(part):
+                expr = f"{expr}.{part}"
+            else:
+                expr = f"getattr({expr}, {constant_text(part)})"
+            node = node.children.get(part) if node is not None else None
+        return expr
 
     def walk(self):
         """This module and every descendant, parents first."""
