@@ -9,7 +9,6 @@ which inputs.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import operator
 import re
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pt2interp.codegen.layout import constant_text
 from pt2interp.ops.registry import REGISTRY, Call, OpEntry, resolve_torch_op
 
 from pt2interp.errors import UnsupportedOpError
@@ -88,20 +88,12 @@ def _clone(value):
 def _literal(value) -> str | None:
     """Python source for a non-tensor value, or None when it has none; spelled the way
     codegen writes constants (double-quoted strings, devices as strings)."""
-    if isinstance(value, str):
-        return json.dumps(value)
-    if value is None or isinstance(value, (bool, int)):
-        return repr(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "math.nan"
-        if math.isinf(value):
-            return "math.inf" if value > 0 else "-math.inf"
-        return repr(value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return constant_text(value)
     if isinstance(value, (torch.dtype, torch.memory_format, torch.layout)):
         return repr(value)
     if isinstance(value, torch.device):
-        return json.dumps(str(value))
+        return constant_text(str(value))
     if isinstance(value, (list, tuple)):
         items = [_literal(v) for v in value]
         if any(i is None for i in items):
