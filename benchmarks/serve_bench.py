@@ -2,7 +2,7 @@
 (``batch_size=1``), 32 concurrent callers each sending one-row requests.
 
     python -m benchmarks.serve_bench                     # mlp and small_cnn, prints a table
-    python -m benchmarks.serve_bench --requests 400      # requests per caller (default 150)
+    python -m benchmarks.serve_bench --requests 400      # requests per caller (default 100)
     python -m benchmarks.serve_bench --threads 2         # torch intra-op threads (default 1)
 
 Models:
@@ -16,12 +16,14 @@ Models:
   at most 2 rows (padded when short); without, each caller pads its row to 2 itself.
 
 Each figure is the median of interleaved timed rounds (batch_size 1, then 16, then 1, ...: both
-see the same machine load) after a warm-up, with ``torch.set_num_threads`` fixed, callers
-started together and each sending its requests one after the other (a closed loop, as 32
-clients of an HTTP server would). Every answer is checked against a direct call on the same row. These
-machines are shared and noisy: read the ratios, not the absolute times. The last columns give
-the process CPU time (all threads) per request: on a busy machine, where wall-clock throughput
-depends on what else runs, their ratio is the steadier estimate of the speed-up.
+see the same machine load) after a warm-up; the speed-ups are medians of the ratios within each
+pair of adjacent rounds, so that drift in the machine's speed between rounds cancels. Rounds run
+with ``torch.set_num_threads`` fixed, callers started together and each sending its requests one
+after the other (a closed loop, as 32 clients of an HTTP server would). Every answer is checked
+against a direct call on the same row. These machines are shared and noisy: read the ratios, not
+the absolute times. The last columns give the process CPU time (all threads) per request: on a
+busy machine, where wall-clock throughput depends on what else runs, their ratio is another
+estimate of the speed-up.
 """
 
 from __future__ import annotations
@@ -117,14 +119,18 @@ def measure(path: Path, sample_shape: tuple[int, ...], requests_each: int, repea
     finally:
         for server in servers.values():
             server.shutdown()
-    return {bs: {key: statistics.median(r[key] for r in results) for key in results[0]}
-            for bs, results in rounds.items()}
+    figures = {bs: {key: statistics.median(r[key] for r in results) for key in results[0]}
+               for bs, results in rounds.items()}
+    pairs = list(zip(rounds[1], rounds[16]))
+    figures["speedup"] = statistics.median(b["rps"] / a["rps"] for a, b in pairs)
+    figures["cpu_ratio"] = statistics.median(a["cpu_us"] / b["cpu_us"] for a, b in pairs)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=150, help="requests per caller (default 150)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per figure; the median is shown")
+    parser.add_argument("--requests", type=int, default=100, help="requests per caller (default 100)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per figure; the median is shown")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--no-static", action="store_true", help="skip the static small_cnn row")
     args = parser.parse_args(argv)
@@ -144,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         for label, path, shape in models:
             figures = measure(path, shape, args.requests, args.repeats)
             one, sixteen = figures[1], figures[16]
-            ratio = sixteen["rps"] / one["rps"]
+            ratio = figures["speedup"]
             lines.append(f"| {label} | {one['rps']:,.0f} | {sixteen['rps']:,.0f} | {ratio:.1f}x "
                          f"| {sixteen['rows_per_run']:.1f} | {one['p50_ms']:.1f} / {one['p99_ms']:.1f} "
                          f"| {sixteen['p50_ms']:.1f} / {sixteen['p99_ms']:.1f} "
-                         f"| {one['cpu_us']:.0f} / {sixteen['cpu_us']:.0f} | {one['cpu_us'] / sixteen['cpu_us']:.1f}x |")
+                         f"| {one['cpu_us']:.0f} / {sixteen['cpu_us']:.0f} | {figures['cpu_ratio']:.1f}x |")
             print(lines[-1], flush=True)
         print()
         print("\n".join(lines))

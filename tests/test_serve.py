@@ -8,6 +8,8 @@ by the ``serve`` fixture even when the test fails.
 
 from __future__ import annotations
 
+import collections
+import random
 import shutil
 import threading
 import time
@@ -16,6 +18,8 @@ import uuid
 import pytest
 import torch
 from fixture_cases import case
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pt2interp
 from pt2interp.errors import InputMismatchError
@@ -29,7 +33,7 @@ from pt2interp.serve import (
     get_server,
     list_servers,
 )
-from pt2interp.serve.batching import PreparedRequest, chunk_request, plan_runs
+from pt2interp.serve.batching import BatchLayout, PreparedRequest, chunk_request, plan_runs
 
 MLP = case("zoo", "mlp").path                      # static 4x16 -> 4x8
 DYN_MLP = case("zoo", "dynamic_batch_mlp").path    # batch dim 1..1024
@@ -506,3 +510,145 @@ def test_every_caller_gets_exactly_one_answer_through_timeouts_and_shutdown(serv
     _wait_until(lambda: server.info()["inference_count"] + server.info()["error_count"] == attempts[0],
                 "every request to be accounted for")
     assert server.info()["inference_count"] >= outcomes["ok"]
+
+
+# -- waking callers in turn ----------------------------------------------------------------------------
+class _PerCallerTimeout(Server):
+    """A server whose ``request_timeout_s`` a calling thread may set for itself."""
+
+    _callers = threading.local()
+
+    @property
+    def request_timeout_s(self) -> float:
+        return getattr(self._callers, "timeout", self._default_timeout)
+
+    @request_timeout_s.setter
+    def request_timeout_s(self, value: float) -> None:
+        self._default_timeout = value
+
+
+def test_callers_who_gave_up_do_not_stall_the_callers_after_them():
+    """The callers of one run wake one another in turn. Every other caller of this run gives up
+    (times out) while the run is held up, so the turn must pass through them: the patient
+    callers behind them get their own answers as soon as the run ends."""
+    server = _PerCallerTimeout(DYN_MLP, name=f"t-{uuid.uuid4().hex[:8]}", batch_size=8,
+                               batch_timeout_ms=5000, request_timeout_s=WAIT)
+    direct = pt2interp.load(DYN_MLP)
+    outcomes: dict[int, object] = {}
+    try:
+        entered, release = _block_worker(server)
+
+        def caller(k: int) -> None:
+            if k % 2:
+                server._callers.timeout = 0.3
+            x = torch.full((1, 16), float(k))
+            try:
+                outcomes[k] = _close(server.predict(x), direct(x))
+            except RequestTimeoutError:
+                outcomes[k] = "timed out"
+
+        threads = []
+        for k in range(8):  # queued in this order: patient, impatient, patient, ...
+            threads.append(threading.Thread(target=caller, args=(k,), daemon=True))
+            threads[-1].start()
+            _wait_until(lambda n=k + 1: server.info()["request_count"] == n, f"caller {k} to submit")
+        assert entered.wait(WAIT)  # all eight in one run, held up
+        for t in threads[1::2]:
+            t.join(WAIT)
+        assert [outcomes.get(k) for k in range(1, 8, 2)] == ["timed out"] * 4
+        release.set()
+        started = time.monotonic()
+        for t in threads[0::2]:
+            t.join(WAIT)
+        assert time.monotonic() - started < 2.0, "a patient caller waited for a caller who had left"
+        assert [outcomes.get(k) for k in range(0, 8, 2)] == [True] * 4
+        assert server.info()["batch_size_distribution"] == {"8": 1}
+    finally:
+        server.shutdown(drain=False, timeout=2.0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_turn_passes_exactly_once_when_a_caller_gives_up_as_it_is_woken(seed):
+    """``_wake`` against callers giving up at the same moment (the race ``abandoned`` and the
+    non-blocking acquire settle): every caller who waits to the end is woken exactly once, and
+    the turn reaches the end of the line."""
+    from pt2interp.serve.server import _Request, _wake, _wake_in_turn
+
+    rng = random.Random(seed)
+    line = [_Request() for _ in range(12)]
+    gives_up = {i for i in range(12) if rng.random() < 0.4}
+    woken = collections.Counter()
+    go = threading.Barrier(len(line) + 1)
+
+    def waiter(i: int, request) -> None:
+        go.wait()
+        if i in gives_up:
+            time.sleep(rng.random() * 0.002)
+            request.abandoned = True                   # as Server._give_up does
+            if not request.done.acquire(blocking=False):
+                return
+        else:
+            assert request.done.acquire(timeout=WAIT), f"caller {i} was never woken"
+        woken[i] += 1
+        if request.next is not None:
+            _wake(request.next)
+
+    threads = [threading.Thread(target=waiter, args=(i, r), daemon=True) for i, r in enumerate(line)]
+    for t in threads:
+        t.start()
+    go.wait()
+    time.sleep(rng.random() * 0.002)
+    _wake_in_turn(line)
+    for t in threads:
+        t.join(WAIT)
+    assert not any(t.is_alive() for t in threads)
+    assert all(woken[i] == 1 for i in range(12) if i not in gives_up)
+    assert all(woken[i] <= 1 for i in gives_up)
+    # nobody holds a turn: every done lock has been taken by its caller or passed through
+    assert all(r.done.locked() for r in line)
+
+
+@pytest.mark.parametrize("first_rows", [1, 10])
+def test_a_full_run_starts_without_waiting_out_the_timeout(serve, first_rows):
+    """Requests of several rows count by their rows: 16 rows queued in a mix of one 10-row
+    request and one-row ones wake the worker at once, long before ``batch_timeout_ms``."""
+    server = serve(DYN_MLP, batch_size=16, batch_timeout_ms=5000)
+    sizes = [first_rows, 11 - first_rows] + [1] * 5
+    assert sum(sizes) == 16
+    started = time.monotonic()
+    futures = [server.submit(torch.randn(n, 16)) for n in sizes]
+    assert [tuple(f.result(WAIT).shape) for f in futures] == [(n, 8) for n in sizes]
+    assert time.monotonic() - started < 2.5, "the worker waited for the batch timeout"
+    assert server.info()["batch_size_distribution"] == {"16": 1}
+
+
+_PLAIN_LAYOUTS = {path: BatchLayout.from_program(pt2interp.read_program(path).model) for path in (DYN_MLP, MLP)}
+
+
+def test_the_plain_call_shortcut_takes_the_plain_call():
+    x = torch.zeros(3, 16)
+    assert _PLAIN_LAYOUTS[DYN_MLP].prepare_plain((x,), {}, torch.device("cpu")).leaves[0] is x
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from([DYN_MLP, MLP]),
+       shape=st.one_of(st.tuples(st.integers(0, 6), st.sampled_from([16, 8])).map(list),
+                       st.lists(st.integers(0, 20), min_size=0, max_size=3)),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.int64]),
+       as_keyword=st.booleans())
+def test_the_plain_call_shortcut_agrees_with_prepare(path, shape, dtype, as_keyword):
+    """``prepare_plain`` either declines (None) or gives exactly what ``prepare`` gives, and it
+    declines everything ``prepare`` refuses."""
+    layout = _PLAIN_LAYOUTS[path]
+    x = torch.zeros(shape, dtype=dtype)
+    args, kwargs = ((), {"x": x}) if as_keyword else ((x,), {})
+    cpu = torch.device("cpu")
+    quick = layout.prepare_plain(args, kwargs, cpu)
+    try:
+        full = layout.prepare(layout.bind(args, kwargs), cpu)
+    except InputMismatchError:
+        assert quick is None
+        return
+    if quick is not None:
+        assert quick.rows == full.rows and quick.group_key == full.group_key
+        assert len(quick.leaves) == len(full.leaves) == 1 and quick.leaves[0] is full.leaves[0]

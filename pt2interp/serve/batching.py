@@ -105,7 +105,7 @@ def _oip_shape(meta: TensorMeta | None) -> list[int]:
     return [s if isinstance(s, int) else -1 for s in meta.sizes]
 
 
-@dataclass
+@dataclass(slots=True)
 class PreparedRequest:
     """A request's input leaves after validation, with what batching needs to know about it.
 
@@ -118,19 +118,22 @@ class PreparedRequest:
     group_key: Any
 
 
-@dataclass(slots=True)
 class Chunk:
-    """Rows ``start:stop`` of one request, scheduled into one run."""
+    """Rows ``start:stop`` of one request, scheduled into one run (``whole``: all of its rows)."""
 
-    owner: Any
-    prepared: PreparedRequest
-    start: int
-    stop: int
-    index: int = 0          # position among the owner's chunks
+    __slots__ = ("index", "owner", "prepared", "rows", "start", "stop", "whole")
 
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
+    def __init__(self, owner: Any, prepared: PreparedRequest, start: int, stop: int, index: int = 0):
+        self.owner = owner
+        self.prepared = prepared
+        self.start = start
+        self.stop = stop
+        self.index = index          # position among the owner's chunks
+        self.rows = stop - start
+        self.whole = self.rows == prepared.rows
+
+    def __repr__(self) -> str:
+        return f"Chunk({self.owner!r}, rows {self.start}:{self.stop} of {self.prepared.rows})"
 
 
 @dataclass
@@ -296,9 +299,16 @@ class BatchLayout:
 
     def build_output(self, leaves: list[Any]) -> Any:
         """The caller's output structure (tuple, dict, ...) from output leaves."""
+        if self._output_is_one_leaf:
+            return leaves[0]
         if self.out_spec is None:
             return leaves[0] if len(leaves) == 1 else tuple(leaves)
         return self.out_spec.unflatten(leaves)
+
+    @functools.cached_property
+    def _output_is_one_leaf(self) -> bool:
+        spec = self.out_spec
+        return len(self.outputs) == 1 and (spec is None or spec.is_leaf)
 
     # -- requests --------------------------------------------------------------------------------
     def check_devices(self, leaves: list[Any], device: torch.device) -> list[Any]:
@@ -306,10 +316,7 @@ class BatchLayout:
         out = []
         for slot, value in zip(self.inputs, leaves):
             if isinstance(value, torch.Tensor) and value.device != device:
-                if value.device.type not in ("cpu", device.type):
-                    raise InputMismatchError(f"input {slot.name!r} is on device {value.device}; this "
-                                             f"server runs on {device}: send a cpu or {device.type} tensor")
-                value = value.to(device)
+                value = _moved(slot, value, device)
             out.append(value)
         return out
 
@@ -321,25 +328,26 @@ class BatchLayout:
                 return int(value.shape[slot.batch_axis])
         return 1
 
-    def prepare(self, leaves: list[Any]) -> PreparedRequest:
-        """Validate leaves for batching: dtypes, ranks and every dimension but the batch one.
+    def prepare(self, leaves: list[Any], device: torch.device | None = None) -> PreparedRequest:
+        """Validate leaves for batching: dtypes, ranks and every dimension but the batch one;
+        with ``device``, tensors elsewhere are moved there first (see :meth:`check_devices`).
 
         Raises :class:`~pt2interp.errors.InputMismatchError` naming the input and dimension.
         """
+        # Runs for every request, in the caller's thread: kept to the fewest Python steps.
         rows = None
+        leaves = list(leaves)
         key: list[Any] = []
         env: dict[str, int] = {}
-        for slot, check, value in zip(self.inputs, self._checks, leaves):
-            if slot.kind == "int":
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise InputMismatchError(f"input {slot.name!r}: expected an int, got {type(value).__name__}")
-                key.append(("int", value))
-                continue
+        for i, (slot, check) in enumerate(self._slot_checks):
+            value = leaves[i]
             if check is None:
-                key.append(("object", _identity_key(value)))
+                key.append(_untyped_key(slot, value))
                 continue
             if not isinstance(value, torch.Tensor):
                 raise InputMismatchError(f"input {slot.name!r}: expected a tensor, got {type(value).__name__}")
+            if device is not None and value.device != device:
+                value = leaves[i] = _moved(slot, value, device)
             shape = check.validate(value, env)
             axis = slot.batch_axis
             if axis is None:
@@ -351,10 +359,36 @@ class BatchLayout:
             elif n != rows:
                 raise InputMismatchError(f"input {slot.name!r} dim {axis}: batch size {n}, "
                                          f"but other inputs have {rows}")
-            key.append(("batched", value.dtype, shape[:axis] + shape[axis + 1:]))
+            # every other dim is fixed (and was just checked) unless the input has symbols
+            key.append(check.batched_key or ("batched", value.dtype, shape[:axis] + shape[axis + 1:]))
         if rows is not None and rows < 1:
             raise InputMismatchError("the request holds no rows (batch dimension of size 0)")
-        return PreparedRequest(list(leaves), rows if rows is not None else 1, tuple(key))
+        return PreparedRequest(leaves, rows if rows is not None else 1, tuple(key))
+
+    def prepare_plain(self, args: tuple, kwargs: dict, device: torch.device) -> PreparedRequest | None:
+        """:meth:`prepare` for the most common call, ``f(x)`` with one tensor batched along dim 0
+        and static other dims, already on ``device``, in a few steps; None for anything else
+        (:meth:`prepare` then decides, and names any problem)."""
+        plain = self._plain_input
+        if plain is None or kwargs or len(args) != 1:
+            return None
+        x = args[0]
+        dtype, rank, tail, key = plain
+        if not isinstance(x, torch.Tensor) or x.dtype != dtype or x.device != device:
+            return None
+        shape = x.shape
+        if len(shape) != rank or shape[1:] != tail or shape[0] < 1:
+            return None
+        return PreparedRequest([x], shape[0], key)
+
+    @functools.cached_property
+    def _plain_input(self) -> tuple | None:
+        if not self.batchable or len(self.inputs) != 1 or not self._flat_positional:
+            return None
+        slot, check = self._slot_checks[0]
+        if check is None or slot.batch_axis != 0 or check.batched_key is None:
+            return None
+        return check.dtype, check.rank, torch.Size(check.batched_key[2]), (check.batched_key,)
 
     @functools.cached_property
     def _flat_positional(self) -> bool:
@@ -364,9 +398,9 @@ class BatchLayout:
                 and all(c.is_leaf for c in spec.children[0].children))
 
     @functools.cached_property
-    def _checks(self) -> list[_TensorCheck | None]:
+    def _slot_checks(self) -> list[tuple[InputSlot, _TensorCheck | None]]:
         # Built once: prepare() runs for every request, in the caller's thread.
-        return [_TensorCheck(s) if s.kind == "tensor" and s.meta is not None else None for s in self.inputs]
+        return [(s, _TensorCheck(s) if s.kind == "tensor" and s.meta is not None else None) for s in self.inputs]
 
     # -- runs ------------------------------------------------------------------------------------
     @property
@@ -391,7 +425,8 @@ class BatchLayout:
             if axis is None:
                 out.append(first[i])  # equal in every chunk: the group key says so
                 continue
-            pieces = [_rows(c.prepared.leaves[i], axis, c.start, c.stop) for c in chunks]
+            pieces = [c.prepared.leaves[i] if c.whole else c.prepared.leaves[i].narrow(axis, c.start, c.rows)
+                      for c in chunks]
             if pad:
                 last = pieces[-1].narrow(axis, pieces[-1].shape[axis] - 1, 1)
                 shape = list(last.shape)
@@ -414,7 +449,7 @@ class BatchLayout:
                 shares[0].append(value)
                 continue
             sizes = [c.rows for c in chunks] + ([padded_rows] if padded_rows else [])
-            for share, part in zip(shares, value.split(sizes, dim=axis)):
+            for share, part in zip(shares, value.split_with_sizes(sizes, axis)):
                 share.append(part)
         return shares
 
@@ -440,7 +475,7 @@ class BatchLayout:
 class _TensorCheck:
     """One tensor input's dtype, rank and non-batch sizes, ready to check a value quickly."""
 
-    __slots__ = ("dtype", "fixed", "name", "rank", "sizes", "symbols")
+    __slots__ = ("batched_key", "dtype", "fixed", "name", "rank", "sizes", "symbols")
 
     def __init__(self, slot: InputSlot):
         meta = slot.meta
@@ -453,12 +488,16 @@ class _TensorCheck:
         self.fixed = tuple((d, n) for d, n in enumerate(meta.sizes) if isinstance(n, int) and d != slot.batch_axis)
         self.symbols = tuple((d, n.expr.as_symbol()) for d, n in enumerate(meta.sizes)
                              if isinstance(n, SymExpr) and n.expr.as_symbol() and d != slot.batch_axis)
+        # A batched input whose other dims are all static: every valid request has the same key.
+        self.batched_key = None
+        if slot.batch_axis is not None and len(self.fixed) == self.rank - 1:
+            self.batched_key = ("batched", self.dtype, tuple(n for _, n in self.fixed))
 
     def validate(self, value: torch.Tensor, env: dict[str, int]) -> tuple[int, ...]:
         """The value's shape, once dtype, rank and sizes are right; else InputMismatchError."""
         if value.dtype != self.dtype:
             raise InputMismatchError(f"input {self.name!r}: expected dtype {self.dtype}, got {value.dtype}")
-        shape = tuple(value.shape)
+        shape = value.shape
         if len(shape) != self.rank:
             raise InputMismatchError(f"input {self.name!r}: expected {self.rank} dimensions "
                                      f"{_sizes_text(self.sizes)}, got {len(shape)} {list(shape)}")
@@ -471,7 +510,7 @@ class _TensorCheck:
             if bound != shape[d]:
                 raise InputMismatchError(f"input {self.name!r} dim {d}: {sym} is {bound} elsewhere in "
                                          f"the inputs, got {shape[d]}")
-        return shape
+        return tuple(shape)
 
 
 class BatchSplitError(RuntimeError):
@@ -484,6 +523,8 @@ def chunk_request(owner: Any, prepared: PreparedRequest, rows_per_run: int) -> l
     >>> [(c.start, c.stop) for c in chunk_request("r", PreparedRequest([], 5, ()), 2)]
     [(0, 2), (2, 4), (4, 5)]
     """
+    if prepared.rows <= rows_per_run:
+        return [Chunk(owner, prepared, 0, prepared.rows)]
     step = max(1, rows_per_run)
     chunks = []
     for i, start in enumerate(range(0, prepared.rows, step)):
@@ -519,10 +560,21 @@ def plan_runs(chunks: list[Chunk], rows_per_run: int) -> list[list[Chunk]]:
     return [run for run in ordered if run]
 
 
-def _rows(value: torch.Tensor, axis: int, start: int, stop: int) -> torch.Tensor:
-    if start == 0 and stop == value.shape[axis]:
-        return value
-    return value.narrow(axis, start, stop - start)
+def _moved(slot: InputSlot, value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``value`` on ``device``, from the CPU or another device of the same type."""
+    if value.device.type not in ("cpu", device.type):
+        raise InputMismatchError(f"input {slot.name!r} is on device {value.device}; this "
+                                 f"server runs on {device}: send a cpu or {device.type} tensor")
+    return value.to(device)
+
+
+def _untyped_key(slot: InputSlot, value: Any):
+    """The group-key part of an input that is not a tensor with known metadata."""
+    if slot.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputMismatchError(f"input {slot.name!r}: expected an int, got {type(value).__name__}")
+        return ("int", value)
+    return ("object", _identity_key(value))
 
 
 def _content_key(value: torch.Tensor):

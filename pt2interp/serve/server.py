@@ -110,9 +110,10 @@ _request_ids = itertools.count(1)
 
 class _RequestQueue:
     """A FIFO of requests with one consumer, the worker, which it wakes only when there is
-    enough to do: a waiting worker names how many rows it wants, and producers ring for it only
-    once that many are pending (or the queue closes). Collecting a batch of 16 thus costs the
-    worker one wake-up rather than 16.
+    enough to do: a waiting worker works out how long the queue must grow to hold the rows it
+    wants, and producers ring for it only once it is that long (or the queue closes). Collecting
+    a batch of 16 thus costs the worker one wake-up rather than 16, and each producer one
+    comparison.
 
     Producers take no lock. A lock every caller must take becomes a convoy under load: a thread
     that gets the lock while it waits for the GIL holds everyone else up, and each of them then
@@ -123,56 +124,62 @@ class _RequestQueue:
     def __init__(self):
         self._items: collections.deque[_Request] = collections.deque()
         self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._wanted = 1
+        self._ring_at = 1          # queue length at which producers ring for a sleeping worker
         self._sleeping = False
         self.closed = False
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def _has_rows(self, rows: int) -> bool:
-        """At least ``rows`` rows pending (a request holds one row or more, so the first ``rows``
-        requests decide; ``list(islice(...))`` copies them in C, safe against appends)."""
-        if rows <= 1:
-            return bool(self._items)
+    def _requests_needed(self, rows: int) -> int:
+        """The queue length that guarantees ``rows`` pending rows, from what is queued now: every
+        request holds at least one row, so each one that arrives brings one or more."""
+        items = self._items
+        if len(items) >= rows:
+            return 0
         while True:
             try:
-                head = list(itertools.islice(self._items, rows))
+                queued = list(items)  # copied in C: no other thread runs meanwhile
                 break
-            except RuntimeError:  # appended to mid-copy: only if the copy let another thread run
+            except RuntimeError:  # "deque mutated during iteration": defensive, cannot happen
                 continue
         pending = 0
-        for request in head:
+        for request in queued:
             pending += request.rows
-            if pending >= rows:
-                return True
-        return False
+        return 0 if pending >= rows else len(queued) + rows - pending
 
     def put(self, request: _Request) -> bool:
         """Queue ``request``; False (and nothing queued) once the queue is closed."""
         if self.closed:
             return False
-        self._items.append(request)
+        items = self._items
+        items.append(request)
         if self.closed:  # closed meanwhile: withdraw it unless the worker has it already
             try:
-                self._items.remove(request)
+                items.remove(request)
                 return False
             except ValueError:
                 return True
         # The worker sets _sleeping before its last look at the queue, and this looks at
         # _sleeping after appending: one of the two sees the other, so no wake-up is lost.
-        if self._sleeping and self._has_rows(self._wanted):
+        # One-row requests ring only once there are enough of them (an O(1) test per call); a
+        # larger one always rings, and the worker counts again.
+        if self._sleeping and (len(items) >= self._ring_at or request.rows > 1):
             self._bell.put(None)
         return True
 
     def take(self, rows: int = 1, deadline: float | None = None, most: int | None = None) -> list[_Request]:
         """Wait until ``rows`` rows are pending, ``deadline`` (``time.monotonic()``) passes or the
         queue closes; then take up to ``most`` requests (possibly none). Worker only."""
-        self._wanted = max(1, rows)
+        rows = max(1, rows)
         try:
-            while not self.closed and not self._has_rows(rows):
+            while not self.closed:
+                needed = self._requests_needed(rows)
+                if not needed:
+                    break
+                self._ring_at = needed
                 self._sleeping = True
-                if self.closed or self._has_rows(rows):
+                if self.closed or not self._requests_needed(rows):
                     break
                 timeout = None if deadline is None else deadline - time.monotonic()
                 if timeout is not None and timeout <= 0:
@@ -185,7 +192,6 @@ class _RequestQueue:
                     self._sleeping = False
         finally:
             self._sleeping = False
-            self._wanted = 1
         return self._pop(len(self._items) if most is None else most)
 
     def _pop(self, count: int) -> list[_Request]:
@@ -214,9 +220,14 @@ class _Request:
     wakes when ``done``, held from birth, is released: two bare locks, the cheapest hand-off
     between threads CPython has. A :class:`concurrent.futures.Future` is made only for
     :meth:`Server.submit`, whose callers ask for one.
+
+    The callers answered by one round of the worker wake one another in turn (see
+    :func:`_wake`): ``next`` is the caller to wake after this one, and ``abandoned`` says the
+    caller gave up waiting (a timeout), so whoever wakes it wakes ``next`` in its place.
     """
 
     __slots__ = (
+        "abandoned",
         "claim",
         "done",
         "enqueued",
@@ -226,6 +237,7 @@ class _Request:
         "id",
         "largest_run",
         "leaves",
+        "next",
         "pieces",
         "prepared",
         "remaining",
@@ -251,10 +263,38 @@ class _Request:
         self.remaining = 0
         self.largest_run = 0
         self.failed = False
+        self.next: _Request | None = None
+        self.abandoned = False
 
     @property
     def finished(self) -> bool:
         return self.claim.locked()
+
+
+def _wake(request: _Request | None) -> None:
+    """Wake ``request``'s caller, which goes on to wake ``request.next`` (see :meth:`Server.predict`).
+
+    Why a chain: when the worker released all 16 callers of a run at once, they all woke only to
+    queue for the GIL, each paying a second sleep and wake-up there (four context switches per
+    request, measured). Woken one after another, most find the GIL free (three per request).
+
+    A caller that has given up (``abandoned``) cannot pass the turn on: whoever wakes it does,
+    in its place. ``done.acquire(blocking=False)`` decides between the waker and a caller that
+    gives up at the same moment (it sets ``abandoned`` before it tries): exactly one succeeds.
+    """
+    while request is not None:
+        request.done.release()
+        if not (request.abandoned and request.done.acquire(blocking=False)):
+            return
+        request = request.next
+
+
+def _wake_in_turn(requests: list[_Request]) -> None:
+    """Wake the callers of ``requests``, one after another, in this order."""
+    if requests:
+        for request, after in itertools.pairwise(requests):
+            request.next = after
+        _wake(requests[0])
 
 
 def _group_key(request: _Request) -> Any:
@@ -287,12 +327,13 @@ class Server:
         self._requested_device = device
         self._bus = EventBus()
         self._stats = ServerStats()
-        self._bus.subscribe(self._stats.record)
         self._queue = _RequestQueue()
         self._closed = False
         self._abort = False                      # shutdown(drain=False): fail instead of run
         self._closed_event = threading.Event()   # wakes a worker waiting to reload
         self._inflight: list[_Request] = []
+        self._answered: list[_Request] | None = None   # the worker's round: callers to wake
+        self._worker_thread_id: int | None = None
         self._reloads = 0
         self._consecutive_crashes = 0
         self._ready = False
@@ -349,11 +390,25 @@ class Server:
         """
         request = self._submit(_Request(), args, kwargs)
         if not request.done.acquire(timeout=self.request_timeout_s):
-            error = RequestTimeoutError(f"server {self.name!r}: no answer within {self.request_timeout_s:g} s "
-                                        f"({len(self._queue)} requests queued)")
-            if not request.running:
-                self._finish(request, error=error)  # withdrawn: the worker skips it
-            raise error
+            return self._give_up(request)
+        if request.next is not None:
+            _wake(request.next)  # first thing: the next caller's wait is on us
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _give_up(self, request: _Request):
+        """``predict`` waited ``request_timeout_s`` in vain: withdraw the request (if it has not
+        started) and raise, unless its answer arrived in the meantime."""
+        error = RequestTimeoutError(f"server {self.name!r}: no answer within {self.request_timeout_s:g} s "
+                                    f"({len(self._queue)} requests queued)")
+        if not request.running:
+            self._finish(request, error=error)  # withdrawn: the worker skips it
+        request.abandoned = True
+        if not request.done.acquire(blocking=False):
+            raise error  # whoever wakes it later sees `abandoned` and wakes the next caller
+        if request.next is not None:
+            _wake(request.next)
         if request.error is not None:
             raise request.error
         return request.result
@@ -370,22 +425,28 @@ class Server:
         """Count a request refused before it reached the server (a malformed HTTP body, say):
         it emits its ``start`` and ``exception`` events like any failed ``predict``."""
         request = _Request()
-        self._bus.emit(ServeEvent("start", self.name, request_id=request.id))
+        self._started(request)
         self._finish(request, error=error)
 
+    def _started(self, request: _Request) -> None:
+        self._stats.started()
+        if self._bus.subscribers:
+            self._bus.emit(ServeEvent("start", self.name, request_id=request.id))
+
     def _submit(self, request: _Request, args: tuple, kwargs: dict) -> _Request:
-        self._bus.emit(ServeEvent("start", self.name, request_id=request.id))
+        self._started(request)
         try:
             if self._closed:
                 raise ServerClosedError(f"server {self.name!r} is shut down")
             layout = self._layout
-            leaves = layout.check_devices(layout.bind(args, kwargs), self.device)
             if self._batching:
-                request.prepared = layout.prepare(leaves)
-                request.rows = request.prepared.rows
+                prepared = request.prepared = (layout.prepare_plain(args, kwargs, self.device)
+                                               or layout.prepare(layout.bind(args, kwargs), self.device))
+                request.rows = prepared.rows
+                request.leaves = prepared.leaves
             else:
+                request.leaves = leaves = layout.check_devices(layout.bind(args, kwargs), self.device)
                 request.rows = layout.rows_of(leaves)
-            request.leaves = leaves
         except Exception as exc:  # noqa: BLE001 - any input problem belongs to this caller alone
             self._finish(request, error=exc)
             return request
@@ -412,13 +473,43 @@ class Server:
                     error = RequestCancelledError("the caller cancelled the request")
                     result = None
         if error is not None:
-            self._bus.emit(ServeEvent("exception", self.name, request_id=request.id, duration_s=duration,
-                                      input_count=request.rows, error=error))
+            self._stats.failed(error)
+            if self._bus.subscribers:
+                self._bus.emit(ServeEvent("exception", self.name, request_id=request.id, duration_s=duration,
+                                          input_count=request.rows, error=error))
         else:
-            self._bus.emit(ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
-                                      batch_size=request.largest_run or request.rows, input_count=request.rows))
+            self._stats.stopped(duration)
+            if self._bus.subscribers:
+                self._bus.emit(ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
+                                          batch_size=request.largest_run or request.rows,
+                                          input_count=request.rows))
         request.result, request.error = result, error
-        request.done.release()
+        answered = self._answered
+        if answered is not None and request.future is None and threading.get_ident() == self._worker_thread_id:
+            answered.append(request)  # woken in turn when the round ends (see _wake)
+        else:
+            request.done.release()
+
+    def _answer(self, answers: list[tuple[_Request, Any]]) -> None:
+        """:meth:`_finish` with results for one run's requests at once (worker only): one clock
+        reading and one stats update for all of them."""
+        now = time.monotonic()
+        claimed, answered = [], self._answered
+        for request, result in answers:
+            if request.future is not None or answered is None:
+                self._finish(request, result=result)  # the uncommon paths, one by one
+            elif request.claim.acquire(blocking=False):
+                request.result = result
+                claimed.append(request)
+        if not claimed:
+            return
+        durations = [now - request.enqueued for request in claimed]
+        self._stats.stopped_together(durations, now)
+        if self._bus.subscribers:
+            for request, duration in zip(claimed, durations):
+                self._bus.emit(ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
+                                          batch_size=request.largest_run or request.rows, input_count=request.rows))
+        answered += claimed  # woken in turn when the round ends (see _wake)
 
     # -- telemetry ---------------------------------------------------------------------------------
     def on_event(self, fn: Callable[[ServeEvent], None]) -> Callable[[], None]:
@@ -498,6 +589,7 @@ class Server:
         # core) whatever torch.set_num_threads said in the main thread, and oversubscribed
         # BLAS threads spin; restate the process's setting here, where the model runs.
         torch.set_num_threads(torch.get_num_threads())
+        self._worker_thread_id = threading.get_ident()
         try:
             if generation > 0 and not self._reload_until_ready(delay):
                 return
@@ -509,7 +601,12 @@ class Server:
                 if self._batching:
                     self._fill(batch, most)
                 self._inflight = batch
-                self._run_round(batch)
+                self._answered = answered = []
+                try:
+                    self._run_round(batch)
+                finally:  # the worker may be dying: its callers are woken all the same
+                    self._answered = None
+                    _wake_in_turn(answered)
                 self._inflight = []
                 self._consecutive_crashes = 0
         except BaseException as exc:  # noqa: BLE001 - the worker's death, whatever killed it
@@ -555,20 +652,30 @@ class Server:
             for request in live:
                 self._run_alone(request)
             return
+        cap = self._rows_per_run
         chunks: list[Chunk] = []
+        rows, keys = 0, set()
         for request in live:
-            if request.prepared is None:
+            prepared = request.prepared
+            if prepared is None:
                 # queued before a reload switched batching on: validate it here instead
                 try:
-                    request.prepared = self._layout.prepare(request.leaves)
+                    prepared = request.prepared = self._layout.prepare(request.leaves)
                 except Exception as exc:  # noqa: BLE001 - an input problem, this request's alone
                     self._finish(request, error=exc)
                     continue
-            mine = chunk_request(request, request.prepared, self._rows_per_run)
-            request.pieces = [None] * len(mine)
-            request.remaining = len(mine)
-            chunks += mine
-        for run in plan_runs(chunks, self._rows_per_run):
+            if prepared.rows <= cap:
+                chunks.append(Chunk(request, prepared, 0, prepared.rows))
+            else:
+                mine = chunk_request(request, prepared, cap)
+                request.pieces = [None] * len(mine)
+                request.remaining = len(mine)
+                chunks += mine
+            rows += prepared.rows
+            keys.add(prepared.group_key)
+        # The usual round, compatible requests that fit one run, needs no planning.
+        runs = [chunks] if len(keys) == 1 and rows <= cap else plan_runs(chunks, cap)
+        for run in runs:
             self._run_chunks(run)
 
     def _run_alone(self, request: _Request) -> None:
@@ -579,8 +686,7 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - whatever the model raises goes to its caller
             self._finish(request, error=exc)
             return
-        self._bus.emit(ServeEvent("batch", self.name, duration_s=time.perf_counter() - started,
-                                  batch_size=request.rows, requests=1, padding=0))
+        self._ran(started, request.rows)
         request.largest_run = request.rows
         self._finish(request, result=out)
 
@@ -606,22 +712,35 @@ class Server:
             self._finish(owner, error=exc)
             return
         rows = sum(c.rows for c in run)
-        owners = {id(c.owner) for c in run}
-        self._bus.emit(ServeEvent("batch", self.name, duration_s=time.perf_counter() - started,
-                                  batch_size=rows, requests=len(owners), padding=padding))
+        self._ran(started, rows, padding, run)
+        answers: list[tuple[_Request, Any]] = []
         for chunk, share in zip(run, shares):
             owner = chunk.owner
-            owner.pieces[chunk.index] = share
-            owner.remaining -= 1
-            owner.largest_run = max(owner.largest_run, rows)
-            if owner.remaining == 0:
-                try:
-                    result = layout.build_output(layout.join(owner.pieces))
-                except Exception as exc:  # noqa: BLE001 - fails this request, not the worker
-                    self._finish(owner, error=exc)
-                    continue
-                owner.pieces = []
-                self._finish(owner, result=result)
+            try:
+                if chunk.whole:  # the common case: the request's only chunk
+                    owner.largest_run = rows
+                    result = layout.build_output(share)
+                else:
+                    owner.pieces[chunk.index] = share
+                    owner.remaining -= 1
+                    owner.largest_run = max(owner.largest_run, rows)
+                    if owner.remaining:
+                        continue
+                    pieces, owner.pieces = owner.pieces, []
+                    result = layout.build_output(layout.join(pieces))
+            except Exception as exc:  # noqa: BLE001 - fails this request, not the worker
+                self._finish(owner, error=exc)
+                continue
+            answers.append((owner, result))
+        self._answer(answers)
+
+    def _ran(self, started: float, rows: int, padding: int = 0, run: list[Chunk] | None = None) -> None:
+        """Count one model run (of ``run``'s chunks; None: one request alone)."""
+        self._stats.ran(rows, padding)
+        if self._bus.subscribers:
+            requests = 1 if run is None else len({id(c.owner) for c in run})
+            self._bus.emit(ServeEvent("batch", self.name, duration_s=time.perf_counter() - started,
+                                      batch_size=rows, requests=requests, padding=padding))
 
     def _on_worker_death(self, exc: BaseException, generation: int) -> None:
         held, self._inflight = self._inflight, []
@@ -631,7 +750,9 @@ class Server:
             self._finish(request, error=crash)
         log.error("server %r: worker died (%s: %s); restarting and reloading %s",
                   self.name, type(exc).__name__, exc, self.path)
-        self._bus.emit(ServeEvent("restart", self.name, error=exc))
+        self._stats.restarted(exc)
+        if self._bus.subscribers:
+            self._bus.emit(ServeEvent("restart", self.name, error=exc))
         self._ready = False
         if self._closed:
             self._fail_queued("shut down while its worker was restarting")

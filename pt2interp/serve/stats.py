@@ -3,8 +3,10 @@
 Every request emits ``start`` when it is submitted and then exactly one of ``stop`` (with its
 duration, the size of the run that served it and its own row count) or ``exception`` (with the
 error). Every model run emits ``batch``; a worker that dies and comes back emits ``restart``.
-:class:`ServerStats` is itself a subscriber, so the counters ``info()`` shows are made from the
-very events other subscribers see.
+The server hands the figures of each event to :class:`ServerStats` and, when anyone has
+subscribed, to the :class:`EventBus` as a :class:`ServeEvent`: the counters ``info()`` shows are
+made from the very figures subscribers see, and nobody pays for building events nobody reads.
+:meth:`ServerStats.record` folds a whole event in, for use as a subscriber of another bus.
 
 >>> bus, stats = EventBus(), ServerStats()
 >>> unsubscribe = bus.subscribe(stats.record)
@@ -74,25 +76,27 @@ class EventBus:
     """
 
     def __init__(self):
-        self._subscribers: tuple[Callable[[ServeEvent], None], ...] = ()
+        # A tuple, swapped whole: emit() iterates it without the lock, and the server reads its
+        # truth (anyone listening?) to build events only when someone will see them.
+        self.subscribers: tuple[Callable[[ServeEvent], None], ...] = ()
         self._lock = threading.Lock()
 
     def subscribe(self, fn: Callable[[ServeEvent], None]) -> Callable[[], None]:
         """Call ``fn(event)`` for every event from now on; returns a function that unsubscribes."""
         with self._lock:
-            self._subscribers = self._subscribers + (fn,)
+            self.subscribers = self.subscribers + (fn,)
 
         def unsubscribe() -> None:
             with self._lock:
-                subs = list(self._subscribers)
+                subs = list(self.subscribers)
                 if fn in subs:
                     subs.remove(fn)
-                self._subscribers = tuple(subs)
+                self.subscribers = tuple(subs)
 
         return unsubscribe
 
     def emit(self, event: ServeEvent) -> None:
-        for fn in self._subscribers:  # a tuple, swapped whole: safe to iterate without the lock
+        for fn in self.subscribers:
             try:
                 fn(event)
             except Exception:
@@ -119,29 +123,60 @@ class ServerStats:
         self._recent: deque[float] = deque()   # monotonic completion times within the window
 
     def record(self, event: ServeEvent) -> None:
-        """Fold one event into the figures (subscribe this to the server's bus)."""
+        """Fold one event into the figures (to feed these stats from an :class:`EventBus`)."""
+        kind = event.kind
+        if kind == "start":
+            self.started()
+        elif kind == "stop":
+            self.stopped(event.duration_s)
+        elif kind == "exception":
+            self.failed(event.error)
+        elif kind == "batch":
+            self.ran(event.batch_size or 0, event.padding or 0)
+        elif kind == "restart":
+            self.restarted(event.error)
+
+    # One method per event kind, each one short critical section: callers' threads and the
+    # worker all come here, and a lock held across more than a few lines becomes a convoy.
+    def started(self) -> None:
         with self._lock:
-            kind = event.kind
-            if kind == "start":
-                self.request_count += 1
-            elif kind == "stop":
-                self.inference_count += 1
-                if event.duration_s is not None:
-                    self._latencies.append(event.duration_s)
-                now = time.monotonic()
-                self._recent.append(now)
-                self._trim(now)
-            elif kind == "exception":
-                self.error_count += 1
-                self.last_error = _error_text(event.error)
-            elif kind == "batch":
-                self.batch_count += 1
-                self.rows_run += event.batch_size or 0
-                self.padded_rows += event.padding or 0
-                self.batch_sizes[event.batch_size or 0] += 1
-            elif kind == "restart":
-                self.restarts += 1
-                self.last_error = _error_text(event.error)
+            self.request_count += 1
+
+    def stopped(self, duration_s: float | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.inference_count += 1
+            if duration_s is not None:
+                self._latencies.append(duration_s)
+            self._recent.append(now)
+            self._trim(now)
+
+    def stopped_together(self, durations_s: list[float], now: float) -> None:
+        """Several requests answered at monotonic time ``now`` (one run's callers)."""
+        with self._lock:
+            self.inference_count += len(durations_s)
+            self._latencies.extend(durations_s)
+            self._recent.extend([now] * len(durations_s))
+            self._trim(now)
+
+    def failed(self, error: BaseException | None) -> None:
+        text = _error_text(error)
+        with self._lock:
+            self.error_count += 1
+            self.last_error = text
+
+    def ran(self, rows: int, padding: int = 0) -> None:
+        with self._lock:
+            self.batch_count += 1
+            self.rows_run += rows
+            self.padded_rows += padding
+            self.batch_sizes[rows] += 1
+
+    def restarted(self, error: BaseException | None) -> None:
+        text = _error_text(error)
+        with self._lock:
+            self.restarts += 1
+            self.last_error = text
 
     def _trim(self, now: float) -> None:
         cutoff = now - THROUGHPUT_WINDOW_S
