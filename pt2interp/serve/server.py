@@ -137,12 +137,7 @@ class _RequestQueue:
         items = self._items
         if len(items) >= rows:
             return 0
-        while True:
-            try:
-                queued = list(items)  # copied in C: no other thread runs meanwhile
-                break
-            except RuntimeError:  # "deque mutated during iteration": defensive, cannot happen
-                continue
+        queued = list(items)  # copied in C, holding the GIL: no append can interleave
         pending = 0
         for request in queued:
             pending += request.rows
@@ -480,9 +475,7 @@ class Server:
         else:
             self._stats.stopped(duration)
             if self._bus.subscribers:
-                self._bus.emit(ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
-                                          batch_size=request.largest_run or request.rows,
-                                          input_count=request.rows))
+                self._bus.emit(self._stop_event(request, duration))
         request.result, request.error = result, error
         answered = self._answered
         if answered is not None and request.future is None and threading.get_ident() == self._worker_thread_id:
@@ -507,9 +500,12 @@ class Server:
         self._stats.stopped_together(durations, now)
         if self._bus.subscribers:
             for request, duration in zip(claimed, durations):
-                self._bus.emit(ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
-                                          batch_size=request.largest_run or request.rows, input_count=request.rows))
+                self._bus.emit(self._stop_event(request, duration))
         answered += claimed  # woken in turn when the round ends (see _wake)
+
+    def _stop_event(self, request: _Request, duration: float) -> ServeEvent:
+        return ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
+                          batch_size=request.largest_run or request.rows, input_count=request.rows)
 
     # -- telemetry ---------------------------------------------------------------------------------
     def on_event(self, fn: Callable[[ServeEvent], None]) -> Callable[[], None]:
@@ -664,13 +660,11 @@ class Server:
                 except Exception as exc:  # noqa: BLE001 - an input problem, this request's alone
                     self._finish(request, error=exc)
                     continue
-            if prepared.rows <= cap:
-                chunks.append(Chunk(request, prepared, 0, prepared.rows))
-            else:
-                mine = chunk_request(request, prepared, cap)
+            mine = chunk_request(request, prepared, cap)
+            if len(mine) > 1:  # split: its pieces are joined when the last run is done
                 request.pieces = [None] * len(mine)
                 request.remaining = len(mine)
-                chunks += mine
+            chunks += mine
             rows += prepared.rows
             keys.add(prepared.group_key)
         # The usual round, compatible requests that fit one run, needs no planning.

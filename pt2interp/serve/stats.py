@@ -143,19 +143,14 @@ class ServerStats:
             self.request_count += 1
 
     def stopped(self, duration_s: float | None) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self.inference_count += 1
-            if duration_s is not None:
-                self._latencies.append(duration_s)
-            self._recent.append(now)
-            self._trim(now)
+        self.stopped_together([duration_s], time.monotonic())
 
-    def stopped_together(self, durations_s: list[float], now: float) -> None:
-        """Several requests answered at monotonic time ``now`` (one run's callers)."""
+    def stopped_together(self, durations_s: list[float | None], now: float) -> None:
+        """Requests answered at monotonic time ``now`` (one run's callers), with their latencies
+        (None: not known)."""
         with self._lock:
             self.inference_count += len(durations_s)
-            self._latencies.extend(durations_s)
+            self._latencies.extend(d for d in durations_s if d is not None)
             self._recent.extend([now] * len(durations_s))
             self._trim(now)
 
