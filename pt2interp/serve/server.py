@@ -312,10 +312,10 @@ class _WakeLine:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
+            if request.done.acquire(timeout=max(0.0, min(remaining, self.stall_s))):
+                return True
             if remaining <= 0:
                 return False
-            if request.done.acquire(timeout=min(remaining, self.stall_s)):
-                return True
             if request.finished:  # answered, yet not woken: is the line stuck?
                 self._take_turn(only_if_idle=False)
 
