@@ -571,8 +571,8 @@ def test_callers_who_gave_up_do_not_stall_the_callers_after_them():
 def test_the_turn_passes_exactly_once_when_a_caller_gives_up_as_it_is_woken(seed):
     """The wake line against callers giving up at the same moment (the race ``abandoned`` and
     the non-blocking acquire settle) and against the worker lining up more callers while the
-    turn is being passed: every caller who waits
-    to the end is woken exactly once, and the turn comes back free with nobody left in line."""
+    turn is being passed: every caller who waits to the end is woken exactly once, and the turn
+    comes back free with nobody left in line."""
     from pt2interp.serve.server import _Request, _WakeLine
 
     rng = random.Random(seed)
