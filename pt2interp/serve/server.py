@@ -440,6 +440,10 @@ class Server:
         request = self._submit(_Request(), args, kwargs)
         if not self._wake_line.wait(request, self.request_timeout_s):
             return self._give_up(request)
+        return self._woken(request)
+
+    def _woken(self, request: _Request):
+        """The answer of a request whose caller has just been woken (and holds ``done``)."""
         if request.has_turn:
             self._wake_line.pass_turn(request)  # first thing: the next caller's wait is on us
         if request.error is not None:
@@ -456,11 +460,7 @@ class Server:
         request.abandoned = True
         if not request.done.acquire(blocking=False):
             raise error  # whoever wakes it later sees `abandoned` and wakes the next caller
-        if request.has_turn:
-            self._wake_line.pass_turn(request)
-        if request.error is not None:
-            raise request.error
-        return request.result
+        return self._woken(request)
 
     def submit(self, *args, **kwargs) -> concurrent.futures.Future:
         """Queue a request and return its future at once (``future.result(timeout)`` waits).
