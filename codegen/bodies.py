@@ -297,7 +297,7 @@ class BodyBuilder:
             raise UnsupportedOpError(f"cond node {node.label}: unexpected arguments")
         pred = argument_source(ins[0], self.source)
         operands = ins[3].refs() if len(ins) > 3 else []
-        outs = [r for a in node.outputs for r in _refs(a)]
+        outs = [r for a in node.outputs for r in a.refs()]
         here = source_line(node, self.module.path) if self.plan.comments else None
         names = [self.ctx.helper_name("true_branch"), self.ctx.helper_name("false_branch")]
         for name, graph_arg in zip(names, ins[1:3]):
@@ -364,7 +364,7 @@ class BodyBuilder:
             raise UnsupportedOpError(f"node {node.label}: no Python spelling for {node.target[:60]!r}")
         expr = entry.render(Call(node.target.removeprefix("torch.ops."), {}, positional))
         pattern = output_pattern(node)
-        lhs = bind_target(pattern, lambda v: self.define(v), self.used)
+        lhs = bind_target(pattern, self.define, self.used)
         self.line(expr if lhs is None else f"{lhs} = {expr}", node=node)
 
     def emit_with_effects(self, node: Node) -> None:
@@ -379,7 +379,7 @@ class BodyBuilder:
         expr = entry.render(Call("higher_order.with_effects", {}, positional))
         rest = outs[1:]
         pattern = rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
-        lhs = bind_target(pattern, lambda v: self.define(v), self.used)
+        lhs = bind_target(pattern, self.define, self.used)
         self.line(expr if lhs is None else f"{lhs} = {expr}", node=node)
 
     def emit_return(self, outputs: list) -> None:
@@ -400,12 +400,6 @@ def _op_stem(target: str) -> str:
     name = target.split(".")[-2].lstrip("_")
     name = name.removeprefix("native_").split("_legit")[0].removesuffix("_with_indices")
     return identifier(name)
-
-
-def _refs(arg) -> list[str]:
-    if arg.kind == "tensors":
-        return [r.name for r in arg.value]
-    return arg.refs()
 
 
 def _local_last_use(graph: Graph) -> dict[str, int]:
@@ -441,7 +435,7 @@ def source_line(node: Node, module_path: str) -> str | None:
         depth = fqns.index(module_path) if module_path in fqns else len(frames) - 1
     text = frames[min(depth, len(frames) - 1)]
     # the source's own trailing comment (`# type: ignore[...]`) is not part of the statement
-    text = comment(re.split(r"\s#\s", text, maxsplit=1)[0] if re.search(r"\s#\s", text) else text)
+    text = comment(re.split(r"\s#\s", text, maxsplit=1)[0])
     if not text or re.fullmatch(r"[\w.]+", text):
         return None  # a bare name is the tail of a statement spread over lines
     depth = 0

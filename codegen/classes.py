@@ -346,7 +346,6 @@ class ModelPlan:
                                                       f".requires_grad_(False)"))
         return lines
 
-
     # -- sharing ----------------------------------------------------------------------------------
     def _group(self) -> list[ClassDef]:
         order = [self.instances[m] for m in _post_order(self.root) if m in self.instances]

@@ -58,7 +58,7 @@ def emit(plan: ModelPlan, *, description: str) -> str:
     for name, fields in plan.namedtuples.values():
         fields_src = "[" + ", ".join(layout.constant_text(f) for f in fields) + "]"
         module_lines.append(layout.format_statement(f"{name} = namedtuple({layout.constant_text(name)}, {fields_src})"))
-    tied = {alias: first for alias, first in plan.facts.tied.items()}
+    tied = plan.facts.tied
     if tied:
         module_lines.append(layout.format_statement(
             "TIED_WEIGHTS = {" + ", ".join(f"{layout.constant_text(a)}: {layout.constant_text(b)}"

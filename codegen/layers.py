@@ -146,7 +146,7 @@ class _View:
         return ins[0]
 
     def out(self, node: Node, index: int = 0) -> str:
-        refs = [r for a in node.outputs for r in (a.refs() if a.kind != "tensors" else [x.name for x in a.value])]
+        refs = [r for a in node.outputs for r in a.refs()]
         self.require(len(refs) > index)
         return refs[index]
 
@@ -385,12 +385,7 @@ def _batch_norm(v: _View) -> LayerMatch:
         params += ["weight", "bias"]
     else:
         kwargs.append(("affine", Lit(False, "affine")))
-    eps = v.value(node, "eps", 1e-5)
-    momentum = v.value(node, "momentum", 0.1)
-    if eps != 1e-5:
-        kwargs.insert(0, ("eps", Lit(eps, "eps")))
-    if momentum != 0.1:
-        kwargs.insert(1 if eps != 1e-5 else 0, ("momentum", Lit(momentum, "momentum")))
+    kwargs = _defaults(eps=1e-5, momentum=0.1)(v, node) + kwargs
     ctor = Ctor(f"nn.BatchNorm{rank}d", [Lit(features, "num_features")], kwargs + _dtype_kw(entries))
     return LayerMatch(ctor, [x], v.out(node), params=params)
 
@@ -401,10 +396,7 @@ def _layer_norm(v: _View) -> LayerMatch:
     node = v.single("layer_norm.default", "native_layer_norm.default")
     v.require(v.value(node, "input") == x)
     shape = tuple(v.value(node, "normalized_shape"))
-    kwargs: list = []
-    eps = v.value(node, "eps", 1e-5)
-    if eps != 1e-5:
-        kwargs.append(("eps", Lit(eps, "eps")))
+    kwargs = _defaults(eps=1e-5)(v, node)
     entries, params = [], []
     weight_value, bias_value = v.value(node, "weight"), v.value(node, "bias")
     if weight_value is None:
@@ -435,10 +427,7 @@ def _group_norm(v: _View) -> LayerMatch:
     weight_value, bias_value = v.value(node, "weight"), v.value(node, "bias")
     v.require((weight_value is None) == (bias_value is None) and weight_value is not None)
     w, b = v.own(weight_value, "weight"), v.own(bias_value, "bias")
-    kwargs: list = []
-    eps = v.value(node, "eps", 1e-5)
-    if eps != 1e-5:
-        kwargs.append(("eps", Lit(eps, "eps")))
+    kwargs = _defaults(eps=1e-5)(v, node)
     ctor = Ctor("nn.GroupNorm", [Lit(groups, "num_groups"), Lit(w.shape[0], "num_channels")],
                 kwargs + _dtype_kw([w, b]))
     return LayerMatch(ctor, [x], v.out(node), params=["weight", "bias"])

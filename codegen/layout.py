@@ -221,8 +221,7 @@ def _precedence(e: ast.expr) -> int:
         return _TEST
     if t is ast.Tuple:
         return _TUPLE
-    if t is ast.Constant and isinstance(e.value, (int, float, complex)) and not isinstance(e.value, bool) \
-            and (e.value < 0 if not isinstance(e.value, complex) else False):
+    if t is ast.Constant and isinstance(e.value, (int, float)) and not isinstance(e.value, bool) and e.value < 0:
         return _FACTOR
     return _ATOM
 
@@ -516,10 +515,9 @@ def _target_doc(e: ast.expr, top: bool = True):
     if isinstance(e, ast.Tuple):
         items = [_target_doc(x, False) for x in e.elts]
         if top:
-            parts = _joined(items, True)
             if len(items) == 1:
                 return concat("(", items[0], ",)")
-            return Group(concat(IfBreak("("), Indent(Concat((Line(), *parts))), Line(), IfBreak(")")))
+            return optional_parens(Concat(tuple(_joined(items, True))))
         return collection("(", items, ")", one_tuple=len(items) == 1)
     return expression_doc(e)
 
@@ -544,9 +542,7 @@ def statement_doc(stmt: ast.stmt, indent: int = 0):
             items = [expression_doc(x, True) for x in v.elts]
             if len(items) == 1:
                 return concat("return ", collection("(", items, ")", one_tuple=True))
-            parts = _joined(items, True)
-            return concat("return ", Group(concat(IfBreak("("), Indent(Concat((Line(), *parts))),
-                                                  Line(), IfBreak(")"))))
+            return concat("return ", optional_parens(Concat(tuple(_joined(items, True)))))
         return concat("return ", _value_doc(v, len("return "), indent))
     raise ValueError(f"cannot print a {type(stmt).__name__} statement")
 
@@ -561,7 +557,7 @@ def format_statement(source: str, indent: int = 0) -> str:
 
 def format_expression(source: str) -> str:
     """One expression, flat (for texts embedded in other statements)."""
-    return render(expression_doc(ast.parse(source, mode="eval").body), 0, 10**9)
+    return _flat(expression_doc(ast.parse(source, mode="eval").body))
 
 
 def format_if(test_source: str, indent: int) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import pt2interp.ops  # noqa: F401  (registers every op family)
 from pt2interp.codegen.facts import output_refs
 from pt2interp.codegen.layout import constant_text
-from pt2interp.ops.registry import Call, _wrap, lookup, registry_key, schema_of
+from pt2interp.ops.registry import Call, _wrap, lookup, registry_key, resolve_torch_op, schema_of
 
 from pt2interp.errors import UnsupportedOpError
 from pt2interp.schema import Argument, Node
@@ -158,8 +158,6 @@ def is_pure(node: Node) -> bool:
     import torch
 
     try:
-        from pt2interp.ops.registry import resolve_torch_op
-
         op = resolve_torch_op(target)
     except UnsupportedOpError:
         return False

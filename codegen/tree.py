@@ -214,22 +214,14 @@ def _parse_frames(text: str | None) -> tuple[ModuleFrame, ...]:
 def _child_path(node: Node, module_path: str) -> str | None:
     """The frame right below ``module_path`` in the node's stack, if it lies inside it."""
     fqns = [f.fqn for f in frames_of(node)]
-    if not fqns:
-        return None
-    if module_path == "":
-        k = 0
-        while k < len(fqns) and fqns[k] == "":
-            k += 1
-    else:
+    k = 0
+    if module_path:
         try:
             k = fqns.index(module_path)
         except ValueError:
             return None
-        while k < len(fqns) and fqns[k] == module_path:
-            k += 1
-    if k >= len(fqns):
+    while k < len(fqns) and fqns[k] == module_path:  # the module's own frames (calls of itself)
+        k += 1
+    if k >= len(fqns) or not under(fqns[k], module_path):
         return None
-    nxt = fqns[k]
-    if nxt == module_path or not under(nxt, module_path) or nxt == "":
-        return None
-    return nxt
+    return fqns[k]

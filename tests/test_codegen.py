@@ -317,6 +317,21 @@ class _MoreLayers(torch.nn.Module):
         return self.ln(self.up(out.transpose(1, 2))[..., :4]), h, c
 
 
+class _Norms(torch.nn.Module):
+    """Normalization layers away from their defaults: eps, momentum, no affine."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.bn = nn.BatchNorm2d(4, eps=1e-3, momentum=0.2)
+        self.bn2 = nn.BatchNorm2d(4, momentum=0.3, affine=False)
+        self.gn = nn.GroupNorm(2, 4, eps=1e-4)
+        self.ln = nn.LayerNorm(8, eps=1e-6)
+
+    def forward(self, x):
+        return self.ln(self.gn(self.bn2(self.bn(x))))
+
+
 class _TrainMode(torch.nn.Module):
     """Exported in train mode: batch statistics, running-stat updates, dropout."""
 
@@ -335,6 +350,7 @@ _EXPORTED = {
     "more_layers": (lambda: _MoreLayers().eval(),
                     lambda: (torch.randint(0, 10, (2, 8)), torch.randn(1, 2, 5), torch.randn(1, 2, 5))),
     "train_mode": (lambda: _TrainMode().train(), lambda: (torch.randn(2, 3, 8, 8),)),
+    "norms": (lambda: _Norms().eval(), lambda: (torch.randn(2, 4, 8, 8),)),
 }
 
 
@@ -366,6 +382,10 @@ def test_models_exported_here(tmp_path, name, ir):
                       "nn.GroupNorm(2, 6)", "nn.LSTM(6, 5, batch_first=True)", "self.lstm(",
                       "nn.ConvTranspose1d(5, 3, 2, stride=2)"):
             assert layer in source or ir == "core", layer
+    if name == "norms":
+        for layer in ("nn.BatchNorm2d(4, eps=0.001, momentum=0.2)", "nn.BatchNorm2d(4, momentum=0.3, affine=False)",
+                      "nn.GroupNorm(2, 4, eps=0.0001)", "nn.LayerNorm(8, eps=1e-06)"):
+            assert layer in source, layer
 
 
 def test_cli_writes_source_and_weights(tmp_path):
