@@ -7,8 +7,9 @@
 Every figure is a median over interleaved runs (torch, pt2interp, torch, ...) in one process
 with ``torch.set_num_threads`` fixed, after warm-ups, and both sides run under the same grad
 mode (``torch.inference_mode()``). Ratios are medians of the per-round ratios of calls timed
-side by side, so the machine's drift from one round to the next cancels out. Peak memory is measured in fresh processes. These machines
-are shared and noisy: read the ratios, not the absolute times.
+side by side, so the machine's drift from one round to the next cancels out. Peak memory is
+measured in fresh processes. These machines are shared and noisy: read the ratios, not the
+absolute times.
 
 Models (exported by the installed torch, cached outside the repository):
 - ``resnet18``: the full-size ResNet-18 of the fixture zoo (11.7M parameters).

@@ -87,7 +87,7 @@ def _clone(value):
 
 def _literal(value) -> str | None:
     """Python source for a non-tensor value, or None when it has none; spelled the way
-    codegen writes constants (double-quoted strings, devices as strings)."""
+    codegen writes constants (its ``constant_text``; devices as strings)."""
     if value is None or isinstance(value, (str, bool, int, float)):
         return constant_text(value)
     if isinstance(value, (torch.dtype, torch.memory_format, torch.layout)):
