@@ -4,6 +4,7 @@
     python -m benchmarks.serve_bench                     # mlp and small_cnn, prints a table
     python -m benchmarks.serve_bench --requests 400      # requests per caller (default 100)
     python -m benchmarks.serve_bench --threads 2         # torch intra-op threads (default 1)
+    python -m benchmarks.serve_bench --cpus 0            # pin the process to CPU 0 (Linux)
 
 Models:
 
@@ -21,14 +22,20 @@ pair of adjacent rounds, so that drift in the machine's speed between rounds can
 with ``torch.set_num_threads`` fixed, callers started together and each sending its requests one
 after the other (a closed loop, as 32 clients of an HTTP server would). Every answer is checked
 against a direct call on the same row. These machines are shared and noisy: read the ratios, not
-the absolute times. The last columns give the process CPU time (all threads) per request: on a
+the absolute times. The CPU columns give the process CPU time (all threads) per request: on a
 busy machine, where wall-clock throughput depends on what else runs, their ratio is another
-estimate of the speed-up.
+estimate of the speed-up. ``steal`` is the share of the machine's CPU time the hypervisor gave to
+other guests while the model's rounds ran (``/proc/stat``; n/a off Linux).
+
+Before the table it prints what one thread waking another costs on this machine (a lock passed
+back and forth, both threads on one CPU, then on two): every request needs at least one such
+wake-up, its caller's, however large the batch, so where it is dear the speed-up is capped.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -59,6 +66,77 @@ def export_dynamic_small_cnn(folder: Path) -> Path:
     path = folder / "small_cnn_dynamic_batch.pt2"
     torch.export.save(program, str(path))
     return path
+
+
+def wake_up_us(cpus: tuple[int, int] | None, round_trips: int = 5000) -> float | None:
+    """Microseconds for one thread to wake another blocked on a lock, the two pinned to ``cpus``
+    (the same CPU twice, or two CPUs; None: wherever the scheduler puts them). None where
+    threads cannot be pinned (not Linux) or those CPUs are not ours."""
+    if cpus is not None and (not hasattr(os, "sched_setaffinity") or not set(cpus) <= os.sched_getaffinity(0)):
+        return None
+    ping, pong = threading.Lock(), threading.Lock()
+    ping.acquire()
+    pong.acquire()
+    ready = threading.Barrier(2)
+
+    def pin(which: int) -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, {cpus[which]})   # 0: the calling thread
+
+    def other() -> None:
+        pin(1)
+        ready.wait()
+        for _ in range(round_trips):
+            ping.acquire()
+            pong.release()
+
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    thread = threading.Thread(target=other, daemon=True)
+    thread.start()
+    pin(0)
+    try:
+        ready.wait()
+        t0 = time.perf_counter()
+        for _ in range(round_trips):
+            ping.release()
+            pong.acquire()
+        elapsed = time.perf_counter() - t0
+    finally:
+        if cpus is not None:
+            os.sched_setaffinity(0, allowed)
+        thread.join()
+    return 1e6 * elapsed / (2 * round_trips)
+
+
+def describe_wake_ups() -> str:
+    """One line: the wake-up cost on one CPU, across two, and unpinned."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    parts = []
+    for label, cpus in (("one CPU", (allowed[0],) * 2 if allowed else None),
+                        ("two CPUs", tuple(allowed[:2]) if len(allowed) > 1 else None)):
+        if cpus is not None and (hop := wake_up_us(cpus)) is not None:
+            parts.append(f"{hop:.1f} µs on {label}")
+    parts.append(f"{wake_up_us(None):.1f} µs unpinned")
+    return "one thread waking another: " + ", ".join(parts)
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(all, stolen) CPU ticks of the machine so far, from ``/proc/stat`` (Linux; None elsewhere).
+    Stolen ticks are those the hypervisor gave to other guests while ours wanted to run."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: counted in user/nice]
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> str:
+    """The stolen share of the ticks between two :func:`cpu_ticks` readings, as a percentage."""
+    if before is None or after is None or after[0] == before[0]:
+        return "n/a"
+    return f"{100 * (after[1] - before[1]) / (after[0] - before[0]):.0f}%"
 
 
 def run_callers(server: Server, rows: list[torch.Tensor], direct, static_rows: int | None) -> dict:
@@ -133,7 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per figure; the median is shown")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--no-static", action="store_true", help="skip the static small_cnn row")
+    parser.add_argument("--cpus", help="pin the process to these CPUs first, e.g. 0 or 0,1 (Linux)")
     args = parser.parse_args(argv)
+    if args.cpus:
+        if not hasattr(os, "sched_setaffinity"):
+            parser.error("--cpus needs os.sched_setaffinity (Linux)")
+        ours = os.sched_getaffinity(0)
+        try:
+            wanted = {int(c) for c in args.cpus.split(",")}
+        except ValueError:
+            parser.error(f"--cpus {args.cpus!r}: give CPU numbers separated by commas, e.g. 0 or 0,1")
+        if not wanted <= ours:
+            parser.error(f"--cpus {args.cpus}: this process may use CPUs {sorted(ours)} only")
+        os.sched_setaffinity(0, wanted)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         models = [
@@ -144,17 +234,21 @@ def main(argv: list[str] | None = None) -> int:
             models.append(("small_cnn (static 2)", REPO / "fixtures" / "zoo" / "small_cnn.pt2", (3, 16, 16)))
         print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {CALLERS} callers x "
               f"{args.requests} one-row requests, batch_timeout_ms=2, median of {args.repeats}")
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        print(f"CPUs: {cpus if cpus is not None else os.cpu_count()}; {describe_wake_ups()}")
         header = ("| model | batch_size=1 req/s | batch_size=16 req/s | speed-up | rows/run (16) "
-                  "| p50 / p99 ms (1) | p50 / p99 ms (16) | CPU µs/req (1 / 16) | CPU ratio |")
-        lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| p50 / p99 ms (1) | p50 / p99 ms (16) | CPU µs/req (1 / 16) | CPU ratio | steal |")
+        lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for label, path, shape in models:
+            ticks = cpu_ticks()
             figures = measure(path, shape, args.requests, args.repeats)
+            steal = steal_share(ticks, cpu_ticks())
             one, sixteen = figures[1], figures[16]
             ratio = figures["speedup"]
             lines.append(f"| {label} | {one['rps']:,.0f} | {sixteen['rps']:,.0f} | {ratio:.1f}x "
                          f"| {sixteen['rows_per_run']:.1f} | {one['p50_ms']:.1f} / {one['p99_ms']:.1f} "
                          f"| {sixteen['p50_ms']:.1f} / {sixteen['p99_ms']:.1f} "
-                         f"| {one['cpu_us']:.0f} / {sixteen['cpu_us']:.0f} | {figures['cpu_ratio']:.1f}x |")
+                         f"| {one['cpu_us']:.0f} / {sixteen['cpu_us']:.0f} | {figures['cpu_ratio']:.1f}x | {steal} |")
             print(lines[-1], flush=True)
         print()
         print("\n".join(lines))
