@@ -62,9 +62,8 @@ def write_weights(path_or_program: str | os.PathLike | Program, out: str | os.Pa
     in the ``pt2interp.aliases`` metadata, as :mod:`pt2interp.extract` writes it). Returns
     the names written. The generated ``load_safetensors`` reads the file.
 
-    Unlike :func:`pt2interp.extract.save_safetensors`, only the names the program's signature
-    gives are written: archives may store more (a tied name the signature left out), which
-    the generated module does not have and ``strict=True`` loading would refuse.
+    The names are the generated module's: the program's signature and the tied names the
+    stored state dict adds (:meth:`~pt2interp.program.Program.aliases`).
     """
     from pt2interp.codegen.facts import ProgramFacts
 

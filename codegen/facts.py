@@ -85,9 +85,22 @@ class ProgramFacts:
             if name:
                 facts.value_targets.setdefault(name, []).append(spec.target)
         if load_weights:
+            facts._add_stored_aliases()
             facts._find_ties()
         facts._index_uses(graph)
         return facts
+
+    def _add_stored_aliases(self) -> None:
+        """Tied names the graph signature leaves out but the stored state dict holds (torch 2.5
+        to 2.7): the generated module holds them too, so the original state dict loads."""
+        for alias, listed in self.program.aliases().items():
+            entry = self.state.get(listed)
+            if entry is None or alias in self.state:
+                continue
+            self.state[alias] = StateEntry(alias, entry.kind, entry.persistent, entry.meta, entry.requires_grad)
+            for targets in self.value_targets.values():
+                if listed in targets:
+                    targets.append(alias)
 
     # -- tied weights -----------------------------------------------------------------------------
     def _find_ties(self) -> None:

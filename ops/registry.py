@@ -16,6 +16,7 @@ or evaluates a target string, it only walks ``torch.ops`` namespaces.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,7 +156,7 @@ def _resolve_torch_op(target: str):
     if denied:
         raise UnsupportedOpError(f"op {target!r} {denied}: pt2interp never runs it")
     ns = getattr(torch.ops, ns_name, None) if ns_name not in _NOT_NAMESPACES else None
-    if not isinstance(ns, (torch._ops._OpNamespace, torch._ops._HigherOrderNamespace)):
+    if not isinstance(ns, _namespace_types()):
         raise UnsupportedOpError(f"target {target!r}: {ns_name!r} is not an op namespace in torch {torch.__version__}")
     try:
         packet = getattr(ns, op_name)
@@ -172,6 +173,16 @@ def _resolve_torch_op(target: str):
     if not isinstance(op, torch._ops.OpOverload):
         raise UnsupportedOpError(f"op {target!r}: overload {overload!r} does not exist in torch {torch.__version__}")
     return op
+
+
+@functools.cache
+def _namespace_types() -> tuple[type, ...]:
+    """The classes of ``torch.ops.<namespace>``: ``torch.ops.higher_order`` is a
+    ``_HigherOrderNamespace`` from torch 2.6 on and a ``_PyOpNamespace`` before."""
+    import torch
+
+    names = ("_OpNamespace", "_HigherOrderNamespace", "_PyOpNamespace")
+    return tuple(t for t in (getattr(torch._ops, n, None) for n in names) if isinstance(t, type))
 
 
 # Attributes of torch.ops that are functions, not namespaces (import_module, load_library).

@@ -53,6 +53,13 @@ def load_weights(module, path, strict=True, rename=None, dtype=None, device=None
     return _load_weights(module, path, strict=strict, rename=rename, dtype=dtype, device=device)
 
 
+def numpy_to_torch(array, dtype=None):
+    """A numpy-backend array as a torch tensor (see :func:`pt2interp.extract.numpy_to_torch`)."""
+    from pt2interp.extract import numpy_to_torch as _numpy_to_torch
+
+    return _numpy_to_torch(array, dtype)
+
+
 def to_python(path, class_name="Model", *, comments=True, weights=None):
     """Readable ``nn.Module`` source for a ``.pt2`` (see :func:`pt2interp.codegen.to_python`)."""
     from pt2interp.codegen import to_python as _to_python

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from pt2interp import jsontext
 from pt2interp.errors import WeightError
 from pt2interp.program import Program, read_program
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["LoadReport", "LoadWeightsError", "Mismatch", "NumpyWeights", "SavedWeights",
-           "extract_weights", "load_safetensors", "load_weights", "save_safetensors"]
+           "extract_weights", "load_safetensors", "load_weights", "numpy_to_torch", "save_safetensors"]
 
 ALIASES_KEY = "pt2interp.aliases"  # safetensors metadata: {alias name: name written}
 
@@ -98,6 +99,10 @@ class NumpyWeights(dict):
         self.kinds: dict[str, str] = {}
         self.storages: dict[str, str] = {}
 
+    def to_torch(self) -> dict[str, torch.Tensor]:
+        """``{name: tensor}`` in the dtypes :attr:`dtypes` names (copies; see :func:`numpy_to_torch`)."""
+        return {name: numpy_to_torch(array, self.dtypes.get(name)) for name, array in self.items()}
+
 
 def extract_weights(path: str | os.PathLike | BinaryIO, backend: str = "torch", include_buffers: bool = True,
                     include_constants: bool = False, *, model: str | None = None) -> dict:
@@ -153,6 +158,51 @@ def _torch_weights(program: Program, include_buffers: bool, include_constants: b
     state = [(k, v, k in w.parameters) for k, v in w.tensors.items() if isinstance(v, torch.Tensor)]
     consts = [(k, v, False) for k, v in w.constants.items() if isinstance(v, torch.Tensor)]
     return {e.name: e.value for e in _select(program, state, consts, include_buffers, include_constants)}
+
+
+def numpy_to_torch(array: np.ndarray, dtype: str | None = None) -> torch.Tensor:
+    """A torch tensor with ``array``'s values (a copy: numpy-backend arrays are read-only
+    views of the file), in torch dtype ``dtype`` (a name, as ``NumpyWeights.dtypes`` gives).
+
+    ``torch.from_numpy`` refuses ``ml_dtypes`` arrays (bfloat16, float8) and cannot know that
+    a ``uint16`` array holds bfloat16 bits; this takes both, with or without ``ml_dtypes``
+    installed. Without ``dtype`` the array's own dtype decides.
+
+    >>> import pt2interp, importlib.resources as r
+    >>> w = pt2interp.extract_weights(r.files("pt2interp.examples") / "tiny_mlp.pt2", backend="numpy")
+    >>> t = numpy_to_torch(w["fc1.weight"], w.dtypes["fc1.weight"])
+    >>> t.dtype, tuple(t.shape)
+    (torch.float32, (32, 8))
+    >>> numpy_to_torch(np.array([0x3F80], dtype=np.uint16), "bfloat16")  # raw bits of 1.0
+    tensor([1.], dtype=torch.bfloat16)
+    """
+    import torch
+
+    from pt2interp.weights import torch_dtype
+
+    name = dtype or array.dtype.name
+    target = torch_dtype(name, where="numpy_to_torch: ")
+    copy = np.array(array)
+    if copy.dtype.name not in _TORCH_READS_FROM_NUMPY:
+        # ml_dtypes types and other bit containers: hand torch the bits as signed integers of
+        # the same width (every torch reads those), then reinterpret them
+        bits = _SIGNED_OF_WIDTH.get(copy.dtype.itemsize)
+        if bits is None:
+            raise WeightError(f"numpy_to_torch: cannot hand numpy dtype {copy.dtype} to torch")
+        copy = copy.view(bits)
+    tensor = torch.from_numpy(copy)
+    if tensor.dtype == target:
+        return tensor
+    if tensor.element_size() != target.itemsize:
+        raise WeightError(f"numpy_to_torch: an array of {array.dtype} ({array.dtype.itemsize} bytes an element) "
+                          f"cannot hold {name} ({target.itemsize} bytes an element)")
+    return tensor.view(target)
+
+
+# numpy dtypes torch.from_numpy takes as they are (unsigned 16/32/64 only since torch 2.3)
+_TORCH_READS_FROM_NUMPY = frozenset({"bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32",
+                                     "float64", "complex64", "complex128"})
+_SIGNED_OF_WIDTH = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +318,7 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
     try:
-        aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
+        aliases = jsontext.loads(metadata.get(ALIASES_KEY, "{}"))
     except ValueError:
         raise WeightError(f"{path}: metadata {ALIASES_KEY!r} is not valid JSON") from None
     for alias, written in aliases.items():
@@ -415,16 +465,11 @@ def _source_tensors(path) -> tuple[dict, str]:
 
 
 def _as_tensor(mapping: Mapping, name: str):
-    """A mapping's value as a torch tensor; numpy arrays (raw bits reinterpreted where a
-    :class:`NumpyWeights` names the dtype) are copied."""
-    import torch
-
+    """A mapping's value as a torch tensor; numpy arrays are copied (see :func:`numpy_to_torch`)."""
     value = mapping[name]
     if not isinstance(value, np.ndarray):
         return value
-    t = torch.from_numpy(np.array(value))
-    want = getattr(mapping, "dtypes", {}).get(name)
-    return t.view(getattr(torch, want)) if want and str(t.dtype) != f"torch.{want}" else t
+    return numpy_to_torch(value, getattr(mapping, "dtypes", {}).get(name))
 
 
 def _renamer(rename: Rename | None) -> Callable[[str], str | None]:

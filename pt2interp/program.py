@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pt2interp import versions
+from pt2interp import jsontext, versions
 from pt2interp.archive import Archive, open_archive
 from pt2interp.errors import SchemaError, WeightError
 from pt2interp.schema import (
@@ -79,13 +78,34 @@ class Program:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``{name: tensor}`` keyed like the exporting module's ``state_dict()``: parameters
-        and persistent buffers, in graph order."""
+        and persistent buffers, in graph order, then the names the stored state dict holds
+        beyond the graph signature (see :meth:`aliases`)."""
         w = self._loaded()
         out = {}
         for spec in self.signature.input_specs:
             if spec.kind == "parameter" or (spec.kind == "buffer" and spec.persistent is not False):
                 out[spec.target] = self._lookup(spec.target, w)
+        for name, value in w.tensors.items():
+            out.setdefault(name, value)
         return out
+
+    def aliases(self) -> dict[str, str]:
+        """``{name: signature name}`` for stored state-dict names the graph signature leaves
+        out that are the very same tensor as a name it lists (a tied parameter: torch 2.5 to
+        2.7 lift one name of a tied pair into the graph and pickle the state dict with both).
+
+        >>> import pt2interp, importlib.resources as r
+        >>> pt2interp.read_program(r.files("pt2interp.examples") / "tiny_mlp.pt2").aliases()
+        {}
+        """
+        w = self._loaded()
+        listed = {s.target for s in self.signature.input_specs if s.target is not None}
+        first_of = {}
+        for name, value in w.tensors.items():
+            if name in listed:
+                first_of.setdefault(_view_key(value), name)
+        return {name: first_of[_view_key(value)] for name, value in w.tensors.items()
+                if name not in listed and _view_key(value) in first_of}
 
     def parameter_names(self) -> list[str]:
         return [s.target for s in self.signature.inputs_of("parameter")]
@@ -131,6 +151,13 @@ class Program:
                 f"torch={self.torch_version or '?'} nodes={len(self.graph.nodes)}>")
 
 
+def _view_key(t) -> tuple:
+    """Equal for tensors that are the very same view of one storage."""
+    if not hasattr(t, "untyped_storage") or t.numel() == 0:
+        return (id(t),)  # not a tensor, or empty: shares no data, whatever its pointer says
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
 @contextlib.contextmanager
 def collector_paused():
     """Pause the cyclic garbage collector while a program is parsed.
@@ -155,8 +182,8 @@ def read_payload_config(archive: Archive, config_member: str) -> dict[str, Paylo
     pull in the others' dependencies."""
     text = archive.read_text(config_member)
     try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        doc = jsontext.loads(text)
+    except ValueError as exc:
         raise WeightError(f"{archive.source}: {archive.member_path(config_member)} is not valid JSON: {exc}") from None
     return parse_payload_config(doc, archive.member_path(config_member))
 
@@ -182,9 +209,9 @@ def _read_program(source, model: str | None, outline: bool) -> Program:
     text = archive.read_text(member)
     full = archive.member_path(member)
     try:
-        doc = json.loads(text)
-    except RecursionError:
-        raise SchemaError("JSON nested too deeply", member=full, path="$") from None
+        doc = jsontext.loads(text)
+    except jsontext.NestingError as exc:
+        raise SchemaError(str(exc), member=full, path="$") from None
     except ValueError as exc:
         raise SchemaError(f"invalid JSON: {exc}", member=full, path="$") from None
     _check_legacy_version_member(archive, doc, full)

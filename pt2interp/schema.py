@@ -151,11 +151,11 @@ class Argument:
 class NamedArgument:
     name: str
     arg: Argument
-    kind: int | None = None  # 1 positional, 2 keyword (torch 2.7+); None when not recorded
+    kind: int | None = None  # 1 positional, 2 keyword: recorded from torch 2.7, else versions.unrecorded_input_kind
 
     @property
     def is_keyword(self) -> bool:
-        return self.kind == 2
+        return self.kind == versions.INPUT_KIND_KEYWORD
 
 
 @dataclass(frozen=True)
@@ -687,9 +687,9 @@ class _Parser:
             xd = self.obj(x, ip)
             name = xd.get("name", "")
             kind = xd.get("kind")
-            inputs.append(NamedArgument(self.str_(name, ip + ".name"),
-                                        self.argument(self.req(xd, "arg", ip), ip + ".arg", depth),
-                                        kind if type(kind) is int else None))
+            name = self.str_(name, ip + ".name")
+            inputs.append(NamedArgument(name, self.argument(self.req(xd, "arg", ip), ip + ".arg", depth),
+                                        kind if type(kind) is int else versions.unrecorded_input_kind(target, name)))
         outputs = [self.argument(x, f"{path}.outputs[{i}]", depth)
                    for i, x in enumerate(self.lst(d.get("outputs", []), path + ".outputs"))]
         meta = d.get("metadata") or {}
@@ -1062,7 +1062,8 @@ def _plain_node(d: Any) -> Node | None:
         if arg is None or name.__class__ is not str:
             return None
         kind = x.get("kind")
-        inputs.append(NamedArgument(name, arg, kind if kind.__class__ is int else None))
+        inputs.append(NamedArgument(name, arg, kind if kind.__class__ is int
+                                    else versions.unrecorded_input_kind(target, name)))
     outputs = list(map(_plain_argument, raw_outputs))
     if None in outputs:
         return None

@@ -140,6 +140,9 @@ def parse_expr(text: str, *, member: str | None = None, path: str | None = None)
     """
     if not isinstance(text, str) or len(text) > _MAX_EXPR_CHARS:
         raise SchemaError("symbolic expression is not a string of sane length", member=member, path=path)
+    if text.count("(") > _MAX_DEPTH and _paren_depth(text) > _MAX_DEPTH:
+        # refused here, not by ast.parse: its limits and messages differ between Pythons
+        raise SchemaError(f"symbolic expression {text[:80]!r} is nested too deeply", member=member, path=path)
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
@@ -148,6 +151,17 @@ def parse_expr(text: str, *, member: str | None = None, path: str | None = None)
         return _convert(tree.body, 0)
     except _Unsupported as exc:
         raise SchemaError(f"unsupported symbolic expression {text[:80]!r}: {exc}", member=member, path=path) from None
+
+
+def _paren_depth(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+    return deepest
 
 
 class _Unsupported(Exception):

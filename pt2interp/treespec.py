@@ -18,10 +18,10 @@ come back as fresh ``collections.namedtuple`` classes with the recorded field na
 from __future__ import annotations
 
 import collections
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pt2interp import jsontext
 from pt2interp.errors import InputMismatchError, SchemaError
 
 _MAX_DEPTH = 200
@@ -169,8 +169,10 @@ def parse_treespec(text: str, *, namedtuple_fields: dict[str, list[str]] | None 
                    member: str | None = None, path: str | None = None) -> TreeSpec:
     """Decode ``treespec_dumps`` JSON (protocol 1). Errors name ``member`` and ``path``."""
     try:
-        data = json.loads(text) if isinstance(text, str) else text
-    except (ValueError, RecursionError) as exc:
+        data = jsontext.loads(text) if isinstance(text, str) else text
+    except jsontext.NestingError:
+        raise SchemaError("tree spec nested too deeply", member=member, path=path) from None
+    except ValueError as exc:
         raise SchemaError(f"tree spec is not valid JSON: {exc}", member=member, path=path) from None
     if not (isinstance(data, list) and len(data) == 2):
         raise SchemaError("tree spec must be [protocol, spec]", member=member, path=path)
@@ -198,7 +200,9 @@ def _parse_node(obj: Any, nt_fields: dict, member, path: str, depth: int) -> Tre
                           member=member, path=path + ".type")
     ctx_raw = obj.get("context")
     try:
-        ctx = json.loads(ctx_raw) if isinstance(ctx_raw, str) else ctx_raw
+        ctx = jsontext.loads(ctx_raw) if isinstance(ctx_raw, str) else ctx_raw
+    except jsontext.NestingError:
+        raise SchemaError("tree spec context nested too deeply", member=member, path=path + ".context") from None
     except ValueError:
         ctx = ctx_raw  # namedtuple contexts are plain type names, not JSON
     children = tuple(_parse_node(c, nt_fields, member, f"{path}.children_spec[{i}]", depth + 1)

@@ -66,6 +66,20 @@ OUTPUT_SPEC_TARGET_FIELDS: dict[str, str | None] = {
     "token": None,
 }
 
+# Node input kinds, recorded from torch 2.7 on (NamedArgument.kind).
+INPUT_KIND_POSITIONAL, INPUT_KIND_KEYWORD = 1, 2
+
+
+def unrecorded_input_kind(target: str, name: str) -> int | None:
+    """The kind of a node input written before kinds were recorded. A higher-order op has no
+    schema, so its keyword arguments were its named inputs and its positional ones unnamed
+    (torch's ``serialize_hoo_inputs``); ATen ops and Python operators name every input, and
+    their schema or signature says which are positional (None: not known from the file)."""
+    if name and target.startswith("torch.ops.higher_order."):
+        return INPUT_KIND_KEYWORD
+    return None
+
+
 # Floats that JSON cannot spell: torch 2.7+ writes these strings; older files the bare tokens
 # that Python's json module already accepts.
 SPECIAL_FLOATS: dict[str, float] = {"Infinity": float("inf"), "-Infinity": float("-inf"),

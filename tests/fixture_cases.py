@@ -7,7 +7,9 @@ flattened expected outputs ``out``, ``out.0``, ``out.<key>``.
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +35,24 @@ class Case:
         return "_core" if self.ir == "core" else ""
 
     @property
-    def made_here(self) -> bool:
-        """Exported by the installed torch (so kernels match bit for bit)."""
+    def torch_version(self) -> str:
+        """The release that wrote the archive, as its manifest records it (``2.13.0+cpu``)."""
+        return self.entry.get("torch_version") or _manifest(self.path.parent).get("torch_version", "")
+
+    @property
+    def exported_by_installed_torch(self) -> bool:
+        """Written by the release of torch installed here (local tags such as ``+cpu`` aside)."""
+        return release(self.torch_version) == release(installed_torch_version())
+
+    @property
+    def newer_than_installed_torch(self) -> bool:
+        """Written by a later torch than the installed one, which may lack its ops or misread it."""
+        return release(self.torch_version) > release(installed_torch_version())
+
+    @property
+    def keeps_every_name(self) -> bool:
+        """The archive's format records what the exporting module holds in full: every
+        state-dict name and ``requires_grad`` (the zoo; older releases drop some of it)."""
         return self.folder == "zoo"
 
     @property
@@ -69,6 +87,100 @@ class Case:
     def low_precision(self) -> bool:
         dts = self.entry.get("input_dtypes" + self.suffix) or []
         return any("bfloat16" in d or "float16" in d for d in dts)
+
+
+def release(version: str) -> tuple[int, ...]:
+    """``"2.13.0+cpu"`` -> ``(2, 13, 0)``; ``()`` for an unknown version."""
+    parts = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def installed_torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+@functools.cache
+def _manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@functools.cache
+def torch_program(path: Path):
+    """``(torch.export.load(path), None)``, or ``(None, why)`` where the installed torch cannot
+    load it (torch refuses another schema major, and older torch cannot read newer archives)."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(path), None
+    except Exception as exc:  # noqa: BLE001 (torch raises many kinds; the reason is reported)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return None, f"torch {torch.__version__} cannot load it: {type(exc).__name__}: {first}"
+
+
+def torch_outputs(c: Case, args=None, kwargs=None) -> tuple[dict | None, str | None]:
+    """``(flattened outputs, None)`` of ``ep.module()`` in this process, without gradients as
+    pt2interp runs by default, on the fixture's inputs (or those given); ``(None, why)`` where
+    the installed torch cannot load or run the archive."""
+    import torch
+
+    ep, why = torch_program(c.path)
+    if ep is None:
+        return None, why
+    if args is None:
+        args, kwargs = c.inputs()
+    try:
+        with torch.no_grad():
+            return flatten_outputs(ep.module()(*args, **(kwargs or {}))), None
+    except Exception as exc:  # noqa: BLE001
+        return None, f"torch {torch.__version__} cannot run it: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def reference_module(c: Case):
+    """``(callable, exact)``: torch's own ``ep.module()`` of the archive where the installed
+    torch loads it (``exact``: the same kernels in the same order, so equal bit for bit), else
+    the eager module that was exported, with the archive's stored weights (``exact`` False:
+    eager code may call other kernels than the exported graph). Skips where neither exists."""
+    import pytest
+    import torch
+
+    ep, why = torch_program(c.path)
+    if ep is not None:
+        return ep.module(), True
+    if c.state_dict_path is None or c.folder != "zoo":
+        pytest.skip(f"{c.id}: no eager module to compare with, and {why}")
+    sys.path.insert(0, str(FIXTURES.parent))
+    from fixtures.zoo import ZOO
+
+    module = ZOO[c.name].module()
+    module.load_state_dict(torch.load(c.state_dict_path, weights_only=True))
+    return module, False
+
+
+def load_or_skip(c: Case, **kwargs):
+    """``pt2interp.load`` of a fixture; skips (saying why) where the archive was written by a
+    newer torch that has ops the installed one lacks."""
+    import pytest
+
+    import pt2interp
+
+    try:
+        return pt2interp.load(c.path, **kwargs)
+    except pt2interp.UnsupportedOpError as exc:
+        if c.newer_than_installed_torch and "does not exist in torch" in str(exc):
+            pytest.skip(f"{c.id} was written by torch {c.torch_version}: {exc}")
+        raise
 
 
 def manifests() -> list[Path]:

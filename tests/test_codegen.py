@@ -26,7 +26,7 @@ import pytest
 import torch
 from conftest import CASES, requires_cuda
 from fixture_cases import FIXTURES, case, flatten_outputs
-from helpers import rewrite_zip
+from helpers import export_or_skip, rewrite_zip
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pt2interp.codegen import layout, to_python
@@ -94,7 +94,7 @@ def test_round_trip(c):
         for _ in range(2):
             got = _detach(flatten_outputs(model(*inputs, **kwargs)))
             want = _detach(flatten_outputs(reference(*inputs, **kwargs)))
-            _compare(c, got, want, exact=c.made_here)
+            _compare(c, got, want, exact=c.keeps_every_name)
 
 
 def test_from_pt2_helper_loads_weights():
@@ -260,6 +260,12 @@ def dynamic_archive(tmp_path_factory):
     return path, pair
 
 
+def _records_namedtuple_fields(path) -> bool:
+    with zipfile.ZipFile(path) as z:
+        name = next(n for n in z.namelist() if n.endswith(("models/model.json", "serialized_exported_program.json")))
+        return bool(json.loads(z.read(name))["graph_module"].get("treespec_namedtuple_fields"))
+
+
 def test_dynamic_dims_stay_dynamic(dynamic_archive):
     path, pair = dynamic_archive
     source = to_python(path)
@@ -270,7 +276,9 @@ def test_dynamic_dims_stay_dynamic(dynamic_archive):
     for batch in (1, 2, 7):
         x = torch.randn(batch, 3, 8, 8)
         got, want = model(x, pair), reference(x, pair)
-        assert type(got).__name__ == "Out" and got._fields == ("logits", "features")
+        # torch 2.5 writes no namedtuple field names: then both say field_0, field_1
+        fields = ("logits", "features") if _records_namedtuple_fields(path) else ("field_0", "field_1")
+        assert type(got).__name__ == "Out" and got._fields == fields
         for g, w in zip(got, want):
             torch.testing.assert_close(g.detach(), w.detach(), rtol=0, atol=0)
 
@@ -360,7 +368,7 @@ def test_models_exported_here(tmp_path, name, ir):
     make_module, make_inputs = _EXPORTED[name]
     torch.manual_seed(0)
     args = make_inputs()
-    ep = torch.export.export(make_module(), args)
+    ep = export_or_skip(make_module(), args)
     path = tmp_path / f"{name}.pt2"
     torch.export.save(ep if ir == "training" else ep.run_decompositions(), path)
     source = to_python(path)

@@ -30,9 +30,7 @@ ZOO_TRAINING = [c for c in CASES if c.folder == "zoo" and c.ir == "training"]
 
 def _as_torch(weights, name) -> torch.Tensor:
     """A numpy-backend entry as a torch tensor of the dtype it names (raw bits reinterpreted)."""
-    t = torch.from_numpy(np.array(weights[name]))  # a writable copy
-    want = getattr(torch, weights.dtypes[name])
-    return t.view(want) if t.dtype != want else t
+    return pt2interp.numpy_to_torch(weights[name], weights.dtypes[name])
 
 
 def _stored_state_dict(c) -> dict | None:
@@ -62,11 +60,8 @@ def test_extracted_weights_equal_module_state_dict(c):
     assert list(arrays) == list(got), "the two backends disagree on names or order"
     module_sd = torch.load(c.state_dict_path, weights_only=True) if c.state_dict_path else None
     stored = _stored_state_dict(c)
-    if c.made_here:
+    if module_sd is not None:  # every name, tied ones included, from every layout
         assert set(got) == set(module_sd)
-    elif module_sd is not None:
-        # torch 2.5 to 2.7 stored one name of a tied pair: the rest must be the module's
-        assert set(got) <= set(module_sd), set(got) - set(module_sd)
     if stored is not None:
         assert set(got) == set(stored)
     references = [r for r in (module_sd, stored) if r is not None]
@@ -98,6 +93,86 @@ def test_numpy_backend_names_dtypes_numpy_lacks():
             assert np.array_equal(arrays[name], t.view(torch.int16).numpy().view(np.uint16))
         else:
             assert arrays[name].dtype.name == "bfloat16" and not arrays.raw_bits
+
+
+# Every way numpy-backend weights reach torch, for archives of every layout with dtypes numpy
+# lacks; run in this process (ml_dtypes installed, as the test extras do) and in a child
+# process where ml_dtypes cannot be imported (raw bits).
+_NUMPY_TO_TORCH = r"""
+import sys, tempfile, pathlib
+if sys.argv[1] == "without":
+    sys.modules["ml_dtypes"] = None  # import ml_dtypes now raises ImportError
+sys.path[:0] = sys.argv[2:3]
+import torch
+import pt2interp
+from pt2interp.extract import load_safetensors, save_safetensors
+from pt2interp.numpy_weights import RAW_BITS_DTYPES
+from fixture_cases import case
+
+assert ("bfloat16" in RAW_BITS_DTYPES) == (sys.argv[1] == "without"), sorted(RAW_BITS_DTYPES)
+for folder in sys.argv[3:]:
+    c = case(folder, "bf16_mlp")
+    want = pt2interp.extract_weights(c.path)
+    arrays = pt2interp.extract_weights(c.path, backend="numpy")
+    assert {str(t.dtype) for t in want.values()} == {"torch.bfloat16"}, c.id
+    for got in (arrays.to_torch(), {k: pt2interp.numpy_to_torch(a, arrays.dtypes[k]) for k, a in arrays.items()}):
+        assert list(got) == list(want), c.id
+        for k in want:
+            assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), (c.id, k)
+    module = torch.nn.Module()  # a handwritten module of the same names, zero-filled
+    for name, t in want.items():
+        *path, leaf = name.split(".")
+        owner = module
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, torch.nn.Module())
+            owner = getattr(owner, part)
+        owner.register_parameter(leaf, torch.nn.Parameter(torch.zeros_like(t)))
+    report = pt2interp.load_weights(module, arrays)
+    assert report.applied and not report.missing, (c.id, report)
+    for k, t in module.state_dict().items():
+        assert torch.equal(t, want[k]), (c.id, k)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "w.safetensors"
+        save_safetensors(c.path, out)  # through the numpy backend
+        back = load_safetensors(out)
+        assert all(torch.equal(back[k], want[k]) for k in want), c.id
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("ml_dtypes", ["with", "without"])
+def test_numpy_weights_load_into_torch_with_and_without_ml_dtypes(ml_dtypes):
+    if ml_dtypes == "with":
+        pytest.importorskip("ml_dtypes", reason="ml_dtypes is in the test extras; without it only the fallback runs")
+    folders = sorted({c.folder for c in CASES if c.name == "bf16_mlp"})
+    assert {"zoo", "torch-2.5.1", "torch-2.8.0", "torch-2.10.0"} <= set(folders)  # all three layouts
+    tests_dir = str(FIXTURES.parent / "tests")
+    done = subprocess.run([sys.executable, "-c", _NUMPY_TO_TORCH, ml_dtypes, tests_dir, *folders],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_numpy_to_torch_takes_every_container_of_bits():
+    values = torch.tensor([1.0, -2.5, 0.0, 65504.0])
+    for dtype in (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2):
+        t = values.to(dtype)
+        bits = t.view({1: torch.uint8, 2: torch.int16}[t.element_size()]).numpy()
+        unsigned = bits.view({1: np.uint8, 2: np.uint16}[bits.itemsize])
+        for raw in (bits, unsigned):
+            got = pt2interp.numpy_to_torch(raw, str(dtype).removeprefix("torch."))
+            assert got.dtype == dtype and torch.equal(got.view(torch.uint8), t.view(torch.uint8)), dtype
+    # a strided read-only view comes back as a writable copy of the same values
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    view = np.lib.stride_tricks.as_strided(base, shape=(4, 3), strides=(4, 16), writeable=False)
+    got = pt2interp.numpy_to_torch(view)
+    assert torch.equal(got, torch.from_numpy(base.T.copy())) and got.dtype == torch.float32
+    got.add_(1)  # writable, and not the file's memory
+    assert base[0, 0] == 0
+    with pytest.raises(WeightError, match="cannot hold bfloat16"):
+        pt2interp.numpy_to_torch(np.zeros(3, dtype=np.float32), "bfloat16")
+    with pytest.raises(WeightError, match="does not exist"):
+        pt2interp.numpy_to_torch(np.zeros(3, dtype=np.float32), "no_such_dtype")
 
 
 def test_buffers_and_constants_are_chosen_by_flags():
@@ -200,7 +275,7 @@ def test_tied_weights_are_written_once_the_way_safetensors_expects(tmp_path):
         names = set(f.keys())
         assert "tok_emb.weight" not in names and "head.weight" in names
         meta = f.metadata()
-    assert meta["torch_version"] == torch.__version__ and meta["source"] == "mini_gpt.pt2"
+    assert meta["torch_version"] == case("zoo", "mini_gpt").torch_version and meta["source"] == "mini_gpt.pt2"
     assert json.loads(meta["pt2interp.aliases"]) == saved.aliases
     restored = load_safetensors(out)
     assert restored["tok_emb.weight"].data_ptr() == restored["head.weight"].data_ptr()

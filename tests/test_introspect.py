@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 import typing
@@ -125,7 +126,11 @@ def _reference_from_json(path) -> dict:
 
     def size(s):
         tag, v = one(s)
-        return v if tag == "as_int" else v["expr_str"]
+        if tag == "as_int":
+            return v
+        # torch 2.15 writes a bare symbol as sympy's srepr: Symbol('s77', positive=True, integer=True)
+        symbol = re.fullmatch(r"Symbol\('(\w+)'(?:, \w+=\w+)*\)", v["expr_str"])
+        return symbol.group(1) if symbol else v["expr_str"]
 
     def described(arg_name):
         meta = tvals.get(arg_name)
@@ -184,8 +189,10 @@ def _described(schema) -> dict:
 def test_schema_agrees_with_torch(c):
     schema = pt2interp.read_schema(c.path)
     ep = _torch_program(str(c.path))
-    if c.made_here:
+    if c.exported_by_installed_torch:
         assert ep is not None, "torch must load what it wrote itself"
+    if c.newer_than_installed_torch:
+        ep = None  # an older torch may misread a newer file (2.8 reads 2.10's symbols as "Symbol('s77', ...)")
     want = _reference_from_torch(ep) if ep is not None else _reference_from_json(c.path)
     got = _described(schema)
     for key in ("parameters", "buffers", "constants", "inputs", "ranges"):
@@ -281,7 +288,7 @@ def test_to_dict_is_plain_json():
     d = schema.to_dict()
     assert json.loads(schema.to_json()) == d
     assert d["schema_version"] == ".".join(map(str, schema.schema_version))
-    assert d["torch_version"] == torch.__version__ and d["layout"] == "pt2"
+    assert d["torch_version"] == case("zoo", "dynamic_batch_mlp").torch_version and d["layout"] == "pt2"
     dim = d["inputs"][0]["tensor"]["shape"][0]
     assert dim["min"] == 1 and dim["max"] == 1024 and d["inputs"][0]["tensor"]["shape"][1] == 16
     assert d["parameters"][0]["tensor"]["nbytes"] == 32 * 16 * 4

@@ -41,6 +41,23 @@ _DTYPE_NAMES = [
 ]
 ALL_DTYPES = [getattr(torch, n) for n in _DTYPE_NAMES if hasattr(torch, n)]
 
+
+def _torch_saves(dtype: torch.dtype) -> bool:
+    try:
+        torch.save(torch.zeros(2, dtype=dtype), io.BytesIO())
+    except Exception:  # noqa: BLE001 (torch 2.5 raises KeyError for uint16/32/64)
+        return False
+    return True
+
+
+# What the installed torch can write: the payloads these tests read are made by torch.save.
+SAVABLE_DTYPES = [d for d in ALL_DTYPES if _torch_saves(d)]
+
+
+def skip_unless_savable(dtype: torch.dtype) -> None:
+    if dtype not in SAVABLE_DTYPES:
+        pytest.skip(f"torch {torch.__version__} cannot torch.save {dtype}")
+
 try:
     import ml_dtypes
 except ImportError:
@@ -235,8 +252,19 @@ def expect_error(payload, *fragments, source=SOURCE) -> str:
 # round trips
 
 
+def _has_copy_kernel(dtype: torch.dtype) -> bool:
+    try:
+        torch.empty(2, 2, dtype=dtype).t().contiguous()
+    except (NotImplementedError, RuntimeError):  # torch 2.8 has none for float4_e2m1fn_x2
+        return False
+    return True
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dtype_name)
 def test_round_trip_every_dtype(dtype):
+    skip_unless_savable(dtype)
+    if not _has_copy_kernel(dtype):
+        pytest.skip(f"torch {torch.__version__} cannot copy {dtype}, which the comparison needs")
     base = random_tensor(dtype, (4, 6), seed=1)
     saved = {"base": base, "t": base.t(), "slice": base[1:, 2:5], "step": base[::2, ::3],
              "scalar": base[2, 3], "empty": base[4:]}
@@ -251,6 +279,7 @@ def test_round_trip_every_dtype(dtype):
 @pytest.mark.parametrize("dtype", [d for d in ALL_DTYPES
                                    if dtype_name(d) not in RAW_BITS_DTYPES], ids=dtype_name)
 def test_values_are_numbers_where_numpy_has_the_dtype(dtype):
+    skip_unless_savable(dtype)
     t = (torch.arange(-6, 6) % 5).to(dtype).reshape(3, 4)
     rt = load(save({"t": t}))["t"]
     if dtype.is_complex:
@@ -286,6 +315,8 @@ def test_what_torch_pickles_for_each_dtype():
         assert f"ctorch\n{storage}\n".encode() in pkl
         assert b"_rebuild_tensor_v2" in pkl
     for name in ("float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64"):
+        if getattr(torch, name) not in SAVABLE_DTYPES:
+            continue
         pkl = zipfile.ZipFile(io.BytesIO(save(torch.zeros(2, dtype=getattr(torch, name))))).read(
             "archive/data.pkl")
         assert b"ctorch.storage\nUntypedStorage\n" in pkl and b"_rebuild_tensor_v3" in pkl
@@ -389,7 +420,8 @@ def _swap_unit(name: str) -> int:
 def test_big_endian_payloads_are_converted():
     saved = {name: random_tensor(getattr(torch, name), (3, 4), seed=i) for i, name in enumerate(
         ["float32", "float64", "complex64", "complex128", "int64", "int16", "bfloat16",
-         "float16", "bool", "uint16", "uint32", "uint64", "float8_e5m2", "complex32"])}
+         "float16", "bool", "uint16", "uint32", "uint64", "float8_e5m2", "complex32"])
+        if getattr(torch, name) in SAVABLE_DTYPES}
     saved["float32_view"] = saved["float32"][1:].t()
     little = save(saved)
     keys = {name: rt.storage_key for name, rt in load(little).items()}
@@ -487,7 +519,7 @@ def test_loads_a_real_archive_without_importing_torch():
 
 def test_loads_every_dtype_without_importing_torch(tmp_path):
     path = tmp_path / "all.pt"
-    torch.save({dtype_name(d): random_tensor(d, (2, 3)) for d in ALL_DTYPES}, path)
+    torch.save({dtype_name(d): random_tensor(d, (2, 3)) for d in SAVABLE_DTYPES}, path)
     _run_without_torch(path, "")
 
 
@@ -787,7 +819,7 @@ def test_compression_bomb_and_oversized_pickle_are_refused(monkeypatch):
 
 @st.composite
 def strided_views(draw):
-    dtype = draw(st.sampled_from(ALL_DTYPES))
+    dtype = draw(st.sampled_from(SAVABLE_DTYPES))
     shape = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=3)))
     base = random_tensor(dtype, shape, seed=draw(st.integers(0, 2**16)))
     view = base.permute(*draw(st.permutations(range(len(shape))))) if shape else base

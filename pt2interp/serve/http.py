@@ -46,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pt2interp
+from pt2interp import jsontext
 from pt2interp.errors import InputMismatchError
 from pt2interp.serve.batching import DTYPE_OF_OIP, BatchLayout
 from pt2interp.serve.server import (
@@ -244,7 +245,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _decode_request(body: bytes, layout: BatchLayout) -> tuple[tuple, dict, list[str] | None, Any]:
     """JSON body -> (args, kwargs, requested output names or None, request id)."""
     try:
-        payload = json.loads(body)
+        payload = jsontext.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
