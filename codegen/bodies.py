@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pt2interp.codegen import layout
 from pt2interp.codegen.facts import ProgramFacts, node_defines, node_reads, relative
 from pt2interp.codegen.names import (
+    COMMENT_SCAN,
     MODULE_NAMES,
     Scope,
     comment,
@@ -416,6 +417,7 @@ def _local_last_use(graph: Graph) -> dict[str, int]:
 # -- original source lines ---------------------------------------------------------------------
 
 _FRAME = re.compile(r'File "([^"\n]*)", line (\d+), in ([^\n]*)\n([^\n]*)')
+_TRAILING_COMMENT = re.compile(r"\s#\s")
 
 
 def source_line(node: Node, module_path: str) -> str | None:
@@ -434,8 +436,10 @@ def source_line(node: Node, module_path: str) -> str | None:
     if module_path:
         depth = fqns.index(module_path) if module_path in fqns else len(frames) - 1
     text = frames[min(depth, len(frames) - 1)]
-    # the source's own trailing comment (`# type: ignore[...]`) is not part of the statement
-    text = comment(re.split(r"\s#\s", text, maxsplit=1)[0])
+    # the source's own trailing comment (`# type: ignore[...]`) is not part of the statement;
+    # looked for only where a comment can show (the line may be 500 MB long)
+    hash_mark = _TRAILING_COMMENT.search(text, 0, COMMENT_SCAN)
+    text = comment(text[:hash_mark.start()] if hash_mark else text)
     if not text or re.fullmatch(r"[\w.]+", text):
         return None  # a bare name is the tail of a statement spread over lines
     depth = 0

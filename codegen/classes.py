@@ -33,8 +33,11 @@ from pt2interp.codegen.names import (
     class_identifier,
     identifier,
     is_plain_attribute,
+    list_index,
 )
 from pt2interp.codegen.tree import ChildItem, Module
+
+from pt2interp.errors import GraphError
 
 SEQUENTIAL = "torch.nn.modules.container.Sequential"
 
@@ -186,7 +189,7 @@ class ModelPlan:
         self._build_class(module)
 
     def _numbered_parts(self, module: Module) -> list:
-        present = {int(k): c for k, c in module.children.items()}
+        present = {list_index(k): c for k, c in module.children.items()}
         parts = []
         for i in range(max(present) + 1 if present else 0):
             child = present.get(i)
@@ -210,7 +213,8 @@ class ModelPlan:
             if not all(isinstance(item, ChildItem) for item in call.items):
                 return False
             order = [relative(item.call.module.path, module.path) for item in call.items]
-            if any(not o.isdigit() for o in order) or [int(o) for o in order] != sorted({int(o) for o in order}):
+            indices = [list_index(o) for o in order]
+            if None in indices or indices != sorted(set(indices)):
                 return False
             if set(order) != set(module.children):
                 return False
@@ -309,7 +313,8 @@ class ModelPlan:
     def _state_line(self, attr: str, entry: StateEntry) -> InitLine:
         shape = entry.shape
         if shape is None:
-            raise ValueError(f"{entry.target}: symbolic or unknown shape")
+            raise GraphError(f"{self.facts.program.source}: {entry.kind} {entry.target!r} has no static shape "
+                             "in the program's tensor_values, so no module attribute can be declared for it")
         hint = identifier(attr)
         dims = [Lit(int(d), f"{hint}_dim{i}") for i, d in enumerate(shape)] or [Raw("()")]
         kwargs = []
@@ -435,9 +440,10 @@ def _ctor_key(ctor: Ctor) -> str:
 def _numbered(module: Module) -> bool:
     """Children named 0, 1, 2, ... (a few indices may be missing: they become nn.Identity)."""
     keys = list(module.children)
-    if not keys or not all(k.isdigit() and str(int(k)) == k for k in keys):
+    indices = [list_index(k) for k in keys]
+    if not keys or None in indices:
         return False
-    return max(int(k) for k in keys) < 2 * len(keys) + 8  # not a sparse list of placeholders
+    return max(indices) < 2 * len(keys) + 8  # not a sparse list of placeholders
 
 
 def _post_order(module: Module):

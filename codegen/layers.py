@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from pt2interp.codegen.ctor import Ctor, Lit, Raw
 from pt2interp.codegen.facts import ProgramFacts, StateEntry
+from pt2interp.codegen.names import list_index
 from pt2interp.codegen.tree import CallGroup, Module
 from pt2interp.ops.registry import registry_key
 
@@ -237,9 +238,9 @@ def _dtype_kw(entries: list[StateEntry]) -> list:
 
 def _class_rank(view: _View) -> int:
     name = view.module.class_name or ""
-    digit = name[-2] if name.endswith("d") and name[-2:-1].isdigit() else None
-    view.require(digit is not None)
-    return int(digit)
+    rank = list_index(name[-2:-1]) if name.endswith("d") else None
+    view.require(rank is not None)
+    return rank
 
 
 # -- linear ------------------------------------------------------------------------------------

@@ -226,8 +226,18 @@ def _precedence(e: ast.expr) -> int:
     return _ATOM
 
 
+_MAX_DECIMAL_BITS = 4096  # about 1,230 digits
+
+
 def constant_text(value) -> str:
-    """A literal for a Python constant, as ruff writes it."""
+    """Source for a Python constant, as ruff writes it, that evaluates back to the very same
+    value: ``math.inf`` and ``math.nan`` for the floats that have no literal, and
+    ``complex(re, im)`` where ``repr`` would not round-trip (``(inf+nanj)`` is no Python,
+    ``(-0+1j)`` loses the sign of zero).
+
+    >>> constant_text(complex(float("inf"), float("nan"))), constant_text(-0.0), constant_text(1 - 2j)
+    ('complex(math.inf, math.nan)', '-0.0', '(1-2j)')
+    """
     if value is None or value is True or value is False or value is Ellipsis:
         return "..." if value is Ellipsis else repr(value)
     if isinstance(value, str):
@@ -238,8 +248,13 @@ def constant_text(value) -> str:
         if math.isinf(value):
             return "math.inf" if value > 0 else "-math.inf"
         return repr(value)
-    if isinstance(value, (int, complex)):
-        return repr(value)
+    if isinstance(value, int):
+        # decimal text stops at 4300 digits (sys.get_int_max_str_digits); hex has no limit
+        return repr(value) if value.bit_length() <= _MAX_DECIMAL_BITS else hex(value)
+    if isinstance(value, complex):
+        if all(math.isfinite(x) and (x or math.copysign(1.0, x) > 0) for x in (value.real, value.imag)):
+            return repr(value)
+        return f"complex({constant_text(value.real)}, {constant_text(value.imag)})"
     raise ValueError(f"no literal for {type(value).__name__}")
 
 

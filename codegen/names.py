@@ -31,6 +31,8 @@ import re
 _NOT_IDENTIFIER_CHAR = re.compile(r"[^A-Za-z0-9_]")
 _MAX_IDENTIFIER = 60
 _MAX_COMMENT = 100
+# Enough for whitespace-collapsing to still leave a full comment in any real source line.
+COMMENT_SCAN = 8 * _MAX_COMMENT
 
 # Names the generated module itself binds or reads: a sanitized name must never shadow them.
 MODULE_NAMES = frozenset({
@@ -70,6 +72,15 @@ def class_identifier(raw: object) -> str:
     return text[0].upper() + text[1:]
 
 
+def list_index(text: str) -> int | None:
+    """``text`` as a list index when it spells one the way Python writes ints (``"0"``,
+    ``"12"``), else None. ``str.isdigit`` alone also passes ``"²"`` (which ``int`` refuses)
+    and 5,000-digit names (which ``int`` refuses past its digit limit)."""
+    if text.isascii() and text.isdigit() and len(text) <= 18 and (text == "0" or text[0] != "0"):
+        return int(text)
+    return None
+
+
 def is_plain_attribute(name: str) -> bool:
     """True when ``self.<name>`` may be written as is (otherwise use ``getattr``)."""
     # `self.__x` would be name-mangled inside a class body; `self.__x__` is not
@@ -86,14 +97,20 @@ class Scope:
 
     def __init__(self, taken: set[str] | frozenset[str] = frozenset()):
         self._taken = set(taken)
+        # the last number each stem took: names are never released, so the numbers below it
+        # are still taken, and the k-th `relu` costs one look-up instead of k
+        self._numbered: dict[str, int] = {}
 
     def claim(self, raw: object, fallback: str = "v") -> str:
         base = identifier(raw, fallback)
-        name, n = base, 0
+        name = base
         stem = base.rstrip("_") or base  # `sum_` numbers as `sum_1`, not `sum__1`
+        n = self._numbered.get(stem, 0)
         while name in self._taken or name in _RESERVED:
             n += 1
             name = f"{stem}_{n}"
+        if name != base:
+            self._numbered[stem] = n
         self._taken.add(name)
         return name
 
@@ -134,11 +151,13 @@ def string_literal(text: object) -> str:
 
 def comment(text: object) -> str:
     """``text`` as the body of a one-line comment: printable ASCII only (control, bidi and
-    other non-ASCII characters become ``?``), whitespace collapsed, at most 100 characters."""
-    s = "".join(ch if 0x20 <= ord(ch) < 0x7F else ("?" if not ch.isspace() else " ")
-                for ch in str(text))
+    other non-ASCII characters become ``?``), whitespace collapsed, at most 100 characters.
+    Only the first few hundred characters are looked at, however long ``text`` is."""
+    raw = str(text)
+    head = raw[:COMMENT_SCAN]  # cut before the per-character work: a stack trace may be 500 MB
+    s = "".join(ch if 0x20 <= ord(ch) < 0x7F else ("?" if not ch.isspace() else " ") for ch in head)
     s = " ".join(s.split())
-    if len(s) > _MAX_COMMENT:
+    if len(s) > _MAX_COMMENT or len(raw) > len(head):
         s = s[:_MAX_COMMENT - 3].rstrip() + "..."
     return s
 

@@ -24,7 +24,7 @@ from pt2interp.codegen.facts import output_refs
 from pt2interp.codegen.layout import constant_text
 from pt2interp.ops.registry import Call, _wrap, lookup, registry_key, resolve_torch_op, schema_of
 
-from pt2interp.errors import UnsupportedOpError
+from pt2interp.errors import GraphError, UnsupportedOpError
 from pt2interp.schema import Argument, Node
 from pt2interp.versions import LAYOUTS, MEMORY_FORMATS, SCALAR_TYPES
 
@@ -111,7 +111,11 @@ def expression(node: Node, source: Source, device: str | None = None) -> str:
             return f"{_wrap(call['self'])}.{method}({', '.join(items)})"
     entry = lookup(node.target)
     if entry is not None and entry.render is not None:
-        return entry.render(call)
+        try:
+            return entry.render(call)
+        except KeyError as exc:  # renderers read the op's arguments by their schema names
+            raise GraphError(f"node {node.label} ({node.target}) lacks argument {exc.args[0]!r}, "
+                             f"which its op needs (it passes {sorted(call.args)})") from None
     op = op_reference(node.target)
     parts = list(call.positional)
     if call.keyword_names:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 from pt2interp.codegen.facts import ProgramFacts, StateEntry, node_defines, node_reads, under
 from pt2interp.codegen.layout import constant_text
-from pt2interp.codegen.names import is_plain_attribute
+from pt2interp.codegen.names import is_plain_attribute, list_index
 
+from pt2interp.errors import GraphError
 from pt2interp.schema import ModuleFrame, Node, parse_nn_module_stack
 
 
@@ -56,8 +57,9 @@ class Module:
         ``modulelist`` are indexed, names that are no plain attribute go through ``getattr``."""
         expr, node = "self", self
         for part in path.split("."):
-            if node is not None and kind_of(node) in ("sequential", "modulelist") and part.isdigit():
-                expr = f"{expr}[{int(part)}]"
+            index = list_index(part)
+            if node is not None and kind_of(node) in ("sequential", "modulelist") and index is not None:
+                expr = f"{expr}[{index}]"
             elif is_plain_attribute(part):
                 expr = f"{expr}.{part}"
             else:
@@ -117,19 +119,32 @@ class ChildItem:
     call: CallGroup
 
 
+# Real module trees are a few levels deep. Everything here walks the tree recursively, a few
+# frames per level: deeper paths (only a doctored file has them) are refused, not recursed into.
+MAX_MODULE_DEPTH = 64
+
+
 def build_tree(facts: ProgramFacts) -> Module:
     """The module tree: paths from state names and from every node's frames."""
     root = Module("", "")
     for entry in facts.state.values():
+        _check_depth(entry.module_path, f"{entry.kind} {entry.target[:200]!r}", facts)
         root.ensure(entry.module_path).state[entry.attr] = entry
     for node in facts.program.graph.iter_nodes():
         for frame in frames_of(node):
             if frame.fqn == "":
                 root.type_name = root.type_name or frame.type_name
             else:
+                _check_depth(frame.fqn, f"node {node.label[:200]!r}", facts)
                 m = root.ensure(frame.fqn)
                 m.type_name = m.type_name or frame.type_name
     return root
+
+
+def _check_depth(path: str, what: str, facts: ProgramFacts) -> None:
+    if path.count(".") >= MAX_MODULE_DEPTH:
+        raise GraphError(f"{facts.program.source}: {what} lies {path.count('.') + 1} modules deep; "
+                         f"generated source nests modules at most {MAX_MODULE_DEPTH} deep")
 
 
 def recover(facts: ProgramFacts) -> tuple[Module, list]:

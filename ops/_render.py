@@ -134,7 +134,8 @@ def split_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
     s = text.strip()
-    if len(s) < 2 or (s[0], s[-1]) not in (("[", "]"), ("(", ")")):
+    # string literals may hold brackets and commas: such a display is not split
+    if len(s) < 2 or (s[0], s[-1]) not in (("[", "]"), ("(", ")")) or "'" in s or '"' in s:
         return None
     items, depth, start = [], 0, 1
     for i, ch in enumerate(s[1:-1], start=1):

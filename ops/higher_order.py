@@ -7,7 +7,12 @@ Subgraph arguments reach these kernels as callables (the interpreter's compiled 
 
 from __future__ import annotations
 
+from pt2interp.ops import policy
 from pt2interp.ops.registry import Call, register
+
+from pt2interp import limits
+from pt2interp.errors import LimitError
+from pt2interp.printable import printable
 
 
 def cond(pred, true_fn, false_fn, operands=()):
@@ -18,8 +23,14 @@ def cond(pred, true_fn, false_fn, operands=()):
 def while_loop(cond_fn, body_fn, carried_inputs, additional_inputs=()):
     carried = list(carried_inputs)
     additional = list(additional_inputs)
+    budget = limits.current().max_loop_iterations
+    iterations = 0
     while bool(_single(cond_fn(*carried, *additional))):
+        if iterations == budget:
+            raise LimitError(f"while_loop ran {budget} iterations and its condition is still true",
+                             limit="max_loop_iterations")
         carried = list(body_fn(*carried, *additional))
+        iterations += 1
     return carried
 
 
@@ -36,7 +47,7 @@ def map_impl(fn, xs, pos_args=()):
 def with_effects(token, op, *args, **kwargs):
     import torch
 
-    result = op(*args, **kwargs)
+    result = policy.guard_op(op)(*args, **kwargs)
     new_token = torch.empty(0)
     if isinstance(result, (tuple, list)):
         return (new_token, *result)
@@ -50,13 +61,23 @@ def auto_functionalized(op, **kwargs):
     for name in mutable:
         if call_kwargs.get(name) is not None:
             call_kwargs[name] = call_kwargs[name].clone()
-    result = op(**call_kwargs)
+    result = policy.guard_op(op)(**call_kwargs)
     new_values = [call_kwargs.get(name) for name in mutable]
     if result is None or (isinstance(result, tuple) and len(result) == 0):
         return (None, *new_values)
     if isinstance(result, tuple):
         return (*result, *new_values)
     return (result, *new_values)
+
+
+def safe_print(format_str, *args, **kwargs):
+    """``torch._higher_order_ops.print`` without ``str.format``: archive text is never a format
+    string (a field like ``{0.__class__...}`` walks attributes). The template and the values
+    are printed side by side, made printable."""
+    import sys
+
+    values = [repr(v) for v in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    sys.stdout.write(printable(" ".join([str(format_str), *values]), keep_newlines=True) + "\n")
 
 
 def _single(value):
@@ -99,3 +120,9 @@ def _with_effects(c: Call) -> str:
 def _auto_functionalized(c: Call) -> str:
     kwargs = ", ".join(f"{k}={v}" for k, v in c.args.items() if k)
     return f"torch.ops.higher_order.auto_functionalized({c.positional[0]}, {kwargs})"
+
+
+@register("higher_order.print", kernel=safe_print)
+def _print(c: Call) -> str:
+    # the generated module prints the same way: never formatting the archive's template
+    return f"print({', '.join(c.positional + [f'{k}={v}' for k, v in c.args.items() if k in c.keyword_names])})"

@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pt2interp.ops import policy
+
 from pt2interp.errors import UnsupportedOpError
 
 _SEGMENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -152,7 +154,7 @@ def _resolve_torch_op(target: str):
             or (m.group(2).startswith("__") and not _DUNDER_OP.fullmatch(m.group(2))):
         raise UnsupportedOpError(f"target {target!r} is not a torch.ops.<namespace>.<op>[.<overload>] name")
     ns_name, op_name, overload = m.groups()
-    denied = _DENIED_NAMESPACES.get(ns_name) or _DENIED_OPS.get(f"{ns_name}::{op_name}")
+    denied = policy.refusal(ns_name, op_name)
     if denied:
         raise UnsupportedOpError(f"op {target!r} {denied}: pt2interp never runs it")
     ns = getattr(torch.ops, ns_name, None) if ns_name not in _NOT_NAMESPACES else None
@@ -172,6 +174,9 @@ def _resolve_torch_op(target: str):
         op = None
     if not isinstance(op, torch._ops.OpOverload):
         raise UnsupportedOpError(f"op {target!r}: overload {overload!r} does not exist in torch {torch.__version__}")
+    denied = policy.refusal(ns_name, op_name, op)  # rules that depend on the overload's schema
+    if denied:
+        raise UnsupportedOpError(f"op {target!r} {denied}: pt2interp never runs it")
     return op
 
 
@@ -187,20 +192,6 @@ def _namespace_types() -> tuple[type, ...]:
 
 # Attributes of torch.ops that are functions, not namespaces (import_module, load_library).
 _NOT_NAMESPACES = frozenset({"import_module", "load_library", "loaded_libraries"})
-
-# Real ops a graph must not reach: they touch files the graph names, or build views with no
-# bounds check (a read or write through one reaches memory outside the tensor). Export never
-# emits them; a file that names them is hostile.
-_DENIED_OPS = {
-    "aten::from_file": "reads a file the graph names (and with shared=True writes to it)",
-    "aten::save": "writes a file the graph names",
-    "aten::_reshape_alias": "builds views without checking its bounds",
-}
-_DENIED_NAMESPACES = {
-    "inductor": "is compiler-internal: it builds views without checking its bounds",
-    "debugprims": "is a debugging primitive",
-}
-
 
 def schema_of(target: str):
     """The ``torch._C.FunctionSchema`` of a ``torch.ops`` target, or None for other targets."""

@@ -12,6 +12,8 @@ import operator
 
 from pt2interp.ops.registry import Call, _wrap, register
 
+from pt2interp import limits
+
 
 def _sample_sizes(gen):
     import torch
@@ -51,7 +53,6 @@ _BINARY = {
 # Sizes are int64: Python ints far beyond that come only from a hostile graph, and computing
 # them (10 ** 10 ** 9, 1 << 10 ** 12, "x" * 10 ** 12) would hang or exhaust memory.
 _MAX_INT_BITS = 256
-_MAX_REPEAT = 1 << 24
 
 
 def _too_big(what: str):
@@ -70,16 +71,38 @@ def _lshift(a, b):
     return operator.lshift(a, b)
 
 
+_SEQUENCES = (str, bytes, list, tuple)
+
+
+def _item_bytes(seq) -> int:
+    """About how many bytes one item of ``seq`` costs (a list holds pointers)."""
+    return 1 if isinstance(seq, (str, bytes)) else 8
+
+
 def _mul(a, b):
     if type(a) is int and type(b) is int and a.bit_length() + b.bit_length() > _MAX_INT_BITS:
         raise _too_big(f"{a} * {b}")
     for seq, n in ((a, b), (b, a)):
-        if isinstance(seq, (str, bytes, list, tuple)) and type(n) is int and len(seq) * n > _MAX_REPEAT:
-            raise OverflowError(f"repeating a sequence of {len(seq)} items {n} times is too large")
+        if isinstance(seq, _SEQUENCES) and type(n) is int:
+            limits.charge_python_value(len(seq) * max(n, 0) * _item_bytes(seq),
+                                       f"repeating a {type(seq).__name__} of {len(seq)} items {n} times")
     return operator.mul(a, b)
 
 
-_BOUNDED = {"pow": _pow, "lshift": _lshift, "mul": _mul}
+def _add(a, b):
+    if isinstance(a, _SEQUENCES) and isinstance(b, _SEQUENCES):
+        limits.charge_python_value((len(a) + len(b)) * _item_bytes(a),
+                                   f"joining a {type(a).__name__} of {len(a)} items and one of {len(b)}")
+    return operator.add(a, b)
+
+
+def _mod(a, b):
+    if isinstance(a, (str, bytes)):  # printf-style formatting: widths allocate without bound
+        raise TypeError("archive text is never used as a format string (% on a string)")
+    return operator.mod(a, b)
+
+
+_BOUNDED = {"pow": _pow, "lshift": _lshift, "mul": _mul, "add": _add, "mod": _mod}
 for _name, _sym in _BINARY.items():
     register(f"_operator.{_name}", kernel=_BOUNDED.get(_name, getattr(operator, _name)),
              family="symbolic")(_binary(_sym))

@@ -7,6 +7,7 @@ from pt2interp.errors import (
     FormatError,
     GraphError,
     InputMismatchError,
+    LimitError,
     Pt2Error,
     SchemaError,
     UnsupportedOpError,
@@ -18,16 +19,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AOTInductorPackageError", "Archive", "ExecutionError", "FormatError", "GraphError",
-    "InputMismatchError", "Program", "Pt2Error", "SchemaError", "UnsupportedOpError", "WeightError", "load",
+    "InputMismatchError", "LimitError", "Program", "Pt2Error", "SchemaError", "UnsupportedOpError", "WeightError", "load",
     "open_archive", "read_program",
 ]
 
 
-def load(path, device=None, model=None, *, inference_mode=True):
+def load(path, device=None, model=None, *, inference_mode=True, verify=True):
     """Load a ``.pt2`` and return a callable program (see :func:`pt2interp.api.load`)."""
     from pt2interp.api import load as _load
 
-    return _load(path, device=device, model=model, inference_mode=inference_mode)
+    return _load(path, device=device, model=model, inference_mode=inference_mode, verify=verify)
 
 
 def read_schema(path, model=None, *, check_ops=None):

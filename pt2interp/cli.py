@@ -2,16 +2,64 @@
 
 Errors from an archive print as one line and exit with status 1 (``--debug`` shows the
 traceback). Subcommands that only read a program never import torch.
+
+Names, versions, targets and error messages are file content. Whatever a subcommand prints of
+them goes through :func:`shown` (and, in rich output, is plain :class:`rich.text.Text`, never
+markup): no file can style, move or retitle the terminal, or make printing fail.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import re
 import sys
 from pathlib import Path
 
 from pt2interp.errors import Pt2Error
+from pt2interp.printable import printable
+
+_MAX_SHOWN = 300            # characters of one name in a table or output line
+_MAX_ERROR_LINE = 2000      # characters of an error message
+
+
+def shown(text: object, limit: int = _MAX_SHOWN) -> str:
+    r"""Archive text as the command line prints it: cut at ``limit`` characters (saying how
+    many more there were), control, bidi and surrogate characters escaped (:func:`printable`).
+
+    >>> shown("fc1\x1b[2J\u202egnp.exe\ud800 [bold]")
+    'fc1\\x1b[2J\\u202egnp.exe\\ud800 [bold]'
+    >>> shown("é∈1..8 layer.0", limit=5)
+    'é∈1..… (9 more characters)'
+    """
+    s = str(text)
+    if len(s) > limit:
+        s = f"{s[:limit]}… ({len(s) - limit:,} more characters)"
+    return printable(s)
+
+
+# json.dumps escapes C0 controls itself; with ensure_ascii=False the rest it writes raw
+_NOT_ASCII_OR_DEL = re.compile("[\x7f-\U0010ffff]")
+
+
+def json_printable(document: str) -> str:
+    r"""JSON text with the characters :func:`printable` escapes written as JSON ``\u``
+    escapes: the same document, safe for a terminal.
+
+    >>> json_printable('{"name": "a\\u001b\u202e\ud800∈"}')
+    '{"name": "a\\u001b\\u202e\\ud800∈"}'
+    """
+    return _NOT_ASCII_OR_DEL.sub(_json_escaped, document)
+
+
+def _json_escaped(match: re.Match) -> str:
+    ch = match.group()
+    if printable(ch) == ch:
+        return ch
+    code = ord(ch)
+    if code > 0xFFFF:  # JSON spells characters beyond the BMP as a surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
+    return f"\\u{code:04x}"
 
 
 def _example_path() -> Path:
@@ -86,11 +134,12 @@ def cmd_run(args) -> int:
     call_args, call_kwargs = _inputs_for(prog, args)
     out = prog(*call_args, **call_kwargs)
     for key, value in _flatten("out", out):
+        # keys are the file's (output dict keys); values may be strings it holds
         if isinstance(value, torch.Tensor):
-            print(f"{key}: tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')} "
-                  f"{value.device} {_preview(value)}")
+            print(f"{shown(key)}: tensor {list(value.shape)} "
+                  f"{str(value.dtype).replace('torch.', '')} {value.device} {_preview(value)}")
         else:
-            print(f"{key}: {type(value).__name__} {value!r}")
+            print(f"{shown(key)}: {type(value).__name__} {shown(_value_text(value))}")
     if args.output:
         from safetensors.torch import save_file
 
@@ -99,8 +148,16 @@ def cmd_run(args) -> int:
         print(f"wrote {len(tensors)} tensors to {args.output}")
     fb = prog.fallback_ops()
     if fb:
-        print(f"ops run through the generic torch.ops fallback: {', '.join(fb)}", file=sys.stderr)
+        print(f"ops run through the generic torch.ops fallback: {shown(', '.join(fb), _MAX_ERROR_LINE)}",
+              file=sys.stderr)
     return 0
+
+
+def _value_text(value) -> str:
+    # repr() of an int stops at 4300 digits; sym-int outputs are the file's arithmetic
+    if isinstance(value, int) and value.bit_length() > 4096:
+        return f"<an integer of {value.bit_length()} bits>"
+    return repr(value)
 
 
 def _inputs_for(prog, args):
@@ -153,22 +210,40 @@ def _random_inputs(prog) -> tuple:
     for spec in model.signature.inputs_of("user_input"):
         if spec.arg.kind != "tensor":
             raise Pt2Error(f"--random cannot make a value for non-tensor input {spec.arg}")
-        meta = model.graph.tensor_values.get(spec.arg.value.name)
+        name = spec.arg.value.name
+        meta = model.graph.tensor_values.get(name)
         if meta is None:
-            raise Pt2Error(f"--random: the archive records no shape for input {spec.arg.value.name!r}")
-        shape = [s if isinstance(s, int) else (s.hint if isinstance(s.hint, int) else 2) for s in meta.sizes]
-        numel = math.prod(shape)
-        if numel > _MAX_RANDOM_ELEMENTS:
-            raise Pt2Error(f"--random: input {spec.arg.value.name!r} would have {numel:,} elements "
-                           f"({shape}); pass --inputs with real data instead")
-        dtype = torch_dtype(meta.dtype)
-        if dtype.is_floating_point:
-            out.append(torch.randn(shape, dtype=dtype))
-        elif dtype == torch.bool:
-            out.append(torch.rand(shape) > 0.5)
-        else:
-            out.append(torch.randint(0, 2, shape, dtype=dtype))
+            raise Pt2Error(f"--random: the archive records no shape for input {name!r}")
+        shape = [s if isinstance(s, int) else (s.hint if type(s.hint) is int else 2) for s in meta.sizes]
+        if not _small_shape(shape):
+            raise Pt2Error(f"--random: input {name!r} would have more than {_MAX_RANDOM_ELEMENTS:,} elements "
+                           f"(or a negative size) in its recorded shape; pass --inputs with real data instead")
+        dtype = torch_dtype(meta.dtype, where=f"--random: input {name!r}: ")
+        try:
+            if dtype.is_floating_point or dtype.is_complex:
+                out.append(torch.randn(shape, dtype=dtype))
+            elif dtype == torch.bool:
+                out.append(torch.rand(shape) > 0.5)
+            else:
+                out.append(torch.randint(0, 2, shape, dtype=dtype))
+        except (RuntimeError, TypeError) as exc:  # a dtype torch makes no random values of
+            raise Pt2Error(f"--random: cannot make input {name!r} of {dtype}: {exc}") from None
     return tuple(out)
+
+
+def _small_shape(shape: list[int]) -> bool:
+    """Sizes a file recorded, within _MAX_RANDOM_ELEMENTS; multiplied only while they are
+    (a file's hints may be thousands of digits long, or thousands of them)."""
+    if any(s < 0 for s in shape):
+        return False
+    if 0 in shape:
+        return True
+    n = 1
+    for s in shape:
+        n *= s
+        if n > _MAX_RANDOM_ELEMENTS:
+            return False
+    return True
 
 
 def _flatten(prefix, value):
@@ -194,18 +269,19 @@ def cmd_info(args) -> int:
 
     schema = pt2interp.read_schema(args.file, model=args.model, check_ops=True if args.check_ops else None)
     if args.json:
-        print(schema.to_json())
+        print(json_printable(schema.to_json()))
         return 0
     _print_schema(schema)
     return 0
 
 
 def _print_schema(schema) -> None:
-    """The rich rendering of a :class:`~pt2interp.introspect.ProgramSchema`."""
+    """The rich rendering of a :class:`~pt2interp.introspect.ProgramSchema`. Every string the
+    archive supplied goes in as :func:`shown` (plain text, never markup, never raw controls)."""
     from rich import box
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
     from rich.tree import Tree
 
     console = Console(highlight=False, soft_wrap=True)
@@ -213,16 +289,19 @@ def _print_schema(schema) -> None:
         console.width = max(console.width, 120)  # piped output: do not squeeze tables to 80 columns
     t = schema.totals
     arch = schema.archive
-    console.print(f"[bold]{escape(schema.source)}[/bold]: {arch.kind} layout"
-                  + (f" (top folder {arch.top!r})" if arch.top else "")
-                  + f", {arch.members} members" + (f", {_human_bytes(arch.file_bytes)}" if arch.file_bytes else ""))
-    console.print(f"schema {'.'.join(map(str, schema.schema_version))}, written by torch "
-                  f"{schema.torch_version or 'unknown'}, IR {schema.dialect}, model {schema.model!r}")
-    by_dtype = ", ".join(f"{k} {_human_bytes(v)}" for k, v in t.bytes_by_dtype.items()) or "none"
-    console.print(f"{t.parameter_count:,} parameters ({_human_bytes(t.parameter_bytes)}), {t.buffer_count} buffers "
-                  f"({_human_bytes(t.buffer_bytes)}), {len(schema.constants)} constants; bytes by dtype: {by_dtype}")
+    console.print(Text.assemble(
+        (printable(schema.source), "bold"), f": {arch.kind} layout",
+        f" (top folder {shown(repr(arch.top))})" if arch.top else "",
+        f", {arch.members} members" + (f", {_human_bytes(arch.file_bytes)}" if arch.file_bytes else "")))
+    console.print(Text(f"schema {'.'.join(map(str, schema.schema_version))}, written by torch "
+                       f"{shown(schema.torch_version or 'unknown')}, IR {shown(schema.dialect)}, "
+                       f"model {shown(repr(schema.model))}"))
+    by_dtype = ", ".join(f"{shown(k)} {_human_bytes(v)}" for k, v in t.bytes_by_dtype.items()) or "none"
+    console.print(Text(f"{t.parameter_count:,} parameters ({_human_bytes(t.parameter_bytes)}), {t.buffer_count} "
+                       f"buffers ({_human_bytes(t.buffer_bytes)}), {len(schema.constants)} constants; "
+                       f"bytes by dtype: {by_dtype}"))
     for group in t.tied:
-        console.print(escape(f"tied: {' = '.join(group)}"))
+        console.print(Text(f"tied: {' = '.join(shown(name) for name in group)}"))
 
     io_table = Table(title="Inputs and outputs", box=box.SIMPLE_HEAD, title_justify="left")
     for col in ("", "name", "kind", "dtype", "shape"):
@@ -232,7 +311,7 @@ def _print_schema(schema) -> None:
             tensor = v.tensor
             kind = v.kind + (" (keyword)" if v.keyword else "")
             shape = tensor.shape_str if tensor else ("" if v.value is None else str(v.value))
-            io_table.add_row(direction, escape(v.name), kind, tensor.dtype if tensor else "", escape(shape))
+            io_table.add_row(direction, *_cells(v.name, kind, tensor.dtype if tensor else "", shape))
         io_table.add_section()
     console.print(io_table)
 
@@ -250,11 +329,12 @@ def _print_schema(schema) -> None:
             first = w.module != last
             kind = w.kind + (" (not persistent)" if w.persistent is False else "")
             kind += f" = {w.tied_to}" if w.tied_to else ""
-            w_table.add_row(escape(w.module or "(root)") if first else "",
-                            (classes.get(w.module) or "") if first else "",
-                            escape(w.name.rpartition(".")[2]), escape(kind),
-                            escape(w.tensor.shape_str if w.tensor else (w.class_fqn or "")),
-                            w.tensor.dtype if w.tensor else "", f"{w.nbytes:,}" if w.nbytes is not None else "")
+            w_table.add_row(*_cells(w.module or "(root)" if first else "",
+                                    (classes.get(w.module) or "") if first else "",
+                                    w.name.rpartition(".")[2], kind,
+                                    w.tensor.shape_str if w.tensor else (w.class_fqn or ""),
+                                    w.tensor.dtype if w.tensor else "",
+                                    f"{w.nbytes:,}" if w.nbytes is not None else ""))
             last = w.module
         console.print(w_table)
 
@@ -262,16 +342,15 @@ def _print_schema(schema) -> None:
     ops.add_column("target")
     ops.add_column("count", justify="right")
     for name in schema.subgraph_ops:
-        ops.add_column(f"in {name}", justify="right")
+        ops.add_column(Text(f"in {shown(name)}"), justify="right")
     for target, count in schema.op_histogram.items():
-        ops.add_row(escape(target.removeprefix("torch.ops.")), str(count),
+        ops.add_row(*_cells(target.removeprefix("torch.ops.")), str(count),
                     *(str(sub.get(target, "")) for sub in schema.subgraph_ops.values()))
     console.print(ops)
 
-    def label(m) -> str:
-        name = escape(m.name or "(root)")
-        cls = f" [cyan]{escape(m.class_name)}[/cyan]" if m.class_name else ""
-        return f"{name}{cls}" + (f"  {m.parameter_count:,} params" if m.parameter_count else "")
+    def label(m) -> Text:
+        return Text.assemble(shown(m.name or "(root)"), (f" {shown(m.class_name)}" if m.class_name else "", "cyan"),
+                             f"  {m.parameter_count:,} params" if m.parameter_count else "")
 
     def add(node, branch) -> None:
         for child in node.children:
@@ -285,9 +364,15 @@ def _print_schema(schema) -> None:
     if schema.missing_ops is None:
         console.print("ops this torch lacks: not checked (torch is not imported; --check-ops imports it)")
     elif schema.missing_ops:
-        console.print(f"[red]ops this torch lacks[/red]: {escape(', '.join(schema.missing_ops))}")
+        console.print(Text.assemble(("ops this torch lacks", "red"), f": {shown(', '.join(schema.missing_ops))}"))
     else:
         console.print("ops this torch lacks: none")
+
+
+def _cells(*values: object) -> list:
+    from rich.text import Text
+
+    return [Text(shown(v)) for v in values]
 
 
 def cmd_weights(args) -> int:
@@ -341,7 +426,7 @@ def cmd_serve(args) -> int:
         app = create_app(servers, max_body_bytes=args.max_body_bytes)
         for s in servers:
             note = f", {s.info()['batching_note']}" if s.info()["batching_note"] else ""
-            print(f"model {s.name!r}: {s.path} on {s.device}, batch size {s.batch_size}{note}")
+            print(shown(f"model {s.name!r}: {s.path} on {s.device}, batch size {s.batch_size}{note}"))
         print(f"serving on http://{args.host}:{args.port}/  (status page at /, metrics at /metrics)")
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     except ValueError as exc:
@@ -429,12 +514,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A last resort for text the terminal's encoding lacks (a name in a script cp1252 has no
+    # letters for, piped on Windows): an escape, not a UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return args.fn(args)
     except Pt2Error as exc:
         if args.debug:
             raise
-        message = " ".join(str(exc).splitlines())  # one line, whatever the archive put in names
+        # one line, whatever the archive put in the names the message quotes
+        message = shown(" ".join(str(exc).splitlines()), _MAX_ERROR_LINE)
         print(f"pt2interp: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -55,5 +55,17 @@ class ExecutionError(Pt2Error):
     the kernel raised; that error is the ``__cause__``."""
 
 
+class LimitError(Pt2Error):
+    """Going on would exceed a resource budget of :mod:`pt2interp.limits`; ``limit`` names it.
+    A caller who trusts the file raises the budget with ``pt2interp.limits.override``."""
+
+    def __init__(self, message: str, *, limit: str, where: str | None = None):
+        self.limit = limit
+        self.detail = message
+        self.where = where  # the node that asked, once the interpreter knows it
+        text = f"{where}: {message}" if where else message
+        super().__init__(f"{text} (budget {limit}; raise it with pt2interp.limits.override({limit}=...))")
+
+
 class AOTInductorPackageError(FormatError):
     """The archive holds AOTInductor-compiled code, not a graph pt2interp can interpret."""

@@ -18,8 +18,15 @@ from typing import Any
 
 import torch
 
-from pt2interp.errors import ExecutionError, GraphError, Pt2Error, SchemaError, UnsupportedOpError
-from pt2interp.ops import registry
+from pt2interp.errors import (
+    ExecutionError,
+    GraphError,
+    LimitError,
+    Pt2Error,
+    SchemaError,
+    UnsupportedOpError,
+)
+from pt2interp.ops import policy, registry
 from pt2interp.ops.fast import fast_kernel
 from pt2interp.schema import Argument, Graph, Node, Ref
 from pt2interp.weights import torch_dtype
@@ -106,6 +113,8 @@ class GraphPlan:
                 step(env)
                 for s in free:
                     env[s] = None
+        except LimitError as exc:
+            raise self._located(step, exc) from None
         except Pt2Error:
             raise
         except Exception as exc:  # a kernel failed: name its node (``step`` is the failing one)
@@ -123,6 +132,8 @@ class GraphPlan:
         for step in self.steps:
             try:
                 step.run(env)
+            except LimitError as exc:
+                raise self._located(step.run, exc) from None
             except Pt2Error:
                 raise
             except Exception as exc:
@@ -132,6 +143,16 @@ class GraphPlan:
             for s in step.free:
                 env[s] = None
         return [_fetch(s, env) for s in self.output_sources]
+
+    def _located(self, run: Callable | None, exc: LimitError) -> LimitError:
+        """``exc`` naming the node whose ``run`` asked for too much (the innermost one)."""
+        if exc.where is not None:
+            return exc
+        for i, step in enumerate(self.steps):
+            if step.run is run:
+                where = f"{self.member}: {self.where}.nodes[{i}] ({step.node.label}, {step.node.target})"
+                return LimitError(exc.detail, limit=exc.limit, where=where)
+        return exc
 
     def _failure(self, run: Callable | None, exc: Exception) -> ExecutionError:
         """The error for a kernel that raised ``exc`` in the step whose ``run`` is ``run``."""
@@ -263,11 +284,23 @@ class GraphCompiler:
         args, kwargs = self.compile_inputs(node, op, slot_of, path)
         if not kwargs and not via_fallback:
             kernel = fast_kernel(node.target, len(args)) or kernel
+        kernel = policy.guard_target(node.target, op, kernel)
+        if via_fallback:
+            self._refuse_unguarded_operators(node, path)
         store, out_slots = self.compile_outputs(node, define, path)
         run = _make_step(kernel, args, kwargs, store)
         step = Step(node, kernel, run, (), via_fallback, out_slots)
         step.subplans = [a.value.plan for a in args if isinstance(a, _Const) and isinstance(a.value, Subgraph)]
         return step
+
+    def _refuse_unguarded_operators(self, node: Node, path: str) -> None:
+        # torch's own higher-order kernels call an op argument directly, past the policy's checks
+        for i, na in enumerate(node.inputs):
+            if na.arg.kind == "operator":
+                op = self.compile_argument(na.arg, {}, f"{path}.inputs[{i}]").value
+                if not policy.passes_unguarded(op):
+                    raise UnsupportedOpError(f"{self.member}: {path} ({node.label}): {node.target} would call "
+                                             f"{na.arg.value} without the checks pt2interp's op policy makes")
 
     def compile_inputs(self, node: Node, op, slot_of: dict, path: str) -> tuple[list, dict]:
         schema = getattr(op, "_schema", None)

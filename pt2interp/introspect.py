@@ -40,6 +40,7 @@ from typing import Any, BinaryIO
 
 from pt2interp import versions
 from pt2interp.archive import Archive
+from pt2interp.errors import SchemaError
 from pt2interp.program import Program, collector_paused, read_payload_config, read_program
 from pt2interp.schema import (
     Argument,
@@ -57,6 +58,7 @@ __all__ = ["ArchiveLayout", "IOValue", "ModuleNode", "ProgramSchema", "SymbolicD
            "Totals", "WeightInfo", "read_payload_config", "read_schema"]
 
 _TORCH_OPS = "torch.ops."
+_INT64_MAX = (1 << 63) - 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,16 +248,28 @@ class ProgramSchema:
 
 
 def _jsonable(value: Any) -> Any:
+    # Constants are file content nested up to jsontext.MAX_DEPTH levels: loops, not
+    # comprehensions (a frame of their own on Python 3.11), keep this at one frame per level,
+    # as json.loads and json.dumps need.
     if isinstance(value, TensorInfo):
         return value.to_dict()
     if isinstance(value, SymbolicDim):
         return {"expr": value.expr, "min": value.min, "max": value.max, "hint": value.hint}
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+        out = {}
+        for f in fields(value):
+            out[f.name] = _jsonable(getattr(value, f.name))
+        return out
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            out[str(k)] = _jsonable(v)
+        return out
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        items = []
+        for v in value:
+            items.append(_jsonable(v))
+        return items
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -315,7 +329,11 @@ class _SchemaBuilder:
         )
 
     # -- tensors and dims --------------------------------------------------------------------
-    def tensor_info(self, meta: TensorMeta) -> TensorInfo:
+    def tensor_info(self, meta: TensorMeta, name: str) -> TensorInfo:
+        if not _countable(meta.sizes):
+            # no tensor holds that many elements; its counts would not even print (4300 digits)
+            raise SchemaError(f"{self.program.source}: tensor {name!r} has sizes whose product exceeds "
+                              f"2**63-1 elements ({len(meta.sizes)} sizes)")
         return TensorInfo(meta.dtype, tuple(self.dim(s) for s in meta.sizes), str(meta.device))
 
     def dim(self, size: int | SymExpr) -> int | SymbolicDim:
@@ -356,7 +374,7 @@ class _SchemaBuilder:
     def _value(self, name: str, arg: Argument, keyword: bool) -> IOValue:
         meta = self.meta_of(arg)
         if meta is not None:
-            return IOValue(name, "tensor", arg.value.name, self.tensor_info(meta), None, keyword)
+            return IOValue(name, "tensor", arg.value.name, self.tensor_info(meta, arg.value.name), None, keyword)
         graph_name = _arg_name(arg)
         value = arg.value
         if arg.kind == "sym_int" and graph_name is not None:
@@ -390,10 +408,22 @@ class _SchemaBuilder:
                 tied_to = None if tied_to == spec.target else tied_to
             class_fqn = spec.arg.value.class_fqn if spec.arg.kind == "custom_obj" else None
             groups[spec.kind].append(WeightInfo(
-                spec.target, spec.kind, self.tensor_info(meta) if meta is not None else None,
+                spec.target, spec.kind, self.tensor_info(meta, spec.target) if meta is not None else None,
                 spec.target.rpartition(".")[0], spec.persistent, storage, tied_to, class_fqn))
         return (groups["parameter"], groups["buffer"],
                 groups["tensor_constant"] + groups["custom_obj"])
+
+
+def _countable(sizes) -> bool:
+    """Whether the static sizes (zeros aside) multiply to at most 2**63-1, found without ever
+    multiplying past it: a file may list thousands of sizes of 2**62."""
+    n = 1
+    for s in sizes:
+        if isinstance(s, int) and s:
+            n *= s
+            if n > _INT64_MAX:
+                return False
+    return True
 
 
 def _arg_name(arg: Argument) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from pt2interp import limits
 from pt2interp.errors import ExecutionError, InputMismatchError, SchemaError
 from pt2interp.interpreter import GraphCompiler, GraphPlan
 from pt2interp.program import Program
@@ -157,13 +158,14 @@ class LoadedProgram:
     def run(self, *args, on_node: Callable[[str, str, Any], None] | None = None, **kwargs):
         """Run the program. ``on_node(name, target, value)``, if given, sees every value."""
         inputs, user_leaves = self._bind(args, kwargs)
-        if self.inference_mode:
-            with torch.inference_mode():
+        with limits.call_budget():
+            if self.inference_mode:
+                with torch.inference_mode():
+                    flat = self._plan.run(inputs) if on_node is None else self._plan.run_hooked(inputs, on_node)
+                    self._write_back(flat, user_leaves)
+            else:
                 flat = self._plan.run(inputs) if on_node is None else self._plan.run_hooked(inputs, on_node)
                 self._write_back(flat, user_leaves)
-        else:
-            flat = self._plan.run(inputs) if on_node is None else self._plan.run_hooked(inputs, on_node)
-            self._write_back(flat, user_leaves)
         leaves = [flat[i] for i in self._user_outputs]
         if self._out_spec is None:
             return leaves[0] if len(leaves) == 1 else tuple(leaves)

@@ -30,6 +30,7 @@ names the torch dtype.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -39,18 +40,23 @@ from pt2interp import versions
 from pt2interp.archive import Archive
 from pt2interp.errors import WeightError
 from pt2interp.program import read_payload_config
-from pt2interp.schema import SymExpr, TensorMeta
+from pt2interp.schema import PayloadMeta, TensorMeta
 from pt2interp.torch_pickle import RawTensor, load_torch_save
+from pt2interp.zipdir import Member
 
 try:  # optional: real numpy dtypes for bfloat16 and float8
     import ml_dtypes
 except ImportError:  # pragma: no cover - depends on the environment
     ml_dtypes = None
 
-__all__ = ["RAW_BITS_DTYPES", "StoredTensor", "numpy_dtype", "read_stored_tensors", "strided_view"]
+__all__ = ["MAX_ZERO_FILL_BYTES", "RAW_BITS_DTYPES", "StoredTensor", "bytes_needed", "check_record",
+           "check_view", "numpy_dtype", "read_stored_tensors", "strided_view"]
 
-# An empty record stands for zeros (see strided_view); never more than this many bytes of them.
-_MAX_ZEROS_BYTES = 1 << 30
+# Empty records (torch writes them for tensors it could not write by bytes) load as zeros, as
+# torch loads them; a file of a few bytes must not make that allocate without bound, so the
+# zeros one archive's weights (or constants) may ask for are capped, on both backends.
+MAX_ZERO_FILL_BYTES = 1 << 30
+_INT64_MAX = (1 << 63) - 1
 
 # dtypes numpy has under the same name as torch
 _NATIVE = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
@@ -152,9 +158,12 @@ def _raw_payloads(archive: Archive, config_member: str, base_dir: str) -> list[S
     if not archive.has(config_member):
         return []
     swap = _archive_byteorder(archive) != sys.byteorder
+    config = read_payload_config(archive, config_member)
+    needed = bytes_needed(config)
+    zero_budget = [MAX_ZERO_FILL_BYTES]
     flats: dict[str, np.ndarray] = {}
     out = []
-    for fqn, meta in read_payload_config(archive, config_member).items():
+    for fqn, meta in config.items():
         member = base_dir + meta.path_name
         where = f"{archive.source}: {archive.member_path(member)} ({fqn}): "
         if meta.use_pickle or meta.tensor_meta is None:
@@ -167,8 +176,9 @@ def _raw_payloads(archive: Archive, config_member: str, base_dir: str) -> list[S
         key = f"{tm.dtype}:{member}"
         flat = flats.get(key)
         if flat is None:
-            flat = flats[key] = _flat_record(archive, member, dtype, tm.dtype, where, swap)
-        out.append(StoredTensor(fqn, strided_view(flat, tm, where), tm.dtype,
+            flat = flats[key] = _flat_record(archive, member, dtype, tm.dtype, where, swap,
+                                             needed[meta.path_name])
+        out.append(StoredTensor(fqn, strided_view(flat, tm, where, zero_budget), tm.dtype,
                                 archive.member_path(member), meta.is_param, raw))
     return out
 
@@ -191,11 +201,8 @@ def _archive_byteorder(archive: Archive) -> str:
 
 
 def _flat_record(archive: Archive, member: str, dtype: np.dtype, dtype_name: str, where: str,
-                 swap: bool) -> np.ndarray:
-    size = archive.info(member).size
-    if size % dtype.itemsize:
-        raise WeightError(f"{where}{size} bytes is not a whole number of {dtype_name} elements")
-    if size == 0:
+                 swap: bool, needed: int | None) -> np.ndarray:
+    if check_record(archive, member, dtype.itemsize, dtype_name, needed, where).size == 0:
         return np.empty(0, dtype=dtype)
     flat = np.frombuffer(archive.buffer(member), dtype=dtype)
     if swap and dtype.itemsize > 1:
@@ -207,28 +214,96 @@ def _flat_record(archive: Archive, member: str, dtype: np.dtype, dtype_name: str
     return flat
 
 
-def strided_view(flat: np.ndarray, tm: TensorMeta, where: str) -> np.ndarray:
-    """``as_strided`` view of a flat record, refusing views that reach past its end."""
-    sizes, strides, offset = tm.sizes, tm.strides, tm.storage_offset
-    if not all(isinstance(x, int) for x in (*sizes, *strides)) or isinstance(offset, SymExpr):
-        raise WeightError(f"{where}weights must have static sizes, got {list(map(str, sizes))}")
-    numel = 1
-    for s in sizes:
-        numel *= s
+def strided_view(flat: np.ndarray, tm: TensorMeta, where: str,
+                 zero_budget: list[int] | None = None) -> np.ndarray:
+    """``as_strided`` view of a flat record, refusing views that reach past its end (see
+    :func:`check_view`, which ``zero_budget`` is passed to)."""
+    budget = zero_budget if zero_budget is not None else [MAX_ZERO_FILL_BYTES]
+    numel = check_view(tm, flat.size, flat.itemsize, where, budget)
     if numel == 0:
-        return np.empty(sizes, dtype=flat.dtype)
+        return np.empty(tm.sizes, dtype=flat.dtype)
     if flat.size == 0:
-        # torch writes empty records for tensors it could not serialize by bytes: zeros, as torch
-        # does; but a record cannot make us allocate without bound
-        if numel * flat.itemsize > _MAX_ZEROS_BYTES:
-            raise WeightError(f"{where}an empty record for a tensor of sizes {list(sizes)}: refusing to "
-                              f"allocate {numel * flat.itemsize} bytes of zeros")
-        return np.zeros(sizes, dtype=flat.dtype)
+        return np.zeros(tm.sizes, dtype=flat.dtype)
+    item = flat.itemsize
+    try:
+        return np.lib.stride_tricks.as_strided(flat[tm.storage_offset:], shape=tm.sizes,
+                                               strides=[s * item for s in tm.strides], writeable=False)
+    except ValueError as exc:  # what numpy refuses beyond check_view's rules
+        raise WeightError(f"{where}cannot view sizes {list(tm.sizes)} strides {list(tm.strides)}: {exc}") from None
+
+
+# -- checks both backends make (pt2interp.weights uses them too) ---------------------------------
+
+def bytes_needed(config: dict[str, PayloadMeta]) -> dict[str, int]:
+    """Per record (``path_name``): the bytes the views declared on it reach. A compressed record
+    may inflate to no more: torch never compresses records, so only a hostile file asks for
+    more than its tensors need."""
+    needed: dict[str, int] = {}
+    for meta in config.values():
+        if meta.use_pickle or meta.tensor_meta is None:
+            continue
+        tm = meta.tensor_meta
+        sizes, strides, offset = tm.sizes, tm.strides, tm.storage_offset
+        static = all(isinstance(x, int) for x in (*sizes, *strides, offset)) and len(strides) == len(sizes)
+        if not static or 0 in sizes:
+            n = 0  # an empty view needs nothing; check_view refuses one that is not static
+        else:
+            n = (offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1) * versions.ITEMSIZE.get(tm.dtype, 1)
+        needed[meta.path_name] = max(needed.get(meta.path_name, 0), n)
+    return needed
+
+
+def check_record(archive: Archive, member: str, itemsize: int, dtype_name: str, needed: int | None,
+                 where: str) -> Member:
+    """A raw record's directory entry, once its size fits its dtype and, compressed, the tensors
+    declared on it (``needed``, from :func:`bytes_needed`)."""
+    info = archive.info(member)
+    if info.size % itemsize:
+        raise WeightError(f"{where}{info.size} bytes is not a whole number of {dtype_name} elements")
+    if not info.stored and needed is not None and info.size > needed:
+        # Stored records are mapped, not read; a compressed one is inflated into memory
+        raise WeightError(f"{where}the compressed record declares {info.size} bytes but the tensors stored "
+                          f"in it need only {needed}: refusing to inflate it")
+    return info
+
+
+def check_view(tm: TensorMeta, record_items: int, itemsize: int, where: str, zero_budget: list[int]) -> int:
+    """Check the view ``tm`` declares on a flat record of ``record_items`` elements of
+    ``itemsize`` bytes; returns its element count.
+
+    Refused: symbolic geometry; sizes, strides or offset beyond int64; views reaching past the
+    record's end; views whose bytes int64 cannot count (a stride-0 view of a huge size: numpy
+    cannot make one, torch's ``nbytes`` wraps around). A view on an empty record stands for
+    zeros: their bytes are taken from ``zero_budget`` (a one-item list shared by one archive's
+    tensors), and refused beyond it.
+    """
+    sizes, strides, offset = tm.sizes, tm.strides, tm.storage_offset
+    if not all(isinstance(x, int) for x in (*sizes, *strides, offset)):
+        raise WeightError(f"{where}weights must have static sizes, got {list(map(str, sizes))}")
+    if len(strides) != len(sizes):
+        raise WeightError(f"{where}{len(strides)} strides for {len(sizes)} sizes")
+    if any(x < 0 for x in (*sizes, *strides, offset)):
+        raise WeightError(f"{where}negative sizes {list(sizes)}, strides {list(strides)} or offset {offset}")
+    numel = math.prod(sizes)
+    if any(x > _INT64_MAX for x in (*sizes, *strides, offset, numel)):
+        raise WeightError(f"{where}sizes {list(sizes)} strides {list(strides)} offset {offset} do not fit in int64")
+    if numel == 0:
+        return 0
+    if record_items == 0:
+        # torch writes empty records for tensors it could not serialize by bytes: zeros, as torch does
+        nbytes = numel * itemsize
+        if nbytes > zero_budget[0]:
+            raise WeightError(f"{where}the record is empty and the tensor declares {nbytes} bytes of zeros, over "
+                              f"the {MAX_ZERO_FILL_BYTES} bytes of zeros an archive may ask for "
+                              "(pt2interp.numpy_weights.MAX_ZERO_FILL_BYTES)")
+        zero_budget[0] -= nbytes
+        return numel
     extent = offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1
-    if extent > flat.size:
+    if extent > record_items:
         raise WeightError(
             f"{where}declares sizes {list(sizes)} strides {list(strides)} offset {offset}, needing "
-            f"{extent * flat.itemsize} bytes, but the record holds only {flat.nbytes}")
-    item = flat.itemsize
-    return np.lib.stride_tricks.as_strided(flat[offset:], shape=sizes, strides=[s * item for s in strides],
-                                           writeable=False)
+            f"{extent * itemsize} bytes, but the record holds only {record_items * itemsize}")
+    if numel * itemsize > _INT64_MAX:  # within the record only by repeating it: stride 0
+        raise WeightError(f"{where}sizes {list(sizes)} strides {list(strides)} make {numel} elements, "
+                          f"{numel * itemsize} bytes: more than int64 can count")
+    return numel

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pt2interp import versions
-from pt2interp.errors import SchemaError
+from pt2interp import limits, versions
+from pt2interp.errors import LimitError, SchemaError
 from pt2interp.symexpr import Expr, parse_expr
 from pt2interp.treespec import TreeSpec, parse_treespec
 
@@ -397,6 +397,7 @@ class _Parser:
         # Graphs repeat the same static metadata (same shape, dtype, device) many times; the
         # dataclasses are frozen, so equal JSON can share one parsed value.
         self._meta_cache: dict[tuple, TensorMeta] = {}
+        self._nodes_left = limits.current().max_graph_nodes
 
     def fail(self, path: str, message: str) -> SchemaError:
         return SchemaError(message, member=self.member, path=path)
@@ -436,7 +437,10 @@ class _Parser:
         if isinstance(v, str) and v in versions.SPECIAL_FLOATS:
             return versions.SPECIAL_FLOATS[v]
         if type(v) in (int, float):
-            return float(v)
+            try:
+                return float(v)
+            except OverflowError:  # an integer beyond the float range (JSON's 1e400 is inf already)
+                raise self.fail(path, f"an integer of {v.bit_length()} bits does not fit in a float") from None
         raise self.fail(path, f"expected a number, got {_type_name(v)}")
 
     def union(self, v: Any, path: str) -> tuple[str, Any]:
@@ -703,6 +707,11 @@ class _Parser:
         if depth > 16:
             raise self.fail(path, "subgraphs nested too deeply")
         d = self.obj(v, path)
+        raw_nodes = self.lst(self.req(d, "nodes", path), path + ".nodes")
+        self._nodes_left -= len(raw_nodes)
+        if self._nodes_left < 0:  # counted before anything of this graph is built
+            raise LimitError(f"{self.member} at {path}: the program holds more than "
+                             f"{limits.current().max_graph_nodes} nodes", limit="max_graph_nodes")
         tv = self.obj(d.get("tensor_values", {}), path + ".tensor_values")
         if self.outline:
             tensor_values = _MetasOnDemand(tv, self, path + ".tensor_values")
@@ -713,8 +722,7 @@ class _Parser:
                     for i, x in enumerate(self.lst(self.req(d, "inputs", path), path + ".inputs"))],
             outputs=[self.argument(x, f"{path}.outputs[{i}]", depth)
                      for i, x in enumerate(self.lst(self.req(d, "outputs", path), path + ".outputs"))],
-            nodes=[self.node(x, f"{path}.nodes[{i}]", depth)
-                   for i, x in enumerate(self.lst(self.req(d, "nodes", path), path + ".nodes"))],
+            nodes=[self.node(x, f"{path}.nodes[{i}]", depth) for i, x in enumerate(raw_nodes)],
             tensor_values=tensor_values,
             sym_int_values={k: self.sym_int(m, f"{path}.sym_int_values.{k}")
                             for k, m in self.obj(d.get("sym_int_values") or {}, path + ".sym_int_values").items()},
@@ -788,7 +796,7 @@ class _Parser:
         if isinstance(v, str) and v in versions.SPECIAL_FLOATS:
             return None
         if isinstance(v, float):
-            if math.isinf(v) or math.isnan(v):
+            if math.isinf(v) or math.isnan(v) or abs(v) >= versions.UNBOUNDED_THRESHOLD:
                 return None
             return int(v)
         if type(v) is int:
@@ -1018,7 +1026,7 @@ def _plain_argument(v: Any) -> Argument | None:
             return Argument("ints", tuple(val))
         return None
     if tag == "as_float":
-        return Argument("float", float(val)) if cls is float or cls is int else None
+        return Argument("float", float(val)) if cls is float or (cls is int and val.bit_length() < 1024) else None
     if tag == "as_bool":
         return Argument("bool", val) if cls is bool else None
     if tag == "as_tensors":

@@ -22,6 +22,13 @@ from pt2interp.errors import SchemaError
 
 _MAX_EXPR_CHARS = 10_000
 _MAX_DEPTH = 64
+# Sizes are int64 in torch; a literal far beyond that is no real coefficient. Bounded here, every
+# literal prints in a few dozen digits (str() of an int has a 4300-digit limit, and hex literals
+# of 10,000 characters would pass ast.parse).
+_MAX_LITERAL_BITS = 128
+# Every value evaluate() computes stays below this many bits (a product of many literals, a
+# power), so results print and compare in bounded time.
+_MAX_VALUE_BITS = 4096
 
 
 @dataclass(frozen=True)
@@ -52,31 +59,39 @@ class Expr:
                 raise KeyError(self.value) from None
         vals = [a.evaluate(env) for a in self.args]
         if op == "add":
-            return sum(vals)
+            return self._bounded(sum(vals), env)
         if op == "mul":
             out = 1
             for v in vals:
-                out *= v
+                out = self._bounded(out * v, env)
             return out
         if op == "neg":
             return -vals[0]
         if op == "sub":
-            return vals[0] - vals[1]
+            return self._bounded(vals[0] - vals[1], env)
         if op in ("floordiv", "mod"):
             if vals[1] == 0:
                 raise EvaluationError(f"{self} divides by zero for {_binding(self, env)}")
             return vals[0] // vals[1] if op == "floordiv" else vals[0] % vals[1]
         if op == "pow":
             base, exp = vals[0], vals[1]
-            if abs(base) > 1 and exp > 0 and exp * abs(base).bit_length() > _MAX_POW_BITS:
-                raise EvaluationError(f"{self} is too large to evaluate for {_binding(self, env)} "
-                                      f"(over {_MAX_POW_BITS} bits)")
+            if abs(base) > 1 and exp > 0 and exp * abs(base).bit_length() > _MAX_VALUE_BITS:
+                raise self._too_large(env)
             return base ** exp
         if op == "max":
             return max(vals)
         if op == "min":
             return min(vals)
         raise AssertionError(op)
+
+    def _bounded(self, value: int, env: dict[str, int]) -> int:
+        if value.bit_length() > _MAX_VALUE_BITS:
+            raise self._too_large(env)
+        return value
+
+    def _too_large(self, env: dict[str, int]) -> EvaluationError:
+        return EvaluationError(f"{self} is too large to evaluate for {_binding(self, env)} "
+                               f"(over {_MAX_VALUE_BITS} bits)")
 
     def as_symbol(self) -> str | None:
         """The symbol's name when the expression is a bare symbol, else None."""
@@ -87,11 +102,8 @@ class Expr:
 
 
 class EvaluationError(SchemaError):
-    """An expression has no value for the given symbols: a division by zero, or a power too
+    """An expression has no value for the given symbols: a division by zero, or a value too
     large to compute (a file must not make pt2interp compute ``10**(10**15)``)."""
-
-
-_MAX_POW_BITS = 4096
 
 
 def _binding(e: Expr, env: dict) -> str:
@@ -173,6 +185,8 @@ def _convert(node: ast.AST, depth: int) -> Expr:
         raise _Unsupported("nested too deeply")
     d = depth + 1
     if isinstance(node, ast.Constant) and type(node.value) is int:
+        if node.value.bit_length() > _MAX_LITERAL_BITS:
+            raise _Unsupported(f"an integer of {node.value.bit_length()} bits (at most {_MAX_LITERAL_BITS})")
         return Expr("int", value=node.value)
     if isinstance(node, ast.Name):
         return Expr("sym", value=node.id)

@@ -11,8 +11,11 @@ ordered (``<prefix>`` is the first path component: ``archive`` or the saved file
 the globals in :data:`ALLOWED_GLOBALS` (the tensor and parameter rebuild functions, the storage
 classes, dtypes, and ``collections.OrderedDict``) and maps them to stand-ins defined here, so
 nothing from torch is imported or called; any other global raises
-:class:`~pt2interp.errors.WeightError` before anything runs. Storage sizes and every tensor's
-extent are checked against the bytes actually present before a view is made.
+:class:`~pt2interp.errors.WeightError` before anything runs. The zip gets the checks of the
+``.pt2`` container itself (:class:`pt2interp.zipdir.ZipDirectory`: member count, names,
+duplicates, encryption, local headers, overlaps, compression ratios) before any member is
+read. Storage sizes and every tensor's extent are checked against the bytes actually present
+before a view is made.
 
 >>> import zipfile
 >>> from pt2interp.torch_pickle import load_torch_save
@@ -59,8 +62,6 @@ import pickle
 import re
 import reprlib
 import sys
-import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
@@ -68,6 +69,7 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 
 from .errors import WeightError
+from .zipdir import ZipDirectory
 
 try:  # optional: real numpy dtypes for bfloat16 and float8
     import ml_dtypes
@@ -78,8 +80,8 @@ __all__ = ["ALLOWED_GLOBALS", "RAW_BITS_DTYPES", "RawTensor", "load_torch_save"]
 
 # Torch pickles hold metadata only (~100 bytes a tensor); 64 MiB is ~600k tensors.
 _MAX_PICKLE_BYTES = 64 << 20
-# Deflate cannot exceed ~1032:1, so anything beyond that is a bomb, not data.
-_MAX_COMPRESSION_RATIO = 1100
+# Copies of lazily conjugated or negated views may exceed their storage's size by this much.
+_MAX_COPY_BYTES = 1 << 30
 _MAX_DEPTH = 200
 _STORAGE_KEY = re.compile(r"[A-Za-z0-9_]+")
 
@@ -197,7 +199,7 @@ class _Storage:
 
     __slots__ = ("_flat", "_native", "_raw", "_swap", "key", "member", "nbytes", "typed")
 
-    def __init__(self, key: str, member: str, raw: bytes, typed: _DType | None):
+    def __init__(self, key: str, member: str, raw: bytes | memoryview, typed: _DType | None):
         self.key, self.member, self.nbytes, self.typed = key, member, len(raw), typed
         self._raw = raw
         self._native: Any = None
@@ -262,6 +264,7 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def __init__(self, file: BinaryIO, reader: _Reader):
         super().__init__(file, fix_imports=False, encoding="utf-8")
         self._reader = reader
+        reader.unpickler = self
 
     def find_class(self, module: str, name: str) -> Any:
         found = _ALLOWED.get((module, name))
@@ -295,10 +298,27 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
 class _Reader:
     """State of one :func:`load_torch_save` call; its methods are the rebuild stand-ins."""
 
-    def __init__(self, zf: zipfile.ZipFile, prefix: str, source: str, byteswap: bool):
-        self.zf, self.prefix, self.source, self.byteswap = zf, prefix, source, byteswap
+    def __init__(self, directory: ZipDirectory, prefix: str, source: str, byteswap: bool):
+        self.directory, self.prefix, self.source, self.byteswap = directory, prefix, source, byteswap
         self.where = f"{source}: {prefix}/data.pkl"
         self.storages: dict[str, _Storage] = {}
+        self.unpickler: _Unpickler | None = None
+
+    def _key_being_built(self) -> str | None:
+        """The dict key the tensor being rebuilt will be stored under, for error messages.
+
+        A pickled dict pushes each key just before its value, so while a rebuild call runs the
+        key is the nearest item below the pending rebuild calls on the unpickler's stacks (a
+        Parameter's tensor is rebuilt inside its argument tuple, one stack further down).
+        Tensors that are not dict values have no key."""
+        stacks = (self.unpickler.stack, *reversed(self.unpickler.metastack)) if self.unpickler else ()
+        for stack in stacks:
+            for item in reversed(stack):
+                if isinstance(item, str):
+                    return item
+                if not isinstance(item, _Rebuild):
+                    return None
+        return None
 
     def persistent_load(self, pid: Any) -> _StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and _text(pid[0]) == "storage"):
@@ -328,24 +348,24 @@ class _Reader:
 
     def _load_storage(self, key: str, stype: _StorageType, numel: int, nbytes: int) -> _Storage:
         member = f"{self.prefix}/data/{key}"
-        try:
-            info = self.zf.getinfo(member)
-        except KeyError:
+        info = self.directory.members.get(member)
+        if info is None:
+            raise WeightError(f"{self.source}: storage {key!r} has no member {member} in the archive")
+        if info.size < nbytes:
             raise WeightError(
-                f"{self.source}: storage {key!r} has no member {member} in the archive") from None
-        if info.file_size < nbytes:
-            raise WeightError(
-                f"{self.source}: {member} holds {info.file_size} bytes, but its {stype.name}"
+                f"{self.source}: {member} holds {info.size} bytes, but its {stype.name}"
                 f" declares {numel} elements ({nbytes} bytes): storage file too short")
-        raw = _read_member(self.zf, info, self.source, limit=nbytes)
-        return _Storage(key, member, raw, stype.dtype)
+        raw = self.directory.read(member)  # whole, so that its CRC is checked
+        return _Storage(key, member, memoryview(raw)[:nbytes] if len(raw) > nbytes else raw, stype.dtype)
 
     def _tensor(self, ref: Any, offset: Any, size: Any, stride: Any, dtype: _DType,
                 metadata: Any) -> RawTensor:
         if not isinstance(ref, _StorageRef):
             raise WeightError(f"{self.where}: a tensor rebuild got {_short(ref)}, not a storage")
         storage = ref.storage
-        where = f"{self.source}: tensor on storage {storage.key!r} ({storage.member})"
+        key = self._key_being_built()
+        tensor = f"tensor {_short(key)} " if key is not None else "tensor "
+        where = f"{self.source}: {tensor}on storage {storage.key!r} ({storage.member})"
         shape, strides = _int_tuple(size, "size", where), _int_tuple(stride, "stride", where)
         if len(shape) != len(strides):
             raise WeightError(f"{where}: size {shape} and stride {strides} differ in length")
@@ -371,7 +391,7 @@ class _Reader:
         except ValueError as exc:
             raise WeightError(
                 f"{where}: cannot view size {shape} stride {strides}: {exc}") from None
-        array = _apply_metadata(array, dtype, metadata, where)
+        array = _apply_metadata(array, dtype, metadata, where, storage.nbytes)
         return RawTensor(array, dtype.name, shape, strides, offset, storage.key)
 
     # Stand-ins for torch._utils; argument lists follow torch 2.13, older pickles pass fewer.
@@ -400,8 +420,11 @@ class _Reader:
         return self._rebuild_parameter(data, requires_grad, backward_hooks)
 
 
-def _apply_metadata(array: np.ndarray, dtype: _DType, metadata: Any, where: str) -> np.ndarray:
-    """Materialize torch's lazy conj/neg bits, which numpy views can't express."""
+def _apply_metadata(array: np.ndarray, dtype: _DType, metadata: Any, where: str,
+                    storage_bytes: int) -> np.ndarray:
+    """Materialize torch's lazy conj/neg bits, which numpy views can't express. The copy is as
+    large as the view, which a stride of 0 makes as large as it likes: beyond its storage's
+    bytes (or _MAX_COPY_BYTES, if more) it is refused."""
     if metadata is None:
         return array
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
@@ -412,6 +435,9 @@ def _apply_metadata(array: np.ndarray, dtype: _DType, metadata: Any, where: str)
         raise WeightError(f"{where}: unsupported tensor metadata {sorted(unknown)}")
     if flags and dtype.raw:
         raise WeightError(f"{where}: cannot apply {sorted(flags)} to {dtype.name} held as raw bits")
+    if flags and array.nbytes > max(storage_bytes, _MAX_COPY_BYTES):
+        raise WeightError(f"{where}: applying {sorted(flags)} would copy the view's {array.nbytes} bytes, "
+                          f"more than its storage's {storage_bytes} (a view repeating its storage)")
     try:
         if "conj" in flags:
             if dtype.numpy.kind != "c":
@@ -432,27 +458,27 @@ def load_torch_save(data: bytes | bytearray | memoryview | BinaryIO, *,
 
     ``data`` is the payload's bytes or a seekable binary file; ``source`` names it in errors.
     Raises :class:`~pt2interp.errors.WeightError` for anything that is not a well-formed
-    torch.save archive made only of tensors, parameters and plain containers.
+    torch.save archive made only of tensors, parameters and plain containers, and
+    :class:`~pt2interp.errors.LimitError` for a zip of more members than
+    ``pt2interp.limits.current().max_archive_members``.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         if bytes(data[:1]) == b"\x80":
             raise WeightError(f"{source}: a raw pickle, the legacy (torch < 1.6) torch.save"
                               " format, which is not supported")
         data = io.BytesIO(data)
-    try:
-        zf = zipfile.ZipFile(data)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise WeightError(f"{source}: not a torch.save zip archive ({exc})") from None
-    with zf:
-        prefix = _find_prefix(zf, source)
-        byteswap = _byteorder(zf, prefix, source) != sys.byteorder
+    directory = ZipDirectory(data, source, error=WeightError, not_a_zip="not a torch.save zip archive",
+                             read_in_full=True)
+    with directory.zip:
+        prefix = _find_prefix(directory, source)
+        byteswap = _byteorder(directory, prefix, source) != sys.byteorder
         member = f"{prefix}/data.pkl"
-        info = zf.getinfo(member)
-        if info.file_size > _MAX_PICKLE_BYTES:
-            raise WeightError(f"{source}: {member} is {info.file_size} bytes, over the"
+        size = directory.members[member].size
+        if size > _MAX_PICKLE_BYTES:
+            raise WeightError(f"{source}: {member} is {size} bytes, over the"
                               f" {_MAX_PICKLE_BYTES} byte limit for tensor metadata")
-        pickled = _read_member(zf, info, source)
-        reader = _Reader(zf, prefix, source, byteswap)
+        pickled = directory.read(member)
+        reader = _Reader(directory, prefix, source, byteswap)
         try:
             result = _Unpickler(io.BytesIO(pickled), reader).load()
         except WeightError:
@@ -466,11 +492,8 @@ def load_torch_save(data: bytes | bytearray | memoryview | BinaryIO, *,
     return result
 
 
-def _find_prefix(zf: zipfile.ZipFile, source: str) -> str:
-    names = zf.namelist()
-    if len(set(names)) != len(names):
-        raise WeightError(f"{source}: the zip has duplicate member names")
-    pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+def _find_prefix(directory: ZipDirectory, source: str) -> str:
+    pickles = [n for n in directory.members if n.count("/") == 1 and n.endswith("/data.pkl")]
     if len(pickles) != 1:
         found = "no" if not pickles else f"{len(pickles)}"
         raise WeightError(f"{source}: {found} <prefix>/data.pkl members; expected exactly one in a"
@@ -478,39 +501,17 @@ def _find_prefix(zf: zipfile.ZipFile, source: str) -> str:
     return pickles[0][: -len("/data.pkl")]
 
 
-def _byteorder(zf: zipfile.ZipFile, prefix: str, source: str) -> str:
+def _byteorder(directory: ZipDirectory, prefix: str, source: str) -> str:
     member = f"{prefix}/byteorder"
-    try:
-        info = zf.getinfo(member)
-    except KeyError:
+    info = directory.members.get(member)
+    if info is None:
         return "little"
-    if info.file_size > 16:
-        raise WeightError(f"{source}: {member} is {info.file_size} bytes; expected little or big")
-    order = _read_member(zf, info, source).decode("ascii", "replace").strip()
+    if info.size > 16:
+        raise WeightError(f"{source}: {member} is {info.size} bytes; expected little or big")
+    order = directory.read(member).decode("ascii", "replace").strip()
     if order not in ("little", "big"):
         raise WeightError(f"{source}: {member} says {order!r}; expected 'little' or 'big'")
     return order
-
-
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str,
-                 limit: int | None = None) -> bytes:
-    """Read a member (the first ``limit`` bytes), refusing compression bombs and bad CRCs."""
-    if info.compress_type == zipfile.ZIP_STORED:
-        if info.file_size != info.compress_size:
-            raise WeightError(f"{source}: {info.filename} is stored uncompressed but its sizes"
-                              f" differ ({info.compress_size} vs {info.file_size})")
-    elif info.file_size > _MAX_COMPRESSION_RATIO * info.compress_size + (1 << 20):
-        raise WeightError(f"{source}: {info.filename} expands from {info.compress_size} to"
-                          f" {info.file_size} bytes: refusing a compression bomb")
-    try:
-        if limit is None or limit >= info.file_size:
-            return zf.read(info)  # the whole member: zipfile checks the CRC
-        with zf.open(info) as f:
-            return f.read(limit)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
-            OSError, ValueError) as exc:  # RuntimeError: an encrypted member
-        raise WeightError(f"{source}: cannot read {info.filename} ({type(exc).__name__}:"
-                          f" {exc})") from None
 
 
 def _children(node: Any) -> Iterator[Any]:

@@ -18,13 +18,18 @@ come back as fresh ``collections.namedtuple`` classes with the recorded field na
 from __future__ import annotations
 
 import collections
+import keyword
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from pt2interp import jsontext
 from pt2interp.errors import InputMismatchError, SchemaError
 
-_MAX_DEPTH = 200
+# Real specs nest a handful of levels (a tuple of tuples of tensors). Everything that walks a
+# spec takes a few stack frames per level (here, the interpreter, introspect, codegen and its
+# printer): this bound keeps all of them far from the recursion limit.
+_MAX_DEPTH = 64
 
 _TUPLE = "builtins.tuple"
 _LIST = "builtins.list"
@@ -159,10 +164,16 @@ def _namedtuple_class(type_name: str, fields: tuple[str, ...]) -> type:
     cls = _NAMEDTUPLE_CACHE.get(key)
     if cls is None:
         short = str(type_name).rsplit(".", 1)[-1]
-        safe = short if short.isidentifier() else "Result"
-        cls = collections.namedtuple(safe, fields, rename=True)
+        # namedtuple compiles the field names into a function, where names equal under NFKC
+        # ("ａ" and "a") collide and a keyword is a syntax error: such names become positional
+        names = tuple(f if _plain_name(f) else f"_{i}" for i, f in enumerate(fields))
+        cls = collections.namedtuple(short if _plain_name(short) else "Result", names, rename=True)
         _NAMEDTUPLE_CACHE[key] = cls
     return cls
+
+
+def _plain_name(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name) and unicodedata.normalize("NFKC", name) == name
 
 
 def parse_treespec(text: str, *, namedtuple_fields: dict[str, list[str]] | None = None,

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import io
 import sys
-import zipfile
 from dataclasses import dataclass
 
 import torch
 
 from pt2interp import versions
-from pt2interp.archive import MAX_COMPRESSION_RATIO, Archive
+from pt2interp.archive import Archive
 from pt2interp.errors import WeightError
+from pt2interp.numpy_weights import MAX_ZERO_FILL_BYTES, bytes_needed, check_record, check_view
 from pt2interp.program import read_payload_config
-from pt2interp.schema import SymExpr, TensorMeta
+from pt2interp.schema import TensorMeta
+from pt2interp.zipdir import ZipDirectory
 
 
 def torch_dtype(name: str, *, where: str = "") -> torch.dtype:
@@ -72,10 +73,12 @@ def load_pickled(archive: Archive, relative: str) -> object:
     where = f"{archive.source}: pickled member {archive.member_path(relative)!r}"
     _check_torch_save_zip(data, where)
     try:
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 (torch raises UnpicklingError, RuntimeError, ... for bad payloads)
         raise WeightError(f"{where} cannot be loaded safely (weights_only): "
                           f"{type(exc).__name__}: {_torch_load_reason(exc)}") from None
+    _check_tensor_sizes(obj, where)
+    return obj
 
 
 def _torch_load_reason(exc: Exception) -> str:
@@ -90,22 +93,34 @@ def _torch_load_reason(exc: Exception) -> str:
 
 
 def _check_torch_save_zip(data: bytes, where: str) -> None:
-    """Refuse what torch.load would inflate or allocate unboundedly, before it runs: payloads
-    that are not torch.save zips (the pre-1.6 format allocates storages of pickled sizes before
-    reading them) and compressed records that would inflate absurdly (torch never compresses)."""
-    if data[:4] != b"PK\x03\x04":
-        raise WeightError(f"{where} is not a torch.save zip payload (raw pickles, torch's pre-1.6 format, "
-                          "are not loaded)")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            infos = z.infolist()
-    except Exception as exc:  # noqa: BLE001 (zipfile raises assorted errors on mangled directories)
-        raise WeightError(f"{where} is not a readable torch.save zip ({type(exc).__name__}: {exc})") from None
-    for info in infos:
-        if info.compress_type != zipfile.ZIP_STORED and \
-                info.file_size > max(info.compress_size, 1) * MAX_COMPRESSION_RATIO:
-            raise WeightError(f"{where}: record {info.filename!r} would inflate {info.compress_size} bytes to "
-                              f"{info.file_size} (ratio over {MAX_COMPRESSION_RATIO}): refusing a likely zip bomb")
+    """Refuse what torch.load would be fooled by, or inflate without bound, before it runs: the
+    checks the archive itself gets (member count, names, duplicates, encryption, local headers,
+    overlapping entries, compression ratios; and a zip that starts with its first member, for
+    torch.load takes anything else for a pre-1.6 raw pickle, which allocates storages of pickled
+    sizes before reading them). torch.load checks no CRC: every record's is verified here."""
+    payload = ZipDirectory(io.BytesIO(data), where, error=WeightError, not_a_zip="not a torch.save zip payload",
+                           read_in_full=True)
+    with payload.zip:
+        payload.check_all_crcs()
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def _check_tensor_sizes(obj: object, where: str) -> None:
+    """torch.load makes stride-0 views of any size; one whose bytes int64 cannot count (its
+    ``nbytes`` wraps around) is refused, as the numpy backend refuses it."""
+    stack, seen = [(obj, None)], set()
+    while stack:
+        value, key = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if value.numel() * value.element_size() > _INT64_MAX:
+                raise WeightError(f"{where}: tensor {key!r} has sizes {list(value.shape)}, "
+                                  f"{value.numel() * value.element_size()} bytes: more than int64 can count")
+        elif isinstance(value, (dict, list, tuple)) and id(value) not in seen:
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else ((key, v) for v in value)
+            stack.extend((v, k) for k, v in items)
 
 
 def _plain(d: dict) -> dict:
@@ -143,12 +158,7 @@ def _load_payloads(archive: Archive, config_member: str, base_dir: str) -> tuple
     storages: dict[str, torch.Tensor] = {}
     out: dict[str, object] = {}
     params = set()
-    # bytes each record must hold for the views declared on it: what a compressed record may inflate to
-    needed: dict[str, int] = {}
-    for meta in config.values():
-        if not meta.use_pickle and meta.tensor_meta is not None:
-            n = _extent_bytes(meta.tensor_meta)
-            needed[meta.path_name] = max(needed.get(meta.path_name, 0), n or 0)
+    needed = bytes_needed(config)
     zero_budget = [MAX_ZERO_FILL_BYTES]
     for fqn, meta in config.items():
         where = f"{archive.source}: {archive.member_path(base_dir + meta.path_name)} ({fqn}): "
@@ -179,17 +189,9 @@ def _archive_is_big_endian(archive: Archive) -> bool:
 def _flat_storage(archive: Archive, member: str, tm: TensorMeta, where: str, big_endian: bool,
                   needed: int | None = None) -> torch.Tensor:
     dtype = torch_dtype(tm.dtype, where=where)
-    info = archive.info(member)
     itemsize = versions.ITEMSIZE[tm.dtype]
-    if info.size % itemsize:
-        raise WeightError(f"{where}{info.size} bytes is not a whole number of {tm.dtype} elements")
-    if info.size == 0:
+    if check_record(archive, member, itemsize, tm.dtype, needed, where).size == 0:
         return torch.empty(0, dtype=dtype)
-    if not info.stored and needed is not None and info.size > needed:
-        # Stored records are mapped, not read; a compressed one is inflated into memory, so it may
-        # hold no more than the tensors declared on it need (torch never compresses records).
-        raise WeightError(f"{where}the compressed record declares {info.size} bytes but the tensors stored "
-                          f"in it need only {needed}: refusing to inflate it")
     buf = archive.buffer(member)
     if isinstance(buf, bytes):
         buf = bytearray(buf)  # frombuffer needs a writable buffer; this is the only copy
@@ -199,55 +201,18 @@ def _flat_storage(archive: Archive, member: str, tm: TensorMeta, where: str, big
     return flat
 
 
-# Empty records (torch writes them for fake tensors) load as zeros, as torch loads them; a file
-# of a few bytes must not make that allocate without bound, so an archive's zeros are capped.
-MAX_ZERO_FILL_BYTES = 1 << 30
-_INT64_MAX = (1 << 63) - 1
-
-
-def _extent_bytes(tm: TensorMeta) -> int | None:
-    """Bytes of storage a view with static geometry reaches (0 when it holds no element)."""
-    sizes, strides, offset = tm.sizes, tm.strides, tm.storage_offset
-    if not all(isinstance(x, int) for x in (*sizes, *strides, offset)) or len(strides) != len(sizes):
-        return None
-    if any(s == 0 for s in sizes):
-        return 0
-    return (offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1) * versions.ITEMSIZE.get(tm.dtype, 1)
-
-
 def view_of_storage(flat: torch.Tensor, tm: TensorMeta, where: str,
                     zero_budget: list[int] | None = None) -> torch.Tensor:
-    """``as_strided`` view of a flat storage, refusing views that reach past its end.
-
-    ``zero_budget`` (a one-item list, decremented) caps the bytes empty records may allocate.
-    """
-    sizes, strides, offset = tm.sizes, tm.strides, tm.storage_offset
-    if not all(isinstance(x, int) for x in (*sizes, *strides)) or isinstance(offset, SymExpr):
-        raise WeightError(f"{where}weights must have static sizes, got {list(map(str, sizes))}")
-    if len(strides) != len(sizes):
-        raise WeightError(f"{where}{len(strides)} strides for {len(sizes)} sizes")
-    numel = 1
-    for s in sizes:
-        numel *= s
-    if any(x > _INT64_MAX for x in (*sizes, *strides, offset, numel)):
-        raise WeightError(f"{where}sizes {list(sizes)} strides {list(strides)} offset {offset} do not fit in int64")
-    if flat.numel() == 0 and numel > 0:
-        # torch writes empty records for tensors it could not serialize by bytes: zeros, as torch does
-        nbytes = numel * flat.element_size()
-        budget = zero_budget if zero_budget is not None else [MAX_ZERO_FILL_BYTES]
-        if nbytes > budget[0]:
-            raise WeightError(f"{where}the record is empty and the tensor declares {nbytes} bytes of zeros, over "
-                              f"the {MAX_ZERO_FILL_BYTES} bytes of zeros an archive may ask for "
-                              "(pt2interp.weights.MAX_ZERO_FILL_BYTES)")
-        budget[0] -= nbytes
-        return torch.zeros(sizes, dtype=flat.dtype)
-    if numel:
-        extent = offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1
-        if extent > flat.numel():
-            raise WeightError(
-                f"{where}declares sizes {list(sizes)} strides {list(strides)} offset {offset}, needing "
-                f"{extent * flat.element_size()} bytes, but the record holds only {flat.numel() * flat.element_size()}")
-    return flat.as_strided(sizes, strides, offset)
+    """``as_strided`` view of a flat storage, refusing views that reach past its end (the
+    checks of :func:`pt2interp.numpy_weights.check_view`, which ``zero_budget`` is passed to)."""
+    budget = zero_budget if zero_budget is not None else [MAX_ZERO_FILL_BYTES]
+    numel = check_view(tm, flat.numel(), flat.element_size(), where, budget)
+    if numel and flat.numel() == 0:
+        return torch.zeros(tm.sizes, dtype=flat.dtype)
+    try:
+        return flat.as_strided(tm.sizes, tm.strides, tm.storage_offset)
+    except RuntimeError as exc:  # what torch refuses beyond check_view's rules
+        raise WeightError(f"{where}cannot view sizes {list(tm.sizes)} strides {list(tm.strides)}: {exc}") from None
 
 
 @dataclass(frozen=True)

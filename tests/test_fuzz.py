@@ -265,6 +265,11 @@ HOSTILE_TARGETS = [
     "torch.ops.inductor._reinterpret_tensor.default", "_operator.pow", "_operator.lshift", "_operator.mul",
     "torch.ops.higher_order.while_loop", "torch.ops.higher_order.map_impl", "torch.ops.aten.resize_.default",
     "torch.ops.aten.set_.source_Tensor_storage_offset", "torch.ops.aten.as_strided.default",
+    # the op policy's cases (pt2interp.ops.policy)
+    "torch.ops.aten._sparse_coo_tensor_unsafe.default", "torch.ops.aten.sparse_coo_tensor.indices_size",
+    "torch.ops.aten._indices.default", "torch.ops.aten._ctc_loss.default", "torch.ops.aten._print.default",
+    "torch.ops.higher_order.print", "torch.ops.aten.format.default", "torch.ops.aten._copy_from.default",
+    "torch.ops.higher_order.inline_asm_elementwise", "_operator.mod", "_operator.add",
 ]
 HOSTILE_STRINGS = HOSTILE_TARGETS + [
     "../../../etc/passwd", "/etc/passwd", "C:\\x", "weight_0", "weight_99", "model.pt", "custom_obj_0",
@@ -273,6 +278,7 @@ HOSTILE_STRINGS = HOSTILE_TARGETS + [
     "[1, {\"type\": \"os.system\", \"context\": null, \"children_spec\": []}]",
     "[1, {\"type\": \"builtins.tuple\", \"context\": \"null\", \"children_spec\": 5}]",
     "\x00", "\ud800", "NaN", "Infinity", "-Infinity",
+    "{0.__class__.__init__.__globals__}", "%1500000000d", "{:1500000000}", "\x1b[2J\x1b]0;title\x07",
 ]
 HUGE_INTS = [2**62, 2**63 - 1, 2**63, 2**64, -(2**63), -1, -2, 0, 1, 2**31, 10**30, 2**1000, -(10**30)]
 
