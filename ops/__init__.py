@@ -7,7 +7,7 @@ Importing this package registers every family. See :mod:`pt2interp.ops.registry`
 from pt2interp.ops import higher_order, registry, symbolic  # noqa: F401
 from pt2interp.ops.registry import REGISTRY, Call, OpEntry, lookup, register, resolve_torch_op
 
-for _family in ("elementwise", "shape", "nn", "reduction", "indexing", "factory"):
+for _family in ("elementwise", "shape", "nn", "attention", "reduction", "indexing", "factory"):
     try:
         __import__(f"pt2interp.ops.{_family}")
     except ModuleNotFoundError as _exc:  # a family not written yet

@@ -289,8 +289,6 @@ register("aten.scaled_dot_product_attention.default",
                        scale=0.5))(
     call_renderer("F.scaled_dot_product_attention", ["query", "key", "value"],
                      ["attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]))
-register("aten._scaled_dot_product_flash_attention_for_cpu.default",
-         sample=sample(randn(1, 2, 3, 4), randn(1, 2, 3, 4), randn(1, 2, 3, 4), 0.0, True))(raw)
 
 
 def _mha_weights(embed: int, ffn: int | None = None):

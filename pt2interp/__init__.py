@@ -3,6 +3,7 @@
 from pt2interp.archive import Archive, open_archive
 from pt2interp.errors import (
     AOTInductorPackageError,
+    DeviceError,
     ExecutionError,
     FormatError,
     GraphError,
@@ -18,7 +19,7 @@ from pt2interp.program import Program, read_program
 __version__ = "0.1.0"
 
 __all__ = [
-    "AOTInductorPackageError", "Archive", "ExecutionError", "FormatError", "GraphError",
+    "AOTInductorPackageError", "Archive", "DeviceError", "ExecutionError", "FormatError", "GraphError",
     "InputMismatchError", "LimitError", "Program", "Pt2Error", "SchemaError", "UnsupportedOpError", "WeightError", "load",
     "open_archive", "read_program",
 ]

@@ -55,6 +55,10 @@ class ExecutionError(Pt2Error):
     the kernel raised; that error is the ``__cause__``."""
 
 
+class DeviceError(Pt2Error):
+    """The device asked for does not exist in this torch or on this machine."""
+
+
 class LimitError(Pt2Error):
     """Going on would exceed a resource budget of :mod:`pt2interp.limits`; ``limit`` names it.
     A caller who trusts the file raises the budget with ``pt2interp.limits.override``."""

@@ -200,6 +200,7 @@ class GraphCompiler:
     def __init__(self, *, device: torch.device | None = None, member: str = "<graph>"):
         self.device = device
         self.member = member
+        self._written: set[str] = set()  # values the graphs being compiled write into
 
     # -- entry point -------------------------------------------------------------------------
     def compile(self, graph: Graph, where: str = "graph") -> GraphPlan:
@@ -227,6 +228,8 @@ class GraphCompiler:
                 last_use[r] = idx
         pinned = {r for a in graph.outputs for r in a.refs()}
 
+        outer_written = self._written
+        self._written = _written_values(graph) | outer_written
         steps = []
         for idx, node in enumerate(graph.nodes):
             npath = f"{where}.nodes[{idx}]"
@@ -236,6 +239,7 @@ class GraphCompiler:
             step.free = tuple(sorted(slot_of[r] for r in reads[idx] if last_use[r] == idx and r not in pinned))
             steps.append(step)
 
+        self._written = outer_written
         outputs = []
         for i, arg in enumerate(graph.outputs):
             for r in arg.refs():
@@ -285,6 +289,8 @@ class GraphCompiler:
         if not kwargs and not via_fallback:
             kernel = fast_kernel(node.target, len(args)) or kernel
         kernel = policy.guard_target(node.target, op, kernel)
+        if node.target in _VIEWS:
+            kernel = _view_or_copy(kernel, node, self._aliasing_matters(node))
         if via_fallback:
             self._refuse_unguarded_operators(node, path)
         store, out_slots = self.compile_outputs(node, define, path)
@@ -292,6 +298,12 @@ class GraphCompiler:
         step = Step(node, kernel, run, (), via_fallback, out_slots)
         step.subplans = [a.value.plan for a in args if isinstance(a, _Const) and isinstance(a.value, Subgraph)]
         return step
+
+    def _aliasing_matters(self, node: Node) -> bool:
+        """Whether a view's result must share memory with its input: some node writes into
+        either (``_written`` is kept by :meth:`compile` for the graphs being compiled)."""
+        names = {r for na in node.inputs for r in na.arg.refs()} | {r for a in node.outputs for r in a.refs()}
+        return bool(names & self._written)
 
     def _refuse_unguarded_operators(self, node: Node, path: str) -> None:
         # torch's own higher-order kernels call an op argument directly, past the policy's checks
@@ -439,6 +451,42 @@ class GraphCompiler:
         if k == "string_to_argument":
             return _Dict({key: self.compile_argument(a, slot_of, f"{path}.{key}") for key, a in v.items()})
         raise SchemaError(f"unknown argument kind '{k}'", member=self.member, path=path)
+
+
+# -- views whose input came out in another layout than export saw -----------------------------
+
+_VIEWS = frozenset({"torch.ops.aten.view.default", "torch.ops.aten._unsafe_view.default"})
+
+
+def _written_values(graph: Graph) -> set[str]:
+    """Values some node writes into: an argument its schema marks ``(a!)``."""
+    written: set[str] = set()
+    for node in graph.nodes:
+        schema = registry.schema_of(node.target) if node.target.startswith("torch.ops.aten.") else None
+        if schema is None:
+            continue
+        writes = {a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write}
+        if writes:
+            written |= {r for na in node.inputs if na.name in writes for r in na.arg.refs()}
+    return written
+
+
+def _view_or_copy(kernel: Callable, node: Node, aliasing_matters: bool) -> Callable:
+    """``view``, falling back to ``reshape`` when this device's kernels laid the input out
+    differently from the kernels export traced (CUDA's attention output is transposed in
+    memory): a copy, so only where nothing needs the view to share its input's memory."""
+    def view(self, size):
+        try:
+            return kernel(self, size)
+        except RuntimeError as exc:
+            if "view size is not compatible" not in str(exc):
+                raise
+            if aliasing_matters:
+                raise RuntimeError("the input's layout differs from what export recorded (another device's "
+                                   "kernel made it) and the view cannot become a copy: the graph writes into "
+                                   f"it ({str(exc).split('(')[0].strip()})") from None
+            return self.reshape(size)
+    return view
 
 
 # Higher-order ops: which positional inputs must be subgraphs.

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pt2interp import limits
-from pt2interp.errors import ExecutionError, InputMismatchError, SchemaError
+from pt2interp.errors import DeviceError, ExecutionError, InputMismatchError, SchemaError
 from pt2interp.interpreter import GraphCompiler, GraphPlan
 from pt2interp.program import Program
 from pt2interp.schema import InputSpec, TensorMeta
@@ -36,7 +36,7 @@ class LoadedProgram:
                  inference_mode: bool = True):
         self.program = program
         self.inference_mode = inference_mode
-        self._device = torch.device(device) if device is not None else None
+        self._device = _usable_device(device) if device is not None else None
         self._state: dict[str, Any] = {}
         values = program.graph.tensor_values
         for spec in program.signature.input_specs:
@@ -58,7 +58,9 @@ class LoadedProgram:
     def _build(self) -> None:
         model = self.program.model
         member = self.program.source
-        self._plan: GraphPlan = GraphCompiler(device=self._device, member=member).compile(model.graph)
+        # the program's device, not the file's: factory ops recorded with device=cuda make
+        # their tensors on CPU when the program runs there, and the other way round
+        self._plan: GraphPlan = GraphCompiler(device=self.device, member=member).compile(model.graph)
         specs = model.signature.input_specs
         if len(specs) != len(model.graph.inputs):
             raise SchemaError(f"the signature lists {len(specs)} inputs but the graph has {len(model.graph.inputs)}",
@@ -138,7 +140,7 @@ class LoadedProgram:
 
     def to(self, device: str | torch.device) -> LoadedProgram:
         """Move weights and constants to ``device`` (in place) and return self."""
-        self._device = torch.device(device)
+        self._device = _usable_device(device)
         self._move_state(self._device)
         self._build()
         return self
@@ -188,11 +190,11 @@ class LoadedProgram:
         if len(leaves) != len(self._leaf_specs):
             raise InputMismatchError(f"expected {len(self._leaf_specs)} inputs, got {len(leaves)}")
         inputs = list(self._template)
-        device = self._device
+        device = self.device  # inputs on another device are moved to the program's
         env: dict[str, int] = {}
         for check, slot, value in zip(self._checks, self._leaf_specs, leaves):
             value = check(value, env, self._symbols)
-            if device is not None and isinstance(value, torch.Tensor) and value.device != device:
+            if isinstance(value, torch.Tensor) and value.device != device:
                 value = value.to(device)
             inputs[slot] = value
         return inputs, leaves
@@ -330,3 +332,15 @@ def _shape_text(sizes) -> str:
 def _range_text(lo, hi) -> str:
     return f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
 
+
+
+def _usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, refusing one this torch or machine does not have
+    (a CPU-only torch asked for ``cuda`` raises an AssertionError deep inside otherwise)."""
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeviceError(f"device {str(device)!r} is not available: {first}") from None
+    return dev

@@ -13,4 +13,15 @@ def pytest_report_header(config):
     return f"torch {torch.__version__}; {len(CASES)} fixture archives; cuda={'yes' if torch.cuda.is_available() else 'no'}"
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+# Every CUDA test carries the ``cuda`` mark (``pytest -m cuda`` selects them all); they skip
+# where CUDA is not available.
+requires_cuda = pytest.mark.cuda
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="CUDA is not available on this machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

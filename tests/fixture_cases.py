@@ -40,6 +40,11 @@ class Case:
         return self.entry.get("torch_version") or _manifest(self.path.parent).get("torch_version", "")
 
     @property
+    def device(self) -> str:
+        """Where the archive was exported and its references computed (``"cpu"``, ``"cuda"``)."""
+        return _manifest(self.path.parent).get("device", "cpu")
+
+    @property
     def exported_by_installed_torch(self) -> bool:
         """Written by the release of torch installed here (local tags such as ``+cpu`` aside)."""
         return release(self.torch_version) == release(installed_torch_version())
@@ -181,6 +186,14 @@ def load_or_skip(c: Case, **kwargs):
         if c.newer_than_installed_torch and "does not exist in torch" in str(exc):
             pytest.skip(f"{c.id} was written by torch {c.torch_version}: {exc}")
         raise
+
+
+def device_change_tolerance(dtype) -> float:
+    """rtol = atol for outputs computed on another device (other kernels; TF32, as torch
+    defaults on CUDA): float32 1e-3, half types 2e-2, float64 1e-6, others exact."""
+    import torch
+
+    return {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 2e-2}.get(dtype, 0)
 
 
 def manifests() -> list[Path]:

@@ -65,16 +65,17 @@ def test_extracted_weights_equal_module_state_dict(c):
     if stored is not None:
         assert set(got) == set(stored)
     references = [r for r in (module_sd, stored) if r is not None]
-    assert references, f"{c.id}: no reference state dict"
+    # the CUDA fixtures ship no state dict: for them the two backends are checked against each other
+    assert references or c.device != "cpu", f"{c.id}: no reference state dict"
     for name, t in got.items():
         for ref in references:
             assert_bitwise_equal(t, ref[name].detach(), name)
         a = arrays[name]
         assert arrays.dtypes[name] == str(t.dtype).removeprefix("torch.")
         assert a.shape == tuple(t.shape) and a.strides == tuple(s * a.itemsize for s in t.stride()), name
-        assert_bitwise_equal(_as_torch(arrays, name), t.contiguous(), name)
+        assert_bitwise_equal(_as_torch(arrays, name), t.clone(memory_format=torch.contiguous_format), name)
     # tied weights stay tied in both backends
-    for group in _shared_groups(references[0]):
+    for group in _shared_groups(references[0] if references else got):
         present = [n for n in group if n in got]
         assert len({got[n].untyped_storage().data_ptr() for n in present}) <= 1, present
         assert all(np.shares_memory(arrays[present[0]], arrays[n]) for n in present), present
@@ -226,7 +227,7 @@ def test_safetensors_holds_every_weight(c, tmp_path):
     got = load_safetensors(out)
     assert set(got) == set(want) and set(saved.tensors) | set(saved.aliases) == set(want)
     for name, t in want.items():
-        assert_bitwise_equal(got[name], t.contiguous(), name)
+        assert_bitwise_equal(got[name], t.clone(memory_format=torch.contiguous_format), name)
     meta, program = saved.metadata, pt2interp.read_program(c.path)
     assert meta["source"] == c.path.name and meta["layout"] == program.layout
     assert meta["schema_version"] == ".".join(map(str, program.schema_version))

@@ -9,6 +9,7 @@ import torch
 from conftest import CASES, requires_cuda
 from fixture_cases import (
     case,
+    device_change_tolerance,
     flatten_outputs,
     load_or_skip,
     reference_module,
@@ -43,6 +44,8 @@ def _check_outputs(c, got: dict, want: dict, *, exact: bool):
             torch.testing.assert_close(g, w, rtol=0, atol=0, msg=msg)
             continue
         rtol, atol = TOLERANCE.get(g.dtype, (0, 0))
+        if c.device != "cpu":  # computed on another device
+            rtol = atol = device_change_tolerance(g.dtype)
         if g.dtype == torch.bfloat16:  # numpy has no bfloat16: the npz holds these as float32
             g = g.float()
         torch.testing.assert_close(g, w.to(g.dtype), rtol=rtol, atol=atol, msg=msg)
@@ -227,17 +230,18 @@ def test_unknown_target_is_refused_not_imported(tmp_path):
 @requires_cuda
 @pytest.mark.parametrize("c", [c for c in CASES if c.folder == "zoo"], ids=lambda c: c.id)
 def test_zoo_on_cuda(c):
+    """The same program on CUDA and on CPU (not torch's ep.module().to("cuda"), which fails on
+    programs with CPU-only kernels or devices recorded in factory ops)."""
     args, kwargs = c.inputs()
     prog = load_or_skip(c, device="cuda")
     assert prog.device.type == "cuda"
     out = flatten_outputs(prog(*args, **kwargs))
-    ref = reference_module(c)[0].to("cuda")
-    want = flatten_outputs(ref(*[a.cuda() for a in args], **{k: v.cuda() for k, v in kwargs.items()}))
+    want = flatten_outputs(load_or_skip(c)(*args, **kwargs))
     for key, w in want.items():
         g = out[key]
-        assert g.device.type == w.device.type == "cuda" if isinstance(w, torch.Tensor) else True
-        tol = 2e-2 if c.low_precision else 1e-4
-        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+        assert g.device.type == "cuda" if isinstance(w, torch.Tensor) else True
+        tol = 2e-2 if c.low_precision else 1e-3  # other kernels, TF32 as torch defaults
+        torch.testing.assert_close(g.cpu(), w, rtol=tol, atol=tol)
 
 
 @requires_cuda

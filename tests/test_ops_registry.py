@@ -49,6 +49,9 @@ NO_SAMPLE = {
     "higher_order.with_effects": "wraps another op with effect tokens; tested by fixtures",
     "higher_order.auto_functionalized": "wraps a mutating custom op; tested by fixtures",
     "higher_order.print": "prints; tested in tests/test_hostile_ops.py",
+    "aten._scaled_dot_product_efficient_attention": "CUDA-only op; its stand-in elsewhere: tests/test_devices.py",
+    "aten._scaled_dot_product_flash_attention.": "CUDA-only op; its stand-in elsewhere: tests/test_devices.py",
+    "aten._scaled_dot_product_cudnn_attention": "CUDA-only op; its stand-in elsewhere: tests/test_devices.py",
 }
 NAMESPACE = {"torch": torch, "F": F, "math": math, "operator": operator}
 

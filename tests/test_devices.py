@@ -1,0 +1,154 @@
+"""The device is the program's, not the file's: CUDA exports on CPU, CPU exports on CUDA.
+
+The CPU half runs everywhere (CI has no GPU); the CUDA half is marked ``cuda`` and skips
+cleanly without one. CUDA results are compared with the fixtures' references or with the
+same program on CPU, never with torch's ``ep.module().to("cuda")`` (which fails on exactly
+the programs these tests are about).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from conftest import CASES
+from fixture_cases import device_change_tolerance, flatten_outputs
+from helpers import member_named, rewrite_zip
+from pt2interp.ops import attention
+
+import pt2interp
+
+CUDA_EXPORTS = [c for c in CASES if c.device == "cuda"]
+
+
+def _assert_close_across_devices(got: dict, want: dict, where: str) -> None:
+    assert set(got) == set(want), where
+    for key, w in want.items():
+        g = got[key]
+        g = g.detach().cpu() if isinstance(g, torch.Tensor) else torch.tensor(g)
+        w = w.detach().cpu() if isinstance(w, torch.Tensor) else torch.tensor(w)
+        tol = device_change_tolerance(g.dtype)
+        if g.dtype == torch.bfloat16:  # the npz holds bfloat16 as float32
+            g = g.float()
+        torch.testing.assert_close(g, w.to(g.dtype), rtol=tol, atol=tol, msg=lambda m, k=key: f"{where} {k}: {m}")
+
+
+def test_the_cuda_exports_are_all_here():
+    assert len(CUDA_EXPORTS) == 28
+
+
+@pytest.mark.parametrize("c", CUDA_EXPORTS, ids=lambda c: c.id)
+def test_cuda_exports_run_on_cpu(c):
+    """Factory ops recorded with device=cuda, CUDA-only attention kernels: all on CPU."""
+    args, kwargs = c.inputs()
+    prog = pt2interp.load(c.path)
+    assert prog.device.type == "cpu"
+    out = flatten_outputs(prog(*args, **kwargs))
+    for value in out.values():
+        assert not isinstance(value, torch.Tensor) or value.device.type == "cpu"
+    _assert_close_across_devices(out, c.expected(), c.id)
+
+
+def test_a_device_this_torch_lacks_is_one_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    c = CASES[0]
+    with pytest.raises(pt2interp.DeviceError, match="device 'cuda' is not available"):
+        pt2interp.load(c.path, device="cuda")
+    with pytest.raises(pt2interp.DeviceError, match="'cuda:3' is not available"):
+        pt2interp.load(c.path).to("cuda:3")
+    done = subprocess.run([sys.executable, "-m", "pt2interp.cli", "run", str(c.path), "--random", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "not available" in done.stderr, done.stderr
+
+
+# -- the attention family on a device it was not recorded for ----------------------------------
+
+def _qkv(seed=0, heads=2, length=5):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, heads, length, 8, generator=g) for _ in range(3)]
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_cuda_only_attention_kernels_have_cpu_stand_ins(is_causal):
+    q, k, v = _qkv()
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if is_causal:
+        scores = scores.masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+    want_lse = scores.logsumexp(-1)
+    eff = attention.efficient_attention(q, k, v, None, True, 0.0, is_causal)
+    flash = attention.flash_attention(q, k, v, 0.0, is_causal)
+    cudnn = attention.cudnn_attention(q, k, v, None, True, 0.0, is_causal)
+    assert len(eff) == 4 and len(flash) == 9 and len(cudnn) == 9  # the recorded ops' tuples
+    for out in (eff, flash, cudnn):
+        torch.testing.assert_close(out[0], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[1], want_lse, rtol=1e-5, atol=1e-5)
+    assert flash[4] == 5 and flash[5] == 5  # max_q, max_k are sizes
+    assert attention.efficient_attention(q, k, v, None, False, 0.0, is_causal)[1].numel() == 0
+
+
+def test_attention_with_an_additive_bias_on_cpu():
+    q, k, v = _qkv(1)
+    bias = torch.randn(1, 2, 5, 5)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(attention.efficient_attention(q, k, v, bias, True)[0], want, rtol=1e-5, atol=1e-5)
+
+
+# -- views of inputs another device laid out differently ---------------------------------------
+
+def _transposed_view_archive(tmp_path, write_after: bool):
+    """x (4, 16) -> transpose -> view(16, 4): export on a device whose transpose were
+    contiguous would record this; here the view meets a non-contiguous input."""
+    src = next(c for c in CASES if c.folder == "zoo" and c.name == "mlp").path
+    member = member_named(src, "models/model.json")
+    with zipfile.ZipFile(src) as z:
+        doc = json.loads(z.read(member))
+
+    def node(target, inputs, out):
+        return {"target": target, "inputs": [{"name": n, "arg": a, "kind": 1} for n, a in inputs],
+                "outputs": [{"as_tensor": {"name": out}}], "metadata": {}}
+
+    nodes = [node("torch.ops.aten.transpose.int", [("self", {"as_tensor": {"name": "x"}}), ("dim0", {"as_int": 0}),
+                                                    ("dim1", {"as_int": 1})], "t"),
+             node("torch.ops.aten.view.default", [("self", {"as_tensor": {"name": "t"}}), ("size", {"as_ints": [8, 8]})],
+                  "v")]
+    if write_after:
+        nodes.append(node("torch.ops.aten.add_.Tensor", [("self", {"as_tensor": {"name": "v"}}),
+                                                          ("other", {"as_int": 1})], "w"))
+    out = "w" if write_after else "v"
+    graph = doc["graph_module"]["graph"]
+    graph["nodes"], graph["outputs"] = nodes, [{"as_tensor": {"name": out}}]
+    graph["tensor_values"][out] = graph["tensor_values"]["linear_1"]
+    doc["graph_module"]["signature"]["output_specs"] = [{"user_output": {"arg": {"as_tensor": {"name": out}}}}]
+    return rewrite_zip(src, tmp_path / f"view_{write_after}.pt2", replace={member: json.dumps(doc).encode()})
+
+
+def test_a_view_of_a_differently_laid_out_input_becomes_a_reshape(tmp_path):
+    x = torch.randn(4, 16)
+    got = pt2interp.load(_transposed_view_archive(tmp_path, write_after=False))(x)
+    assert torch.equal(got, x.t().reshape(8, 8))
+
+
+def test_a_view_that_must_alias_says_so(tmp_path):
+    prog = pt2interp.load(_transposed_view_archive(tmp_path, write_after=True))
+    with pytest.raises(pt2interp.ExecutionError, match="view cannot become a copy: the graph writes into it"):
+        prog(torch.randn(4, 16))
+
+
+# -- on a GPU ----------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
+def test_every_fixture_runs_on_cuda(c):
+    args, kwargs = c.inputs()
+    out = flatten_outputs(pt2interp.load(c.path, device="cuda")(*args, **kwargs))
+    for value in out.values():
+        assert not isinstance(value, torch.Tensor) or value.device.type == "cuda"
+    _assert_close_across_devices(out, c.expected(), c.id)
