@@ -191,6 +191,7 @@ REFUSED_NAMESPACES: dict[str, str] = {
     "static_runtime": "is TorchScript runtime-internal",
     "symm_mem": "works on raw device memory shared between processes",
     "c10d": "runs collectives on process groups, which no archive can supply",
+    "cuda": "changes the process's current CUDA device and stream",
 }
 
 # Higher-order ops that compute only on tensors and the program's own subgraphs. Any other

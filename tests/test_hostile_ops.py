@@ -31,6 +31,12 @@ REPO = Path(__file__).resolve().parent.parent
 INT64 = 5  # ScalarType number
 
 
+def _program_member(path: Path) -> str:
+    """The program JSON of an archive this torch wrote (the legacy layout before torch 2.8)."""
+    with zipfile.ZipFile(path) as z:
+        return next(n for n in z.namelist() if n.endswith(("models/model.json", "serialized_exported_program.json")))
+
+
 def _tensor(name: str) -> dict:
     return {"as_tensor": {"name": name}}
 
@@ -217,12 +223,15 @@ def _print_archive(tmp_path: Path, template: str) -> Path:
 
     class Printing(torch.nn.Module):
         def forward(self, x):
-            torch._higher_order_ops.print("PLACEHOLDER {}", x.sum())
+            torch._higher_order_ops.print("PLACEHOLDER {}", x=x.sum())  # keywords: every release takes them
             return x + 1
 
     src = tmp_path / "print.pt2"
-    torch.export.save(torch.export.export(Printing(), (torch.randn(4, 16),)), src)
-    member = member_named(src, "models/model.json")
+    try:
+        torch.export.save(torch.export.export(Printing(), (torch.randn(4, 16),)), src)
+    except Exception as exc:  # noqa: BLE001 (export raises many kinds)
+        pytest.skip(f"torch {torch.__version__} cannot export print: {type(exc).__name__}: {str(exc)[:100]}")
+    member = _program_member(src)
     with zipfile.ZipFile(src) as z:
         text = z.read(member).decode().replace("PLACEHOLDER {}", json.dumps(template)[1:-1])
     return rewrite_zip(src, tmp_path / "hostile_print.pt2", replace={member: text.encode()})
@@ -276,7 +285,7 @@ def _loop_archives(tmp_path: Path) -> tuple[Path, Path]:
     except Exception as exc:  # noqa: BLE001 (older torch cannot export while_loop)
         pytest.skip(f"torch {torch.__version__} cannot export while_loop: {type(exc).__name__}")
     torch.export.save(ep, src)
-    member = member_named(src, "models/model.json")
+    member = _program_member(src)
     with zipfile.ZipFile(src) as z:
         doc = json.loads(z.read(member))
     # the condition subgraph compares with 10: make it compare with something it never reaches
