@@ -127,6 +127,7 @@ RULES: dict[str, Rule] = {
     "aten::_cufft_set_plan_cache_max_size": _refuse("changes process-wide state"),
     "aten::set_grad_enabled": _refuse("changes the caller's autograd state; export records grad regions otherwise"),
     "aten::_set_item": _refuse("a TorchScript list mutation; export never emits it"),
+    "prims::_unsafe_set_version_counter": _refuse("changes autograd's bookkeeping of tensors; export never emits it"),
     "prims::_unsafe_index_put_": _refuse("an inductor-internal prim that skips index checks; export never emits it"),
     # sparse tensors: constructors checked, invariant-breaking mutators refused, aliases copied
     "aten::_sparse_coo_tensor_unsafe": Rule("check", _SPARSE_CHECKED, check=_check_coo),
@@ -192,6 +193,7 @@ REFUSED_NAMESPACES: dict[str, str] = {
     "symm_mem": "works on raw device memory shared between processes",
     "c10d": "runs collectives on process groups, which no archive can supply",
     "cuda": "changes the process's current CUDA device and stream",
+    "fsdp": "is distributed-training internals (FSDP), which no exported program calls",
 }
 
 # Higher-order ops that compute only on tensors and the program's own subgraphs. Any other
