@@ -361,6 +361,9 @@ def _print_schema(schema) -> None:
     console.print("Module tree")
     console.print(tree)
 
+    for where, why in schema.unreadable.items():
+        console.print(Text.assemble(("not read", "yellow"), f" (not needed to describe the program): "
+                                                            f"{shown(where)}: {shown(why, _MAX_ERROR_LINE)}"))
     if schema.missing_ops is None:
         console.print("ops this torch lacks: not checked (torch is not imported; --check-ops imports it)")
     elif schema.missing_ops:

@@ -125,7 +125,8 @@ def extract_weights(path: str | os.PathLike | BinaryIO, backend: str = "torch", 
     """
     if backend not in ("torch", "numpy"):
         raise ValueError(f"backend must be 'torch' or 'numpy', got {backend!r}")
-    program = read_program(path, model=model)
+    # an outline: the weights need only the signature, never a node's arguments or symbolic values
+    program = read_program(path, model=model, outline=True)
     if backend == "numpy":
         return _numpy_weights(program, include_buffers, include_constants)
     return _torch_weights(program, include_buffers, include_constants)
@@ -248,7 +249,7 @@ def save_safetensors(path_in: str | os.PathLike, path_out: str | os.PathLike, *,
     >>> len(saved.tensors), saved.metadata["layout"]
     (6, 'pt2')
     """
-    program = read_program(path_in, model=model)
+    program = read_program(path_in, model=model, outline=True)  # weights need no node arguments
     weights = _numpy_weights(program, include_buffers, include_constants)
     kept, aliases = _dedupe_aliases(weights)
     metadata = {

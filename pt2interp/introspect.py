@@ -227,6 +227,9 @@ class ProgramSchema:
     subgraph_ops: dict[str, dict[str, int]]
     module_tree: ModuleNode
     missing_ops: list[str] | None
+    # symbolic values of the graph that could not be read ({JSON path: why}): reported, since
+    # describing a program does not need them
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @property
     def layout(self) -> str:
@@ -326,6 +329,7 @@ class _SchemaBuilder:
             subgraph_ops=subgraphs,
             module_tree=_module_tree(self.graph, params, buffers),
             missing_ops=_missing_ops(histogram) if check_ops else None,
+            unreadable=_unreadable(self.graph),
         )
 
     # -- tensors and dims --------------------------------------------------------------------
@@ -424,6 +428,15 @@ def _countable(sizes) -> bool:
             if n > _INT64_MAX:
                 return False
     return True
+
+
+def _unreadable(graph: Graph) -> dict[str, str]:
+    out = dict(graph.unreadable)
+    for node in graph.nodes:
+        for na in node.inputs:
+            if na.arg.kind == "graph":
+                out.update(_unreadable(na.arg.value.graph))
+    return out
 
 
 def _arg_name(arg: Argument) -> str | None:

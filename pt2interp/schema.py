@@ -218,6 +218,9 @@ class Graph:
     # An outline (see parse_exported_program) keeps of each node only its target, metadata,
     # name and subgraph arguments: enough to describe a program, not to run it.
     outline: bool = False
+    # In an outline, the symbolic values that could not be read ({JSON path: why}): describing
+    # a program never needs them, so they are reported rather than fatal.
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     def iter_nodes(self):
         """Every node, those of subgraphs included (depth first)."""
@@ -717,6 +720,12 @@ class _Parser:
             tensor_values = _MetasOnDemand(tv, self, path + ".tensor_values")
         else:
             tensor_values = {k: self.tensor_meta(m, f"{path}.tensor_values.{k}") for k, m in tv.items()}
+        unreadable: dict[str, str] = {}
+        sym_ints = self._symbolic(d, "sym_int_values", path, unreadable, self.sym_int)
+        sym_bools = self._symbolic(d, "sym_bool_values", path, unreadable,
+                                   lambda m, p: self.sym_value(m, p, "bool"))
+        sym_floats = self._symbolic(d, "sym_float_values", path, unreadable,
+                                    lambda m, p: self.sym_value(m, p, "float"))
         return Graph(
             inputs=[self.argument(x, f"{path}.inputs[{i}]", depth)
                     for i, x in enumerate(self.lst(self.req(d, "inputs", path), path + ".inputs"))],
@@ -724,17 +733,30 @@ class _Parser:
                      for i, x in enumerate(self.lst(self.req(d, "outputs", path), path + ".outputs"))],
             nodes=[self.node(x, f"{path}.nodes[{i}]", depth) for i, x in enumerate(raw_nodes)],
             tensor_values=tensor_values,
-            sym_int_values={k: self.sym_int(m, f"{path}.sym_int_values.{k}")
-                            for k, m in self.obj(d.get("sym_int_values") or {}, path + ".sym_int_values").items()},
-            sym_bool_values={k: self.sym_value(m, f"{path}.sym_bool_values.{k}", "bool")
-                             for k, m in self.obj(d.get("sym_bool_values") or {}, path + ".sym_bool_values").items()},
-            sym_float_values={k: self.sym_value(m, f"{path}.sym_float_values.{k}", "float")
-                              for k, m in self.obj(d.get("sym_float_values") or {}, path + ".sym_float_values").items()},
+            sym_int_values=sym_ints,
+            sym_bool_values=sym_bools,
+            sym_float_values=sym_floats,
             custom_obj_values={k: CustomObjRef(k, str(self.obj(m, f"{path}.custom_obj_values.{k}").get("class_fqn", "")))
                                for k, m in self.obj(d.get("custom_obj_values") or {}, path + ".custom_obj_values").items()},
             is_single_tensor_return=bool(d.get("is_single_tensor_return", False)),
             outline=self.outline,
+            unreadable=unreadable,
         )
+
+    def _symbolic(self, d: dict, key: str, path: str, unreadable: dict[str, str], parse) -> dict:
+        """One table of symbolic values; in an outline an entry that cannot be read is recorded
+        in ``unreadable`` instead of failing the whole program."""
+        out = {}
+        for k, m in self.obj(d.get(key) or {}, f"{path}.{key}").items():
+            where = f"{path}.{key}.{k}"
+            if not self.outline:
+                out[k] = parse(m, where)
+                continue
+            try:
+                out[k] = parse(m, where)
+            except SchemaError as exc:
+                unreadable[where] = str(exc)
+        return out
 
     # -- signature -------------------------------------------------------------------
     def input_spec(self, v: Any, path: str) -> InputSpec:

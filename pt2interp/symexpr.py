@@ -82,6 +82,20 @@ class Expr:
             return max(vals)
         if op == "min":
             return min(vals)
+        if op in _COMPARE:
+            return _COMPARE[op](vals[0], vals[1])
+        if op == "and":
+            return all(vals)
+        if op == "or":
+            return any(vals)
+        if op == "not":
+            return not vals[0]
+        if op == "abs":
+            return abs(vals[0])
+        if op == "ceildiv":
+            if vals[1] == 0:
+                raise EvaluationError(f"{self} divides by zero for {_binding(self, env)}")
+            return -(-vals[0] // vals[1])
         raise AssertionError(op)
 
     def _bounded(self, value: int, env: dict[str, int]) -> int:
@@ -112,6 +126,10 @@ def _binding(e: Expr, env: dict) -> str:
 
 _PREC = {"add": 1, "sub": 1, "mul": 2, "floordiv": 2, "mod": 2, "neg": 3, "pow": 4}
 _INFIX = {"add": " + ", "sub": " - ", "mul": "*", "floordiv": "//", "mod": " % ", "pow": "**"}
+# Relations torch records about sizes (``sym_bool_values``, runtime asserts) evaluate to bools.
+_COMPARE = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
+            "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
+_COMPARE_TEXT = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
 def _render(e: Expr, outer: int) -> str:
@@ -119,8 +137,18 @@ def _render(e: Expr, outer: int) -> str:
         return str(e.value) if e.value >= 0 or outer == 0 else f"({e.value})"
     if e.op == "sym":
         return e.value
-    if e.op in ("max", "min"):
+    if e.op in ("max", "min", "abs"):
         return f"{e.op}({', '.join(_render(a, 0) for a in e.args)})"
+    if e.op == "ceildiv":
+        return f"-(-{_render(e.args[0], 5)} // {_render(e.args[1], 5)})"
+    if e.op in _COMPARE_TEXT:
+        text = f"{_render(e.args[0], 1)} {_COMPARE_TEXT[e.op]} {_render(e.args[1], 1)}"
+        return f"({text})" if outer else text
+    if e.op in ("and", "or"):
+        text = f" {e.op} ".join(_render(a, 1) for a in e.args)
+        return f"({text})" if outer else text
+    if e.op == "not":
+        return f"not {_render(e.args[0], 1)}" if not outer else f"(not {_render(e.args[0], 1)})"
     prec = _PREC[e.op]
     if e.op == "neg":
         text = "-" + _render(e.args[0], prec)
@@ -142,7 +170,14 @@ _SREPR_OPS = {"Add": "add", "Mul": "mul", "Pow": "pow", "FloorDiv": "floordiv", 
               "Max": "max", "Min": "min", "PythonMod": "mod", "CleanDiv": "floordiv",
               "IntTrueDiv": "floordiv"}
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.FloorDiv: "floordiv",
-           ast.Mod: "mod", ast.Pow: "pow"}
+           ast.Mod: "mod", ast.Pow: "pow", ast.BitAnd: "and", ast.BitOr: "or"}
+# sympy's relational and boolean classes as srepr writes them (GreaterThan is >=)
+_SREPR_RELATIONS = {"Eq": "eq", "Equality": "eq", "Ne": "ne", "Unequality": "ne", "Lt": "lt",
+                    "StrictLessThan": "lt", "Le": "le", "LessThan": "le", "Gt": "gt",
+                    "StrictGreaterThan": "gt", "Ge": "ge", "GreaterThan": "ge"}
+_COMPARE_OPS = {ast.Eq: "eq", ast.NotEq: "ne", ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge"}
+# integer roundings of a true division (sizes are non-negative: truncation is the floor)
+_ROUNDINGS = {"CeilToInt": "ceildiv", "FloorToInt": "floordiv", "TruncToInt": "floordiv"}
 
 
 def parse_expr(text: str, *, member: str | None = None, path: str | None = None) -> Expr:
@@ -184,6 +219,10 @@ def _convert(node: ast.AST, depth: int) -> Expr:
     if depth > _MAX_DEPTH:
         raise _Unsupported("nested too deeply")
     d = depth + 1
+    if isinstance(node, ast.Constant) and type(node.value) is bool:
+        return Expr("int", value=int(node.value))
+    if isinstance(node, ast.Name) and node.id in ("true", "false", "True", "False"):  # sympy.true, srepr
+        return Expr("int", value=int(node.id.lower() == "true"))
     if isinstance(node, ast.Constant) and type(node.value) is int:
         if node.value.bit_length() > _MAX_LITERAL_BITS:
             raise _Unsupported(f"an integer of {node.value.bit_length()} bits (at most {_MAX_LITERAL_BITS})")
@@ -197,6 +236,14 @@ def _convert(node: ast.AST, depth: int) -> Expr:
         return _convert(node.operand, d)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         return Expr(_BINOPS[type(node.op)], (_convert(node.left, d), _convert(node.right, d)))
+    if isinstance(node, ast.Compare) and all(type(o) in _COMPARE_OPS for o in node.ops):
+        operands = [_convert(x, d) for x in (node.left, *node.comparators)]
+        pairs = [Expr(_COMPARE_OPS[type(o)], (a, b)) for o, a, b in zip(node.ops, operands, operands[1:])]
+        return pairs[0] if len(pairs) == 1 else Expr("and", tuple(pairs))
+    if isinstance(node, ast.BoolOp):
+        return Expr("and" if isinstance(node.op, ast.And) else "or", tuple(_convert(v, d) for v in node.values))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.Invert)):
+        return Expr("not", (_convert(node.operand, d),))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         fn = node.func.id
         if fn in ("Symbol", "Dummy") and node.args and isinstance(node.args[0], ast.Constant) \
@@ -211,7 +258,21 @@ def _convert(node: ast.AST, depth: int) -> Expr:
             return Expr(fn.lower(), tuple(_convert(a, d) for a in node.args))
         if fn in _SREPR_OPS and len(node.args) >= 2:
             return Expr(_SREPR_OPS[fn], tuple(_convert(a, d) for a in node.args))
+        if fn in _SREPR_RELATIONS and len(node.args) == 2:
+            return Expr(_SREPR_RELATIONS[fn], (_convert(node.args[0], d), _convert(node.args[1], d)))
+        if fn in ("And", "Or") and node.args:
+            return Expr(fn.lower(), tuple(_convert(a, d) for a in node.args))
+        if fn in ("Not", "Abs") and len(node.args) == 1:
+            return Expr(fn.lower(), (_convert(node.args[0], d),))
+        if fn in _ROUNDINGS and len(node.args) == 1:
+            inner = node.args[0]
+            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) \
+                    and inner.func.id == "IntTrueDiv" and len(inner.args) == 2:
+                return Expr(_ROUNDINGS[fn], (_convert(inner.args[0], d), _convert(inner.args[1], d)))
+            return _convert(inner, d)  # of an integer: the integer itself
         if fn in ("max", "min") and node.args:
             return Expr(fn, tuple(_convert(a, d) for a in node.args))
+        if fn == "abs" and len(node.args) == 1:
+            return Expr("abs", (_convert(node.args[0], d),))
         raise _Unsupported(f"function {fn}")
     raise _Unsupported(type(node).__name__)
