@@ -79,10 +79,16 @@ def argument_source(arg: Argument, source: Source, device: str | None = None) ->
 
 
 def op_reference(target: str) -> str:
-    """``torch.ops.aten.foo.default`` for a target string, after checking it is only names."""
+    """``torch.ops.aten.foo.default`` for a target string, after checking it is only names;
+    a dunder name (``aten.__and__.Scalar``) only where torch's op registry has that op."""
     m = _TORCH_OPS.match(target)
-    if not m or any(part.startswith((".__", "__")) for part in m.groups() if part):
+    if not m:
         raise UnsupportedOpError(f"target {target[:80]!r} is not a torch.ops.<namespace>.<op> name")
+    if any(part.startswith((".__", "__")) for part in m.groups() if part):
+        try:
+            resolve_torch_op(target)  # the registry's names, not a spelling rule, decide
+        except UnsupportedOpError as exc:
+            raise UnsupportedOpError(f"target {target[:80]!r} is not an op torch has: {exc}") from None
     return target
 
 

@@ -581,3 +581,24 @@ def test_layout_examples():
     assert layout.format_statement("y = x ** 2 + x[a.b:]", 0) == "y = x**2 + x[a.b :]"
     assert layout.format_statement("y = 'it'", 0) == 'y = "it"'
     assert layout.constant_text(math.inf) == "math.inf"
+
+
+def test_real_dunder_ops_are_written_and_fake_ones_refused(tmp_path):
+    """aten.__and__.Scalar and the other dunder ops are real ATen ops; a dunder name torch's
+    registry lacks is still refused."""
+    class Bits(torch.nn.Module):
+        def forward(self, x):
+            return (x & 3) | (x >> 1) ^ (x << 2)
+
+    path = tmp_path / "bits.pt2"
+    torch.export.save(export_or_skip(Bits(), (torch.arange(8),)), path)
+    source = to_python(path)
+    assert "torch.ops.aten.__and__.Scalar(" in source
+    namespace, _ = build(source)
+    x = torch.arange(8) * 37
+    assert torch.equal(namespace["from_pt2"](path)(x), pt2interp.load(path)(x))
+    from pt2interp.codegen.statements import op_reference
+
+    for fake in ("torch.ops.aten.__class__.default", "torch.ops.aten.__import__.default"):
+        with pytest.raises(pt2interp.UnsupportedOpError):
+            op_reference(fake)
