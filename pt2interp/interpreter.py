@@ -286,7 +286,8 @@ class GraphCompiler:
                 raise GraphError(f"{self.member}: {path} ({node.label}, {node.target}): input {i} must be a "
                                  f"subgraph, got {got}")
         args, kwargs = self.compile_inputs(node, op, slot_of, path)
-        if not kwargs and not via_fallback:
+        # Tensor methods bind only with a tensor first: core ATen writes aten.sub.Tensor(1.0, x)
+        if not kwargs and not via_fallback and node.inputs and node.inputs[0].arg.kind == "tensor":
             kernel = fast_kernel(node.target, len(args)) or kernel
         kernel = policy.guard_target(node.target, op, kernel)
         if node.target in _VIEWS:

@@ -103,3 +103,30 @@ def test_nodes_with_keyword_arguments_keep_the_overload():
     assert plan.steps[0].kernel is not torch.Tensor.add
     x, y = torch.randn(3), torch.randn(3)
     torch.testing.assert_close(plan.run([x, y])[0], torch.add(x, y, alpha=2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("target", ["aten.sub.Tensor", "aten.add.Tensor", "aten.mul.Tensor", "aten.div.Tensor"])
+def test_a_scalar_first_argument_runs_the_overload_itself(tmp_path, target):
+    """Core ATen's bicubic interpolation writes aten.sub.Tensor(1.0, x): no Tensor method takes
+    a float first, so such a node runs the overload."""
+    import json
+    import zipfile
+
+    from fixture_cases import case
+    from helpers import member_named, rewrite_zip
+
+    import pt2interp
+
+    src = case("zoo", "mlp").path
+    member = member_named(src, "models/model.json")
+    with zipfile.ZipFile(src) as z:
+        doc = json.loads(z.read(member))
+    graph = doc["graph_module"]["graph"]
+    graph["nodes"] = [{"target": f"torch.ops.{target}", "metadata": {},
+                       "inputs": [{"name": "self", "arg": {"as_float": 1.5}, "kind": 1},
+                                  {"name": "other", "arg": {"as_tensor": {"name": "x"}}, "kind": 1}],
+                       "outputs": [{"as_tensor": {"name": "linear_1"}}]}]
+    path = rewrite_zip(src, tmp_path / "scalar_first.pt2", replace={member: json.dumps(doc).encode()})
+    x = torch.randn(4, 16)
+    overload = getattr(torch.ops.aten, target.split(".")[1]).Tensor
+    torch.testing.assert_close(pt2interp.load(path)(x), overload(1.5, x), rtol=0, atol=0)
