@@ -101,14 +101,16 @@ def _cond(c: Call) -> str:
     return f"torch.cond({pred}, {t}, {f}, {ops_})"
 
 
+# The higher-order op objects themselves: their arguments are the graph's as they are (the
+# public torch.while_loop takes no additional_inputs; map's wrapper is not importable by name).
 @register("higher_order.while_loop", kernel=while_loop)
 def _while(c: Call) -> str:
-    return f"torch._higher_order_ops.while_loop({', '.join(c.positional)})"
+    return f"torch.ops.higher_order.while_loop({', '.join(c.positional)})"
 
 
 @register("higher_order.map_impl", kernel=map_impl)
 def _map(c: Call) -> str:
-    return f"torch._higher_order_ops.map._map_wrapper({', '.join(c.positional)})"
+    return f"torch.ops.higher_order.map_impl({', '.join(c.positional)})"
 
 
 @register("higher_order.with_effects", kernel=with_effects)
