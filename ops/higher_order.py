@@ -105,7 +105,8 @@ def _cond(c: Call) -> str:
 # public torch.while_loop takes no additional_inputs; map's wrapper is not importable by name).
 @register("higher_order.while_loop", kernel=while_loop)
 def _while(c: Call) -> str:
-    return f"torch.ops.higher_order.while_loop({', '.join(c.positional)})"
+    cond_fn, body_fn, *operands = c.positional
+    return f"torch.ops.higher_order.while_loop({', '.join([cond_fn, body_fn, *(f'tuple({o})' for o in operands)])})"
 
 
 @register("higher_order.map_impl", kernel=map_impl)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CASES, requires_cuda
-from fixture_cases import FIXTURES, case, flatten_outputs
+from fixture_cases import FIXTURES, case, flatten_outputs, release
 from helpers import export_or_skip, rewrite_zip
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -624,6 +624,8 @@ class _MapRows(torch.nn.Module):
     (_MapRows, lambda: (torch.randn(4, 3), torch.randn(3))),
 ], ids=["while_loop", "map"])
 def test_generated_higher_order_ops_run(tmp_path, make, args, ir):
+    if make is _MapRows and release(torch.__version__) < (2, 6):
+        pytest.skip(f"torch {torch.__version__}'s map_impl traces its function when called eagerly")
     inputs = args()
     ep = export_or_skip(make(), inputs)
     path = tmp_path / "hop.pt2"
