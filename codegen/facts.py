@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pt2interp.errors import Pt2Error
-from pt2interp.program import Program
+from pt2interp.program import Program, view_key
 from pt2interp.schema import Argument, Graph, Node, TensorMeta
 
 STATE_KINDS = ("parameter", "buffer", "tensor_constant")
@@ -117,7 +117,7 @@ class ProgramFacts:
         for target, t in tensors.items():
             if not isinstance(t, torch.Tensor) or t.numel() == 0:
                 continue
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            key = view_key(t)
             if key in first_of:
                 self.tied[target] = first_of[key]
             else:

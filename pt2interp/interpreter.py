@@ -229,7 +229,9 @@ class GraphCompiler:
         pinned = {r for a in graph.outputs for r in a.refs()}
 
         outer_written = self._written
-        self._written = _written_values(graph) | outer_written
+        # only views consult it: a graph tree without one pays no schema look-ups
+        has_views = any(n.target in _VIEWS for n in graph.iter_nodes())
+        self._written = (_written_values(graph) if has_views else set()) | outer_written
         steps = []
         for idx, node in enumerate(graph.nodes):
             npath = f"{where}.nodes[{idx}]"

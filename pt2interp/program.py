@@ -104,9 +104,9 @@ class Program:
         first_of = {}
         for name, value in w.tensors.items():
             if name in listed:
-                first_of.setdefault(_view_key(value), name)
-        return {name: first_of[_view_key(value)] for name, value in w.tensors.items()
-                if name not in listed and _view_key(value) in first_of}
+                first_of.setdefault(view_key(value), name)
+        return {name: first_of[view_key(value)] for name, value in w.tensors.items()
+                if name not in listed and view_key(value) in first_of}
 
     def parameter_names(self) -> list[str]:
         return [s.target for s in self.signature.inputs_of("parameter")]
@@ -152,7 +152,7 @@ class Program:
                 f"torch={self.torch_version or '?'} nodes={len(self.graph.nodes)}>")
 
 
-def _view_key(t) -> tuple:
+def view_key(t) -> tuple:
     """Equal for tensors that are the very same view of one storage."""
     if not hasattr(t, "untyped_storage") or t.numel() == 0:
         return (id(t),)  # not a tensor, or empty: shares no data, whatever its pointer says
