@@ -489,6 +489,7 @@ def _view_or_copy(kernel: Callable, node: Node, aliasing_matters: bool) -> Calla
                                    "kernel made it) and the view cannot become a copy: the graph writes into "
                                    f"it ({str(exc).split('(')[0].strip()})") from None
             return self.reshape(size)
+    view.__wrapped__ = kernel  # what it calls first, for introspection (tests, profiling)
     return view
 
 
