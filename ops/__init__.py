@@ -4,7 +4,7 @@ Importing this package registers every family. See :mod:`pt2interp.ops.registry`
 """
 
 # Families register themselves on import; the order does not matter.
-from pt2interp.ops import higher_order, registry, symbolic  # noqa: F401
+from pt2interp.ops import functorch, higher_order, registry, symbolic  # noqa: F401
 from pt2interp.ops.registry import REGISTRY, Call, OpEntry, lookup, register, resolve_torch_op
 
 for _family in ("elementwise", "shape", "nn", "attention", "reduction", "indexing", "factory"):

@@ -26,7 +26,7 @@ from pt2interp.errors import (
     SchemaError,
     UnsupportedOpError,
 )
-from pt2interp.ops import policy, registry
+from pt2interp.ops import functorch, policy, registry
 from pt2interp.ops.fast import fast_kernel
 from pt2interp.schema import Argument, Graph, Node, Ref
 from pt2interp.weights import torch_dtype
@@ -113,12 +113,13 @@ class GraphPlan:
                 step(env)
                 for s in free:
                     env[s] = None
-        except LimitError as exc:
-            raise self._located(step, exc) from None
-        except Pt2Error:
-            raise
-        except Exception as exc:  # a kernel failed: name its node (``step`` is the failing one)
-            raise self._failure(step, exc) from exc
+        except BaseException as exc:
+            functorch.unwind()  # a failed vmap or jvp body must not leave this thread inside it
+            if isinstance(exc, LimitError):
+                raise self._located(step, exc) from None
+            if isinstance(exc, Pt2Error) or not isinstance(exc, Exception):
+                raise
+            raise self._failure(step, exc) from exc  # a kernel failed: ``step`` is the failing one
         return [env[s] if s.__class__ is int else s.get(env) for s in self.output_sources]
 
     __call__ = run
@@ -132,11 +133,12 @@ class GraphPlan:
         for step in self.steps:
             try:
                 step.run(env)
-            except LimitError as exc:
-                raise self._located(step.run, exc) from None
-            except Pt2Error:
-                raise
-            except Exception as exc:
+            except BaseException as exc:
+                functorch.unwind()
+                if isinstance(exc, LimitError):
+                    raise self._located(step.run, exc) from None
+                if isinstance(exc, Pt2Error) or not isinstance(exc, Exception):
+                    raise
                 raise self._failure(step.run, exc) from exc
             for name, slot in step.output_slots.items():
                 on_node(name, step.node.target, env[slot])
@@ -194,19 +196,24 @@ class GraphCompiler:
     """Turns a :class:`Graph` into a :class:`GraphPlan`.
 
     ``device``: when set, every device argument recorded in the graph (factory ops' ``device=cpu``,
-    ``to.device``) is replaced by it, so a program moved to CUDA creates its tensors there.
+    ``to.device``) is replaced by it, so a program moved to CUDA creates its tensors there; so is
+    an autocast region's device type where it names the device the program was exported on.
     """
 
     def __init__(self, *, device: torch.device | None = None, member: str = "<graph>"):
         self.device = device
         self.member = member
         self._written: set[str] = set()  # values the graphs being compiled write into
+        self._exported_on: str | None = None  # device type of the outermost graph's tensors
 
     # -- entry point -------------------------------------------------------------------------
     def compile(self, graph: Graph, where: str = "graph") -> GraphPlan:
         if graph.outline:
             raise GraphError(f"{self.member}: {where} was read as an outline (read_program(outline=True)), "
                              "which keeps no node arguments: read it in full to run it")
+        functorch.check_balanced([n.target for n in graph.nodes], f"{self.member}: {where}")
+        if self._exported_on is None:
+            self._exported_on = next((m.device.type for m in graph.tensor_values.values()), "")
         slot_of: dict[str, int] = {}
 
         def define(name: str, what: str) -> int:
@@ -288,6 +295,9 @@ class GraphCompiler:
                 raise GraphError(f"{self.member}: {path} ({node.label}, {node.target}): input {i} must be a "
                                  f"subgraph, got {got}")
         args, kwargs = self.compile_inputs(node, op, slot_of, path)
+        if node.target == _AUTOCAST and self.device is not None and args and isinstance(args[0], _Const) \
+                and args[0].value == self._exported_on:
+            args[0] = _Const(self.device.type)  # autocast where the program runs, as export saw it
         # Tensor methods bind only with a tensor first: core ATen writes aten.sub.Tensor(1.0, x)
         if not kwargs and not via_fallback and node.inputs and node.inputs[0].arg.kind == "tensor":
             kernel = fast_kernel(node.target, len(args)) or kernel
@@ -492,6 +502,8 @@ def _view_or_copy(kernel: Callable, node: Node, aliasing_matters: bool) -> Calla
     view.__wrapped__ = kernel  # what it calls first, for introspection (tests, profiling)
     return view
 
+
+_AUTOCAST = "torch.ops.higher_order.wrap_with_autocast"
 
 # Higher-order ops: which positional inputs must be subgraphs.
 _SUBGRAPH_INPUTS = {"torch.ops.higher_order.cond": (1, 2), "torch.ops.higher_order.while_loop": (0, 1),

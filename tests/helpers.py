@@ -28,6 +28,22 @@ def export_or_skip(module, args, **kwargs):
         pytest.skip(f"torch {torch.__version__} cannot export it ({type(exc).__name__}: {first})")
 
 
+def save_or_skip(ep, path: Path) -> Path:
+    """``torch.export.save``; where the installed torch is older than the zoo's and cannot
+    serialize the program (functorch calls before 2.11), the test skips saying so."""
+    import pytest
+    import torch
+    from fixture_cases import case, installed_torch_version, release
+
+    try:
+        torch.export.save(ep, path)
+    except Exception as exc:
+        if release(installed_torch_version()) >= release(case("zoo", "mlp").torch_version):
+            raise
+        pytest.skip(f"torch {torch.__version__} cannot save it ({type(exc).__name__}: {str(exc)[:200]})")
+    return path
+
+
 def assert_bitwise_equal(got, want, name: str = "") -> None:
     """Same dtype, shape, strides, storage offset and bits (NaNs included)."""
     import torch

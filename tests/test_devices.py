@@ -142,7 +142,77 @@ def test_a_view_that_must_alias_says_so(tmp_path):
         prog(torch.randn(4, 16))
 
 
+# -- autocast regions --------------------------------------------------------------------------
+
+class _Autocast(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = self.lin(x)
+        return y.float() + 1
+
+
+def _autocast_archive(tmp_path, exported_on: str):
+    """A training-IR autocast region as ``exported_on`` would record it: its device type and
+    every tensor's device say ``exported_on`` (only a GPU could export the CUDA one)."""
+    from helpers import export_or_skip, save_or_skip
+
+    torch.manual_seed(0)
+    module = _Autocast()
+    src = save_or_skip(export_or_skip(module, (torch.randn(2, 8),)), tmp_path / "exported.pt2")
+    member = member_named(src, "models/model.json")
+    text = zipfile.ZipFile(src).read(member).decode()
+    if exported_on != "cpu":
+        text = text.replace('"as_string": "cpu"', f'"as_string": "{exported_on}"')
+        text = text.replace('"type": "cpu"', f'"type": "{exported_on}"')
+    doc = json.loads(text)
+    (region,) = [n for n in doc["graph_module"]["graph"]["nodes"] if n["target"].endswith("wrap_with_autocast")]
+    assert region["inputs"][0]["arg"] == {"as_string": exported_on}
+    return module, rewrite_zip(src, tmp_path / f"autocast_{exported_on}.pt2", replace={member: text.encode()})
+
+
+def test_an_autocast_region_follows_the_program_to_cpu(tmp_path):
+    """A CUDA export's ``autocast("cuda")`` region, run on CPU, autocasts on CPU (as the program
+    did where it was exported), not a CUDA autocast that CPU kernels ignore."""
+    module, path = _autocast_archive(tmp_path, "cuda")
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        want = module(x)  # autocast on the device the program runs on
+        plain = module.lin(x) + 1
+    got = pt2interp.load(path, device="cpu")(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.allclose(got, plain, rtol=0, atol=1e-6), "bfloat16 autocast changes the result"
+
+
+def test_an_autocast_region_for_another_device_stays_for_that_device(tmp_path):
+    """A CPU program's region for another device type (a no-op where it was exported) stays one."""
+    module, path = _autocast_archive(tmp_path, "cpu")
+    member = member_named(path, "models/model.json")
+    doc = json.loads(zipfile.ZipFile(path).read(member).decode().replace('"as_string": "cpu"', '"as_string": "cuda"'))
+    graph = doc["graph_module"]["graph"]  # export would have recorded no bfloat16 check after it
+    graph["nodes"] = [n for n in graph["nodes"] if "_assert_tensor_metadata" not in n["target"]]
+    other = rewrite_zip(path, tmp_path / "autocast_other.pt2", replace={member: json.dumps(doc).encode()})
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        plain = module.lin(x) + 1
+    with pytest.warns(UserWarning, match="(?i)cuda"):  # torch: CUDA autocast without CUDA is disabled
+        got = pt2interp.load(other, device="cpu")(x)
+    torch.testing.assert_close(got, plain)
+
+
 # -- on a GPU ----------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+def test_an_autocast_region_follows_the_program_to_cuda(tmp_path):
+    module, path = _autocast_archive(tmp_path, "cpu")
+    x = torch.randn(2, 8)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        want = module.cuda().lin(x.cuda()).float() + 1
+    got = pt2interp.load(path, device="cuda")(x.cuda())
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)

@@ -49,6 +49,10 @@ NO_SAMPLE = {
     "higher_order.with_effects": "wraps another op with effect tokens; tested by fixtures",
     "higher_order.auto_functionalized": "wraps a mutating custom op; tested by fixtures",
     "higher_order.print": "prints; tested in tests/test_hostile_ops.py",
+    "higher_order.scan": "torch's own kernel runs it; tested in tests/test_codegen_higher_order.py",
+    "higher_order.associative_scan": "torch's own kernel runs it; tested in tests/test_codegen_higher_order.py",
+    "higher_order.tag_activation_checkpoint": "runs its body; tested in tests/test_codegen_higher_order.py",
+    "torch._functorch.predispatch.": "functorch transform state; tested in tests/test_functorch_calls.py",
     "aten._scaled_dot_product_efficient_attention": "CUDA-only op; its stand-in elsewhere: tests/test_devices.py",
     "aten._scaled_dot_product_flash_attention.": "CUDA-only op; its stand-in elsewhere: tests/test_devices.py",
     "aten._scaled_dot_product_cudnn_attention": "CUDA-only op; its stand-in elsewhere: tests/test_devices.py",
@@ -266,7 +270,7 @@ def test_every_registered_op_has_sample_or_reason():
 def test_families_are_the_documented_modules():
     families = {e.family for e in REGISTRY.values()}
     assert families <= {"elementwise", "shape", "nn", "reduction", "indexing", "factory",
-                        "higher_order", "symbolic"}, families
+                        "higher_order", "symbolic", "functorch"}, families
 
 
 SAMPLED = sorted(t for t, e in REGISTRY.items() if e.sample is not None)
