@@ -38,16 +38,45 @@ from pt2interp.codegen.tree import ChildItem, Module, NodeItem, frames_of
 from pt2interp.ops.registry import Call, lookup
 
 from pt2interp.errors import GraphError, UnsupportedOpError
-from pt2interp.schema import Graph, Node
+from pt2interp.schema import Argument, Graph, Node
 
 MARKER = re.compile(r"^_v(\d+)$")
+
+
+def _grad_header(node: Node, source: Callable) -> str:
+    enabled = node.inputs[0].arg
+    if enabled.kind == "bool":
+        return "with torch.enable_grad():" if enabled.value else "with torch.no_grad():"
+    return f"with torch.set_grad_enabled({source(enabled)}):"
+
+
+def _autocast_header(node: Node, source: Callable) -> str:
+    names = ("device_type", "dtype", "enabled", "cache_enabled")
+    args = [f"{k}={source(na.arg)}" for k, na in zip(names, node.inputs[:4])]
+    return f"with torch.autocast({', '.join(args)}):"
+
+
+# Subgraphs a higher-order op expects to return one value rather than a sequence of outputs
+_RETURNS_ONE = {("torch.ops.higher_order.while_loop", 0)}
+
+# Higher-order ops that run one subgraph on operands: (subgraph input, first operand input,
+# ``with`` header or None, helper name). Checkpoint tags, hints and subgraph ids change
+# nothing in eager mode, so those call the helper alone.
+_REGIONS: dict[str, tuple] = {
+    "torch.ops.higher_order.wrap_with_set_grad_enabled": (1, 2, _grad_header, "grad_region"),
+    "torch.ops.higher_order.wrap_with_autocast": (4, 5, _autocast_header, "autocast_region"),
+    "torch.ops.higher_order.wrap": (0, 1, None, "wrapped"),
+    "torch.ops.higher_order.tag_activation_checkpoint": (0, 1, None, "checkpointed"),
+    "torch.ops.higher_order.hints_wrapper": (0, 1, None, "hinted"),
+    "torch.ops.higher_order.invoke_subgraph": (0, 2, None, "subgraph"),
+}
 
 
 @dataclass
 class CodeLine:
     depth: int
-    text: str                   # a statement template, or an ``if``/``else`` header
-    kind: str = "stmt"          # stmt | if | else
+    text: str                   # a statement template, or an ``if``/``else``/``with`` header
+    kind: str = "stmt"          # stmt | if | else | with
     comment: str | None = None  # original source line, written above the statement
 
 
@@ -200,8 +229,20 @@ class BodyBuilder:
                 self.emit_call(item.call)
 
     def emit_node(self, node: Node) -> None:
+        try:
+            self._emit_node(node)
+        except UnsupportedOpError as exc:  # name the node, once
+            if f"node {node.label}" in str(exc):
+                raise
+            raise UnsupportedOpError(f"node {node.label} ({node.target[:80]}): {exc}") from None
+
+    def _emit_node(self, node: Node) -> None:
         if node.target == "torch.ops.higher_order.cond":
             self.emit_cond(node)
+            return
+        region = _REGIONS.get(node.target)
+        if region is not None:
+            self.emit_region(node, *region)
             return
         if any(na.arg.kind == "graph" for na in node.inputs):
             self.emit_hop(node)
@@ -320,8 +361,46 @@ class BodyBuilder:
             expr = f"self.{name}({', '.join(args)})"
             self.line(expr if lhs is None else f"{lhs} = {expr}", 1)
 
+    def emit_region(self, node: Node, graph_at: int, operands_at: int, header: Callable | None,
+                    hint: str) -> None:
+        """A higher-order op that runs one subgraph on operands, as a call of a helper method
+        (under a ``with`` block for the grad and autocast regions): what it does in eager mode."""
+        ins = node.inputs
+        if len(ins) <= graph_at or ins[graph_at].arg.kind != "graph":
+            raise UnsupportedOpError(f"node {node.label}: input {graph_at} of {node.target} is not a subgraph")
+        operand_args = []
+        for na in ins[operands_at:]:
+            if na.is_keyword:
+                continue  # checkpoint policy, hints: nothing eager code needs
+            if na.arg.kind == "tensors":
+                operand_args += [Argument("tensor", r) for r in na.arg.value]
+            elif na.arg.kind == "string_to_argument":
+                if na.arg.value:
+                    raise UnsupportedOpError(f"node {node.label}: keyword operands of {node.target}")
+            else:
+                operand_args.append(na.arg)
+        graph = ins[graph_at].arg.value.graph
+        if not graph.nodes and not graph.outputs:
+            return  # an empty region (export leaves one where a block held only a grad switch)
+        refs = [a.refs()[0] if a.kind in ("tensor", "sym_int", "sym_float", "sym_bool") and a.refs() else None
+                for a in operand_args]
+        here = source_line(node, self.module.path) if self.plan.comments else None
+        name = self.ctx.helper_name(hint)
+        self.helper(name, graph, refs, seen_comment=here)
+        args = [argument_source(a, self.source) for a, r in zip(operand_args, refs)
+                if r is None or self.facts.state_path_in(r, self.module.path) is None]
+        outs = [r for a in node.outputs for r in a.refs()]
+        lhs = bind_target((outs[0] if len(outs) == 1 else tuple(outs)) if outs else None,
+                          lambda v: self.define(v, hint if stripped_stem(v) == "getitem" else None), self.used)
+        expr = f"self.{name}({', '.join(args)})"
+        depth = 0
+        if header is not None:
+            self.line(header(node, lambda a: argument_source(a, self.source)), 0, "with", node=node)
+            depth = 1
+        self.line(expr if lhs is None else f"{lhs} = {expr}", depth, node=None if header else node)
+
     def helper(self, name: str, graph: Graph, operands: list[str], *, bind_state: bool = True,
-               seen_comment: str | None = None) -> str:
+               seen_comment: str | None = None, as_tuple: bool = False) -> str:
         """The helper method ``name`` (already claimed) running ``graph``; operands that are
         this module's state are read from ``self`` instead of being passed (``bind_state``)."""
         sub = BodyBuilder(self.facts, self.module, self.root, self.plan, self.ctx, name,
@@ -342,7 +421,7 @@ class BodyBuilder:
             sub.position = i
             sub.emit_node(node)
         sub.position = len(graph.nodes)
-        sub.emit_return(list(graph.outputs))
+        sub.emit_return(list(graph.outputs), as_tuple)
         self.ctx.add(sub.code)
         return name
 
@@ -359,12 +438,15 @@ class BodyBuilder:
         for i, na in enumerate(node.inputs):
             if na.arg.kind == "graph":
                 name = self.ctx.helper_name("subgraph")
-                positional[i] = "self." + self.helper(name, na.arg.value.graph, [], bind_state=False)
+                positional[i] = "self." + self.helper(name, na.arg.value.graph, [], bind_state=False,
+                                                   as_tuple=(node.target, i) not in _RETURNS_ONE)
         entry = lookup(node.target)
         if entry is None or entry.render is None:
             raise UnsupportedOpError(f"node {node.label}: no Python spelling for {node.target[:60]!r}")
         expr = entry.render(Call(node.target.removeprefix("torch.ops."), {}, positional))
         pattern = output_pattern(node)
+        if isinstance(pattern, str) and node.is_hop_single_tensor_return is not True:
+            expr = f"{expr}[0]"  # the op returns a list; the node its one item
         lhs = bind_target(pattern, self.define, self.used)
         self.line(expr if lhs is None else f"{lhs} = {expr}", node=node)
 
@@ -383,11 +465,12 @@ class BodyBuilder:
         lhs = bind_target(pattern, self.define, self.used)
         self.line(expr if lhs is None else f"{lhs} = {expr}", node=node)
 
-    def emit_return(self, outputs: list) -> None:
+    def emit_return(self, outputs: list, as_tuple: bool = False) -> None:
         texts = [argument_source(a, self.source) for a in outputs]
-        if not texts:
-            return
-        self.line("return " + (texts[0] if len(texts) == 1 else ", ".join(texts)))
+        if as_tuple and len(texts) == 1:
+            self.line(f"return ({texts[0]},)")  # a higher-order op treats a bare tensor as one output
+        elif texts:
+            self.line("return " + (texts[0] if len(texts) == 1 else ", ".join(texts)))
 
 
 _AUGMENTED = {f"torch.ops.aten.{op}_.{overload}": symbol
@@ -485,6 +568,9 @@ def render_line(line: CodeLine, names: dict[str, str], indent: int) -> list[str]
         out.append(f"{pad}# {line.comment}")
     if line.kind == "else":
         out.append(f"{pad}else:")
+    elif line.kind == "with":
+        tree = substitute(line.text[5:-1], names, mode="eval")
+        out.append(layout.format_with(ast.unparse(tree), indent + 4 * line.depth))
     elif line.kind == "if":
         test = line.text[3:-1]
         tree = substitute(test, names, mode="eval")

@@ -582,6 +582,12 @@ def format_if(test_source: str, indent: int) -> str:
     return " " * indent + render(doc, indent)
 
 
+def format_with(item_source: str, indent: int) -> str:
+    """``with item:`` (one context manager, as the generated code writes them)."""
+    item = ast.parse(item_source, mode="eval").body
+    return " " * indent + render(concat("with ", expression_doc(item), ":"), indent)
+
+
 def format_def(name: str, params: list[str], indent: int) -> str:
     """``def name(params):`` with ruff's layout for long parameter lists."""
     doc = concat(f"def {name}", collection("(", [Text(p) for p in params], ")"), ":")

@@ -44,6 +44,12 @@ def map_impl(fn, xs, pos_args=()):
     return [torch.stack([step[j] for step in per_step]) for j in range(len(per_step[0]))]
 
 
+def checkpointed(body, *args, **checkpoint_options):
+    """``tag_activation_checkpoint``: the body's outputs. Checkpointing only trades memory for
+    recomputation in a backward pass (torch's own kernel needs a traced GraphModule)."""
+    return list(body(*args))
+
+
 def with_effects(token, op, *args, **kwargs):
     import torch
 
@@ -112,6 +118,22 @@ def _while(c: Call) -> str:
 @register("higher_order.map_impl", kernel=map_impl)
 def _map(c: Call) -> str:
     return f"torch.ops.higher_order.map_impl({', '.join(c.positional)})"
+
+
+# torch's own scan kernels run them (the interpreter passes its compiled subgraphs); generated
+# code calls the op object the same way, with the arguments in the order the archive has them
+@register("higher_order.scan")
+def _scan(c: Call) -> str:
+    return f"torch.ops.higher_order.scan({', '.join(c.positional)})"
+
+
+@register("higher_order.associative_scan")
+def _associative_scan(c: Call) -> str:
+    return f"torch.ops.higher_order.associative_scan({', '.join(c.positional)})"
+
+
+# codegen writes it as a call of its body (codegen/bodies.py's regions)
+register("higher_order.tag_activation_checkpoint", kernel=checkpointed, family="higher_order")(None)
 
 
 @register("higher_order.with_effects", kernel=with_effects)

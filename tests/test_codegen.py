@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CASES, requires_cuda
-from fixture_cases import FIXTURES, case, flatten_outputs, release
+from fixture_cases import FIXTURES, case, flatten_outputs
 from helpers import export_or_skip, rewrite_zip
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -602,35 +602,3 @@ def test_real_dunder_ops_are_written_and_fake_ones_refused(tmp_path):
     for fake in ("torch.ops.aten.__class__.default", "torch.ops.aten.__import__.default"):
         with pytest.raises(pt2interp.UnsupportedOpError):
             op_reference(fake)
-
-
-class _TenSteps(torch.nn.Module):
-    def forward(self, x):
-        from torch._higher_order_ops.while_loop import while_loop
-
-        return while_loop(lambda i, y: i < 10, lambda i, y: (i + 1, y * 1.5), (torch.tensor(0), x))
-
-
-class _MapRows(torch.nn.Module):
-    def forward(self, xs, y):
-        from torch._higher_order_ops.map import map as map_rows
-
-        return map_rows(lambda x, y: x * y + 1, xs, y)
-
-
-@pytest.mark.parametrize("ir", ["training", "core"])
-@pytest.mark.parametrize("make, args", [
-    (_TenSteps, lambda: (torch.randn(3),)),
-    (_MapRows, lambda: (torch.randn(4, 3), torch.randn(3))),
-], ids=["while_loop", "map"])
-def test_generated_higher_order_ops_run(tmp_path, make, args, ir):
-    if make is _MapRows and release(torch.__version__) < (2, 6):
-        pytest.skip(f"torch {torch.__version__}'s map_impl traces its function when called eagerly")
-    inputs = args()
-    ep = export_or_skip(make(), inputs)
-    path = tmp_path / "hop.pt2"
-    torch.export.save(ep.run_decompositions() if ir == "core" else ep, path)
-    namespace, _ = build(to_python(path))
-    got = namespace["from_pt2"](path)(*inputs)
-    want = pt2interp.load(path, inference_mode=False)(*inputs)
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
