@@ -56,8 +56,18 @@ def _autocast_header(node: Node, source: Callable) -> str:
     return f"with torch.autocast({', '.join(args)}):"
 
 
-# Subgraphs a higher-order op expects to return one value rather than a sequence of outputs
-_RETURNS_ONE = {("torch.ops.higher_order.while_loop", 0)}
+_HELPER_NAMES = {"torch.ops.higher_order.map_impl": "map_body", "torch.ops.higher_order.scan": "scan_body",
+                 "torch.ops.higher_order.associative_scan": "combine"}
+
+
+def _items(arg: Argument, node: Node) -> list[Argument]:
+    """The values of a list argument (``tensors``, ``sym_ints``, ``ints``), one Argument each."""
+    if arg.kind == "tensors":
+        return [Argument("tensor", r) for r in arg.value]
+    if arg.kind in ("sym_ints", "ints"):
+        return [Argument("int", v) if isinstance(v, int) else Argument("sym_int", v) for v in arg.value]
+    raise UnsupportedOpError(f"node {node.label}: a {arg.kind} argument where {node.target} takes a list")
+
 
 # Higher-order ops that run one subgraph on operands: (subgraph input, first operand input,
 # ``with`` header or None, helper name). Checkpoint tags, hints and subgraph ids change
@@ -75,8 +85,8 @@ _REGIONS: dict[str, tuple] = {
 @dataclass
 class CodeLine:
     depth: int
-    text: str                   # a statement template, or an ``if``/``else``/``with`` header
-    kind: str = "stmt"          # stmt | if | else | with
+    text: str                   # a statement template, or an ``if``/``else``/``with``/``while`` header
+    kind: str = "stmt"          # stmt | if | else | with | while
     comment: str | None = None  # original source line, written above the statement
 
 
@@ -240,6 +250,9 @@ class BodyBuilder:
         if node.target == "torch.ops.higher_order.cond":
             self.emit_cond(node)
             return
+        if node.target == "torch.ops.higher_order.while_loop":
+            self.emit_while_loop(node)
+            return
         region = _REGIONS.get(node.target)
         if region is not None:
             self.emit_region(node, *region)
@@ -361,6 +374,37 @@ class BodyBuilder:
             expr = f"self.{name}({', '.join(args)})"
             self.line(expr if lhs is None else f"{lhs} = {expr}", 1)
 
+    def emit_while_loop(self, node: Node) -> None:
+        """A Python ``while`` over the loop's carried values, named as the node's outputs, calling
+        a condition and a body helper: what eager ``while_loop`` runs, readable and editable.
+        (Torch's own ``while_loop`` traces its functions when gradients are on, and cannot trace a
+        bound method.)"""
+        ins = node.inputs
+        if len(ins) < 3 or ins[0].arg.kind != "graph" or ins[1].arg.kind != "graph":
+            raise UnsupportedOpError(f"while_loop node {node.label}: unexpected arguments")
+        carried = _items(ins[2].arg, node)
+        additional = _items(ins[3].arg, node) if len(ins) > 3 else []
+        outs = [r for a in node.outputs for r in a.refs()]
+        if len(outs) != len(carried):
+            raise UnsupportedOpError(f"while_loop node {node.label}: {len(outs)} outputs for "
+                                     f"{len(carried)} carried values")
+        operands = carried + additional
+        refs = [a.refs()[0] if a.refs() else None for a in operands]
+        here = source_line(node, self.module.path) if self.plan.comments else None
+        names = [self.ctx.helper_name("loop_condition"), self.ctx.helper_name("loop_body")]
+        for name, na in zip(names, ins[:2]):
+            self.helper(name, na.arg.value.graph, refs, seen_comment=here)
+        # the loop variables are the node's outputs, bound to the initial values first
+        variables = [self.define(v, "carried" if stripped_stem(v) == "getitem" else None) for v in outs]
+        initial = [argument_source(a, self.source) for a in carried]
+        rest = [argument_source(a, self.source) for a, r in zip(additional, refs[len(carried):])
+                if r is None or self.facts.state_path_in(r, self.module.path) is None]
+        args = ", ".join(variables + rest)
+        lhs = ", ".join(variables) if len(variables) > 1 else variables[0]
+        self.line(f"{lhs} = {', '.join(initial)}", node=node)
+        self.line(f"while self.{names[0]}({args}):", 0, "while")
+        self.line(f"{lhs} = self.{names[1]}({args})", 1)
+
     def emit_region(self, node: Node, graph_at: int, operands_at: int, header: Callable | None,
                     hint: str) -> None:
         """A higher-order op that runs one subgraph on operands, as a call of a helper method
@@ -437,9 +481,10 @@ class BodyBuilder:
                 operands += na.arg.refs()
         for i, na in enumerate(node.inputs):
             if na.arg.kind == "graph":
-                name = self.ctx.helper_name("subgraph")
-                positional[i] = "self." + self.helper(name, na.arg.value.graph, [], bind_state=False,
-                                                   as_tuple=(node.target, i) not in _RETURNS_ONE)
+                name = self.ctx.helper_name(_HELPER_NAMES.get(node.target, "subgraph"))
+                helper = self.helper(name, na.arg.value.graph, [], bind_state=False, as_tuple=True)
+                # a plain function: with gradients on, torch traces it, and cannot trace a bound method
+                positional[i] = f"lambda *args: self.{helper}(*args)"
         entry = lookup(node.target)
         if entry is None or entry.render is None:
             raise UnsupportedOpError(f"node {node.label}: no Python spelling for {node.target[:60]!r}")
@@ -568,9 +613,9 @@ def render_line(line: CodeLine, names: dict[str, str], indent: int) -> list[str]
         out.append(f"{pad}# {line.comment}")
     if line.kind == "else":
         out.append(f"{pad}else:")
-    elif line.kind == "with":
-        tree = substitute(line.text[5:-1], names, mode="eval")
-        out.append(layout.format_with(ast.unparse(tree), indent + 4 * line.depth))
+    elif line.kind in ("with", "while"):
+        tree = substitute(line.text[len(line.kind) + 1:-1], names, mode="eval")
+        out.append(layout.format_header(line.kind, ast.unparse(tree), indent + 4 * line.depth))
     elif line.kind == "if":
         test = line.text[3:-1]
         tree = substitute(test, names, mode="eval")

@@ -40,6 +40,8 @@ from pt2interp.codegen.tree import ChildItem, Module
 from pt2interp.errors import GraphError
 
 SEQUENTIAL = "torch.nn.modules.container.Sequential"
+_SMALL_CONSTANT = 16  # elements: larger constants stay empty buffers that from_pt2 fills
+_LITERAL_DTYPES = frozenset({"float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"})
 
 
 @dataclass(eq=False)
@@ -321,10 +323,31 @@ class ModelPlan:
         if entry.dtype and entry.dtype != "float32":
             kwargs.append(("dtype", Raw(f"torch.{entry.dtype}")))
         empty = Ctor("torch.empty", dims, kwargs)
+        literal = self._small_constant(entry) if entry.kind == "constant" else None
+        if literal is not None:  # a lifted `torch.tensor(0)` reads as itself
+            return InitLine("buffer", attr, literal, persistent=entry.persistent)
         if entry.kind == "parameter":
             frozen = [("requires_grad", Raw("False"))] if self._frozen(entry) else []
             return InitLine("param", attr, Ctor("nn.Parameter", [empty], frozen))
         return InitLine("buffer", attr, empty, persistent=entry.persistent)
+
+    def _small_constant(self, entry: StateEntry) -> Ctor | None:
+        """``torch.tensor(<values>)`` for a constant of a few finite numbers (export lifts
+        ``torch.tensor(0)`` written in ``forward``), else None (an empty buffer ``from_pt2`` fills)."""
+        import torch
+
+        try:
+            value = self.facts.program.tensor(entry.target)
+        except Exception:  # noqa: BLE001 - no stored value: the empty buffer stays
+            return None
+        dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
+        if not isinstance(value, torch.Tensor) or value.numel() > _SMALL_CONSTANT or dtype not in _LITERAL_DTYPES \
+                or (value.is_floating_point() and not value.isfinite().all()):
+            return None
+        values = value.tolist()
+        text = constant_text(values) if value.dim() == 0 else repr(values)
+        kwargs = [] if torch.tensor(values).dtype == value.dtype else [("dtype", Raw(f"torch.{dtype}"))]
+        return Ctor("torch.tensor", [Raw(text)], kwargs)
 
     def _frozen(self, entry: StateEntry) -> bool:
         # only archives that record requires_grad (torch 2.6+) can say a parameter is frozen

@@ -391,6 +391,15 @@ class _Printer:
                  sep, Text("else "), self.operand(e.orelse, _TEST, b))
         return Group(Concat(parts)) if b else Concat(parts)
 
+    def _Lambda(self, e, b):
+        # codegen writes only `lambda *args: f(*args)`: a parameter list of names and one *args
+        a = e.args
+        if a.posonlyargs or a.kwonlyargs or a.kwarg or a.defaults or any(x.annotation for x in a.args):
+            raise ValueError("cannot print a lambda with defaults, keywords or annotations")
+        params = [x.arg for x in a.args] + ([f"*{a.vararg.arg}"] if a.vararg else [])
+        head = f"lambda {', '.join(params)}:" if params else "lambda:"
+        return concat(head, " ", self.operand(e.body, _TEST, b))
+
 
 def _simple_bound(e: ast.expr) -> bool:
     if isinstance(e, (ast.Name, ast.Constant)):
@@ -582,10 +591,10 @@ def format_if(test_source: str, indent: int) -> str:
     return " " * indent + render(doc, indent)
 
 
-def format_with(item_source: str, indent: int) -> str:
-    """``with item:`` (one context manager, as the generated code writes them)."""
-    item = ast.parse(item_source, mode="eval").body
-    return " " * indent + render(concat("with ", expression_doc(item), ":"), indent)
+def format_header(keyword: str, expr_source: str, indent: int) -> str:
+    """``with item:`` (one context manager) or ``while test:``."""
+    expr = ast.parse(expr_source, mode="eval").body
+    return " " * indent + render(concat(f"{keyword} ", expression_doc(expr), ":"), indent)
 
 
 def format_def(name: str, params: list[str], indent: int) -> str:

@@ -107,12 +107,9 @@ def _cond(c: Call) -> str:
     return f"torch.cond({pred}, {t}, {f}, {ops_})"
 
 
-# The higher-order op objects themselves: their arguments are the graph's as they are (the
-# public torch.while_loop takes no additional_inputs; map's wrapper is not importable by name).
-@register("higher_order.while_loop", kernel=while_loop)
-def _while(c: Call) -> str:
-    cond_fn, body_fn, *operands = c.positional
-    return f"torch.ops.higher_order.while_loop({', '.join([cond_fn, body_fn, *(f'tuple({o})' for o in operands)])})"
+# codegen writes while_loop as a Python while (codegen/bodies.py); map calls the op object, with
+# the arguments as the graph has them (map's public wrapper is not importable by name)
+register("higher_order.while_loop", kernel=while_loop, family="higher_order")(None)
 
 
 @register("higher_order.map_impl", kernel=map_impl)

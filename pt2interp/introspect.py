@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 from pt2interp import versions
 from pt2interp.archive import Archive
-from pt2interp.errors import SchemaError
+from pt2interp.errors import Pt2Error, SchemaError
 from pt2interp.program import Program, collector_paused, read_payload_config, read_program
 from pt2interp.schema import (
     Argument,
@@ -311,6 +311,7 @@ class _SchemaBuilder:
         p, m = self.program, self.model
         params, buffers, constants = self._weights()
         histogram, subgraphs = _op_histograms(self.graph)
+        used = self._symbols_used()
         return ProgramSchema(
             source=p.source,
             model=p.model_name,
@@ -323,7 +324,7 @@ class _SchemaBuilder:
             parameters=params,
             buffers=buffers,
             constants=constants,
-            range_constraints={k: (r.min_val, r.max_val) for k, r in self.ranges.items()},
+            range_constraints={k: (r.min_val, r.max_val) for k, r in self.ranges.items() if k in used},
             totals=_totals(params, buffers, constants),
             op_histogram=histogram,
             subgraph_ops=subgraphs,
@@ -331,6 +332,45 @@ class _SchemaBuilder:
             missing_ops=_missing_ops(histogram) if check_ops else None,
             unreadable=_unreadable(self.graph),
         )
+
+    def _symbols_used(self) -> set[str]:
+        """The range constraints' symbols that some value of the graph (or a subgraph) uses:
+        export can leave a constraint for a symbol nothing refers to (a loop's own count), and
+        torch's loader drops those too. Stops looking once every symbol is found."""
+        wanted = set(self.ranges)
+        found: set[str] = set()
+
+        def sizes(value):
+            if isinstance(value, SymExpr):
+                found.update(value.expr.symbols() & wanted)
+
+        def graphs(graph: Graph):
+            yield graph
+            for node in graph.nodes:
+                for na in node.inputs:
+                    if na.arg.kind == "graph":
+                        yield from graphs(na.arg.value.graph)
+
+        if not wanted:
+            return found
+        try:
+            for spec in self.model.signature.input_specs:  # dynamic input dims: found without a scan
+                meta = self.meta_of(spec.arg) if spec.kind == "user_input" else None
+                for d in meta.sizes if meta is not None else ():
+                    sizes(d)
+            if found == wanted:
+                return found
+            for graph in graphs(self.graph):
+                for sym in graph.sym_int_values.values():
+                    sizes(sym)
+                for meta in graph.tensor_values.values():
+                    for d in meta.sizes:
+                        sizes(d)
+                    if found == wanted:
+                        return found
+        except Pt2Error:  # a value describing does not need could not be read: keep every range
+            return wanted
+        return found
 
     # -- tensors and dims --------------------------------------------------------------------
     def tensor_info(self, meta: TensorMeta, name: str) -> TensorInfo:

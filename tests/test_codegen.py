@@ -81,10 +81,9 @@ def _branch_inputs(c, args):
 
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
 def test_round_trip(c):
-    _, model_class = build(generated(c.path))
-    model = model_class()
+    namespace, _ = build(generated(c.path))
     program = pt2interp.read_program(c.path)
-    model.load_state_dict(program.state_dict(), strict=True)
+    model = namespace["from_pt2"](c.path)  # the state dict with strict=True, then the constants
     assert set(model.state_dict()) == set(program.state_dict())
     model.eval()
     reference = pt2interp.load(c.path, inference_mode=False)

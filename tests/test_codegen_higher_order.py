@@ -29,26 +29,41 @@ def build(source: str) -> dict:
     return namespace
 
 
+# Loop bodies read parameters: with gradients on (as these tests run the generated code), torch's
+# own higher-order kernels trace their functions, which the generated code must allow.
+
 class TenSteps(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+
     def forward(self, x):
         from torch._higher_order_ops.while_loop import while_loop
 
-        return while_loop(lambda i, y: i < 10, lambda i, y: (i + 1, y * 1.5), (torch.tensor(0), x))
+        return while_loop(lambda i, y: i < 10, lambda i, y: (i + 1, torch.tanh(self.lin(y))), (torch.tensor(0), x))
 
 
 class MapRows(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.randn(3))
+
     def forward(self, xs, y):
         from torch._higher_order_ops.map import map as map_rows
 
-        return map_rows(lambda x, y: x * y + 1, xs, y)
+        return map_rows(lambda x, y: x * y * self.scale + 1, xs, y)
 
 
 class Scan(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.decay = torch.nn.Parameter(torch.full((3,), 0.5))
+
     def forward(self, init, xs):
         from torch._higher_order_ops.scan import scan
 
         def step(carry, x):
-            new = carry * 0.5 + x
+            new = carry * self.decay + x
             return new, new * 2
 
         return scan(step, init, xs)
