@@ -31,6 +31,7 @@ from pt2interp.codegen.names import (
 from pt2interp.codegen.statements import (
     argument_source,
     bind_target,
+    expression,
     node_statement,
     output_pattern,
 )
@@ -502,9 +503,12 @@ class BodyBuilder:
         outs = node_defines(node)
         for v in outs[:1]:
             self.bind(v, "None")
-        positional = [argument_source(na.arg, self.source) for na in node.inputs]
-        entry = lookup(node.target)
-        expr = entry.render(Call("higher_order.with_effects", {}, positional))
+        if len(node.inputs) < 2 or node.inputs[1].arg.kind != "operator":
+            raise UnsupportedOpError(f"with_effects node {node.label}: its second input is not an op")
+        target = node.inputs[1].arg.value
+        target = target if target.startswith("torch.ops.") else f"torch.ops.{target}"
+        # the op itself, its keywords kept, written as the registry writes it
+        expr = expression(Node(target, list(node.inputs[2:]), [], {}), self.source)
         rest = outs[1:]
         pattern = rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
         lhs = bind_target(pattern, self.define, self.used)

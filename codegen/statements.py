@@ -96,14 +96,16 @@ def call_of(node: Node, source: Source, device: str | None = None) -> Call:
     args: dict[str, str] = {}
     positional: list[str] = []
     keywords = set()
+    keyword_at: list[str | None] = []
     for na in node.inputs:
         text = argument_source(na.arg, source, device)
         positional.append(text)
+        keyword_at.append(na.name if na.name and na.is_keyword else None)
         if na.name:
             args[na.name] = text
             if na.is_keyword:
                 keywords.add(na.name)
-    return Call(registry_key(node.target), args, positional, frozenset(keywords))
+    return Call(registry_key(node.target), args, positional, frozenset(keywords), tuple(keyword_at))
 
 
 def expression(node: Node, source: Source, device: str | None = None) -> str:

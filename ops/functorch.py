@@ -180,9 +180,7 @@ ADMITTED: dict[str, tuple] = {
 
 def _render(name: str):
     def render(c: Call) -> str:
-        keywords = {c.args[k]: k for k in c.keyword_names}
-        args = [p for p in c.positional if p not in keywords]  # positional first, as the node passes them
-        args += [f"{k}={c.args[k]}" for k in c.keyword_names]
+        args = c.by_position + [f"{k}={v}" for k, v in c.keywords]
         return f"torch._functorch.predispatch.{name}({', '.join(args)})"
     return render
 

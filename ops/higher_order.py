@@ -133,9 +133,8 @@ def _associative_scan(c: Call) -> str:
 register("higher_order.tag_activation_checkpoint", kernel=checkpointed, family="higher_order")(None)
 
 
-@register("higher_order.with_effects", kernel=with_effects)
-def _with_effects(c: Call) -> str:
-    return f"{c.positional[1]}({', '.join(c.positional[2:])})"
+# codegen writes the effectful op itself (codegen/bodies.py): tokens carry no data in eager code
+register("higher_order.with_effects", kernel=with_effects, family="higher_order")(None)
 
 
 @register("higher_order.auto_functionalized", kernel=auto_functionalized)
@@ -146,5 +145,18 @@ def _auto_functionalized(c: Call) -> str:
 
 @register("higher_order.print", kernel=safe_print)
 def _print(c: Call) -> str:
-    # the generated module prints the same way: never formatting the archive's template
-    return f"print({', '.join(c.positional + [f'{k}={v}' for k, v in c.args.items() if k in c.keyword_names])})"
+    """What :func:`safe_print` prints: the template made printable (never formatted), then each
+    value's ``repr``, keyword values as ``name=repr``."""
+    import ast
+
+    from pt2interp.codegen.layout import constant_text
+
+    template, *values = c.by_position
+    try:
+        text = ast.literal_eval(template)
+    except (ValueError, SyntaxError):
+        text = None
+    parts = [constant_text(printable(text, keep_newlines=True)) if isinstance(text, str) else f"str({template})"]
+    parts += [f"repr({v})" for v in values]
+    parts += [f"{constant_text(printable(k) + '=')} + repr({v})" for k, v in c.keywords]
+    return f"print({', '.join(parts)})"

@@ -43,6 +43,17 @@ class Call:
     args: dict[str, str]
     positional: list[str] = field(default_factory=list)
     keyword_names: frozenset[str] = frozenset()
+    keyword_at: tuple[str | None, ...] = ()  # per entry of ``positional``: its keyword, or None
+
+    @property
+    def by_position(self) -> list[str]:
+        """The sources of the arguments the node passes by position, in node order."""
+        return [p for p, k in zip(self.positional, self.keyword_at or (None,) * len(self.positional)) if k is None]
+
+    @property
+    def keywords(self) -> list[tuple[str, str]]:
+        """(name, source) of the arguments the node passes by keyword, in node order."""
+        return [(k, p) for p, k in zip(self.positional, self.keyword_at) if k is not None]
 
     def __getitem__(self, name: str) -> str:
         return self.args[name]

@@ -161,6 +161,16 @@ class MutatingCustomOp(torch.nn.Module):
         return y + 1
 
 
+class Print(torch.nn.Module):
+    """torch's print op (core ATen threads it through with_effects): never formatted."""
+
+    def forward(self, x):
+        from torch._higher_order_ops.print import print as print_op
+
+        print_op("x is {x} \x1b[2J", x=x)
+        return x + 1
+
+
 def _ints(*shape):
     return torch.randint(-5, 5, shape, dtype=torch.int8, generator=torch.Generator().manual_seed(0))
 
@@ -179,6 +189,7 @@ CASES = {
     "hints_wrapper": (Hints, lambda: (torch.randn(3),)),
     "out_dtype": (OutDtype, lambda: (_ints(3, 4), _ints(4, 2))),
     "auto_functionalized": (MutatingCustomOp, lambda: (torch.randn(3),)),
+    "print": (Print, lambda: (torch.randn(3),)),
 }
 
 
@@ -188,7 +199,7 @@ def _flat(out) -> list:
 
 @pytest.mark.parametrize("ir", ["training", "core"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_generated_code_runs_and_equals_the_archive(tmp_path, name, ir):
+def test_generated_code_runs_and_equals_the_archive(tmp_path, name, ir, capsys):
     if name == "map" and release(torch.__version__) < (2, 6):
         pytest.skip(f"torch {torch.__version__}'s map_impl traces its function when called eagerly")
     make, args = CASES[name]
@@ -200,8 +211,14 @@ def test_generated_code_runs_and_equals_the_archive(tmp_path, name, ir):
     path = save_or_skip(ep, tmp_path / f"{name}.pt2")
     want = _flat(ep.module()(*inputs))
     namespace = build(to_python(path))
+    capsys.readouterr()
     got = _flat(namespace["from_pt2"](path)(*inputs))
+    printed = capsys.readouterr().out
     interpreted = _flat(pt2interp.load(path)(*inputs))
+    assert printed == capsys.readouterr().out  # what the program prints, printed alike
+    assert "\x1b" not in printed
+    if name == "print":
+        assert printed.startswith("x is {x} \\x1b[2J x=tensor(")
     assert len(got) == len(want) == len(interpreted)
     for g, w, i in zip(got, want, interpreted):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
