@@ -133,3 +133,21 @@ def _sym_fn(name: str):
 
 for _name in ("sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_sqrt", "sym_ite", "_sym_sqrt"):
     register(f"torch.{_name}", kernel=_sym_fn(_name), family="symbolic")(_call_render(f"torch.{_name}"))
+
+
+def _sym_sum(args):
+    # torch.sym_sum adds a list of sizes in one node (torch 2.6 and later write it)
+    return sum(args, 0)
+
+
+register("torch.sym_sum", kernel=_sym_sum, family="symbolic")(lambda c: f"sum({c.positional[0]})")
+
+
+def _symbool_as_int(b):
+    return int(b)
+
+
+# a bool size condition used as 0 or 1 (export writes it for `int(x.shape[0] > 2)`-style code)
+register("torch.fx.experimental.symbolic_shapes.cast_symbool_to_symint_guardless", kernel=_symbool_as_int,
+         family="symbolic")(lambda c: f"int({c.positional[0]})")
+

@@ -44,6 +44,8 @@ NO_SAMPLE = {
     "math.": "math functions on sym ints; the kernel is the math function itself",
     "torch.sym_": "sym-int helpers; the kernel is the torch function itself",
     "torch._sym_sqrt": "sym-int helper; the kernel is the torch function itself",
+    "torch.fx.experimental.symbolic_shapes.cast_symbool_to_symint_guardless":
+        "a bool size condition as an int; tested in tests/test_symbolic_ops.py",
     "higher_order.while_loop": "takes subgraph callables; tested by the interpreter fixtures",
     "higher_order.map_impl": "takes subgraph callables; tested by the interpreter fixtures",
     "higher_order.with_effects": "wraps another op with effect tokens; tested by fixtures",
