@@ -491,7 +491,7 @@ class BodyBuilder:
             raise UnsupportedOpError(f"node {node.label}: no Python spelling for {node.target[:60]!r}")
         expr = entry.render(Call(node.target.removeprefix("torch.ops."), {}, positional))
         pattern = output_pattern(node)
-        if isinstance(pattern, str) and node.is_hop_single_tensor_return is not True:
+        if isinstance(pattern, str) and not node.hop_returns_one_tensor:
             expr = f"{expr}[0]"  # the op returns a list; the node its one item
         lhs = bind_target(pattern, self.define, self.used)
         self.line(expr if lhs is None else f"{lhs} = {expr}", node=node)

@@ -200,7 +200,7 @@ def node_statement(node: Node, *, source: Source, target: Callable[[str], str],
     expr = expression(node, source, device)
     pattern = output_pattern(node)
     if node.target.startswith("torch.ops.higher_order.") and isinstance(pattern, str) \
-            and node.is_hop_single_tensor_return is not True:
+            and not node.hop_returns_one_tensor:
         expr = f"{expr}[0]"
     lhs = bind_target(pattern, target, used)
     if lhs is None:

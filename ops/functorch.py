@@ -189,6 +189,12 @@ for _name, (_kernel, _why, _enters, _exits) in ADMITTED.items():
     register(_PREFIX + _name, kernel=_kernel, family="functorch")(_render(_name))
 
 
+def uses_forward_ad(graph) -> bool:
+    """Whether ``graph`` (its subgraphs included) records a ``torch.func.jvp``."""
+    return any(n.target in (_PREFIX + "_jvp_increment_nesting", _PREFIX + "_enter_dual_level")
+               for n in graph.iter_nodes())
+
+
 def check_balanced(targets: list[str], where: str) -> None:
     """Raise :class:`GraphError` unless the enters and exits among ``targets`` (one graph's nodes,
     in order) pair up innermost first and none is left open at the end."""

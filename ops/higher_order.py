@@ -50,6 +50,36 @@ def checkpointed(body, *args, **checkpoint_options):
     return list(body(*args))
 
 
+# Higher-order ops that run one subgraph, as torch's own kernels for them do; running them here
+# also runs archives from a torch newer than the installed one (torch 2.5 has no
+# wrap_with_set_grad_enabled op to call).
+
+def grad_region(enabled, body, *args):
+    import torch
+
+    with torch.set_grad_enabled(enabled):
+        return list(body(*args))
+
+
+def autocast_region(device_type, dtype, enabled, cache_enabled, body, *args):
+    import torch
+
+    with torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled):
+        return list(body(*args))
+
+
+def wrap(body, *args, **kwargs):
+    return list(body(*args))
+
+
+def invoke_subgraph(body, identifier, *operands):
+    return list(body(*operands))
+
+
+def hints_wrapper(body, args, kwargs, *, hints=None):
+    return list(body(*args, **kwargs))
+
+
 def with_effects(token, op, *args, **kwargs):
     import torch
 
@@ -129,8 +159,11 @@ def _associative_scan(c: Call) -> str:
     return f"torch.ops.higher_order.associative_scan({', '.join(c.positional)})"
 
 
-# codegen writes it as a call of its body (codegen/bodies.py's regions)
-register("higher_order.tag_activation_checkpoint", kernel=checkpointed, family="higher_order")(None)
+# codegen writes these as a call of their body (codegen/bodies.py's regions)
+for _name, _kernel in (("tag_activation_checkpoint", checkpointed), ("wrap_with_set_grad_enabled", grad_region),
+                       ("wrap_with_autocast", autocast_region), ("wrap", wrap),
+                       ("invoke_subgraph", invoke_subgraph), ("hints_wrapper", hints_wrapper)):
+    register(f"higher_order.{_name}", kernel=_kernel, family="higher_order")(None)
 
 
 # codegen writes the effectful op itself (codegen/bodies.py): tokens carry no data in eager code

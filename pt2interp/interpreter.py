@@ -399,7 +399,7 @@ class GraphCompiler:
                         env[s] = v
                 return store, names
             slot = target
-            if is_hop and node.is_hop_single_tensor_return is not True:
+            if is_hop and not node.hop_returns_one_tensor:
                 def store(env, result):
                     env[slot] = result[0] if isinstance(result, (list, tuple)) else result
                 return store, names
@@ -507,7 +507,10 @@ _AUTOCAST = "torch.ops.higher_order.wrap_with_autocast"
 
 # Higher-order ops: which positional inputs must be subgraphs.
 _SUBGRAPH_INPUTS = {"torch.ops.higher_order.cond": (1, 2), "torch.ops.higher_order.while_loop": (0, 1),
-                    "torch.ops.higher_order.map_impl": (0,)}
+                    "torch.ops.higher_order.map_impl": (0,), "torch.ops.higher_order.wrap_with_set_grad_enabled": (1,),
+                    "torch.ops.higher_order.wrap_with_autocast": (4,), "torch.ops.higher_order.wrap": (0,),
+                    "torch.ops.higher_order.invoke_subgraph": (0,), "torch.ops.higher_order.hints_wrapper": (0,),
+                    "torch.ops.higher_order.tag_activation_checkpoint": (0,)}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 from pt2interp import limits
 from pt2interp.errors import DeviceError, ExecutionError, InputMismatchError, SchemaError
 from pt2interp.interpreter import GraphCompiler, GraphPlan
+from pt2interp.ops import functorch
 from pt2interp.program import Program
 from pt2interp.schema import InputSpec, TensorMeta
 from pt2interp.treespec import TreeSpec
@@ -28,8 +29,8 @@ class LoadedProgram:
     """Call it like the exported module: ``prog(*args, **kwargs)``.
 
     Outputs come back in the original structure; buffers the graph mutates advance from call to
-    call, as with ``ep.module()``. Runs under ``torch.inference_mode()`` unless
-    ``inference_mode=False``.
+    call, as with ``ep.module()``. Runs under ``torch.inference_mode()`` (``torch.no_grad()`` for a
+    program that uses forward-mode AD, which inference mode turns off) unless ``inference_mode=False``.
     """
 
     def __init__(self, program: Program, device: str | torch.device | None = None, *,
@@ -65,6 +66,9 @@ class LoadedProgram:
         if len(specs) != len(model.graph.inputs):
             raise SchemaError(f"the signature lists {len(specs)} inputs but the graph has {len(model.graph.inputs)}",
                               member=member, path="graph_module.signature.input_specs")
+        # inference mode turns forward-mode AD off (torch.func.jvp's tangents become None before
+        # torch 2.13): a program recording a jvp runs under no_grad, which records no graph either
+        self._no_autograd = torch.no_grad if functorch.uses_forward_ad(model.graph) else torch.inference_mode
         root = model.root_call
         self._in_spec: TreeSpec | None = root.in_spec if root else None
         self._out_spec: TreeSpec | None = root.out_spec if root else None
@@ -162,7 +166,7 @@ class LoadedProgram:
         inputs, user_leaves = self._bind(args, kwargs)
         with limits.call_budget():
             if self.inference_mode:
-                with torch.inference_mode():
+                with self._no_autograd():
                     flat = self._plan.run(inputs) if on_node is None else self._plan.run_hooked(inputs, on_node)
                     self._write_back(flat, user_leaves)
             else:

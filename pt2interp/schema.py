@@ -185,6 +185,11 @@ class Node:
         return self.metadata.get("stack_trace")
 
     @property
+    def hop_returns_one_tensor(self) -> bool:
+        """For a higher-order op: it returns one tensor, not a sequence of outputs."""
+        return versions.hop_returns_one_tensor(self.target, self.is_hop_single_tensor_return)
+
+    @property
     def torch_fn(self) -> str | None:
         return self.metadata.get("torch_fn")
 

@@ -66,6 +66,16 @@ OUTPUT_SPEC_TARGET_FIELDS: dict[str, str | None] = {
     "token": None,
 }
 
+# Whether a higher-order op returns one tensor rather than a sequence of outputs: archives record
+# it per node (is_hop_single_tensor_return) in newer releases; for older ones it is the op's own
+# (out_dtype returns its op's tensor; cond, while_loop, map, scan, the wrappers a list).
+_HOPS_RETURNING_ONE_TENSOR = frozenset({"torch.ops.higher_order.out_dtype"})
+
+
+def hop_returns_one_tensor(target: str, recorded: bool | None) -> bool:
+    return recorded if recorded is not None else target in _HOPS_RETURNING_ONE_TENSOR
+
+
 # Node input kinds, recorded from torch 2.7 on (NamedArgument.kind).
 INPUT_KIND_POSITIONAL, INPUT_KIND_KEYWORD = 1, 2
 

@@ -188,6 +188,18 @@ def load_or_skip(c: Case, **kwargs):
         raise
 
 
+def generated_code_runs_or_skip(c: Case) -> None:
+    """Skips where the archive's generated code calls what the installed torch lacks: training
+    IR's functorch calls are written as ``torch._functorch.predispatch`` calls (torch 2.11+)."""
+    import pytest
+    import torch
+
+    if c.newer_than_installed_torch and not hasattr(torch._functorch, "predispatch") \
+            and b"torch._functorch.predispatch." in c.path.read_bytes():
+        pytest.skip(f"{c.id}: its generated code calls torch._functorch.predispatch, which torch "
+                    f"{torch.__version__} lacks")
+
+
 def device_change_tolerance(dtype) -> float:
     """rtol = atol for outputs computed on another device (other kernels; TF32, as torch
     defaults on CUDA): float32 1e-3, half types 2e-2, float64 1e-6, others exact."""

@@ -21,11 +21,33 @@ def export_or_skip(module, args, **kwargs):
     try:
         return torch.export.export(module, args, **kwargs)
     except Exception as exc:
+        leave_functorch_levels()
         zoo_version = case("zoo", "mlp").torch_version
         if release(installed_torch_version()) >= release(zoo_version):
             raise
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         pytest.skip(f"torch {torch.__version__} cannot export it ({type(exc).__name__}: {first})")
+
+
+def leave_functorch_levels() -> None:
+    """Leave the vmap/jvp levels a failed export left this thread in (torch 2.5 exporting
+    ``torch.func.jvp`` fails inside the level and never leaves it, breaking every later test)."""
+    import torch
+
+    functorch = torch._C._functorch
+    leave = {functorch.TransformType.Vmap: functorch._vmap_decrement_nesting,
+             functorch.TransformType.Jvp: functorch._jvp_decrement_nesting,
+             functorch.TransformType.Grad: functorch._grad_decrement_nesting,
+             functorch.TransformType.Functionalize: functorch._func_decrement_nesting}
+    for _ in range(64):
+        if functorch.maybe_current_level() is None:
+            break
+        leave[functorch.peek_interpreter_stack().key()]()
+    try:  # and the forward-AD dual level (one per process; 0 is the only one torch hands out)
+        torch._C._exit_dual_level(level=0)
+    except RuntimeError:
+        pass  # none was entered
+    torch._C._set_fwd_grad_enabled(True)
 
 
 def save_or_skip(ep, path: Path) -> Path:
@@ -84,12 +106,18 @@ def rewrite_zip(src: Path, dst: Path, replace: dict[str, bytes | None] | None = 
     return dst
 
 
-def member_named(path: Path, suffix: str) -> str:
+def member_named(path: Path, suffix: str | tuple[str, ...]) -> str:
     with zipfile.ZipFile(path) as z:
         for n in z.namelist():
             if n.endswith(suffix):
                 return n
     raise LookupError(suffix)
+
+
+def program_member(path: Path) -> str:
+    """The archive member holding the (first) program's JSON, in either layout: torch 2.8 and
+    later write ``<archive>/models/model.json``, 2.5 to 2.7 ``serialized_exported_program.json``."""
+    return member_named(path, ("models/model.json", "serialized_exported_program.json"))
 
 
 @contextlib.contextmanager

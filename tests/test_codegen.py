@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CASES, requires_cuda
-from fixture_cases import FIXTURES, case, flatten_outputs
-from helpers import export_or_skip, rewrite_zip
+from fixture_cases import FIXTURES, case, flatten_outputs, generated_code_runs_or_skip, load_or_skip
+from helpers import export_or_skip, program_member, rewrite_zip
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pt2interp.codegen import layout, to_python
@@ -81,12 +81,13 @@ def _branch_inputs(c, args):
 
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
 def test_round_trip(c):
+    reference = load_or_skip(c, inference_mode=False)
+    generated_code_runs_or_skip(c)
     namespace, _ = build(generated(c.path))
     program = pt2interp.read_program(c.path)
     model = namespace["from_pt2"](c.path)  # the state dict with strict=True, then the constants
     assert set(model.state_dict()) == set(program.state_dict())
     model.eval()
-    reference = pt2interp.load(c.path, inference_mode=False)
     args, kwargs = c.inputs()
     for inputs in _branch_inputs(c, args):
         # twice: buffers a program mutates (counter) must advance alike
@@ -261,8 +262,7 @@ def dynamic_archive(tmp_path_factory):
 
 def _records_namedtuple_fields(path) -> bool:
     with zipfile.ZipFile(path) as z:
-        name = next(n for n in z.namelist() if n.endswith(("models/model.json", "serialized_exported_program.json")))
-        return bool(json.loads(z.read(name))["graph_module"].get("treespec_namedtuple_fields"))
+        return bool(json.loads(z.read(program_member(path)))["graph_module"].get("treespec_namedtuple_fields"))
 
 
 def test_dynamic_dims_stay_dynamic(dynamic_archive):

@@ -17,7 +17,7 @@ import zipfile
 import pytest
 import torch
 from fixture_cases import release
-from helpers import export_or_skip, member_named, rewrite_zip, save_or_skip
+from helpers import export_or_skip, program_member, rewrite_zip, save_or_skip
 from pt2interp.codegen import to_python
 
 import pt2interp
@@ -253,7 +253,7 @@ def _hop_archive(tmp_path, target: str, inputs: list[dict]) -> tuple:
     """An archive of ``x -> target(...)`` made from an exported ``hints_wrapper`` program."""
     ep = export_or_skip(Hints(), (torch.randn(3),))
     src = save_or_skip(ep, tmp_path / "template.pt2")
-    member = member_named(src, "models/model.json")
+    member = program_member(src)
     with zipfile.ZipFile(src) as z:
         doc = json.loads(z.read(member))
     (node,) = [n for n in doc["graph_module"]["graph"]["nodes"] if n["target"].endswith("hints_wrapper")]

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import CASES
 from fixture_cases import device_change_tolerance, flatten_outputs
-from helpers import member_named, rewrite_zip
+from helpers import member_named, program_member, rewrite_zip
 from pt2interp.ops import attention
 
 import pt2interp
@@ -163,7 +163,7 @@ def _autocast_archive(tmp_path, exported_on: str):
     torch.manual_seed(0)
     module = _Autocast()
     src = save_or_skip(export_or_skip(module, (torch.randn(2, 8),)), tmp_path / "exported.pt2")
-    member = member_named(src, "models/model.json")
+    member = program_member(src)
     text = zipfile.ZipFile(src).read(member).decode()
     if exported_on != "cpu":
         text = text.replace('"as_string": "cpu"', f'"as_string": "{exported_on}"')
@@ -190,7 +190,7 @@ def test_an_autocast_region_follows_the_program_to_cpu(tmp_path):
 def test_an_autocast_region_for_another_device_stays_for_that_device(tmp_path):
     """A CPU program's region for another device type (a no-op where it was exported) stays one."""
     module, path = _autocast_archive(tmp_path, "cpu")
-    member = member_named(path, "models/model.json")
+    member = program_member(path)
     doc = json.loads(zipfile.ZipFile(path).read(member).decode().replace('"as_string": "cpu"', '"as_string": "cuda"'))
     graph = doc["graph_module"]["graph"]  # export would have recorded no bfloat16 check after it
     graph["nodes"] = [n for n in graph["nodes"] if "_assert_tensor_metadata" not in n["target"]]

@@ -14,7 +14,8 @@ import zipfile
 
 import pytest
 import torch
-from helpers import export_or_skip, member_named, rewrite_zip, save_or_skip
+from fixture_cases import case, release
+from helpers import export_or_skip, program_member, rewrite_zip, save_or_skip
 from pt2interp.ops.functorch import ADMITTED
 
 import pt2interp
@@ -43,12 +44,12 @@ def _saved(tmp_path, module, args, name):
 
 def _functorch_targets(path) -> list[str]:
     with zipfile.ZipFile(path) as z:
-        doc = json.loads(z.read(member_named(path, "models/model.json")))
+        doc = json.loads(z.read(program_member(path)))
     return [n["target"] for n in doc["graph_module"]["graph"]["nodes"] if n["target"].startswith("torch._functorch")]
 
 
 def _edited(tmp_path, src, edit, name="edited"):
-    member = member_named(src, "models/model.json")
+    member = program_member(src)
     with zipfile.ZipFile(src) as z:
         doc = json.loads(z.read(member))
     edit(doc["graph_module"]["graph"])
@@ -64,7 +65,10 @@ def _edited(tmp_path, src, edit, name="edited"):
 def test_training_ir_transforms_run_as_torch_runs_them(tmp_path, make, args, inference_mode):
     inputs = args()
     path = _saved(tmp_path, make(), inputs, make.__name__)
-    assert _functorch_targets(path), "the training IR records functorch calls (else this test tests nothing)"
+    if not _functorch_targets(path):  # else this test tests nothing
+        assert release(torch.__version__) < release(case("zoo", "mlp").torch_version), \
+            "the zoo's torch records functorch calls in training IR"
+        pytest.skip(f"torch {torch.__version__}'s training IR of it has no functorch calls")
     want = torch.export.load(path).module()(*inputs)
     got = pt2interp.load(path, inference_mode=inference_mode)(*inputs)
     torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixture_cases import case
-from helpers import member_named, rewrite_zip
+from helpers import member_named, program_member, rewrite_zip
 from pt2interp.ops import policy
 from pt2interp.ops.registry import resolve_torch_op
 
@@ -29,12 +29,6 @@ MLP = case("zoo", "mlp").path
 PROGRAM = member_named(MLP, "models/model.json")
 REPO = Path(__file__).resolve().parent.parent
 INT64 = 5  # ScalarType number
-
-
-def _program_member(path: Path) -> str:
-    """The program JSON of an archive this torch wrote (the legacy layout before torch 2.8)."""
-    with zipfile.ZipFile(path) as z:
-        return next(n for n in z.namelist() if n.endswith(("models/model.json", "serialized_exported_program.json")))
 
 
 def _tensor(name: str) -> dict:
@@ -231,7 +225,7 @@ def _print_archive(tmp_path: Path, template: str) -> Path:
         torch.export.save(torch.export.export(Printing(), (torch.randn(4, 16),)), src)
     except Exception as exc:  # noqa: BLE001 (export raises many kinds)
         pytest.skip(f"torch {torch.__version__} cannot export print: {type(exc).__name__}: {str(exc)[:100]}")
-    member = _program_member(src)
+    member = program_member(src)
     with zipfile.ZipFile(src) as z:
         text = z.read(member).decode().replace("PLACEHOLDER {}", json.dumps(template)[1:-1])
     return rewrite_zip(src, tmp_path / "hostile_print.pt2", replace={member: text.encode()})
@@ -285,7 +279,7 @@ def _loop_archives(tmp_path: Path) -> tuple[Path, Path]:
     except Exception as exc:  # noqa: BLE001 (older torch cannot export while_loop)
         pytest.skip(f"torch {torch.__version__} cannot export while_loop: {type(exc).__name__}")
     torch.export.save(ep, src)
-    member = _program_member(src)
+    member = program_member(src)
     with zipfile.ZipFile(src) as z:
         doc = json.loads(z.read(member))
     # the condition subgraph compares with 10: make it compare with something it never reaches

@@ -16,7 +16,7 @@ from fixture_cases import (
     torch_outputs,
     torch_program,
 )
-from helpers import member_named, rewrite_zip
+from helpers import member_named, program_member, rewrite_zip
 
 import pt2interp
 
@@ -303,8 +303,7 @@ def test_higher_order_keyword_inputs_without_recorded_kinds(tmp_path):
         ep = torch.export.export(_MutatingCustomOp(), inputs).run_decompositions()
     path = tmp_path / "hop.pt2"
     torch.export.save(ep, path)
-    with zipfile.ZipFile(path) as z:  # the new layout, or the legacy one torch 2.5 to 2.7 write
-        member = next(n for n in z.namelist() if n.endswith(("models/model.json", "serialized_exported_program.json")))
+    member = program_member(path)  # the new layout, or the legacy one torch 2.5 to 2.7 write
     with zipfile.ZipFile(path) as z:
         doc = json.loads(z.read(member))
     hops = [n for n in doc["graph_module"]["graph"]["nodes"] if n["target"].startswith("torch.ops.higher_order.")]
