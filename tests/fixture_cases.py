@@ -165,12 +165,27 @@ def reference_module(c: Case):
         return ep.module(), True
     if c.state_dict_path is None or c.folder != "zoo":
         pytest.skip(f"{c.id}: no eager module to compare with, and {why}")
+    eager_runs_or_skip(c)
     sys.path.insert(0, str(FIXTURES.parent))
     from fixtures.zoo import ZOO
 
     module = ZOO[c.name].module()
     module.load_state_dict(torch.load(c.state_dict_path, weights_only=True))
     return module, False
+
+
+def eager_runs_or_skip(c: Case) -> None:
+    """Skips where the installed torch cannot run the zoo's exporting module of ``c`` eagerly as
+    exported (``ZooEntry.eager_torch``)."""
+    import pytest
+    import torch
+
+    sys.path.insert(0, str(FIXTURES.parent))
+    from fixtures.zoo import ZOO
+
+    entry = ZOO[c.name]
+    if entry.eager_torch and release(torch.__version__) < release(entry.eager_torch):
+        pytest.skip(f"{c.name}'s module runs eagerly as exported from torch {entry.eager_torch} on")
 
 
 def load_or_skip(c: Case, **kwargs):

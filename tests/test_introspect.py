@@ -164,8 +164,25 @@ def _reference_from_json(path) -> dict:
     def bound(v):
         return None if v is None or isinstance(v, str) or not math.isfinite(v) or abs(v) >= _BIG else int(v)
 
+    # as torch's loader: a constraint on a symbol no size (of any graph) or sym int mentions is dropped
+    mentioned = []
+
+    def collect(value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("sizes", "sym_int_values"):
+                    mentioned.append(json.dumps(item))
+                else:
+                    collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    collect(doc["graph_module"]["graph"])
+    text = " ".join(mentioned)
     ref["ranges"] = {k: (bound(r.get("min_val")), bound(r.get("max_val")))
-                     for k, r in (doc.get("range_constraints") or {}).items()}
+                     for k, r in (doc.get("range_constraints") or {}).items()
+                     if re.search(rf"\b{re.escape(k)}\b", text)}
     return ref
 
 
