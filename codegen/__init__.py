@@ -77,6 +77,8 @@ def _save(facts, out: str | os.PathLike) -> list[str]:
     import torch
     from safetensors.torch import save_file
 
+    from pt2interp.files import as_created_file
+
     program = facts.program
     tensors: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
@@ -93,6 +95,7 @@ def _save(facts, out: str | os.PathLike) -> list[str]:
     if facts.tied:
         metadata["pt2interp.aliases"] = json.dumps(facts.tied, sort_keys=True)
     save_file(tensors, str(out), metadata=metadata)
+    as_created_file(out)
     return list(tensors)
 
 

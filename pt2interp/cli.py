@@ -11,6 +11,7 @@ markup): no file can style, move or retitle the terminal, or make printing fail.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -62,6 +63,42 @@ def _json_escaped(match: re.Match) -> str:
     return f"\\u{code:04x}"
 
 
+def _import_torch(args) -> None:
+    """Import torch for a subcommand that needs it, saying so on a terminal meanwhile (it takes
+    seconds); a missing torch is one line saying what to install."""
+    if "torch" in sys.modules:
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        if console.is_terminal:
+            with console.status(f"importing torch for `pt2interp {args.command}`…", spinner="dots"):
+                import torch
+        else:
+            import torch  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise _MissingDependency("torch", f"`pt2interp {args.command}` needs torch: pip install torch") from None
+
+
+class _MissingDependency(Pt2Error):
+    def __init__(self, module: str, message: str):
+        super().__init__(message)
+        self.module = module
+
+
+# an optional package a subcommand imports -> the line saying what to install
+_INSTALL_HINTS = {
+    "torch": "needs torch: pip install torch",
+    "uvicorn": "needs the serve extras: pip install 'pt2interp[serve]'",
+    "fastapi": "needs the serve extras: pip install 'pt2interp[serve]'",
+    "prometheus_client": "needs the serve extras: pip install 'pt2interp[serve]'",
+    "httpx": "needs the serve extras: pip install 'pt2interp[serve]'",
+}
+
+
 def _example_path() -> Path:
     from importlib.resources import files
 
@@ -71,6 +108,7 @@ def _example_path() -> Path:
 def cmd_demo(args) -> int:
     """Load the bundled example, run it on its stored inputs and compare with torch itself
     (bit for bit, in this process) and with the outputs stored beside it."""
+    _import_torch(args)
     import numpy as np
     import torch
 
@@ -126,6 +164,7 @@ def _max_diff(a, b) -> str:
 
 
 def cmd_run(args) -> int:
+    _import_torch(args)
     import torch
 
     import pt2interp
@@ -133,7 +172,8 @@ def cmd_run(args) -> int:
     prog = pt2interp.load(args.file, device=args.device, model=args.model)
     call_args, call_kwargs = _inputs_for(prog, args)
     out = prog(*call_args, **call_kwargs)
-    for key, value in _flatten("out", out):
+    named = prog.named_outputs(out)
+    for key, value in named.items():
         # keys are the file's (output dict keys); values may be strings it holds
         if isinstance(value, torch.Tensor):
             print(f"{shown(key)}: tensor {list(value.shape)} "
@@ -143,8 +183,11 @@ def cmd_run(args) -> int:
     if args.output:
         from safetensors.torch import save_file
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in _flatten("out", out) if isinstance(v, torch.Tensor)}
+        from pt2interp.files import as_created_file
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in named.items() if isinstance(v, torch.Tensor)}
         save_file(tensors, args.output)
+        as_created_file(args.output)
         print(f"wrote {len(tensors)} tensors to {args.output}")
     fb = prog.fallback_ops()
     if fb:
@@ -164,11 +207,11 @@ def _inputs_for(prog, args):
     import torch
 
     if args.inputs:
-        tensors = _read_tensor_file(args.inputs)
-        ordered = [tensors[k] for k in sorted(tensors, key=_input_order)]
-        return tuple(ordered), {}
+        values = _read_tensor_file(args.inputs)
+        outputs = set(prog.output_names)  # a fixture's npz holds its reference outputs beside the inputs
+        return prog.bind_named({k: v for k, v in values.items() if k not in outputs})
     if args.random:
-        return _random_inputs(prog), {}
+        return prog.bind_named(_random_inputs(prog))
     sample = prog.program.example_inputs()
     if sample is None:
         raise Pt2Error(f"{args.file}: the archive stores no sample inputs; pass --inputs FILE or --random")
@@ -176,59 +219,70 @@ def _inputs_for(prog, args):
     return tuple(x.to(prog.device) if isinstance(x, torch.Tensor) else x for x in a), kw
 
 
-def _input_order(key: str):
-    tail = key.rsplit("_", 1)[-1]
-    return (0, int(tail)) if tail.isdigit() else (1, key)
-
-
 def _read_tensor_file(path: str) -> dict:
+    """Tensors by name from .npz, .safetensors or .pt (a dict of tensors, read with
+    ``weights_only=True``: never arbitrary code)."""
     import torch
 
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    if path.endswith(".npz"):
-        import numpy as np
+            return load_file(path)
+        if path.endswith(".npz"):
+            import numpy as np
 
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("in")}
-    raise Pt2Error(f"{path}: inputs must be a .npz or .safetensors file")
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
+        if path.endswith((".pt", ".pth")):
+            values = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+                raise Pt2Error(f"{path}: a .pt inputs file must hold a dict of input name -> tensor, "
+                               f"not {type(values).__name__}")
+            return values
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise Pt2Error(f"{path}: cannot read inputs: {exc}") from None
+    raise Pt2Error(f"{path}: inputs must be a .npz, .safetensors or .pt file")
 
 
 # A recorded shape is a claim made by the file: random inputs beyond this are refused.
 _MAX_RANDOM_ELEMENTS = 1 << 28
 
 
-def _random_inputs(prog) -> tuple:
+def _random_inputs(prog) -> dict:
+    """A random value for every input, positional and keyword, by name: the recorded dtype, and
+    the recorded example size of each dimension (within its dynamic range)."""
     import torch
 
     from pt2interp.weights import torch_dtype
 
     model = prog.program.model
-    out = []
-    for spec in model.signature.inputs_of("user_input"):
+    leaves = [s for s in model.signature.input_specs if s.kind in ("user_input", "constant_input")]
+    out = {}
+    for (name, _keyword), spec in zip(prog.input_names, leaves):
+        if spec.kind == "constant_input":
+            continue  # the recorded constant is the default
         if spec.arg.kind != "tensor":
-            raise Pt2Error(f"--random cannot make a value for non-tensor input {spec.arg}")
-        name = spec.arg.value.name
-        meta = model.graph.tensor_values.get(name)
+            raise Pt2Error(f"--random cannot make a value for input {shown(name)!r} ({spec.arg.kind}); "
+                           f"pass --inputs with real data instead")
+        meta = model.graph.tensor_values.get(spec.arg.value.name)
         if meta is None:
-            raise Pt2Error(f"--random: the archive records no shape for input {name!r}")
+            raise Pt2Error(f"--random: the archive records no shape for input {shown(name)!r}")
         shape = [s if isinstance(s, int) else (s.hint if type(s.hint) is int else 2) for s in meta.sizes]
         if not _small_shape(shape):
-            raise Pt2Error(f"--random: input {name!r} would have more than {_MAX_RANDOM_ELEMENTS:,} elements "
+            raise Pt2Error(f"--random: input {shown(name)!r} would have more than {_MAX_RANDOM_ELEMENTS:,} elements "
                            f"(or a negative size) in its recorded shape; pass --inputs with real data instead")
-        dtype = torch_dtype(meta.dtype, where=f"--random: input {name!r}: ")
+        dtype = torch_dtype(meta.dtype, where=f"--random: input {shown(name)!r}: ")
         try:
             if dtype.is_floating_point or dtype.is_complex:
-                out.append(torch.randn(shape, dtype=dtype))
+                out[name] = torch.randn(shape, dtype=dtype)
             elif dtype == torch.bool:
-                out.append(torch.rand(shape) > 0.5)
+                out[name] = torch.rand(shape) > 0.5
             else:
-                out.append(torch.randint(0, 2, shape, dtype=dtype))
+                out[name] = torch.randint(0, 2, shape, dtype=dtype)
         except (RuntimeError, TypeError) as exc:  # a dtype torch makes no random values of
-            raise Pt2Error(f"--random: cannot make input {name!r} of {dtype}: {exc}") from None
-    return tuple(out)
+            raise Pt2Error(f"--random: cannot make input {shown(name)!r} of {dtype}: {exc}") from None
+    return out
 
 
 def _small_shape(shape: list[int]) -> bool:
@@ -246,17 +300,6 @@ def _small_shape(shape: list[int]) -> bool:
     return True
 
 
-def _flatten(prefix, value):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _flatten(f"{prefix}.{k}", v)
-    elif isinstance(value, (tuple, list)):
-        for i, v in enumerate(value):
-            yield from _flatten(f"{prefix}.{i}", v)
-    else:
-        yield prefix, value
-
-
 def _preview(t, n: int = 4) -> str:
     flat = t.detach().reshape(-1)[:n].float().tolist()
     return "[" + ", ".join(f"{v:.4g}" for v in flat) + (", ...]" if t.numel() > n else "]")
@@ -267,6 +310,8 @@ def cmd_info(args) -> int:
     (unless ``--check-ops`` asks whether this torch has every op)."""
     import pt2interp
 
+    if args.check_ops:
+        _import_torch(args)
     schema = pt2interp.read_schema(args.file, model=args.model, check_ops=True if args.check_ops else None)
     if args.json:
         print(json_printable(schema.to_json()))
@@ -414,7 +459,9 @@ def _human_bytes(n: int) -> str:
 
 def cmd_serve(args) -> int:
     """Serve one or more archives over HTTP (Open Inference Protocol v2, /metrics, status page)."""
-    import uvicorn
+    import uvicorn  # first: without the serve extras, say so before torch takes seconds to import
+
+    _import_torch(args)
 
     from pt2interp.serve import Server
     from pt2interp.serve.http import create_app
@@ -442,81 +489,121 @@ def cmd_serve(args) -> int:
 
 def cmd_codegen(args) -> int:
     """Write a .pt2 back as readable nn.Module source (and, with --weights, its weights)."""
+    _import_torch(args)
     from pt2interp.codegen import to_python
 
     source = to_python(args.file, class_name=args.class_name, comments=not args.no_comments,
                        weights=args.weights)
     if args.output:
         Path(args.output).write_text(source, encoding="utf-8")
-        extra = f" and {args.weights}" if args.weights else ""
-        print(f"wrote {args.output}{extra} (class {args.class_name!r}; load weights with from_pt2(path))")
+        module = Path(args.output).stem
+        if args.weights:
+            how = f"from {module} import load_safetensors; model = load_safetensors({str(args.weights)!r})"
+            print(f"wrote {args.output} and {args.weights} (class {args.class_name!r}); {how}")
+        else:
+            how = f"from {module} import from_pt2; model = from_pt2({str(args.file)!r})"
+            print(f"wrote {args.output} (class {args.class_name!r}); {how}")
     else:
         sys.stdout.write(source)
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default where it has one worth saying."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" not in text and action.default is not None and action.default is not False \
+                and action.default != argparse.SUPPRESS \
+                and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
+_FILE_HELP = "the .pt2 archive"
+_MODEL_HELP = "which model of a multi-model archive (default: the only one, or 'model')"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pt2interp", description="Load, run and inspect PyTorch .pt2 archives.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="pt2interp", description="Load, run and inspect PyTorch .pt2 archives.",
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks for errors (accepted anywhere on the line)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="run the bundled example archive and check it against its reference")
-    d.set_defaults(fn=cmd_demo)
+    def command(name: str, text: str, fn) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+        c.set_defaults(fn=fn)
+        return c
 
-    r = sub.add_parser("run", help="run a .pt2 and print its outputs")
-    r.add_argument("file")
+    command("demo", "run the bundled example archive and check it against its reference", cmd_demo)
+
+    r = command("run", "run a .pt2 and print its outputs", cmd_run)
+    r.add_argument("file", help=_FILE_HELP)
     src = r.add_mutually_exclusive_group()
-    src.add_argument("--inputs", help="inputs as .npz (in_0, in_1, ...) or .safetensors")
-    src.add_argument("--random", action="store_true", help="random inputs of the recorded shapes")
-    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    r.add_argument("--model", default=None, help="which model of a multi-model archive")
-    r.add_argument("--output", "-o", help="write outputs to this .safetensors file")
-    r.set_defaults(fn=cmd_run)
+    src.add_argument("--inputs", metavar="FILE",
+                     help="inputs from .npz, .safetensors or .pt (a dict), keyed by the names `pt2interp info` "
+                          "prints (x, scale, xs.0) or by position (in_0, in_1, ...); keyword inputs too "
+                          "(default: the sample inputs the archive stores)")
+    src.add_argument("--random", action="store_true",
+                     help="random values for every input, keyword ones included, of the recorded dtypes "
+                          "and example sizes")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
+    r.add_argument("--model", default=None, help=_MODEL_HELP)
+    r.add_argument("--output", "-o", metavar="FILE",
+                   help="also write the outputs to this .safetensors file, named as `info` names them "
+                        "(out, out.0, out.sum)")
 
-    i = sub.add_parser("info", help="describe a .pt2 without running it (torch not needed)")
-    i.add_argument("file")
-    i.add_argument("--model", default=None)
+    i = command("info", "describe a .pt2 without running it (torch not needed)", cmd_info)
+    i.add_argument("file", help=_FILE_HELP)
+    i.add_argument("--model", default=None, help=_MODEL_HELP)
     i.add_argument("--json", action="store_true", help="print the description as JSON")
     i.add_argument("--check-ops", action="store_true",
                    help="import torch and list the ops it lacks (otherwise checked only if torch is loaded)")
-    i.set_defaults(fn=cmd_info)
 
-    w = sub.add_parser("weights", help="write a .pt2's weights to safetensors or npz (torch not needed)")
-    w.add_argument("file")
-    w.add_argument("--output", "-o", help="the .safetensors file to write")
+    w = command("weights", "write a .pt2's weights to safetensors or npz (torch not needed)", cmd_weights)
+    w.add_argument("file", help=_FILE_HELP)
+    w.add_argument("--output", "-o", metavar="FILE", help="the .safetensors file to write")
     w.add_argument("--numpy", metavar="NPZ", help="also (or only) write the arrays to this .npz")
-    w.add_argument("--model", default=None)
+    w.add_argument("--model", default=None, help=_MODEL_HELP)
     w.add_argument("--no-buffers", action="store_true", help="parameters only")
     w.add_argument("--constants", action="store_true",
                    help="also tensor constants and non-persistent buffers")
-    w.set_defaults(fn=cmd_weights)
-    sv = sub.add_parser("serve", help="serve .pt2 archives over HTTP (Open Inference Protocol v2)")
-    sv.add_argument("files", nargs="+", metavar="[NAME=]FILE", help="archives to serve, named after their files")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8080)
-    sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+
+    sv = command("serve", "serve .pt2 archives over HTTP (Open Inference Protocol v2); needs "
+                          "pip install 'pt2interp[serve]'", cmd_serve)
+    sv.add_argument("files", nargs="+", metavar="[NAME=]FILE",
+                    help="archives to serve, each named NAME or after its file")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8080, help="port to listen on")
+    sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     sv.add_argument("--batch-size", type=int, default=1, help="most rows per model run (1: no batching)")
     sv.add_argument("--batch-timeout-ms", type=float, default=0.0,
                     help="how long a request may wait for others to share its run")
     sv.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger requests get 413")
     sv.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
-    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    sv.set_defaults(fn=cmd_serve)
-    cg = sub.add_parser("codegen", help="write a .pt2 back as readable nn.Module source")
-    cg.add_argument("file")
-    cg.add_argument("--output", "-o", help="the .py file to write (default: standard output)")
-    cg.add_argument("--class-name", default="Model", help="name of the root class (default: Model)")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                    help="uvicorn's log level")
+
+    cg = command("codegen", "write a .pt2 back as readable nn.Module source", cmd_codegen)
+    cg.add_argument("file", help=_FILE_HELP)
+    cg.add_argument("--output", "-o", metavar="FILE", help="the .py file to write (default: standard output)")
+    cg.add_argument("--class-name", default="Model", help="name of the root class")
     cg.add_argument("--no-comments", action="store_true",
                     help="leave out the original source lines kept as comments")
     cg.add_argument("--weights", metavar="SAFETENSORS",
                     help="also write the weights here, for the generated load_safetensors(path)")
-    cg.set_defaults(fn=cmd_codegen)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug anywhere on the line (`pt2interp run x.pt2 --debug`), not only before the command
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = debug
     # A last resort for text the terminal's encoding lacks (a name in a script cp1252 has no
     # letters for, piped on Windows): an escape, not a UnicodeEncodeError.
     for stream in (sys.stdout, sys.stderr):
@@ -527,12 +614,28 @@ def main(argv: list[str] | None = None) -> int:
     except Pt2Error as exc:
         if args.debug:
             raise
-        # one line, whatever the archive put in the names the message quotes
-        message = shown(" ".join(str(exc).splitlines()), _MAX_ERROR_LINE)
-        print(f"pt2interp: error: {message}", file=sys.stderr)
+        return _error(" ".join(str(exc).splitlines()))
+    except ModuleNotFoundError as exc:  # an optional dependency the subcommand needs
+        root = (exc.name or "").split(".")[0]
+        if args.debug or root not in _INSTALL_HINTS and root not in ("safetensors", "numpy", "jinja2", "rich"):
+            raise
+        hint = _INSTALL_HINTS.get(root, f"needs {root}: pip install {root}")
+        return _error(f"`pt2interp {args.command}` {hint}")
+    except BrokenPipeError:  # `pt2interp run x.pt2 | head`: the reader left; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:  # a file to read or write: no such file, no permission, disk full
+        if args.debug:
+            raise
+        return _error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _error(message: str) -> int:
+    # one line, whatever the archive put in the names the message quotes
+    print(f"pt2interp: error: {shown(message, _MAX_ERROR_LINE)}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ from pt2interp.schema import (
     static_numel,
 )
 from pt2interp.symexpr import EvaluationError, Expr
-from pt2interp.treespec import TreeSpec
 
 __all__ = ["ArchiveLayout", "IOValue", "ModuleNode", "ProgramSchema", "SymbolicDim", "TensorInfo",
            "Totals", "WeightInfo", "read_payload_config", "read_schema"]
@@ -395,10 +394,7 @@ class _SchemaBuilder:
     # -- inputs and outputs ------------------------------------------------------------------
     def _inputs(self) -> list[IOValue]:
         specs = [s for s in self.model.signature.input_specs if s.kind in ("user_input", "constant_input")]
-        root = self.model.root_call
-        paths = _input_paths(root.in_spec, root.forward_arg_names or []) if root else None
-        if paths is None or len(paths) != len(specs):
-            paths = [(s.name or _arg_name(s.arg) or f"input_{i}", False) for i, s in enumerate(specs)]
+        paths = self.model.input_leaf_names()
         out = []
         for (name, keyword), spec in zip(paths, specs):
             if spec.kind == "constant_input":
@@ -409,10 +405,7 @@ class _SchemaBuilder:
 
     def _outputs(self) -> list[IOValue]:
         specs = [s for s in self.model.signature.output_specs if s.kind in ("user_output", "loss_output")]
-        root = self.model.root_call
-        paths = _leaf_paths(root.out_spec, "out") if root else None
-        if paths is None or len(paths) != len(specs):
-            paths = ["out"] if len(specs) == 1 else [f"out[{i}]" for i in range(len(specs))]
+        paths = self.model.output_leaf_names()
         return [self._value(name, spec.arg, False) for name, spec in zip(paths, specs)]
 
     def _value(self, name: str, arg: Argument, keyword: bool) -> IOValue:
@@ -482,34 +475,6 @@ def _unreadable(graph: Graph) -> dict[str, str]:
 def _arg_name(arg: Argument) -> str | None:
     refs = arg.refs()
     return refs[0] if refs else None
-
-
-def _input_paths(in_spec: TreeSpec, arg_names: list[str]) -> list[tuple[str, bool]] | None:
-    """``(name, is_keyword)`` of every leaf of ``((args...), {kwargs})``."""
-    if in_spec.type != "builtins.tuple" or len(in_spec.children) != 2:
-        return None
-    args, kwargs = in_spec.children
-    out = []
-    for i, child in enumerate(args.children):
-        base = arg_names[i] if i < len(arg_names) else f"args[{i}]"
-        out += [(p, False) for p in _leaf_paths(child, base)]
-    for key, child in zip(kwargs.dict_keys, kwargs.children):
-        out += [(p, True) for p in _leaf_paths(child, str(key))]
-    return out
-
-
-def _leaf_paths(spec: TreeSpec, base: str) -> list[str]:
-    if spec.is_leaf:
-        return [base]
-    if spec.type == "builtins.NoneType":
-        return []
-    if spec.type in ("builtins.dict", "collections.OrderedDict", "collections.defaultdict",
-                     "torch.fx.immutable_collections.immutable_dict"):
-        keys = spec.dict_keys
-        return [p for k, c in zip(keys, spec.children) for p in _leaf_paths(c, f"{base}[{k!r}]")]
-    if spec.type == "collections.namedtuple" and spec.namedtuple_fields:
-        return [p for f, c in zip(spec.namedtuple_fields, spec.children) for p in _leaf_paths(c, f"{base}.{f}")]
-    return [p for i, c in enumerate(spec.children) for p in _leaf_paths(c, f"{base}[{i}]")]
 
 
 # -- symbolic ranges ----------------------------------------------------------------------------

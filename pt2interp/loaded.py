@@ -73,6 +73,7 @@ class LoadedProgram:
         self._in_spec: TreeSpec | None = root.in_spec if root else None
         self._out_spec: TreeSpec | None = root.out_spec if root else None
         self._arg_names = (root.forward_arg_names if root else None) or []
+        self._input_names = model.input_leaf_names()
         self._leaf_specs = [i for i, s in enumerate(specs) if s.kind in ("user_input", "constant_input")]
         if self._in_spec is not None and self._in_spec.num_leaves != len(self._leaf_specs):
             raise SchemaError(f"the input tree spec holds {self._in_spec.num_leaves} values but the signature "
@@ -115,7 +116,7 @@ class LoadedProgram:
                 self._input_writes.append((i, user_input_pos[s.target]))
 
     def _label(self, n: int) -> str:
-        return self._arg_names[n] if n < len(self._arg_names) else f"input {n}"
+        return self._input_names[n][0] if n < len(self._input_names) else f"input {n}"
 
     def adopt_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Run with these tensors for the named parameters/buffers from now on (the module
@@ -132,6 +133,54 @@ class LoadedProgram:
                 self._state[k] = v.to(device)
 
     # -- public --------------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[tuple[str, bool]]:
+        """``(name, is_keyword)`` of each input value, in order: the names ``pt2interp info``
+        prints (``x``, ``scale``, ``xs.0``)."""
+        return list(self._input_names)
+
+    @property
+    def output_names(self) -> list[str]:
+        """``out``, ``out.0``, ``out.sum``, ...: each output value, as ``info`` and the server name them."""
+        return self.program.model.output_leaf_names()
+
+    def named_outputs(self, outputs: Any) -> dict[str, Any]:
+        """A call's outputs by :attr:`output_names` (``{"out.sum": ..., "out.pair.0": ...}``)."""
+        leaves = self._out_spec.flatten(outputs, "outputs") if self._out_spec is not None else \
+            (list(outputs) if len(self._user_outputs) > 1 else [outputs])
+        return dict(zip(self.output_names, leaves))
+
+    def bind_named(self, values: dict[str, Any]) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` for a call from values keyed by input name (:attr:`input_names`)
+        or by position among them (``in_0``, ``in_1``, ...), as ``pt2interp run --inputs`` reads
+        them. An input given twice, missing or unknown is an :class:`InputMismatchError` listing the
+        expected names."""
+        names = [n for n, _ in self._input_names]
+        leaves: list[Any] = [_MISSING] * len(names)
+        index = {n: i for i, n in enumerate(names)}
+        unknown = []
+        for key, value in values.items():
+            i = index.get(key)
+            if i is None and key.startswith("in_") and key[3:].isdigit() and int(key[3:]) < len(names):
+                i = int(key[3:])
+            if i is None:
+                unknown.append(key)
+            elif leaves[i] is not _MISSING:
+                raise InputMismatchError(f"input {names[i]!r} is given twice (as {names[i]!r} and in_{i})")
+            else:
+                leaves[i] = value
+        missing = [names[i] for i, v in enumerate(leaves) if v is _MISSING
+                   and self._template[self._leaf_specs[i]] is None]
+        if unknown or missing:
+            expected = ", ".join(f"{n} (in_{i}{', keyword' if kw else ''})" for i, (n, kw) in enumerate(self._input_names))
+            problems = ([f"unknown {sorted(unknown)}"] if unknown else []) + ([f"missing {missing}"] if missing else [])
+            raise InputMismatchError(f"{'; '.join(problems)}: the program takes {expected}")
+        leaves = [self._template[self._leaf_specs[i]] if v is _MISSING else v for i, v in enumerate(leaves)]
+        if self._in_spec is not None and self._in_spec.type == "builtins.tuple" and len(self._in_spec.children) == 2:
+            args, kwargs = self._in_spec.unflatten(leaves)
+            return tuple(args), dict(kwargs)
+        return tuple(leaves), {}
+
     @property
     def device(self) -> torch.device:
         """Where weights live and computation runs."""

@@ -248,3 +248,48 @@ def _parse_node(obj: Any, nt_fields: dict, member, path: str, depth: int) -> Tre
 
 
 _KEY_TYPES = (str, int, float, type(None))
+
+
+# -- leaf names ---------------------------------------------------------------------------------
+# One spelling of a program's input and output leaves, shared by `info`, `run`, the server and
+# the calling convention: parameter names for inputs, `out` for outputs, nested levels joined
+# with dots (`xs.0`, `out.sum`, `out.pair.0`, a namedtuple's field names).
+
+def leaf_paths(spec: TreeSpec, base: str) -> list[str]:
+    """``base`` for a leaf; ``base.<key>`` for each leaf below it (dict keys, namedtuple fields,
+    list and tuple positions); nothing for ``None``."""
+    if spec.is_leaf:
+        return [base]
+    if spec.type == _NONE:
+        return []
+    if spec.type in (_DICT, _ORDERED_DICT, _DEFAULT_DICT, _IMMUTABLE_DICT):
+        keys = spec.dict_keys
+    elif spec.type == _NAMEDTUPLE and spec.namedtuple_fields:
+        keys = list(spec.namedtuple_fields)
+    else:
+        keys = list(range(len(spec.children)))
+    return [p for k, c in zip(keys, spec.children) for p in leaf_paths(c, f"{base}.{k}")]
+
+
+def input_leaf_names(in_spec: TreeSpec | None, arg_names: list[str]) -> list[tuple[str, bool]] | None:
+    """``(name, is_keyword)`` of every input leaf of a ``((args...), {kwargs})`` spec: forward's
+    parameter names, dotted below them; None where the spec has another shape."""
+    if in_spec is None or in_spec.type != _TUPLE or len(in_spec.children) != 2:
+        return None
+    args, kwargs = in_spec.children
+    out = []
+    for i, child in enumerate(args.children):
+        base = arg_names[i] if i < len(arg_names) else f"input_{i}"
+        out += [(p, False) for p in leaf_paths(child, base)]
+    for key, child in zip(kwargs.dict_keys, kwargs.children):
+        out += [(p, True) for p in leaf_paths(child, str(key))]
+    return out
+
+
+def output_leaf_names(out_spec: TreeSpec | None, count: int) -> list[str]:
+    """``out`` for one output, ``out.0``, ``out.1`` for a tuple, ``out.sum``, ``out.pair.0`` below
+    a dict (the names ``run -o``, the server and ``info`` use)."""
+    names = leaf_paths(out_spec, "out") if out_spec is not None else []
+    if len(names) == count:
+        return names
+    return ["out"] if count == 1 else [f"out.{i}" for i in range(count)]

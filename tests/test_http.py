@@ -83,12 +83,12 @@ def test_model_metadata_and_ready(client):
     mlp = client.get("/v2/models/mlp").json()
     assert mlp["name"] == "mlp" and mlp["platform"] == "pt2interp"
     assert mlp["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]
-    assert mlp["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 8]}]
+    assert mlp["outputs"] == [{"name": "out", "datatype": "FP32", "shape": [-1, 8]}]
     multi = client.get("/v2/models/multi_io").json()
     assert [(i["name"], i["datatype"], i["shape"]) for i in multi["inputs"]] == [
         ("a", "FP32", [5, 6]), ("b", "FP32", [5, 3]), ("mask", "BOOL", [5, 4]), ("scale", "FP32", [4])]
     assert [(o["name"], o["datatype"]) for o in multi["outputs"]] == [
-        ("sum", "FP32"), ("pair.0", "FP32"), ("pair.1", "INT64"), ("cat", "FP32")]
+        ("out.sum", "FP32"), ("out.pair.0", "FP32"), ("out.pair.1", "INT64"), ("out.cat", "FP32")]
     cnn = client.get("/v2/models/cnn/versions/1").json()
     assert cnn["inputs"][0]["shape"] == [-1, 3, 16, 16]        # batched with padding: any row count
     r = client.get("/v2/models/cnn/ready")
@@ -110,14 +110,14 @@ def test_infer_on_two_models_matches_direct_calls(client):
     assert r.status_code == 200, r.text
     got = {o["name"]: output_tensor(o) for o in r.json()["outputs"]}
     want = pt2interp.load(MULTI_IO)(a, b, mask, **kw)
-    assert torch.equal(got["sum"], want["sum"]) and torch.equal(got["cat"], want["cat"])
-    assert torch.equal(got["pair.0"], want["pair"][0]) and torch.equal(got["pair.1"], want["pair"][1])
+    assert torch.equal(got["out.sum"], want["sum"]) and torch.equal(got["out.cat"], want["cat"])
+    assert torch.equal(got["out.pair.0"], want["pair"][0]) and torch.equal(got["out.pair.1"], want["pair"][1])
 
     # only the outputs asked for; nested (not flattened) data is accepted too
     nested = dict(inputs[0], data=a.tolist())
     r = client.post("/v2/models/multi_io/infer",
-                    json={"inputs": [nested, *inputs[1:]], "outputs": [{"name": "pair.1"}]})
-    assert [o["name"] for o in r.json()["outputs"]] == ["pair.1"]
+                    json={"inputs": [nested, *inputs[1:]], "outputs": [{"name": "out.pair.1"}]})
+    assert [o["name"] for o in r.json()["outputs"]] == ["out.pair.1"]
 
 
 def test_infer_pads_a_static_batch(client):

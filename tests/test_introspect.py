@@ -270,10 +270,10 @@ def test_call_structure_names_inputs_and_outputs():
     schema = pt2interp.read_schema(case("zoo", "multi_io").path)
     assert [(v.name, v.keyword) for v in schema.inputs] == [("a", False), ("b", False), ("mask", False),
                                                            ("scale", True)]
-    assert [v.name for v in schema.outputs] == ["out['sum']", "out['pair'][0]", "out['pair'][1]", "out['cat']"]
+    assert [v.name for v in schema.outputs] == ["out.sum", "out.pair.0", "out.pair.1", "out.cat"]
     assert [v.tensor.dtype for v in schema.outputs] == ["float32", "float32", "int64", "float32"]
     auto = pt2interp.read_schema(case("zoo", "autoencoder").path)
-    assert [v.name for v in auto.outputs] == ["out[0]", "out[1]"]
+    assert [v.name for v in auto.outputs] == ["out.0", "out.1"]
 
 
 def test_weights_tied_buffers_and_bytes():

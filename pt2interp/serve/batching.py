@@ -49,8 +49,6 @@ DTYPE_OF_OIP: dict[str, str] = {v: k for k, v in OIP_DATATYPES.items()}
 # (a shared ``scale`` of 4 floats); larger ones only batch with the very same tensor object.
 _HASHED_INPUT_BYTES = 1 << 16
 _STATE_KINDS = ("parameter", "buffer", "tensor_constant", "custom_obj")
-_DICT_TYPES = ("builtins.dict", "collections.OrderedDict", "collections.defaultdict",
-               "torch.fx.immutable_collections.immutable_dict")
 
 
 @dataclass(frozen=True)
@@ -164,12 +162,7 @@ class BatchLayout:
         arg_names = list((root.forward_arg_names if root else None) or [])
         specs = model.signature.input_specs
         leaf_specs = [s for s in specs if s.kind in ("user_input", "constant_input")]
-        # Archives before torch 2.6 record no forward_arg_names: the graph's placeholder names
-        # (the same words, as export derives them from the signature) stand in.
-        placeholders = [s.arg.value.name if s.arg.kind == "tensor" else (s.name or f"input_{i}")
-                        for i, s in enumerate(leaf_specs)]
-        names = (_input_leaf_names(in_spec, arg_names, len(leaf_specs)) if arg_names
-                 else placeholders)
+        names = [name for name, _ in model.input_leaf_names()]
         values = model.graph.tensor_values
         slots: list[InputSlot] = []
         for name, spec in zip(names, leaf_specs):
@@ -182,7 +175,7 @@ class BatchLayout:
             else:
                 slots.append(InputSlot(name, "other"))
         user_outputs = model.signature.outputs_of("user_output", "loss_output")
-        out_names = _output_leaf_names(out_spec, len(user_outputs))
+        out_names = model.output_leaf_names()
         outputs = [OutputSlot(n, values.get(o.arg.value.name) if o.arg.kind == "tensor" else None)
                    for n, o in zip(out_names, user_outputs)]
         n_pos = None
@@ -639,51 +632,6 @@ def _unbatchable_program(model) -> str:
             if first.kind == "tensor" and first.value.name in state_names | user_names:
                 return f"the program writes {first.value.name!r} in place ({target})"
     return ""
-
-
-def _input_leaf_names(spec: TreeSpec | None, arg_names: list[str], count: int) -> list[str]:
-    """``x``, ``scale``, ``xs.0``: forward's argument names, dotted for nested leaves."""
-    if spec is None or spec.type != "builtins.tuple" or len(spec.children) != 2:
-        names = arg_names[:count] if len(arg_names) >= count else []
-        return names or [f"input_{i}" for i in range(count)]
-    names: list[str] = []
-    for i, child in enumerate(spec.children[0].children):
-        base = arg_names[i] if i < len(arg_names) else f"input_{i}"
-        names += _leaf_paths(child, base)
-    kw = spec.children[1]
-    for key, child in zip(kw.dict_keys, kw.children):
-        names += _leaf_paths(child, str(key))
-    if len(names) != count:
-        return [f"input_{i}" for i in range(count)]
-    return names
-
-
-def _output_leaf_names(spec: TreeSpec | None, count: int) -> list[str]:
-    """``output`` for one tensor; ``output_0``, ``output_1`` for a tuple; dict keys for a dict
-    (``sum``, ``pair.0``); nested levels joined with dots."""
-    if spec is None or spec.is_leaf:
-        return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
-    if spec.type in _DICT_TYPES:
-        names = [n for k, c in zip(spec.dict_keys, spec.children) for n in _leaf_paths(c, str(k))]
-    elif spec.type == "collections.namedtuple" and spec.namedtuple_fields:
-        names = [n for k, c in zip(spec.namedtuple_fields, spec.children) for n in _leaf_paths(c, k)]
-    else:
-        names = [n for i, c in enumerate(spec.children) for n in _leaf_paths(c, f"output_{i}")]
-    return names if len(names) == count else [f"output_{i}" for i in range(count)]
-
-
-def _leaf_paths(spec: TreeSpec, base: str) -> list[str]:
-    if spec.is_leaf:
-        return [base]
-    if spec.type == "builtins.NoneType":
-        return []
-    if spec.type in _DICT_TYPES:
-        keys = spec.dict_keys
-    elif spec.type == "collections.namedtuple" and spec.namedtuple_fields:
-        keys = list(spec.namedtuple_fields)
-    else:
-        keys = list(range(len(spec.children)))
-    return [n for k, c in zip(keys, spec.children) for n in _leaf_paths(c, f"{base}.{k}")]
 
 
 def _sizes_text(sizes) -> str:
