@@ -21,8 +21,7 @@ mean this interpreter and ``python -m pt2interp.cli`` run by it, whatever else i
 
 What is not run is listed in SKIPPED with the reason. ``pt2interp serve`` and the ``curl``
 lines run in ``test_serving_*``: the README's server on a free port, and the README's request
-bodies sent to it as written. Lines that need a GPU run only where CUDA is available; lines
-that need the coming CLI changes (NEEDS_CLI_CHANGES) are expected failures, not strict ones.
+bodies sent to it as written. Lines that need a GPU run only where CUDA is available.
 
 The README's Python examples are run here; the examples in module docstrings are run by
 ``tests/test_doctests.py``.
@@ -64,12 +63,6 @@ SKIPPED = [
 # run by test_serving_* instead: the server runs until it is stopped
 SERVING = (r"^pt2interp serve ", r"^curl ")
 NEEDS_CUDA = r"--device cuda\b"
-NEEDS_CLI_CHANGES = [
-    (r"^pt2interp run fixtures/zoo/multi_io\.pt2 --random\b",
-     "--random fills keyword inputs (multi_io's keyword-only `scale`)"),
-    (r"--inputs inputs\.npz\b", "--inputs reads files keyed by the input names info prints"),
-]
-CLI_CHANGES = "needs the CLI changes on main: "
 
 
 @dataclass(frozen=True)
@@ -154,9 +147,6 @@ def marks(step: Step) -> list:
     out = []
     if re.search(NEEDS_CUDA, step.text):
         out.append(pytest.mark.cuda)        # conftest skips these where CUDA is not available
-    for pattern, why in NEEDS_CLI_CHANGES:
-        if re.search(pattern, step.text):
-            out.append(pytest.mark.xfail(strict=False, reason=CLI_CHANGES + why))
     return out
 
 
@@ -433,7 +423,6 @@ def test_serving_curl_line_as_pasted(session, served, step):
     assert "error" not in answer, answer
 
 
-@pytest.mark.xfail(strict=False, reason=CLI_CHANGES + "the server names outputs as info does")
 def test_served_outputs_are_named_as_the_readme_says(served):
     infer = _curl_request(next(s.text for s in CURLS if "/infer" in s.text), served)
     with urllib.request.urlopen(infer, timeout=30) as answer:
@@ -441,7 +430,6 @@ def test_served_outputs_are_named_as_the_readme_says(served):
     assert [(o["name"], o["datatype"], o["shape"]) for o in outputs] == [("out", "FP32", [1, 8])]
 
 
-@pytest.mark.xfail(strict=False, reason=CLI_CHANGES + "info prints outputs as dotted paths")
 def test_info_prints_the_names_the_readme_uses(session):
     done = session.shell("pt2interp info fixtures/zoo/multi_io.pt2")
     assert done.returncode == 0, done.stderr
@@ -458,5 +446,3 @@ def test_readme_steps_are_all_accounted_for():
     assert any(s.text.startswith("pt2interp demo") for s in shell)
     for step in STEPS:
         assert step.kind in ("shell", "python", "file", "listing"), step
-    unused = [p for p, _ in NEEDS_CLI_CHANGES if not any(re.search(p, s.text) for s in shell)]
-    assert not unused, f"NEEDS_CLI_CHANGES patterns matching no README line: {unused}"
