@@ -10,6 +10,7 @@ sides run with gradients enabled, as export traced the program.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import io
 import json
@@ -95,6 +96,24 @@ def test_round_trip(c):
             got = _detach(flatten_outputs(model(*inputs, **kwargs)))
             want = _detach(flatten_outputs(reference(*inputs, **kwargs)))
             _compare(c, got, want, exact=c.keeps_every_name)
+
+
+def test_attention_calls_the_path_export_recorded():
+    """nn.MultiheadAttention stays in the module (its state-dict names load), but forward calls
+    the functional form of its slow path: the layer's own forward takes a fused fast path
+    without gradients, which rounds differently from the recorded ops."""
+    source = generated(case("zoo", "encoder").path)
+    assert "self.self_attn = nn.MultiheadAttention(32, 4, batch_first=True)" in source
+    assert "= multihead_self_attention(self.self_attn, x)" in source
+    assert "F.multi_head_attention_forward(" in source and "self.self_attn(" not in source
+    namespace, _ = build(source)
+    layer = namespace["from_pt2"](case("zoo", "encoder").path).encoder.layers[0].self_attn
+    x = torch.randn(2, 5, 32)
+    with torch.enable_grad():
+        want = layer(x, x, x, need_weights=False)[0]  # the slow path
+    for mode in (contextlib.nullcontext, torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.testing.assert_close(namespace["multihead_self_attention"](layer, x), want, rtol=0, atol=0)
 
 
 def test_from_pt2_helper_loads_weights():
