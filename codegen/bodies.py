@@ -57,6 +57,14 @@ def _autocast_header(node: Node, source: Callable) -> str:
     return f"with torch.autocast({', '.join(args)}):"
 
 
+# torch.func.jvp turns forward-mode AD on inside its level, which export does not record; the
+# generated code does it in a ``with`` block between the level's enter and exit, so tangents
+# are computed under torch.inference_mode() too (it turns forward-mode AD off)
+_JVP_ENTER = "torch._functorch.predispatch._jvp_increment_nesting"
+_JVP_EXIT = "torch._functorch.predispatch._jvp_decrement_nesting"
+_FORWARD_AD_HEADER = "with torch.autograd.forward_ad._set_fwd_grad_enabled(True):"
+_FORWARD_AD_NOTE = "as torch.func.jvp does: forward-mode AD on (inference mode turns it off)"
+
 _HELPER_NAMES = {"torch.ops.higher_order.map_impl": "map_body", "torch.ops.higher_order.scan": "scan_body",
                  "torch.ops.higher_order.associative_scan": "combine"}
 
@@ -172,6 +180,7 @@ class BodyBuilder:
         self._count = 0
         self._last_comment: str | None = None
         self.position = -1  # index of the node being written: values read after it are "used"
+        self.depth = 0  # ``with`` blocks open around the lines being written (jvp's forward AD)
 
     # -- values -----------------------------------------------------------------------------------
     def _marker(self, value: str, hint: str) -> str:
@@ -229,7 +238,7 @@ class BodyBuilder:
             if src is not None and src != self._last_comment:
                 note = src
                 self._last_comment = src
-        self.code.lines.append(CodeLine(depth, text, kind, note))
+        self.code.lines.append(CodeLine(self.depth + depth, text, kind, note))
 
     def emit_items(self, items: list) -> None:
         for item in items:
@@ -266,6 +275,21 @@ class BodyBuilder:
             return
         if self.emit_augmented(node):
             return
+        if node.target == _JVP_EXIT and self.depth:
+            self.close_block()
+        self.emit_statement(node)
+        if node.target == _JVP_ENTER:
+            self.line(_FORWARD_AD_HEADER, kind="with")
+            if self.plan.comments:
+                self.code.lines[-1].comment = _FORWARD_AD_NOTE
+            self.depth += 1
+
+    def close_block(self) -> None:
+        if self.code.lines and self.code.lines[-1].kind == "with":
+            self.line("pass", 1)  # a block with nothing in it
+        self.depth -= 1
+
+    def emit_statement(self, node: Node) -> None:
         text = node_statement(node, source=self.source, target=lambda v: self.define(v, self._hint_for(node, v)),
                               used=self.used, device=self.factory_device(node))
         if text is not None:

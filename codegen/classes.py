@@ -230,8 +230,9 @@ class ModelPlan:
                     return False
                 if kind == "class" and self.method_names.get(item.call) != "forward":
                     return False
-                if kind == "layer" and self.matches[item.call].pattern != item.call.outputs[0]:
-                    return False
+                if kind == "layer" and (self.matches[item.call].pattern != item.call.outputs[0]
+                                        or self.matches[item.call].function):
+                    return False  # the layer's own forward is not what its call runs
                 current = item.call.outputs[0]
             if current != call.outputs[0]:
                 return False

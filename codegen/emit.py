@@ -4,7 +4,8 @@ Classes come in definition order (children before the classes that build them); 
 is rendered from its representative instance: ``__init__`` holes as parameter names or
 literals, methods with local names put in for the markers. The module skeleton (docstring,
 imports, class headers, the ``from_pt2`` / ``load_safetensors`` helpers) is the jinja2
-template ``templates/module.py.j2``. Imports are exactly the names the code reads.
+template ``templates/module.py.j2``. Module-level functions (:data:`.layers.FUNCTIONS`) and
+imports are exactly those the code reads.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jinja2
 from pt2interp.codegen import layout
 from pt2interp.codegen.bodies import FunctionCode, render_line
 from pt2interp.codegen.classes import ClassDef, ModelPlan
+from pt2interp.codegen.layers import FUNCTIONS
 from pt2interp.codegen.names import comment
 
 # isort's order (ruff's I001): the standard library, then third party; in each section
@@ -70,8 +72,10 @@ def emit(plan: ModelPlan, *, description: str) -> str:
     context = {"docstring": _docstring(description), "module_lines": module_lines, "classes": classes,
                "root": plan.class_name, "tied": bool(tied), "constants": bool(constants),
                "eval": not plan.facts.traced_in_training_mode()}
-    body = _template().render(imports=[], **context)
-    used = _names_read(body)
+    # the module-level functions the classes call (layers.FUNCTIONS), then what all of it reads
+    used = _names_read(_template().render(imports=[], functions=[], **context))
+    context["functions"] = [text for name, text in FUNCTIONS.items() if name in used]
+    used = _names_read(_template().render(imports=[], **context))
     imports: list[str] = []
     for section in _IMPORT_SECTIONS:
         lines = [line for name, line in section if name in used]

@@ -45,20 +45,25 @@ class LayerMatch:
     ctor: Ctor
     args: list[str]
     pattern: object
-    keywords: str = ""   # extra call keywords (``need_weights=False``)
-    suffix: str = ""     # after the call (``[0]``)
     params: list[str] = field(default_factory=list)  # state attributes the layer owns
     state_tuple: bool = False  # pass args[1:] as one tuple: ``self.lstm(x, (h0, c0))``
+    # a module-level function (a key of FUNCTIONS) called with the layer and ``args`` in place
+    # of the layer's own forward: ``multihead_self_attention(self.self_attn, x)``
+    function: str = ""
 
     def call_text(self, sources: list[str], target: str) -> str:
+        if self.function:
+            return f"{self.function}({', '.join([target, *sources])})"
         if self.state_tuple and len(sources) > 1:
             sources = [sources[0], f"({', '.join(sources[1:])})"]
-        inner = ", ".join(sources + ([self.keywords] if self.keywords else []))
-        return f"{target}({inner}){self.suffix}"
+        return f"{target}({', '.join(sources)})"
 
 
 Matcher = Callable[["_View"], "LayerMatch | None"]
 LAYERS: dict[str, Matcher] = {}
+# Module-level functions the generated code may call (LayerMatch.function), by name: the
+# emitter writes the ones the code reads, as laid out here (what ruff format writes).
+FUNCTIONS: dict[str, str] = {}
 
 
 def layer(*class_names: str):
@@ -760,4 +765,39 @@ def _multihead_attention(v: _View) -> LayerMatch:
     kwargs = [("batch_first", Lit(True, "batch_first"))] if batch_first else []
     ctor = Ctor("nn.MultiheadAttention", [Lit(embed, "embed_dim"), Lit(heads, "num_heads")],
                 kwargs + _dtype_kw(entries))
-    return LayerMatch(ctor, [x, x, x], out, keywords="need_weights=False", suffix="[0]", params=params)
+    # called through the function below, not as `self.self_attn(x, x, x, need_weights=False)[0]`
+    return LayerMatch(ctor, [x], out, params=params, function="multihead_self_attention")
+
+
+# nn.MultiheadAttention.forward takes a fused kernel (torch._native_multi_head_attention) where
+# no gradient is needed: under torch.no_grad() or torch.inference_mode() in eval mode. It rounds
+# differently from the ops export recorded, which are the layer's slow path: the functional call
+# that path makes, with the layer's own parameters, gives the archive's outputs in every grad
+# mode while the module keeps a standard nn.MultiheadAttention (and its state-dict names).
+FUNCTIONS["multihead_self_attention"] = '''def multihead_self_attention(attention, x):
+    """``attention(x, x, x, need_weights=False)[0]``, computed as the archive records it.
+
+    Where no gradient is needed (``torch.no_grad()``, ``torch.inference_mode()``) the
+    layer's own forward takes a fused fast path that rounds differently; this is the
+    functional call its other path makes, the same in every grad mode.
+    """
+    if attention.batch_first:
+        x = x.transpose(1, 0)
+    out, _ = F.multi_head_attention_forward(
+        x,
+        x,
+        x,
+        attention.embed_dim,
+        attention.num_heads,
+        attention.in_proj_weight,
+        attention.in_proj_bias,
+        attention.bias_k,
+        attention.bias_v,
+        attention.add_zero_attn,
+        attention.dropout,
+        attention.out_proj.weight,
+        attention.out_proj.bias,
+        training=attention.training,
+        need_weights=False,
+    )
+    return out.transpose(1, 0) if attention.batch_first else out'''

@@ -37,7 +37,7 @@ COMMENT_SCAN = 8 * _MAX_COMMENT
 # Names the generated module itself binds or reads: a sanitized name must never shadow them.
 MODULE_NAMES = frozenset({
     "torch", "nn", "F", "math", "operator", "namedtuple", "self", "super", "from_pt2",
-    "load_safetensors", "TIED_WEIGHTS", "CONSTANTS",
+    "load_safetensors", "TIED_WEIGHTS", "CONSTANTS", "multihead_self_attention",
 })
 # pycodestyle E741: easily confused with 1 and 0.
 _AMBIGUOUS = frozenset({"l", "O", "I"})

@@ -4,12 +4,17 @@ Every fixture round-trips: the generated source is executed, the archive's state
 with ``strict=True`` and the module's outputs equal the interpreter's (bit for bit for the
 zoo, which this torch exported; within float rounding for archives from older releases,
 whose parameters do not record ``requires_grad``, so some kernels take other paths). Both
-sides run with gradients enabled, as export traced the program.
+sides run in each grad mode in turn: with gradients enabled, as export traced the program,
+under ``torch.no_grad()`` and under ``torch.inference_mode()``. Standard layers whose own
+forward takes a fast path without gradients (``nn.MultiheadAttention``) are called through
+the functional form of the path export recorded; kernels that pick their path by grad mode
+themselves (``aten.lstm``) do so in the interpreter too.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import io
 import json
@@ -26,7 +31,7 @@ import pytest
 import torch
 from conftest import CASES, requires_cuda
 from fixture_cases import FIXTURES, case, flatten_outputs, generated_code_runs_or_skip, load_or_skip
-from helpers import export_or_skip, program_member, rewrite_zip
+from helpers import export_or_skip, leave_functorch_levels, program_member, rewrite_zip
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pt2interp.codegen import layout, to_python
@@ -79,9 +84,13 @@ def _branch_inputs(c, args):
 
 # -- round trip on every fixture ---------------------------------------------------------------
 
+GRAD_MODES = {"grad": contextlib.nullcontext, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+@pytest.mark.parametrize("mode", GRAD_MODES)
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
-def test_round_trip(c):
-    reference = load_or_skip(c, inference_mode=False)
+def test_round_trip(c, mode):
+    reference = load_or_skip(c, inference_mode=False)  # runs in the caller's grad mode
     generated_code_runs_or_skip(c)
     namespace, _ = build(generated(c.path))
     program = pt2interp.read_program(c.path)
@@ -89,12 +98,36 @@ def test_round_trip(c):
     assert set(model.state_dict()) == set(program.state_dict())
     model.eval()
     args, kwargs = c.inputs()
-    for inputs in _branch_inputs(c, args):
-        # twice: buffers a program mutates (counter) must advance alike
-        for _ in range(2):
-            got = _detach(flatten_outputs(model(*inputs, **kwargs)))
-            want = _detach(flatten_outputs(reference(*inputs, **kwargs)))
-            _compare(c, got, want, exact=c.keeps_every_name)
+    with GRAD_MODES[mode]():
+        try:
+            for inputs in _branch_inputs(c, args):
+                # twice: buffers a program mutates (counter) must advance alike
+                for _ in range(2):
+                    got = _detach(flatten_outputs(model(*inputs, **kwargs)))
+                    want = _detach(flatten_outputs(reference(*inputs, **kwargs)))
+                    _compare(c, got, want, exact=c.keeps_every_name)
+        finally:
+            # code failing inside a vmap/jvp level stays in it; leaving it restores the grad
+            # mode it was entered in, so inside the mode's block, which then restores the caller's
+            leave_functorch_levels()
+
+
+def test_attention_calls_the_path_export_recorded():
+    """nn.MultiheadAttention stays in the module (its state-dict names load), but forward calls
+    the functional form of its slow path: the layer's own forward takes a fused fast path
+    without gradients, which rounds differently from the recorded ops."""
+    source = generated(case("zoo", "encoder").path)
+    assert "self.self_attn = nn.MultiheadAttention(32, 4, batch_first=True)" in source
+    assert "= multihead_self_attention(self.self_attn, x)" in source
+    assert "F.multi_head_attention_forward(" in source and "self.self_attn(" not in source
+    namespace, _ = build(source)
+    layer = namespace["from_pt2"](case("zoo", "encoder").path).encoder.layers[0].self_attn
+    x = torch.randn(2, 5, 32)
+    with torch.enable_grad():
+        want = layer(x, x, x, need_weights=False)[0]  # the slow path
+    for mode in GRAD_MODES.values():
+        with mode():
+            torch.testing.assert_close(namespace["multihead_self_attention"](layer, x), want, rtol=0, atol=0)
 
 
 def test_from_pt2_helper_loads_weights():
