@@ -25,6 +25,7 @@ import pt2interp
 from pt2interp.errors import InputMismatchError
 from pt2interp.serve import (
     ModelUnavailableError,
+    RequestCancelledError,
     RequestTimeoutError,
     ServeError,
     Server,
@@ -147,7 +148,12 @@ def test_events_and_info_tell_the_same_story(serve):
     assert [e.batch_size for e in stops] == [1, 2, 3]
     failed = next(e for e in events if e.kind == "exception")
     assert isinstance(failed.error, InputMismatchError)
-    assert info["inference_count"] == 3 and info["error_count"] == 1 and info["request_count"] == 4
+    assert info["inference_count"] == 3 and info["request_count"] == 4
+    # a request the caller got wrong is rejected, not an inference error
+    assert info["rejected_count"] == 1 and info["error_count"] == 0
+    assert info["errors_by_kind"] == {"input": 1, "model": 0, "crash": 0, "timeout": 0, "cancelled": 0,
+                                      "unavailable": 0}
+    assert info["last_error_kind"] == "input" and "InputMismatchError" in info["last_error"]
     assert info["batch_count"] == kinds.count("batch") == 3 and info["mean_batch_size"] == 2.0
     assert info["batch_size_distribution"] == {"1": 1, "2": 1, "3": 1}
     lat = info["latency_ms"]
@@ -192,7 +198,8 @@ def test_bad_requests_fail_alone_and_the_worker_goes_on(serve, batch_size):
     with pytest.raises(InputMismatchError, match="device meta"):
         server.predict(torch.randn(4, 16, device="meta"))
     info = server.info()
-    assert info["error_count"] == len(bad) + 1 and info["inference_count"] == len(bad)
+    assert info["rejected_count"] == len(bad) + 1 and info["inference_count"] == len(bad)
+    assert info["error_count"] == 0
     assert info["restarts"] == 0
 
 
@@ -278,7 +285,7 @@ def test_predict_times_out_instead_of_waiting_forever(serve):
     assert time.monotonic() - started < 2.0
     release.set()
     assert stuck.result(WAIT).shape == (4, 8)
-    assert server.info()["error_count"] == 1
+    assert server.info()["timeout_count"] == 1 and server.info()["error_count"] == 0
 
 
 # -- shutdown ----------------------------------------------------------------------------------------
@@ -313,7 +320,7 @@ def test_shutdown_without_draining_fails_everyone_promptly(serve):
     with pytest.raises(ServerClosedError, match="while this request was running"):
         running.result(0)
     release.set()
-    assert server.info()["error_count"] == 6
+    assert server.info()["errors_by_kind"]["unavailable"] == 6 and server.info()["error_count"] == 0
 
 
 # -- batching ------------------------------------------------------------------------------------------
@@ -507,7 +514,8 @@ def test_every_caller_gets_exactly_one_answer_through_timeouts_and_shutdown(serv
     assert not wrong, wrong[:5]
     info = server.info()
     assert outcomes["ok"] + outcomes["error"] == attempts[0] == info["request_count"]
-    _wait_until(lambda: server.info()["inference_count"] + server.info()["error_count"] == attempts[0],
+    _wait_until(lambda: server.info()["inference_count"] + sum(server.info()["errors_by_kind"].values())
+                == attempts[0],
                 "every request to be accounted for")
     assert server.info()["inference_count"] >= outcomes["ok"]
 
@@ -723,3 +731,95 @@ def test_the_plain_call_shortcut_agrees_with_prepare(path, shape, dtype, as_keyw
     if quick is not None:
         assert quick.rows == full.rows and quick.group_key == full.group_key
         assert len(quick.leaves) == len(full.leaves) == 1 and quick.leaves[0] is full.leaves[0]
+
+
+# -- giving up on requests -------------------------------------------------------------------------
+def _count_runs(server: Server) -> list[int]:
+    """Rows of every model run from now on, in order."""
+    rows: list[int] = []
+    server.on_event(lambda e: rows.append(e.batch_size) if e.kind == "batch" else None)
+    return rows
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_a_withdrawn_request_never_runs(serve, batch_size):
+    server = serve(DYN_MLP, batch_size=batch_size)
+    entered, release = _block_worker(server)
+    first = server.submit(torch.randn(1, 16))
+    assert entered.wait(WAIT)
+    runs = _count_runs(server)
+    queued = server.submit(torch.randn(3, 16))
+    cancelled = server.submit(torch.randn(5, 16))
+    assert server.withdraw(queued, RequestTimeoutError("past its deadline"))
+    assert cancelled.cancel() and cancelled.cancelled()
+    assert not server.withdraw(queued)                      # answered already
+    with pytest.raises(RequestTimeoutError, match="past its deadline"):
+        queued.result(0)
+    release.set()
+    assert first.result(WAIT).shape == (1, 8)
+    assert server.predict(torch.randn(2, 16)).shape == (2, 8)
+    assert 3 not in runs and 5 not in runs and 8 not in runs, runs   # neither ever ran
+    info = server.info()
+    assert info["timeout_count"] == 1 and info["cancelled_count"] == 1 and info["error_count"] == 0
+    assert info["inference_count"] == 2
+
+
+def test_a_split_request_stops_at_its_next_run_once_withdrawn(serve):
+    server = serve(DYN_MLP, batch_size=4)
+    runs = _count_runs(server)
+    original = server.program.run
+    started = threading.Event()
+
+    def slow_run(*args, **kwargs):
+        started.set()
+        time.sleep(0.02)
+        return original(*args, **kwargs)
+
+    server.program.run = slow_run
+    big = server.submit(torch.randn(4 * 200, 16))          # 200 runs of 4 rows
+    assert started.wait(WAIT)
+    time.sleep(0.1)
+    assert not big.cancel() and not big.cancelled()         # running: cancel() stops it instead
+    with pytest.raises(RequestCancelledError):
+        big.result(WAIT)
+    made = len(runs)
+    time.sleep(0.2)
+    assert len(runs) <= made + 1 and made < 50, (made, len(runs))   # at most the run under way
+    assert server.predict(torch.randn(2, 16)).shape == (2, 8)
+    assert server.info()["cancelled_count"] == 1
+
+
+def test_a_large_request_does_not_hold_up_the_ones_behind_it(serve):
+    server = serve(DYN_MLP, batch_size=4)
+    original = server.program.run
+
+    def slow_run(*args, **kwargs):
+        time.sleep(0.01)
+        return original(*args, **kwargs)
+
+    server.program.run = slow_run
+    x = torch.randn(4 * 100, 16)
+    big = server.submit(x)                                  # 100 runs, over a second
+    time.sleep(0.05)
+    started = time.monotonic()
+    small = server.predict(torch.randn(1, 16))
+    waited = time.monotonic() - started
+    assert small.shape == (1, 8) and not big.done()
+    assert waited < 0.5, f"a 1-row request waited {waited:.2f} s behind a 100-run request"
+    assert torch.allclose(big.result(WAIT), pt2interp.load(DYN_MLP)(x), rtol=1e-5, atol=1e-6)
+
+
+def test_queue_and_compute_time_are_measured_apart(serve):
+    server = serve(DYN_MLP, batch_size=4)
+    entered, release = _block_worker(server)
+    first = server.submit(torch.randn(1, 16))
+    assert entered.wait(WAIT)
+    second = server.submit(torch.randn(1, 16))
+    time.sleep(0.2)                                         # `second` waits in the queue
+    release.set()
+    first.result(WAIT), second.result(WAIT)
+    info = server.info()
+    queue, compute = info["queue_seconds"], info["compute_seconds"]
+    assert queue["count"] == compute["count"] == 2
+    assert queue["sum"] >= 0.2 and compute["sum"] >= 0.2    # first's run was held 0.2 s or more
+    assert {b: n for b, n in queue["buckets"]}[0.1] <= 1   # `second` queued 0.2 s or more

@@ -19,7 +19,9 @@ from pt2interp.serve.server import (
     RequestCancelledError,
     RequestTimeoutError,
     ServeError,
+    ServeFuture,
     Server,
+    ServerBusyError,
     ServerClosedError,
     WorkerCrashedError,
     get_server,
@@ -29,8 +31,8 @@ from pt2interp.serve.stats import ServeEvent
 
 __all__ = [
     "BatchLayout", "ModelUnavailableError", "RequestCancelledError", "RequestTimeoutError",
-    "ServeError", "ServeEvent", "Server", "ServerClosedError", "WorkerCrashedError", "create_app",
-    "get_server", "list_servers",
+    "ServeError", "ServeEvent", "ServeFuture", "Server", "ServerBusyError", "ServerClosedError",
+    "WorkerCrashedError", "create_app", "get_server", "list_servers",
 ]
 
 

@@ -54,7 +54,7 @@ from pt2interp.serve.batching import (
     chunk_request,
     plan_runs,
 )
-from pt2interp.serve.stats import EventBus, ServeEvent, ServerStats
+from pt2interp.serve.stats import EventBus, ServeEvent, ServerStats, error_kind
 
 log = logging.getLogger("pt2interp.serve")
 
@@ -80,7 +80,35 @@ class RequestTimeoutError(ServeError, TimeoutError):
 
 
 class RequestCancelledError(ServeError):
-    """The caller gave up on the request (cancelled its future) before it ran."""
+    """The caller gave up on the request (cancelled its future, or went away) before it was
+    answered: it was dropped from the queue, or stopped at its next run."""
+
+
+class ServerBusyError(ServeError):
+    """The server holds as much work as it may: try again after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ServeFuture(concurrent.futures.Future):
+    """The future :meth:`Server.submit` returns. ``cancel()`` withdraws a request that has not
+    run yet (``cancelled()`` is then True) and stops one that is running at its next model run
+    (a request split into several runs): that one fails with :class:`RequestCancelledError`
+    and ``cancel()`` returns False, as for any future already running."""
+
+    def __init__(self):
+        super().__init__()
+        self._stop: tuple[Server, _Request] | None = None
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            return True
+        if self._stop is not None and not self.done():
+            server, request = self._stop
+            server._finish(request, error=RequestCancelledError("the caller cancelled the request"))
+        return False
 
 
 # -- the registry ---------------------------------------------------------------------------------
@@ -226,10 +254,12 @@ class _Request:
     __slots__ = (
         "abandoned",
         "claim",
+        "compute_s",
         "done",
         "enqueued",
         "error",
         "failed",
+        "first_run",
         "future",
         "has_turn",
         "id",
@@ -262,6 +292,8 @@ class _Request:
         self.failed = False
         self.has_turn = False
         self.abandoned = False
+        self.first_run: float | None = None   # monotonic start of its first model run
+        self.compute_s = 0.0                  # time in the model runs that served it
 
     @property
     def finished(self) -> bool:
@@ -380,6 +412,9 @@ class Server:
         self._abort = False                      # shutdown(drain=False): fail instead of run
         self._closed_event = threading.Event()   # wakes a worker waiting to reload
         self._inflight: list[_Request] = []
+        # Runs still to make for requests split into several (see _run_round): one per round, so
+        # that a large request shares the worker with those that come after it.
+        self._backlog: collections.deque[list[Chunk]] = collections.deque()
         self._answered: list[_Request] | None = None   # the worker's round: callers to wake
         self._wake_line = _WakeLine()
         self._worker_thread_id: int | None = None
@@ -462,13 +497,30 @@ class Server:
             raise error  # whoever wakes it later sees `abandoned` and wakes the next caller
         return self._woken(request)
 
-    def submit(self, *args, **kwargs) -> concurrent.futures.Future:
+    def submit(self, *args, **kwargs) -> ServeFuture:
         """Queue a request and return its future at once (``future.result(timeout)`` waits).
 
-        Cancelling the future before the request runs withdraws it. Input errors come back through
-        the future as well.
+        Cancelling the future withdraws the request (see :class:`ServeFuture`); so does
+        :meth:`withdraw`, with a reason. Input errors come back through the future as well.
         """
-        return self._submit(_Request(concurrent.futures.Future()), args, kwargs).future
+        future = ServeFuture()
+        request = _Request(future)
+        future._stop = (self, request)
+        return self._submit(request, args, kwargs).future
+
+    def withdraw(self, future: ServeFuture, error: ServeError | None = None) -> bool:
+        """Give up on a request from :meth:`submit`: it fails with ``error`` (default
+        :class:`RequestCancelledError`) at once, is skipped when the worker reaches it, and, if
+        split into several runs, makes no further run. False when it had been answered already.
+
+        The HTTP layer calls this for clients that went away (``RequestCancelledError``) and for
+        requests past their deadline (:class:`RequestTimeoutError`), so neither costs model time.
+        """
+        server, request = future._stop
+        if server is not self:
+            raise ValueError(f"that future belongs to server {server.name!r}, not {self.name!r}")
+        error = error if error is not None else RequestCancelledError("the caller cancelled the request")
+        return self._finish(request, error=error)
 
     def report_rejected(self, error: BaseException) -> None:
         """Count a request refused before it reached the server (a malformed HTTP body, say):
@@ -503,11 +555,12 @@ class Server:
             self._finish(request, error=ServerClosedError(f"server {self.name!r} is shut down"))
         return request
 
-    def _finish(self, request: _Request, result: Any = None, error: BaseException | None = None) -> None:
+    def _finish(self, request: _Request, result: Any = None, error: BaseException | None = None) -> bool:
         """Answer a request exactly once and emit its ``stop`` or ``exception`` event (before the
-        caller wakes, so ``info()`` read after ``predict`` returns counts it)."""
+        caller wakes, so ``info()`` read after ``predict`` returns counts it). False if it had
+        been answered already."""
         if not request.claim.acquire(blocking=False):
-            return  # answered already
+            return False  # answered already
         duration = time.monotonic() - request.enqueued
         future = request.future
         if future is not None:
@@ -522,12 +575,15 @@ class Server:
                     error = RequestCancelledError("the caller cancelled the request")
                     result = None
         if error is not None:
-            self._stats.failed(error)
+            kind = error_kind(error)
+            self._stats.failed(error, kind)
             if self._bus.subscribers:
                 self._bus.emit(ServeEvent("exception", self.name, request_id=request.id, duration_s=duration,
-                                          input_count=request.rows, error=error))
+                                          input_count=request.rows, error=error, error_kind=kind))
         else:
-            self._stats.stopped(duration)
+            first = request.first_run
+            self._stats.stopped(duration, None if first is None else first - request.enqueued,
+                                None if first is None else request.compute_s)
             if self._bus.subscribers:
                 self._bus.emit(self._stop_event(request, duration))
         request.result, request.error = result, error
@@ -536,6 +592,7 @@ class Server:
             answered.append(request)  # woken in turn when the round ends (see _WakeLine)
         else:
             request.done.release()
+        return True
 
     def _answer(self, answers: list[tuple[_Request, Any]]) -> None:
         """:meth:`_finish` with results for one run's requests at once (worker only): one clock
@@ -551,7 +608,8 @@ class Server:
         if not claimed:
             return
         durations = [now - request.enqueued for request in claimed]
-        self._stats.stopped_together(durations, now)
+        self._stats.stopped_together(durations, now, [r.first_run - r.enqueued for r in claimed],
+                                     [r.compute_s for r in claimed])
         if self._bus.subscribers:
             for request, duration in zip(claimed, durations):
                 self._bus.emit(self._stop_event(request, duration))
@@ -644,16 +702,23 @@ class Server:
             if generation > 0 and not self._reload_until_ready(delay):
                 return
             most = self._rows_per_run if self._batching else 1  # one full run of one-row requests
+            queue, backlog = self._queue, self._backlog
             while True:
-                batch = self._queue.take(1, most=most)
-                if not batch:
-                    return  # closed, and everything queued before has been answered
-                if self._batching:
+                if backlog:  # a split request has runs to go: take newcomers, never wait for them
+                    batch = queue.take(1, deadline=0.0, most=most)
+                else:
+                    batch = queue.take(1, most=most)
+                    if not batch:
+                        return  # closed, and everything queued before has been answered
+                if batch and self._batching:
                     self._fill(batch, most)
                 self._inflight = batch
                 self._answered = answered = []
                 try:
-                    self._run_round(batch)
+                    if batch:
+                        self._run_round(batch)
+                    if backlog:
+                        self._run_chunks(backlog.popleft())
                 finally:  # the worker may be dying: its callers are woken all the same
                     self._answered = None
                     self._wake_line.add(answered)
@@ -722,28 +787,44 @@ class Server:
             rows += prepared.rows
             keys.add(prepared.group_key)
         # The usual round, compatible requests that fit one run, needs no planning.
-        runs = [chunks] if len(keys) == 1 and rows <= cap else plan_runs(chunks, cap)
-        for run in runs:
+        if len(keys) == 1 and rows <= cap:
+            self._run_chunks(chunks)
+            return
+        runs = plan_runs(chunks, cap)
+        for i, run in enumerate(runs):
+            if i and len(self._queue):
+                # Others are waiting: the rest goes to the backlog, a run per round from now on.
+                self._backlog.extend(runs[i:])
+                return
             self._run_chunks(run)
 
     def _run_alone(self, request: _Request) -> None:
-        started = time.perf_counter()
+        if request.finished:
+            return  # withdrawn while the requests before it ran
+        started = request.first_run = time.monotonic()
         try:
             args, kwargs = self._layout.unbind(request.leaves)
             out = self._program.run(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - whatever the model raises goes to its caller
             self._finish(request, error=exc)
             return
+        request.compute_s = time.monotonic() - started
         self._ran(started, request.rows)
         request.largest_run = request.rows
         self._finish(request, result=out)
 
     def _run_chunks(self, run: list[Chunk]) -> None:
-        run = [c for c in run if not c.owner.failed]
+        # failed: an earlier chunk of it failed; finished: withdrawn (cancelled, past its deadline)
+        run = [c for c in run if not (c.owner.failed or c.owner.finished)]
         if not run:
             return
+        if self._abort:
+            for chunk in run:
+                self._finish(chunk.owner, error=ServerClosedError(
+                    f"server {self.name!r} shut down before this request's last run"))
+            return
         layout = self._layout
-        started = time.perf_counter()
+        started = time.monotonic()
         try:
             leaves, padding = layout.stack(run)
             args, kwargs = layout.unbind(leaves)
@@ -761,6 +842,12 @@ class Server:
             return
         rows = sum(c.rows for c in run)
         self._ran(started, rows, padding, run)
+        elapsed = time.monotonic() - started
+        for chunk in run:
+            owner = chunk.owner
+            if owner.first_run is None:
+                owner.first_run = started
+            owner.compute_s += elapsed
         answers: list[tuple[_Request, Any]] = []
         for chunk, share in zip(run, shares):
             owner = chunk.owner
@@ -787,13 +874,22 @@ class Server:
         self._stats.ran(rows, padding)
         if self._bus.subscribers:
             requests = 1 if run is None else len({id(c.owner) for c in run})
-            self._bus.emit(ServeEvent("batch", self.name, duration_s=time.perf_counter() - started,
+            self._bus.emit(ServeEvent("batch", self.name, duration_s=time.monotonic() - started,
                                       batch_size=rows, requests=requests, padding=padding))
 
+    def _held(self) -> list[_Request]:
+        """The requests the worker holds: its round's and those with runs in the backlog."""
+        held = {id(r): r for r in self._inflight}
+        for run in list(self._backlog):
+            held.update((id(c.owner), c.owner) for c in run)
+        return list(held.values())
+
     def _on_worker_death(self, exc: BaseException, generation: int) -> None:
-        held, self._inflight = self._inflight, []
+        held = self._held()
+        self._inflight = []
+        self._backlog.clear()
         crash = WorkerCrashedError(f"the worker of server {self.name!r} died while running this request "
-                                   f"({type(exc).__name__}: {exc}); a new worker has reloaded the model")
+                                   f"({type(exc).__name__}: {exc}); a new worker is reloading the model")
         for request in held:
             self._finish(request, error=crash)
         log.error("server %r: worker died (%s: %s); restarting and reloading %s",
@@ -858,7 +954,7 @@ class Server:
         self._fail_queued("shut down before this request ran")
         if self._worker.is_alive():
             # Stuck in a model run: its callers get an answer now; the run's result is dropped.
-            for request in list(self._inflight):
+            for request in self._held():
                 self._finish(request, error=ServerClosedError(
                     f"server {self.name!r} shut down while this request was running"))
         self._ready = False
