@@ -473,17 +473,21 @@ def cmd_serve(args) -> int:
             name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
             servers.append(Server(path, name=name or None, device=args.device, batch_size=args.batch_size,
                                   batch_timeout_ms=args.batch_timeout_ms, request_timeout_s=args.request_timeout))
-        app = create_app(servers, max_body_bytes=args.max_body_bytes)
+        app = create_app(servers, max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
+                         max_inflight_bytes=args.max_inflight_bytes, max_queued_rows=args.max_queued_rows)
         for s in servers:
             note = f", {s.info()['batching_note']}" if s.info()["batching_note"] else ""
             print(shown(f"model {s.name!r}: {s.path} on {s.device}, batch size {s.batch_size}{note}"))
-        print(f"serving on http://{args.host}:{args.port}/  (status page at /, metrics at /metrics)")
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        print(f"serving on http://{args.host}:{args.port}/  (status page at /, metrics at /metrics)", flush=True)
+        # On SIGTERM or Ctrl-C uvicorn stops taking connections and lets requests under way
+        # finish for --graceful-timeout seconds; then the models' queues drain for as long again.
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=args.graceful_timeout, access_log=args.access_log)
     except ValueError as exc:
         raise Pt2Error(str(exc)) from None
     finally:
         for s in servers:
-            s.shutdown(timeout=5.0)
+            s.shutdown(timeout=args.graceful_timeout)
     return 0
 
 
@@ -581,7 +585,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--batch-timeout-ms", type=float, default=0.0,
                     help="how long a request may wait for others to share its run")
     sv.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger requests get 413")
-    sv.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
+    sv.add_argument("--body-timeout", type=float, default=30.0,
+                    help="seconds a request body may take to arrive (then 408)")
+    sv.add_argument("--request-timeout", type=float, default=60.0,
+                    help="seconds a request may wait for its answer (then 504, and it is withdrawn)")
+    sv.add_argument("--max-inflight-bytes", type=int, default=64 * 1024 * 1024,
+                    help="request bodies one model's unanswered requests may hold (then 503, Retry-After)")
+    sv.add_argument("--max-queued-rows", type=int, default=65_536,
+                    help="rows one model's unanswered requests may hold (then 429, Retry-After)")
+    sv.add_argument("--graceful-timeout", type=float, default=10.0,
+                    help="on SIGTERM, seconds for requests under way to finish before they are cut off")
+    sv.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                     help="uvicorn's log level")
 

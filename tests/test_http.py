@@ -152,7 +152,7 @@ ERROR_CASES = [
     ("wrong size", "/v2/models/mlp/infer", {"inputs": [_x(shape=(2, 15))]}, 400, "dim 1: expected 16, got 15"),
     ("wrong rank", "/v2/models/mlp/infer", {"inputs": [_x(shape=(32, 1), data=[0.5] * 32) | {"shape": [32]}]},
      400, "expected 2 dimensions"),
-    ("strings as data", "/v2/models/mlp/infer", {"inputs": [_x(data=["a"] * 32)]}, 400, "FP32 data must be numbers"),
+    ("strings as data", "/v2/models/mlp/infer", {"inputs": [_x(data=["a"] * 32)]}, 400, "the only strings float data may hold"),
     ("bools as ints", "/v2/models/multi_io/infer",
      {"inputs": [{"name": "mask", "shape": [1], "datatype": "BOOL", "data": [1]}]}, 400, "true or false"),
     ("negative shape", "/v2/models/mlp/infer", {"inputs": [_x(shape=(2, 16)) | {"shape": [-2, 16]}]}, 400,
@@ -225,22 +225,28 @@ def test_metrics_count_requests_latency_batches_and_errors(client, servers):
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert delta("pt2interp_requests_total", model="multi_io", status="200") == 3
-    assert delta("pt2interp_requests_total", model="multi_io", status="400") == 2
-    assert delta("pt2interp_requests_total", model="_unknown", status="404") == 1
-    assert delta("pt2interp_request_duration_seconds_count", model="multi_io") == 5
+    responses = "pt2interp_http_responses_total"
+    assert delta(responses, model="multi_io", code="200", **{"class": "2xx"}) == 3
+    assert delta(responses, model="multi_io", code="400", **{"class": "4xx"}) == 2
+    assert delta(responses, model="_unknown", code="404", **{"class": "4xx"}) == 1
+    assert delta("pt2interp_http_request_duration_seconds_count", model="multi_io") == 5
     assert delta("pt2interp_inferences_total", model="multi_io") == 3
-    assert delta("pt2interp_inference_errors_total", model="multi_io") == 2
+    # malformed requests are the client's errors, not the model's
+    assert delta("pt2interp_inference_errors_total", model="multi_io") == 0
+    assert delta("pt2interp_request_failures_total", model="multi_io", kind="input") == 2
+    assert delta("pt2interp_queue_duration_seconds_count", model="multi_io") == 3
+    assert delta("pt2interp_compute_duration_seconds_count", model="multi_io") == 3
     for name, server in servers.items():
         info = server.info()
         assert after[("pt2interp_inferences_total", (("model", name),))] == info["inference_count"]
         assert after[("pt2interp_inference_errors_total", (("model", name),))] == info["error_count"]
-        assert after[("pt2interp_batch_size_count", (("model", name),))] == info["batch_count"]
-        assert after[("pt2interp_batches_total", (("model", name),))] == info["batch_count"]
+        assert after[("pt2interp_batch_rows_count", (("model", name),))] == info["batch_count"]
+        assert after[("pt2interp_model_runs_total", (("model", name),))] == info["batch_count"]
         assert after[("pt2interp_model_ready", (("model", name),))] == 1.0
         assert after[("pt2interp_worker_restarts_total", (("model", name),))] == 0
-    assert ("pt2interp_batch_size_bucket", (("le", "+Inf"), ("model", "cnn"))) in after
-    assert ("pt2interp_inference_latency_seconds", (("model", "mlp"), ("quantile", "0.99"))) in after
+        for kind, n in info["errors_by_kind"].items():
+            assert after[("pt2interp_request_failures_total", (("kind", kind), ("model", name)))] == n
+    assert ("pt2interp_batch_rows_bucket", (("le", "+Inf"), ("model", "cnn"))) in after
 
 
 # -- faults -------------------------------------------------------------------------------------------
@@ -279,7 +285,8 @@ def test_every_fifth_request_malformed(url, servers):
             want = direct(torch.cat([x, x]))[:1]
             assert torch.allclose(output_tensor(r.json()["outputs"][0]), want, rtol=1e-5, atol=1e-6)
     after = server.info()
-    assert after["error_count"] - before["error_count"] == 8
+    assert after["rejected_count"] - before["rejected_count"] == 8
+    assert after["error_count"] == before["error_count"]
     assert after["inference_count"] - before["inference_count"] == 32
     assert after["restarts"] == 0
 
@@ -406,7 +413,8 @@ def test_status_json_matches_info(client, servers):
     for name, server in servers.items():
         info = server.info()
         shown = by_name[name]["info"]
-        for key in ("path", "device", "batch_size", "inference_count", "error_count", "batch_count"):
+        for key in ("device", "batch_size", "inference_count", "error_count", "batch_count"):
             assert shown[key] == info[key], key
+        assert shown["path"] == server.path.name      # the file, never where the server keeps it
         assert by_name[name]["metadata"]["inputs"] == server.metadata()["inputs"]
     assert json.loads(json.dumps(status)) == status

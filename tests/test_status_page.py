@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import httpx
 import pytest
@@ -103,6 +104,7 @@ def test_status_page_shows_what_info_says(tmp_path):
             servers["multi_io"].predict(a, b, mask, **kw)       # in-process traffic shows too
             html = _dump_dom(url + "/", tmp_path / "chromium-profile")
             infos = {name: s.info() for name, s in servers.items()}
+            http = {m["name"]: m["http"] for m in client.get("/v2/status").json()["models"]}
             metadata = {name: s.metadata() for name, s in servers.items()}
     finally:
         for s in servers.values():
@@ -118,14 +120,22 @@ def test_status_page_shows_what_info_says(tmp_path):
             assert raw is not None, f"{name}: no {field} on the page"
             return json.loads(raw)
 
-        for field in ("inference_count", "error_count", "batch_count", "restarts", "batch_size"):
+        for field in ("inference_count", "error_count", "rejected_count", "batch_count", "restarts", "batch_size"):
             assert value(field) == info[field], (name, field)
             assert page.texts[(name, field)].strip().replace(",", "") == str(info[field]), (name, field)
         assert value("mean_batch_size") == pytest.approx(info["mean_batch_size"])
         assert page.texts[(name, "mean_batch_size")].strip() == f"{info['mean_batch_size']:.2f}"
+        # latency end to end, as the HTTP server measured it (in-process calls have none)
         for q in ("p50", "p95", "p99"):
-            assert value(f"latency_{q}_ms") == pytest.approx(info["latency_ms"][q]), (name, q)
-            assert page.texts[(name, f"latency_{q}_ms")].strip() == f"{info['latency_ms'][q]:.2f}"
+            end_to_end = http[name]["latency_ms"][q]
+            assert value(f"latency_{q}_ms") == pytest.approx(end_to_end), (name, q)
+            assert page.texts[(name, f"latency_{q}_ms")].strip() == f"{end_to_end:.2f}"
+        assert value("model_latency_p50_ms") == pytest.approx(info["latency_ms"]["p50"])
+        assert value("errors_by_kind") == info["errors_by_kind"]
+        for kind, count in info["errors_by_kind"].items():
+            assert value(f"errors_{kind}") == count, (name, kind)
+        assert value("file") == Path(info["path"]).name and str(Path(info["path"]).parent) not in html
+        assert value("last_error") == info["last_error"]
         assert value("device") == info["device"] == "cpu"
         assert value("batch_size_distribution") == info["batch_size_distribution"]
         assert isinstance(value("throughput_rps"), (int, float)) and value("throughput_rps") >= 0
@@ -134,8 +144,10 @@ def test_status_page_shows_what_info_says(tmp_path):
         assert shown_inputs == [[i["name"], i["datatype"], "[" + ", ".join(map(str, i["shape"])) + "]"]
                                 for i in metadata[name]["inputs"]]
         assert [row[0] for row in page.rows[(name, "outputs")][1:]] == [o["name"] for o in metadata[name]["outputs"]]
-    assert infos["mlp"]["inference_count"] == 12 and infos["mlp"]["error_count"] == 2
-    assert infos["multi_io"]["inference_count"] == 1
+    assert infos["mlp"]["inference_count"] == 12 and infos["mlp"]["rejected_count"] == 2
+    assert infos["mlp"]["error_count"] == 0 and "missing input 'x'" in infos["mlp"]["last_error"]
+    assert http["mlp"]["latency_samples"] == 12 and http["mlp"]["responses_by_class"] == {"2xx": 12, "4xx": 2}
+    assert http["multi_io"]["latency_samples"] == 0 and infos["multi_io"]["inference_count"] == 1
 
 
 def test_chromium_is_the_debian_one():

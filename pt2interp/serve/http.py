@@ -13,108 +13,344 @@ metrics and a live status page, for one or more :class:`~pt2interp.serve.Server`
 Routes: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models``,
 ``GET /v2/models/{name}``, ``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``
 (each model route also under ``/v2/models/{name}/versions/1/...``), ``GET /v2/status`` (what
-the status page shows, as JSON), ``GET /metrics`` and ``GET /`` (the status page).
+the status page shows, as JSON), ``GET /metrics`` and ``GET /`` (the status page). Infer
+requests speak JSON or Triton's binary tensor data extension (see :mod:`.oip`).
 
-Errors answer ``{"error": "..."}`` with a 4xx status naming the problem (unknown model 404,
-body over ``max_body_bytes`` 413, anything wrong with the request 400) or a 5xx for the
-server's own trouble (shut down or restarting 503, timeout 504, the model raised 500). Request
-errors for a known model count in that server's ``error_count`` like any failed predict.
+Every error is JSON, ``{"error": "..."}``, with a status naming its kind:
+
+* 400 the request is wrong (the message names the field), 404 unknown model or version,
+  408 the body did not arrive within ``body_timeout_s``, 413 the body is over
+  ``max_body_bytes``; health and ready checks answer 400 while not ready, as the spec asks
+  (a 4xx);
+* 429 the model holds ``max_queued_rows`` rows already, 503 its requests hold
+  ``max_inflight_bytes`` of bodies already, or the server is shut down or restarting its
+  worker: each with ``Retry-After``;
+* 504 no answer within ``request_timeout_s`` (the request is withdrawn: it costs no more model
+  time), 500 the model failed (the message says how, without the server's file paths).
+
+A client that goes away before its answer is not left running either: its request is
+withdrawn, and counted as status 499 (nginx's "client closed request"). Large bodies are
+decoded, and large answers encoded, in a worker thread, so health checks and small requests
+are answered meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
+import logging
+import re
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
-import anyio
-import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pt2interp
-from pt2interp import jsontext
 from pt2interp.errors import InputMismatchError
-from pt2interp.serve.batching import DTYPE_OF_OIP, BatchLayout
+from pt2interp.serve.metrics import HttpMetrics
+from pt2interp.serve.oip import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    RequestError,
+    decode_request,
+    dumps,
+    encode_response,
+    output_numel,
+    shown_name,
+)
 from pt2interp.serve.server import (
     ModelUnavailableError,
+    RequestCancelledError,
     RequestTimeoutError,
     Server,
+    ServerBusyError,
     ServerClosedError,
     WorkerCrashedError,
 )
 
+log = logging.getLogger("pt2interp.serve")
+
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-# Bodies above this are decoded in a worker thread, keeping the event loop responsive.
+DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_QUEUED_ROWS = 65_536
+DEFAULT_BODY_TIMEOUT_S = 30.0
+# Bodies and answers above these sizes are decoded / encoded in a worker thread: a 100,000-row
+# answer takes a second to encode, and the event loop must keep answering meanwhile.
 _DECODE_IN_THREAD_BYTES = 256 * 1024
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-_UNKNOWN_MODEL = "_unknown"   # metrics label for names no server has (keeps label values bounded)
-
-# What JSON values each datatype's "data" may hold (bool is an int in Python: excluded on purpose).
-_FLOAT_TYPES = (int, float)
-_JSON_TYPES = {"BOOL": (bool,)} | {dt: (int,) for dt in DTYPE_OF_OIP if dt.startswith(("INT", "UINT"))} \
-    | {dt: _FLOAT_TYPES for dt in ("FP16", "BF16", "FP32", "FP64")}
+_ENCODE_IN_THREAD_VALUES = 32 * 1024
+_RETRY_AFTER = {"retry-after": "1"}
+_CLOSE = {"connection": "close"}
+_INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+# Absolute paths in error messages are cut to their last part: the server's layout is its own.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^/\s'\"():,;]+){2,}")
 
 
-class RequestError(Exception):
-    """A request the server refuses: ``status`` and a message naming the problem."""
+@dataclass(frozen=True)
+class HttpLimits:
+    """Bounds on what one model's infer requests may hold (see the module docstring)."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    request_timeout_s: float | None = None          # None: each server's own request_timeout_s
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS
+
+
+class _ClientGone(Exception):
+    """The client closed the connection before its answer."""
+
+
+class _Answered(RequestError):
+    """An error answer for a request the server took (and counted) itself."""
 
 
 def create_app(servers: Server | Iterable[Server] | Mapping[str, Server], *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, request_timeout_s: float | None = None) -> FastAPI:
-    """A FastAPI app serving ``servers`` (by their names, or the mapping's keys).
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, request_timeout_s: float | None = None,
+               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+               max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+               max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS) -> OipApp:
+    """An ASGI app serving ``servers`` (by their names, or the mapping's keys), for uvicorn or
+    any ASGI server.
 
-    ``max_body_bytes`` bounds an infer request's body (413 above it); ``request_timeout_s``
-    (default: each server's own) bounds the wait for a result (504). Prometheus metrics go to a
-    registry of this app's own, so several apps can live in one process. The app does not shut
-    the servers down: their owner does.
+    ``max_body_bytes`` bounds an infer request's body (413); ``body_timeout_s`` how long its
+    arrival may take (408); ``request_timeout_s`` (default: each server's own) the wait for its
+    answer (504); ``max_inflight_bytes`` and ``max_queued_rows`` the bodies and rows one model's
+    unanswered requests may hold (503 and 429, with ``Retry-After``; a request arriving while
+    its model holds nothing is always taken). Prometheus metrics go to a registry of this app's
+    own, so several apps can live in one process. The app does not shut the servers down:
+    their owner does.
     """
     if isinstance(servers, Server):
         servers = [servers]
     models: dict[str, Server] = dict(servers) if isinstance(servers, Mapping) else {s.name: s for s in servers}
+    limits = HttpLimits(max_body_bytes, body_timeout_s, request_timeout_s, max_inflight_bytes, max_queued_rows)
+    metrics = HttpMetrics(models)
+    return OipApp(models, _routes(models, metrics), limits, metrics)
+
+
+class OipApp:
+    """The ASGI app :func:`create_app` returns. Infer requests, the hot path, are handled here
+    on the bare ASGI interface (body reading with a deadline, disconnects, back-pressure, binary
+    data); every other route is FastAPI's (:attr:`api`)."""
+
+    def __init__(self, models: dict[str, Server], api: FastAPI, limits: HttpLimits, metrics: HttpMetrics):
+        self.models = models
+        self.api = api
+        self.limits = limits
+        self.metrics = metrics
+        self.state = api.state
+        self._inflight_bytes = dict.fromkeys(models, 0)   # touched by the event loop only: no lock
+        self._inflight_rows = dict.fromkeys(models, 0)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = _INFER_PATH.fullmatch(scope["path"])
+            if match:
+                await self._infer(scope, receive, send, match.group(1), match.group(2))
+                return
+        await self.api(scope, receive, send)
+
+    # -- one infer request -------------------------------------------------------------------------
+    async def _infer(self, scope, receive, send, name: str, version: str | None) -> None:
+        started = time.perf_counter()
+        held = [0, 0]   # body bytes and rows this request counts against its model
+        error = None
+        try:
+            try:
+                status, body, headers = await self._answer(scope, receive, name, version, held)
+            except RequestError as exc:
+                status, error, headers = exc.status, str(exc), exc.headers
+                body = dumps({"error": error})
+            except _ClientGone:
+                status, body, headers, error = 499, None, {}, "the client went away"
+            except asyncio.CancelledError:
+                # The ASGI server's graceful shutdown ran out of time: say so, if anyone listens.
+                error = "the server is shutting down"
+                await _send(send, 503, dumps({"error": error}), _RETRY_AFTER | _CLOSE)
+                self.metrics.observe(name, 503, time.perf_counter() - started, error)
+                raise
+            except Exception:
+                log.exception("infer request for model %s failed in the server", shown_name(name))
+                status, error, headers = 500, "internal server error (the server's log has the details)", {}
+                body = dumps({"error": error})
+            if body is not None:
+                await _send(send, status, body, headers)
+            self.metrics.observe(name, status, time.perf_counter() - started, error)
+        finally:
+            if held[0] or held[1]:
+                self._inflight_bytes[name] -= held[0]
+                self._inflight_rows[name] -= held[1]
+                self.metrics.inflight_bytes.labels(name).set(self._inflight_bytes[name])
+                self.metrics.inflight_rows.labels(name).set(self._inflight_rows[name])
+
+    async def _answer(self, scope, receive, name: str, version: str | None, held: list[int],
+                      ) -> tuple[int, bytes, dict[str, str]]:
+        if version is not None and version != "1":
+            raise RequestError(404, f"unknown model version {shown_name(version)} (only version 1 exists)")
+        server = self.models.get(name)
+        if server is None:
+            raise RequestError(404, f"unknown model {shown_name(name)} "
+                                    f"(models: {', '.join(sorted(self.models)) or 'none'})")
+        try:
+            return await self._run(server, scope, receive, name, held)
+        except _Answered:
+            raise  # the server counted it already
+        except RequestError as exc:
+            server.report_rejected(ServerBusyError(str(exc)) if exc.status in (429, 503)
+                                   else InputMismatchError(str(exc)))
+            raise
+        except _ClientGone:
+            server.report_rejected(RequestCancelledError("the client went away before sending its request"))
+            raise
+
+    async def _run(self, server: Server, scope, receive, name: str, held: list[int],
+                   ) -> tuple[int, bytes, dict[str, str]]:
+        limits = self.limits
+        headers = dict(scope["headers"])
+        declared = _int_header(headers, b"content-length")
+        if declared is not None and declared > limits.max_body_bytes:
+            raise RequestError(413, f"request body of {declared} bytes is over the limit of "
+                                    f"{limits.max_body_bytes} bytes", _CLOSE)
+        if declared:
+            self._hold_bytes(name, declared, held)
+        body = await self._read_body(receive, name, held, counted=declared is not None)
+        header_length = _int_header(headers, HEADER_LENGTH.encode())
+        layout = server.layout
+        if len(body) > _DECODE_IN_THREAD_BYTES:
+            request = await asyncio.to_thread(decode_request, body, layout, header_length)
+        else:
+            request = decode_request(body, layout, header_length)
+        del body
+        rows = self._inflight_rows[name]
+        if rows and rows + request.rows > limits.max_queued_rows:
+            raise RequestError(429, f"model {name!r} has {rows} rows waiting (at most {limits.max_queued_rows}); "
+                                    f"retry later", _RETRY_AFTER)
+        self._inflight_rows[name] = rows + request.rows
+        held[1] = request.rows
+        self.metrics.inflight_rows.labels(name).set(self._inflight_rows[name])
+
+        future = server.submit(*request.args, **request.kwargs)
+        timeout = limits.request_timeout_s if limits.request_timeout_s is not None else server.request_timeout_s
+        out = await self._wait(server, future, receive, timeout)
+        layout = server.layout   # the worker may have reloaded the model meanwhile
+        try:
+            if output_numel(out, layout) > _ENCODE_IN_THREAD_VALUES:
+                body, answer_headers = await asyncio.to_thread(encode_response, out, layout, request, name)
+            else:
+                body, answer_headers = encode_response(out, layout, request, name)
+        except RequestError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - outputs that do not fit the recorded layout
+            raise RequestError(500, _public(f"model {name!r}: its outputs could not be encoded: "
+                                            f"{type(exc).__name__}: {exc}")) from None
+        return 200, body, answer_headers
+
+    async def _wait(self, server: Server, future, receive, timeout: float):
+        """The request's result; withdrawn from the server if the client goes away or the deadline
+        passes first, so that it costs no further model time."""
+        loop = asyncio.get_running_loop()
+        waiter = asyncio.wrap_future(future, loop=loop)
+        gone = loop.create_task(receive())   # only a disconnect can come now: the body is read
+        try:
+            done, _ = await asyncio.wait((waiter, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            server.withdraw(future, ServerClosedError(f"server {server.name!r} is shutting down"))
+            raise
+        finally:
+            gone.cancel()
+        if waiter not in done:
+            if gone in done:
+                server.withdraw(future, RequestCancelledError("the client went away"))
+                waiter.cancel()
+                raise _ClientGone
+            server.withdraw(future, RequestTimeoutError(
+                f"server {server.name!r}: no answer within {timeout:g} s"))
+            waiter.cancel()
+            raise _Answered(504, f"model {server.name!r}: no answer within {timeout:g} s")
+        try:
+            return waiter.result()
+        except InputMismatchError as exc:
+            raise _Answered(400, str(exc)) from None
+        except ServerBusyError as exc:
+            raise _Answered(429, str(exc), {"retry-after": f"{max(1, round(exc.retry_after_s))}"}) from None
+        except (ServerClosedError, ModelUnavailableError) as exc:
+            raise _Answered(503, _public(str(exc)), _RETRY_AFTER) from None
+        except RequestTimeoutError as exc:
+            raise _Answered(504, str(exc)) from None
+        except WorkerCrashedError as exc:
+            raise _Answered(500, _public(str(exc))) from None
+        except Exception as exc:  # noqa: BLE001 - the model's own failure, reported as a 500
+            raise _Answered(500, _public(f"model {server.name!r} failed: {type(exc).__name__}: {exc}")) from None
+
+    async def _read_body(self, receive, name: str, held: list[int], counted: bool) -> bytes:
+        limits = self.limits
+        parts: list[bytes] = []
+        size = 0
+
+        async def read() -> None:
+            nonlocal size
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limits.max_body_bytes:
+                        raise RequestError(413, f"request body is over the limit of {limits.max_body_bytes} "
+                                                f"bytes", _CLOSE)
+                    if not counted:   # chunked: no size up front, so count as it comes
+                        self._hold_bytes(name, len(chunk), held)
+                    parts.append(chunk)
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            await _within(limits.body_timeout_s, read())
+        except (TimeoutError, asyncio.TimeoutError):
+            raise RequestError(408, f"the request body did not arrive within {limits.body_timeout_s:g} s "
+                                    f"({size} bytes came)", _CLOSE) from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _hold_bytes(self, name: str, size: int, held: list[int]) -> None:
+        inflight = self._inflight_bytes[name]
+        if inflight and inflight + size > self.limits.max_inflight_bytes:
+            raise RequestError(503, f"model {name!r} holds {inflight} bytes of requests (at most "
+                                    f"{self.limits.max_inflight_bytes}); retry later", _RETRY_AFTER | _CLOSE)
+        self._inflight_bytes[name] = inflight + size
+        held[0] += size
+        self.metrics.inflight_bytes.labels(name).set(self._inflight_bytes[name])
+
+
+def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
+    """Every route but infer: health, metadata, status, metrics, the status page."""
     app = FastAPI(title="pt2interp", version=pt2interp.__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    registry = CollectorRegistry()
-    requests_total = Counter("pt2interp_requests", "Infer requests by model and HTTP status.",
-                             ["model", "status"], registry=registry)
-    latency = Histogram("pt2interp_request_duration_seconds", "Infer request latency, body read to response.",
-                        ["model"], buckets=_LATENCY_BUCKETS, registry=registry)
-    registry.register(_ServerCollector(models))
     app.state.servers = models
-    app.state.metrics_registry = registry
+    app.state.metrics_registry = metrics.registry
     status_page = files("pt2interp.serve").joinpath("static/status.html").read_text(encoding="utf-8")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
+    async def _http_error(request, exc: StarletteHTTPException):
         return _json({"error": str(exc.detail)}, exc.status_code)
 
-    def lookup(name: str) -> Server:
+    @app.exception_handler(Exception)
+    async def _server_error(request, exc: Exception):
+        return _json({"error": "internal server error (the server's log has the details)"}, 500)
+
+    def lookup(name: str, version: str | None) -> Server:
+        if version is not None and version != "1":
+            raise RequestError(404, f"unknown model version {shown_name(version)} (only version 1 exists)")
         server = models.get(name)
         if server is None:
-            raise RequestError(404, f"unknown model {name!r} (models: {', '.join(sorted(models)) or 'none'})")
+            raise RequestError(404, f"unknown model {shown_name(name)} (models: {', '.join(sorted(models)) or 'none'})")
         return server
-
-    def check_version(version: str | None) -> None:
-        if version is not None and version != "1":
-            raise RequestError(404, f"unknown model version {version!r} (only version 1 exists)")
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -122,7 +358,7 @@ def create_app(servers: Server | Iterable[Server] | Mapping[str, Server], *,
 
     @app.get("/v2")
     async def server_metadata():
-        return _json({"name": "pt2interp", "version": pt2interp.__version__, "extensions": []})
+        return _json({"name": "pt2interp", "version": pt2interp.__version__, "extensions": EXTENSIONS})
 
     @app.get("/v2/health/live")
     async def live():
@@ -131,7 +367,7 @@ def create_app(servers: Server | Iterable[Server] | Mapping[str, Server], *,
     @app.get("/v2/health/ready")
     async def ready():
         ok = bool(models) and all(s.ready for s in models.values())
-        return _json({"ready": ok}, 200 if ok else 503)
+        return _json({"ready": ok}, 200 if ok else 400)
 
     @app.get("/v2/models")
     async def model_index():
@@ -141,8 +377,7 @@ def create_app(servers: Server | Iterable[Server] | Mapping[str, Server], *,
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None):
         try:
-            check_version(version)
-            meta = lookup(name).metadata()
+            meta = lookup(name, version).metadata()
         except RequestError as exc:
             return _json({"error": str(exc)}, exc.status)
         meta["name"] = name
@@ -152,260 +387,66 @@ def create_app(servers: Server | Iterable[Server] | Mapping[str, Server], *,
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
         try:
-            check_version(version)
-            ok = lookup(name).ready
+            ok = lookup(name, version).ready
         except RequestError as exc:
             return _json({"error": str(exc)}, exc.status)
-        return _json({"name": name, "ready": ok}, 200 if ok else 503)
-
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None):
-        started = time.perf_counter()
-        label = name if name in models else _UNKNOWN_MODEL
-        status, content = await _infer(models, name, version, request, max_body_bytes, request_timeout_s,
-                                       lookup, check_version)
-        requests_total.labels(label, str(status)).inc()
-        latency.labels(label).observe(time.perf_counter() - started)
-        return _json(content, status)
+        return _json({"name": name, "ready": ok}, 200 if ok else 400)
 
     @app.get("/v2/status")
     async def status():
         return _json({"time": time.time(), "version": pt2interp.__version__,
-                      "models": [{"name": n, "info": s.info(), "metadata": s.metadata()} for n, s in models.items()]})
+                      "models": [_model_status(n, s, metrics) for n, s in models.items()]})
 
     @app.get("/metrics")
-    async def metrics():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
 
-async def _infer(models, name, version, request: Request, max_body_bytes: int, request_timeout_s,
-                 lookup, check_version) -> tuple[int, dict]:
-    """Run one infer request; returns (HTTP status, JSON body)."""
+def _model_status(name: str, server: Server, metrics: HttpMetrics) -> dict[str, Any]:
+    info = server.info()
+    info["path"] = Path(info["path"]).name   # the file, not where this server keeps it
+    if info["last_error"]:
+        info["last_error"] = _public(info["last_error"])
+    return {"name": name, "info": info, "metadata": server.metadata(), "http": metrics.snapshot(name)}
+
+
+async def _send(send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw = [(b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    if "content-type" not in headers:
+        raw.append((b"content-type", b"application/json"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _int_header(headers: dict[bytes, bytes], key: bytes) -> int | None:
+    value = headers.get(key)
+    if value is None:
+        return None
     try:
-        check_version(version)
-        server = lookup(name)
-    except RequestError as exc:
-        return exc.status, {"error": str(exc)}
-    try:
-        body = await _read_body(request, max_body_bytes)
-        layout = server.layout
-        if len(body) > _DECODE_IN_THREAD_BYTES:
-            decoded = await anyio.to_thread.run_sync(_decode_request, body, layout)
-        else:
-            decoded = _decode_request(body, layout)
-    except RequestError as exc:
-        server.report_rejected(InputMismatchError(str(exc)))
-        return exc.status, {"error": str(exc)}
-    args, kwargs, wanted, request_id = decoded
-    future = server.submit(*args, **kwargs)
-    timeout = request_timeout_s if request_timeout_s is not None else server.request_timeout_s
-    try:
-        out = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-    except InputMismatchError as exc:
-        return 400, {"error": str(exc)}
-    except (ServerClosedError, ModelUnavailableError) as exc:
-        return 503, {"error": str(exc)}
-    except (TimeoutError, asyncio.TimeoutError, RequestTimeoutError):
-        return 504, {"error": f"model {name!r}: no answer within {timeout:g} s"}
-    except WorkerCrashedError as exc:
-        return 500, {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - the model's own failure, reported as a 500
-        return 500, {"error": f"model {name!r} failed: {type(exc).__name__}: {exc}"}
-    try:
-        outputs = _encode_outputs(out, layout, wanted)
-    except RequestError as exc:
-        return exc.status, {"error": str(exc)}
-    answer: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": outputs}
-    if request_id is not None:
-        answer["id"] = request_id
-    return 200, answer
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise RequestError(400, f"header {key.decode()} is not a non-negative integer: {value[:40]!r}")
+    return number
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise RequestError(400, f"Content-Length {declared!r} is not a number") from None
-        if size > limit:
-            raise RequestError(413, f"request body of {size} bytes is over the limit of {limit} bytes")
-    parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise RequestError(413, f"request body is over the limit of {limit} bytes")
-        parts.append(part)
-    return b"".join(parts)
-
-
-def _decode_request(body: bytes, layout: BatchLayout) -> tuple[tuple, dict, list[str] | None, Any]:
-    """JSON body -> (args, kwargs, requested output names or None, request id)."""
-    try:
-        payload = jsontext.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise RequestError(400, "request body must be a JSON object with an \"inputs\" list")
-    tensors = payload.get("inputs")
-    if not isinstance(tensors, list):
-        raise RequestError(400, "request body needs \"inputs\": a list of tensors")
-    slots = {s.name: s for s in layout.inputs}
-    given: dict[str, Any] = {}
-    for i, entry in enumerate(tensors):
-        if not isinstance(entry, dict):
-            raise RequestError(400, f"inputs[{i}] must be an object with name, shape, datatype and data")
-        name = entry.get("name")
-        if not isinstance(name, str):
-            raise RequestError(400, f"inputs[{i}] has no \"name\"")
-        slot = slots.get(name)
-        if slot is None or slot.kind not in ("tensor", "int"):
-            known = [s.name for s in layout.inputs if s.kind in ("tensor", "int")]
-            raise RequestError(400, f"the model has no input {name!r} (inputs: {', '.join(known)})")
-        if name in given:
-            raise RequestError(400, f"input {name!r} is given twice")
-        given[name] = _decode_tensor(entry, slot)
-    leaves = []
-    for slot in layout.inputs:
-        if slot.name in given:
-            leaves.append(given[slot.name])
-        elif slot.kind == "constant":
-            leaves.append(slot.constant)
-        else:
-            raise RequestError(400, f"missing input {slot.name!r} ({slot.datatype} {slot.oip_shape})")
-    try:
-        args, kwargs = layout.unbind(leaves)
-    except Exception as exc:  # noqa: BLE001 - a structure mismatch, whatever pytree raised
-        raise RequestError(400, f"inputs do not fit the model's call: {exc}") from None
-    wanted = None
-    if payload.get("outputs") is not None:
-        requested = payload["outputs"]
-        if not isinstance(requested, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
-                                                       for o in requested):
-            raise RequestError(400, "\"outputs\" must be a list of objects with a \"name\"")
-        wanted = [o["name"] for o in requested]
-        known = {s.name for s in layout.outputs}
-        for n in wanted:
-            if n not in known:
-                raise RequestError(400, f"the model has no output {n!r} (outputs: {', '.join(sorted(known))})")
-    return args, kwargs, wanted, payload.get("id")
-
-
-def _decode_tensor(entry: dict, slot) -> Any:
-    name = slot.name
-    for field in ("shape", "datatype", "data"):
-        if field not in entry:
-            raise RequestError(400, f"input {name!r} has no {field!r}")
-    datatype, shape, data = entry["datatype"], entry["shape"], entry["data"]
-    if not isinstance(datatype, str) or datatype not in _JSON_TYPES:
-        supported = ", ".join(sorted(_JSON_TYPES))
-        raise RequestError(400, f"input {name!r}: unknown datatype {datatype!r} (supported: {supported})")
-    if datatype != slot.datatype:
-        raise RequestError(400, f"input {name!r}: datatype {datatype} does not match the model's {slot.datatype}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise RequestError(400, f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
-    flat = _flatten_data(data, name)
-    count = math.prod(shape)
-    if len(flat) != count:
-        raise RequestError(400, f"input {name!r}: shape {shape} holds {count} values but data has {len(flat)}")
-    allowed = _JSON_TYPES[datatype]
-    for v in flat:
-        if type(v) not in allowed:
-            want = "true or false" if datatype == "BOOL" else "integers" if allowed == (int,) else "numbers"
-            raise RequestError(400, f"input {name!r}: {datatype} data must be {want}, found {v!r}")
-    if slot.kind == "int":
-        if count != 1:
-            raise RequestError(400, f"input {name!r} is a single integer: shape [1], got {shape}")
-        return int(flat[0])
-    dtype = getattr(torch, DTYPE_OF_OIP[datatype])
-    try:
-        return torch.tensor(flat, dtype=dtype).reshape(shape)
-    except (RuntimeError, OverflowError, TypeError, ValueError) as exc:
-        raise RequestError(400, f"input {name!r}: data does not fit {datatype}: {exc}") from None
-
-
-def _flatten_data(data: Any, name: str) -> list:
-    if not isinstance(data, list):
-        raise RequestError(400, f"input {name!r}: data must be a list (flat, row-major, or nested)")
-    if not any(isinstance(v, list) for v in data):
-        return data
-    flat: list = []
-    stack = [iter(data)]
-    while stack:
-        for v in stack[-1]:
-            if isinstance(v, list):
-                stack.append(iter(v))
-                break
-            flat.append(v)
-        else:
-            stack.pop()
-    return flat
-
-
-def _encode_outputs(out: Any, layout: BatchLayout, wanted: list[str] | None) -> list[dict]:
-    leaves = layout.output_leaves(out)
-    encoded = []
-    for slot, value in zip(layout.outputs, leaves):
-        if wanted is not None and slot.name not in wanted:
-            continue
-        if isinstance(value, torch.Tensor):
-            t = value.detach().to("cpu")
-            if t.dtype in (torch.float16, torch.bfloat16):
-                t = t.float()
-            encoded.append({"name": slot.name, "datatype": slot.datatype, "shape": list(value.shape),
-                            "data": t.reshape(-1).tolist()})
-        elif isinstance(value, (bool, int, float)):
-            datatype = "BOOL" if isinstance(value, bool) else "INT64" if isinstance(value, int) else "FP64"
-            encoded.append({"name": slot.name, "datatype": datatype, "shape": [1], "data": [value]})
-        else:
-            raise RequestError(500, f"output {slot.name!r} is a {type(value).__name__}, which has no OIP form")
-    return encoded
+def _public(message: str) -> str:
+    """``message`` with every absolute path cut to its file name."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], message)
 
 
 def _json(content: Any, status: int = 200) -> Response:
-    # NaN and infinities pass through as JSON's common extension rather than failing the reply.
-    return Response(json.dumps(content, separators=(",", ":"), allow_nan=True), status_code=status,
-                    media_type="application/json")
+    return Response(dumps(content), status_code=status, media_type="application/json")
 
 
-class _ServerCollector:
-    """Prometheus figures read from each server's ``info()`` at scrape time, so they equal what
-    ``info()`` says (in-process predicts included) without any subscription to clean up."""
-
-    def __init__(self, models: dict[str, Server]):
-        self.models = models
-
-    def collect(self):
-        inferences = CounterMetricFamily("pt2interp_inferences", "Requests answered with a result.",
-                                         labels=["model"])
-        errors = CounterMetricFamily("pt2interp_inference_errors", "Requests answered with an error.",
-                                     labels=["model"])
-        batches = CounterMetricFamily("pt2interp_batches", "Model runs.", labels=["model"])
-        restarts = CounterMetricFamily("pt2interp_worker_restarts", "Worker deaths followed by a reload.",
-                                       labels=["model"])
-        queue_depth = GaugeMetricFamily("pt2interp_queue_depth", "Requests waiting for the worker.",
-                                        labels=["model"])
-        ready = GaugeMetricFamily("pt2interp_model_ready", "1 when the model takes requests.", labels=["model"])
-        quantiles = GaugeMetricFamily("pt2interp_inference_latency_seconds",
-                                      "Latency percentiles over the last 10,000 successful requests.",
-                                      labels=["model", "quantile"])
-        batch_size = HistogramMetricFamily("pt2interp_batch_size", "Rows per model run.", labels=["model"])
-        for name, server in self.models.items():
-            info = server.info()
-            inferences.add_metric([name], info["inference_count"])
-            errors.add_metric([name], info["error_count"])
-            batches.add_metric([name], info["batch_count"])
-            restarts.add_metric([name], info["restarts"])
-            queue_depth.add_metric([name], info["queue_depth"])
-            ready.add_metric([name], 1.0 if info["ready"] else 0.0)
-            for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
-                quantiles.add_metric([name, q], info["latency_ms"][key] / 1000.0)
-            dist = {int(k): v for k, v in info["batch_size_distribution"].items()}
-            buckets = [(str(b), sum(n for size, n in dist.items() if size <= b)) for b in _BATCH_BUCKETS]
-            buckets.append(("+Inf", sum(dist.values())))
-            batch_size.add_metric([name], buckets, sum_value=sum(size * n for size, n in dist.items()))
-        yield from (inferences, errors, batches, restarts, queue_depth, ready, quantiles, batch_size)
+if hasattr(asyncio, "timeout"):
+    async def _within(seconds: float, awaitable):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+else:  # Python 3.10
+    async def _within(seconds: float, awaitable):
+        return await asyncio.wait_for(awaitable, seconds)
