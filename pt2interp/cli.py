@@ -11,8 +11,10 @@ markup): no file can style, move or retitle the terminal, or make printing fail.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -457,6 +459,20 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
+@contextlib.contextmanager
+def _sigterm_ends_quietly():
+    """SIGTERM handled by returning (in the main thread; elsewhere signals are not ours)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    except ValueError:   # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_serve(args) -> int:
     """Serve one or more archives over HTTP (Open Inference Protocol v2, /metrics, status page)."""
     import uvicorn  # first: without the serve extras, say so before torch takes seconds to import
@@ -481,8 +497,11 @@ def cmd_serve(args) -> int:
         print(f"serving on http://{args.host}:{args.port}/  (status page at /, metrics at /metrics)", flush=True)
         # On SIGTERM or Ctrl-C uvicorn stops taking connections and lets requests under way
         # finish for --graceful-timeout seconds; then the models' queues drain for as long again.
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    timeout_graceful_shutdown=args.graceful_timeout, access_log=args.access_log)
+        # uvicorn raises the signal once more when it is done, for the handler it found: ours
+        # takes SIGTERM as the normal way to stop a server, so the drain below still runs.
+        with _sigterm_ends_quietly():
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                        timeout_graceful_shutdown=args.graceful_timeout, access_log=args.access_log)
     except ValueError as exc:
         raise Pt2Error(str(exc)) from None
     finally:

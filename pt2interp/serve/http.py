@@ -103,7 +103,12 @@ class HttpLimits:
 
 
 class _ClientGone(Exception):
-    """The client closed the connection before its answer."""
+    """The client closed the connection before its answer (``counted``: by the server, which had
+    taken the request)."""
+
+    def __init__(self, counted: bool = False):
+        super().__init__()
+        self.counted = counted
 
 
 class _Answered(RequestError):
@@ -205,8 +210,9 @@ class OipApp:
             server.report_rejected(ServerBusyError(str(exc)) if exc.status in (429, 503)
                                    else InputMismatchError(str(exc)))
             raise
-        except _ClientGone:
-            server.report_rejected(RequestCancelledError("the client went away before sending its request"))
+        except _ClientGone as exc:
+            if not exc.counted:
+                server.report_rejected(RequestCancelledError("the client went away before sending its request"))
             raise
 
     async def _run(self, server: Server, scope, receive, name: str, held: list[int],
@@ -268,7 +274,7 @@ class OipApp:
             if gone in done:
                 server.withdraw(future, RequestCancelledError("the client went away"))
                 waiter.cancel()
-                raise _ClientGone
+                raise _ClientGone(counted=True)
             server.withdraw(future, RequestTimeoutError(
                 f"server {server.name!r}: no answer within {timeout:g} s"))
             waiter.cancel()

@@ -114,7 +114,7 @@ def decode_request(body: bytes, layout: BatchLayout, header_length: int | None =
         payload = jsontext.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         hint = ""
-        if header_length is None and isinstance(exc, json.JSONDecodeError) and exc.msg == "Extra data":
+        if header_length is None and (isinstance(exc, UnicodeDecodeError) or "Extra data" in str(exc)):
             hint = " (binary tensor data needs the Inference-Header-Content-Length header)"
         raise RequestError(400, f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(payload, dict):
@@ -277,7 +277,7 @@ def _flat_values(data: Any, shape: list[int], name: str) -> list:
         below: list = []
         for item in level:
             if type(item) is not list or len(item) != size:
-                got = f"{len(item)} entries" if type(item) is list else f"a {_json_type(item)}"
+                got = f"{len(item)} entries" if type(item) is list else _json_type(item)
                 raise RequestError(400, f"input {name!r}: nested data does not follow shape {shape}: at depth "
                                         f"{depth} a list of {size} was expected, found {got}")
             below.extend(item)
