@@ -473,6 +473,18 @@ def _sigterm_ends_quietly():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _threads_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
+    return value
+
+
 def cmd_serve(args) -> int:
     """Serve one or more archives over HTTP (Open Inference Protocol v2, /metrics, status page)."""
     import uvicorn  # first: without the serve extras, say so before torch takes seconds to import
@@ -488,7 +500,8 @@ def cmd_serve(args) -> int:
             # NAME=PATH names a model; otherwise the file's stem does
             name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
             servers.append(Server(path, name=name or None, device=args.device, batch_size=args.batch_size,
-                                  batch_timeout_ms=args.batch_timeout_ms, request_timeout_s=args.request_timeout))
+                                  batch_timeout_ms=args.batch_timeout_ms, request_timeout_s=args.request_timeout,
+                                  threads=args.threads))
         app = create_app(servers, max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
                          max_inflight_bytes=args.max_inflight_bytes, max_queued_rows=args.max_queued_rows)
         for s in servers:
@@ -615,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--graceful-timeout", type=float, default=10.0,
                     help="on SIGTERM, seconds for requests under way to finish before they are cut off")
     sv.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    sv.add_argument("--threads", type=_threads_arg, default="auto",
+                    help="torch threads per model run: a number, or auto (the CPUs other processes leave free, "
+                         "less one for the server, re-read every 2 s)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                     help="uvicorn's log level")
 

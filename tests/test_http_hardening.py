@@ -382,3 +382,23 @@ def test_sigterm_with_a_stalled_client_exits_within_the_grace_period(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- batching without waiting for nobody -------------------------------------------------------------
+def test_a_lone_request_does_not_wait_out_the_batch_timeout(serve):
+    server = serve(batch_size=16, batch_timeout_ms=3000)
+    with running(create_app([server])) as url, httpx.Client(base_url=url, timeout=WAIT) as client:
+        body, _ = _body(1)
+        for _ in range(3):
+            started = time.monotonic()
+            r = client.post(f"/v2/models/{server.name}/infer", content=body)
+            took = time.monotonic() - started
+            assert r.status_code == 200 and took < 1.5, f"a lone request took {took:.2f} s (timeout 3 s)"
+    # a server with no front end cannot know what is coming: there the batch waits, as configured
+    alone = serve(batch_size=16, batch_timeout_ms=3000)
+    future = alone.submit(torch.randn(1, 16))
+    time.sleep(0.5)
+    assert not future.done()
+    assert alone.predict(torch.randn(15, 16)).shape == (15, 8)     # fills the run of 16
+    assert future.result(WAIT).shape == (1, 8)
+    assert alone.info()["batch_size_distribution"] == {"16": 1}

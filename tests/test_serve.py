@@ -9,6 +9,7 @@ by the ``serve`` fixture even when the test fails.
 from __future__ import annotations
 
 import collections
+import os
 import random
 import shutil
 import threading
@@ -823,3 +824,28 @@ def test_queue_and_compute_time_are_measured_apart(serve):
     assert queue["count"] == compute["count"] == 2
     assert queue["sum"] >= 0.2 and compute["sum"] >= 0.2    # first's run was held 0.2 s or more
     assert {b: n for b, n in queue["buckets"]}[0.1] <= 1   # `second` queued 0.2 s or more
+
+
+# -- torch threads ---------------------------------------------------------------------------------
+def test_threads_follow_the_cpus_other_processes_leave_free():
+    from pt2interp.serve.cpus import ThreadChooser
+
+    two = ThreadChooser(cpus=2, interval_s=0.0)
+    assert [two.threads_for(b) for b in (0.0, 0.9, 1.0, 2.0)] == [1, 1, 1, 1]
+    eight = ThreadChooser(cpus=8, interval_s=0.0)
+    assert [eight.threads_for(b) for b in (0.0, 2.0, 6.6, 8.0)] == [7, 5, 1, 1]
+    live = ThreadChooser(interval_s=0.0)
+    assert live.update() is None            # no interval measured yet
+    time.sleep(0.05)
+    threads = live.update()
+    assert threads is None or 1 <= threads <= live.cpus   # None off Linux
+
+
+def test_a_server_takes_its_thread_setting(serve):
+    fixed = serve(DYN_MLP, threads=1)
+    assert fixed.predict(torch.randn(2, 16)).shape == (2, 8) and fixed.info()["threads"] == 1
+    auto = serve(DYN_MLP, threads="auto")
+    auto.predict(torch.randn(2, 16))
+    assert 1 <= auto.info()["threads"] <= (os.cpu_count() or 1)
+    with pytest.raises(ValueError, match="threads must be"):
+        serve(DYN_MLP, threads=0)

@@ -136,6 +136,8 @@ def create_app(servers: Server | Iterable[Server] | Mapping[str, Server], *,
     models: dict[str, Server] = dict(servers) if isinstance(servers, Mapping) else {s.name: s for s in servers}
     limits = HttpLimits(max_body_bytes, body_timeout_s, request_timeout_s, max_inflight_bytes, max_queued_rows)
     metrics = HttpMetrics(models)
+    for server in models.values():
+        server.attach_front_end()
     return OipApp(models, _routes(models, metrics), limits, metrics)
 
 
@@ -202,8 +204,10 @@ class OipApp:
         if server is None:
             raise RequestError(404, f"unknown model {shown_name(name)} "
                                     f"(models: {', '.join(sorted(self.models)) or 'none'})")
+        server.announce(1)
+        announced = [True]
         try:
-            return await self._run(server, scope, receive, name, held)
+            return await self._run(server, scope, receive, name, held, announced)
         except _Answered:
             raise  # the server counted it already
         except RequestError as exc:
@@ -214,8 +218,11 @@ class OipApp:
             if not exc.counted:
                 server.report_rejected(RequestCancelledError("the client went away before sending its request"))
             raise
+        finally:
+            if announced[0]:
+                server.announce(-1)
 
-    async def _run(self, server: Server, scope, receive, name: str, held: list[int],
+    async def _run(self, server: Server, scope, receive, name: str, held: list[int], announced: list[bool],
                    ) -> tuple[int, bytes, dict[str, str]]:
         limits = self.limits
         headers = dict(scope["headers"])
@@ -242,6 +249,8 @@ class OipApp:
         self.metrics.inflight_rows.labels(name).set(self._inflight_rows[name])
 
         future = server.submit(*request.args, **request.kwargs)
+        server.announce(-1)
+        announced[0] = False
         timeout = limits.request_timeout_s if limits.request_timeout_s is not None else server.request_timeout_s
         out = await self._wait(server, future, receive, timeout)
         layout = server.layout   # the worker may have reloaded the model meanwhile

@@ -54,6 +54,7 @@ from pt2interp.serve.batching import (
     chunk_request,
     plan_runs,
 )
+from pt2interp.serve.cpus import ThreadChooser
 from pt2interp.serve.stats import EventBus, ServeEvent, ServerStats, error_kind
 
 log = logging.getLogger("pt2interp.serve")
@@ -388,12 +389,16 @@ class Server:
     is where the model runs; ``batch_size`` is the most rows (samples along the batch dimension)
     one model run may hold, 1 meaning no batching; ``batch_timeout_ms`` is how long the first
     request of a batch may wait for company; ``request_timeout_s`` bounds every ``predict``.
-    ``model`` picks one model of a multi-model archive.
+    ``model`` picks one model of a multi-model archive. ``threads`` is how many torch threads a
+    model run uses: None keeps the process's setting, ``"auto"`` follows the CPUs other
+    processes leave free (see :mod:`pt2interp.serve.cpus`), a number fixes it.
     """
 
     def __init__(self, path: str | os.PathLike, name: str | None = None, device: str | torch.device | None = None,
                  batch_size: int = 1, batch_timeout_ms: float = 0, *, request_timeout_s: float = 60.0,
-                 model: str | None = None):
+                 model: str | None = None, threads: int | str | None = None):
+        if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
+            raise ValueError(f"threads must be a positive integer, 'auto' or None, got {threads!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if batch_timeout_ms < 0:
@@ -404,6 +409,8 @@ class Server:
         self.batch_timeout_ms = float(batch_timeout_ms)
         self.request_timeout_s = float(request_timeout_s)
         self._model_name = model
+        self.threads = threads
+        self._threads_now: int | None = None
         self._requested_device = device
         self._bus = EventBus()
         self._stats = ServerStats()
@@ -417,6 +424,10 @@ class Server:
         self._backlog: collections.deque[list[Chunk]] = collections.deque()
         self._answered: list[_Request] | None = None   # the worker's round: callers to wake
         self._wake_line = _WakeLine()
+        # Requests an HTTP front end is reading, on their way to submit() (see announce()).
+        self._front_ends = 0
+        self._arriving = 0
+        self._arrival_lock = threading.Lock()
         self._worker_thread_id: int | None = None
         self._reloads = 0
         self._consecutive_crashes = 0
@@ -521,6 +532,19 @@ class Server:
             raise ValueError(f"that future belongs to server {server.name!r}, not {self.name!r}")
         error = error if error is not None else RequestCancelledError("the caller cancelled the request")
         return self._finish(request, error=error)
+
+    def attach_front_end(self) -> None:
+        """Say that a front end (the HTTP app) will :meth:`announce` the requests it reads. From
+        then on a batch waits ``batch_timeout_ms`` for company only while more requests are on
+        their way or queued: a lone request runs at once instead of waiting for nobody."""
+        with self._arrival_lock:
+            self._front_ends += 1
+
+    def announce(self, delta: int) -> None:
+        """``+1``: a front end has begun reading a request; ``-1``: that request was submitted,
+        or dropped before it could be."""
+        with self._arrival_lock:
+            self._arriving += delta
 
     def report_rejected(self, error: BaseException) -> None:
         """Count a request refused before it reached the server (a malformed HTTP body, say):
@@ -637,7 +661,7 @@ class Server:
     def info(self) -> dict[str, Any]:
         """Path, name, device, counts, mean batch size, uptime, latency percentiles and more.
 
-        Keys: ``name``, ``path``, ``device``, ``ready``, ``batch_size``, ``batch_timeout_ms``,
+        Keys: ``name``, ``path``, ``device``, ``ready``, ``batch_size``, ``batch_timeout_ms``, ``threads``,
         ``batching``, ``batching_note``, ``rows_per_run``, ``queue_depth``, ``inference_count``,
         ``error_count``, ``request_count``, ``batch_count``, ``mean_batch_size``,
         ``batch_size_distribution`` (rows per run -> runs), ``padded_rows``, ``restarts``,
@@ -657,6 +681,7 @@ class Server:
             "ready": self.ready,
             "batch_size": self.batch_size,
             "batch_timeout_ms": self.batch_timeout_ms,
+            "threads": self._threads_now,
             "batching": self._batching,
             "batching_note": note,
             "rows_per_run": self._rows_per_run if self._batching else None,
@@ -696,7 +721,11 @@ class Server:
         # OpenMP keeps its thread count per thread: a new thread starts from the default (every
         # core) whatever torch.set_num_threads said in the main thread, and oversubscribed
         # BLAS threads spin; restate the process's setting here, where the model runs.
-        torch.set_num_threads(torch.get_num_threads())
+        chooser = ThreadChooser() if self.threads == "auto" else None
+        threads = self.threads if isinstance(self.threads, int) else \
+            chooser.threads_for(0.0) if chooser else torch.get_num_threads()
+        torch.set_num_threads(threads)
+        self._threads_now = threads
         self._worker_thread_id = threading.get_ident()
         try:
             if generation > 0 and not self._reload_until_ready(delay):
@@ -704,6 +733,11 @@ class Server:
             most = self._rows_per_run if self._batching else 1  # one full run of one-row requests
             queue, backlog = self._queue, self._backlog
             while True:
+                if chooser is not None:
+                    wanted = chooser.update()
+                    if wanted and wanted != self._threads_now:
+                        torch.set_num_threads(wanted)
+                        self._threads_now = wanted
                 if backlog:  # a split request has runs to go: take newcomers, never wait for them
                     batch = queue.take(1, deadline=0.0, most=most)
                 else:
@@ -739,7 +773,10 @@ class Server:
             group_rows[key] = group_rows.get(key, 0) + request.rows
         fullest = max(group_rows.values())
         while fullest < cap and len(batch) < most:
-            more = self._queue.take(cap - fullest, deadline=deadline, most=most - len(batch))
+            # Nothing queued and nothing on its way (as far as a front end can tell): no company
+            # is coming, so the batch takes what is there and runs.
+            alone = self._front_ends and not self._arriving and not len(self._queue)
+            more = self._queue.take(cap - fullest, deadline=0.0 if alone else deadline, most=most - len(batch))
             if not more:
                 return
             for request in more:
