@@ -5,6 +5,13 @@
     python -m benchmarks.serve_bench --requests 400      # requests per caller (default 100)
     python -m benchmarks.serve_bench --threads 2         # torch intra-op threads (default 1)
     python -m benchmarks.serve_bench --cpus 0            # pin the process to CPU 0 (Linux)
+    python -m benchmarks.serve_bench --http              # over HTTP, against KServe, with wrk
+
+``--http`` measures something else: ``pt2interp serve`` (batching off and on) and KServe's model
+server as subprocesses, loaded over HTTP by ``wrk``, quiet and with another process holding a
+core. It lives in ``benchmarks/serve_http_bench.py``, whose docstring says what it does and
+what its figures mean (``python -m benchmarks.serve_bench --http --help`` lists its options).
+What follows is the in-process benchmark, the default.
 
 Models:
 
@@ -204,7 +211,16 @@ def measure(path: Path, sample_shape: tuple[int, ...], requests_each: int, repea
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--http" in argv:
+        # its own options: the HTTP benchmark parses everything but --http itself
+        from benchmarks import serve_http_bench
+
+        return serve_http_bench.main([a for a in argv if a != "--http"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--http", action="store_true",
+                        help="the HTTP benchmark instead (benchmarks/serve_http_bench.py; "
+                             "--http --help for its options)")
     parser.add_argument("--requests", type=int, default=100, help="requests per caller (default 100)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per figure; the median is shown")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")

@@ -56,7 +56,9 @@ def _body(rows: int, seed: int = 0) -> tuple[bytes, torch.Tensor]:
 
 
 def _slow_runs(server: Server, seconds: float) -> list[int]:
-    """Make every model run take ``seconds`` longer; returns the rows of each run as it starts."""
+    """Make every model run take ``seconds`` longer, and split large requests into runs of 4
+    rows (as requests over the model's limit are); returns the rows of each run as it starts."""
+    server._split_rows = 4
     original = server.program.run
     runs: list[int] = []
 

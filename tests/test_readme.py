@@ -68,7 +68,7 @@ NEEDS_CUDA = r"--device cuda\b"
 @dataclass(frozen=True)
 class Step:
     index: int
-    kind: str        # "shell", "python", "file" (saved for a later command), "listing"
+    kind: str        # "shell", "python", "file" (saved for a later command), "listing", "client"
     text: str
     line: int        # README line of the command, or of the block's first line
     name: str = ""   # the file a "file" block is saved as
@@ -108,12 +108,15 @@ def readme_steps(text: str) -> list[Step]:
                 steps.append(Step(len(steps), "file", source, first, saved[1]))
             elif re.search(r"^def \w+\(.*\):\s*\.\.\.", source, re.MULTILINE):
                 steps.append(Step(len(steps), "listing", source, first))
+            elif f"localhost:{README_PORT}" in source:
+                steps.append(Step(len(steps), "client", source, first))
             else:
                 steps.append(Step(len(steps), "python", source, first))
         i = end + 1
     return steps
 
 
+README_PORT = "8080"
 STEPS = readme_steps(README.read_text(encoding="utf-8"))
 
 
@@ -135,7 +138,7 @@ def cuda_available() -> bool:
 
 
 def runs_here(step: Step) -> bool:
-    if skip_reason(step) or step.kind == "listing":
+    if skip_reason(step) or step.kind in ("listing", "client"):   # clients: test_serving_*
         return False
     return not re.search(NEEDS_CUDA, step.text) or cuda_available()
 
@@ -327,7 +330,7 @@ def test_readme_listing_is_what_the_command_writes(session, step):
 # -- the server and its clients ------------------------------------------------------------------
 SERVE = [s for s in STEPS if s.kind == "shell" and re.search(SERVING[0], s.text)]
 CURLS = [s for s in STEPS if s.kind == "shell" and re.search(SERVING[1], s.text)]
-README_PORT = "8080"
+CLIENTS = [s for s in STEPS if s.kind == "client"]
 
 
 def _free_port() -> int:
@@ -423,6 +426,16 @@ def test_serving_curl_line_as_pasted(session, served, step):
     assert "error" not in answer, answer
 
 
+@pytest.mark.parametrize("step", [pytest.param(s, id=s.id) for s in CLIENTS])
+def test_serving_python_client_runs(session, served, step):
+    """A Python block that talks to the README's server runs, as its own script, against it."""
+    script = session.folder / f"client_{step.index}.py"
+    script.write_text(_on_port(step.text, served), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], check=False, cwd=session.folder, env=session.env,
+                          capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+    assert done.returncode == 0, f"README line {step.line}:\n{done.stdout}\n{done.stderr}"
+
+
 def test_served_outputs_are_named_as_the_readme_says(served):
     infer = _curl_request(next(s.text for s in CURLS if "/infer" in s.text), served)
     with urllib.request.urlopen(infer, timeout=30) as answer:
@@ -445,4 +458,4 @@ def test_readme_steps_are_all_accounted_for():
     shell = [s for s in STEPS if s.kind == "shell"]
     assert any(s.text.startswith("pt2interp demo") for s in shell)
     for step in STEPS:
-        assert step.kind in ("shell", "python", "file", "listing"), step
+        assert step.kind in ("shell", "python", "file", "listing", "client"), step

@@ -368,8 +368,10 @@ def test_concurrent_requests_are_batched_and_answered_correctly(serve, path, sta
         assert info["padded_rows"] > 0 and max(map(int, info["batch_size_distribution"])) <= static_rows
 
 
-@pytest.mark.parametrize("path, rows_per_run", [(DYN_MLP, 8), (MLP, 4)], ids=["dynamic", "static"])
-def test_a_request_larger_than_the_batch_is_split(serve, path, rows_per_run):
+@pytest.mark.parametrize("path, rows_per_run", [(DYN_MLP, 21), (MLP, 4)], ids=["dynamic", "static"])
+def test_a_request_larger_than_the_batch_runs_as_the_model_allows(serve, path, rows_per_run):
+    """21 rows with batch_size=8: whole where the program takes 21 rows (as without batching),
+    in runs of 4 where its batch is a static 4."""
     server = serve(path, batch_size=8)
     runs = []
     server.on_event(lambda e: runs.append(e.batch_size) if e.kind == "batch" else None)
@@ -767,6 +769,7 @@ def test_a_withdrawn_request_never_runs(serve, batch_size):
 
 def test_a_split_request_stops_at_its_next_run_once_withdrawn(serve):
     server = serve(DYN_MLP, batch_size=4)
+    server._split_rows = 4        # pieces of 4 rows, as for a request over the model's limit
     runs = _count_runs(server)
     original = server.program.run
     started = threading.Event()
@@ -792,6 +795,7 @@ def test_a_split_request_stops_at_its_next_run_once_withdrawn(serve):
 
 def test_a_large_request_does_not_hold_up_the_ones_behind_it(serve):
     server = serve(DYN_MLP, batch_size=4)
+    server._split_rows = 4        # pieces of 4 rows, as for a request over the model's limit
     original = server.program.run
 
     def slow_run(*args, **kwargs):
@@ -849,3 +853,15 @@ def test_a_server_takes_its_thread_setting(serve):
     assert 1 <= auto.info()["threads"] <= (os.cpu_count() or 1)
     with pytest.raises(ValueError, match="threads must be"):
         serve(DYN_MLP, threads=0)
+
+
+def test_a_request_larger_than_a_batch_runs_whole_unless_the_model_cannot_take_it(serve):
+    server = serve(DYN_MLP, batch_size=16)               # the program takes 1..1024 rows
+    runs = _count_runs(server)
+    direct = pt2interp.load(DYN_MLP)
+    x = torch.randn(32, 16)
+    assert _close(server.predict(x), direct(x))
+    assert runs == [32]                                   # one run, as without batching
+    y = torch.randn(2500, 16)
+    assert _close(server.predict(y), torch.cat([direct(y[:1024]), direct(y[1024:2048]), direct(y[2048:])]))
+    assert runs[1:] == [1024, 1024, 452]

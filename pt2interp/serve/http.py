@@ -37,6 +37,7 @@ are answered meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -177,9 +178,11 @@ class OipApp:
             except _ClientGone:
                 status, body, headers, error = 499, None, {}, "the client went away"
             except asyncio.CancelledError:
-                # The ASGI server's graceful shutdown ran out of time: say so, if anyone listens.
+                # The ASGI server's graceful shutdown ran out of time: say so, if anyone listens
+                # (and if no answer had begun: the cancellation may land anywhere).
                 error = "the server is shutting down"
-                await _send(send, 503, dumps({"error": error}), _RETRY_AFTER | _CLOSE)
+                with contextlib.suppress(Exception):
+                    await _send(send, 503, dumps({"error": error}), _RETRY_AFTER | _CLOSE)
                 self.metrics.observe(name, 503, time.perf_counter() - started, error)
                 raise
             except Exception:

@@ -451,6 +451,9 @@ class Server:
         self._layout = layout
         limit = layout.rows_per_run_limit
         self._rows_per_run = min(self.batch_size, limit) if limit else self.batch_size
+        # A request larger than a batch runs on its own, whole, as it would without batching;
+        # only one larger than the program takes is split, into runs as large as it takes.
+        self._split_rows = max(limit, self._rows_per_run) if limit else None
         self._batching = self.batch_size > 1 and layout.batchable
         if self.batch_size > 1 and not layout.batchable:
             log.warning("server %r: batching off: %s", self.name, layout.reason)
@@ -804,7 +807,12 @@ class Server:
             for request in live:
                 self._run_alone(request)
             return
-        cap = self._rows_per_run
+        layout = self._layout
+        if len(live) == 1 and layout.static_rows is None and live[0].prepared is not None \
+                and layout.min_rows <= live[0].rows and (self._split_rows is None or live[0].rows <= self._split_rows):
+            self._run_alone(live[0])  # a round of one: nothing to stack, pad or split
+            return
+        cap, split = self._rows_per_run, self._split_rows
         chunks: list[Chunk] = []
         rows, keys = 0, set()
         for request in live:
@@ -816,7 +824,8 @@ class Server:
                 except Exception as exc:  # noqa: BLE001 - an input problem, this request's alone
                     self._finish(request, error=exc)
                     continue
-            mine = chunk_request(request, prepared, cap)
+            mine = [Chunk(request, prepared, 0, prepared.rows)] if split is None or prepared.rows <= split \
+                else chunk_request(request, prepared, split)
             if len(mine) > 1:  # split: its pieces are joined when the last run is done
                 request.pieces = [None] * len(mine)
                 request.remaining = len(mine)
