@@ -37,7 +37,9 @@ are answered meanwhile.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -116,6 +118,46 @@ class _Answered(RequestError):
     """An error answer for a request the server took (and counted) itself."""
 
 
+class _Gone(Exception):
+    """Set on a request's waiter when its client disconnects."""
+
+
+class _Expired(Exception):
+    """Set on a request's waiter when its deadline passes."""
+
+
+class _LoopInbox:
+    """Answers handed from worker threads to one event loop. Waking a loop from another thread
+    costs a system call (and the loop a turn); a worker answering a run of 16 requests wakes
+    the loop once, and the loop then sets all 16 waiters."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: collections.deque = collections.deque()
+        self.wake_pending = False
+
+    def post(self, waiter: asyncio.Future, result: Any, error: BaseException | None) -> None:
+        """From any thread: hand ``result`` (or ``error``) to ``waiter``."""
+        self.items.append((waiter, result, error))
+        # drain() clears the flag before it empties the deque: an item appended after it has
+        # looked finds the flag clear and schedules another drain; none is left behind.
+        if not self.wake_pending:
+            self.wake_pending = True
+            with contextlib.suppress(RuntimeError):   # the loop has closed: nobody waits
+                self.loop.call_soon_threadsafe(self.drain)
+
+    def drain(self) -> None:
+        self.wake_pending = False
+        items = self.items
+        while items:
+            waiter, result, error = items.popleft()
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(result)
+                else:
+                    waiter.set_exception(error)
+
+
 def create_app(servers: Server | Iterable[Server] | Mapping[str, Server], *,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, request_timeout_s: float | None = None,
                body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
@@ -153,8 +195,9 @@ class OipApp:
         self.limits = limits
         self.metrics = metrics
         self.state = api.state
-        self._inflight_bytes = dict.fromkeys(models, 0)   # touched by the event loop only: no lock
-        self._inflight_rows = dict.fromkeys(models, 0)
+        self._inflight_bytes = metrics.inflight_bytes    # touched by the event loop only: no lock
+        self._inflight_rows = metrics.inflight_rows
+        self._inboxes: dict[asyncio.AbstractEventLoop, _LoopInbox] = {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -196,8 +239,6 @@ class OipApp:
             if held[0] or held[1]:
                 self._inflight_bytes[name] -= held[0]
                 self._inflight_rows[name] -= held[1]
-                self.metrics.inflight_bytes.labels(name).set(self._inflight_bytes[name])
-                self.metrics.inflight_rows.labels(name).set(self._inflight_rows[name])
 
     async def _answer(self, scope, receive, name: str, version: str | None, held: list[int],
                       ) -> tuple[int, bytes, dict[str, str]]:
@@ -249,13 +290,9 @@ class OipApp:
                                     f"retry later", _RETRY_AFTER)
         self._inflight_rows[name] = rows + request.rows
         held[1] = request.rows
-        self.metrics.inflight_rows.labels(name).set(self._inflight_rows[name])
 
-        future = server.submit(*request.args, **request.kwargs)
-        server.announce(-1)
-        announced[0] = False
         timeout = limits.request_timeout_s if limits.request_timeout_s is not None else server.request_timeout_s
-        out = await self._wait(server, future, receive, timeout)
+        out = await self._wait(server, request, receive, timeout, announced)
         layout = server.layout   # the worker may have reloaded the model meanwhile
         try:
             if output_numel(out, layout) > _ENCODE_IN_THREAD_VALUES:
@@ -269,30 +306,35 @@ class OipApp:
                                             f"{type(exc).__name__}: {exc}")) from None
         return 200, body, answer_headers
 
-    async def _wait(self, server: Server, future, receive, timeout: float):
-        """The request's result; withdrawn from the server if the client goes away or the deadline
-        passes first, so that it costs no further model time."""
+    async def _wait(self, server: Server, request, receive, timeout: float, announced: list[bool]):
+        """Submit the request and wait for its result; withdrawn from the server if the client
+        goes away or the deadline passes first, so that it costs no further model time."""
         loop = asyncio.get_running_loop()
-        waiter = asyncio.wrap_future(future, loop=loop)
-        gone = loop.create_task(receive())   # only a disconnect can come now: the body is read
+        inbox = self._inboxes.get(loop)
+        if inbox is None:
+            inbox = self._inboxes[loop] = _LoopInbox(loop)
+        waiter = loop.create_future()
+        # No longer on its way before it is queued: a worker that finds it alone must not wait
+        # for it to arrive.
+        server.announce(-1)
+        announced[0] = False
+        handle = server.submit_call(request.args, request.kwargs,
+                                    lambda result, error: inbox.post(waiter, result, error))
+        # Only a disconnect can come from the client now: the body is read.
+        gone = loop.create_task(_disconnect(receive))
+        gone.add_done_callback(functools.partial(_on_disconnect, waiter))
+        timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_exception(_Expired()))
         try:
-            done, _ = await asyncio.wait((waiter, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            return await waiter
+        except _Gone:
+            server.withdraw(handle, RequestCancelledError("the client went away"))
+            raise _ClientGone(counted=True) from None
+        except _Expired:
+            server.withdraw(handle, RequestTimeoutError(f"server {server.name!r}: no answer within {timeout:g} s"))
+            raise _Answered(504, f"model {server.name!r}: no answer within {timeout:g} s") from None
         except asyncio.CancelledError:
-            server.withdraw(future, ServerClosedError(f"server {server.name!r} is shutting down"))
+            server.withdraw(handle, ServerClosedError(f"server {server.name!r} is shutting down"))
             raise
-        finally:
-            gone.cancel()
-        if waiter not in done:
-            if gone in done:
-                server.withdraw(future, RequestCancelledError("the client went away"))
-                waiter.cancel()
-                raise _ClientGone(counted=True)
-            server.withdraw(future, RequestTimeoutError(
-                f"server {server.name!r}: no answer within {timeout:g} s"))
-            waiter.cancel()
-            raise _Answered(504, f"model {server.name!r}: no answer within {timeout:g} s")
-        try:
-            return waiter.result()
         except InputMismatchError as exc:
             raise _Answered(400, str(exc)) from None
         except ServerBusyError as exc:
@@ -305,6 +347,9 @@ class OipApp:
             raise _Answered(500, _public(str(exc))) from None
         except Exception as exc:  # noqa: BLE001 - the model's own failure, reported as a 500
             raise _Answered(500, _public(f"model {server.name!r} failed: {type(exc).__name__}: {exc}")) from None
+        finally:
+            timer.cancel()
+            gone.cancel()
 
     async def _read_body(self, receive, name: str, held: list[int], counted: bool) -> bytes:
         limits = self.limits
@@ -343,7 +388,6 @@ class OipApp:
                                     f"{self.limits.max_inflight_bytes}); retry later", _RETRY_AFTER | _CLOSE)
         self._inflight_bytes[name] = inflight + size
         held[0] += size
-        self.metrics.inflight_bytes.labels(name).set(self._inflight_bytes[name])
 
 
 def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
@@ -450,6 +494,20 @@ def _int_header(headers: dict[bytes, bytes], key: bytes) -> int | None:
     if number < 0:
         raise RequestError(400, f"header {key.decode()} is not a non-negative integer: {value[:40]!r}")
     return number
+
+
+def _on_disconnect(waiter: asyncio.Future, task: asyncio.Task) -> None:
+    if task.cancelled():
+        return   # the answer came first
+    task.exception()   # retrieved, so asyncio does not log it; a failed receive counts as gone
+    if not waiter.done():
+        waiter.set_exception(_Gone())
+
+
+async def _disconnect(receive) -> None:
+    """Returns once the client has disconnected."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _public(message: str) -> str:

@@ -27,7 +27,6 @@ from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
-    Gauge,
     Histogram,
 )
 from prometheus_client import Counter as PromCounter
@@ -78,20 +77,25 @@ class HttpMetrics:
         self.duration = Histogram(
             "pt2interp_http_request_duration_seconds", "Infer requests from the first byte handled to the "
             "last byte of the response sent.", ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.inflight_bytes = Gauge("pt2interp_http_inflight_bytes", "Request body bytes held by requests "
-                                    "being answered.", ["model"], registry=self.registry)
-        self.inflight_rows = Gauge("pt2interp_http_inflight_rows", "Rows accepted and not yet answered.",
-                                   ["model"], registry=self.registry)
+        # Kept by the HTTP app (its event loop alone writes them), read at scrape time.
+        self.inflight_bytes: dict[str, int] = dict.fromkeys(models, 0)
+        self.inflight_rows: dict[str, int] = dict.fromkeys(models, 0)
         self.registry.register(ServerCollector(models))
+        self.registry.register(_InflightCollector(self))
         self._models = {name: ModelHttpStats() for name in models}
+        self._children: dict[tuple[str, int], tuple] = {}   # labels() is dear: once per series
         self._lock = threading.Lock()   # the status page may be read from another thread
 
     def observe(self, model: str, status: int, duration_s: float, error: str | None = None) -> None:
         """One answered (or abandoned, 499) infer request."""
         label = model if model in self._models else UNKNOWN_MODEL
         cls = status_class(status)
-        self.responses.labels(label, str(status), cls).inc()
-        self.duration.labels(label).observe(duration_s)
+        children = self._children.get((label, status))
+        if children is None:
+            children = self._children[(label, status)] = (self.responses.labels(label, str(status), cls),
+                                                          self.duration.labels(label))
+        children[0].inc()
+        children[1].observe(duration_s)
         stats = self._models.get(model)
         if stats is None:
             return
@@ -106,6 +110,24 @@ class HttpMetrics:
     def snapshot(self, model: str) -> dict:
         with self._lock:
             return self._models[model].snapshot()
+
+
+class _InflightCollector:
+    """The HTTP app's in-flight bodies and rows per model, read at scrape time."""
+
+    def __init__(self, metrics: HttpMetrics):
+        self.metrics = metrics
+
+    def collect(self):
+        inflight_bytes = GaugeMetricFamily("pt2interp_http_inflight_bytes", "Request body bytes held by "
+                                           "requests being answered.", labels=["model"])
+        inflight_rows = GaugeMetricFamily("pt2interp_http_inflight_rows", "Rows accepted and not yet answered.",
+                                          labels=["model"])
+        for name, n in list(self.metrics.inflight_bytes.items()):
+            inflight_bytes.add_metric([name], n)
+        for name, n in list(self.metrics.inflight_rows.items()):
+            inflight_rows.add_metric([name], n)
+        yield from (inflight_bytes, inflight_rows)
 
 
 class ServerCollector:

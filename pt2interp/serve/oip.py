@@ -319,7 +319,14 @@ def encode_response(out: Any, layout: BatchLayout, request: InferRequest, model_
     if request.id is not None:
         answer["id"] = request.id
     answer["outputs"] = described
-    header = dumps(answer)
+    try:
+        header = dumps(answer)
+    except ValueError:   # NaN or an infinity: JSON has neither (checked only when it happens)
+        for entry in described:
+            if "data" in entry:
+                entry["data"] = [v if not isinstance(v, float) or math.isfinite(v) else _non_finite_text(v)
+                                 for v in entry["data"]]
+        header = dumps(answer)
     if not chunks:
         return header, {"content-type": "application/json"}
     return header + b"".join(chunks), {"content-type": "application/octet-stream",
@@ -328,19 +335,16 @@ def encode_response(out: Any, layout: BatchLayout, request: InferRequest, model_
 
 def _encode_value(name: str, value: Any, slot, binary: bool) -> tuple[dict, bytes | None]:
     if isinstance(value, torch.Tensor):
-        t = value.detach().to("cpu")
+        # each torch call costs microseconds, a good part of a small answer: only those needed
+        t = value if value.device.type == "cpu" else value.to("cpu")
         entry: dict[str, Any] = {"name": name, "datatype": slot.datatype, "shape": list(t.shape)}
         if binary:
-            raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            raw = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
             entry["parameters"] = {"binary_data_size": len(raw)}
             return entry, raw
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.float()
-        flat = t.reshape(-1)
-        data = flat.tolist()
-        if flat.is_floating_point() and not bool(torch.isfinite(flat).all()):
-            data = [v if math.isfinite(v) else _non_finite_text(v) for v in data]
-        entry["data"] = data
+        entry["data"] = t.reshape(-1).tolist()
         return entry, None
     if isinstance(value, (bool, int, float)):
         datatype = "BOOL" if isinstance(value, bool) else "INT64" if isinstance(value, int) else "FP64"

@@ -254,6 +254,7 @@ class _Request:
 
     __slots__ = (
         "abandoned",
+        "callback",
         "claim",
         "compute_s",
         "done",
@@ -274,9 +275,11 @@ class _Request:
         "running",
     )
 
-    def __init__(self, future: concurrent.futures.Future | None = None):
+    def __init__(self, future: concurrent.futures.Future | None = None,
+                 callback: Callable[[Any, BaseException | None], None] | None = None):
         self.id = next(_request_ids)
         self.future = future
+        self.callback = callback
         self.enqueued = time.monotonic()
         self.claim = threading.Lock()
         self.done = threading.Lock()
@@ -522,7 +525,14 @@ class Server:
         future._stop = (self, request)
         return self._submit(request, args, kwargs).future
 
-    def withdraw(self, future: ServeFuture, error: ServeError | None = None) -> bool:
+    def submit_call(self, args: tuple, kwargs: dict, on_done: Callable[[Any, BaseException | None], None]):
+        """Queue a request and have ``on_done(result, error)`` called once it is answered, in the
+        answering thread (the worker's, as a rule): it must be quick and must not raise. The
+        low-level form of :meth:`submit` for front ends (no future, no lock per request);
+        returns a handle for :meth:`withdraw`."""
+        return self._submit(_Request(callback=on_done), args, kwargs)
+
+    def withdraw(self, future: ServeFuture | Any, error: ServeError | None = None) -> bool:
         """Give up on a request from :meth:`submit`: it fails with ``error`` (default
         :class:`RequestCancelledError`) at once, is skipped when the worker reaches it, and, if
         split into several runs, makes no further run. False when it had been answered already.
@@ -530,9 +540,12 @@ class Server:
         The HTTP layer calls this for clients that went away (``RequestCancelledError``) and for
         requests past their deadline (:class:`RequestTimeoutError`), so neither costs model time.
         """
-        server, request = future._stop
-        if server is not self:
-            raise ValueError(f"that future belongs to server {server.name!r}, not {self.name!r}")
+        if isinstance(future, _Request):      # a handle from submit_call
+            request = future
+        else:
+            server, request = future._stop
+            if server is not self:
+                raise ValueError(f"that future belongs to server {server.name!r}, not {self.name!r}")
         error = error if error is not None else RequestCancelledError("the caller cancelled the request")
         return self._finish(request, error=error)
 
@@ -614,6 +627,9 @@ class Server:
             if self._bus.subscribers:
                 self._bus.emit(self._stop_event(request, duration))
         request.result, request.error = result, error
+        if request.callback is not None:
+            request.callback(result, error)
+            return True
         answered = self._answered
         if answered is not None and request.future is None and threading.get_ident() == self._worker_thread_id:
             answered.append(request)  # woken in turn when the round ends (see _WakeLine)
@@ -640,7 +656,11 @@ class Server:
         if self._bus.subscribers:
             for request, duration in zip(claimed, durations):
                 self._bus.emit(self._stop_event(request, duration))
-        answered += claimed  # woken in turn when the round ends (see _WakeLine)
+        for request in claimed:
+            if request.callback is not None:
+                request.callback(request.result, None)
+            else:
+                answered.append(request)  # woken in turn when the round ends (see _WakeLine)
 
     def _stop_event(self, request: _Request, duration: float) -> ServeEvent:
         return ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
