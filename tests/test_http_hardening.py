@@ -5,6 +5,7 @@ have to mean what they say. Real uvicorn on loopback, raw sockets where a client
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -404,3 +405,34 @@ def test_a_lone_request_does_not_wait_out_the_batch_timeout(serve):
     assert alone.predict(torch.randn(15, 16)).shape == (15, 8)     # fills the run of 16
     assert future.result(WAIT).shape == (1, 8)
     assert alone.info()["batch_size_distribution"] == {"16": 1}
+
+
+def test_answers_from_many_threads_reach_every_waiter():
+    """The inbox that hands worker answers to the event loop wakes it once per burst and never
+    drops an answer, whatever the interleaving of posting threads and draining loop."""
+    from pt2interp.serve.http import _LoopInbox
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        inbox = _LoopInbox(loop)
+        waiters = [loop.create_future() for _ in range(4000)]
+        wakes = []
+        drain = inbox.drain
+        inbox.drain = lambda: (wakes.append(1), drain())
+
+        def poster(k):
+            for i in range(k, len(waiters), 4):
+                inbox.post(waiters[i], i, None if i % 7 else ValueError(i))
+
+        threads = [threading.Thread(target=poster, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), WAIT)
+        for t in threads:
+            t.join()
+        return results, len(wakes)
+
+    results, wakes = asyncio.run(main())
+    assert [r.args[0] if isinstance(r, ValueError) else r for r in results] == list(range(4000))
+    assert all(isinstance(r, ValueError) == (i % 7 == 0) for i, r in enumerate(results))
+    assert 1 <= wakes < 4000

@@ -43,6 +43,7 @@ import functools
 import logging
 import re
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
@@ -132,7 +133,7 @@ class _LoopInbox:
     the loop once, and the loop then sets all 16 waiters."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        self.loop = weakref.ref(loop)   # the app's table of inboxes must not keep old loops alive
         self.items: collections.deque = collections.deque()
         self.wake_pending = False
 
@@ -143,8 +144,10 @@ class _LoopInbox:
         # looked finds the flag clear and schedules another drain; none is left behind.
         if not self.wake_pending:
             self.wake_pending = True
-            with contextlib.suppress(RuntimeError):   # the loop has closed: nobody waits
-                self.loop.call_soon_threadsafe(self.drain)
+            loop = self.loop()
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):   # the loop has closed: nobody waits
+                    loop.call_soon_threadsafe(self.drain)
 
     def drain(self) -> None:
         self.wake_pending = False
@@ -197,7 +200,8 @@ class OipApp:
         self.state = api.state
         self._inflight_bytes = metrics.inflight_bytes    # touched by the event loop only: no lock
         self._inflight_rows = metrics.inflight_rows
-        self._inboxes: dict[asyncio.AbstractEventLoop, _LoopInbox] = {}
+        self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopInbox] = \
+            weakref.WeakKeyDictionary()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -299,11 +303,11 @@ class OipApp:
                 body, answer_headers = await asyncio.to_thread(encode_response, out, layout, request, name)
             else:
                 body, answer_headers = encode_response(out, layout, request, name)
-        except RequestError:
-            raise
+        except RequestError as exc:   # the server counted it as answered: no second count
+            raise _Answered(exc.status, str(exc), exc.headers) from None
         except Exception as exc:  # noqa: BLE001 - outputs that do not fit the recorded layout
-            raise RequestError(500, _public(f"model {name!r}: its outputs could not be encoded: "
-                                            f"{type(exc).__name__}: {exc}")) from None
+            raise _Answered(500, _public(f"model {name!r}: its outputs could not be encoded: "
+                                         f"{type(exc).__name__}: {exc}")) from None
         return 200, body, answer_headers
 
     async def _wait(self, server: Server, request, receive, timeout: float, announced: list[bool]):

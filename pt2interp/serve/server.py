@@ -767,8 +767,8 @@ class Server:
                     batch = queue.take(1, most=most)
                     if not batch:
                         return  # closed, and everything queued before has been answered
-                if batch and self._batching:
-                    self._fill(batch, most)
+                if batch and self._batching and (len(queue) or self._arriving or not self._front_ends):
+                    self._fill(batch, most)   # company is queued or on its way
                 self._inflight = batch
                 self._answered = answered = []
                 try:
@@ -828,11 +828,11 @@ class Server:
                 self._run_alone(request)
             return
         layout = self._layout
-        if len(live) == 1 and layout.static_rows is None and live[0].prepared is not None \
-                and layout.min_rows <= live[0].rows and (self._split_rows is None or live[0].rows <= self._split_rows):
-            self._run_alone(live[0])  # a round of one: nothing to stack, pad or split
-            return
         cap, split = self._rows_per_run, self._split_rows
+        # A dynamic batch takes any row count in range: a request that shares its run with no
+        # other (a batch's worth of rows or more, or alone in the round) runs as it would
+        # without batching, with nothing to stack, pad or split.
+        dynamic = layout.static_rows is None
         chunks: list[Chunk] = []
         rows, keys = 0, set()
         for request in live:
@@ -840,28 +840,31 @@ class Server:
             if prepared is None:
                 # queued before a reload switched batching on: validate it here instead
                 try:
-                    prepared = request.prepared = self._layout.prepare(request.leaves)
+                    prepared = request.prepared = layout.prepare(request.leaves)
                 except Exception as exc:  # noqa: BLE001 - an input problem, this request's alone
                     self._finish(request, error=exc)
                     continue
-            mine = [Chunk(request, prepared, 0, prepared.rows)] if split is None or prepared.rows <= split \
-                else chunk_request(request, prepared, split)
-            if len(mine) > 1:  # split: its pieces are joined when the last run is done
-                request.pieces = [None] * len(mine)
-                request.remaining = len(mine)
-            chunks += mine
-            rows += prepared.rows
-            keys.add(prepared.group_key)
+            n = prepared.rows
+            if split is not None and n > split:
+                # More rows than the program takes: pieces joined once the last has run, each
+                # piece a run of its own from the backlog, one per round (see _worker_main).
+                pieces = chunk_request(request, prepared, split)
+                request.pieces = [None] * len(pieces)
+                request.remaining = len(pieces)
+                self._backlog.extend([piece] for piece in pieces)
+            elif dynamic and n >= layout.min_rows and (n >= cap or len(live) == 1):
+                self._run_alone(request)
+            else:
+                chunks.append(Chunk(request, prepared, 0, n))
+                rows += n
+                keys.add(prepared.group_key)
+        if not chunks:
+            return
         # The usual round, compatible requests that fit one run, needs no planning.
         if len(keys) == 1 and rows <= cap:
             self._run_chunks(chunks)
             return
-        runs = plan_runs(chunks, cap)
-        for i, run in enumerate(runs):
-            if i and len(self._queue):
-                # Others are waiting: the rest goes to the backlog, a run per round from now on.
-                self._backlog.extend(runs[i:])
-                return
+        for run in plan_runs(chunks, cap):
             self._run_chunks(run)
 
     def _run_alone(self, request: _Request) -> None:
