@@ -684,8 +684,8 @@ class Server:
     def info(self) -> dict[str, Any]:
         """Path, name, device, counts, mean batch size, uptime, latency percentiles and more.
 
-        Keys: ``name``, ``path``, ``device``, ``ready``, ``batch_size``, ``batch_timeout_ms``, ``threads``,
-        ``batching``, ``batching_note``, ``rows_per_run``, ``queue_depth``, ``inference_count``,
+        Keys: ``name``, ``path``, ``device``, ``ready``, ``batch_size``, ``batch_timeout_ms``,
+        ``threads``, ``batching``, ``batching_note``, ``rows_per_run``, ``queue_depth``, ``inference_count``,
         ``error_count``, ``request_count``, ``batch_count``, ``mean_batch_size``,
         ``batch_size_distribution`` (rows per run -> runs), ``padded_rows``, ``restarts``,
         ``reloads``, ``last_error``, ``uptime_s``, ``throughput_rps`` (over the last 10 s),
