@@ -82,6 +82,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import pt2interp
+from benchmarks.serve_http_bench import free_port
 
 MLP = "dynamic_batch_mlp"
 MULTI_IO = "multi_io"
@@ -108,12 +109,6 @@ PRINTED_EXAMPLES = 10
 
 
 # -- the server process -------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_bytes(pid: int) -> int | None:
     """The process's resident set size, or None once it has gone."""
     try:

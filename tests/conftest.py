@@ -25,3 +25,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def serve():
+    """``serve(path, **kw)`` starts a uniquely named ``pt2interp.serve.Server``, shut down after
+    the test."""
+    import uuid
+
+    from pt2interp.serve import Server
+
+    started = []
+
+    def start(path, **kw):
+        kw.setdefault("name", f"t-{uuid.uuid4().hex[:8]}")
+        server = Server(path, **kw)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown(drain=False, timeout=2.0)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import json
-import os
 import re
 import signal
 import socket
@@ -34,19 +34,9 @@ WAIT = 20.0
 
 
 @pytest.fixture
-def serve():
-    """``serve(**server_kw)`` -> a uniquely named server on the dynamic MLP, shut down after."""
-    made: list[Server] = []
-
-    def start(**kw) -> Server:
-        kw.setdefault("name", f"h-{len(made)}-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-        server = Server(DYN_MLP, **kw)
-        made.append(server)
-        return server
-
-    yield start
-    for s in made:
-        s.shutdown(drain=False, timeout=2.0)
+def serve(serve):
+    """``serve(**server_kw)``: conftest's ``serve``, on the dynamic MLP."""
+    return functools.partial(serve, DYN_MLP)
 
 
 def _body(rows: int, seed: int = 0) -> tuple[bytes, torch.Tensor]:

@@ -50,20 +50,6 @@ class Fatal(BaseException):
     """Not an Exception: escapes the per-request handling and kills the worker."""
 
 
-@pytest.fixture
-def serve():
-    """``serve(path, **kw)`` starts a uniquely named server, shut down after the test."""
-    started: list[Server] = []
-
-    def start(path, **kw) -> Server:
-        kw.setdefault("name", f"t-{uuid.uuid4().hex[:8]}")
-        server = Server(path, **kw)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.shutdown(drain=False, timeout=2.0)
 
 
 def _wait_until(predicate, what: str, timeout: float = WAIT) -> None:

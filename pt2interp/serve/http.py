@@ -50,6 +50,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -65,7 +66,6 @@ from pt2interp.serve.oip import (
     decode_request,
     dumps,
     encode_response,
-    output_numel,
     shown_name,
 )
 from pt2interp.serve.server import (
@@ -246,12 +246,7 @@ class OipApp:
 
     async def _answer(self, scope, receive, name: str, version: str | None, held: list[int],
                       ) -> tuple[int, bytes, dict[str, str]]:
-        if version is not None and version != "1":
-            raise RequestError(404, f"unknown model version {shown_name(version)} (only version 1 exists)")
-        server = self.models.get(name)
-        if server is None:
-            raise RequestError(404, f"unknown model {shown_name(name)} "
-                                    f"(models: {', '.join(sorted(self.models)) or 'none'})")
+        server = _lookup(self.models, name, version)
         server.announce(1)
         announced = [True]
         try:
@@ -299,10 +294,13 @@ class OipApp:
         out = await self._wait(server, request, receive, timeout, announced)
         layout = server.layout   # the worker may have reloaded the model meanwhile
         try:
-            if output_numel(out, layout) > _ENCODE_IN_THREAD_VALUES:
-                body, answer_headers = await asyncio.to_thread(encode_response, out, layout, request, name)
+            leaves = layout.output_leaves(out)
+            values = sum(v.numel() for v in leaves if isinstance(v, torch.Tensor))
+            if values > _ENCODE_IN_THREAD_VALUES:
+                body, answer_headers = await asyncio.to_thread(encode_response, out, layout, request, name,
+                                                               leaves=leaves)
             else:
-                body, answer_headers = encode_response(out, layout, request, name)
+                body, answer_headers = encode_response(out, layout, request, name, leaves=leaves)
         except RequestError as exc:   # the server counted it as answered: no second count
             raise _Answered(exc.status, str(exc), exc.headers) from None
         except Exception as exc:  # noqa: BLE001 - outputs that do not fit the recorded layout
@@ -410,14 +408,6 @@ def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
     async def _server_error(request, exc: Exception):
         return _json({"error": "internal server error (the server's log has the details)"}, 500)
 
-    def lookup(name: str, version: str | None) -> Server:
-        if version is not None and version != "1":
-            raise RequestError(404, f"unknown model version {shown_name(version)} (only version 1 exists)")
-        server = models.get(name)
-        if server is None:
-            raise RequestError(404, f"unknown model {shown_name(name)} (models: {', '.join(sorted(models)) or 'none'})")
-        return server
-
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return HTMLResponse(status_page)
@@ -443,7 +433,7 @@ def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None):
         try:
-            meta = lookup(name, version).metadata()
+            meta = _lookup(models, name, version).metadata()
         except RequestError as exc:
             return _json({"error": str(exc)}, exc.status)
         meta["name"] = name
@@ -453,7 +443,7 @@ def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
         try:
-            ok = lookup(name, version).ready
+            ok = _lookup(models, name, version).ready
         except RequestError as exc:
             return _json({"error": str(exc)}, exc.status)
         return _json({"name": name, "ready": ok}, 200 if ok else 400)
@@ -468,6 +458,16 @@ def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _lookup(models: Mapping[str, Server], name: str, version: str | None) -> Server:
+    """The server for a route's model name and version; a 404 naming the ones there are."""
+    if version is not None and version != "1":
+        raise RequestError(404, f"unknown model version {shown_name(version)} (only version 1 exists)")
+    server = models.get(name)
+    if server is None:
+        raise RequestError(404, f"unknown model {shown_name(name)} (models: {', '.join(sorted(models)) or 'none'})")
+    return server
 
 
 def _model_status(name: str, server: Server, metrics: HttpMetrics) -> dict[str, Any]:

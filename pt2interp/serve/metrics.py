@@ -32,7 +32,12 @@ from prometheus_client import (
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from pt2interp.serve.stats import ERROR_KINDS, LATENCY_BUCKETS, LATENCY_WINDOW, percentile
+from pt2interp.serve.stats import (
+    ERROR_KINDS,
+    LATENCY_BUCKETS,
+    LATENCY_WINDOW,
+    latency_percentiles_ms,
+)
 
 UNKNOWN_MODEL = "_unknown"   # the label for names no server has (keeps label values bounded)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -57,7 +62,7 @@ class ModelHttpStats:
         return {
             "responses_by_class": dict(sorted(self.by_class.items())),
             "responses_by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "latency_ms": {f"p{q}": round(percentile(latencies, q) * 1000.0, 4) for q in (50, 95, 99)},
+            "latency_ms": latency_percentiles_ms(latencies),
             "latency_samples": len(latencies),
             "last_failure": self.last_failure,
         }

@@ -301,11 +301,13 @@ def _non_finite(flat: list, name: str) -> list:
 
 
 # -- responses -----------------------------------------------------------------------------------
-def encode_response(out: Any, layout: BatchLayout, request: InferRequest, model_name: str,
-                    ) -> tuple[bytes, dict[str, str]]:
+def encode_response(out: Any, layout: BatchLayout, request: InferRequest, model_name: str, *,
+                    leaves: list[Any] | None = None) -> tuple[bytes, dict[str, str]]:
     """The model's result -> (body, headers): JSON, or JSON and binary data when any output is
-    asked for in binary."""
-    leaves = dict(zip((s.name for s in layout.outputs), layout.output_leaves(out)))
+    asked for in binary. ``leaves``: ``layout.output_leaves(out)``, where the caller has them."""
+    if leaves is None:
+        leaves = layout.output_leaves(out)
+    leaves = dict(zip((s.name for s in layout.outputs), leaves))
     slots = {s.name: s for s in layout.outputs}
     wanted = request.outputs or [RequestedOutput(s.name) for s in layout.outputs]
     described, chunks = [], []
@@ -365,11 +367,6 @@ def _non_finite_text(value: float) -> str:
 def dumps(content: Any) -> bytes:
     """Compact JSON; refuses NaN and infinities, which no strict parser reads."""
     return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
-
-
-def output_numel(out: Any, layout: BatchLayout) -> int:
-    """How many values an answer holds: to choose where to encode it."""
-    return sum(v.numel() for v in layout.output_leaves(out) if isinstance(v, torch.Tensor))
 
 
 def _json_type(value: Any) -> str:

@@ -106,9 +106,8 @@ class ServeFuture(concurrent.futures.Future):
     def cancel(self) -> bool:
         if super().cancel():
             return True
-        if self._stop is not None and not self.done():
-            server, request = self._stop
-            server._finish(request, error=RequestCancelledError("the caller cancelled the request"))
+        if self._stop is not None:
+            self._stop[0].withdraw(self)
         return False
 
 
@@ -767,8 +766,8 @@ class Server:
                     batch = queue.take(1, most=most)
                     if not batch:
                         return  # closed, and everything queued before has been answered
-                if batch and self._batching and (len(queue) or self._arriving or not self._front_ends):
-                    self._fill(batch, most)   # company is queued or on its way
+                if batch and self._batching and self._company_coming():
+                    self._fill(batch, most)
                 self._inflight = batch
                 self._answered = answered = []
                 try:
@@ -796,10 +795,8 @@ class Server:
             group_rows[key] = group_rows.get(key, 0) + request.rows
         fullest = max(group_rows.values())
         while fullest < cap and len(batch) < most:
-            # Nothing queued and nothing on its way (as far as a front end can tell): no company
-            # is coming, so the batch takes what is there and runs.
-            alone = self._front_ends and not self._arriving and not len(self._queue)
-            more = self._queue.take(cap - fullest, deadline=0.0 if alone else deadline, most=most - len(batch))
+            deadline_now = deadline if self._company_coming() else 0.0   # take what is there and run
+            more = self._queue.take(cap - fullest, deadline=deadline_now, most=most - len(batch))
             if not more:
                 return
             for request in more:
@@ -807,6 +804,11 @@ class Server:
                 group_rows[key] = group_rows.get(key, 0) + request.rows
             batch += more
             fullest = max(group_rows.values())
+
+    def _company_coming(self) -> bool:
+        """Whether a batch may get company by waiting: requests are queued or on their way (as
+        a front end announces them), or no front end says which (in-process callers)."""
+        return not self._front_ends or bool(self._arriving) or bool(len(self._queue))
 
     def _run_round(self, batch: list[_Request]) -> None:
         live = []

@@ -268,7 +268,7 @@ class ServerStats:
                 "started_at": self.started_at,
                 "uptime_s": round(uptime, 3),
                 "throughput_rps": round(len(self._recent) / window, 3),
-                "latency_ms": {f"p{q}": round(percentile(latencies, q) * 1000.0, 4) for q in (50, 95, 99)},
+                "latency_ms": latency_percentiles_ms(latencies),
                 "latency_samples": len(latencies),
                 "queue_seconds": self.queue_time.snapshot(),
                 "compute_seconds": self.compute_time.snapshot(),
@@ -297,6 +297,11 @@ def error_kind(error: BaseException | None) -> str:
     if isinstance(error, server.WorkerCrashedError):
         return "crash"
     return "model"
+
+
+def latency_percentiles_ms(sorted_s: list[float]) -> dict[str, float]:
+    """``{"p50": ..., "p95": ..., "p99": ...}`` in milliseconds, from sorted seconds."""
+    return {f"p{q}": round(percentile(sorted_s, q) * 1000.0, 4) for q in (50, 95, 99)}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
