@@ -55,8 +55,11 @@ class ExportedProgramModel(kserve.Model):
             out = self.program(x)
         result = out.numpy()
         output = InferOutput(name="out", shape=list(result.shape), datatype="FP32", data=result)
-        return InferResponse(response_id=payload.id or str(uuid.uuid4()), model_name=self.name,
-                             infer_outputs=[output])
+        return InferResponse(
+            response_id=payload.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=[output],
+        )
 
 
 def main() -> None:
@@ -66,8 +69,9 @@ def main() -> None:
     args, _ = parser.parse_known_args()
     kserve.protocol.rest.server.uvicorn.Config = LoopbackConfig
     model = ExportedProgramModel(args.model_name, args.model_path)
-    server = kserve.ModelServer(http_port=args.http_port, workers=1, enable_grpc=False,
-                                enable_latency_logging=False)
+    server = kserve.ModelServer(
+        http_port=args.http_port, workers=1, enable_grpc=False, enable_latency_logging=False
+    )
     # ModelServer() has configured logging by now: silence the lines logged per request
     # (uvicorn's access log, and KServe's timing middleware, which still times each request)
     for name in ("uvicorn.access", "kserve.trace"):

@@ -87,8 +87,13 @@ def build_archive(path: Path, width: int = 8192, layers: int = 4) -> None:
 
 def measure(path: Path, repeats: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", _MEASURE, str(path), str(repeats)],
-                          check=True, capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(path), str(repeats)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -96,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--path", type=Path, help="benchmark this archive instead of the generated one")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls after the first (median)")
-    ap.add_argument("--build", type=Path, help=argparse.SUPPRESS)  # internal: build the archive and exit
+    ap.add_argument(
+        "--build", type=Path, help=argparse.SUPPRESS
+    )  # internal: build the archive and exit
     args = ap.parse_args(argv)
     if args.build:
         build_archive(args.build)
@@ -108,21 +115,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"building {path} (once) ...", file=sys.stderr)
             # in a child process: a fork inherits its parent's peak RSS, and building holds
             # the 1 GB of weights, which would then show up as the measurement's peak
-            subprocess.run([sys.executable, "-m", "benchmarks.read_schema_bench", "--build", str(path)],
-                           check=True, cwd=REPO)
+            subprocess.run(
+                [sys.executable, "-m", "benchmarks.read_schema_bench", "--build", str(path)],
+                check=True,
+                cwd=REPO,
+            )
     r = measure(path, args.repeats)
     size = path.stat().st_size
     ms = {k: r[k] * 1e3 for k in ("first_s", "median_s", "min_s", "max_s")}
     rss_mib = r["rss_before_kib"] / 1024, r["rss_peak_kib"] / 1024
     rows = [
         ("archive", f"{path}"),
-        ("size", (f"{size / 1e9:.2f} GB ({size / 2**30:.2f} GiB), {r['parameters']:,} parameters, "
-                 f"{r['nodes']} nodes")),
+        (
+            "size",
+            (
+                f"{size / 1e9:.2f} GB ({size / 2**30:.2f} GiB), {r['parameters']:,} parameters, "
+                f"{r['nodes']} nodes"
+            ),
+        ),
         ("read_schema, first call", f"{ms['first_s']:.1f} ms"),
-        (f"read_schema, median of {args.repeats}",
-         f"{ms['median_s']:.1f} ms (min {ms['min_s']:.1f}, max {ms['max_s']:.1f})"),
+        (
+            f"read_schema, median of {args.repeats}",
+            f"{ms['median_s']:.1f} ms (min {ms['min_s']:.1f}, max {ms['max_s']:.1f})",
+        ),
         ("peak RSS after import pt2interp", f"{rss_mib[0]:.1f} MiB"),
-        ("peak RSS after read_schema", f"{rss_mib[1]:.1f} MiB (+{rss_mib[1] - rss_mib[0]:.1f} MiB)"),
+        (
+            "peak RSS after read_schema",
+            f"{rss_mib[1]:.1f} MiB (+{rss_mib[1] - rss_mib[0]:.1f} MiB)",
+        ),
         ("torch imported", "yes" if r["torch_imported"] else "no"),
     ]
     width = max(len(k) for k, _ in rows)

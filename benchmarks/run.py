@@ -35,10 +35,15 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-CACHE = Path(os.environ.get("PT2INTERP_CACHE", Path.home() / ".cache" / "pt2interp")) / "bench" / f"torch-{torch.__version__}"
+CACHE = (
+    Path(os.environ.get("PT2INTERP_CACHE", Path.home() / ".cache" / "pt2interp"))
+    / "bench"
+    / f"torch-{torch.__version__}"
+)
 
 
 # -- models ------------------------------------------------------------------------------------
+
 
 class GPTBlock(torch.nn.Module):
     def __init__(self, d: int, heads: int):
@@ -107,7 +112,9 @@ def resnet18_path(batch: int = 1) -> Path:
     """The zoo's full-size ResNet-18 exported at ``batch`` (exports guard the batch size)."""
     from fixtures.zoo import ZOO
 
-    return _export_cached(f"resnet18_b{batch}", ZOO["resnet18"].module, (torch.randn(batch, 3, 224, 224),))
+    return _export_cached(
+        f"resnet18_b{batch}", ZOO["resnet18"].module, (torch.randn(batch, 3, 224, 224),)
+    )
 
 
 def gpt_path() -> Path:
@@ -120,7 +127,10 @@ def tiny_path() -> Path:
 
 # -- measuring -----------------------------------------------------------------------------------
 
-def interleaved(fns: dict, repeats: int, warmup: int = 1, samples: dict | None = None) -> dict[str, float]:
+
+def interleaved(
+    fns: dict, repeats: int, warmup: int = 1, samples: dict | None = None
+) -> dict[str, float]:
     """Median seconds per call of each function, runs interleaved so drift hits all alike.
     ``samples``, if given, receives every timing by name (for :func:`paired_ratio`)."""
     for _ in range(warmup):
@@ -150,12 +160,19 @@ def bench_load(path: Path, repeats: int) -> dict:
     import pt2interp
 
     samples: dict = {}
-    t = interleaved({
-        "torch": lambda: torch.export.load(path).module(),
-        "pt2interp": lambda: pt2interp.load(path),
-    }, repeats, samples=samples)
-    return {"torch_load_s": t["torch"], "pt2interp_load_s": t["pt2interp"],
-            "load_ratio": paired_ratio(samples, "torch", "pt2interp")}
+    t = interleaved(
+        {
+            "torch": lambda: torch.export.load(path).module(),
+            "pt2interp": lambda: pt2interp.load(path),
+        },
+        repeats,
+        samples=samples,
+    )
+    return {
+        "torch_load_s": t["torch"],
+        "pt2interp_load_s": t["pt2interp"],
+        "load_ratio": paired_ratio(samples, "torch", "pt2interp"),
+    }
 
 
 def bench_forward(path: Path, args: tuple, repeats: int) -> dict:
@@ -169,11 +186,17 @@ def bench_forward(path: Path, args: tuple, repeats: int) -> dict:
             gm(*args)
 
     samples: dict = {}
-    t = interleaved({"torch": run_torch, "pt2interp": lambda: prog(*args)}, repeats, warmup=2, samples=samples)
+    t = interleaved(
+        {"torch": run_torch, "pt2interp": lambda: prog(*args)}, repeats, warmup=2, samples=samples
+    )
     with torch.inference_mode():
         same = torch.equal(gm(*args), prog(*args))
-    return {"torch_fwd_ms": t["torch"] * 1e3, "pt2interp_fwd_ms": t["pt2interp"] * 1e3,
-            "fwd_ratio": paired_ratio(samples, "pt2interp", "torch"), "outputs_equal": same}
+    return {
+        "torch_fwd_ms": t["torch"] * 1e3,
+        "pt2interp_fwd_ms": t["pt2interp"] * 1e3,
+        "fwd_ratio": paired_ratio(samples, "pt2interp", "torch"),
+        "outputs_equal": same,
+    }
 
 
 def bench_tiny(repeats: int) -> dict:
@@ -201,11 +224,20 @@ def bench_tiny(repeats: int) -> dict:
             return direct()
 
     samples: dict = {}
-    t = interleaved({"direct": direct_im, "graph_module": graph_module, "pt2interp": lambda: prog(x, y)},
-                    repeats, warmup=3, samples=samples)
+    t = interleaved(
+        {"direct": direct_im, "graph_module": graph_module, "pt2interp": lambda: prog(x, y)},
+        repeats,
+        warmup=3,
+        samples=samples,
+    )
     us = {k: v / nodes * 1e6 for k, v in t.items()}
-    return {"nodes": nodes, "direct_us_per_node": us["direct"], "graph_module_us_per_node": us["graph_module"],
-            "pt2interp_us_per_node": us["pt2interp"], "ratio_vs_graph_module": paired_ratio(samples, "pt2interp", "graph_module")}
+    return {
+        "nodes": nodes,
+        "direct_us_per_node": us["direct"],
+        "graph_module_us_per_node": us["graph_module"],
+        "pt2interp_us_per_node": us["pt2interp"],
+        "ratio_vs_graph_module": paired_ratio(samples, "pt2interp", "graph_module"),
+    }
 
 
 # Peak RSS from /proc/self/status VmHWM, which starts afresh at exec: ru_maxrss would carry over
@@ -238,13 +270,22 @@ print(json.dumps({"base_kb": base["VmHWM:"], "peak_kb": status_kb("VmHWM:"),
 def bench_memory(path: Path, threads: int) -> dict:
     import pt2interp
 
-    weight_bytes = sum(t.untyped_storage().nbytes() for t in
-                       {id(t.untyped_storage()): t for t in pt2interp.read_program(path).state_dict().values()}.values())
+    weight_bytes = sum(
+        t.untyped_storage().nbytes()
+        for t in {
+            id(t.untyped_storage()): t for t in pt2interp.read_program(path).state_dict().values()
+        }.values()
+    )
     out = {"weights_mb": weight_bytes / 2**20}
     env = _python_env()
     for which in ("torch", "pt2interp"):
-        r = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, which, str(path), str(threads)],
-                           capture_output=True, text=True, check=True, env=env)
+        r = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, which, str(path), str(threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
         fig = json.loads(r.stdout.strip().splitlines()[-1])
         extra = (fig["peak_kb"] - fig["base_kb"]) * 1024
         out[f"{which}_peak_over_base_mb"] = extra / 2**20
@@ -263,8 +304,11 @@ def _python_env() -> dict:
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(CACHE / "pycache")
-    subprocess.run([sys.executable, "-c", "import pt2interp.api, pt2interp.cli, pt2interp.introspect"],
-                   env=env, check=False)
+    subprocess.run(
+        [sys.executable, "-c", "import pt2interp.api, pt2interp.cli, pt2interp.introspect"],
+        env=env,
+        check=False,
+    )
     return env
 
 
@@ -289,19 +333,31 @@ def bench_schema(path: Path, repeats: int) -> dict:
     env = _python_env()
     out = {}
     try:
-        r = subprocess.run([sys.executable, "-c", _SCHEMA_CHILD, str(path), str(max(repeats, 9))],
-                           capture_output=True, text=True, check=True, env=env)
+        r = subprocess.run(
+            [sys.executable, "-c", _SCHEMA_CHILD, str(path), str(max(repeats, 9))],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
         fig = json.loads(r.stdout.strip().splitlines()[-1])
         out["read_schema_ms"] = fig["median_s"] * 1e3
         out["read_schema_first_call_ms"] = fig["first_s"] * 1e3
         out["torch_imported"] = fig["torch_imported"]
     except (subprocess.CalledProcessError, ValueError, KeyError) as exc:
-        out["read_schema_ms"] = f"unavailable ({str(getattr(exc, 'stderr', exc)).strip().splitlines()[-1][:80]})"
+        out["read_schema_ms"] = (
+            f"unavailable ({str(getattr(exc, 'stderr', exc)).strip().splitlines()[-1][:80]})"
+        )
     times, ok = [], True
     for _ in range(5):
         t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "pt2interp.cli", "info", str(path)], capture_output=True,
-                           text=True, check=False, env=env)
+        r = subprocess.run(
+            [sys.executable, "-m", "pt2interp.cli", "info", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
         times.append(time.perf_counter() - t)
         ok = ok and r.returncode == 0
     out["info_process_s"] = statistics.median(times)
@@ -311,8 +367,11 @@ def bench_schema(path: Path, repeats: int) -> dict:
 
 # -- report --------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--only", nargs="*", default=None, help="resnet18 gpt tiny memory schema")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
@@ -320,8 +379,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     want = set(a.only or ["resnet18", "gpt", "tiny", "memory", "schema"])
-    results: dict = {"torch": torch.__version__, "threads": a.threads, "machine": os.uname().machine,
-                     "cpus": os.cpu_count()}
+    results: dict = {
+        "torch": torch.__version__,
+        "threads": a.threads,
+        "machine": os.uname().machine,
+        "cpus": os.cpu_count(),
+    }
 
     rows = []
     if "resnet18" in want:
@@ -329,7 +392,9 @@ def main(argv=None) -> int:
             p = resnet18_path(batch)
             load = bench_load(p, a.repeats)
             # short calls, so more of them: 40 ms calls here vary by a third from one to the next
-            fwd = bench_forward(p, (torch.randn(batch, 3, 224, 224),), 6 * a.repeats if batch == 1 else a.repeats)
+            fwd = bench_forward(
+                p, (torch.randn(batch, 3, 224, 224),), 6 * a.repeats if batch == 1 else a.repeats
+            )
             rows.append({"model": f"resnet18 b{batch}", "params": "11.7M", **load, **fwd})
     if "gpt" in want:
         p = gpt_path()
@@ -338,38 +403,57 @@ def main(argv=None) -> int:
         rows.append({"model": "gpt s128", "params": "110M", **load, **fwd})
     results["models"] = rows
     if rows:
-        print(f"\n{'model':<12} {'params':>6} {'torch load s':>12} {'ours load s':>11} {'ratio':>6} "
-              f"{'torch fwd ms':>12} {'ours fwd ms':>11} {'ratio':>6} {'equal':>5}")
+        print(
+            f"\n{'model':<12} {'params':>6} {'torch load s':>12} {'ours load s':>11} {'ratio':>6} "
+            f"{'torch fwd ms':>12} {'ours fwd ms':>11} {'ratio':>6} {'equal':>5}"
+        )
         for r in rows:
-            print(f"{r['model']:<12} {r['params']:>6} {r['torch_load_s']:>12.3f} {r['pt2interp_load_s']:>11.4f} "
-                  f"{r['load_ratio']:>5.1f}x {r['torch_fwd_ms']:>12.2f} {r['pt2interp_fwd_ms']:>11.2f} "
-                  f"{r['fwd_ratio']:>5.3f}x {r['outputs_equal']!s:>5}")
-        print("(load ratio: torch / pt2interp, higher is better; fwd ratio: pt2interp / torch, lower is better)")
+            print(
+                f"{r['model']:<12} {r['params']:>6} {r['torch_load_s']:>12.3f} {r['pt2interp_load_s']:>11.4f} "
+                f"{r['load_ratio']:>5.1f}x {r['torch_fwd_ms']:>12.2f} {r['pt2interp_fwd_ms']:>11.2f} "
+                f"{r['fwd_ratio']:>5.3f}x {r['outputs_equal']!s:>5}"
+            )
+        print(
+            "(load ratio: torch / pt2interp, higher is better; fwd ratio: pt2interp / torch, lower is better)"
+        )
     if "tiny" in want:
         t = bench_tiny(max(a.repeats, 9))
         results["tiny"] = t
-        print(f"\n2,000 tiny ops ({t['nodes']} nodes), µs per node: direct {t['direct_us_per_node']:.2f}, "
-              f"GraphModule {t['graph_module_us_per_node']:.2f}, pt2interp {t['pt2interp_us_per_node']:.2f} "
-              f"(pt2interp / GraphModule = {t['ratio_vs_graph_module']:.3f}x)")
+        print(
+            f"\n2,000 tiny ops ({t['nodes']} nodes), µs per node: direct {t['direct_us_per_node']:.2f}, "
+            f"GraphModule {t['graph_module_us_per_node']:.2f}, pt2interp {t['pt2interp_us_per_node']:.2f} "
+            f"(pt2interp / GraphModule = {t['ratio_vs_graph_module']:.3f}x)"
+        )
     if "memory" in want:
         m = bench_memory(gpt_path(), a.threads)
         results["memory"] = m
-        print(f"\npeak RSS over the post-import baseline, loading the GPT ({m['weights_mb']:.0f} MB of weights) "
-              f"and running it once: torch {m['torch_peak_over_base_mb']:.0f} MB ({m['torch_x_weights']:.2f}x weights), "
-              f"pt2interp {m['pt2interp_peak_over_base_mb']:.0f} MB ({m['pt2interp_x_weights']:.2f}x weights)")
+        print(
+            f"\npeak RSS over the post-import baseline, loading the GPT ({m['weights_mb']:.0f} MB of weights) "
+            f"and running it once: torch {m['torch_peak_over_base_mb']:.0f} MB ({m['torch_x_weights']:.2f}x weights), "
+            f"pt2interp {m['pt2interp_peak_over_base_mb']:.0f} MB ({m['pt2interp_x_weights']:.2f}x weights)"
+        )
         for who in ("torch", "pt2interp"):
-            print(f"  {who:<9} after the run: file-backed {m[who + '_file_mb']:.0f} MB (mapped weights, library code), "
-                  f"anonymous {m[who + '_anon_mb']:.0f} MB (weight copies, activations, the "
-                  f"{m['output_mb']:.0f} MB of logits, the parsed program)")
+            print(
+                f"  {who:<9} after the run: file-backed {m[who + '_file_mb']:.0f} MB (mapped weights, library code), "
+                f"anonymous {m[who + '_anon_mb']:.0f} MB (weight copies, activations, the "
+                f"{m['output_mb']:.0f} MB of logits, the parsed program)"
+            )
     if "schema" in want:
         s = bench_schema(gpt_path(), a.repeats)
         results["schema"] = s
         ms = s["read_schema_ms"]
-        schema_text = ms if isinstance(ms, str) else (
-            f"{ms:.1f} ms median in process (first call, with the import of pt2interp: "
-            f"{s['read_schema_first_call_ms']:.0f} ms), torch imported: {s['torch_imported']}")
-        print(f"\nread_schema on the GPT archive: {schema_text}; "
-              f"whole `pt2interp info` process {s['info_process_s']:.2f} s median of 5 (ok={s['info_ok']})")
+        schema_text = (
+            ms
+            if isinstance(ms, str)
+            else (
+                f"{ms:.1f} ms median in process (first call, with the import of pt2interp: "
+                f"{s['read_schema_first_call_ms']:.0f} ms), torch imported: {s['torch_imported']}"
+            )
+        )
+        print(
+            f"\nread_schema on the GPT archive: {schema_text}; "
+            f"whole `pt2interp info` process {s['info_process_s']:.2f} s median of 5 (ok={s['info_ok']})"
+        )
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -86,7 +86,7 @@ def wake_up_us(cpus: tuple[int, int] | None, round_trips: int = 5000) -> float:
 
     def pin(which: int) -> None:
         if cpus is not None:
-            os.sched_setaffinity(0, {cpus[which]})   # 0: the calling thread
+            os.sched_setaffinity(0, {cpus[which]})  # 0: the calling thread
 
     def other() -> None:
         pin(1)
@@ -176,34 +176,51 @@ def run_callers(server: Server, rows: list[torch.Tensor], direct, static_rows: i
             raise AssertionError(f"request {i} got a wrong answer")
     flat = sorted(v for lat in latencies for v in lat)
     runs = after["batch_count"] - before["batch_count"]
-    return {"rps": len(rows) / elapsed, "cpu_us": 1e6 * cpu / len(rows), "p50_ms": 1000 * flat[len(flat) // 2],
-            "p99_ms": 1000 * flat[min(len(flat) - 1, int(len(flat) * 0.99))], "rows_per_run": len(rows) / runs}
+    return {
+        "rps": len(rows) / elapsed,
+        "cpu_us": 1e6 * cpu / len(rows),
+        "p50_ms": 1000 * flat[len(flat) // 2],
+        "p99_ms": 1000 * flat[min(len(flat) - 1, int(len(flat) * 0.99))],
+        "rows_per_run": len(rows) / runs,
+    }
 
 
-def measure(path: Path, sample_shape: tuple[int, ...], requests_each: int, repeats: int) -> dict[int, dict]:
+def measure(
+    path: Path, sample_shape: tuple[int, ...], requests_each: int, repeats: int
+) -> dict[int, dict]:
     """Figures for batch_size 1 and 16 on one model, their timed rounds interleaved (1, 16, 1,
     16, ...) so that both see the same machine load; medians over ``repeats`` rounds."""
     direct = pt2interp.load(path)
-    servers = {bs: Server(path, name=f"bench-{path.stem}-{bs}", batch_size=bs, batch_timeout_ms=2)
-               for bs in (1, 16)}
+    servers = {
+        bs: Server(path, name=f"bench-{path.stem}-{bs}", batch_size=bs, batch_timeout_ms=2)
+        for bs in (1, 16)
+    }
     static_rows = servers[16].layout.static_rows
     gen = torch.Generator().manual_seed(0)
     rows = [torch.randn(1, *sample_shape, generator=gen) for _ in range(CALLERS * requests_each)]
-    inputs = {16: rows,
-              # without batching a static program takes only full batches: each caller pads its own
-              1: [torch.cat([r] * static_rows) for r in rows] if static_rows else rows}
+    inputs = {
+        16: rows,
+        # without batching a static program takes only full batches: each caller pads its own
+        1: [torch.cat([r] * static_rows) for r in rows] if static_rows else rows,
+    }
     rounds: dict[int, list[dict]] = {1: [], 16: []}
     try:
-        for bs, server in servers.items():   # warm-up
-            run_callers(server, inputs[bs][: CALLERS * 5], direct, static_rows if bs == 16 else None)
+        for bs, server in servers.items():  # warm-up
+            run_callers(
+                server, inputs[bs][: CALLERS * 5], direct, static_rows if bs == 16 else None
+            )
         for _ in range(repeats):
             for bs, server in servers.items():
-                rounds[bs].append(run_callers(server, inputs[bs], direct, static_rows if bs == 16 else None))
+                rounds[bs].append(
+                    run_callers(server, inputs[bs], direct, static_rows if bs == 16 else None)
+                )
     finally:
         for server in servers.values():
             server.shutdown()
-    figures = {bs: {key: statistics.median(r[key] for r in results) for key in results[0]}
-               for bs, results in rounds.items()}
+    figures = {
+        bs: {key: statistics.median(r[key] for r in results) for key in results[0]}
+        for bs, results in rounds.items()
+    }
     pairs = list(zip(rounds[1], rounds[16]))
     figures["speedup"] = statistics.median(b["rps"] / a["rps"] for a, b in pairs)
     figures["cpu_ratio"] = statistics.median(a["cpu_us"] / b["cpu_us"] for a, b in pairs)
@@ -218,11 +235,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_http_bench.main([a for a in argv if a != "--http"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--http", action="store_true",
-                        help="the HTTP benchmark instead (benchmarks/serve_http_bench.py; "
-                             "--http --help for its options)")
-    parser.add_argument("--requests", type=int, default=100, help="requests per caller (default 100)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per figure; the median is shown")
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="the HTTP benchmark instead (benchmarks/serve_http_bench.py; "
+        "--http --help for its options)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=100, help="requests per caller (default 100)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="timed rounds per figure; the median is shown"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--no-static", action="store_true", help="skip the static small_cnn row")
     parser.add_argument("--cpus", help="pin the process to these CPUs first, e.g. 0 or 0,1 (Linux)")
@@ -234,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wanted = {int(c) for c in args.cpus.split(",")}
         except ValueError:
-            parser.error(f"--cpus {args.cpus!r}: give CPU numbers separated by commas, e.g. 0 or 0,1")
+            parser.error(
+                f"--cpus {args.cpus!r}: give CPU numbers separated by commas, e.g. 0 or 0,1"
+            )
         if not wanted <= ours:
             parser.error(f"--cpus {args.cpus}: this process may use CPUs {sorted(ours)} only")
         os.sched_setaffinity(0, wanted)
@@ -245,13 +271,19 @@ def main(argv: list[str] | None = None) -> int:
             ("small_cnn", export_dynamic_small_cnn(Path(tmp)), (3, 16, 16)),
         ]
         if not args.no_static:
-            models.append(("small_cnn (static 2)", REPO / "fixtures" / "zoo" / "small_cnn.pt2", (3, 16, 16)))
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {CALLERS} callers x "
-              f"{args.requests} one-row requests, batch_timeout_ms=2, median of {args.repeats}")
+            models.append(
+                ("small_cnn (static 2)", REPO / "fixtures" / "zoo" / "small_cnn.pt2", (3, 16, 16))
+            )
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {CALLERS} callers x "
+            f"{args.requests} one-row requests, batch_timeout_ms=2, median of {args.repeats}"
+        )
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
         print(f"CPUs: {cpus if cpus is not None else os.cpu_count()}; {describe_wake_ups(cpus)}")
-        header = ("| model | batch_size=1 req/s | batch_size=16 req/s | speed-up | rows/run (16) "
-                  "| p50 / p99 ms (1) | p50 / p99 ms (16) | CPU µs/req (1 / 16) | CPU ratio | steal |")
+        header = (
+            "| model | batch_size=1 req/s | batch_size=16 req/s | speed-up | rows/run (16) "
+            "| p50 / p99 ms (1) | p50 / p99 ms (16) | CPU µs/req (1 / 16) | CPU ratio | steal |"
+        )
         lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for label, path, shape in models:
             ticks = cpu_ticks()
@@ -259,10 +291,12 @@ def main(argv: list[str] | None = None) -> int:
             steal = steal_share(ticks, cpu_ticks())
             one, sixteen = figures[1], figures[16]
             ratio = figures["speedup"]
-            lines.append(f"| {label} | {one['rps']:,.0f} | {sixteen['rps']:,.0f} | {ratio:.1f}x "
-                         f"| {sixteen['rows_per_run']:.1f} | {one['p50_ms']:.1f} / {one['p99_ms']:.1f} "
-                         f"| {sixteen['p50_ms']:.1f} / {sixteen['p99_ms']:.1f} "
-                         f"| {one['cpu_us']:.0f} / {sixteen['cpu_us']:.0f} | {figures['cpu_ratio']:.1f}x | {steal} |")
+            lines.append(
+                f"| {label} | {one['rps']:,.0f} | {sixteen['rps']:,.0f} | {ratio:.1f}x "
+                f"| {sixteen['rows_per_run']:.1f} | {one['p50_ms']:.1f} / {one['p99_ms']:.1f} "
+                f"| {sixteen['p50_ms']:.1f} / {sixteen['p99_ms']:.1f} "
+                f"| {one['cpu_us']:.0f} / {sixteen['cpu_us']:.0f} | {figures['cpu_ratio']:.1f}x | {steal} |"
+            )
             print(lines[-1], flush=True)
         print()
         print("\n".join(lines))

@@ -86,25 +86,38 @@ from benchmarks.serve_http_bench import free_port
 
 MLP = "dynamic_batch_mlp"
 MULTI_IO = "multi_io"
-PATHS = {MLP: REPO / "fixtures" / "zoo" / "dynamic_batch_mlp.pt2",
-         MULTI_IO: REPO / "fixtures" / "zoo" / "multi_io.pt2"}
+PATHS = {
+    MLP: REPO / "fixtures" / "zoo" / "dynamic_batch_mlp.pt2",
+    MULTI_IO: REPO / "fixtures" / "zoo" / "multi_io.pt2",
+}
 # The order soak_server arms crashes in (crash #n goes to CRASH_ORDER[(n - 1) % 2]) and the most
 # requests one worker holds at once (batch_size requests of one row each; 1 without batching).
 CRASH_ORDER = (MLP, MULTI_IO)
 HELD_AT_MOST = {MLP: 16, MULTI_IO: 1}
-MAX_BODY_BYTES = 16 * 1024 * 1024      # pt2interp.serve.http's default limit
+MAX_BODY_BYTES = 16 * 1024 * 1024  # pt2interp.serve.http's default limit
 RTOL, ATOL = 1e-5, 1e-6
-CLIENT_TIMEOUT_S = 30.0                # no answer within this: "lost"
+CLIENT_TIMEOUT_S = 30.0  # no answer within this: "lost"
 HEALTH_LIMIT_S = 1.0
-STOP_TIMEOUT_S = 20.0                  # SIGTERM to exit, before SIGKILL
+STOP_TIMEOUT_S = 20.0  # SIGTERM to exit, before SIGKILL
 MiB = 1024 * 1024
-DTYPES = {"FP16": torch.float16, "BF16": torch.bfloat16, "FP32": torch.float32,
-          "FP64": torch.float64, "INT8": torch.int8, "INT16": torch.int16, "INT32": torch.int32,
-          "INT64": torch.int64, "UINT8": torch.uint8, "BOOL": torch.bool}
+DTYPES = {
+    "FP16": torch.float16,
+    "BF16": torch.bfloat16,
+    "FP32": torch.float32,
+    "FP64": torch.float64,
+    "INT8": torch.int8,
+    "INT16": torch.int16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
 OIP_OF_DTYPE = {dtype: name for name, dtype in DTYPES.items()}
-CRASH_TEXT = re.compile(r"died while running this request \(InjectedCrash: soak: injected crash "
-                        r"#(\d+)\)")
-MAX_EXAMPLES = 20                      # failures kept in full (--json); the rest are counted
+CRASH_TEXT = re.compile(
+    r"died while running this request \(InjectedCrash: soak: injected crash "
+    r"#(\d+)\)"
+)
+MAX_EXAMPLES = 20  # failures kept in full (--json); the rest are counted
 PRINTED_EXAMPLES = 10
 
 
@@ -137,8 +150,12 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 90.0) -> None
 def stop_server(proc: subprocess.Popen) -> dict[str, Any]:
     """SIGTERM, wait; SIGKILL if it does not exit in time. Returns what happened."""
     if proc.poll() is not None:
-        return {"exit_s": None, "returncode": proc.returncode, "killed": False,
-                "already_gone": True}
+        return {
+            "exit_s": None,
+            "returncode": proc.returncode,
+            "killed": False,
+            "already_gone": True,
+        }
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
@@ -148,8 +165,12 @@ def stop_server(proc: subprocess.Popen) -> dict[str, Any]:
         proc.kill()
         proc.wait(10)
         killed = True
-    return {"exit_s": time.monotonic() - started, "returncode": proc.returncode, "killed": killed,
-            "already_gone": False}
+    return {
+        "exit_s": time.monotonic() - started,
+        "returncode": proc.returncode,
+        "killed": killed,
+        "already_gone": False,
+    }
 
 
 # -- the tally ----------------------------------------------------------------------------------
@@ -162,7 +183,7 @@ class Tally:
         self.invalid_kinds: Counter[str] = Counter()
         self.invalid_kinds_ok: Counter[str] = Counter()
         self.disconnect_kinds: Counter[str] = Counter()
-        self.crash_hits: Counter[int] = Counter()      # injection number -> requests it failed
+        self.crash_hits: Counter[int] = Counter()  # injection number -> requests it failed
         self.failures: list[dict[str, Any]] = []
         self.failure_kinds: Counter[str] = Counter()
         self.latencies: list[float] = []
@@ -230,15 +251,23 @@ class Models:
 
 
 def encode_inputs(inputs: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    return [{"name": name, "shape": list(t.shape), "datatype": OIP_OF_DTYPE[t.dtype],
-             "data": t.reshape(-1).tolist()} for name, t in inputs.items()]
+    return [
+        {
+            "name": name,
+            "shape": list(t.shape),
+            "datatype": OIP_OF_DTYPE[t.dtype],
+            "data": t.reshape(-1).tolist(),
+        }
+        for name, t in inputs.items()
+    ]
 
 
-def check_answer(models: Models, model: str, answer: Any, expected: dict[str, torch.Tensor],
-                 request_id: str) -> str | None:
+def check_answer(
+    models: Models, model: str, answer: Any, expected: dict[str, torch.Tensor], request_id: str
+) -> str | None:
     """What is wrong with a 200 answer to a valid request (None: nothing)."""
     if not isinstance(answer, dict) or not isinstance(answer.get("outputs"), list):
-        return "the answer has no \"outputs\" list"
+        return 'the answer has no "outputs" list'
     if answer.get("id") != request_id:
         return f"the answer's id is {answer.get('id')!r}, the request's {request_id!r}"
     if answer.get("model_name") != model:
@@ -250,8 +279,10 @@ def check_answer(models: Models, model: str, answer: Any, expected: dict[str, to
     for out in answer["outputs"]:
         name, ref = out["name"], expected[out["name"]]
         if out.get("datatype") != specs[name]["datatype"]:
-            return (f"output {name!r}: datatype {out.get('datatype')!r}, "
-                    f"metadata says {specs[name]['datatype']}")
+            return (
+                f"output {name!r}: datatype {out.get('datatype')!r}, "
+                f"metadata says {specs[name]['datatype']}"
+            )
         if out.get("shape") != list(ref.shape):
             return f"output {name!r}: shape {out.get('shape')}, expected {list(ref.shape)}"
         try:
@@ -272,8 +303,9 @@ def _nested(depth: int, inner: bytes = b"1.0") -> bytes:
     return b"[" * depth + inner + b"]" * depth
 
 
-def invalid_request(models: Models, rng: random.Random, gen: torch.Generator
-                    ) -> tuple[str, str, str, bytes | None]:
+def invalid_request(
+    models: Models, rng: random.Random, gen: torch.Generator
+) -> tuple[str, str, str, bytes | None]:
     """(kind, method, path, body) of one request the server must refuse with a 4xx."""
     model = rng.choice((MLP, MULTI_IO))
     path = f"/v2/models/{model}/infer"
@@ -284,22 +316,65 @@ def invalid_request(models: Models, rng: random.Random, gen: torch.Generator
     def body(inputs: Any = None, **extra: Any) -> bytes:
         return json.dumps({"inputs": tensors if inputs is None else inputs, **extra}).encode()
 
-    kind = rng.choice(("malformed_json", "non_object_body", "wrong_datatype", "wrong_data_values",
-                       "element_count", "wrong_shape", "unknown_model", "unknown_input",
-                       "missing_input", "duplicate_input", "unknown_output", "deep_nesting",
-                       "huge_model_name", "bad_version", "empty_body", "wrong_method",
-                       "body_over_limit"))
+    kind = rng.choice(
+        (
+            "malformed_json",
+            "non_object_body",
+            "wrong_datatype",
+            "wrong_data_values",
+            "element_count",
+            "wrong_shape",
+            "unknown_model",
+            "unknown_input",
+            "missing_input",
+            "duplicate_input",
+            "unknown_output",
+            "deep_nesting",
+            "huge_model_name",
+            "bad_version",
+            "empty_body",
+            "wrong_method",
+            "body_over_limit",
+        )
+    )
     if kind == "malformed_json":
         good = body()
-        data = rng.choice((good[: rng.randint(1, len(good) - 1)], b"{inputs: []}", b"\xff\xfe{}",
-                           b'{"inputs": [}', good + b"}", b"{'inputs': []}", b"NaN-ish"))
+        data = rng.choice(
+            (
+                good[: rng.randint(1, len(good) - 1)],
+                b"{inputs: []}",
+                b"\xff\xfe{}",
+                b'{"inputs": [}',
+                good + b"}",
+                b"{'inputs': []}",
+                b"NaN-ish",
+            )
+        )
     elif kind == "non_object_body":
-        data = rng.choice((b"[]", b'"inputs"', b"42", b"null", b"true", b"{}", b'{"inputs": 5}',
-                           b'{"inputs": [5]}', b'{"inputs": {}}', b'{"inputs": [[]]}',
-                           b'{"inputs": [{"name": 7}]}'))
+        data = rng.choice(
+            (
+                b"[]",
+                b'"inputs"',
+                b"42",
+                b"null",
+                b"true",
+                b"{}",
+                b'{"inputs": 5}',
+                b'{"inputs": [5]}',
+                b'{"inputs": {}}',
+                b'{"inputs": [[]]}',
+                b'{"inputs": [{"name": 7}]}',
+            )
+        )
     elif kind == "wrong_datatype":
-        wrong = rng.choice([t for t in ("FP64", "FP16", "INT32", "INT64", "BOOL", "FLOAT", "fp32",
-                                        "", "STRING") if t != first["datatype"]] + [7, None])
+        wrong = rng.choice(
+            [
+                t
+                for t in ("FP64", "FP16", "INT32", "INT64", "BOOL", "FLOAT", "fp32", "", "STRING")
+                if t != first["datatype"]
+            ]
+            + [7, None]
+        )
         data = body([{**first, "datatype": wrong}] + tensors[1:])
     elif kind == "wrong_data_values":
         bad = rng.choice(("x", None, {"a": 1}, [], 1e400 if first["datatype"] == "BOOL" else "1.0"))
@@ -312,9 +387,18 @@ def invalid_request(models: Models, rng: random.Random, gen: torch.Generator
         data = body([{**first, "data": values}] + tensors[1:])
     elif kind == "wrong_shape":
         count = len(first["data"])
-        shape = rng.choice(([count], [count, 1], [*first["shape"], 1], [-1, *first["shape"][1:]],
-                            [0, *first["shape"][1:]], "2x16", [2.0, 8.0]))
-        if model == MULTI_IO and rng.random() < 0.5:   # a static batch of 5: 4 rows must fail
+        shape = rng.choice(
+            (
+                [count],
+                [count, 1],
+                [*first["shape"], 1],
+                [-1, *first["shape"][1:]],
+                [0, *first["shape"][1:]],
+                "2x16",
+                [2.0, 8.0],
+            )
+        )
+        if model == MULTI_IO and rng.random() < 0.5:  # a static batch of 5: 4 rows must fail
             rows = 4
             rowed = encode_inputs(models.random_inputs(model, 1, gen))
             for t in rowed:
@@ -339,15 +423,16 @@ def invalid_request(models: Models, rng: random.Random, gen: torch.Generator
         depth = rng.choice((350, 395, 399, 401, 1000, 5000, 100_000))
         where = rng.choice(("data", "body", "inputs", "parameters"))
         if where == "data":
-            data = (body([{**first, "data": "@"}] + tensors[1:])
-                    .replace(b'"@"', _nested(depth, json.dumps(first["data"][0]).encode())))
+            data = body([{**first, "data": "@"}] + tensors[1:]).replace(
+                b'"@"', _nested(depth, json.dumps(first["data"][0]).encode())
+            )
         elif where == "body":
             data = _nested(depth)
         elif where == "inputs":
             data = b'{"inputs": ' + _nested(depth, b"") + b"}"
         else:
             data = body(parameters="@").replace(b'"@"', b'{"a":' * depth + b"1" + b"}" * depth)
-            data = data.replace(b'"inputs"', b'"inputs_not"')   # refused even if parsed
+            data = data.replace(b'"inputs"', b'"inputs_not"')  # refused even if parsed
     elif kind == "huge_model_name":
         # Under 15 KB: see the module docstring for what happens to longer ones.
         path = f"/v2/models/{'m' * rng.randint(1024, 15 * 1024)}/infer"
@@ -375,14 +460,16 @@ def check_refusal(status: int | None, content: bytes | None) -> str | None:
     except ValueError:
         return f"status {status} but the body is not JSON"
     if not (isinstance(answer, dict) and isinstance(answer.get("error"), str) and answer["error"]):
-        return f"status {status} but the body is not {{\"error\": \"...\"}}"
+        return f'status {status} but the body is not {{"error": "..."}}'
     return None
 
 
 # -- raw sockets --------------------------------------------------------------------------------
 def _request_head(path: str, length: int) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    ).encode()
 
 
 def read_raw_answer(sock: socket.socket, timeout: float) -> tuple[int | None, bytes | None]:
@@ -414,8 +501,16 @@ def hang_up(sock: socket.socket, reset: bool) -> None:
 
 # -- the clients --------------------------------------------------------------------------------
 class Soak:
-    def __init__(self, base: str, models: Models, tally: Tally, stop: threading.Event,
-                 deadline: float, injections: list[float], seed: int):
+    def __init__(
+        self,
+        base: str,
+        models: Models,
+        tally: Tally,
+        stop: threading.Event,
+        deadline: float,
+        injections: list[float],
+        seed: int,
+    ):
         self.base = base
         self.host, self.port = base.removeprefix("http://").split(":")
         self.port = int(self.port)
@@ -423,7 +518,7 @@ class Soak:
         self.tally = tally
         self.stop = stop
         self.deadline = deadline
-        self.injections = injections   # monotonic time each crash was injected; crash #n at [n-1]
+        self.injections = injections  # monotonic time each crash was injected; crash #n at [n-1]
         self.seed = seed
 
     def client_thread(self, index: int) -> None:
@@ -455,17 +550,34 @@ class Soak:
         expected = self.models.reference(model, inputs)
         started = time.monotonic()
         try:
-            r = client.post(f"/v2/models/{model}/infer", content=body,
-                            headers={"content-type": "application/json"})
+            r = client.post(
+                f"/v2/models/{model}/infer",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
         except httpx.TransportError as exc:
             self.tally.add("lost")
-            self.tally.fail("lost", cls="valid", model=model, request=_snippet(body),
-                            error=f"{type(exc).__name__}: {exc}", expected="200 and the outputs")
+            self.tally.fail(
+                "lost",
+                cls="valid",
+                model=model,
+                request=_snippet(body),
+                error=f"{type(exc).__name__}: {exc}",
+                expected="200 and the outputs",
+            )
             return
         self.judge_valid(model, r.status_code, r.content, expected, request_id, body, started)
 
-    def judge_valid(self, model: str, status: int, content: bytes, expected: dict, request_id: str,
-                    body: bytes, started: float) -> None:
+    def judge_valid(
+        self,
+        model: str,
+        status: int,
+        content: bytes,
+        expected: dict,
+        request_id: str,
+        body: bytes,
+        started: float,
+    ) -> None:
         elapsed = time.monotonic() - started
         if status == 200:
             try:
@@ -479,17 +591,31 @@ class Soak:
                     self.tally.latencies.append(elapsed)
             else:
                 self.tally.add("wrong")
-                self.tally.fail("wrong answer", cls="valid", model=model, request=_snippet(body),
-                                status=status, response=_snippet(content), problem=problem)
+                self.tally.fail(
+                    "wrong answer",
+                    cls="valid",
+                    model=model,
+                    request=_snippet(body),
+                    status=status,
+                    response=_snippet(content),
+                    problem=problem,
+                )
             return
         problem = self.crash_problem(model, status, content, started)
         if problem is None:
             self.tally.add("crash-affected")
             return
         self.tally.add("valid non-200")
-        self.tally.fail("valid request refused", cls="valid", model=model, request=_snippet(body),
-                        status=status, response=_snippet(content), expected="200 and the outputs",
-                        problem=problem)
+        self.tally.fail(
+            "valid request refused",
+            cls="valid",
+            model=model,
+            request=_snippet(body),
+            status=status,
+            response=_snippet(content),
+            expected="200 and the outputs",
+            problem=problem,
+        )
 
     def crash_problem(self, model: str, status: int, content: bytes, started: float) -> str | None:
         """None if this non-200 is an injected crash's, as described in the docstring."""
@@ -533,10 +659,19 @@ class Soak:
                 self.tally.invalid_kinds_ok[kind] += 1
             return
         self.tally.add("lost" if status is None else "invalid mis-answered")
-        self.tally.fail("lost" if status is None else "invalid request not refused properly",
-                        cls="invalid", kind=kind, method=method, path=_snippet(path, 120),
-                        request=_snippet(body), status=status, response=_snippet(content),
-                        error=error, expected="a 4xx with {\"error\": ...}", problem=problem)
+        self.tally.fail(
+            "lost" if status is None else "invalid request not refused properly",
+            cls="invalid",
+            kind=kind,
+            method=method,
+            path=_snippet(path, 120),
+            request=_snippet(body),
+            status=status,
+            response=_snippet(content),
+            error=error,
+            expected='a 4xx with {"error": ...}',
+            problem=problem,
+        )
 
     def over_limit(self, path: str) -> tuple[int | None, bytes | None]:
         """A Content-Length over the server's limit, body never sent: must be refused (413)
@@ -567,12 +702,18 @@ class Soak:
         except (OSError, httpx.TransportError) as exc:
             # Could not even hand the request over: the server is not taking connections.
             self.tally.add("lost")
-            self.tally.fail("lost", cls="disconnect", kind=kind, request=_snippet(body),
-                            error=f"{type(exc).__name__}: {exc}",
-                            expected="the server to take the request before we hang up")
+            self.tally.fail(
+                "lost",
+                cls="disconnect",
+                kind=kind,
+                request=_snippet(body),
+                error=f"{type(exc).__name__}: {exc}",
+                expected="the server to take the request before we hang up",
+            )
 
-    def timeout_client(self, path: str, body: bytes, inputs: dict, request_id: str,
-                       rng: random.Random) -> None:
+    def timeout_client(
+        self, path: str, body: bytes, inputs: dict, request_id: str, rng: random.Random
+    ) -> None:
         timeout = httpx.Timeout(10.0, read=rng.uniform(0.001, 0.03))
         started = time.monotonic()
         with httpx.Client(base_url=self.base, timeout=timeout) as client:
@@ -587,8 +728,14 @@ class Soak:
 
 
 # -- samplers -----------------------------------------------------------------------------------
-def sample_rss(proc: subprocess.Popen, t0: float, every: float, stop: threading.Event,
-               samples: list[tuple[float, int]], died: threading.Event) -> None:
+def sample_rss(
+    proc: subprocess.Popen,
+    t0: float,
+    every: float,
+    stop: threading.Event,
+    samples: list[tuple[float, int]],
+    died: threading.Event,
+) -> None:
     while not stop.wait(every):
         rss = rss_bytes(proc.pid)
         if rss is None or proc.poll() is not None:
@@ -632,8 +779,12 @@ def read_probe(probe: subprocess.Popen, tally: Tally, latencies: list[float]) ->
         latencies.append(float(took))
         if status != "200" or float(took) > HEALTH_LIMIT_S:
             tally.add("health failures")
-            tally.fail("health check", status=status, seconds=round(float(took), 3),
-                       expected=f"200 {{\"live\":true}} within {HEALTH_LIMIT_S:g} s")
+            tally.fail(
+                "health check",
+                status=status,
+                seconds=round(float(took), 3),
+                expected=f'200 {{"live":true}} within {HEALTH_LIMIT_S:g} s',
+            )
 
 
 def rss_verdict(samples: list[tuple[float, int]], duration: float) -> dict[str, Any]:
@@ -652,9 +803,16 @@ def rss_verdict(samples: list[tuple[float, int]], duration: float) -> dict[str, 
 
     rss_mid, rss_end = near(mid_t), int(statistics.median(rss for _, rss in samples[-3:]))
     limit = max(0.05 * rss_mid, 20 * MiB)
-    out.update(start=samples[0][1], after_warmup=near(warmup), second_half_start=rss_mid,
-               max=max(rss for _, rss in samples), end=rss_end, growth=rss_end - rss_mid,
-               limit=int(limit), flat=rss_end - rss_mid < limit)
+    out.update(
+        start=samples[0][1],
+        after_warmup=near(warmup),
+        second_half_start=rss_mid,
+        max=max(rss for _, rss in samples),
+        end=rss_end,
+        growth=rss_end - rss_mid,
+        limit=int(limit),
+        flat=rss_end - rss_mid < limit,
+    )
     return out
 
 
@@ -681,34 +839,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rss: list[tuple[float, int]] = []
     health: list[float] = []
     injections: list[float] = []
-    result: dict[str, Any] = {"duration_s": duration, "clients": args.clients,
-                              "crash_every_s": args.crash_every}
+    result: dict[str, Any] = {
+        "duration_s": duration,
+        "clients": args.clients,
+        "crash_every_s": args.crash_every,
+    }
     with tempfile.TemporaryDirectory(prefix="pt2interp-soak-") as tmp:
         log_path = Path(tmp) / "server.log"
-        cmd = [sys.executable, "-m", "benchmarks.soak_server", "--port", str(port),
-               "--threads", str(args.threads), "--max-seconds", str(duration + 300)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.soak_server",
+            "--port",
+            str(port),
+            "--threads",
+            str(args.threads),
+            "--max-seconds",
+            str(duration + 300),
+        ]
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                    env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
         threads: list[threading.Thread] = []
         probe = None
         try:
             wait_ready(proc, base)
             metadata = {m: httpx.get(f"{base}/v2/models/{m}", timeout=5.0).json() for m in PATHS}
             models = Models(metadata)
-            for model in PATHS:          # load once here: a broken archive fails before the run
+            for model in PATHS:  # load once here: a broken archive fails before the run
                 models.program(model)
             t0 = time.monotonic()
             rss.append((0.0, rss_bytes(proc.pid) or 0))
             soak = Soak(base, models, tally, stop, t0 + duration, injections, args.seed)
             every = args.sample_every
             # Daemons: should this thread die (Ctrl-C), they must not keep the process alive.
-            threads = [threading.Thread(target=soak.client_thread, args=(i,), daemon=True,
-                                        name=f"soak-client-{i}") for i in range(args.clients)]
+            threads = [
+                threading.Thread(
+                    target=soak.client_thread, args=(i,), daemon=True, name=f"soak-client-{i}"
+                )
+                for i in range(args.clients)
+            ]
             probe = start_probe("127.0.0.1", port, every, duration + 5.0)
             samplers = [
-                threading.Thread(target=sample_rss, args=(proc, t0, every, stop, rss, died),
-                                 daemon=True),
+                threading.Thread(
+                    target=sample_rss, args=(proc, t0, every, stop, rss, died), daemon=True
+                ),
                 threading.Thread(target=read_probe, args=(probe, tally, health), daemon=True),
             ]
             for thread in threads + samplers:
@@ -717,7 +897,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             next_crash = args.crash_every if args.crash_every > 0 else float("inf")
             while not stop.is_set() and (now := time.monotonic() - t0) < duration:
                 if now >= next_crash and now <= duration - 5.0:
-                    injections.append(time.monotonic())   # first: the 500s name it at once
+                    injections.append(time.monotonic())  # first: the 500s name it at once
                     os.kill(proc.pid, signal.SIGUSR1)
                     next_crash += args.crash_every
                 stop.wait(min(0.2, max(0.0, duration - now)))
@@ -744,10 +924,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["restarts_status"], result["restarts_metrics"] = seen
             with contextlib.suppress(httpx.TransportError, ValueError):
                 status = httpx.get(f"{base}/v2/status", timeout=5.0).json()
-                keys = ("inference_count", "error_count", "request_count", "batch_count",
-                        "mean_batch_size", "restarts", "reloads", "queue_depth")
-                result["server_info"] = {m["name"]: {k: m["info"].get(k) for k in keys}
-                                         for m in status["models"]}
+                keys = (
+                    "inference_count",
+                    "error_count",
+                    "request_count",
+                    "batch_count",
+                    "mean_batch_size",
+                    "restarts",
+                    "reloads",
+                    "queue_depth",
+                )
+                result["server_info"] = {
+                    m["name"]: {k: m["info"].get(k) for k in keys} for m in status["models"]
+                }
         except BaseException:
             # No figures to show (the server did not start, say): show what the server said.
             sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
@@ -767,24 +956,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["health_max_s"] = max(health, default=None)
     result["health_checks"] = len(health)
     result["counts"] = dict(tally.counts)
-    result["invalid_kinds"] = {k: [tally.invalid_kinds[k], tally.invalid_kinds_ok[k]]
-                               for k in sorted(tally.invalid_kinds)}
+    result["invalid_kinds"] = {
+        k: [tally.invalid_kinds[k], tally.invalid_kinds_ok[k]] for k in sorted(tally.invalid_kinds)
+    }
     result["disconnect_kinds"] = dict(tally.disconnect_kinds)
     result["crash_hits"] = {str(k): v for k, v in sorted(tally.crash_hits.items())}
     result["failure_kinds"] = dict(tally.failure_kinds)
     result["failures"] = tally.failures
     lat = sorted(tally.latencies)
-    result["valid_latency_ms"] = ({"p50": 1000 * lat[len(lat) // 2],
-                                   "p99": 1000 * lat[int(len(lat) * 0.99)],
-                                   "max": 1000 * lat[-1]} if lat else None)
+    result["valid_latency_ms"] = (
+        {
+            "p50": 1000 * lat[len(lat) // 2],
+            "p99": 1000 * lat[int(len(lat) * 0.99)],
+            "max": 1000 * lat[-1],
+        }
+        if lat
+        else None
+    )
     # The last line of each traceback the server logged names its exception.
     raised = re.findall(r"(?m)^(\w+(?:\.\w+)*(?:Error|Exception|Disconnect)\w*)(?::|$)", server_log)
     result["server_log_exceptions"] = dict(Counter(raised))
     result["server_log_tracebacks"] = server_log.count("Traceback (most recent call last)")
     result["server_log_tail"] = server_log.splitlines()[-30:]
     first = server_log.find("Traceback (most recent call last)")
-    result["server_log_first_traceback"] = (server_log[first:].splitlines()[:60]
-                                            if first >= 0 else None)
+    result["server_log_first_traceback"] = (
+        server_log[first:].splitlines()[:60] if first >= 0 else None
+    )
     result["verdict"], result["reasons"] = verdict(result)
     return result
 
@@ -792,11 +989,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def verdict(result: dict[str, Any]) -> tuple[str, list[str]]:
     counts = result["counts"]
     reasons = []
-    for key, label in (("wrong", "wrong answers"), ("valid non-200", "valid requests refused"),
-                       ("lost", "requests lost"),
-                       ("invalid mis-answered",
-                        "invalid requests not refused with a 4xx JSON error"),
-                       ("health failures", "health checks failed or slower than 1 s")):
+    for key, label in (
+        ("wrong", "wrong answers"),
+        ("valid non-200", "valid requests refused"),
+        ("lost", "requests lost"),
+        ("invalid mis-answered", "invalid requests not refused with a 4xx JSON error"),
+        ("health failures", "health checks failed or slower than 1 s"),
+    ):
         if counts.get(key):
             reasons.append(f"{counts[key]} {label}")
     if result["failure_kinds"].get("soak error"):
@@ -810,17 +1009,26 @@ def verdict(result: dict[str, Any]) -> tuple[str, list[str]]:
         reasons.append(f"{result['stuck_clients']} client threads did not finish")
     injected = result["injected"]
     if result.get("restarts_status") != injected or result.get("restarts_metrics") != injected:
-        reasons.append(f"{injected} crashes injected, restarts seen: "
-                       f"{result.get('restarts_status')} in /v2/status, "
-                       f"{result.get('restarts_metrics')} in /metrics")
+        reasons.append(
+            f"{injected} crashes injected, restarts seen: "
+            f"{result.get('restarts_status')} in /v2/status, "
+            f"{result.get('restarts_metrics')} in /metrics"
+        )
     if not result["rss"].get("flat"):
         rss = result["rss"]
-        reasons.append(rss.get("why") or (f"RSS grew {rss['growth'] / MiB:.1f} MiB over the second "
-                                          f"half (limit {rss['limit'] / MiB:.1f} MiB)"))
+        reasons.append(
+            rss.get("why")
+            or (
+                f"RSS grew {rss['growth'] / MiB:.1f} MiB over the second "
+                f"half (limit {rss['limit'] / MiB:.1f} MiB)"
+            )
+        )
     stop = result["stop"]
     if stop["already_gone"] or stop["killed"] or stop["returncode"] != 0:
-        reasons.append(f"the server did not exit cleanly on SIGTERM (status {stop['returncode']}, "
-                       f"killed: {stop['killed']})")
+        reasons.append(
+            f"the server did not exit cleanly on SIGTERM (status {stop['returncode']}, "
+            f"killed: {stop['killed']})"
+        )
     if result["server_log_tracebacks"]:
         # No client sees them, but each is an exception the server did not handle, and a log
         # that grows with every client that hangs up is one an operator stops reading.
@@ -838,8 +1046,10 @@ def report(result: dict[str, Any]) -> None:
     # A fixed width: the same table on a terminal, in a pipe and in a test's captured output.
     console = Console(width=110, highlight=False)
     for failure in result["failures"][:PRINTED_EXAMPLES]:
-        console.print(f"[bold red]failure[/] {escape(json.dumps(failure, ensure_ascii=False))}",
-                      soft_wrap=True)
+        console.print(
+            f"[bold red]failure[/] {escape(json.dumps(failure, ensure_ascii=False))}",
+            soft_wrap=True,
+        )
     n = result["counts"].get
     rss = result["rss"]
     stop = result["stop"]
@@ -849,41 +1059,75 @@ def report(result: dict[str, Any]) -> None:
 
     latency = result["valid_latency_ms"]
     if "growth" in rss:
-        growth = (f"{rss['growth'] / MiB:+.1f} MiB (limit {rss['limit'] / MiB:.1f}): "
-                  f"{'flat' if rss['flat'] else 'GROWING'}")
+        growth = (
+            f"{rss['growth'] / MiB:+.1f} MiB (limit {rss['limit'] / MiB:.1f}): "
+            f"{'flat' if rss['flat'] else 'GROWING'}"
+        )
     else:
         growth = rss.get("why", "n/a")
     rows = [
-        ("duration", (f"{result.get('elapsed_s', 0):.1f} s of {result['duration_s']:g} s, "
-                      f"{result['clients']} clients")),
-        ("requests sent: valid", (f"{n('valid sent', 0)} ({n(f'valid sent {MLP}', 0)} {MLP}, "
-                                  f"{n(f'valid sent {MULTI_IO}', 0)} {MULTI_IO})")),
+        (
+            "duration",
+            (
+                f"{result.get('elapsed_s', 0):.1f} s of {result['duration_s']:g} s, "
+                f"{result['clients']} clients"
+            ),
+        ),
+        (
+            "requests sent: valid",
+            (
+                f"{n('valid sent', 0)} ({n(f'valid sent {MLP}', 0)} {MLP}, "
+                f"{n(f'valid sent {MULTI_IO}', 0)} {MULTI_IO})"
+            ),
+        ),
         ("requests sent: invalid", str(n("invalid sent", 0))),
-        ("requests sent: disconnecting", (f"{n('disconnect sent', 0)} "
-                                          f"({n('disconnect answered anyway', 0)} answered "
-                                          f"before hanging up)")),
+        (
+            "requests sent: disconnecting",
+            (
+                f"{n('disconnect sent', 0)} "
+                f"({n('disconnect answered anyway', 0)} answered "
+                f"before hanging up)"
+            ),
+        ),
         ("answered 200 and correct", str(n("correct", 0))),
         ("wrong answers", str(n("wrong", 0))),
         ("valid refused (non-200, not a crash)", str(n("valid non-200", 0))),
         ("lost", str(n("lost", 0))),
         ("invalid answered 4xx + JSON error", f"{n('refused 4xx', 0)} of {n('invalid sent', 0)}"),
         ("crash-affected (5xx naming an injected crash)", str(n("crash-affected", 0))),
-        ("worker restarts: injected / /v2/status / /metrics",
-         (f"{result['injected']} / {result.get('restarts_status')} / "
-          f"{result.get('restarts_metrics')}")),
-        ("valid latency p50 / p99 / max",
-         " / ".join(f"{v:.1f}" for v in latency.values()) + " ms" if latency else "n/a"),
-        ("health/live: checks, max latency",
-         f"{result['health_checks']}, {1000 * (result['health_max_s'] or 0):.1f} ms"),
-        ("server RSS: start / after warm-up / max / end",
-         f"{mib('start')} / {mib('after_warmup')} / {mib('max')} / {mib('end')}"),
+        (
+            "worker restarts: injected / /v2/status / /metrics",
+            (
+                f"{result['injected']} / {result.get('restarts_status')} / "
+                f"{result.get('restarts_metrics')}"
+            ),
+        ),
+        (
+            "valid latency p50 / p99 / max",
+            " / ".join(f"{v:.1f}" for v in latency.values()) + " ms" if latency else "n/a",
+        ),
+        (
+            "health/live: checks, max latency",
+            f"{result['health_checks']}, {1000 * (result['health_max_s'] or 0):.1f} ms",
+        ),
+        (
+            "server RSS: start / after warm-up / max / end",
+            f"{mib('start')} / {mib('after_warmup')} / {mib('max')} / {mib('end')}",
+        ),
         ("RSS growth over the second half", growth),
-        ("server exit after SIGTERM",
-         f"{stop['exit_s']:.2f} s, status {stop['returncode']}" if stop["exit_s"] is not None
-         else f"gone before, status {stop['returncode']}"),
-        ("tracebacks in the server log",
-         f"{result['server_log_tracebacks']}: " + (", ".join(
-             f"{k} x{v}" for k, v in result["server_log_exceptions"].items()) or "none")),
+        (
+            "server exit after SIGTERM",
+            f"{stop['exit_s']:.2f} s, status {stop['returncode']}"
+            if stop["exit_s"] is not None
+            else f"gone before, status {stop['returncode']}",
+        ),
+        (
+            "tracebacks in the server log",
+            f"{result['server_log_tracebacks']}: "
+            + (
+                ", ".join(f"{k} x{v}" for k, v in result["server_log_exceptions"].items()) or "none"
+            ),
+        ),
     ]
     table = Table(title="pt2interp serve soak", box=box.SIMPLE_HEAVY)
     table.add_column("figure")
@@ -892,30 +1136,46 @@ def report(result: dict[str, Any]) -> None:
         table.add_row(name, value)
     console.print(table)
     if result["server_log_tracebacks"]:
-        console.print(f"[yellow]note[/]: the server logged {result['server_log_tracebacks']} "
-                      "tracebacks of exceptions it did not handle (--json keeps the first)")
+        console.print(
+            f"[yellow]note[/]: the server logged {result['server_log_tracebacks']} "
+            "tracebacks of exceptions it did not handle (--json keeps the first)"
+        )
     if result["verdict"] == "PASS":
-        console.print("[bold green]PASS[/]: every valid answer right, every invalid request "
-                      "refused, nothing lost, restarts as injected, RSS flat, health fast, "
-                      "clean exit", soft_wrap=True)
+        console.print(
+            "[bold green]PASS[/]: every valid answer right, every invalid request "
+            "refused, nothing lost, restarts as injected, RSS flat, health fast, "
+            "clean exit",
+            soft_wrap=True,
+        )
     else:
         console.print(f"[bold red]FAIL[/]: {escape('; '.join(result['reasons']))}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, default=10.0, help="how long (default 10)")
     length.add_argument("--seconds", type=float, help="how long, for short runs")
-    parser.add_argument("--crash-every", type=float, default=60.0,
-                        help="seconds between injected worker crashes (default 60; 0: none)")
-    parser.add_argument("--clients", type=int, default=16,
-                        help="concurrent client threads (default 16)")
-    parser.add_argument("--sample-every", type=float, default=2.0,
-                        help="seconds between RSS and health samples (default 2)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="the server's torch threads (default 1)")
+    parser.add_argument(
+        "--crash-every",
+        type=float,
+        default=60.0,
+        help="seconds between injected worker crashes (default 60; 0: none)",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=16, help="concurrent client threads (default 16)"
+    )
+    parser.add_argument(
+        "--sample-every",
+        type=float,
+        default=2.0,
+        help="seconds between RSS and health samples (default 2)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="the server's torch threads (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -923,7 +1183,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     try:
         result = run(args)
-    except RuntimeError as exc:   # the server did not come up
+    except RuntimeError as exc:  # the server did not come up
         print(f"FAIL: {exc}", file=sys.stderr)
         return 1
     report(result)

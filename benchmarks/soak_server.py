@@ -77,13 +77,22 @@ def _watch_parent(parent: int, max_seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: the soak shares the CPUs)")
-    parser.add_argument("--max-seconds", type=float, default=3600.0,
-                        help="exit after this long whatever happens (default 3600)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: the soak shares the CPUs)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=3600.0,
+        help="exit after this long whatever happens (default 3600)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -93,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     from pt2interp.serve.http import create_app
 
     torch.set_num_threads(args.threads)
-    threading.Thread(target=_watch_parent, args=(os.getppid(), args.max_seconds), daemon=True,
-                     name="soak-parent-watch").start()
-    servers = [Server(MLP, batch_size=16, batch_timeout_ms=2),
-               Server(MULTI_IO, batch_size=1)]
+    threading.Thread(
+        target=_watch_parent,
+        args=(os.getppid(), args.max_seconds),
+        daemon=True,
+        name="soak-parent-watch",
+    ).start()
+    servers = [Server(MLP, batch_size=16, batch_timeout_ms=2), Server(MULTI_IO, batch_size=1)]
     injected = 0
 
     def on_usr1(signum, frame):
@@ -119,8 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         # may pause a few seconds (health checks): a server closing an idle connection just
         # as a client reuses it would lose that request for reasons that are no fault of ours.
         # No access log: a soak makes hundreds of thousands of requests.
-        uvicorn.run(create_app(servers), host="127.0.0.1", port=args.port, log_level="warning",
-                    access_log=False, timeout_keep_alive=120, timeout_graceful_shutdown=10)
+        uvicorn.run(
+            create_app(servers),
+            host="127.0.0.1",
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=120,
+            timeout_graceful_shutdown=10,
+        )
     finally:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         for server in servers:

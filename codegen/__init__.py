@@ -30,8 +30,13 @@ from pt2interp.program import Program, read_program
 __all__ = ["to_python", "write_weights"]
 
 
-def to_python(path_or_program: str | os.PathLike | Program, class_name: str = "Model", *,
-              comments: bool = True, weights: str | os.PathLike | None = None) -> str:
+def to_python(
+    path_or_program: str | os.PathLike | Program,
+    class_name: str = "Model",
+    *,
+    comments: bool = True,
+    weights: str | os.PathLike | None = None,
+) -> str:
     """Python source for the program in a ``.pt2`` (a path or a :class:`~pt2interp.Program`).
 
     ``class_name`` names the root class; ``comments`` keeps each statement's original source
@@ -43,10 +48,14 @@ def to_python(path_or_program: str | os.PathLike | Program, class_name: str = "M
     from pt2interp.codegen.facts import ProgramFacts
     from pt2interp.codegen.tree import recover
 
-    program = path_or_program if isinstance(path_or_program, Program) else read_program(path_or_program)
+    program = (
+        path_or_program if isinstance(path_or_program, Program) else read_program(path_or_program)
+    )
     if program.graph.outline:
-        raise GraphError(f"{program.source}: the program was read as an outline (read_program(outline=True)), "
-                         "which keeps no node arguments: read it in full to generate source")
+        raise GraphError(
+            f"{program.source}: the program was read as an outline (read_program(outline=True)), "
+            "which keeps no node arguments: read it in full to generate source"
+        )
     facts = ProgramFacts.of(program)
     root, items = recover(facts)
     plan = ModelPlan(facts, root, items, class_name, comments=comments)
@@ -56,7 +65,9 @@ def to_python(path_or_program: str | os.PathLike | Program, class_name: str = "M
     return source
 
 
-def write_weights(path_or_program: str | os.PathLike | Program, out: str | os.PathLike) -> list[str]:
+def write_weights(
+    path_or_program: str | os.PathLike | Program, out: str | os.PathLike
+) -> list[str]:
     """Write the weights the generated module holds as safetensors: its state dict plus
     non-persistent buffers and constants, each tied tensor once (the other names are listed
     in the ``pt2interp.aliases`` metadata, as :mod:`pt2interp.extract` writes it). Returns
@@ -67,7 +78,9 @@ def write_weights(path_or_program: str | os.PathLike | Program, out: str | os.Pa
     """
     from pt2interp.codegen.facts import ProgramFacts
 
-    program = path_or_program if isinstance(path_or_program, Program) else read_program(path_or_program)
+    program = (
+        path_or_program if isinstance(path_or_program, Program) else read_program(path_or_program)
+    )
     return _save(ProgramFacts.of(program), out)
 
 

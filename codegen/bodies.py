@@ -36,9 +36,8 @@ from pt2interp.codegen.statements import (
     output_pattern,
 )
 from pt2interp.codegen.tree import ChildItem, Module, NodeItem, frames_of
-from pt2interp.ops.registry import Call, lookup
-
 from pt2interp.errors import GraphError, UnsupportedOpError
+from pt2interp.ops.registry import Call, lookup
 from pt2interp.schema import Argument, Graph, Node
 
 MARKER = re.compile(r"^_v(\d+)$")
@@ -65,8 +64,11 @@ _JVP_EXIT = "torch._functorch.predispatch._jvp_decrement_nesting"
 _FORWARD_AD_HEADER = "with torch.autograd.forward_ad._set_fwd_grad_enabled(True):"
 _FORWARD_AD_NOTE = "as torch.func.jvp does: forward-mode AD on (inference mode turns it off)"
 
-_HELPER_NAMES = {"torch.ops.higher_order.map_impl": "map_body", "torch.ops.higher_order.scan": "scan_body",
-                 "torch.ops.higher_order.associative_scan": "combine"}
+_HELPER_NAMES = {
+    "torch.ops.higher_order.map_impl": "map_body",
+    "torch.ops.higher_order.scan": "scan_body",
+    "torch.ops.higher_order.associative_scan": "combine",
+}
 
 
 def _items(arg: Argument, node: Node) -> list[Argument]:
@@ -74,8 +76,12 @@ def _items(arg: Argument, node: Node) -> list[Argument]:
     if arg.kind == "tensors":
         return [Argument("tensor", r) for r in arg.value]
     if arg.kind in ("sym_ints", "ints"):
-        return [Argument("int", v) if isinstance(v, int) else Argument("sym_int", v) for v in arg.value]
-    raise UnsupportedOpError(f"node {node.label}: a {arg.kind} argument where {node.target} takes a list")
+        return [
+            Argument("int", v) if isinstance(v, int) else Argument("sym_int", v) for v in arg.value
+        ]
+    raise UnsupportedOpError(
+        f"node {node.label}: a {arg.kind} argument where {node.target} takes a list"
+    )
 
 
 # Higher-order ops that run one subgraph on operands: (subgraph input, first operand input,
@@ -94,8 +100,8 @@ _REGIONS: dict[str, tuple] = {
 @dataclass
 class CodeLine:
     depth: int
-    text: str                   # a statement template, or an ``if``/``else``/``with``/``while`` header
-    kind: str = "stmt"          # stmt | if | else | with | while
+    text: str  # a statement template, or an ``if``/``else``/``with``/``while`` header
+    kind: str = "stmt"  # stmt | if | else | with | while
     comment: str | None = None  # original source line, written above the statement
 
 
@@ -104,16 +110,19 @@ class FunctionCode:
     """One method: parameters and lines as templates over markers."""
 
     name: str
-    params: list[str] = field(default_factory=list)      # markers, in order
+    params: list[str] = field(default_factory=list)  # markers, in order
     lines: list[CodeLine] = field(default_factory=list)
     values: dict[str, str] = field(default_factory=dict)  # marker → graph value name
-    hints: dict[str, str] = field(default_factory=dict)   # marker → preferred local name
+    hints: dict[str, str] = field(default_factory=dict)  # marker → preferred local name
     param_names: dict[str, str] = field(default_factory=dict)  # fixed names (root forward)
-    kwonly_from: int | None = None                       # index of the first keyword-only param
+    kwonly_from: int | None = None  # index of the first keyword-only param
 
     def signature(self) -> tuple:
-        return (len(self.params), self.kwonly_from,
-                tuple((ln.depth, ln.kind, ln.text) for ln in self.lines))
+        return (
+            len(self.params),
+            self.kwonly_from,
+            tuple((ln.depth, ln.kind, ln.text) for ln in self.lines),
+        )
 
     def local_names(self, reserved: set[str]) -> dict[str, str]:
         """marker → local name: fixed names first, then parameters, then locals by first
@@ -125,7 +134,9 @@ class FunctionCode:
                 names[m] = scope.claim(self.param_names[m])
         singles = [m for m in self.params if m not in names]
         for m in singles:
-            names[m] = scope.claim("x" if len(singles) == 1 and not self.param_names else self.hints.get(m, "x"))
+            names[m] = scope.claim(
+                "x" if len(singles) == 1 and not self.param_names else self.hints.get(m, "x")
+            )
         for m in sorted(self.hints, key=lambda k: int(k[2:])):
             if m not in names:
                 names[m] = scope.claim(self.hints[m])
@@ -157,17 +168,28 @@ class ClassContext:
 class Plan:
     """How the bodies call each child module (decided before any body is written)."""
 
-    kind_of: Callable[[Module], str]                 # layer | sequential | modulelist | class | inline
-    layer_call: Callable[[object, Callable[[str], str], str], tuple[str, object]]  # call, source, self expr
-    method_of: Callable[[object], str]               # class-kind call → method name
+    kind_of: Callable[[Module], str]  # layer | sequential | modulelist | class | inline
+    layer_call: Callable[
+        [object, Callable[[str], str], str], tuple[str, object]
+    ]  # call, source, self expr
+    method_of: Callable[[object], str]  # class-kind call → method name
     comments: bool = True
 
 
 class BodyBuilder:
     """Builds one :class:`FunctionCode` for module ``module`` over graph values."""
 
-    def __init__(self, facts: ProgramFacts, module: Module, root: Module, plan: Plan, ctx: ClassContext,
-                 name: str, *, last_use: dict[str, int] | None = None):
+    def __init__(
+        self,
+        facts: ProgramFacts,
+        module: Module,
+        root: Module,
+        plan: Plan,
+        ctx: ClassContext,
+        name: str,
+        *,
+        last_use: dict[str, int] | None = None,
+    ):
         self.facts = facts
         self.module = module
         self.root = root
@@ -220,8 +242,10 @@ class BodyBuilder:
         path = self.facts.state_path_in(value, self.module.path)
         if path is not None:
             return self.self_path(path)
-        raise GraphError(f"value {value!r} is read in {self.module.path or 'the root module'} "
-                         f"but neither defined there nor passed in")
+        raise GraphError(
+            f"value {value!r} is read in {self.module.path or 'the root module'} "
+            f"but neither defined there nor passed in"
+        )
 
     def used(self, value: str) -> bool:
         return self.last_use.get(value, -1) > self.position
@@ -290,8 +314,13 @@ class BodyBuilder:
         self.depth -= 1
 
     def emit_statement(self, node: Node) -> None:
-        text = node_statement(node, source=self.source, target=lambda v: self.define(v, self._hint_for(node, v)),
-                              used=self.used, device=self.factory_device(node))
+        text = node_statement(
+            node,
+            source=self.source,
+            target=lambda v: self.define(v, self._hint_for(node, v)),
+            used=self.used,
+            device=self.factory_device(node),
+        )
         if text is not None:
             self.line(text, node=node)
 
@@ -301,8 +330,11 @@ class BodyBuilder:
         most likely did (``device=idx.device``); None keeps the recorded device."""
         if not any(na.arg.kind == "device" for na in node.inputs):
             return None
-        if any(na.arg.kind in ("tensor", "tensors", "optional_tensor", "optional_tensors")
-               and na.arg.refs() for na in node.inputs):
+        if any(
+            na.arg.kind in ("tensor", "tensors", "optional_tensor", "optional_tensors")
+            and na.arg.refs()
+            for na in node.inputs
+        ):
             return None  # `.to(device)` and friends move a tensor on purpose: keep theirs
         for marker in self.code.params:
             if self.code.values[marker] in self.tensor_values:
@@ -328,7 +360,11 @@ class BodyBuilder:
     def _hint_for(self, node: Node, value: str) -> str:
         if node.target == "torch.ops.aten.sym_size.int":
             dims = [na.arg.value for na in node.inputs if na.name == "dim"]
-            recv = [na.arg.value.name for na in node.inputs if na.name == "self" and hasattr(na.arg.value, "name")]
+            recv = [
+                na.arg.value.name
+                for na in node.inputs
+                if na.name == "self" and hasattr(na.arg.value, "name")
+            ]
             if dims and recv:
                 return f"{self.hint(recv[0])}_size{dims[0]}"
         if stripped_stem(value) == "getitem" and node.target.startswith("torch.ops."):
@@ -344,7 +380,9 @@ class BodyBuilder:
         self.position = call.nodes[-1][0]
         rel = relative(child.path, self.module.path)
         target = self.self_path(rel)
-        hint = identifier(rel.replace(".", "_") if not rel.isdigit() else f"{self.module.attr or 'layer'}_{rel}")
+        hint = identifier(
+            rel.replace(".", "_") if not rel.isdigit() else f"{self.module.attr or 'layer'}_{rel}"
+        )
         first = call.nodes[0][1]
         if kind == "layer":
             expr, pattern = self.plan.layer_call(call, self.source, target)
@@ -382,7 +420,11 @@ class BodyBuilder:
         names = [self.ctx.helper_name("true_branch"), self.ctx.helper_name("false_branch")]
         for name, graph_arg in zip(names, ins[1:3]):
             self.helper(name, graph_arg.value.graph, operands, seen_comment=here)
-        args = [self.source(v) for v in operands if self.facts.state_path_in(v, self.module.path) is None]
+        args = [
+            self.source(v)
+            for v in operands
+            if self.facts.state_path_in(v, self.module.path) is None
+        ]
         pattern = outs[0] if len(outs) == 1 else tuple(outs)
         defined: dict[str, str] = {}
 
@@ -411,8 +453,10 @@ class BodyBuilder:
         additional = _items(ins[3].arg, node) if len(ins) > 3 else []
         outs = [r for a in node.outputs for r in a.refs()]
         if len(outs) != len(carried):
-            raise UnsupportedOpError(f"while_loop node {node.label}: {len(outs)} outputs for "
-                                     f"{len(carried)} carried values")
+            raise UnsupportedOpError(
+                f"while_loop node {node.label}: {len(outs)} outputs for "
+                f"{len(carried)} carried values"
+            )
         operands = carried + additional
         refs = [a.refs()[0] if a.refs() else None for a in operands]
         here = source_line(node, self.module.path) if self.plan.comments else None
@@ -420,23 +464,31 @@ class BodyBuilder:
         for name, na in zip(names, ins[:2]):
             self.helper(name, na.arg.value.graph, refs, seen_comment=here)
         # the loop variables are the node's outputs, bound to the initial values first
-        variables = [self.define(v, "carried" if stripped_stem(v) == "getitem" else None) for v in outs]
+        variables = [
+            self.define(v, "carried" if stripped_stem(v) == "getitem" else None) for v in outs
+        ]
         initial = [argument_source(a, self.source) for a in carried]
-        rest = [argument_source(a, self.source) for a, r in zip(additional, refs[len(carried):])
-                if r is None or self.facts.state_path_in(r, self.module.path) is None]
+        rest = [
+            argument_source(a, self.source)
+            for a, r in zip(additional, refs[len(carried) :])
+            if r is None or self.facts.state_path_in(r, self.module.path) is None
+        ]
         args = ", ".join(variables + rest)
         lhs = ", ".join(variables) if len(variables) > 1 else variables[0]
         self.line(f"{lhs} = {', '.join(initial)}", node=node)
         self.line(f"while self.{names[0]}({args}):", 0, "while")
         self.line(f"{lhs} = self.{names[1]}({args})", 1)
 
-    def emit_region(self, node: Node, graph_at: int, operands_at: int, header: Callable | None,
-                    hint: str) -> None:
+    def emit_region(
+        self, node: Node, graph_at: int, operands_at: int, header: Callable | None, hint: str
+    ) -> None:
         """A higher-order op that runs one subgraph on operands, as a call of a helper method
         (under a ``with`` block for the grad and autocast regions): what it does in eager mode."""
         ins = node.inputs
         if len(ins) <= graph_at or ins[graph_at].arg.kind != "graph":
-            raise UnsupportedOpError(f"node {node.label}: input {graph_at} of {node.target} is not a subgraph")
+            raise UnsupportedOpError(
+                f"node {node.label}: input {graph_at} of {node.target} is not a subgraph"
+            )
         operand_args = []
         for na in ins[operands_at:]:
             if na.is_keyword:
@@ -445,22 +497,34 @@ class BodyBuilder:
                 operand_args += [Argument("tensor", r) for r in na.arg.value]
             elif na.arg.kind == "string_to_argument":
                 if na.arg.value:
-                    raise UnsupportedOpError(f"node {node.label}: keyword operands of {node.target}")
+                    raise UnsupportedOpError(
+                        f"node {node.label}: keyword operands of {node.target}"
+                    )
             else:
                 operand_args.append(na.arg)
         graph = ins[graph_at].arg.value.graph
         if not graph.nodes and not graph.outputs:
             return  # an empty region (export leaves one where a block held only a grad switch)
-        refs = [a.refs()[0] if a.kind in ("tensor", "sym_int", "sym_float", "sym_bool") and a.refs() else None
-                for a in operand_args]
+        refs = [
+            a.refs()[0]
+            if a.kind in ("tensor", "sym_int", "sym_float", "sym_bool") and a.refs()
+            else None
+            for a in operand_args
+        ]
         here = source_line(node, self.module.path) if self.plan.comments else None
         name = self.ctx.helper_name(hint)
         self.helper(name, graph, refs, seen_comment=here)
-        args = [argument_source(a, self.source) for a, r in zip(operand_args, refs)
-                if r is None or self.facts.state_path_in(r, self.module.path) is None]
+        args = [
+            argument_source(a, self.source)
+            for a, r in zip(operand_args, refs)
+            if r is None or self.facts.state_path_in(r, self.module.path) is None
+        ]
         outs = [r for a in node.outputs for r in a.refs()]
-        lhs = bind_target((outs[0] if len(outs) == 1 else tuple(outs)) if outs else None,
-                          lambda v: self.define(v, hint if stripped_stem(v) == "getitem" else None), self.used)
+        lhs = bind_target(
+            (outs[0] if len(outs) == 1 else tuple(outs)) if outs else None,
+            lambda v: self.define(v, hint if stripped_stem(v) == "getitem" else None),
+            self.used,
+        )
         expr = f"self.{name}({', '.join(args)})"
         depth = 0
         if header is not None:
@@ -468,12 +532,27 @@ class BodyBuilder:
             depth = 1
         self.line(expr if lhs is None else f"{lhs} = {expr}", depth, node=None if header else node)
 
-    def helper(self, name: str, graph: Graph, operands: list[str], *, bind_state: bool = True,
-               seen_comment: str | None = None, as_tuple: bool = False) -> str:
+    def helper(
+        self,
+        name: str,
+        graph: Graph,
+        operands: list[str],
+        *,
+        bind_state: bool = True,
+        seen_comment: str | None = None,
+        as_tuple: bool = False,
+    ) -> str:
         """The helper method ``name`` (already claimed) running ``graph``; operands that are
         this module's state are read from ``self`` instead of being passed (``bind_state``)."""
-        sub = BodyBuilder(self.facts, self.module, self.root, self.plan, self.ctx, name,
-                          last_use=_local_last_use(graph))
+        sub = BodyBuilder(
+            self.facts,
+            self.module,
+            self.root,
+            self.plan,
+            self.ctx,
+            name,
+            last_use=_local_last_use(graph),
+        )
         sub._last_comment = seen_comment
         sub.tensor_values = {**self.tensor_values, **graph.tensor_values}
         for i, arg in enumerate(graph.inputs):
@@ -481,7 +560,11 @@ class BodyBuilder:
             if not refs:
                 continue
             outer = operands[i] if i < len(operands) else None
-            path = self.facts.state_path_in(outer, self.module.path) if (outer and bind_state) else None
+            path = (
+                self.facts.state_path_in(outer, self.module.path)
+                if (outer and bind_state)
+                else None
+            )
             if path is not None:
                 sub.bind(refs[0], self.self_path(path))
             else:
@@ -512,7 +595,9 @@ class BodyBuilder:
                 positional[i] = f"lambda *args: self.{helper}(*args)"
         entry = lookup(node.target)
         if entry is None or entry.render is None:
-            raise UnsupportedOpError(f"node {node.label}: no Python spelling for {node.target[:60]!r}")
+            raise UnsupportedOpError(
+                f"node {node.label}: no Python spelling for {node.target[:60]!r}"
+            )
         expr = entry.render(Call(node.target.removeprefix("torch.ops."), {}, positional))
         pattern = output_pattern(node)
         if isinstance(pattern, str) and not node.hop_returns_one_tensor:
@@ -528,7 +613,9 @@ class BodyBuilder:
         for v in outs[:1]:
             self.bind(v, "None")
         if len(node.inputs) < 2 or node.inputs[1].arg.kind != "operator":
-            raise UnsupportedOpError(f"with_effects node {node.label}: its second input is not an op")
+            raise UnsupportedOpError(
+                f"with_effects node {node.label}: its second input is not an op"
+            )
         target = node.inputs[1].arg.value
         target = target if target.startswith("torch.ops.") else f"torch.ops.{target}"
         # the op itself, its keywords kept, written as the registry writes it
@@ -541,14 +628,18 @@ class BodyBuilder:
     def emit_return(self, outputs: list, as_tuple: bool = False) -> None:
         texts = [argument_source(a, self.source) for a in outputs]
         if as_tuple and len(texts) == 1:
-            self.line(f"return ({texts[0]},)")  # a higher-order op treats a bare tensor as one output
+            self.line(
+                f"return ({texts[0]},)"
+            )  # a higher-order op treats a bare tensor as one output
         elif texts:
             self.line("return " + (texts[0] if len(texts) == 1 else ", ".join(texts)))
 
 
-_AUGMENTED = {f"torch.ops.aten.{op}_.{overload}": symbol
-              for op, symbol in (("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"))
-              for overload in ("Tensor", "Scalar")}
+_AUGMENTED = {
+    f"torch.ops.aten.{op}_.{overload}": symbol
+    for op, symbol in (("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"))
+    for overload in ("Tensor", "Scalar")
+}
 
 
 def _op_stem(target: str) -> str:
@@ -595,7 +686,7 @@ def source_line(node: Node, module_path: str) -> str | None:
     # the source's own trailing comment (`# type: ignore[...]`) is not part of the statement;
     # looked for only where a comment can show (the line may be 500 MB long)
     hash_mark = _TRAILING_COMMENT.search(text, 0, COMMENT_SCAN)
-    text = comment(text[:hash_mark.start()] if hash_mark else text)
+    text = comment(text[: hash_mark.start()] if hash_mark else text)
     if not text or re.fullmatch(r"[\w.]+", text):
         return None  # a bare name is the tail of a statement spread over lines
     depth = 0
@@ -606,6 +697,7 @@ def source_line(node: Node, module_path: str) -> str | None:
 
 
 # -- turning templates into text ----------------------------------------------------------------
+
 
 class _Substitute(ast.NodeTransformer):
     def __init__(self, mapping: dict[str, ast.expr]):
@@ -642,7 +734,7 @@ def render_line(line: CodeLine, names: dict[str, str], indent: int) -> list[str]
     if line.kind == "else":
         out.append(f"{pad}else:")
     elif line.kind in ("with", "while"):
-        tree = substitute(line.text[len(line.kind) + 1:-1], names, mode="eval")
+        tree = substitute(line.text[len(line.kind) + 1 : -1], names, mode="eval")
         out.append(layout.format_header(line.kind, ast.unparse(tree), indent + 4 * line.depth))
     elif line.kind == "if":
         test = line.text[3:-1]

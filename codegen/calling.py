@@ -15,12 +15,15 @@ from pt2interp.codegen.bodies import BodyBuilder, ClassContext, FunctionCode
 from pt2interp.codegen.layout import constant_text
 from pt2interp.codegen.names import Scope, class_identifier, identifier
 from pt2interp.codegen.statements import argument_source
-
 from pt2interp.errors import SchemaError
 from pt2interp.treespec import TreeSpec
 
-_DICTS = ("builtins.dict", "collections.OrderedDict", "collections.defaultdict",
-          "torch.fx.immutable_collections.immutable_dict")
+_DICTS = (
+    "builtins.dict",
+    "collections.OrderedDict",
+    "collections.defaultdict",
+    "torch.fx.immutable_collections.immutable_dict",
+)
 _LISTS = ("builtins.list", "torch.fx.immutable_collections.immutable_list")
 
 
@@ -69,8 +72,12 @@ class _Placeholders:
 def _bind_parameters(builder: BodyBuilder, root_call, leaves: list[str | None], facts) -> None:
     spec = root_call.in_spec if root_call is not None else None
     placeholders = _Placeholders(facts)
-    if spec is None or spec.type != "builtins.tuple" or len(spec.children) != 2 \
-            or spec.num_leaves != len(leaves):
+    if (
+        spec is None
+        or spec.type != "builtins.tuple"
+        or len(spec.children) != 2
+        or spec.num_leaves != len(leaves)
+    ):
         for value in leaves:
             builder.add_param(value if value else placeholders.new(), value or "arg")
         return
@@ -138,8 +145,11 @@ def _write_back(builder: BodyBuilder, model) -> None:
 
 
 def _result(builder: BodyBuilder, model, plan) -> str:
-    user = [arg for spec, arg in zip(model.signature.output_specs, model.graph.outputs)
-            if spec.kind in ("user_output", "loss_output")]
+    user = [
+        arg
+        for spec, arg in zip(model.signature.output_specs, model.graph.outputs)
+        if spec.kind in ("user_output", "loss_output")
+    ]
     texts = [argument_source(a, builder.source) for a in user]
     root = model.root_call
     if root is None or root.out_spec.num_leaves != len(texts):

@@ -36,12 +36,13 @@ from pt2interp.codegen.names import (
     list_index,
 )
 from pt2interp.codegen.tree import ChildItem, Module
-
 from pt2interp.errors import GraphError
 
 SEQUENTIAL = "torch.nn.modules.container.Sequential"
 _SMALL_CONSTANT = 16  # elements: larger constants stay empty buffers that from_pt2 fills
-_LITERAL_DTYPES = frozenset({"float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"})
+_LITERAL_DTYPES = frozenset(
+    {"float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+)
 
 
 @dataclass(eq=False)
@@ -96,7 +97,9 @@ class Instance:
         return [line.attr for line in self.init for _ in line.holes()]
 
     def shape(self) -> tuple:
-        init = tuple(line.template(lambda h: "?", lambda c: f"<{c.signature_id}>") for line in self.init)
+        init = tuple(
+            line.template(lambda h: "?", lambda c: f"<{c.signature_id}>") for line in self.init
+        )
         return (self.base_name, init, tuple(m.signature() for m in self.methods))
 
 
@@ -123,20 +126,28 @@ class ClassDef:
 class ModelPlan:
     """Everything the emitter writes: classes in definition order and the root instance."""
 
-    def __init__(self, facts: ProgramFacts, root: Module, root_items: list, class_name: str,
-                 comments: bool = True):
+    def __init__(
+        self,
+        facts: ProgramFacts,
+        root: Module,
+        root_items: list,
+        class_name: str,
+        comments: bool = True,
+    ):
         self.facts = facts
         self.root = root
         self.root_items = root_items
         self.kinds: dict[Module, str] = {}
-        self.matches: dict[object, LayerMatch] = {}   # call → match
-        self.ctors: dict[Module, object] = {}         # module → Ctor / ChildClass
-        self.method_names: dict[object, str] = {}     # call → method name
+        self.matches: dict[object, LayerMatch] = {}  # call → match
+        self.ctors: dict[Module, object] = {}  # module → Ctor / ChildClass
+        self.method_names: dict[object, str] = {}  # call → method name
         self.instances: dict[Module, Instance] = {}
         self.comments = comments
         self.plan = Plan(self.kind_of, self.layer_call, self.method_of, comments)
-        self.records_grad = any(e.kind == "parameter" and e.meta is not None and e.meta.requires_grad
-                                for e in facts.state.values())
+        self.records_grad = any(
+            e.kind == "parameter" and e.meta is not None and e.meta.requires_grad
+            for e in facts.state.values()
+        )
         self.root_function: FunctionCode | None = None
         self.module_scope = Scope(MODULE_NAMES)
         self.class_name = self.module_scope.claim(class_identifier(class_name), "Model")
@@ -176,8 +187,12 @@ class ModelPlan:
                 self.kinds[module] = "sequential"
                 self.ctors[module] = Ctor("nn.Sequential", self._numbered_parts(module))
                 return
-        elif not module.state and module.children and _numbered(module) and all(
-                self.kinds[c] != "inline" for c in module.children.values()):
+        elif (
+            not module.state
+            and module.children
+            and _numbered(module)
+            and all(self.kinds[c] != "inline" for c in module.children.values())
+        ):
             self.kinds[module] = "modulelist"
             self.ctors[module] = Ctor("nn.ModuleList", self._numbered_parts(module), star_list=True)
             return
@@ -230,8 +245,10 @@ class ModelPlan:
                     return False
                 if kind == "class" and self.method_names.get(item.call) != "forward":
                     return False
-                if kind == "layer" and (self.matches[item.call].pattern != item.call.outputs[0]
-                                        or self.matches[item.call].function):
+                if kind == "layer" and (
+                    self.matches[item.call].pattern != item.call.outputs[0]
+                    or self.matches[item.call].function
+                ):
                     return False  # the layer's own forward is not what its call runs
                 current = item.call.outputs[0]
             if current != call.outputs[0]:
@@ -244,15 +261,26 @@ class ModelPlan:
         weight, bias = module.state.get("weight"), module.state.get("bias")
         if weight is None or set(module.state) - {"weight", "bias"} or weight.kind != "parameter":
             return None
-        if weight.shape is None or len(weight.shape) != 2 or (bias is not None and bias.shape != weight.shape[:1]):
+        if (
+            weight.shape is None
+            or len(weight.shape) != 2
+            or (bias is not None and bias.shape != weight.shape[:1])
+        ):
             return None
-        if not any(_reads_as(self.facts, node, "weight", weight.target) for node in self.facts.program.graph.iter_nodes()
-                   if node.target == "torch.ops.aten.linear.default"):
+        if not any(
+            _reads_as(self.facts, node, "weight", weight.target)
+            for node in self.facts.program.graph.iter_nodes()
+            if node.target == "torch.ops.aten.linear.default"
+        ):
             return None
         kwargs = [] if bias is not None else [("bias", Lit(False, "bias"))]
         if weight.dtype != "float32":
             kwargs.append(("dtype", Raw(f"torch.{weight.dtype}")))
-        return Ctor("nn.Linear", [Lit(weight.shape[1], "in_features"), Lit(weight.shape[0], "out_features")], kwargs)
+        return Ctor(
+            "nn.Linear",
+            [Lit(weight.shape[1], "in_features"), Lit(weight.shape[0], "out_features")],
+            kwargs,
+        )
 
     # -- generated classes ------------------------------------------------------------------------
     def _member_scope(self, module: Module) -> Scope:
@@ -262,8 +290,13 @@ class ModelPlan:
         return scope
 
     def _build_class(self, module: Module) -> None:
-        base = self.class_name if module is self.root else class_identifier(
-            module.class_name or identifier(module.attr).title().replace("_", ""))
+        base = (
+            self.class_name
+            if module is self.root
+            else class_identifier(
+                module.class_name or identifier(module.attr).title().replace("_", "")
+            )
+        )
         inst = Instance(module, base)
         self.instances[module] = inst
         inst.init = self._init_lines(module)
@@ -278,7 +311,9 @@ class ModelPlan:
         member = self._member_scope(module)
         accepted: dict[tuple, str] = {}
         for call in module.calls:
-            probe = self._call_body(module, call, ClassContext(self._member_scope(module)), "forward")
+            probe = self._call_body(
+                module, call, ClassContext(self._member_scope(module)), "forward"
+            )
             key = probe.signature()
             if key in accepted:
                 self.method_names[call] = accepted[key]
@@ -316,8 +351,10 @@ class ModelPlan:
     def _state_line(self, attr: str, entry: StateEntry) -> InitLine:
         shape = entry.shape
         if shape is None:
-            raise GraphError(f"{self.facts.program.source}: {entry.kind} {entry.target!r} has no static shape "
-                             "in the program's tensor_values, so no module attribute can be declared for it")
+            raise GraphError(
+                f"{self.facts.program.source}: {entry.kind} {entry.target!r} has no static shape "
+                "in the program's tensor_values, so no module attribute can be declared for it"
+            )
         hint = identifier(attr)
         dims = [Lit(int(d), f"{hint}_dim{i}") for i, d in enumerate(shape)] or [Raw("()")]
         kwargs = []
@@ -342,12 +379,18 @@ class ModelPlan:
         except Exception:  # noqa: BLE001 - no stored value: the empty buffer stays
             return None
         dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
-        if not isinstance(value, torch.Tensor) or value.numel() > _SMALL_CONSTANT or dtype not in _LITERAL_DTYPES \
-                or (value.is_floating_point() and not value.isfinite().all()):
+        if (
+            not isinstance(value, torch.Tensor)
+            or value.numel() > _SMALL_CONSTANT
+            or dtype not in _LITERAL_DTYPES
+            or (value.is_floating_point() and not value.isfinite().all())
+        ):
             return None
         values = value.tolist()
         text = constant_text(values) if value.dim() == 0 else repr(values)
-        kwargs = [] if torch.tensor(values).dtype == value.dtype else [("dtype", Raw(f"torch.{dtype}"))]
+        kwargs = (
+            [] if torch.tensor(values).dtype == value.dtype else [("dtype", Raw(f"torch.{dtype}"))]
+        )
         return Ctor("torch.tensor", [Raw(text)], kwargs)
 
     def _frozen(self, entry: StateEntry) -> bool:
@@ -360,8 +403,13 @@ class ModelPlan:
         for alias, first in self.facts.tied.items():
             if _common_module(alias, first) != module.path:
                 continue
-            lines.append(InitLine("raw", text=f"{module.attribute_expr(relative(alias, module.path), self.kind_of)} = "
-                                              f"{module.attribute_expr(relative(first, module.path), self.kind_of)}"))
+            lines.append(
+                InitLine(
+                    "raw",
+                    text=f"{module.attribute_expr(relative(alias, module.path), self.kind_of)} = "
+                    f"{module.attribute_expr(relative(first, module.path), self.kind_of)}",
+                )
+            )
         return lines
 
     def _freezes(self, module: Module) -> list[InitLine]:
@@ -371,8 +419,13 @@ class ModelPlan:
                 continue
             for name, entry in child.state.items():
                 if self._frozen(entry):
-                    lines.append(InitLine("raw", text=f"{module.attribute_expr(f'{attr}.{name}', self.kind_of)}"
-                                                      f".requires_grad_(False)"))
+                    lines.append(
+                        InitLine(
+                            "raw",
+                            text=f"{module.attribute_expr(f'{attr}.{name}', self.kind_of)}"
+                            f".requires_grad_(False)",
+                        )
+                    )
         return lines
 
     # -- sharing ----------------------------------------------------------------------------------
@@ -401,7 +454,9 @@ def _lift(klass: ClassDef) -> list[tuple[str, list[int]]]:
     the same values across instances share one parameter."""
     if len(klass.instances) < 2:
         return []
-    vectors = [tuple(_hashable(h.value) for h in hs) for hs in zip(*(i.holes() for i in klass.instances))]
+    vectors = [
+        tuple(_hashable(h.value) for h in hs) for hs in zip(*(i.holes() for i in klass.instances))
+    ]
     hints = [h.hint for h in klass.representative.holes()]
     owners = klass.representative.hole_owners()
     scope = Scope(MODULE_NAMES)
@@ -421,8 +476,9 @@ def _lift(klass: ClassDef) -> list[tuple[str, list[int]]]:
     return params
 
 
-def _name_classes(classes: list[ClassDef], root: Module, instances: dict, scope: Scope,
-                  root_name: str) -> None:
+def _name_classes(
+    classes: list[ClassDef], root: Module, instances: dict, scope: Scope, root_name: str
+) -> None:
     """Original class names, unique in the module: the first body (in module order) keeps
     the name, later ones get ``_2``, ``_3``."""
     root_class = instances[root].klass

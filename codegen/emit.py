@@ -15,6 +15,7 @@ import functools
 from dataclasses import dataclass
 
 import jinja2
+
 from pt2interp.codegen import layout
 from pt2interp.codegen.bodies import FunctionCode, render_line
 from pt2interp.codegen.classes import ClassDef, ModelPlan
@@ -24,9 +25,16 @@ from pt2interp.codegen.names import comment
 # isort's order (ruff's I001): the standard library, then third party; in each section
 # `import x` before `from x import y`.
 _IMPORT_SECTIONS = [
-    [("math", "import math"), ("operator", "import operator"),
-     ("namedtuple", "from collections import namedtuple")],
-    [("torch", "import torch"), ("F", "import torch.nn.functional as F"), ("nn", "from torch import nn")],
+    [
+        ("math", "import math"),
+        ("operator", "import operator"),
+        ("namedtuple", "from collections import namedtuple"),
+    ],
+    [
+        ("torch", "import torch"),
+        ("F", "import torch.nn.functional as F"),
+        ("nn", "from torch import nn"),
+    ],
 ]
 
 
@@ -48,8 +56,12 @@ class RenderedClass:
 def _template() -> jinja2.Template:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("pt2interp.codegen", "templates"),
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-        autoescape=False, undefined=jinja2.StrictUndefined)
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+    )
     return env.get_template("module.py.j2")
 
 
@@ -59,19 +71,38 @@ def emit(plan: ModelPlan, *, description: str) -> str:
     module_lines = []
     for name, fields in plan.namedtuples.values():
         fields_src = "[" + ", ".join(layout.constant_text(f) for f in fields) + "]"
-        module_lines.append(layout.format_statement(f"{name} = namedtuple({layout.constant_text(name)}, {fields_src})"))
+        module_lines.append(
+            layout.format_statement(
+                f"{name} = namedtuple({layout.constant_text(name)}, {fields_src})"
+            )
+        )
     tied = plan.facts.tied
     if tied:
-        module_lines.append(layout.format_statement(
-            "TIED_WEIGHTS = {" + ", ".join(f"{layout.constant_text(a)}: {layout.constant_text(b)}"
-                                           for a, b in tied.items()) + "}"))
+        module_lines.append(
+            layout.format_statement(
+                "TIED_WEIGHTS = {"
+                + ", ".join(
+                    f"{layout.constant_text(a)}: {layout.constant_text(b)}" for a, b in tied.items()
+                )
+                + "}"
+            )
+        )
     constants = [e.target for e in plan.facts.state.values() if not e.persistent]
     if constants:
-        module_lines.append(layout.format_statement(
-            "CONSTANTS = [" + ", ".join(layout.constant_text(c) for c in constants) + "]"))
-    context = {"docstring": _docstring(description), "module_lines": module_lines, "classes": classes,
-               "root": plan.class_name, "tied": bool(tied), "constants": bool(constants),
-               "eval": not plan.facts.traced_in_training_mode()}
+        module_lines.append(
+            layout.format_statement(
+                "CONSTANTS = [" + ", ".join(layout.constant_text(c) for c in constants) + "]"
+            )
+        )
+    context = {
+        "docstring": _docstring(description),
+        "module_lines": module_lines,
+        "classes": classes,
+        "root": plan.class_name,
+        "tied": bool(tied),
+        "constants": bool(constants),
+        "eval": not plan.facts.traced_in_training_mode(),
+    }
     # the module-level functions the classes call (layers.FUNCTIONS), then what all of it reads
     used = _names_read(_template().render(imports=[], functions=[], **context))
     context["functions"] = [text for name, text in FUNCTIONS.items() if name in used]
@@ -107,7 +138,9 @@ def _render_class(klass: ClassDef, reserved: set[str]) -> RenderedClass:
         args = [hole_text(child_holes[positions[0]]) for _, positions in child.klass.params]
         return f"{child.klass.name}({', '.join(args)})"
 
-    init_lines = [layout.format_statement(line.template(hole_text, child_text), 8) for line in rep.init]
+    init_lines = [
+        layout.format_statement(line.template(hole_text, child_text), 8) for line in rep.init
+    ]
     params = ["self"] + [name for name, _ in klass.params]
     init_header = layout.format_def("__init__", params, 4)
     methods = [_render_method(m, reserved) for m in rep.methods]

@@ -26,8 +26,8 @@ class StateEntry:
     """A tensor the module holds: ``target`` is its dotted name (``layer1.0.conv1.weight``)."""
 
     target: str
-    kind: str                 # parameter | buffer | constant
-    persistent: bool          # in state_dict(); False for non-persistent buffers and constants
+    kind: str  # parameter | buffer | constant
+    persistent: bool  # in state_dict(); False for non-persistent buffers and constants
     meta: TensorMeta | None
     requires_grad: bool = True
 
@@ -56,7 +56,7 @@ def under(path: str, prefix: str) -> bool:
 
 
 def relative(path: str, prefix: str) -> str:
-    return path if prefix == "" else path[len(prefix) + 1:]
+    return path if prefix == "" else path[len(prefix) + 1 :]
 
 
 @dataclass
@@ -64,10 +64,10 @@ class ProgramFacts:
     program: Program
     state: dict[str, StateEntry] = field(default_factory=dict)
     value_targets: dict[str, list[str]] = field(default_factory=dict)  # graph value → state names
-    tied: dict[str, str] = field(default_factory=dict)                 # alias → first name
-    last_use: dict[str, int] = field(default_factory=dict)             # value → node index
-    defined_at: dict[str, int] = field(default_factory=dict)           # value → node index
-    end_uses: list[str] = field(default_factory=list)                  # values read after the graph
+    tied: dict[str, str] = field(default_factory=dict)  # alias → first name
+    last_use: dict[str, int] = field(default_factory=dict)  # value → node index
+    defined_at: dict[str, int] = field(default_factory=dict)  # value → node index
+    end_uses: list[str] = field(default_factory=list)  # values read after the graph
 
     @classmethod
     def of(cls, program: Program, *, load_weights: bool = True) -> ProgramFacts:
@@ -79,9 +79,15 @@ class ProgramFacts:
             name = spec.arg.value.name if spec.arg.kind == "tensor" else None
             meta = graph.tensor_values.get(name) if name else None
             kind = {"tensor_constant": "constant"}.get(spec.kind, spec.kind)
-            persistent = spec.kind == "parameter" or (spec.kind == "buffer" and spec.persistent is not False)
-            requires_grad = meta.requires_grad if (meta is not None and spec.kind == "parameter") else True
-            facts.state.setdefault(spec.target, StateEntry(spec.target, kind, persistent, meta, requires_grad))
+            persistent = spec.kind == "parameter" or (
+                spec.kind == "buffer" and spec.persistent is not False
+            )
+            requires_grad = (
+                meta.requires_grad if (meta is not None and spec.kind == "parameter") else True
+            )
+            facts.state.setdefault(
+                spec.target, StateEntry(spec.target, kind, persistent, meta, requires_grad)
+            )
             if name:
                 facts.value_targets.setdefault(name, []).append(spec.target)
         if load_weights:
@@ -97,7 +103,9 @@ class ProgramFacts:
             entry = self.state.get(listed)
             if entry is None or alias in self.state:
                 continue
-            self.state[alias] = StateEntry(alias, entry.kind, entry.persistent, entry.meta, entry.requires_grad)
+            self.state[alias] = StateEntry(
+                alias, entry.kind, entry.persistent, entry.meta, entry.requires_grad
+            )
             for targets in self.value_targets.values():
                 if listed in targets:
                     targets.append(alias)

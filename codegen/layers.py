@@ -28,7 +28,6 @@ from pt2interp.codegen.facts import ProgramFacts, StateEntry
 from pt2interp.codegen.names import list_index
 from pt2interp.codegen.tree import CallGroup, Module
 from pt2interp.ops.registry import registry_key
-
 from pt2interp.schema import Node
 
 _FLOAT32 = "float32"
@@ -141,7 +140,9 @@ class _View:
 
     def own(self, value, attr: str) -> StateEntry:
         """The module's own state ``attr``, which ``value`` must be."""
-        self.require(isinstance(value, str) and self.facts.state_path_in(value, self.module.path) == attr)
+        self.require(
+            isinstance(value, str) and self.facts.state_path_in(value, self.module.path) == attr
+        )
         entry = subtree_state(self.module).get(attr)
         self.require(entry is not None and entry.shape is not None)
         return entry
@@ -250,6 +251,7 @@ def _class_rank(view: _View) -> int:
 
 # -- linear ------------------------------------------------------------------------------------
 
+
 @layer("Linear", "NonDynamicallyQuantizableLinear")
 def _linear(v: _View) -> LayerMatch:
     x = v.only_input()
@@ -268,9 +270,17 @@ def _decomposed_linear(v: _View, x: str):
     """Core ATen's linear: ``addmm(b, x, w.t())`` / ``mm``, with views around for 3D+ inputs."""
     transpose = [n for n, op in zip(v.nodes, v.ops) if op in ("permute.default", "t.default")]
     mms = [n for n, op in zip(v.nodes, v.ops) if op in ("addmm.default", "mm.default")]
-    views = [n for n, op in zip(v.nodes, v.ops) if op in ("view.default", "_unsafe_view.default", "reshape.default")]
-    v.require(len(transpose) == 1 and len(mms) == 1 and len(views) in (0, 2)
-              and len(v.nodes) == 2 + len(views))
+    views = [
+        n
+        for n, op in zip(v.nodes, v.ops)
+        if op in ("view.default", "_unsafe_view.default", "reshape.default")
+    ]
+    v.require(
+        len(transpose) == 1
+        and len(mms) == 1
+        and len(views) in (0, 2)
+        and len(v.nodes) == 2 + len(views)
+    )
     t, mm = transpose[0], mms[0]
     weight = v.own(v.value(t, "self"), "weight")
     if _op(t) == "permute.default":
@@ -301,11 +311,16 @@ def _linear_match(v: _View, x: str, weight: StateEntry, bias_value, out: str) ->
         entries.append(bias)
         params.append("bias")
     kwargs = [] if bias_value is not None else [("bias", Lit(False, "bias"))]
-    ctor = Ctor("nn.Linear", [Lit(in_f, "in_features"), Lit(out_f, "out_features")], kwargs + _dtype_kw(entries))
+    ctor = Ctor(
+        "nn.Linear",
+        [Lit(in_f, "in_features"), Lit(out_f, "out_features")],
+        kwargs + _dtype_kw(entries),
+    )
     return LayerMatch(ctor, [x], out, params=params)
 
 
 # -- convolution -------------------------------------------------------------------------------
+
 
 @layer("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 def _conv(v: _View) -> LayerMatch:
@@ -313,8 +328,10 @@ def _conv(v: _View) -> LayerMatch:
     transposed = (v.module.class_name or "").startswith("ConvTranspose")
     x = v.only_input()
     if transposed:
-        node = v.single(f"conv_transpose{rank}d.input" if rank > 1 else "conv_transpose1d.default",
-                        "convolution.default")
+        node = v.single(
+            f"conv_transpose{rank}d.input" if rank > 1 else "conv_transpose1d.default",
+            "convolution.default",
+        )
     else:
         node = v.single(f"conv{rank}d.default", f"conv{rank}d.padding", "convolution.default")
     if _op(node) == "convolution.default":
@@ -333,7 +350,11 @@ def _conv(v: _View) -> LayerMatch:
     else:
         in_c, out_c = weight.shape[1] * groups, weight.shape[0]
     kernel = weight.shape[2:]
-    args = [Lit(in_c, "in_channels"), Lit(out_c, "out_channels"), Lit(_compact(kernel), "kernel_size")]
+    args = [
+        Lit(in_c, "in_channels"),
+        Lit(out_c, "out_channels"),
+        Lit(_compact(kernel), "kernel_size"),
+    ]
     kwargs: list = []
     if stride != (1,) * rank:
         kwargs.append(("stride", Lit(_compact(stride), "stride")))
@@ -359,10 +380,13 @@ def _conv(v: _View) -> LayerMatch:
     else:
         kwargs.append(("bias", Lit(False, "bias")))
     cls = ("ConvTranspose" if transposed else "Conv") + f"{rank}d"
-    return LayerMatch(Ctor(f"nn.{cls}", args, kwargs + _dtype_kw(entries)), [x], v.out(node), params=params)
+    return LayerMatch(
+        Ctor(f"nn.{cls}", args, kwargs + _dtype_kw(entries)), [x], v.out(node), params=params
+    )
 
 
 # -- normalization -----------------------------------------------------------------------------
+
 
 @layer("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 def _batch_norm(v: _View) -> LayerMatch:
@@ -377,7 +401,11 @@ def _batch_norm(v: _View) -> LayerMatch:
     v.require(mean is not None and var is not None)
     running_mean = v.own(mean, "running_mean")
     running_var = v.own(var, "running_var")
-    v.require(running_mean.kind == "buffer" and running_var.kind == "buffer" and len(running_mean.shape) == 1)
+    v.require(
+        running_mean.kind == "buffer"
+        and running_var.kind == "buffer"
+        and len(running_mean.shape) == 1
+    )
     features = running_mean.shape[0]
     params = ["running_mean", "running_var"]
     entries = [running_mean, running_var]
@@ -392,7 +420,9 @@ def _batch_norm(v: _View) -> LayerMatch:
     else:
         kwargs.append(("affine", Lit(False, "affine")))
     kwargs = _defaults(eps=1e-5, momentum=0.1)(v, node) + kwargs
-    ctor = Ctor(f"nn.BatchNorm{rank}d", [Lit(features, "num_features")], kwargs + _dtype_kw(entries))
+    ctor = Ctor(
+        f"nn.BatchNorm{rank}d", [Lit(features, "num_features")], kwargs + _dtype_kw(entries)
+    )
     return LayerMatch(ctor, [x], v.out(node), params=params)
 
 
@@ -420,8 +450,12 @@ def _layer_norm(v: _View) -> LayerMatch:
             params.append("bias")
     dtype = _dtype_kw(entries) if entries else []
     normalized = shape[0] if len(shape) == 1 else shape
-    return LayerMatch(Ctor("nn.LayerNorm", [Lit(normalized, "normalized_shape")], kwargs + dtype),
-                      [x], v.out(node), params=params)
+    return LayerMatch(
+        Ctor("nn.LayerNorm", [Lit(normalized, "normalized_shape")], kwargs + dtype),
+        [x],
+        v.out(node),
+        params=params,
+    )
 
 
 @layer("GroupNorm")
@@ -434,12 +468,16 @@ def _group_norm(v: _View) -> LayerMatch:
     v.require((weight_value is None) == (bias_value is None) and weight_value is not None)
     w, b = v.own(weight_value, "weight"), v.own(bias_value, "bias")
     kwargs = _defaults(eps=1e-5)(v, node)
-    ctor = Ctor("nn.GroupNorm", [Lit(groups, "num_groups"), Lit(w.shape[0], "num_channels")],
-                kwargs + _dtype_kw([w, b]))
+    ctor = Ctor(
+        "nn.GroupNorm",
+        [Lit(groups, "num_groups"), Lit(w.shape[0], "num_channels")],
+        kwargs + _dtype_kw([w, b]),
+    )
     return LayerMatch(ctor, [x], v.out(node), params=["weight", "bias"])
 
 
 # -- embedding ---------------------------------------------------------------------------------
+
 
 @layer("Embedding")
 def _embedding(v: _View) -> LayerMatch:
@@ -456,12 +494,16 @@ def _embedding(v: _View) -> LayerMatch:
         kwargs.append(("scale_grad_by_freq", Lit(True, "scale_grad_by_freq")))
     if v.value(node, "sparse", False):
         kwargs.append(("sparse", Lit(True, "sparse")))
-    ctor = Ctor("nn.Embedding", [Lit(w.shape[0], "num_embeddings"), Lit(w.shape[1], "embedding_dim")],
-                kwargs + _dtype_kw([w]))
+    ctor = Ctor(
+        "nn.Embedding",
+        [Lit(w.shape[0], "num_embeddings"), Lit(w.shape[1], "embedding_dim")],
+        kwargs + _dtype_kw([w]),
+    )
     return LayerMatch(ctor, [x], v.out(node), params=["weight"])
 
 
 # -- stateless layers: activations, pooling, dropout, flatten ----------------------------------
+
 
 def _simple(cls: str, ops: dict[str, Callable[[_View, Node], list]]):
     """A stateless layer: ``ops`` maps each accepted op to its keyword arguments."""
@@ -509,14 +551,27 @@ def _both(*readers):
     return read
 
 
-for _cls, _name in [("ReLU", "relu"), ("Hardswish", "hardswish"), ("Hardsigmoid", "hardsigmoid"),
-                    ("SiLU", "silu"), ("Mish", "mish"), ("SELU", "selu")]:
+for _cls, _name in [
+    ("ReLU", "relu"),
+    ("Hardswish", "hardswish"),
+    ("Hardsigmoid", "hardsigmoid"),
+    ("SiLU", "silu"),
+    ("Mish", "mish"),
+    ("SELU", "selu"),
+]:
     layer(_cls)(_simple(_cls, {f"{_name}.default": _none, f"{_name}_.default": _inplace}))
 for _cls, _name in [("Sigmoid", "sigmoid"), ("Tanh", "tanh")]:
     layer(_cls)(_simple(_cls, {f"{_name}.default": _none}))
 layer("GELU")(_simple("GELU", {"gelu.default": _defaults(approximate="none")}))
-layer("LeakyReLU")(_simple("LeakyReLU", {"leaky_relu.default": _defaults(negative_slope=0.01),
-                                         "leaky_relu_.default": _both(_defaults(negative_slope=0.01), _inplace)}))
+layer("LeakyReLU")(
+    _simple(
+        "LeakyReLU",
+        {
+            "leaky_relu.default": _defaults(negative_slope=0.01),
+            "leaky_relu_.default": _both(_defaults(negative_slope=0.01), _inplace),
+        },
+    )
+)
 layer("ELU")(_simple("ELU", {"elu.default": _defaults(alpha=1.0)}))
 
 
@@ -526,8 +581,17 @@ def _relu6(v: _View, node: Node) -> list:
     return _inplace(v, node) if _op(node).endswith("_.default") else []
 
 
-layer("ReLU6")(_simple("ReLU6", {"hardtanh.default": _relu6, "hardtanh_.default": _relu6,
-                                 "relu6.default": _relu6, "relu6_.default": _relu6}))
+layer("ReLU6")(
+    _simple(
+        "ReLU6",
+        {
+            "hardtanh.default": _relu6,
+            "hardtanh_.default": _relu6,
+            "relu6.default": _relu6,
+            "relu6_.default": _relu6,
+        },
+    )
+)
 layer("Hardtanh")(_simple("Hardtanh", {"hardtanh.default": _defaults(min_val=-1.0, max_val=1.0)}))
 
 
@@ -536,8 +600,12 @@ def _softmax_dim(v: _View, node: Node) -> list:
     return [("dim", Lit(v.value(node, "dim"), "dim"))]
 
 
-layer("Softmax")(_simple("Softmax", {"softmax.int": _softmax_dim, "_softmax.default": _softmax_dim}))
-layer("LogSoftmax")(_simple("LogSoftmax", {"log_softmax.int": _softmax_dim, "_log_softmax.default": _softmax_dim}))
+layer("Softmax")(
+    _simple("Softmax", {"softmax.int": _softmax_dim, "_softmax.default": _softmax_dim})
+)
+layer("LogSoftmax")(
+    _simple("LogSoftmax", {"log_softmax.int": _softmax_dim, "_log_softmax.default": _softmax_dim})
+)
 layer("Flatten")(_simple("Flatten", {"flatten.using_ints": _defaults(start_dim=1, end_dim=-1)}))
 
 
@@ -551,11 +619,18 @@ def _dropout(v: _View, node: Node) -> list:
     return kwargs + (_inplace(v, node) if _op(node).endswith("_.default") else [])
 
 
-layer("Dropout")(_simple("Dropout", {"dropout.default": _dropout, "dropout_.default": _dropout,
-                                     "clone.default": _dropout}))
+layer("Dropout")(
+    _simple(
+        "Dropout",
+        {"dropout.default": _dropout, "dropout_.default": _dropout, "clone.default": _dropout},
+    )
+)
 for _rank in (1, 2, 3):
-    layer(f"Dropout{_rank}d")(_simple(f"Dropout{_rank}d", {"feature_dropout.default": _dropout,
-                                                             "clone.default": _dropout}))
+    layer(f"Dropout{_rank}d")(
+        _simple(
+            f"Dropout{_rank}d", {"feature_dropout.default": _dropout, "clone.default": _dropout}
+        )
+    )
 
 
 def _pool_args(v: _View, node: Node, names: tuple[str, ...], defaults: dict) -> tuple[list, list]:
@@ -568,7 +643,9 @@ def _pool_args(v: _View, node: Node, names: tuple[str, ...], defaults: dict) -> 
     for name in names:
         value = v.value(node, name, defaults[name])
         value = tuple(value) if isinstance(value, (list, tuple)) else value
-        if value != defaults[name] and not (isinstance(value, tuple) and set(value) == {defaults[name]}):
+        if value != defaults[name] and not (
+            isinstance(value, tuple) and set(value) == {defaults[name]}
+        ):
             kwargs.append((name, Lit(_compact(value) if isinstance(value, tuple) else value, name)))
     return args, kwargs
 
@@ -578,8 +655,12 @@ def _max_pool(v: _View) -> LayerMatch:
     x = v.only_input()
     node = v.single(f"max_pool{rank}d.default", f"max_pool{rank}d_with_indices.default")
     v.require(v.value(node, "self") == x)
-    args, kwargs = _pool_args(v, node, ("padding", "dilation", "ceil_mode"),
-                              {"padding": 0, "dilation": 1, "ceil_mode": False})
+    args, kwargs = _pool_args(
+        v,
+        node,
+        ("padding", "dilation", "ceil_mode"),
+        {"padding": 0, "dilation": 1, "ceil_mode": False},
+    )
     return LayerMatch(Ctor(f"nn.MaxPool{rank}d", args, kwargs), [x], v.out(node))
 
 
@@ -588,26 +669,36 @@ def _avg_pool(v: _View) -> LayerMatch:
     x = v.only_input()
     node = v.single(f"avg_pool{rank}d.default")
     v.require(v.value(node, "self") == x)
-    args, kwargs = _pool_args(v, node, ("padding", "ceil_mode", "count_include_pad", "divisor_override"),
-                              {"padding": 0, "ceil_mode": False, "count_include_pad": True,
-                               "divisor_override": None})
+    args, kwargs = _pool_args(
+        v,
+        node,
+        ("padding", "ceil_mode", "count_include_pad", "divisor_override"),
+        {"padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None},
+    )
     return LayerMatch(Ctor(f"nn.AvgPool{rank}d", args, kwargs), [x], v.out(node))
 
 
 def _adaptive_avg_pool(v: _View) -> LayerMatch:
     rank = _class_rank(v)
     x = v.only_input()
-    node = v.single(f"adaptive_avg_pool{rank}d.default", f"_adaptive_avg_pool{rank}d.default", "mean.dim")
+    node = v.single(
+        f"adaptive_avg_pool{rank}d.default", f"_adaptive_avg_pool{rank}d.default", "mean.dim"
+    )
     v.require(v.value(node, "self") == x)
     if _op(node) == "mean.dim":
         # core ATen's global average pool: the mean over the last `rank` dims, kept
         dims = sorted(int(d) for d in v.value(node, "dim", ()))
-        v.require(dims == list(range(-rank, 0)) and v.value(node, "keepdim") is True
-                  and v.value(node, "dtype") is None)
+        v.require(
+            dims == list(range(-rank, 0))
+            and v.value(node, "keepdim") is True
+            and v.value(node, "dtype") is None
+        )
         size = 1
     else:
         size = _compact(tuple(v.value(node, "output_size")))
-    return LayerMatch(Ctor(f"nn.AdaptiveAvgPool{rank}d", [Lit(size, "output_size")]), [x], v.out(node))
+    return LayerMatch(
+        Ctor(f"nn.AdaptiveAvgPool{rank}d", [Lit(size, "output_size")]), [x], v.out(node)
+    )
 
 
 def _adaptive_max_pool(v: _View) -> LayerMatch:
@@ -616,7 +707,9 @@ def _adaptive_max_pool(v: _View) -> LayerMatch:
     node = v.single(f"adaptive_max_pool{rank}d.default")
     v.require(v.value(node, "self") == x)
     size = _compact(tuple(v.value(node, "output_size")))
-    return LayerMatch(Ctor(f"nn.AdaptiveMaxPool{rank}d", [Lit(size, "output_size")]), [x], v.out(node))
+    return LayerMatch(
+        Ctor(f"nn.AdaptiveMaxPool{rank}d", [Lit(size, "output_size")]), [x], v.out(node)
+    )
 
 
 for _rank in (1, 2, 3):
@@ -627,6 +720,7 @@ for _rank in (1, 2, 3):
 
 
 # -- recurrent layers --------------------------------------------------------------------------
+
 
 def _rnn_weight_names(layers: int, directions: int, bias: bool) -> list[str]:
     names = []
@@ -679,8 +773,11 @@ def _recurrent(cls: str, ops: dict[str, list], states: int):
             kwargs.append(("dropout", Lit(float(dropout), "dropout")))
         if bidirectional:
             kwargs.append(("bidirectional", Lit(True, "bidirectional")))
-        ctor = Ctor(f"nn.{cls}", [Lit(entries[0].shape[1], "input_size"), Lit(entries[1].shape[1], "hidden_size")],
-                    kwargs + _dtype_kw(entries))
+        ctor = Ctor(
+            f"nn.{cls}",
+            [Lit(entries[0].shape[1], "input_size"), Lit(entries[1].shape[1], "hidden_size")],
+            kwargs + _dtype_kw(entries),
+        )
         outs = [v.out(node, i) for i in range(1 + states)]
         pattern = (outs[0], tuple(outs[1:])) if states > 1 else tuple(outs)
         return LayerMatch(ctor, call_args, pattern, params=names, state_tuple=states > 1)
@@ -691,7 +788,9 @@ def _recurrent(cls: str, ops: dict[str, list], states: int):
 
 layer("LSTM")(_recurrent("LSTM", {"lstm.input": []}, 2))
 layer("GRU")(_recurrent("GRU", {"gru.input": []}, 1))
-layer("RNN")(_recurrent("RNN", {"rnn_tanh.input": [], "rnn_relu.input": [("nonlinearity", "relu")]}, 1))
+layer("RNN")(
+    _recurrent("RNN", {"rnn_tanh.input": [], "rnn_relu.input": [("nonlinearity", "relu")]}, 1)
+)
 
 
 # -- attention ---------------------------------------------------------------------------------
@@ -706,7 +805,10 @@ def _mha_steps(q_in: str) -> list:
     input."""
     E, L, B, H, BH, hd, LB = (Cap(n) for n in ("E", "L", "B", "H", "BH", "hd", "LB"))
     return [
-        ("linear.default", {"input": q_in, "weight": Own("in_proj_weight"), "bias": Own("in_proj_bias")}),
+        (
+            "linear.default",
+            {"input": q_in, "weight": Own("in_proj_weight"), "bias": Own("in_proj_bias")},
+        ),
         ("unflatten.int", {"self": Out(0), "dim": -1, "sizes": (3, E)}),
         ("unsqueeze.default", {"self": Out(1), "dim": 0}),
         ("transpose.int", {"self": Out(2), "dim0": 0, "dim1": -2}),
@@ -715,20 +817,25 @@ def _mha_steps(q_in: str) -> list:
         ("select.int", {"self": Out(5), "dim": 0, "index": 0}),
         ("select.int", {"self": Out(5), "dim": 0, "index": 1}),
         ("select.int", {"self": Out(5), "dim": 0, "index": 2}),
-        (_VIEW, {"self": Out(6), "size": (L, BH, hd)}),                 # 9: q
+        (_VIEW, {"self": Out(6), "size": (L, BH, hd)}),  # 9: q
         ("transpose.int", {"self": Out(9), "dim0": 0, "dim1": 1}),
-        (_VIEW, {"self": Out(7), "size": (L, BH, hd)}),                 # 11: k
+        (_VIEW, {"self": Out(7), "size": (L, BH, hd)}),  # 11: k
         ("transpose.int", {"self": Out(11), "dim0": 0, "dim1": 1}),
-        (_VIEW, {"self": Out(8), "size": (L, BH, hd)}),                 # 13: v
+        (_VIEW, {"self": Out(8), "size": (L, BH, hd)}),  # 13: v
         ("transpose.int", {"self": Out(13), "dim0": 0, "dim1": 1}),
         (_VIEW, {"self": Out(10), "size": (B, H, L, hd)}),
         (_VIEW, {"self": Out(12), "size": (B, H, L, hd)}),
         (_VIEW, {"self": Out(14), "size": (B, H, L, hd)}),
-        ("scaled_dot_product_attention.default",                        # 18
-         {"query": Out(15), "key": Out(16), "value": Out(17), "attn_mask": None}),
+        (
+            "scaled_dot_product_attention.default",  # 18
+            {"query": Out(15), "key": Out(16), "value": Out(17), "attn_mask": None},
+        ),
         ("permute.default", {"self": Out(18), "dims": (2, 0, 1, 3)}),
         (_VIEW, {"self": Out(19), "size": (LB, E)}),
-        ("linear.default", {"input": Out(20), "weight": Own("out_proj.weight"), "bias": Own("out_proj.bias")}),
+        (
+            "linear.default",
+            {"input": Out(20), "weight": Own("out_proj.weight"), "bias": Own("out_proj.bias")},
+        ),
         (_VIEW, {"self": Out(21), "size": (L, B, E)}),
     ]
 
@@ -748,23 +855,42 @@ def _multihead_attention(v: _View) -> LayerMatch:
     v.require(len(v.nodes) == start + len(steps) + (1 if batch_first else 0))
     out = outs[-1]
     if batch_first:
-        last, _ = v.sequence([("transpose.int", {"self": out, "dim0": 1, "dim1": 0})], start + len(steps))
+        last, _ = v.sequence(
+            [("transpose.int", {"self": out, "dim0": 1, "dim1": 0})], start + len(steps)
+        )
         out = last[0]
     node = v.nodes[start + 18]
-    v.require(v.value(node, "dropout_p", 0.0) == 0.0 and v.value(node, "scale") is None
-              and not v.value(node, "is_causal", False) and not v.value(node, "enable_gqa", False))
+    v.require(
+        v.value(node, "dropout_p", 0.0) == 0.0
+        and v.value(node, "scale") is None
+        and not v.value(node, "is_causal", False)
+        and not v.value(node, "enable_gqa", False)
+    )
     weight = v.own(v.value(v.nodes[start], "weight"), "in_proj_weight")
     embed, heads = cap["E"], cap["H"]
     v.require(all(isinstance(c, int) for c in cap.values()))
-    v.require(weight.shape == (3 * embed, embed) and heads * cap["hd"] == embed
-              and cap["BH"] == cap["B"] * heads and cap["LB"] == cap["L"] * cap["B"])
+    v.require(
+        weight.shape == (3 * embed, embed)
+        and heads * cap["hd"] == embed
+        and cap["BH"] == cap["B"] * heads
+        and cap["LB"] == cap["L"] * cap["B"]
+    )
     params = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
-    entries = [v.own(v.value(v.nodes[start + i], n), a) for i, n, a in
-               ((0, "weight", "in_proj_weight"), (0, "bias", "in_proj_bias"),
-                (21, "weight", "out_proj.weight"), (21, "bias", "out_proj.bias"))]
+    entries = [
+        v.own(v.value(v.nodes[start + i], n), a)
+        for i, n, a in (
+            (0, "weight", "in_proj_weight"),
+            (0, "bias", "in_proj_bias"),
+            (21, "weight", "out_proj.weight"),
+            (21, "bias", "out_proj.bias"),
+        )
+    ]
     kwargs = [("batch_first", Lit(True, "batch_first"))] if batch_first else []
-    ctor = Ctor("nn.MultiheadAttention", [Lit(embed, "embed_dim"), Lit(heads, "num_heads")],
-                kwargs + _dtype_kw(entries))
+    ctor = Ctor(
+        "nn.MultiheadAttention",
+        [Lit(embed, "embed_dim"), Lit(heads, "num_heads")],
+        kwargs + _dtype_kw(entries),
+    )
     # called through the function below, not as `self.self_attn(x, x, x, need_weights=False)[0]`
     return LayerMatch(ctor, [x], out, params=params, function="multihead_self_attention")
 

@@ -43,6 +43,7 @@ INDENT = 4
 
 # -- the document model ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Text:
     s: str
@@ -149,6 +150,7 @@ def _fits(cmds: list, rest: list, width: int) -> bool:
 
 # -- brackets ------------------------------------------------------------------------------------
 
+
 def _joined(items: list, trailing: bool) -> list:
     parts: list = []
     for i, item in enumerate(items):
@@ -191,20 +193,58 @@ def optional_parens(doc):
 # -- expressions ------------------------------------------------------------------------------
 
 # CPython's operator precedence (ast._Precedence), lowest first.
-_TUPLE, _TEST, _OR, _AND, _NOT, _CMP, _BOR, _BXOR, _BAND, _SHIFT, _ARITH, _TERM, _FACTOR, \
-    _POWER, _AWAIT, _ATOM = range(16)
+(
+    _TUPLE,
+    _TEST,
+    _OR,
+    _AND,
+    _NOT,
+    _CMP,
+    _BOR,
+    _BXOR,
+    _BAND,
+    _SHIFT,
+    _ARITH,
+    _TERM,
+    _FACTOR,
+    _POWER,
+    _AWAIT,
+    _ATOM,
+) = range(16)
 
 _BINOPS = {
-    ast.Add: ("+", _ARITH), ast.Sub: ("-", _ARITH), ast.Mult: ("*", _TERM),
-    ast.MatMult: ("@", _TERM), ast.Div: ("/", _TERM), ast.FloorDiv: ("//", _TERM),
-    ast.Mod: ("%", _TERM), ast.Pow: ("**", _POWER), ast.LShift: ("<<", _SHIFT),
-    ast.RShift: (">>", _SHIFT), ast.BitOr: ("|", _BOR), ast.BitXor: ("^", _BXOR),
+    ast.Add: ("+", _ARITH),
+    ast.Sub: ("-", _ARITH),
+    ast.Mult: ("*", _TERM),
+    ast.MatMult: ("@", _TERM),
+    ast.Div: ("/", _TERM),
+    ast.FloorDiv: ("//", _TERM),
+    ast.Mod: ("%", _TERM),
+    ast.Pow: ("**", _POWER),
+    ast.LShift: ("<<", _SHIFT),
+    ast.RShift: (">>", _SHIFT),
+    ast.BitOr: ("|", _BOR),
+    ast.BitXor: ("^", _BXOR),
     ast.BitAnd: ("&", _BAND),
 }
-_UNARY = {ast.UAdd: ("+", _FACTOR), ast.USub: ("-", _FACTOR), ast.Invert: ("~", _FACTOR),
-          ast.Not: ("not ", _NOT)}
-_CMPOPS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
-           ast.Is: "is", ast.IsNot: "is not", ast.In: "in", ast.NotIn: "not in"}
+_UNARY = {
+    ast.UAdd: ("+", _FACTOR),
+    ast.USub: ("-", _FACTOR),
+    ast.Invert: ("~", _FACTOR),
+    ast.Not: ("not ", _NOT),
+}
+_CMPOPS = {
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
 
 
 def _precedence(e: ast.expr) -> int:
@@ -221,7 +261,12 @@ def _precedence(e: ast.expr) -> int:
         return _TEST
     if t is ast.Tuple:
         return _TUPLE
-    if t is ast.Constant and isinstance(e.value, (int, float)) and not isinstance(e.value, bool) and e.value < 0:
+    if (
+        t is ast.Constant
+        and isinstance(e.value, (int, float))
+        and not isinstance(e.value, bool)
+        and e.value < 0
+    ):
         return _FACTOR
     return _ATOM
 
@@ -252,7 +297,9 @@ def constant_text(value) -> str:
         # decimal text stops at 4300 digits (sys.get_int_max_str_digits); hex has no limit
         return repr(value) if value.bit_length() <= _MAX_DECIMAL_BITS else hex(value)
     if isinstance(value, complex):
-        if all(math.isfinite(x) and (x or math.copysign(1.0, x) > 0) for x in (value.real, value.imag)):
+        if all(
+            math.isfinite(x) and (x or math.copysign(1.0, x) > 0) for x in (value.real, value.imag)
+        ):
             return repr(value)
         return f"complex({constant_text(value.real)}, {constant_text(value.imag)})"
     raise ValueError(f"no literal for {type(value).__name__}")
@@ -284,8 +331,11 @@ class _Printer:
 
     def _Attribute(self, e, b):
         value = e.value
-        if isinstance(value, ast.Constant) and isinstance(value.value, (int, float, complex)) \
-                and not isinstance(value.value, bool):
+        if (
+            isinstance(value, ast.Constant)
+            and isinstance(value.value, (int, float, complex))
+            and not isinstance(value.value, bool)
+        ):
             return concat("(", self.doc(value), ").", e.attr)
         return concat(self.operand(value, _ATOM, b), ".", e.attr)
 
@@ -333,8 +383,11 @@ class _Printer:
     def _Dict(self, e, b):
         items = []
         for k, v in zip(e.keys, e.values):
-            items.append(concat("**", self.operand(v, _BOR, True)) if k is None
-                         else concat(self.doc(k, True), ": ", self.doc(v, True)))
+            items.append(
+                concat("**", self.operand(v, _BOR, True))
+                if k is None
+                else concat(self.doc(k, True), ": ", self.doc(v, True))
+            )
         return collection("{", items, "}")
 
     # operators
@@ -344,8 +397,11 @@ class _Printer:
             left = self.operand(e.left, _POWER + 1, b)
             right = self.operand(e.right, _FACTOR, b)
             # a parenthesized operand is never simple: `(-x) ** 2`
-            hug = (_precedence(e.left) > _POWER and _simple_power_operand(e.left)
-                   and _simple_power_operand(e.right))
+            hug = (
+                _precedence(e.left) > _POWER
+                and _simple_power_operand(e.left)
+                and _simple_power_operand(e.right)
+            )
             if hug:
                 return concat(left, "**", right)
             if b:
@@ -354,13 +410,20 @@ class _Printer:
         # a left-associative chain of one precedence breaks before each operator
         chain = []
         node = e
-        while isinstance(node, ast.BinOp) and _BINOPS[type(node.op)][1] == prec and \
-                _BINOPS[type(node.op)][0] != "**":
+        while (
+            isinstance(node, ast.BinOp)
+            and _BINOPS[type(node.op)][1] == prec
+            and _BINOPS[type(node.op)][0] != "**"
+        ):
             chain.append((_BINOPS[type(node.op)][0], node.right))
             node = node.left
         parts = [self.operand(node, prec, b)]
         for sym, right in reversed(chain):
-            parts += [Line(" ") if b else Text(" "), Text(sym + " "), self.operand(right, prec + 1, b)]
+            parts += [
+                Line(" ") if b else Text(" "),
+                Text(sym + " "),
+                self.operand(right, prec + 1, b),
+            ]
         return Group(Concat(tuple(parts))) if b else Concat(tuple(parts))
 
     def _UnaryOp(self, e, b):
@@ -375,26 +438,46 @@ class _Printer:
         prec = _precedence(e)
         parts = [self.operand(e.values[0], prec + 1, b)]
         for v in e.values[1:]:
-            parts += [Line(" ") if b else Text(" "), Text(word.strip() + " "), self.operand(v, prec + 1, b)]
+            parts += [
+                Line(" ") if b else Text(" "),
+                Text(word.strip() + " "),
+                self.operand(v, prec + 1, b),
+            ]
         return Group(Concat(tuple(parts))) if b else Concat(tuple(parts))
 
     def _Compare(self, e, b):
         parts = [self.operand(e.left, _CMP + 1, b)]
         for op, right in zip(e.ops, e.comparators):
-            parts += [Line(" ") if b else Text(" "), Text(_CMPOPS[type(op)] + " "),
-                      self.operand(right, _CMP + 1, b)]
+            parts += [
+                Line(" ") if b else Text(" "),
+                Text(_CMPOPS[type(op)] + " "),
+                self.operand(right, _CMP + 1, b),
+            ]
         return Group(Concat(tuple(parts))) if b else Concat(tuple(parts))
 
     def _IfExp(self, e, b):
         sep = Line(" ") if b else Text(" ")
-        parts = (self.operand(e.body, _TEST + 1, b), sep, Text("if "), self.operand(e.test, _TEST + 1, b),
-                 sep, Text("else "), self.operand(e.orelse, _TEST, b))
+        parts = (
+            self.operand(e.body, _TEST + 1, b),
+            sep,
+            Text("if "),
+            self.operand(e.test, _TEST + 1, b),
+            sep,
+            Text("else "),
+            self.operand(e.orelse, _TEST, b),
+        )
         return Group(Concat(parts)) if b else Concat(parts)
 
     def _Lambda(self, e, b):
         # codegen writes only `lambda *args: f(*args)`: a parameter list of names and one *args
         a = e.args
-        if a.posonlyargs or a.kwonlyargs or a.kwarg or a.defaults or any(x.annotation for x in a.args):
+        if (
+            a.posonlyargs
+            or a.kwonlyargs
+            or a.kwarg
+            or a.defaults
+            or any(x.annotation for x in a.args)
+        ):
             raise ValueError("cannot print a lambda with defaults, keywords or annotations")
         params = [x.arg for x in a.args] + ([f"*{a.vararg.arg}"] if a.vararg else [])
         head = f"lambda {', '.join(params)}:" if params else "lambda:"
@@ -434,7 +517,8 @@ def expression_doc(e: ast.expr, breakable: bool = False):
 
 def _needs_optional_parens(e: ast.expr) -> bool:
     return isinstance(e, (ast.BinOp, ast.BoolOp, ast.Compare, ast.IfExp)) or (
-        isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not))
+        isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not)
+    )
 
 
 def _value_doc(e: ast.expr, head: int = 0, indent: int = 0):
@@ -557,7 +641,9 @@ def statement_doc(stmt: ast.stmt, indent: int = 0):
     if isinstance(stmt, ast.AugAssign):
         symbol = _BINOPS[type(stmt.op)][0]
         target = _flat(_target_doc(stmt.target))
-        return concat(target, f" {symbol}= ", _value_doc(stmt.value, len(target) + len(symbol) + 3, indent))
+        return concat(
+            target, f" {symbol}= ", _value_doc(stmt.value, len(target) + len(symbol) + 3, indent)
+        )
     if isinstance(stmt, ast.Return):
         if stmt.value is None:
             return Text("return")
@@ -586,8 +672,13 @@ def format_expression(source: str) -> str:
 
 def format_if(test_source: str, indent: int) -> str:
     test = ast.parse(test_source, mode="eval").body
-    doc = concat("if ", optional_parens(expression_doc(test, True)) if _needs_optional_parens(test)
-                 else expression_doc(test), ":")
+    doc = concat(
+        "if ",
+        optional_parens(expression_doc(test, True))
+        if _needs_optional_parens(test)
+        else expression_doc(test),
+        ":",
+    )
     return " " * indent + render(doc, indent)
 
 
@@ -602,6 +693,9 @@ def format_def(name: str, params: list[str], indent: int) -> str:
     doc = concat(f"def {name}", collection("(", [Text(p) for p in params], ")"), ":")
     if len(params) == 1:
         # a lone parameter that has to wrap keeps a trailing comma, as ruff writes it
-        doc = concat(f"def {name}", Group(concat("(", Indent(concat(Line(), params[0], IfBreak(","))),
-                                                 Line(), ")")), ":")
+        doc = concat(
+            f"def {name}",
+            Group(concat("(", Indent(concat(Line(), params[0], IfBreak(","))), Line(), ")")),
+            ":",
+        )
     return " " * indent + render(doc, indent)

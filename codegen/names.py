@@ -35,14 +35,32 @@ _MAX_COMMENT = 100
 COMMENT_SCAN = 8 * _MAX_COMMENT
 
 # Names the generated module itself binds or reads: a sanitized name must never shadow them.
-MODULE_NAMES = frozenset({
-    "torch", "nn", "F", "math", "operator", "namedtuple", "self", "super", "from_pt2",
-    "load_safetensors", "TIED_WEIGHTS", "CONSTANTS", "multihead_self_attention",
-})
+MODULE_NAMES = frozenset(
+    {
+        "torch",
+        "nn",
+        "F",
+        "math",
+        "operator",
+        "namedtuple",
+        "self",
+        "super",
+        "from_pt2",
+        "load_safetensors",
+        "TIED_WEIGHTS",
+        "CONSTANTS",
+        "multihead_self_attention",
+    }
+)
 # pycodestyle E741: easily confused with 1 and 0.
 _AMBIGUOUS = frozenset({"l", "O", "I"})
-_RESERVED = MODULE_NAMES | _AMBIGUOUS | frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) \
+_RESERVED = (
+    MODULE_NAMES
+    | _AMBIGUOUS
+    | frozenset(keyword.kwlist)
+    | frozenset(keyword.softkwlist)
     | frozenset(dir(builtins))
+)
 
 
 def identifier(raw: object, fallback: str = "v") -> str:
@@ -84,8 +102,12 @@ def list_index(text: str) -> int | None:
 def is_plain_attribute(name: str) -> bool:
     """True when ``self.<name>`` may be written as is (otherwise use ``getattr``)."""
     # `self.__x` would be name-mangled inside a class body; `self.__x__` is not
-    return (name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
-            and not (name.startswith("__") and not name.endswith("__")))
+    return (
+        name.isascii()
+        and name.isidentifier()
+        and not keyword.iskeyword(name)
+        and not (name.startswith("__") and not name.endswith("__"))
+    )
 
 
 class Scope:
@@ -158,7 +180,7 @@ def comment(text: object) -> str:
     s = "".join(ch if 0x20 <= ord(ch) < 0x7F else ("?" if not ch.isspace() else " ") for ch in head)
     s = " ".join(s.split())
     if len(s) > _MAX_COMMENT or len(raw) > len(head):
-        s = s[:_MAX_COMMENT - 3].rstrip() + "..."
+        s = s[: _MAX_COMMENT - 3].rstrip() + "..."
     return s
 
 

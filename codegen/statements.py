@@ -22,15 +22,16 @@ from collections.abc import Callable
 import pt2interp.ops  # noqa: F401  (registers every op family)
 from pt2interp.codegen.facts import output_refs
 from pt2interp.codegen.layout import constant_text
-from pt2interp.ops.registry import Call, _wrap, lookup, registry_key, resolve_torch_op, schema_of
-
 from pt2interp.errors import GraphError, UnsupportedOpError
+from pt2interp.ops.registry import Call, _wrap, lookup, registry_key, resolve_torch_op, schema_of
 from pt2interp.schema import Argument, Node
 from pt2interp.versions import LAYOUTS, MEMORY_FORMATS, SCALAR_TYPES
 
 Source = Callable[[str], str]
 
-_TORCH_OPS = re.compile(r"^torch\.ops\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_TORCH_OPS = re.compile(
+    r"^torch\.ops\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+)
 _DTYPES = frozenset(SCALAR_TYPES.values())
 _MEMORY_FORMATS = frozenset(MEMORY_FORMATS.values()) - {"unknown"}
 _LAYOUTS = frozenset(LAYOUTS.values()) - {"unknown"}
@@ -53,15 +54,27 @@ def argument_source(arg: Argument, source: Source, device: str | None = None) ->
             return source(v.name)
         return constant_text(v)
     if k in ("tensors", "optional_tensors", "sym_ints", "sym_floats", "sym_bools"):
-        return "[" + ", ".join(source(x.name) if hasattr(x, "name") else constant_text(x) for x in v) + "]"
+        return (
+            "["
+            + ", ".join(source(x.name) if hasattr(x, "name") else constant_text(x) for x in v)
+            + "]"
+        )
     if k == "nested_tensors":
-        return "[" + ", ".join("[" + ", ".join(source(x.name) for x in inner) + "]" for inner in v) + "]"
+        return (
+            "["
+            + ", ".join("[" + ", ".join(source(x.name) for x in inner) + "]" for inner in v)
+            + "]"
+        )
     if k in ("none", "int", "float", "bool", "string", "complex"):
         return constant_text(v)
     if k in ("ints", "floats", "bools", "strings"):
         return "[" + ", ".join(constant_text(x) for x in v) + "]"
     if k in ("int_lists", "float_lists"):
-        return "[" + ", ".join("[" + ", ".join(constant_text(x) for x in inner) + "]" for inner in v) + "]"
+        return (
+            "["
+            + ", ".join("[" + ", ".join(constant_text(x) for x in inner) + "]" for inner in v)
+            + "]"
+        )
     if k == "scalar_type" and v in _DTYPES:
         return f"torch.{v}"
     if k == "memory_format" and v in _MEMORY_FORMATS:
@@ -88,7 +101,9 @@ def op_reference(target: str) -> str:
         try:
             resolve_torch_op(target)  # the registry's names, not a spelling rule, decide
         except UnsupportedOpError as exc:
-            raise UnsupportedOpError(f"target {target[:80]!r} is not an op torch has: {exc}") from None
+            raise UnsupportedOpError(
+                f"target {target[:80]!r} is not an op torch has: {exc}"
+            ) from None
     return target
 
 
@@ -122,8 +137,10 @@ def expression(node: Node, source: Source, device: str | None = None) -> str:
         try:
             return entry.render(call)
         except KeyError as exc:  # renderers read the op's arguments by their schema names
-            raise GraphError(f"node {node.label} ({node.target}) lacks argument {exc.args[0]!r}, "
-                             f"which its op needs (it passes {sorted(call.args)})") from None
+            raise GraphError(
+                f"node {node.label} ({node.target}) lacks argument {exc.args[0]!r}, "
+                f"which its op needs (it passes {sorted(call.args)})"
+            ) from None
     op = op_reference(node.target)
     parts = list(call.positional)
     if call.keyword_names:
@@ -135,7 +152,9 @@ def expression(node: Node, source: Source, device: str | None = None) -> str:
 def _list_items(node: Node, name: str, source: Source) -> list[str] | None:
     for na in node.inputs:
         if na.name == name and na.arg.kind in ("ints", "sym_ints") and na.arg.value:
-            return [source(x.name) if hasattr(x, "name") else constant_text(x) for x in na.arg.value]
+            return [
+                source(x.name) if hasattr(x, "name") else constant_text(x) for x in na.arg.value
+            ]
     return None
 
 
@@ -186,29 +205,44 @@ def bind_target(pattern, target: Callable[[str], str], used: Callable[[str], boo
     parts = [bind_target(p, target, used) for p in pattern]
     if all(p is None for p in parts):
         return None
-    texts = ["_" if p is None else (f"({p})" if isinstance(q, (list, tuple)) and len(q) > 1 else p)
-             for p, q in zip(parts, pattern)]
+    texts = [
+        "_" if p is None else (f"({p})" if isinstance(q, (list, tuple)) and len(q) > 1 else p)
+        for p, q in zip(parts, pattern)
+    ]
     if len(texts) == 1:
         return f"({texts[0]},)"
     return ", ".join(texts)
 
 
-def node_statement(node: Node, *, source: Source, target: Callable[[str], str],
-                   used: Callable[[str], bool], device: str | None = None) -> str | None:
+def node_statement(
+    node: Node,
+    *,
+    source: Source,
+    target: Callable[[str], str],
+    used: Callable[[str], bool],
+    device: str | None = None,
+) -> str | None:
     """``a = f(x)`` / ``a, _ = f(x)`` / ``f(x)``; None for a pure node nothing reads.
     ``device``: source text for the device of factory ops (``x.device``)."""
     expr = expression(node, source, device)
     pattern = output_pattern(node)
-    if node.target.startswith("torch.ops.higher_order.") and isinstance(pattern, str) \
-            and not node.hop_returns_one_tensor:
+    if (
+        node.target.startswith("torch.ops.higher_order.")
+        and isinstance(pattern, str)
+        and not node.hop_returns_one_tensor
+    ):
         expr = f"{expr}[0]"
     lhs = bind_target(pattern, target, used)
     if lhs is None:
         if pattern is not None and is_pure(node):
             return None
         return expr
-    if isinstance(pattern, list) and expr.startswith("list(") and expr.endswith(")") \
-            and _balanced(expr[5:-1]):
+    if (
+        isinstance(pattern, list)
+        and expr.startswith("list(")
+        and expr.endswith(")")
+        and _balanced(expr[5:-1])
+    ):
         expr = expr[5:-1]  # unpacking needs no list: `a, b = torch.split(x, 2)`
     return f"{lhs} = {expr}"
 

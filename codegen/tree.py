@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pt2interp.codegen.facts import ProgramFacts, StateEntry, node_defines, node_reads, under
 from pt2interp.codegen.layout import constant_text
 from pt2interp.codegen.names import is_plain_attribute, list_index
-
 from pt2interp.errors import GraphError
 from pt2interp.schema import ModuleFrame, Node, parse_nn_module_stack
 
@@ -58,7 +57,11 @@ class Module:
         expr, node = "self", self
         for part in path.split("."):
             index = list_index(part)
-            if node is not None and kind_of(node) in ("sequential", "modulelist") and index is not None:
+            if (
+                node is not None
+                and kind_of(node) in ("sequential", "modulelist")
+                and index is not None
+            ):
                 expr = f"{expr}[{index}]"
             elif is_plain_attribute(part):
                 expr = f"{expr}.{part}"
@@ -86,7 +89,9 @@ class Module:
         for part in path.split(".") if path else ():
             child = node.children.get(part)
             if child is None:
-                child = node.children[part] = Module(f"{node.path}.{part}" if node.path else part, part)
+                child = node.children[part] = Module(
+                    f"{node.path}.{part}" if node.path else part, part
+                )
             node = child
         return node
 
@@ -143,8 +148,10 @@ def build_tree(facts: ProgramFacts) -> Module:
 
 def _check_depth(path: str, what: str, facts: ProgramFacts) -> None:
     if path.count(".") >= MAX_MODULE_DEPTH:
-        raise GraphError(f"{facts.program.source}: {what} lies {path.count('.') + 1} modules deep; "
-                         f"generated source nests modules at most {MAX_MODULE_DEPTH} deep")
+        raise GraphError(
+            f"{facts.program.source}: {what} lies {path.count('.') + 1} modules deep; "
+            f"generated source nests modules at most {MAX_MODULE_DEPTH} deep"
+        )
 
 
 def recover(facts: ProgramFacts) -> tuple[Module, list]:
@@ -164,7 +171,9 @@ def _order_children(module: Module) -> None:
     ordered = [c for c in module.children.values() if _holds_state(c)]
     stateless = sorted((c for c in module.children.values() if not _holds_state(c)), key=_first_use)
     for child in stateless:
-        at = next((i for i, c in enumerate(ordered) if _first_use(c) > _first_use(child)), len(ordered))
+        at = next(
+            (i for i, c in enumerate(ordered) if _first_use(c) > _first_use(child)), len(ordered)
+        )
         ordered.insert(at, child)
     module.children = {c.attr: c for c in ordered}
 
@@ -177,7 +186,9 @@ def _first_use(module: Module) -> float:
     return min((call.nodes[0][0] for m in module.walk() for call in m.calls), default=float("inf"))
 
 
-def partition(root: Module, module: Module, nodes: list[tuple[int, Node]], facts: ProgramFacts) -> list:
+def partition(
+    root: Module, module: Module, nodes: list[tuple[int, Node]], facts: ProgramFacts
+) -> list:
     items: list = []
     i = 0
     while i < len(nodes):
@@ -207,7 +218,9 @@ def make_call(module: Module, nodes: list[tuple[int, Node]], facts: ProgramFacts
                 inputs.append(r)
         defined.update(node_defines(node))
     end = nodes[-1][0]
-    outputs = [r for _, node in nodes for r in node_defines(node) if facts.last_use.get(r, -1) > end]
+    outputs = [
+        r for _, node in nodes for r in node_defines(node) if facts.last_use.get(r, -1) > end
+    ]
     return CallGroup(module, list(nodes), inputs, outputs)
 
 

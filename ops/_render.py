@@ -174,6 +174,7 @@ def operand(src: str) -> str:
 # entry states its sample in one line. A maker is a callable taking the generator, or a
 # plain value used as is.
 
+
 def sample(*makers, **kw_makers):
     def make(gen):
         args = tuple(_make(m, gen) for m in makers)
@@ -238,6 +239,7 @@ def cpu(gen):
 
 
 # -- renderer factories: one entry per table row -------------------------------------------
+
 
 def call_renderer(func: str, pos=(), kw=(), defaults=None, fixed=()):
     """A renderer writing ``func(...)`` (see :func:`pycall`); ``fixed`` keywords such as

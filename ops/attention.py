@@ -24,12 +24,16 @@ def _attend(query, key, value, mask, dropout_p: float, is_causal: bool, scale):
 
     aten = torch.ops.aten
     if query.device.type == "cpu":
-        return tuple(aten._scaled_dot_product_flash_attention_for_cpu.default(
-            query, key, value, dropout_p, is_causal, attn_mask=mask, scale=scale))
+        return tuple(
+            aten._scaled_dot_product_flash_attention_for_cpu.default(
+                query, key, value, dropout_p, is_causal, attn_mask=mask, scale=scale
+            )
+        )
     if query.device.type == "cuda":
         out, lse, *_ = aten._scaled_dot_product_efficient_attention.default(
-            query, key, value, mask, True, dropout_p, is_causal, scale=scale)
-        return out, lse[..., :query.shape[-2]]  # CUDA pads the log-sum-exp to a multiple of 32
+            query, key, value, mask, True, dropout_p, is_causal, scale=scale
+        )
+        return out, lse[..., : query.shape[-2]]  # CUDA pads the log-sum-exp to a multiple of 32
     return _math_attention(query, key, value, mask, is_causal, scale)
 
 
@@ -44,7 +48,9 @@ def _math_attention(query, key, value, mask, is_causal: bool, scale):
         keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
         scores = scores.masked_fill(~keep, float("-inf"))
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        scores = (
+            scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        )
     lse = scores.logsumexp(-1)
     return (scores - lse.unsqueeze(-1)).exp().to(value.dtype) @ value, lse
 
@@ -55,17 +61,21 @@ def _empty(like, dtype=None):
     return torch.empty(0, dtype=dtype or like.dtype, device=like.device)
 
 
-def flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+def flash_attention_for_cpu(
+    query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None
+):
     return _attend(query, key, value, attn_mask, dropout_p, is_causal, scale)
 
 
-def efficient_attention(query, key, value, attn_bias, compute_log_sumexp, dropout_p=0.0, is_causal=False, *,
-                        scale=None):
+def efficient_attention(
+    query, key, value, attn_bias, compute_log_sumexp, dropout_p=0.0, is_causal=False, *, scale=None
+):
     import torch
 
     if query.device.type == "cuda":
         return torch.ops.aten._scaled_dot_product_efficient_attention.default(
-            query, key, value, attn_bias, compute_log_sumexp, dropout_p, is_causal, scale=scale)
+            query, key, value, attn_bias, compute_log_sumexp, dropout_p, is_causal, scale=scale
+        )
     out, lse = _attend(query, key, value, attn_bias, dropout_p, is_causal, scale)
     seed = torch.zeros((), dtype=torch.int64, device=query.device)
     return out, lse if compute_log_sumexp else _empty(lse), seed, seed.clone()
@@ -77,27 +87,58 @@ def _varlen_outputs(query, key, out, lse):
 
     no_offsets = _empty(query, torch.int32)
     rng = torch.zeros(2, dtype=torch.int64, device=query.device)
-    return (out, lse, no_offsets, no_offsets.clone(), query.shape[-2], key.shape[-2], rng,
-            _empty(query, torch.int64), _empty(query))
+    return (
+        out,
+        lse,
+        no_offsets,
+        no_offsets.clone(),
+        query.shape[-2],
+        key.shape[-2],
+        rng,
+        _empty(query, torch.int64),
+        _empty(query),
+    )
 
 
-def flash_attention(query, key, value, dropout_p=0.0, is_causal=False, return_debug_mask=False, *, scale=None):
+def flash_attention(
+    query, key, value, dropout_p=0.0, is_causal=False, return_debug_mask=False, *, scale=None
+):
     import torch
 
     if query.device.type == "cuda":
         return torch.ops.aten._scaled_dot_product_flash_attention.default(
-            query, key, value, dropout_p, is_causal, return_debug_mask, scale=scale)
+            query, key, value, dropout_p, is_causal, return_debug_mask, scale=scale
+        )
     out, lse = _attend(query, key, value, None, dropout_p, is_causal, scale)
     return _varlen_outputs(query, key, out, lse)
 
 
-def cudnn_attention(query, key, value, attn_bias, compute_log_sumexp, dropout_p=0.0, is_causal=False,
-                    return_debug_mask=False, *, scale=None):
+def cudnn_attention(
+    query,
+    key,
+    value,
+    attn_bias,
+    compute_log_sumexp,
+    dropout_p=0.0,
+    is_causal=False,
+    return_debug_mask=False,
+    *,
+    scale=None,
+):
     import torch
 
     if query.device.type == "cuda":
         return torch.ops.aten._scaled_dot_product_cudnn_attention.default(
-            query, key, value, attn_bias, compute_log_sumexp, dropout_p, is_causal, return_debug_mask, scale=scale)
+            query,
+            key,
+            value,
+            attn_bias,
+            compute_log_sumexp,
+            dropout_p,
+            is_causal,
+            return_debug_mask,
+            scale=scale,
+        )
     out, lse = _attend(query, key, value, attn_bias, dropout_p, is_causal, scale)
     return _varlen_outputs(query, key, out, lse if compute_log_sumexp else _empty(lse))
 
@@ -109,27 +150,38 @@ def _sample(gen):
     return (q, k, v, 0.0, True), {}
 
 
-register("aten._scaled_dot_product_flash_attention_for_cpu.default", kernel=flash_attention_for_cpu,
-         sample=_sample, family="nn")(raw)
+register(
+    "aten._scaled_dot_product_flash_attention_for_cpu.default",
+    kernel=flash_attention_for_cpu,
+    sample=_sample,
+    family="nn",
+)(raw)
 
 
 def _portable(outputs: int, mask: str | None):
     """Generated code for a CUDA-only kernel: ``F.scaled_dot_product_attention``, which runs
     on any device, in a tuple of the recorded op's length (the attention output first; the
     rest, which inference graphs do not read, None)."""
+
     def render(c: Call) -> str:
         names = [n for n in ("dropout_p", "is_causal", "scale") if c.has(n)]
         if mask and c.has(mask):
             names.insert(0, mask)
         kw = [f"{'attn_mask' if n == mask else n}={c[n]}" for n in names]
-        call = f"F.scaled_dot_product_attention({', '.join([c['query'], c['key'], c['value'], *kw])})"
+        call = (
+            f"F.scaled_dot_product_attention({', '.join([c['query'], c['key'], c['value'], *kw])})"
+        )
         return f"({call}, {', '.join(['None'] * (outputs - 1))})"
+
     return render
 
 
-register("aten._scaled_dot_product_efficient_attention.default", kernel=efficient_attention,
-         family="nn")(_portable(4, "attn_bias"))
-register("aten._scaled_dot_product_flash_attention.default", kernel=flash_attention,
-         family="nn")(_portable(9, None))
-register("aten._scaled_dot_product_cudnn_attention.default", kernel=cudnn_attention,
-         family="nn")(_portable(9, "attn_bias"))
+register(
+    "aten._scaled_dot_product_efficient_attention.default", kernel=efficient_attention, family="nn"
+)(_portable(4, "attn_bias"))
+register("aten._scaled_dot_product_flash_attention.default", kernel=flash_attention, family="nn")(
+    _portable(9, None)
+)
+register("aten._scaled_dot_product_cudnn_attention.default", kernel=cudnn_attention, family="nn")(
+    _portable(9, "attn_bias")
+)

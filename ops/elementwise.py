@@ -41,6 +41,7 @@ _int_binary_sample = sample(randint(-8, 8, 2, 3), randint(1, 5, 3))
 
 # -- + - * / -------------------------------------------------------------------------------
 
+
 def _alpha_infix(symbol: str, fn: str):
     """``a + b``; ``torch.add(a, b, alpha=k)`` when the node scales ``other``."""
 
@@ -87,12 +88,21 @@ _ARITHMETIC = [
     ("aten.mul_.Scalar", method_renderer("mul_", ["other"]), _tensor_scalar_sample),
     ("aten.div_.Tensor", method_renderer("div_", ["other"]), _binary_sample),
     ("aten.div_.Scalar", method_renderer("div_", ["other"]), _tensor_scalar_sample),
-    ("aten.div.Tensor_mode", call_renderer("torch.div", ["self:input", "other"], ["rounding_mode"]),
-     sample(randn(2, 3), randn(3), rounding_mode="floor")),
-    ("aten.div.Scalar_mode", call_renderer("torch.div", ["self:input", "other"], ["rounding_mode"]),
-     sample(randint(-9, 9, 5), 2, rounding_mode="trunc")),
-    ("aten.div_.Tensor_mode", method_renderer("div_", ["other"], ["rounding_mode"]),
-     sample(randn(2, 3), randn(3), rounding_mode="floor")),
+    (
+        "aten.div.Tensor_mode",
+        call_renderer("torch.div", ["self:input", "other"], ["rounding_mode"]),
+        sample(randn(2, 3), randn(3), rounding_mode="floor"),
+    ),
+    (
+        "aten.div.Scalar_mode",
+        call_renderer("torch.div", ["self:input", "other"], ["rounding_mode"]),
+        sample(randint(-9, 9, 5), 2, rounding_mode="trunc"),
+    ),
+    (
+        "aten.div_.Tensor_mode",
+        method_renderer("div_", ["other"], ["rounding_mode"]),
+        sample(randn(2, 3), randn(3), rounding_mode="floor"),
+    ),
 ]
 for _target, _render, _sample in _ARITHMETIC:
     register(_target, sample=_sample)(_render)
@@ -130,21 +140,25 @@ for _target, _fn, _sample in _BINARY_FUNCTIONS:
 _COMPARISONS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 for _name, _symbol in _COMPARISONS.items():
     register(f"aten.{_name}.Tensor", sample=sample(randint(0, 3, 2, 3), randint(0, 3, 3)))(
-        infix_renderer(_symbol))
-    register(f"aten.{_name}.Scalar", sample=sample(randint(0, 3, 2, 3), 1))(
-        infix_renderer(_symbol))
+        infix_renderer(_symbol)
+    )
+    register(f"aten.{_name}.Scalar", sample=sample(randint(0, 3, 2, 3), 1))(infix_renderer(_symbol))
 
 _BITWISE = {
-    "aten.bitwise_and.Tensor": "&", "aten.__and__.Tensor": "&", "aten.bitwise_and.Scalar": "&",
-    "aten.bitwise_or.Tensor": "|", "aten.__or__.Tensor": "|", "aten.bitwise_or.Scalar": "|",
-    "aten.bitwise_xor.Tensor": "^", "aten.__xor__.Tensor": "^",
+    "aten.bitwise_and.Tensor": "&",
+    "aten.__and__.Tensor": "&",
+    "aten.bitwise_and.Scalar": "&",
+    "aten.bitwise_or.Tensor": "|",
+    "aten.__or__.Tensor": "|",
+    "aten.bitwise_or.Scalar": "|",
+    "aten.bitwise_xor.Tensor": "^",
+    "aten.__xor__.Tensor": "^",
 }
 
 
 for _target, _symbol in _BITWISE.items():
     _other = randint(0, 16, 3) if _target.endswith(".Tensor") else 6
-    register(_target, sample=sample(randint(0, 16, 2, 3), _other))(
-        infix_renderer(_symbol))
+    register(_target, sample=sample(randint(0, 16, 2, 3), _other))(infix_renderer(_symbol))
 
 register("aten.bitwise_not.default", sample=sample(randint(-5, 5, 2, 3)))(lambda c: prefix(c, "~"))
 register("aten.neg.default", sample=_unary_sample)(lambda c: prefix(c, "-"))
@@ -154,9 +168,32 @@ register("aten.neg.default", sample=_unary_sample)(lambda c: prefix(c, "-"))
 
 # Ops whose torch function has the op's name. Functions defined on part of the line (log,
 # sqrt, asin, ...) get samples inside their domain, so NaNs do not hide mismatches.
-_UNARY = ["abs", "exp", "exp2", "expm1", "sin", "cos", "tan", "sinh", "cosh", "atan", "erf",
-          "floor", "ceil", "round", "trunc", "sign", "sgn", "sigmoid", "tanh", "reciprocal",
-          "isnan", "isinf", "isfinite", "logical_not"]
+_UNARY = [
+    "abs",
+    "exp",
+    "exp2",
+    "expm1",
+    "sin",
+    "cos",
+    "tan",
+    "sinh",
+    "cosh",
+    "atan",
+    "erf",
+    "floor",
+    "ceil",
+    "round",
+    "trunc",
+    "sign",
+    "sgn",
+    "sigmoid",
+    "tanh",
+    "reciprocal",
+    "isnan",
+    "isinf",
+    "isfinite",
+    "logical_not",
+]
 _UNARY_POSITIVE = ["log", "log1p", "log2", "log10", "sqrt", "rsqrt"]
 _UNARY_UNIT_INTERVAL = ["asin", "acos"]
 # In-place forms the default export keeps: `x.sigmoid_()`.
@@ -173,34 +210,45 @@ def _unary_sample_for(name: str):
 
 for _name in _UNARY + _UNARY_POSITIVE + _UNARY_UNIT_INTERVAL:
     register(f"aten.{_name}.default", sample=_unary_sample_for(_name))(
-        call_renderer(f"torch.{_name}", ["self:input"]))
+        call_renderer(f"torch.{_name}", ["self:input"])
+    )
 for _name in _UNARY_INPLACE:
     register(f"aten.{_name}.default", sample=_unary_sample_for(_name))(method_renderer(_name))
 
 register("aten.round.decimals", sample=sample(randn(2, 3), decimals=2))(
-    call_renderer("torch.round", ["self:input"], ["decimals"]))
+    call_renderer("torch.round", ["self:input"], ["decimals"])
+)
 register("aten.clamp.default", sample=sample(randn(2, 3), -0.5, 0.5))(
-    call_renderer("torch.clamp", ["self:input", "min", "max"]))
+    call_renderer("torch.clamp", ["self:input", "min", "max"])
+)
 register("aten.clamp.Tensor", sample=sample(randn(2, 3), None, randn(3)))(
-    call_renderer("torch.clamp", ["self:input", "min", "max"]))
+    call_renderer("torch.clamp", ["self:input", "min", "max"])
+)
 register("aten.clamp_.default", sample=sample(randn(2, 3), None, 0.25))(
-    method_renderer("clamp_", ["min", "max"]))
+    method_renderer("clamp_", ["min", "max"])
+)
 register("aten.clamp_min.default", sample=sample(randn(2, 3), 0.0))(
-    call_renderer("torch.clamp_min", ["self:input", "min"]))
+    call_renderer("torch.clamp_min", ["self:input", "min"])
+)
 register("aten.clamp_max.default", sample=sample(randn(2, 3), 0.0))(
-    call_renderer("torch.clamp_max", ["self:input", "max"]))
+    call_renderer("torch.clamp_max", ["self:input", "max"])
+)
 register("aten.lerp.Scalar", sample=sample(randn(2, 3), randn(2, 3), 0.3))(
-    call_renderer("torch.lerp", ["self:input", "end", "weight"]))
+    call_renderer("torch.lerp", ["self:input", "end", "weight"])
+)
 register("aten.lerp.Tensor", sample=sample(randn(2, 3), randn(2, 3), randn(3)))(
-    call_renderer("torch.lerp", ["self:input", "end", "weight"]))
+    call_renderer("torch.lerp", ["self:input", "end", "weight"])
+)
 
 
 # -- casts ---------------------------------------------------------------------------------
 
+
 def _plain_layout(c: Call) -> bool:
     """Layout and pin_memory at the values ``Tensor.to`` implies (it takes neither)."""
-    return (c.get("layout", "None").strip() in ("None", "torch.strided")
-            and c.get("pin_memory", "None").strip() in ("None", "False"))
+    return c.get("layout", "None").strip() in ("None", "torch.strided") and c.get(
+        "pin_memory", "None"
+    ).strip() in ("None", "False")
 
 
 @register("aten._to_copy.default", sample=sample(randn(2, 3), dtype=torch_attr("float64")))
@@ -208,13 +256,17 @@ def _to_copy(c: Call) -> str:
     if not _plain_layout(c):
         return raw(c)
     # `copy=True` keeps `_to_copy`'s fresh tensor even when dtype and device already match.
-    return with_kw(method(c, "to", kw=["dtype", "device", "non_blocking", "memory_format"]),
-                   "copy=True")
+    return with_kw(
+        method(c, "to", kw=["dtype", "device", "non_blocking", "memory_format"]), "copy=True"
+    )
 
 
-@register("aten.to.dtype_layout",
-          sample=sample(randn(2, 3), dtype=torch_attr("bfloat16"), layout=torch_attr("strided"),
-                        device=cpu))
+@register(
+    "aten.to.dtype_layout",
+    sample=sample(
+        randn(2, 3), dtype=torch_attr("bfloat16"), layout=torch_attr("strided"), device=cpu
+    ),
+)
 def _to_dtype_layout(c: Call) -> str:
     if not _plain_layout(c):
         return raw(c)
@@ -222,16 +274,23 @@ def _to_dtype_layout(c: Call) -> str:
 
 
 register("aten.to.dtype", sample=sample(randn(2, 3), torch_attr("int32")))(
-    method_renderer("to", ["dtype", "non_blocking", "copy"], ["memory_format"]))
+    method_renderer("to", ["dtype", "non_blocking", "copy"], ["memory_format"])
+)
 register("aten.to.device", sample=sample(randn(2, 3), cpu, torch_attr("float16")))(
-    method_renderer("to", ["device", "dtype", "non_blocking", "copy"], ["memory_format"]))
+    method_renderer("to", ["device", "dtype", "non_blocking", "copy"], ["memory_format"])
+)
 register("aten.type_as.default", sample=sample(randn(2, 3), randint(0, 3, 1)))(
-    method_renderer("type_as", ["other"]))
+    method_renderer("type_as", ["other"])
+)
 # Returns None after checking metadata; the public binding runs the same check.
-register("aten._assert_tensor_metadata.default",
-         sample=sample(randn(2, 3), None, None, torch_attr("float32"), device=cpu))(
-    call_renderer("torch._assert_tensor_metadata", ["a", "size", "stride", "dtype"],
-                  ["device", "layout"]))
+register(
+    "aten._assert_tensor_metadata.default",
+    sample=sample(randn(2, 3), None, None, torch_attr("float32"), device=cpu),
+)(
+    call_renderer(
+        "torch._assert_tensor_metadata", ["a", "size", "stride", "dtype"], ["device", "layout"]
+    )
+)
 
 
 @register("aten.copy.default", sample=sample(randn(2, 3), randint(0, 5, 3)))
@@ -241,4 +300,5 @@ def _copy(c: Call) -> str:
 
 
 register("aten.copy_.default", sample=sample(randn(2, 3), randint(0, 5, 3)))(
-    method_renderer("copy_", ["src", "non_blocking"]))
+    method_renderer("copy_", ["src", "non_blocking"])
+)

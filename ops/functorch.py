@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import threading
 
-from pt2interp.ops.registry import Call, register
-
 from pt2interp.errors import GraphError
+from pt2interp.ops.registry import Call, register
 
 _PREFIX = "torch._functorch.predispatch."
 
@@ -49,14 +48,18 @@ def _check_level(level: int, what: str) -> None:
     # The level is a constant export recorded; run inside another transform, it names the wrong one
     current = _current_level()
     if level != current:
-        raise RuntimeError(f"{what} names functorch level {level}, but this run is at level {current}: "
-                           "the program was exported at the top level and must run there, not inside "
-                           "another vmap or jvp")
+        raise RuntimeError(
+            f"{what} names functorch level {level}, but this run is at level {current}: "
+            "the program was exported at the top level and must run there, not inside "
+            "another vmap or jvp"
+        )
 
 
 def _vmap_increment_nesting(batch_size: int, randomness: str) -> int:
     if randomness not in ("error", "different", "same"):
-        raise ValueError(f"vmap randomness must be 'error', 'different' or 'same', not {randomness!r}")
+        raise ValueError(
+            f"vmap randomness must be 'error', 'different' or 'same', not {randomness!r}"
+        )
     level = _functorch()._vmap_increment_nesting(batch_size, randomness)
     _entered.levels.append(("vmap", level))
     return level
@@ -69,7 +72,9 @@ def _vmap_decrement_nesting() -> int:
 
 def _add_batch_dim(tensor, batch_dim: int, level: int):
     _check_level(level, "_add_batch_dim")
-    return _functorch()._add_batch_dim(tensor, tensor.ndim + batch_dim if batch_dim < 0 else batch_dim, level)
+    return _functorch()._add_batch_dim(
+        tensor, tensor.ndim + batch_dim if batch_dim < 0 else batch_dim, level
+    )
 
 
 def _remove_batch_dim(tensor, level: int, batch_size: int, out_dim: int):
@@ -161,13 +166,31 @@ def unwind() -> None:
 
 # target name -> (kernel, what it does, enters, exits). Python source is the call itself.
 ADMITTED: dict[str, tuple] = {
-    "lazy_load_decompositions": (_lazy_load_decompositions,
-                                 "registers vmap's Python decompositions once per process", None, None),
-    "_vmap_increment_nesting": (_vmap_increment_nesting, "enters a vmap level (batch size, randomness)",
-                                "vmap", None),
+    "lazy_load_decompositions": (
+        _lazy_load_decompositions,
+        "registers vmap's Python decompositions once per process",
+        None,
+        None,
+    ),
+    "_vmap_increment_nesting": (
+        _vmap_increment_nesting,
+        "enters a vmap level (batch size, randomness)",
+        "vmap",
+        None,
+    ),
     "_vmap_decrement_nesting": (_vmap_decrement_nesting, "leaves the vmap level", None, "vmap"),
-    "_add_batch_dim": (_add_batch_dim, "marks a tensor dimension as the current vmap level's batch", None, None),
-    "_remove_batch_dim": (_remove_batch_dim, "moves the batch dimension back out of a vmap result", None, None),
+    "_add_batch_dim": (
+        _add_batch_dim,
+        "marks a tensor dimension as the current vmap level's batch",
+        None,
+        None,
+    ),
+    "_remove_batch_dim": (
+        _remove_batch_dim,
+        "moves the batch dimension back out of a vmap result",
+        None,
+        None,
+    ),
     "_jvp_increment_nesting": (_jvp_increment_nesting, "enters a jvp level", "jvp", None),
     "_jvp_decrement_nesting": (_jvp_decrement_nesting, "leaves the jvp level", None, "jvp"),
     "_enter_dual_level": (_enter_dual_level, "enters forward-mode AD's dual level", "dual", None),
@@ -182,6 +205,7 @@ def _render(name: str):
     def render(c: Call) -> str:
         args = c.by_position + [f"{k}={v}" for k, v in c.keywords]
         return f"torch._functorch.predispatch.{name}({', '.join(args)})"
+
     return render
 
 
@@ -191,8 +215,10 @@ for _name, (_kernel, _why, _enters, _exits) in ADMITTED.items():
 
 def uses_forward_ad(graph) -> bool:
     """Whether ``graph`` (its subgraphs included) records a ``torch.func.jvp``."""
-    return any(n.target in (_PREFIX + "_jvp_increment_nesting", _PREFIX + "_enter_dual_level")
-               for n in graph.iter_nodes())
+    return any(
+        n.target in (_PREFIX + "_jvp_increment_nesting", _PREFIX + "_enter_dual_level")
+        for n in graph.iter_nodes()
+    )
 
 
 def check_balanced(targets: list[str], where: str) -> None:
@@ -208,8 +234,12 @@ def check_balanced(targets: list[str], where: str) -> None:
             open_levels.append(enters)
         elif exits:
             if not open_levels or open_levels[-1] != exits:
-                raise GraphError(f"{where}: {target} leaves a {exits} level the graph has not entered "
-                                 f"(open: {open_levels or 'none'})")
+                raise GraphError(
+                    f"{where}: {target} leaves a {exits} level the graph has not entered "
+                    f"(open: {open_levels or 'none'})"
+                )
             open_levels.pop()
     if open_levels:
-        raise GraphError(f"{where}: the graph enters functorch levels it never leaves ({open_levels})")
+        raise GraphError(
+            f"{where}: the graph enters functorch levels it never leaves ({open_levels})"
+        )

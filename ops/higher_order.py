@@ -7,11 +7,10 @@ Subgraph arguments reach these kernels as callables (the interpreter's compiled 
 
 from __future__ import annotations
 
-from pt2interp.ops import policy
-from pt2interp.ops.registry import Call, register
-
 from pt2interp import limits
 from pt2interp.errors import LimitError
+from pt2interp.ops import policy
+from pt2interp.ops.registry import Call, register
 from pt2interp.printable import printable
 
 
@@ -27,8 +26,10 @@ def while_loop(cond_fn, body_fn, carried_inputs, additional_inputs=()):
     iterations = 0
     while bool(_single(cond_fn(*carried, *additional))):
         if iterations == budget:
-            raise LimitError(f"while_loop ran {budget} iterations and its condition is still true",
-                             limit="max_loop_iterations")
+            raise LimitError(
+                f"while_loop ran {budget} iterations and its condition is still true",
+                limit="max_loop_iterations",
+            )
         carried = list(body_fn(*carried, *additional))
         iterations += 1
     return carried
@@ -54,6 +55,7 @@ def checkpointed(body, *args, **checkpoint_options):
 # also runs archives from a torch newer than the installed one (torch 2.5 has no
 # wrap_with_set_grad_enabled op to call).
 
+
 def grad_region(enabled, body, *args):
     import torch
 
@@ -64,7 +66,9 @@ def grad_region(enabled, body, *args):
 def autocast_region(device_type, dtype, enabled, cache_enabled, body, *args):
     import torch
 
-    with torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled):
+    with torch.autocast(
+        device_type=device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled
+    ):
         return list(body(*args))
 
 
@@ -92,7 +96,9 @@ def with_effects(token, op, *args, **kwargs):
 
 def auto_functionalized(op, **kwargs):
     """Run a mutating custom op on copies of its mutable arguments: (result, *new values)."""
-    mutable = [a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+    mutable = [
+        a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write
+    ]
     call_kwargs = dict(kwargs)
     for name in mutable:
         if call_kwargs.get(name) is not None:
@@ -160,9 +166,14 @@ def _associative_scan(c: Call) -> str:
 
 
 # codegen writes these as a call of their body (codegen/bodies.py's regions)
-for _name, _kernel in (("tag_activation_checkpoint", checkpointed), ("wrap_with_set_grad_enabled", grad_region),
-                       ("wrap_with_autocast", autocast_region), ("wrap", wrap),
-                       ("invoke_subgraph", invoke_subgraph), ("hints_wrapper", hints_wrapper)):
+for _name, _kernel in (
+    ("tag_activation_checkpoint", checkpointed),
+    ("wrap_with_set_grad_enabled", grad_region),
+    ("wrap_with_autocast", autocast_region),
+    ("wrap", wrap),
+    ("invoke_subgraph", invoke_subgraph),
+    ("hints_wrapper", hints_wrapper),
+):
     register(f"higher_order.{_name}", kernel=_kernel, family="higher_order")(None)
 
 
@@ -189,7 +200,11 @@ def _print(c: Call) -> str:
         text = ast.literal_eval(template)
     except (ValueError, SyntaxError):
         text = None
-    parts = [constant_text(printable(text, keep_newlines=True)) if isinstance(text, str) else f"str({template})"]
+    parts = [
+        constant_text(printable(text, keep_newlines=True))
+        if isinstance(text, str)
+        else f"str({template})"
+    ]
     parts += [f"repr({v})" for v in values]
     parts += [f"{constant_text(printable(k) + '=')} + repr({v})" for k, v in c.keywords]
     return f"print({', '.join(parts)})"

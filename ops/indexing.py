@@ -73,10 +73,10 @@ def _index(c: Call) -> str:
     return f"{_wrap(c['self'])}[{', '.join(':' if i == 'None' else i for i in items)}]"
 
 
-@register("aten.index_put.default",
-          sample=sample(randn(4, 3), [perm(4)], randn(4, 3), True))
-@register("aten.index_put_.default",
-          sample=sample(randn(4, 3), [None, randint(0, 3, 2)], randn(4, 2)))
+@register("aten.index_put.default", sample=sample(randn(4, 3), [perm(4)], randn(4, 3), True))
+@register(
+    "aten.index_put_.default", sample=sample(randn(4, 3), [None, randint(0, 3, 2)], randn(4, 2))
+)
 def _index_put(c: Call) -> str:
     # The Python bindings take no `None` (a kept dimension) in `indices`; only a list shown
     # to hold none reads as the method.
@@ -86,73 +86,208 @@ def _index_put(c: Call) -> str:
     name = c.target.split(".")[1]
     return method(c, name, ["indices", "values", "accumulate"])
 
+
 _METHODS = [
     # target, method, positional schema args, keyword-only schema args, sample
-    ("aten.index_select.default", "index_select", ["dim", "index"], [],
-     sample(randn(4, 3), 0, randint(0, 4, 5))),
-    ("aten.gather.default", "gather", ["dim", "index"], ["sparse_grad"],
-     sample(randn(3, 4), 1, randint(0, 4, 3, 2))),
-    ("aten.scatter.src", "scatter", ["dim", "index", "src"], [],
-     sample(randn(3, 5), 1, lambda g: perm(5)(g)[:2].expand(3, 2), randn(3, 2))),
-    ("aten.scatter.value", "scatter", ["dim", "index", "value"], [],
-     sample(randn(3, 5), 1, lambda g: perm(5)(g)[:2].expand(3, 2), 2.5)),
-    ("aten.scatter_add.default", "scatter_add", ["dim", "index", "src"], [],
-     sample(randn(3, 5), 1, randint(0, 5, 3, 4), randn(3, 4))),
-    ("aten.index_add.default", "index_add", ["dim", "index", "source"], ["alpha"],
-     sample(randn(4, 3), 0, randint(0, 4, 5), randn(5, 3))),
-    ("aten.index_copy.default", "index_copy", ["dim", "index", "source"], [],
-     sample(randn(4, 3), 0, lambda g: perm(4)(g)[:2], randn(2, 3))),
-    ("aten.masked_fill.Scalar", "masked_fill", ["mask", "value"], [],
-     sample(randn(2, 3), randbool(3), -1.0)),
-    ("aten.masked_fill.Tensor", "masked_fill", ["mask", "value"], [],
-     sample(randn(2, 3), randbool(2, 3), randn())),
-    ("aten.masked_fill_.Scalar", "masked_fill_", ["mask", "value"], [],
-     sample(randn(2, 3), randbool(2, 3), 0.0)),
-    ("aten.masked_fill_.Tensor", "masked_fill_", ["mask", "value"], [],
-     sample(randn(2, 3), randbool(2, 3), randn())),
-    ("aten.masked_scatter.default", "masked_scatter", ["mask", "source"], [],
-     sample(randn(2, 3), randbool(2, 3), randn(6))),
+    (
+        "aten.index_select.default",
+        "index_select",
+        ["dim", "index"],
+        [],
+        sample(randn(4, 3), 0, randint(0, 4, 5)),
+    ),
+    (
+        "aten.gather.default",
+        "gather",
+        ["dim", "index"],
+        ["sparse_grad"],
+        sample(randn(3, 4), 1, randint(0, 4, 3, 2)),
+    ),
+    (
+        "aten.scatter.src",
+        "scatter",
+        ["dim", "index", "src"],
+        [],
+        sample(randn(3, 5), 1, lambda g: perm(5)(g)[:2].expand(3, 2), randn(3, 2)),
+    ),
+    (
+        "aten.scatter.value",
+        "scatter",
+        ["dim", "index", "value"],
+        [],
+        sample(randn(3, 5), 1, lambda g: perm(5)(g)[:2].expand(3, 2), 2.5),
+    ),
+    (
+        "aten.scatter_add.default",
+        "scatter_add",
+        ["dim", "index", "src"],
+        [],
+        sample(randn(3, 5), 1, randint(0, 5, 3, 4), randn(3, 4)),
+    ),
+    (
+        "aten.index_add.default",
+        "index_add",
+        ["dim", "index", "source"],
+        ["alpha"],
+        sample(randn(4, 3), 0, randint(0, 4, 5), randn(5, 3)),
+    ),
+    (
+        "aten.index_copy.default",
+        "index_copy",
+        ["dim", "index", "source"],
+        [],
+        sample(randn(4, 3), 0, lambda g: perm(4)(g)[:2], randn(2, 3)),
+    ),
+    (
+        "aten.masked_fill.Scalar",
+        "masked_fill",
+        ["mask", "value"],
+        [],
+        sample(randn(2, 3), randbool(3), -1.0),
+    ),
+    (
+        "aten.masked_fill.Tensor",
+        "masked_fill",
+        ["mask", "value"],
+        [],
+        sample(randn(2, 3), randbool(2, 3), randn()),
+    ),
+    (
+        "aten.masked_fill_.Scalar",
+        "masked_fill_",
+        ["mask", "value"],
+        [],
+        sample(randn(2, 3), randbool(2, 3), 0.0),
+    ),
+    (
+        "aten.masked_fill_.Tensor",
+        "masked_fill_",
+        ["mask", "value"],
+        [],
+        sample(randn(2, 3), randbool(2, 3), randn()),
+    ),
+    (
+        "aten.masked_scatter.default",
+        "masked_scatter",
+        ["mask", "source"],
+        [],
+        sample(randn(2, 3), randbool(2, 3), randn(6)),
+    ),
 ]
 for _target, _name, _pos, _kw, _sample in _METHODS:
     register(_target, sample=_sample)(method_renderer(_name, _pos, _kw))
 
 _FUNCTIONS = [
     # target, torch function, positional schema args, keyword schema args, sample
-    ("aten.slice_scatter.default", "torch.slice_scatter",
-     ["self:input", "src", "dim", "start", "end", "step"], [],
-     sample(randn(4, 6), randn(4, 2), 1, 1, 5, 2)),
-    ("aten.select_scatter.default", "torch.select_scatter", ["self:input", "src", "dim", "index"],
-     [], sample(randn(3, 4), randn(3), 1, -1)),
-    ("aten.where.self", "torch.where", ["condition", "self:input", "other"], [],
-     sample(randbool(2, 3), randn(2, 3), randn(3))),
-    ("aten.where.ScalarOther", "torch.where", ["condition", "self:input", "other"], [],
-     sample(randbool(2, 3), randn(2, 3), 0.0)),
-    ("aten.where.ScalarSelf", "torch.where", ["condition", "self:input", "other"], [],
-     sample(randbool(2, 3), -1, randint(0, 5, 2, 3))),
-    ("aten.where.Scalar", "torch.where", ["condition", "self:input", "other"], [],
-     sample(randbool(2, 3), 1.0, 0)),
+    (
+        "aten.slice_scatter.default",
+        "torch.slice_scatter",
+        ["self:input", "src", "dim", "start", "end", "step"],
+        [],
+        sample(randn(4, 6), randn(4, 2), 1, 1, 5, 2),
+    ),
+    (
+        "aten.select_scatter.default",
+        "torch.select_scatter",
+        ["self:input", "src", "dim", "index"],
+        [],
+        sample(randn(3, 4), randn(3), 1, -1),
+    ),
+    (
+        "aten.where.self",
+        "torch.where",
+        ["condition", "self:input", "other"],
+        [],
+        sample(randbool(2, 3), randn(2, 3), randn(3)),
+    ),
+    (
+        "aten.where.ScalarOther",
+        "torch.where",
+        ["condition", "self:input", "other"],
+        [],
+        sample(randbool(2, 3), randn(2, 3), 0.0),
+    ),
+    (
+        "aten.where.ScalarSelf",
+        "torch.where",
+        ["condition", "self:input", "other"],
+        [],
+        sample(randbool(2, 3), -1, randint(0, 5, 2, 3)),
+    ),
+    (
+        "aten.where.Scalar",
+        "torch.where",
+        ["condition", "self:input", "other"],
+        [],
+        sample(randbool(2, 3), 1.0, 0),
+    ),
     ("aten.nonzero.default", "torch.nonzero", ["self:input"], [], sample(randint(0, 2, 3, 4))),
-    ("aten.topk.default", "torch.topk", ["self:input", "k", "dim"], ["largest", "sorted"],
-     sample(randn(3, 5), 2, 0, False)),
-    ("aten.sort.default", "torch.sort", ["self:input", "dim"], ["descending"],
-     sample(randint(0, 4, 3, 5), 0, True)),
-    ("aten.sort.stable", "torch.sort", ["self:input"], ["stable", "dim", "descending"],
-     sample(randint(0, 4, 3, 5), stable=True, dim=0)),
-    ("aten.argsort.default", "torch.argsort", ["self:input", "dim"], ["descending"],
-     sample(randn(3, 5), 1, True)),
-    ("aten.argsort.stable", "torch.argsort", ["self:input"], ["stable", "dim", "descending"],
-     sample(randint(0, 3, 6), stable=True)),
-    ("aten.roll.default", "torch.roll", ["self:input", "shifts", "dims"], [],
-     sample(randn(3, 4), [1, -1], [0, 1])),
+    (
+        "aten.topk.default",
+        "torch.topk",
+        ["self:input", "k", "dim"],
+        ["largest", "sorted"],
+        sample(randn(3, 5), 2, 0, False),
+    ),
+    (
+        "aten.sort.default",
+        "torch.sort",
+        ["self:input", "dim"],
+        ["descending"],
+        sample(randint(0, 4, 3, 5), 0, True),
+    ),
+    (
+        "aten.sort.stable",
+        "torch.sort",
+        ["self:input"],
+        ["stable", "dim", "descending"],
+        sample(randint(0, 4, 3, 5), stable=True, dim=0),
+    ),
+    (
+        "aten.argsort.default",
+        "torch.argsort",
+        ["self:input", "dim"],
+        ["descending"],
+        sample(randn(3, 5), 1, True),
+    ),
+    (
+        "aten.argsort.stable",
+        "torch.argsort",
+        ["self:input"],
+        ["stable", "dim", "descending"],
+        sample(randint(0, 3, 6), stable=True),
+    ),
+    (
+        "aten.roll.default",
+        "torch.roll",
+        ["self:input", "shifts", "dims"],
+        [],
+        sample(randn(3, 4), [1, -1], [0, 1]),
+    ),
     ("aten.flip.default", "torch.flip", ["self:input", "dims"], [], sample(randn(3, 4), [1])),
-    ("aten.diff.default", "torch.diff", ["self:input", "n", "dim", "prepend", "append"], [],
-     sample(randn(3, 4), 1, 0, randn(1, 4))),
+    (
+        "aten.diff.default",
+        "torch.diff",
+        ["self:input", "n", "dim", "prepend", "append"],
+        [],
+        sample(randn(3, 4), 1, 0, randn(1, 4)),
+    ),
     ("aten.tril.default", "torch.tril", ["self:input", "diagonal"], [], sample(randn(4, 4), -1)),
     ("aten.triu.default", "torch.triu", ["self:input", "diagonal"], [], sample(randn(4, 4))),
-    ("aten.cumsum.default", "torch.cumsum", ["self:input", "dim"], ["dtype"],
-     sample(randint(0, 5, 3, 4), 1, dtype=None)),
-    ("aten.cumprod.default", "torch.cumprod", ["self:input", "dim"], ["dtype"],
-     sample(uniform(0.5, 1.5, 3, 4), 0)),
+    (
+        "aten.cumsum.default",
+        "torch.cumsum",
+        ["self:input", "dim"],
+        ["dtype"],
+        sample(randint(0, 5, 3, 4), 1, dtype=None),
+    ),
+    (
+        "aten.cumprod.default",
+        "torch.cumprod",
+        ["self:input", "dim"],
+        ["dtype"],
+        sample(uniform(0.5, 1.5, 3, 4), 0),
+    ),
 ]
 for _target, _fn, _pos, _kw, _sample in _FUNCTIONS:
     register(_target, sample=_sample)(call_renderer(_fn, _pos, _kw))

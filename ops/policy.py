@@ -34,8 +34,18 @@ from typing import Any
 
 from pt2interp.printable import printable
 
-__all__ = ["HIGHER_ORDER_ALLOWED", "REFUSED_NAMESPACES", "RULES", "Rule", "guard", "guard_op", "guard_target",
-           "passes_unguarded", "refusal", "rule_for"]
+__all__ = [
+    "HIGHER_ORDER_ALLOWED",
+    "REFUSED_NAMESPACES",
+    "RULES",
+    "Rule",
+    "guard",
+    "guard_op",
+    "guard_target",
+    "passes_unguarded",
+    "refusal",
+    "rule_for",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Rule:
 
 
 # -- checks: each takes the call's arguments by schema name and raises ValueError ----------------
+
 
 def _nonempty(t) -> bool:
     return t is not None and t.numel() > 0
@@ -62,7 +73,9 @@ def _require_size(args: dict, what: str):
 def _check_coo(args: dict) -> None:
     import torch
 
-    torch._validate_sparse_coo_tensor_args(args["indices"], args["values"], _require_size(args, "a sparse COO tensor"))
+    torch._validate_sparse_coo_tensor_args(
+        args["indices"], args["values"], _require_size(args, "a sparse COO tensor")
+    )
 
 
 def _compressed(validator: str, compressed: str, plain: str) -> Callable[[dict], None]:
@@ -71,6 +84,7 @@ def _compressed(validator: str, compressed: str, plain: str) -> Callable[[dict],
 
         size = _require_size(args, "a sparse compressed tensor")
         getattr(torch, validator)(args[compressed], args[plain], args["values"], size)
+
     return check
 
 
@@ -80,9 +94,13 @@ def _check_compressed_any(args: dict) -> None:
     layout = args.get("layout")
     if layout is None:
         raise ValueError("a sparse compressed tensor without a layout")
-    torch._validate_sparse_compressed_tensor_args(args["compressed_indices"], args["plain_indices"],
-                                                  args["values"], _require_size(args, "a sparse compressed tensor"),
-                                                  layout)
+    torch._validate_sparse_compressed_tensor_args(
+        args["compressed_indices"],
+        args["plain_indices"],
+        args["values"],
+        _require_size(args, "a sparse compressed tensor"),
+        layout,
+    )
 
 
 def _check_ctc_targets(args: dict) -> None:
@@ -92,7 +110,9 @@ def _check_ctc_targets(args: dict) -> None:
         classes = log_probs.size(-1)
         low, high = int(targets.min()), int(targets.max())
         if low < 0 or high >= classes:
-            raise ValueError(f"CTC targets must lie in [0, {classes}), got values from {low} to {high}")
+            raise ValueError(
+                f"CTC targets must lie in [0, {classes}), got values from {low} to {high}"
+            )
 
 
 def _print_text(args: dict) -> None:
@@ -100,6 +120,7 @@ def _print_text(args: dict) -> None:
 
 
 # -- the table -----------------------------------------------------------------------------------
+
 
 def _refuse(reason: str) -> Rule:
     return Rule("refuse", reason)
@@ -109,10 +130,16 @@ def _allow(reason: str) -> Rule:
     return Rule("allow", reason)
 
 
-_SPARSE_CHECKED = "builds a sparse tensor from index data it does not check; checked as torch's validators check"
-_ALIASING = ("returns an alias of a sparse tensor's own index or value storage, whose mutation would "
-             "corrupt it: a copy is returned instead")
-_UNSAFE_ONLY_FOR_AUTOGRAD = "'unsafe' only skips autograd's view tracking; sizes are checked as for the safe op"
+_SPARSE_CHECKED = (
+    "builds a sparse tensor from index data it does not check; checked as torch's validators check"
+)
+_ALIASING = (
+    "returns an alias of a sparse tensor's own index or value storage, whose mutation would "
+    "corrupt it: a copy is returned instead"
+)
+_UNSAFE_ONLY_FOR_AUTOGRAD = (
+    "'unsafe' only skips autograd's view tracking; sizes are checked as for the safe op"
+)
 
 RULES: dict[str, Rule] = {
     # files, global state, raw storage
@@ -121,23 +148,39 @@ RULES: dict[str, Rule] = {
     "aten::set": _refuse("points a tensor at any storage, offset and sizes, unchecked"),
     "aten::set_": _refuse("points a tensor at any storage, offset and sizes, unchecked"),
     "aten::set_data": _refuse("swaps a tensor's data for another's, bypassing every check"),
-    "aten::_copy_from": _refuse("a backend hook of copy_ that skips its checks; export never emits it"),
-    "aten::_copy_from_and_resize": _refuse("a backend hook of copy_ that skips its checks; export never emits it"),
+    "aten::_copy_from": _refuse(
+        "a backend hook of copy_ that skips its checks; export never emits it"
+    ),
+    "aten::_copy_from_and_resize": _refuse(
+        "a backend hook of copy_ that skips its checks; export never emits it"
+    ),
     "aten::_reshape_alias": _refuse("builds views without checking its bounds"),
     "aten::_cufft_set_plan_cache_max_size": _refuse("changes process-wide state"),
-    "aten::set_grad_enabled": _refuse("changes the caller's autograd state; export records grad regions otherwise"),
+    "aten::set_grad_enabled": _refuse(
+        "changes the caller's autograd state; export records grad regions otherwise"
+    ),
     "aten::_set_item": _refuse("a TorchScript list mutation; export never emits it"),
-    "prims::_unsafe_set_version_counter": _refuse("changes autograd's bookkeeping of tensors; export never emits it"),
-    "prims::_unsafe_index_put_": _refuse("an inductor-internal prim that skips index checks; export never emits it"),
+    "prims::_unsafe_set_version_counter": _refuse(
+        "changes autograd's bookkeeping of tensors; export never emits it"
+    ),
+    "prims::_unsafe_index_put_": _refuse(
+        "an inductor-internal prim that skips index checks; export never emits it"
+    ),
     # sparse tensors: constructors checked, invariant-breaking mutators refused, aliases copied
     "aten::_sparse_coo_tensor_unsafe": Rule("check", _SPARSE_CHECKED, check=_check_coo),
     "aten::sparse_coo_tensor": Rule("check", _SPARSE_CHECKED, check=_check_coo),
-    "aten::_sparse_coo_tensor_with_dims_and_tensors": Rule("check", _SPARSE_CHECKED, check=_check_coo),
-    "aten::_sparse_compressed_tensor_unsafe": Rule("check", _SPARSE_CHECKED, check=_check_compressed_any),
+    "aten::_sparse_coo_tensor_with_dims_and_tensors": Rule(
+        "check", _SPARSE_CHECKED, check=_check_coo
+    ),
+    "aten::_sparse_compressed_tensor_unsafe": Rule(
+        "check", _SPARSE_CHECKED, check=_check_compressed_any
+    ),
     "aten::sparse_compressed_tensor": Rule("check", _SPARSE_CHECKED, check=_check_compressed_any),
     "aten::_coalesced_": _refuse("marks a sparse tensor coalesced without checking that it is"),
     "aten::sparse_resize_": _refuse("resizes a sparse tensor's index space in place, unchecked"),
-    "aten::sparse_resize_and_clear_": _refuse("resizes a sparse tensor's index space in place, unchecked"),
+    "aten::sparse_resize_and_clear_": _refuse(
+        "resizes a sparse tensor's index space in place, unchecked"
+    ),
     "aten::_indices": Rule("replace", _ALIASING),
     "aten::_values": Rule("replace", _ALIASING),
     "aten::indices": Rule("replace", _ALIASING),
@@ -147,21 +190,35 @@ RULES: dict[str, Rule] = {
     "aten::ccol_indices": Rule("replace", _ALIASING),
     "aten::row_indices": Rule("replace", _ALIASING),
     # kernels that index with their arguments unchecked
-    "aten::_ctc_loss": Rule("check", "indexes log_probs with each target unchecked", check=_check_ctc_targets),
-    "aten::ctc_loss": Rule("check", "indexes log_probs with each target unchecked", check=_check_ctc_targets),
-    "aten::_ctc_loss_backward": Rule("check", "indexes log_probs with each target unchecked",
-                                     check=_check_ctc_targets),
-    "aten::_cudnn_ctc_loss": Rule("check", "indexes log_probs with each target unchecked", check=_check_ctc_targets),
+    "aten::_ctc_loss": Rule(
+        "check", "indexes log_probs with each target unchecked", check=_check_ctc_targets
+    ),
+    "aten::ctc_loss": Rule(
+        "check", "indexes log_probs with each target unchecked", check=_check_ctc_targets
+    ),
+    "aten::_ctc_loss_backward": Rule(
+        "check", "indexes log_probs with each target unchecked", check=_check_ctc_targets
+    ),
+    "aten::_cudnn_ctc_loss": Rule(
+        "check", "indexes log_probs with each target unchecked", check=_check_ctc_targets
+    ),
     # text
-    "aten::_print": Rule("replace", "writes archive text to the terminal: made printable first",
-                         kernel=lambda s: _print_text({"s": s})),
+    "aten::_print": Rule(
+        "replace",
+        "writes archive text to the terminal: made printable first",
+        kernel=lambda s: _print_text({"s": s}),
+    ),
     "aten::format": _refuse("formats archive text with values"),
     "aten::percentFormat": _refuse("formats archive text with values"),
     # safe as they are, despite their names
     "aten::_unsafe_index": _allow("calls index, which checks every index against its dimension"),
-    "aten::_unsafe_index_put": _allow("calls index_put_, which checks every index against its dimension"),
+    "aten::_unsafe_index_put": _allow(
+        "calls index_put_, which checks every index against its dimension"
+    ),
     "aten::_unsafe_masked_index": _allow("clamps every index into its dimension before indexing"),
-    "aten::_unsafe_masked_index_put_accumulate": _allow("clamps every index into its dimension before indexing"),
+    "aten::_unsafe_masked_index_put_accumulate": _allow(
+        "clamps every index into its dimension before indexing"
+    ),
     "aten::_unsafe_view": _allow(_UNSAFE_ONLY_FOR_AUTOGRAD),
     "aten::unsafe_chunk": _allow(_UNSAFE_ONLY_FOR_AUTOGRAD),
     "aten::unsafe_split": _allow(_UNSAFE_ONLY_FOR_AUTOGRAD),
@@ -176,13 +233,21 @@ RULES: dict[str, Rule] = {
 }
 
 # the safe and unsafe constructors of each compressed layout: (compressed, plain) index names
-for _layout, (_compressed_name, _plain_name) in {"csr": ("crow_indices", "col_indices"),
-                                                 "csc": ("ccol_indices", "row_indices"),
-                                                 "bsr": ("crow_indices", "col_indices"),
-                                                 "bsc": ("ccol_indices", "row_indices")}.items():
-    RULES[f"aten::sparse_{_layout}_tensor"] = RULES[f"aten::_sparse_{_layout}_tensor_unsafe"] = Rule(
-        "check", _SPARSE_CHECKED, check=_compressed(f"_validate_sparse_{_layout}_tensor_args", _compressed_name,
-                                                    _plain_name))
+for _layout, (_compressed_name, _plain_name) in {
+    "csr": ("crow_indices", "col_indices"),
+    "csc": ("ccol_indices", "row_indices"),
+    "bsr": ("crow_indices", "col_indices"),
+    "bsc": ("ccol_indices", "row_indices"),
+}.items():
+    RULES[f"aten::sparse_{_layout}_tensor"] = RULES[f"aten::_sparse_{_layout}_tensor_unsafe"] = (
+        Rule(
+            "check",
+            _SPARSE_CHECKED,
+            check=_compressed(
+                f"_validate_sparse_{_layout}_tensor_args", _compressed_name, _plain_name
+            ),
+        )
+    )
 
 REFUSED_NAMESPACES: dict[str, str] = {
     "inductor": "is compiler-internal: it builds views without checking its bounds",
@@ -230,13 +295,20 @@ def refusal(namespace: str, name: str, op: Any = None) -> str | None:
     if namespace in REFUSED_NAMESPACES:
         return f"namespace {namespace!r} {REFUSED_NAMESPACES[namespace]}"
     if namespace == "higher_order":
-        return None if name in HIGHER_ORDER_ALLOWED else \
-            "is not a higher-order op pt2interp runs on archive data (see pt2interp.ops.policy)"
+        return (
+            None
+            if name in HIGHER_ORDER_ALLOWED
+            else "is not a higher-order op pt2interp runs on archive data (see pt2interp.ops.policy)"
+        )
     rule = rule_for(namespace, name)
     if rule is not None and rule.verdict == "refuse":
         return rule.reason
     schema = getattr(op, "_schema", None)
-    if namespace == "aten" and schema is not None and any(str(r.type) == "str" for r in schema.returns):
+    if (
+        namespace == "aten"
+        and schema is not None
+        and any(str(r.type) == "str" for r in schema.returns)
+    ):
         return "returns a string: export never emits string ops, and archive text is never formatted or grown"
     return None
 
@@ -249,7 +321,11 @@ def guard(namespace: str, name: str, op: Any, kernel: Callable) -> Callable:
     if rule.verdict == "replace":
         return rule.kernel or _copying(kernel)
     if rule.verdict == "check":
-        names = [a.name for a in op._schema.arguments] if getattr(op, "_schema", None) is not None else []
+        names = (
+            [a.name for a in op._schema.arguments]
+            if getattr(op, "_schema", None) is not None
+            else []
+        )
         return _checked(rule.check, names, kernel)
     raise ValueError(f"{namespace}::{name} is refused: {rule.reason}")
 
@@ -290,10 +366,12 @@ def _checked(check: Callable[[dict], None], names: list[str], kernel: Callable) 
     def checked(*args, **kwargs):
         check({**dict(zip(names, args)), **kwargs})
         return kernel(*args, **kwargs)
+
     return checked
 
 
 def _copying(kernel: Callable) -> Callable:
     def copying(*args, **kwargs):
         return kernel(*args, **kwargs).clone()
+
     return copying

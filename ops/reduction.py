@@ -25,8 +25,13 @@ register = functools.partial(_register, family="reduction")
 
 _REDUCTIONS = [
     # target, method, positional schema args, keyword schema args, sample
-    ("aten.sum.dim_IntList", "sum", ["dim"], ["keepdim", "dtype"],
-     sample(randint(0, 9, 2, 3, 4), [0, 2], True, dtype=torch_attr("float64"))),
+    (
+        "aten.sum.dim_IntList",
+        "sum",
+        ["dim"],
+        ["keepdim", "dtype"],
+        sample(randint(0, 9, 2, 3, 4), [0, 2], True, dtype=torch_attr("float64")),
+    ),
     ("aten.sum.default", "sum", [], ["dtype"], sample(randbool(3, 4))),
     ("aten.mean.dim", "mean", ["dim"], ["keepdim", "dtype"], sample(randn(2, 3, 4), [-1])),
     ("aten.mean.default", "mean", [], ["dtype"], sample(randn(3, 4))),
@@ -45,10 +50,20 @@ _REDUCTIONS = [
     ("aten.all.dims", "all", ["dim"], ["keepdim"], sample(randbool(2, 3, 4), [1])),
     ("aten.all.default", "all", [], [], sample(randbool(3, 4))),
     ("aten.prod.default", "prod", [], ["dtype"], sample(positive(3, 4))),
-    ("aten.prod.dim_int", "prod", ["dim"], ["keepdim", "dtype"],
-     sample(randint(-3, 3, 3, 4), 1, dtype=torch_attr("float32"))),
-    ("aten.var.correction", "var", ["dim"], ["correction", "keepdim"],
-     sample(randn(3, 4), [1], correction=0, keepdim=True)),
+    (
+        "aten.prod.dim_int",
+        "prod",
+        ["dim"],
+        ["keepdim", "dtype"],
+        sample(randint(-3, 3, 3, 4), 1, dtype=torch_attr("float32")),
+    ),
+    (
+        "aten.var.correction",
+        "var",
+        ["dim"],
+        ["correction", "keepdim"],
+        sample(randn(3, 4), [1], correction=0, keepdim=True),
+    ),
     ("aten.std.correction", "std", ["dim"], ["correction", "keepdim"], sample(randn(3, 4))),
     ("aten.logsumexp.default", "logsumexp", ["dim", "keepdim"], [], sample(randn(3, 4), [1])),
 ]
@@ -56,13 +71,15 @@ for _target, _name, _pos, _kw, _sample in _REDUCTIONS:
     register(_target, sample=_sample)(method_renderer(_name, _pos, _kw))
 
 register("aten.var_mean.correction", sample=sample(randn(3, 4), [0], correction=2))(
-    call_renderer("torch.var_mean", ["self:input", "dim"], ["correction", "keepdim"]))
+    call_renderer("torch.var_mean", ["self:input", "dim"], ["correction", "keepdim"])
+)
 register("aten.linalg_vector_norm.default", sample=sample(randn(3, 4), 3, [1], dtype=None))(
-    call_renderer("torch.linalg.vector_norm", ["self:x", "ord", "dim", "keepdim"],
-                     ["dtype"]))
+    call_renderer("torch.linalg.vector_norm", ["self:x", "ord", "dim", "keepdim"], ["dtype"])
+)
 
 
 # Tensor.norm reaches torch.linalg.vector_norm, the kernel the `norm` overloads call too.
 register("aten.norm.Scalar", sample=sample(randn(3, 4), 3))(method_renderer("norm", ["p"]))
 register("aten.norm.ScalarOpt_dim", sample=sample(randn(3, 4), 1, [1], True))(
-    method_renderer("norm", ["p", "dim"], ["keepdim"]))
+    method_renderer("norm", ["p", "dim"], ["keepdim"])
+)

@@ -21,9 +21,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pt2interp.ops import policy
-
 from pt2interp.errors import UnsupportedOpError
+from pt2interp.ops import policy
 
 _SEGMENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DUNDER_OP = re.compile(r"__[a-z]+__")
@@ -48,7 +47,11 @@ class Call:
     @property
     def by_position(self) -> list[str]:
         """The sources of the arguments the node passes by position, in node order."""
-        return [p for p, k in zip(self.positional, self.keyword_at or (None,) * len(self.positional)) if k is None]
+        return [
+            p
+            for p, k in zip(self.positional, self.keyword_at or (None,) * len(self.positional))
+            if k is None
+        ]
 
     @property
     def keywords(self) -> list[tuple[str, str]]:
@@ -106,8 +109,13 @@ class OpEntry:
 REGISTRY: dict[str, OpEntry] = {}
 
 
-def register(*targets: str, kernel: Callable | None = None, sample: Callable | None = None,
-             family: str | None = None, inplace: bool | None = None):
+def register(
+    *targets: str,
+    kernel: Callable | None = None,
+    sample: Callable | None = None,
+    family: str | None = None,
+    inplace: bool | None = None,
+):
     """Decorator registering a renderer for ``targets`` (see the module docstring)."""
 
     def wrap(render: Renderer | None):
@@ -161,16 +169,24 @@ def _resolve_torch_op(target: str):
     m = _TORCH_OPS_TARGET.match(target)
     # Dunder op names are real ATen ops (aten.__and__.Tensor); namespaces and overloads never are.
     # Whatever a name finds, only an OpOverloadPacket / OpOverload / HigherOrderOperator passes.
-    if not m or m.group(1).startswith("__") or (m.group(3) or "").startswith("__") \
-            or (m.group(2).startswith("__") and not _DUNDER_OP.fullmatch(m.group(2))):
-        raise UnsupportedOpError(f"target {target!r} is not a torch.ops.<namespace>.<op>[.<overload>] name")
+    if (
+        not m
+        or m.group(1).startswith("__")
+        or (m.group(3) or "").startswith("__")
+        or (m.group(2).startswith("__") and not _DUNDER_OP.fullmatch(m.group(2)))
+    ):
+        raise UnsupportedOpError(
+            f"target {target!r} is not a torch.ops.<namespace>.<op>[.<overload>] name"
+        )
     ns_name, op_name, overload = m.groups()
     denied = policy.refusal(ns_name, op_name)
     if denied:
         raise UnsupportedOpError(f"op {target!r} {denied}: pt2interp never runs it")
     ns = getattr(torch.ops, ns_name, None) if ns_name not in _NOT_NAMESPACES else None
     if not isinstance(ns, _namespace_types()):
-        raise UnsupportedOpError(f"target {target!r}: {ns_name!r} is not an op namespace in torch {torch.__version__}")
+        raise UnsupportedOpError(
+            f"target {target!r}: {ns_name!r} is not an op namespace in torch {torch.__version__}"
+        )
     try:
         packet = getattr(ns, op_name)
     except (AttributeError, RuntimeError):
@@ -184,7 +200,9 @@ def _resolve_torch_op(target: str):
     except (AttributeError, RuntimeError):
         op = None
     if not isinstance(op, torch._ops.OpOverload):
-        raise UnsupportedOpError(f"op {target!r}: overload {overload!r} does not exist in torch {torch.__version__}")
+        raise UnsupportedOpError(
+            f"op {target!r}: overload {overload!r} does not exist in torch {torch.__version__}"
+        )
     denied = policy.refusal(ns_name, op_name, op)  # rules that depend on the overload's schema
     if denied:
         raise UnsupportedOpError(f"op {target!r} {denied}: pt2interp never runs it")
@@ -204,6 +222,7 @@ def _namespace_types() -> tuple[type, ...]:
 # Attributes of torch.ops that are functions, not namespaces (import_module, load_library).
 _NOT_NAMESPACES = frozenset({"import_module", "load_library", "loaded_libraries"})
 
+
 def schema_of(target: str):
     """The ``torch._C.FunctionSchema`` of a ``torch.ops`` target, or None for other targets."""
     import torch
@@ -219,6 +238,7 @@ def schema_of(target: str):
 
 # -- small rendering helpers used across families ---------------------------------------------
 
+
 def infix(c: Call, symbol: str, left: str = "self", right: str = "other") -> str:
     return f"{_wrap(c[left])} {symbol} {_wrap(c[right])}"
 
@@ -230,7 +250,9 @@ def prefix(c: Call, symbol: str, operand: str = "self") -> str:
 def _wrap(src: str) -> str:
     """Parenthesize ``src`` unless it is a name, attribute, call, literal or subscript."""
     s = src.strip()
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*(\[[^\[\]]*\]|\([^()]*\))?|-?[0-9.eE+-]+|'[^']*'|\"[^\"]*\"", s):
+    if re.fullmatch(
+        r"[A-Za-z_][A-Za-z0-9_.]*(\[[^\[\]]*\]|\([^()]*\))?|-?[0-9.eE+-]+|'[^']*'|\"[^\"]*\"", s
+    ):
         return s
     return f"({s})"
 
@@ -249,4 +271,3 @@ def samples(entries: list[OpEntry] | None = None) -> list[OpEntry]:
 
 def all_targets() -> list[str]:
     return sorted(REGISTRY)
-

@@ -37,19 +37,26 @@ _METHODS = [
     ("aten.narrow.default", "narrow", ["dim", "start", "length"], sample(randn(4, 5), 1, 1, 3)),
     ("aten.repeat.default", "repeat", ["repeats"], sample(randn(2, 3), [2, 1, 2])),
     ("aten.unfold.default", "unfold", ["dimension", "size", "step"], sample(randn(2, 7), 1, 3, 2)),
-    ("aten.as_strided.default", "as_strided", ["size", "stride", "storage_offset"],
-     sample(randn(4, 4), [2, 2], [1, 2], 1)),
+    (
+        "aten.as_strided.default",
+        "as_strided",
+        ["size", "stride", "storage_offset"],
+        sample(randn(4, 4), [2, 2], [1, 2], 1),
+    ),
 ]
 for _target, _name, _pos, _sample in _METHODS:
     register(_target, sample=_sample)(method_renderer(_name, _pos))
 
 register("aten.expand.default", sample=sample(randn(3, 1), [2, 3, 4]))(
-    method_renderer("expand", ["size"], ["implicit"]))
-register("aten.contiguous.default",
-         sample=sample(lambda g: randn(3, 2)(g).t(), memory_format=torch_attr("contiguous_format")))(
-    method_renderer("contiguous", kw=["memory_format"]))
+    method_renderer("expand", ["size"], ["implicit"])
+)
+register(
+    "aten.contiguous.default",
+    sample=sample(lambda g: randn(3, 2)(g).t(), memory_format=torch_attr("contiguous_format")),
+)(method_renderer("contiguous", kw=["memory_format"]))
 register("aten.clone.default", sample=sample(randn(2, 3)))(
-    method_renderer("clone", kw=["memory_format"]))
+    method_renderer("clone", kw=["memory_format"])
+)
 # `lift_fresh_copy` copies a constant into the graph: a clone.
 register("aten.lift_fresh_copy.default", sample=sample(randn(2, 3)))(method_renderer("clone"))
 # `alias` is a fresh view of the whole tensor: what `x[...]` returns.
@@ -57,20 +64,33 @@ register("aten.alias.default", sample=sample(randn(2, 3)))(lambda c: f"{_wrap(c[
 
 _FUNCTIONS = [
     # target, torch function, positional schema args (`schema:python` where names differ)
-    ("aten.movedim.int", "torch.movedim", ["self:input", "source", "destination"],
-     sample(randn(2, 3, 4), 0, -1)),
-    ("aten.movedim.intlist", "torch.movedim", ["self:input", "source", "destination"],
-     sample(randn(2, 3, 4), [0, 1], [2, 0])),
+    (
+        "aten.movedim.int",
+        "torch.movedim",
+        ["self:input", "source", "destination"],
+        sample(randn(2, 3, 4), 0, -1),
+    ),
+    (
+        "aten.movedim.intlist",
+        "torch.movedim",
+        ["self:input", "source", "destination"],
+        sample(randn(2, 3, 4), [0, 1], [2, 0]),
+    ),
     ("aten.cat.default", "torch.cat", ["tensors", "dim"], sample([randn(2, 3), randn(1, 3)])),
-    ("aten.stack.default", "torch.stack", ["tensors", "dim"],
-     sample([randn(2, 3), randn(2, 3)], 1)),
+    (
+        "aten.stack.default",
+        "torch.stack",
+        ["tensors", "dim"],
+        sample([randn(2, 3), randn(2, 3)], 1),
+    ),
     ("aten.tile.default", "torch.tile", ["self:input", "dims"], sample(randn(2, 3), [2])),
 ]
 for _target, _fn, _pos, _sample in _FUNCTIONS:
     register(_target, sample=_sample)(call_renderer(_fn, _pos))
 
 register("aten.repeat_interleave.self_int", sample=sample(randn(2, 3), 2, 1))(
-    call_renderer("torch.repeat_interleave", ["self:input", "repeats", "dim"], ["output_size"]))
+    call_renderer("torch.repeat_interleave", ["self:input", "repeats", "dim"], ["output_size"])
+)
 
 
 def _as_list(fn: str, pos):
@@ -80,11 +100,18 @@ def _as_list(fn: str, pos):
 
 
 _SPLITS = [
-    ("aten.split.Tensor", "torch.split",
-     ["self:tensor", "split_size:split_size_or_sections", "dim"], sample(randn(5, 2), 2)),
-    ("aten.split_with_sizes.default", "torch.split",
-     ["self:tensor", "split_sizes:split_size_or_sections", "dim"],
-     sample(randn(2, 6), [1, 3, 2], 1)),
+    (
+        "aten.split.Tensor",
+        "torch.split",
+        ["self:tensor", "split_size:split_size_or_sections", "dim"],
+        sample(randn(5, 2), 2),
+    ),
+    (
+        "aten.split_with_sizes.default",
+        "torch.split",
+        ["self:tensor", "split_sizes:split_size_or_sections", "dim"],
+        sample(randn(2, 6), [1, 3, 2], 1),
+    ),
     ("aten.unbind.int", "torch.unbind", ["self:input", "dim"], sample(randn(2, 3), 1)),
     ("aten.chunk.default", "torch.chunk", ["self:input", "chunks", "dim"], sample(randn(5, 2), 3)),
 ]

@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 import operator
 
-from pt2interp.ops.registry import Call, _wrap, register
-
 from pt2interp import limits
+from pt2interp.ops.registry import Call, _wrap, register
 
 
 def _sample_sizes(gen):
@@ -31,12 +30,17 @@ def _sym_stride(c: Call) -> str:
     return f"{_wrap(c['self'])}.stride({c['dim']})"
 
 
-@register("aten.sym_numel.default", sample=lambda g: ((__import__("torch").randn(2, 3, generator=g),), {}))
+@register(
+    "aten.sym_numel.default", sample=lambda g: ((__import__("torch").randn(2, 3, generator=g),), {})
+)
 def _sym_numel(c: Call) -> str:
     return f"{_wrap(c['self'])}.numel()"
 
 
-@register("aten.sym_storage_offset.default", sample=lambda g: ((__import__("torch").randn(4, generator=g)[1:],), {}))
+@register(
+    "aten.sym_storage_offset.default",
+    sample=lambda g: ((__import__("torch").randn(4, generator=g)[1:],), {}),
+)
 def _sym_storage_offset(c: Call) -> str:
     return f"{_wrap(c['self'])}.storage_offset()"
 
@@ -46,9 +50,24 @@ def _binary(symbol: str):
 
 
 _BINARY = {
-    "add": "+", "sub": "-", "mul": "*", "floordiv": "//", "truediv": "/", "mod": "%", "pow": "**",
-    "eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "and_": "&", "or_": "|",
-    "xor": "^", "lshift": "<<", "rshift": ">>",
+    "add": "+",
+    "sub": "-",
+    "mul": "*",
+    "floordiv": "//",
+    "truediv": "/",
+    "mod": "%",
+    "pow": "**",
+    "eq": "==",
+    "ne": "!=",
+    "lt": "<",
+    "le": "<=",
+    "gt": ">",
+    "ge": ">=",
+    "and_": "&",
+    "or_": "|",
+    "xor": "^",
+    "lshift": "<<",
+    "rshift": ">>",
 }
 # Sizes are int64: Python ints far beyond that come only from a hostile graph, and computing
 # them (10 ** 10 ** 9, 1 << 10 ** 12, "x" * 10 ** 12) would hang or exhaust memory.
@@ -84,15 +103,19 @@ def _mul(a, b):
         raise _too_big(f"{a} * {b}")
     for seq, n in ((a, b), (b, a)):
         if isinstance(seq, _SEQUENCES) and type(n) is int:
-            limits.charge_python_value(len(seq) * max(n, 0) * _item_bytes(seq),
-                                       f"repeating a {type(seq).__name__} of {len(seq)} items {n} times")
+            limits.charge_python_value(
+                len(seq) * max(n, 0) * _item_bytes(seq),
+                f"repeating a {type(seq).__name__} of {len(seq)} items {n} times",
+            )
     return operator.mul(a, b)
 
 
 def _add(a, b):
     if isinstance(a, _SEQUENCES) and isinstance(b, _SEQUENCES):
-        limits.charge_python_value((len(a) + len(b)) * _item_bytes(a),
-                                   f"joining a {type(a).__name__} of {len(a)} items and one of {len(b)}")
+        limits.charge_python_value(
+            (len(a) + len(b)) * _item_bytes(a),
+            f"joining a {type(a).__name__} of {len(a)} items and one of {len(b)}",
+        )
     return operator.add(a, b)
 
 
@@ -104,22 +127,37 @@ def _mod(a, b):
 
 _BOUNDED = {"pow": _pow, "lshift": _lshift, "mul": _mul, "add": _add, "mod": _mod}
 for _name, _sym in _BINARY.items():
-    register(f"_operator.{_name}", kernel=_BOUNDED.get(_name, getattr(operator, _name)),
-             family="symbolic")(_binary(_sym))
+    register(
+        f"_operator.{_name}",
+        kernel=_BOUNDED.get(_name, getattr(operator, _name)),
+        family="symbolic",
+    )(_binary(_sym))
 
-register("_operator.neg", kernel=operator.neg, family="symbolic")(lambda c: f"-{_wrap(c.positional[0])}")
-register("_operator.pos", kernel=operator.pos, family="symbolic")(lambda c: f"+{_wrap(c.positional[0])}")
-register("_operator.not_", kernel=operator.not_, family="symbolic")(lambda c: f"not {_wrap(c.positional[0])}")
-register("_operator.abs", kernel=operator.abs, family="symbolic")(lambda c: f"abs({c.positional[0]})")
+register("_operator.neg", kernel=operator.neg, family="symbolic")(
+    lambda c: f"-{_wrap(c.positional[0])}"
+)
+register("_operator.pos", kernel=operator.pos, family="symbolic")(
+    lambda c: f"+{_wrap(c.positional[0])}"
+)
+register("_operator.not_", kernel=operator.not_, family="symbolic")(
+    lambda c: f"not {_wrap(c.positional[0])}"
+)
+register("_operator.abs", kernel=operator.abs, family="symbolic")(
+    lambda c: f"abs({c.positional[0]})"
+)
 register("_operator.getitem", kernel=operator.getitem, family="symbolic")(
-    lambda c: f"{_wrap(c.positional[0])}[{c.positional[1]}]")
+    lambda c: f"{_wrap(c.positional[0])}[{c.positional[1]}]"
+)
+
 
 def _call_render(func: str):
     return lambda c: f"{func}({', '.join(c.positional)})"
 
 
 for _name in ("trunc", "ceil", "floor", "sqrt"):
-    register(f"math.{_name}", kernel=getattr(math, _name), family="symbolic")(_call_render(f"math.{_name}"))
+    register(f"math.{_name}", kernel=getattr(math, _name), family="symbolic")(
+        _call_render(f"math.{_name}")
+    )
 
 
 def _sym_fn(name: str):
@@ -131,8 +169,19 @@ def _sym_fn(name: str):
     return kernel
 
 
-for _name in ("sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_sqrt", "sym_ite", "_sym_sqrt"):
-    register(f"torch.{_name}", kernel=_sym_fn(_name), family="symbolic")(_call_render(f"torch.{_name}"))
+for _name in (
+    "sym_float",
+    "sym_int",
+    "sym_max",
+    "sym_min",
+    "sym_not",
+    "sym_sqrt",
+    "sym_ite",
+    "_sym_sqrt",
+):
+    register(f"torch.{_name}", kernel=_sym_fn(_name), family="symbolic")(
+        _call_render(f"torch.{_name}")
+    )
 
 
 def _sym_sum(args):
@@ -148,6 +197,8 @@ def _symbool_as_int(b):
 
 
 # a bool size condition used as 0 or 1 (export writes it for `int(x.shape[0] > 2)`-style code)
-register("torch.fx.experimental.symbolic_shapes.cast_symbool_to_symint_guardless", kernel=_symbool_as_int,
-         family="symbolic")(lambda c: f"int({c.positional[0]})")
-
+register(
+    "torch.fx.experimental.symbolic_shapes.cast_symbool_to_symint_guardless",
+    kernel=_symbool_as_int,
+    family="symbolic",
+)(lambda c: f"int({c.positional[0]})")

@@ -19,9 +19,22 @@ from pt2interp.program import Program, read_program
 __version__ = "0.1.0"
 
 __all__ = [
-    "AOTInductorPackageError", "Archive", "DeviceError", "ExecutionError", "FormatError", "GraphError",
-    "InputMismatchError", "LimitError", "Program", "Pt2Error", "SchemaError", "UnsupportedOpError", "WeightError", "load",
-    "open_archive", "read_program",
+    "AOTInductorPackageError",
+    "Archive",
+    "DeviceError",
+    "ExecutionError",
+    "FormatError",
+    "GraphError",
+    "InputMismatchError",
+    "LimitError",
+    "Program",
+    "Pt2Error",
+    "SchemaError",
+    "UnsupportedOpError",
+    "WeightError",
+    "load",
+    "open_archive",
+    "read_program",
 ]
 
 
@@ -39,12 +52,19 @@ def read_schema(path, model=None, *, check_ops=None):
     return _read_schema(path, model=model, check_ops=check_ops)
 
 
-def extract_weights(path, backend="torch", include_buffers=True, include_constants=False, *, model=None):
+def extract_weights(
+    path, backend="torch", include_buffers=True, include_constants=False, *, model=None
+):
     """``{name: tensor}`` of a ``.pt2`` (see :func:`pt2interp.extract.extract_weights`)."""
     from pt2interp.extract import extract_weights as _extract_weights
 
-    return _extract_weights(path, backend=backend, include_buffers=include_buffers,
-                            include_constants=include_constants, model=model)
+    return _extract_weights(
+        path,
+        backend=backend,
+        include_buffers=include_buffers,
+        include_constants=include_constants,
+        model=model,
+    )
 
 
 def load_weights(module, path, strict=True, rename=None, dtype=None, device=None):

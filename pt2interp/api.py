@@ -9,8 +9,14 @@ from pt2interp.loaded import LoadedProgram
 from pt2interp.program import collector_paused, read_program
 
 
-def load(path: str | os.PathLike | BinaryIO, device=None, model: str | None = None, *,
-         inference_mode: bool = True, verify: bool = True) -> LoadedProgram:
+def load(
+    path: str | os.PathLike | BinaryIO,
+    device=None,
+    model: str | None = None,
+    *,
+    inference_mode: bool = True,
+    verify: bool = True,
+) -> LoadedProgram:
     """Load a ``.pt2`` and return a program you call like the exported module.
 
     ``device``: where weights live and computation runs (``"cpu"``, ``"cuda"``, ...); None keeps
@@ -24,5 +30,8 @@ def load(path: str | os.PathLike | BinaryIO, device=None, model: str | None = No
     (2, 16)
     """
     with collector_paused():
-        return LoadedProgram(read_program(path, model=model, verify=verify), device=device,
-                             inference_mode=inference_mode)
+        return LoadedProgram(
+            read_program(path, model=model, verify=verify),
+            device=device,
+            inference_mode=inference_mode,
+        )

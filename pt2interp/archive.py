@@ -89,8 +89,11 @@ class Archive:
                 return
         for top in sorted(tops):
             prefix = f"{top}/{versions.PT2_MODELS_DIR}"
-            models = sorted(n[len(prefix):-len(".json")] for n in names
-                            if n.startswith(prefix) and n.endswith(".json") and "/" not in n[len(prefix):])
+            models = sorted(
+                n[len(prefix) : -len(".json")]
+                for n in names
+                if n.startswith(prefix) and n.endswith(".json") and "/" not in n[len(prefix) :]
+            )
             if models:
                 self.layout, self.top, self.model_names = "pt2", top, models
                 return
@@ -100,12 +103,14 @@ class Archive:
                     f"{self.source}: this is an AOTInductor package (compiled code under "
                     f"{top}/{versions.PT2_AOTI_DIR}), not an exported graph pt2interp can interpret. "
                     "Run it with torch._inductor.aoti_load_package(path) on a torch matching the one "
-                    "that compiled it, or export the model again with torch.export.save.")
+                    "that compiled it, or export the model again with torch.export.save."
+                )
         if not names:
             raise FormatError(f"{self.source}: the zip archive is empty")
         raise FormatError(
             f"{self.source}: no exported program found: neither {versions.LEGACY_PROGRAM} (torch 2.1-2.7) "
-            f"nor <top>/{versions.PT2_MODELS_DIR}<name>.json (torch 2.8+) is in the archive")
+            f"nor <top>/{versions.PT2_MODELS_DIR}<name>.json (torch 2.8+) is in the archive"
+        )
 
     def member_path(self, relative: str) -> str:
         """The full member name of a path relative to the layout's top folder."""
@@ -137,7 +142,9 @@ class Archive:
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise FormatError(f"{self.source}: member {self.member_path(relative)!r} is not UTF-8 text ({exc})") from None
+            raise FormatError(
+                f"{self.source}: member {self.member_path(relative)!r} is not UTF-8 text ({exc})"
+            ) from None
 
     def buffer(self, relative: str) -> memoryview | bytes:
         """The member's bytes without a copy where possible (a copy-on-write file mapping).
@@ -152,9 +159,11 @@ class Archive:
         start = self._directory.data_start(m)
         mm = self._mapping()
         if start + m.size > len(mm):
-            raise FormatError(f"{self.source}: member {m.name!r} extends past the end of the file "
-                              f"(truncated archive?)")
-        view = memoryview(mm)[start:start + m.size]
+            raise FormatError(
+                f"{self.source}: member {m.name!r} extends past the end of the file "
+                f"(truncated archive?)"
+            )
+        view = memoryview(mm)[start : start + m.size]
         if self.verify and m.name not in self._verified:
             self._directory.check_crc(m, view)  # zipfile would have; the mapping bypasses it
             self._verified.add(m.name)
@@ -195,8 +204,11 @@ def open_archive(source: str | os.PathLike | BinaryIO | bytes, *, verify: bool =
     """
     if isinstance(source, Path) or hasattr(source, "__fspath__"):
         source = os.fspath(source)
-    elif not isinstance(source, (str, bytes, bytearray, memoryview)) and hasattr(source, "open") \
-            and not hasattr(source, "read"):
+    elif (
+        not isinstance(source, (str, bytes, bytearray, memoryview))
+        and hasattr(source, "open")
+        and not hasattr(source, "read")
+    ):
         # importlib.resources Traversable
         with source.open("rb") as f:
             return Archive(io.BytesIO(f.read()), verify=verify)

@@ -21,8 +21,8 @@ from pathlib import Path
 from pt2interp.errors import Pt2Error
 from pt2interp.printable import printable
 
-_MAX_SHOWN = 300            # characters of one name in a table or output line
-_MAX_ERROR_LINE = 2000      # characters of an error message
+_MAX_SHOWN = 300  # characters of one name in a table or output line
+_MAX_ERROR_LINE = 2000  # characters of an error message
 
 
 def shown(text: object, limit: int = _MAX_SHOWN) -> str:
@@ -82,7 +82,9 @@ def _import_torch(args) -> None:
     except ModuleNotFoundError as exc:
         if exc.name != "torch":
             raise
-        raise _MissingDependency("torch", f"`pt2interp {args.command}` needs torch: pip install torch") from None
+        raise _MissingDependency(
+            "torch", f"`pt2interp {args.command}` needs torch: pip install torch"
+        ) from None
 
 
 class _MissingDependency(Pt2Error):
@@ -118,8 +120,10 @@ def cmd_demo(args) -> int:
 
     path = _example_path()
     prog = pt2interp.read_program(path)
-    print(f"archive   {path.name}: layout {prog.layout}, schema {'.'.join(map(str, prog.schema_version))}, "
-          f"written by torch {prog.torch_version}")
+    print(
+        f"archive   {path.name}: layout {prog.layout}, schema {'.'.join(map(str, prog.schema_version))}, "
+        f"written by torch {prog.torch_version}"
+    )
     print(f"graph     {len(prog.graph.nodes)} nodes, {len(prog.state_dict())} weights")
     loaded = pt2interp.load(path)
     ref = np.load(path.with_suffix(".npz"))
@@ -134,14 +138,18 @@ def cmd_demo(args) -> int:
     else:
         same = torch.equal(out, torch_out)
         ok = same
-        print(f"torch     torch.export.load(...).module() here: "
-              f"{'equal, bit for bit' if same else 'DIFFERENT: ' + _max_diff(out, torch_out)}")
+        print(
+            f"torch     torch.export.load(...).module() here: "
+            f"{'equal, bit for bit' if same else 'DIFFERENT: ' + _max_diff(out, torch_out)}"
+        )
     # computed when the example was made, maybe on another CPU: equal to float32 rounding
     stored = torch.from_numpy(ref["out"])
     close = torch.allclose(out, stored, rtol=1e-5, atol=1e-6)
     ok = ok and close
-    print(f"stored    the example's reference output: "
-          f"{'equal, bit for bit' if torch.equal(out, stored) else 'equal within 1e-5' if close else 'DIFFERENT: ' + _max_diff(out, stored)}")
+    print(
+        f"stored    the example's reference output: "
+        f"{'equal, bit for bit' if torch.equal(out, stored) else 'equal within 1e-5' if close else 'DIFFERENT: ' + _max_diff(out, stored)}"
+    )
     return 0 if ok else 1
 
 
@@ -178,8 +186,10 @@ def cmd_run(args) -> int:
     for key, value in named.items():
         # keys are the file's (output dict keys); values may be strings it holds
         if isinstance(value, torch.Tensor):
-            print(f"{shown(key)}: tensor {list(value.shape)} "
-                  f"{str(value.dtype).replace('torch.', '')} {value.device} {_preview(value)}")
+            print(
+                f"{shown(key)}: tensor {list(value.shape)} "
+                f"{str(value.dtype).replace('torch.', '')} {value.device} {_preview(value)}"
+            )
         else:
             print(f"{shown(key)}: {type(value).__name__} {shown(_value_text(value))}")
     if args.output:
@@ -187,14 +197,20 @@ def cmd_run(args) -> int:
 
         from pt2interp.files import as_created_file
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in named.items() if isinstance(v, torch.Tensor)}
+        tensors = {
+            k: v.detach().cpu().contiguous()
+            for k, v in named.items()
+            if isinstance(v, torch.Tensor)
+        }
         save_file(tensors, args.output)
         as_created_file(args.output)
         print(f"wrote {len(tensors)} tensors to {args.output}")
     fb = prog.fallback_ops()
     if fb:
-        print(f"ops run through the generic torch.ops fallback: {shown(', '.join(fb), _MAX_ERROR_LINE)}",
-              file=sys.stderr)
+        print(
+            f"ops run through the generic torch.ops fallback: {shown(', '.join(fb), _MAX_ERROR_LINE)}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -210,13 +226,17 @@ def _inputs_for(prog, args):
 
     if args.inputs:
         values = _read_tensor_file(args.inputs)
-        outputs = set(prog.output_names)  # a fixture's npz holds its reference outputs beside the inputs
+        outputs = set(
+            prog.output_names
+        )  # a fixture's npz holds its reference outputs beside the inputs
         return prog.bind_named({k: v for k, v in values.items() if k not in outputs})
     if args.random:
         return prog.bind_named(_random_inputs(prog))
     sample = prog.program.example_inputs()
     if sample is None:
-        raise Pt2Error(f"{args.file}: the archive stores no sample inputs; pass --inputs FILE or --random")
+        raise Pt2Error(
+            f"{args.file}: the archive stores no sample inputs; pass --inputs FILE or --random"
+        )
     a, kw = sample
     return tuple(x.to(prog.device) if isinstance(x, torch.Tensor) else x for x in a), kw
 
@@ -239,8 +259,10 @@ def _read_tensor_file(path: str) -> dict:
         if path.endswith((".pt", ".pth")):
             values = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
-                raise Pt2Error(f"{path}: a .pt inputs file must hold a dict of input name -> tensor, "
-                               f"not {type(values).__name__}")
+                raise Pt2Error(
+                    f"{path}: a .pt inputs file must hold a dict of input name -> tensor, "
+                    f"not {type(values).__name__}"
+                )
             return values
     except (OSError, ValueError, RuntimeError) as exc:
         raise Pt2Error(f"{path}: cannot read inputs: {exc}") from None
@@ -265,15 +287,21 @@ def _random_inputs(prog) -> dict:
         if spec.kind == "constant_input":
             continue  # the recorded constant is the default
         if spec.arg.kind != "tensor":
-            raise Pt2Error(f"--random cannot make a value for input {shown(name)!r} ({spec.arg.kind}); "
-                           f"pass --inputs with real data instead")
+            raise Pt2Error(
+                f"--random cannot make a value for input {shown(name)!r} ({spec.arg.kind}); "
+                f"pass --inputs with real data instead"
+            )
         meta = model.graph.tensor_values.get(spec.arg.value.name)
         if meta is None:
             raise Pt2Error(f"--random: the archive records no shape for input {shown(name)!r}")
-        shape = [s if isinstance(s, int) else (s.hint if type(s.hint) is int else 2) for s in meta.sizes]
+        shape = [
+            s if isinstance(s, int) else (s.hint if type(s.hint) is int else 2) for s in meta.sizes
+        ]
         if not _small_shape(shape):
-            raise Pt2Error(f"--random: input {shown(name)!r} would have more than {_MAX_RANDOM_ELEMENTS:,} elements "
-                           f"(or a negative size) in its recorded shape; pass --inputs with real data instead")
+            raise Pt2Error(
+                f"--random: input {shown(name)!r} would have more than {_MAX_RANDOM_ELEMENTS:,} elements "
+                f"(or a negative size) in its recorded shape; pass --inputs with real data instead"
+            )
         dtype = torch_dtype(meta.dtype, where=f"--random: input {shown(name)!r}: ")
         try:
             if dtype.is_floating_point or dtype.is_complex:
@@ -283,7 +311,9 @@ def _random_inputs(prog) -> dict:
             else:
                 out[name] = torch.randint(0, 2, shape, dtype=dtype)
         except (RuntimeError, TypeError) as exc:  # a dtype torch makes no random values of
-            raise Pt2Error(f"--random: cannot make input {shown(name)!r} of {dtype}: {exc}") from None
+            raise Pt2Error(
+                f"--random: cannot make input {shown(name)!r} of {dtype}: {exc}"
+            ) from None
     return out
 
 
@@ -314,7 +344,9 @@ def cmd_info(args) -> int:
 
     if args.check_ops:
         _import_torch(args)
-    schema = pt2interp.read_schema(args.file, model=args.model, check_ops=True if args.check_ops else None)
+    schema = pt2interp.read_schema(
+        args.file, model=args.model, check_ops=True if args.check_ops else None
+    )
     if args.json:
         print(json_printable(schema.to_json()))
         return 0
@@ -336,17 +368,32 @@ def _print_schema(schema) -> None:
         console.width = max(console.width, 120)  # piped output: do not squeeze tables to 80 columns
     t = schema.totals
     arch = schema.archive
-    console.print(Text.assemble(
-        (printable(schema.source), "bold"), f": {arch.kind} layout",
-        f" (top folder {shown(repr(arch.top))})" if arch.top else "",
-        f", {arch.members} members" + (f", {_human_bytes(arch.file_bytes)}" if arch.file_bytes else "")))
-    console.print(Text(f"schema {'.'.join(map(str, schema.schema_version))}, written by torch "
-                       f"{shown(schema.torch_version or 'unknown')}, IR {shown(schema.dialect)}, "
-                       f"model {shown(repr(schema.model))}"))
-    by_dtype = ", ".join(f"{shown(k)} {_human_bytes(v)}" for k, v in t.bytes_by_dtype.items()) or "none"
-    console.print(Text(f"{t.parameter_count:,} parameters ({_human_bytes(t.parameter_bytes)}), {t.buffer_count} "
-                       f"buffers ({_human_bytes(t.buffer_bytes)}), {len(schema.constants)} constants; "
-                       f"bytes by dtype: {by_dtype}"))
+    console.print(
+        Text.assemble(
+            (printable(schema.source), "bold"),
+            f": {arch.kind} layout",
+            f" (top folder {shown(repr(arch.top))})" if arch.top else "",
+            f", {arch.members} members"
+            + (f", {_human_bytes(arch.file_bytes)}" if arch.file_bytes else ""),
+        )
+    )
+    console.print(
+        Text(
+            f"schema {'.'.join(map(str, schema.schema_version))}, written by torch "
+            f"{shown(schema.torch_version or 'unknown')}, IR {shown(schema.dialect)}, "
+            f"model {shown(repr(schema.model))}"
+        )
+    )
+    by_dtype = (
+        ", ".join(f"{shown(k)} {_human_bytes(v)}" for k, v in t.bytes_by_dtype.items()) or "none"
+    )
+    console.print(
+        Text(
+            f"{t.parameter_count:,} parameters ({_human_bytes(t.parameter_bytes)}), {t.buffer_count} "
+            f"buffers ({_human_bytes(t.buffer_bytes)}), {len(schema.constants)} constants; "
+            f"bytes by dtype: {by_dtype}"
+        )
+    )
     for group in t.tied:
         console.print(Text(f"tied: {' = '.join(shown(name) for name in group)}"))
 
@@ -358,30 +405,49 @@ def _print_schema(schema) -> None:
             tensor = v.tensor
             kind = v.kind + (" (keyword)" if v.keyword else "")
             shape = tensor.shape_str if tensor else ("" if v.value is None else str(v.value))
-            io_table.add_row(direction, *_cells(v.name, kind, tensor.dtype if tensor else "", shape))
+            io_table.add_row(
+                direction, *_cells(v.name, kind, tensor.dtype if tensor else "", shape)
+            )
         io_table.add_section()
     console.print(io_table)
 
     weights = schema.weights()
     if weights:
-        w_table = Table(title="Parameters, buffers and constants by module", box=box.SIMPLE_HEAD,
-                        title_justify="left")
-        for col, justify in (("module", "left"), ("class", "left"), ("name", "left"), ("kind", "left"),
-                             ("shape", "left"), ("dtype", "left"), ("bytes", "right")):
+        w_table = Table(
+            title="Parameters, buffers and constants by module",
+            box=box.SIMPLE_HEAD,
+            title_justify="left",
+        )
+        for col, justify in (
+            ("module", "left"),
+            ("class", "left"),
+            ("name", "left"),
+            ("kind", "left"),
+            ("shape", "left"),
+            ("dtype", "left"),
+            ("bytes", "right"),
+        ):
             w_table.add_column(col, justify=justify)
         classes = {m.fqn: m.class_name for m in schema.module_tree.walk()}
         order = {m.fqn: i for i, m in enumerate(schema.module_tree.walk())}
         last = None
-        for w in sorted(weights, key=lambda w: order.get(w.module, len(order))):  # stable: keeps file order
+        for w in sorted(
+            weights, key=lambda w: order.get(w.module, len(order))
+        ):  # stable: keeps file order
             first = w.module != last
             kind = w.kind + (" (not persistent)" if w.persistent is False else "")
             kind += f" = {w.tied_to}" if w.tied_to else ""
-            w_table.add_row(*_cells(w.module or "(root)" if first else "",
-                                    (classes.get(w.module) or "") if first else "",
-                                    w.name.rpartition(".")[2], kind,
-                                    w.tensor.shape_str if w.tensor else (w.class_fqn or ""),
-                                    w.tensor.dtype if w.tensor else "",
-                                    f"{w.nbytes:,}" if w.nbytes is not None else ""))
+            w_table.add_row(
+                *_cells(
+                    w.module or "(root)" if first else "",
+                    (classes.get(w.module) or "") if first else "",
+                    w.name.rpartition(".")[2],
+                    kind,
+                    w.tensor.shape_str if w.tensor else (w.class_fqn or ""),
+                    w.tensor.dtype if w.tensor else "",
+                    f"{w.nbytes:,}" if w.nbytes is not None else "",
+                )
+            )
             last = w.module
         console.print(w_table)
 
@@ -391,13 +457,19 @@ def _print_schema(schema) -> None:
     for name in schema.subgraph_ops:
         ops.add_column(Text(f"in {shown(name)}"), justify="right")
     for target, count in schema.op_histogram.items():
-        ops.add_row(*_cells(target.removeprefix("torch.ops.")), str(count),
-                    *(str(sub.get(target, "")) for sub in schema.subgraph_ops.values()))
+        ops.add_row(
+            *_cells(target.removeprefix("torch.ops.")),
+            str(count),
+            *(str(sub.get(target, "")) for sub in schema.subgraph_ops.values()),
+        )
     console.print(ops)
 
     def label(m) -> Text:
-        return Text.assemble(shown(m.name or "(root)"), (f" {shown(m.class_name)}" if m.class_name else "", "cyan"),
-                             f"  {m.parameter_count:,} params" if m.parameter_count else "")
+        return Text.assemble(
+            shown(m.name or "(root)"),
+            (f" {shown(m.class_name)}" if m.class_name else "", "cyan"),
+            f"  {m.parameter_count:,} params" if m.parameter_count else "",
+        )
 
     def add(node, branch) -> None:
         for child in node.children:
@@ -409,12 +481,23 @@ def _print_schema(schema) -> None:
     console.print(tree)
 
     for where, why in schema.unreadable.items():
-        console.print(Text.assemble(("not read", "yellow"), f" (not needed to describe the program): "
-                                                            f"{shown(where)}: {shown(why, _MAX_ERROR_LINE)}"))
+        console.print(
+            Text.assemble(
+                ("not read", "yellow"),
+                f" (not needed to describe the program): "
+                f"{shown(where)}: {shown(why, _MAX_ERROR_LINE)}",
+            )
+        )
     if schema.missing_ops is None:
-        console.print("ops this torch lacks: not checked (torch is not imported; --check-ops imports it)")
+        console.print(
+            "ops this torch lacks: not checked (torch is not imported; --check-ops imports it)"
+        )
     elif schema.missing_ops:
-        console.print(Text.assemble(("ops this torch lacks", "red"), f": {shown(', '.join(schema.missing_ops))}"))
+        console.print(
+            Text.assemble(
+                ("ops this torch lacks", "red"), f": {shown(', '.join(schema.missing_ops))}"
+            )
+        )
     else:
         console.print("ops this torch lacks: none")
 
@@ -433,20 +516,36 @@ def cmd_weights(args) -> int:
     if not args.output and not args.numpy:
         raise Pt2Error("nothing to write: give -o FILE.safetensors and/or --numpy FILE.npz")
     if args.output:
-        saved = save_safetensors(args.file, args.output, model=args.model,
-                                 include_buffers=not args.no_buffers, include_constants=args.constants)
+        saved = save_safetensors(
+            args.file,
+            args.output,
+            model=args.model,
+            include_buffers=not args.no_buffers,
+            include_constants=args.constants,
+        )
         tied = f", {len(saved.aliases)} tied name(s) recorded as aliases" if saved.aliases else ""
-        print(f"wrote {len(saved.tensors)} tensors{tied} to {saved.path} ({_human_bytes(saved.nbytes)})")
+        print(
+            f"wrote {len(saved.tensors)} tensors{tied} to {saved.path} ({_human_bytes(saved.nbytes)})"
+        )
     if args.numpy:
         import json
 
         import numpy as np
 
-        weights = pt2interp.extract_weights(args.file, backend="numpy", model=args.model,
-                                            include_buffers=not args.no_buffers, include_constants=args.constants)
+        weights = pt2interp.extract_weights(
+            args.file,
+            backend="numpy",
+            model=args.model,
+            include_buffers=not args.no_buffers,
+            include_constants=args.constants,
+        )
         # npz members are plain .npy files; the torch dtype names travel as one JSON string
         np.savez(args.numpy, **weights, __torch_dtypes__=np.array(json.dumps(weights.dtypes)))
-        raw = f" ({len(weights.raw_bits)} as raw bits, see __torch_dtypes__)" if weights.raw_bits else ""
+        raw = (
+            f" ({len(weights.raw_bits)} as raw bits, see __torch_dtypes__)"
+            if weights.raw_bits
+            else ""
+        )
         print(f"wrote {len(weights)} arrays{raw} to {args.numpy}")
     return 0
 
@@ -464,7 +563,7 @@ def _sigterm_ends_quietly():
     """SIGTERM handled by returning (in the main thread; elsewhere signals are not ours)."""
     try:
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    except ValueError:   # not the main thread
+    except ValueError:  # not the main thread
         yield
         return
     try:
@@ -498,23 +597,49 @@ def cmd_serve(args) -> int:
     try:
         for spec in args.files:
             # NAME=PATH names a model; otherwise the file's stem does
-            name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
-            servers.append(Server(path, name=name or None, device=args.device, batch_size=args.batch_size,
-                                  batch_timeout_ms=args.batch_timeout_ms, request_timeout_s=args.request_timeout,
-                                  threads=args.threads))
-        app = create_app(servers, max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
-                         max_inflight_bytes=args.max_inflight_bytes, max_queued_rows=args.max_queued_rows)
+            name, _, path = (
+                spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+            )
+            servers.append(
+                Server(
+                    path,
+                    name=name or None,
+                    device=args.device,
+                    batch_size=args.batch_size,
+                    batch_timeout_ms=args.batch_timeout_ms,
+                    request_timeout_s=args.request_timeout,
+                    threads=args.threads,
+                )
+            )
+        app = create_app(
+            servers,
+            max_body_bytes=args.max_body_bytes,
+            body_timeout_s=args.body_timeout,
+            max_inflight_bytes=args.max_inflight_bytes,
+            max_queued_rows=args.max_queued_rows,
+        )
         for s in servers:
             note = f", {s.info()['batching_note']}" if s.info()["batching_note"] else ""
-            print(shown(f"model {s.name!r}: {s.path} on {s.device}, batch size {s.batch_size}{note}"))
-        print(f"serving on http://{args.host}:{args.port}/  (status page at /, metrics at /metrics)", flush=True)
+            print(
+                shown(f"model {s.name!r}: {s.path} on {s.device}, batch size {s.batch_size}{note}")
+            )
+        print(
+            f"serving on http://{args.host}:{args.port}/  (status page at /, metrics at /metrics)",
+            flush=True,
+        )
         # On SIGTERM or Ctrl-C uvicorn stops taking connections and lets requests under way
         # finish for --graceful-timeout seconds; then the models' queues drain for as long again.
         # uvicorn raises the signal once more when it is done, for the handler it found: ours
         # takes SIGTERM as the normal way to stop a server, so the drain below still runs.
         with _sigterm_ends_quietly():
-            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                        timeout_graceful_shutdown=args.graceful_timeout, access_log=args.access_log)
+            uvicorn.run(
+                app,
+                host=args.host,
+                port=args.port,
+                log_level=args.log_level,
+                timeout_graceful_shutdown=args.graceful_timeout,
+                access_log=args.access_log,
+            )
     except ValueError as exc:
         raise Pt2Error(str(exc)) from None
     finally:
@@ -528,8 +653,9 @@ def cmd_codegen(args) -> int:
     _import_torch(args)
     from pt2interp.codegen import to_python
 
-    source = to_python(args.file, class_name=args.class_name, comments=not args.no_comments,
-                       weights=args.weights)
+    source = to_python(
+        args.file, class_name=args.class_name, comments=not args.no_comments, weights=args.weights
+    )
     if args.output:
         Path(args.output).write_text(source, encoding="utf-8")
         module = Path(args.output).stem
@@ -549,9 +675,13 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "%(default)" not in text and action.default is not None and action.default is not False \
-                and action.default != argparse.SUPPRESS \
-                and (action.option_strings or action.nargs in ("?", "*")):
+        if (
+            "%(default)" not in text
+            and action.default is not None
+            and action.default is not False
+            and action.default != argparse.SUPPRESS
+            and (action.option_strings or action.nargs in ("?", "*"))
+        ):
             text += " (default: %(default)s)"
         return text
 
@@ -561,10 +691,16 @@ _MODEL_HELP = "which model of a multi-model archive (default: the only one, or '
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pt2interp", description="Load, run and inspect PyTorch .pt2 archives.",
-                                formatter_class=_HelpFormatter)
-    p.add_argument("--debug", action="store_true",
-                   help="show tracebacks for errors (accepted anywhere on the line)")
+    p = argparse.ArgumentParser(
+        prog="pt2interp",
+        description="Load, run and inspect PyTorch .pt2 archives.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks for errors (accepted anywhere on the line)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, text: str, fn) -> argparse.ArgumentParser:
@@ -577,71 +713,143 @@ def build_parser() -> argparse.ArgumentParser:
     r = command("run", "run a .pt2 and print its outputs", cmd_run)
     r.add_argument("file", help=_FILE_HELP)
     src = r.add_mutually_exclusive_group()
-    src.add_argument("--inputs", metavar="FILE",
-                     help="inputs from .npz, .safetensors or .pt (a dict), keyed by the names `pt2interp info` "
-                          "prints (x, scale, xs.0) or by position (in_0, in_1, ...); keyword inputs too "
-                          "(default: the sample inputs the archive stores)")
-    src.add_argument("--random", action="store_true",
-                     help="random values for every input, keyword ones included, of the recorded dtypes "
-                          "and example sizes")
+    src.add_argument(
+        "--inputs",
+        metavar="FILE",
+        help="inputs from .npz, .safetensors or .pt (a dict), keyed by the names `pt2interp info` "
+        "prints (x, scale, xs.0) or by position (in_0, in_1, ...); keyword inputs too "
+        "(default: the sample inputs the archive stores)",
+    )
+    src.add_argument(
+        "--random",
+        action="store_true",
+        help="random values for every input, keyword ones included, of the recorded dtypes "
+        "and example sizes",
+    )
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     r.add_argument("--model", default=None, help=_MODEL_HELP)
-    r.add_argument("--output", "-o", metavar="FILE",
-                   help="also write the outputs to this .safetensors file, named as `info` names them "
-                        "(out, out.0, out.sum)")
+    r.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="also write the outputs to this .safetensors file, named as `info` names them "
+        "(out, out.0, out.sum)",
+    )
 
     i = command("info", "describe a .pt2 without running it (torch not needed)", cmd_info)
     i.add_argument("file", help=_FILE_HELP)
     i.add_argument("--model", default=None, help=_MODEL_HELP)
     i.add_argument("--json", action="store_true", help="print the description as JSON")
-    i.add_argument("--check-ops", action="store_true",
-                   help="import torch and list the ops it lacks (otherwise checked only if torch is loaded)")
+    i.add_argument(
+        "--check-ops",
+        action="store_true",
+        help="import torch and list the ops it lacks (otherwise checked only if torch is loaded)",
+    )
 
-    w = command("weights", "write a .pt2's weights to safetensors or npz (torch not needed)", cmd_weights)
+    w = command(
+        "weights", "write a .pt2's weights to safetensors or npz (torch not needed)", cmd_weights
+    )
     w.add_argument("file", help=_FILE_HELP)
     w.add_argument("--output", "-o", metavar="FILE", help="the .safetensors file to write")
     w.add_argument("--numpy", metavar="NPZ", help="also (or only) write the arrays to this .npz")
     w.add_argument("--model", default=None, help=_MODEL_HELP)
     w.add_argument("--no-buffers", action="store_true", help="parameters only")
-    w.add_argument("--constants", action="store_true",
-                   help="also tensor constants and non-persistent buffers")
+    w.add_argument(
+        "--constants", action="store_true", help="also tensor constants and non-persistent buffers"
+    )
 
-    sv = command("serve", "serve .pt2 archives over HTTP (Open Inference Protocol v2); needs "
-                          "pip install 'pt2interp[serve]'", cmd_serve)
-    sv.add_argument("files", nargs="+", metavar="[NAME=]FILE",
-                    help="archives to serve, each named NAME or after its file")
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv = command(
+        "serve",
+        "serve .pt2 archives over HTTP (Open Inference Protocol v2); needs "
+        "pip install 'pt2interp[serve]'",
+        cmd_serve,
+    )
+    sv.add_argument(
+        "files",
+        nargs="+",
+        metavar="[NAME=]FILE",
+        help="archives to serve, each named NAME or after its file",
+    )
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
+    )
     sv.add_argument("--port", type=int, default=8080, help="port to listen on")
     sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    sv.add_argument("--batch-size", type=int, default=1, help="most rows per model run (1: no batching)")
-    sv.add_argument("--batch-timeout-ms", type=float, default=0.0,
-                    help="how long a request may wait for others to share its run")
-    sv.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger requests get 413")
-    sv.add_argument("--body-timeout", type=float, default=30.0,
-                    help="seconds a request body may take to arrive (then 408)")
-    sv.add_argument("--request-timeout", type=float, default=60.0,
-                    help="seconds a request may wait for its answer (then 504, and it is withdrawn)")
-    sv.add_argument("--max-inflight-bytes", type=int, default=64 * 1024 * 1024,
-                    help="request bodies one model's unanswered requests may hold (then 503, Retry-After)")
-    sv.add_argument("--max-queued-rows", type=int, default=65_536,
-                    help="rows one model's unanswered requests may hold (then 429, Retry-After)")
-    sv.add_argument("--graceful-timeout", type=float, default=10.0,
-                    help="on SIGTERM, seconds for requests under way to finish before they are cut off")
-    sv.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
-    sv.add_argument("--threads", type=_threads_arg, default="auto",
-                    help="torch threads per model run: a number, or auto (the CPUs other processes leave free, "
-                         "less one for the server, re-read every 2 s)")
-    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                    help="uvicorn's log level")
+    sv.add_argument(
+        "--batch-size", type=int, default=1, help="most rows per model run (1: no batching)"
+    )
+    sv.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=0.0,
+        help="how long a request may wait for others to share its run",
+    )
+    sv.add_argument(
+        "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger requests get 413"
+    )
+    sv.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request body may take to arrive (then 408)",
+    )
+    sv.add_argument(
+        "--request-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request may wait for its answer (then 504, and it is withdrawn)",
+    )
+    sv.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="request bodies one model's unanswered requests may hold (then 503, Retry-After)",
+    )
+    sv.add_argument(
+        "--max-queued-rows",
+        type=int,
+        default=65_536,
+        help="rows one model's unanswered requests may hold (then 429, Retry-After)",
+    )
+    sv.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=10.0,
+        help="on SIGTERM, seconds for requests under way to finish before they are cut off",
+    )
+    sv.add_argument(
+        "--access-log", action="store_true", help="log every request (uvicorn's access log)"
+    )
+    sv.add_argument(
+        "--threads",
+        type=_threads_arg,
+        default="auto",
+        help="torch threads per model run: a number, or auto (the CPUs other processes leave free, "
+        "less one for the server, re-read every 2 s)",
+    )
+    sv.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level",
+    )
 
     cg = command("codegen", "write a .pt2 back as readable nn.Module source", cmd_codegen)
     cg.add_argument("file", help=_FILE_HELP)
-    cg.add_argument("--output", "-o", metavar="FILE", help="the .py file to write (default: standard output)")
+    cg.add_argument(
+        "--output", "-o", metavar="FILE", help="the .py file to write (default: standard output)"
+    )
     cg.add_argument("--class-name", default="Model", help="name of the root class")
-    cg.add_argument("--no-comments", action="store_true",
-                    help="leave out the original source lines kept as comments")
-    cg.add_argument("--weights", metavar="SAFETENSORS",
-                    help="also write the weights here, for the generated load_safetensors(path)")
+    cg.add_argument(
+        "--no-comments",
+        action="store_true",
+        help="leave out the original source lines kept as comments",
+    )
+    cg.add_argument(
+        "--weights",
+        metavar="SAFETENSORS",
+        help="also write the weights here, for the generated load_safetensors(path)",
+    )
     return p
 
 
@@ -666,7 +874,11 @@ def main(argv: list[str] | None = None) -> int:
         return _error(" ".join(str(exc).splitlines()))
     except ModuleNotFoundError as exc:  # an optional dependency the subcommand needs
         root = (exc.name or "").split(".")[0]
-        if args.debug or root not in _INSTALL_HINTS and root not in ("safetensors", "numpy", "jinja2", "rich"):
+        if (
+            args.debug
+            or root not in _INSTALL_HINTS
+            and root not in ("safetensors", "numpy", "jinja2", "rich")
+        ):
             raise
         hint = _INSTALL_HINTS.get(root, f"needs {root}: pip install {root}")
         return _error(f"`pt2interp {args.command}` {hint}")

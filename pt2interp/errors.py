@@ -68,7 +68,9 @@ class LimitError(Pt2Error):
         self.detail = message
         self.where = where  # the node that asked, once the interpreter knows it
         text = f"{where}: {message}" if where else message
-        super().__init__(f"{text} (budget {limit}; raise it with pt2interp.limits.override({limit}=...))")
+        super().__init__(
+            f"{text} (budget {limit}; raise it with pt2interp.limits.override({limit}=...))"
+        )
 
 
 class AOTInductorPackageError(FormatError):

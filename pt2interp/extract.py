@@ -37,8 +37,18 @@ from pt2interp.program import Program, read_program
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LoadReport", "LoadWeightsError", "Mismatch", "NumpyWeights", "SavedWeights",
-           "extract_weights", "load_safetensors", "load_weights", "numpy_to_torch", "save_safetensors"]
+__all__ = [
+    "LoadReport",
+    "LoadWeightsError",
+    "Mismatch",
+    "NumpyWeights",
+    "SavedWeights",
+    "extract_weights",
+    "load_safetensors",
+    "load_weights",
+    "numpy_to_torch",
+    "save_safetensors",
+]
 
 ALIASES_KEY = "pt2interp.aliases"  # safetensors metadata: {alias name: name written}
 
@@ -47,6 +57,7 @@ ALIASES_KEY = "pt2interp.aliases"  # safetensors metadata: {alias name: name wri
 # Choosing entries (shared by both backends)
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Entry:
     name: str
@@ -54,8 +65,13 @@ class _Entry:
     kind: str  # parameter, buffer, non_persistent_buffer, constant
 
 
-def _select(program: Program, state: list[tuple[str, Any, bool]], constants: list[tuple[str, Any, bool]],
-            include_buffers: bool, include_constants: bool) -> list[_Entry]:
+def _select(
+    program: Program,
+    state: list[tuple[str, Any, bool]],
+    constants: list[tuple[str, Any, bool]],
+    include_buffers: bool,
+    include_constants: bool,
+) -> list[_Entry]:
     """Entries in stored order: the stored state dict (parameters and persistent buffers, all of
     them, also names the graph signature leaves out), then the stored constants if asked for.
 
@@ -83,6 +99,7 @@ def _select(program: Program, state: list[tuple[str, Any, bool]], constants: lis
 # extract_weights
 # ----------------------------------------------------------------------------------------------
 
+
 class NumpyWeights(dict):
     """``{name: np.ndarray}`` plus what numpy alone cannot say about each array.
 
@@ -104,8 +121,14 @@ class NumpyWeights(dict):
         return {name: numpy_to_torch(array, self.dtypes.get(name)) for name, array in self.items()}
 
 
-def extract_weights(path: str | os.PathLike | BinaryIO, backend: str = "torch", include_buffers: bool = True,
-                    include_constants: bool = False, *, model: str | None = None) -> dict:
+def extract_weights(
+    path: str | os.PathLike | BinaryIO,
+    backend: str = "torch",
+    include_buffers: bool = True,
+    include_constants: bool = False,
+    *,
+    model: str | None = None,
+) -> dict:
     """``{name: tensor}``: parameters, persistent buffers (``include_buffers``) and, with
     ``include_constants``, tensor constants and non-persistent buffers (both are stored apart
     from the state dict). Keys and order are the stored state dict's, so the result equals the
@@ -132,12 +155,19 @@ def extract_weights(path: str | os.PathLike | BinaryIO, backend: str = "torch", 
     return _torch_weights(program, include_buffers, include_constants)
 
 
-def _numpy_weights(program: Program, include_buffers: bool, include_constants: bool) -> NumpyWeights:
+def _numpy_weights(
+    program: Program, include_buffers: bool, include_constants: bool
+) -> NumpyWeights:
     from pt2interp.numpy_weights import read_stored_tensors
 
     state, constants = read_stored_tensors(program.archive, program.model_name)
-    entries = _select(program, [(t.name, t, t.is_parameter) for t in state],
-                      [(t.name, t, False) for t in constants], include_buffers, include_constants)
+    entries = _select(
+        program,
+        [(t.name, t, t.is_parameter) for t in state],
+        [(t.name, t, False) for t in constants],
+        include_buffers,
+        include_constants,
+    )
     out = NumpyWeights()
     for e in entries:
         t = e.value
@@ -158,7 +188,9 @@ def _torch_weights(program: Program, include_buffers: bool, include_constants: b
     w = load_archive_weights(program.archive, program.model_name)
     state = [(k, v, k in w.parameters) for k, v in w.tensors.items() if isinstance(v, torch.Tensor)]
     consts = [(k, v, False) for k, v in w.constants.items() if isinstance(v, torch.Tensor)]
-    return {e.name: e.value for e in _select(program, state, consts, include_buffers, include_constants)}
+    return {
+        e.name: e.value for e in _select(program, state, consts, include_buffers, include_constants)
+    }
 
 
 def numpy_to_torch(array: np.ndarray, dtype: str | None = None) -> torch.Tensor:
@@ -195,14 +227,29 @@ def numpy_to_torch(array: np.ndarray, dtype: str | None = None) -> torch.Tensor:
     if tensor.dtype == target:
         return tensor
     if tensor.element_size() != target.itemsize:
-        raise WeightError(f"numpy_to_torch: an array of {array.dtype} ({array.dtype.itemsize} bytes an element) "
-                          f"cannot hold {name} ({target.itemsize} bytes an element)")
+        raise WeightError(
+            f"numpy_to_torch: an array of {array.dtype} ({array.dtype.itemsize} bytes an element) "
+            f"cannot hold {name} ({target.itemsize} bytes an element)"
+        )
     return tensor.view(target)
 
 
 # numpy dtypes torch.from_numpy takes as they are (unsigned 16/32/64 only since torch 2.3)
-_TORCH_READS_FROM_NUMPY = frozenset({"bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32",
-                                     "float64", "complex64", "complex128"})
+_TORCH_READS_FROM_NUMPY = frozenset(
+    {
+        "bool",
+        "uint8",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    }
+)
 _SIGNED_OF_WIDTH = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 
@@ -212,10 +259,24 @@ _SIGNED_OF_WIDTH = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 # torch dtype name → safetensors dtype code
 SAFETENSORS_DTYPES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-    "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "uint16": "U16",
-    "uint32": "U32", "uint64": "U64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ", "complex64": "C64",
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ",
+    "complex64": "C64",
 }
 
 
@@ -231,8 +292,14 @@ class SavedWeights:
     nbytes: int
 
 
-def save_safetensors(path_in: str | os.PathLike, path_out: str | os.PathLike, *, model: str | None = None,
-                     include_buffers: bool = True, include_constants: bool = False) -> SavedWeights:
+def save_safetensors(
+    path_in: str | os.PathLike,
+    path_out: str | os.PathLike,
+    *,
+    model: str | None = None,
+    include_buffers: bool = True,
+    include_constants: bool = False,
+) -> SavedWeights:
     """Write a ``.pt2``'s weights to a safetensors file, without importing torch.
 
     The metadata records ``source`` (file name), ``torch_version``, ``schema_version`` and
@@ -265,8 +332,10 @@ def save_safetensors(path_in: str | os.PathLike, path_out: str | os.PathLike, *,
     for name in kept:
         code = SAFETENSORS_DTYPES.get(weights.dtypes[name])
         if code is None:
-            raise WeightError(f"{program.source}: {name} has dtype {weights.dtypes[name]}, "
-                              f"which safetensors cannot store")
+            raise WeightError(
+                f"{program.source}: {name} has dtype {weights.dtypes[name]}, "
+                f"which safetensors cannot store"
+            )
         tensors.append((name, code, weights[name]))
     nbytes = _write_safetensors(Path(path_out), tensors, metadata)
     return SavedWeights(str(path_out), kept, aliases, metadata, nbytes)
@@ -276,8 +345,13 @@ def _dedupe_aliases(weights: NumpyWeights) -> tuple[list[str], dict[str, str]]:
     """Names to write and ``{alias: written name}`` for names that are the same tensor."""
     groups: dict[tuple, list[str]] = {}
     for name, arr in weights.items():
-        key = (weights.storages[name], weights.dtypes[name], arr.shape, arr.strides,
-               arr.__array_interface__["data"][0])
+        key = (
+            weights.storages[name],
+            weights.dtypes[name],
+            arr.shape,
+            arr.strides,
+            arr.__array_interface__["data"][0],
+        )
         groups.setdefault(key, []).append(name)
     aliases = {}
     for names in groups.values():
@@ -286,13 +360,19 @@ def _dedupe_aliases(weights: NumpyWeights) -> tuple[list[str], dict[str, str]]:
     return [n for n in weights if n not in aliases], aliases
 
 
-def _write_safetensors(path: Path, tensors: list[tuple[str, str, np.ndarray]], metadata: dict[str, str]) -> int:
+def _write_safetensors(
+    path: Path, tensors: list[tuple[str, str, np.ndarray]], metadata: dict[str, str]
+) -> int:
     # The format: 8-byte little-endian header length, a JSON header (padded with spaces to a
     # multiple of 8), then every tensor's C-order little-endian bytes, back to back, in order.
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for name, code, arr in tensors:
-        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        header[name] = {
+            "dtype": code,
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
         offset += arr.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
@@ -324,7 +404,9 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
         raise WeightError(f"{path}: metadata {ALIASES_KEY!r} is not valid JSON") from None
     for alias, written in aliases.items():
         if written not in tensors:
-            raise WeightError(f"{path}: alias {alias!r} points at {written!r}, which the file does not hold")
+            raise WeightError(
+                f"{path}: alias {alias!r} points at {written!r}, which the file does not hold"
+            )
         tensors[alias] = tensors[written]
     return tensors
 
@@ -333,6 +415,7 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
 # load_weights
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Mismatch:
     """A tensor whose shape or dtype differs: the module's name, the source's, both values."""
@@ -340,7 +423,7 @@ class Mismatch:
     target: str
     source: str
     expected: Any  # the module's shape or dtype
-    got: Any       # the source's
+    got: Any  # the source's
 
     def __str__(self) -> str:
         via = "" if self.source == self.target else f" (from {self.source})"
@@ -371,16 +454,23 @@ class LoadReport:
     @property
     def ok(self) -> bool:
         """No gaps at all: every module tensor filled, every source tensor used, all fitting."""
-        return not (self.missing or self.unexpected or self.shape_mismatches or self.dtype_mismatches)
+        return not (
+            self.missing or self.unexpected or self.shape_mismatches or self.dtype_mismatches
+        )
 
     def __str__(self) -> str:
-        lines = [f"weights from {self.source}: {len(self.matched)} matched by name, "
-                 f"{len(self.renamed)} renamed, {len(self.tied)} tied, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                 f"{len(self.shape_mismatches)} shape and {len(self.dtype_mismatches)} dtype mismatches"
-                 + ("" if self.applied else "; the module was not changed")]
-        for title, items in (("shape mismatch", self.shape_mismatches), ("dtype mismatch", self.dtype_mismatches),
-                             ("missing (in the module, not in the source)", self.missing),
-                             ("unexpected (in the source, nowhere in the module)", self.unexpected)):
+        lines = [
+            f"weights from {self.source}: {len(self.matched)} matched by name, "
+            f"{len(self.renamed)} renamed, {len(self.tied)} tied, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.shape_mismatches)} shape and {len(self.dtype_mismatches)} dtype mismatches"
+            + ("" if self.applied else "; the module was not changed")
+        ]
+        for title, items in (
+            ("shape mismatch", self.shape_mismatches),
+            ("dtype mismatch", self.dtype_mismatches),
+            ("missing (in the module, not in the source)", self.missing),
+            ("unexpected (in the source, nowhere in the module)", self.unexpected),
+        ):
             lines += [f"  {title}: {item}" for item in items]
         return "\n".join(lines)
 
@@ -396,9 +486,14 @@ class LoadWeightsError(WeightError):
 Rename = Mapping[str, str] | Callable[[str], "str | None"] | Iterable[tuple[str, str]]
 
 
-def load_weights(module: torch.nn.Module, path: str | os.PathLike | Mapping, strict: bool = True,
-                 rename: Rename | None = None, dtype: torch.dtype | None = None,
-                 device: str | torch.device | None = None) -> LoadReport:
+def load_weights(
+    module: torch.nn.Module,
+    path: str | os.PathLike | Mapping,
+    strict: bool = True,
+    rename: Rename | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> LoadReport:
     """Copy weights into ``module`` from a ``.pt2``, a ``.safetensors`` file or a
     ``{name: tensor}`` mapping, and return a :class:`LoadReport`.
 
@@ -434,11 +529,15 @@ def load_weights(module: torch.nn.Module, path: str | os.PathLike | Mapping, str
     for target, src_name in plan.items():
         src, tgt = sources[src_name], targets[target]
         if tuple(src.shape) != tuple(tgt.shape):
-            report.shape_mismatches.append(Mismatch(target, src_name, list(tgt.shape), list(src.shape)))
+            report.shape_mismatches.append(
+                Mismatch(target, src_name, list(tgt.shape), list(src.shape))
+            )
         # with ``dtype``, floating-point pairs are both converted, so only the others must agree
         cast = dtype is not None and src.is_floating_point() and tgt.is_floating_point()
         if not cast and src.dtype != tgt.dtype:
-            report.dtype_mismatches.append(Mismatch(target, src_name, _dtype_name(tgt.dtype), _dtype_name(src.dtype)))
+            report.dtype_mismatches.append(
+                Mismatch(target, src_name, _dtype_name(tgt.dtype), _dtype_name(src.dtype))
+            )
     filled = {id(targets[n]): n for n in plan}
     for name, t in targets.items():
         if name in plan:
@@ -486,23 +585,29 @@ def _renamer(rename: Rename | None) -> Callable[[str], str | None]:
             if not prefixes:
                 return None
             k = max(prefixes, key=len)
-            return table[k] + name[len(k):]
+            return table[k] + name[len(k) :]
+
         return by_table
     if callable(rename):
         return rename
     try:
         subs = [(re.compile(p), r) for p, r in rename]
     except (TypeError, ValueError):
-        raise TypeError("rename must be a dict, a callable, or a list of (pattern, replacement) pairs") from None
+        raise TypeError(
+            "rename must be a dict, a callable, or a list of (pattern, replacement) pairs"
+        ) from None
 
     def by_regex(name: str) -> str | None:
         for pattern, repl in subs:
             name = pattern.sub(repl, name)
         return name
+
     return by_regex
 
 
-def _plan(sources: dict, targets: dict, renamer: Callable[[str], str | None], report: LoadReport) -> dict[str, str]:
+def _plan(
+    sources: dict, targets: dict, renamer: Callable[[str], str | None], report: LoadReport
+) -> dict[str, str]:
     """``{module name: source name}``; fills the report's matched/renamed/unexpected."""
     plan: dict[str, str] = {}
     # exact names first, so a rename can never take a place that a same-named source owns
@@ -525,7 +630,11 @@ def _plan(sources: dict, targets: dict, renamer: Callable[[str], str | None], re
 def _assign(tgt: torch.Tensor, src: torch.Tensor, dtype, device) -> None:
     import torch
 
-    want_dtype = dtype if dtype is not None and src.is_floating_point() and tgt.is_floating_point() else tgt.dtype
+    want_dtype = (
+        dtype
+        if dtype is not None and src.is_floating_point() and tgt.is_floating_point()
+        else tgt.dtype
+    )
     want_device = torch.device(device) if device is not None else tgt.device
     if tgt.dtype == want_dtype and tgt.device == want_device:
         tgt.copy_(src)  # in place: the module keeps its storage, memory format and tying

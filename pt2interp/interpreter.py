@@ -31,14 +31,25 @@ from pt2interp.ops.fast import fast_kernel
 from pt2interp.schema import Argument, Graph, Node, Ref
 from pt2interp.weights import torch_dtype
 
-_MEMORY_FORMATS = {"contiguous_format": torch.contiguous_format, "channels_last": torch.channels_last,
-                   "channels_last_3d": torch.channels_last_3d, "preserve_format": torch.preserve_format}
-_LAYOUTS = {"strided": torch.strided, "sparse_coo": torch.sparse_coo, "sparse_csr": torch.sparse_csr,
-            "sparse_csc": torch.sparse_csc, "sparse_bsr": torch.sparse_bsr, "sparse_bsc": torch.sparse_bsc,
-            "_mkldnn": getattr(torch, "_mkldnn", torch.strided)}
+_MEMORY_FORMATS = {
+    "contiguous_format": torch.contiguous_format,
+    "channels_last": torch.channels_last,
+    "channels_last_3d": torch.channels_last_3d,
+    "preserve_format": torch.preserve_format,
+}
+_LAYOUTS = {
+    "strided": torch.strided,
+    "sparse_coo": torch.sparse_coo,
+    "sparse_csr": torch.sparse_csr,
+    "sparse_csc": torch.sparse_csc,
+    "sparse_bsr": torch.sparse_bsr,
+    "sparse_bsc": torch.sparse_bsc,
+    "_mkldnn": getattr(torch, "_mkldnn", torch.strided),
+}
 
 
 # -- argument sources: how a step finds each argument at run time ------------------------------
+
 
 class _Const:
     __slots__ = ("value",)
@@ -90,8 +101,17 @@ class Step:
 class GraphPlan:
     """A compiled graph. Call it with the graph's inputs (a list) to get its outputs (a list)."""
 
-    def __init__(self, graph: Graph, nslots: int, input_slots: list[int | None], steps: list[Step],
-                 output_sources: list, slot_of: dict[str, int], where: str, member: str = "<graph>"):
+    def __init__(
+        self,
+        graph: Graph,
+        nslots: int,
+        input_slots: list[int | None],
+        steps: list[Step],
+        output_sources: list,
+        slot_of: dict[str, int],
+        where: str,
+        member: str = "<graph>",
+    ):
         self.member = member
         self.graph = graph
         self.nslots = nslots
@@ -163,8 +183,10 @@ class GraphPlan:
         for i, step in enumerate(self.steps):
             if step.run is run:
                 node = step.node
-                return ExecutionError(f"{self.member}: {self.where}.nodes[{i}] ({node.label}, {node.target}) "
-                                      f"failed: {what}")
+                return ExecutionError(
+                    f"{self.member}: {self.where}.nodes[{i}] ({node.label}, {node.target}) "
+                    f"failed: {what}"
+                )
         return ExecutionError(f"{self.member}: {self.where} failed: {what}")
 
     def fallback_targets(self) -> set[str]:
@@ -209,8 +231,10 @@ class GraphCompiler:
     # -- entry point -------------------------------------------------------------------------
     def compile(self, graph: Graph, where: str = "graph") -> GraphPlan:
         if graph.outline:
-            raise GraphError(f"{self.member}: {where} was read as an outline (read_program(outline=True)), "
-                             "which keeps no node arguments: read it in full to run it")
+            raise GraphError(
+                f"{self.member}: {where} was read as an outline (read_program(outline=True)), "
+                "which keeps no node arguments: read it in full to run it"
+            )
         functorch.check_balanced([n.target for n in graph.nodes], f"{self.member}: {where}")
         if self._exported_on is None:
             self._exported_on = next((m.device.type for m in graph.tensor_values.values()), "")
@@ -218,14 +242,18 @@ class GraphCompiler:
 
         def define(name: str, what: str) -> int:
             if name in slot_of:
-                raise GraphError(f"{self.member}: {where}: value {name!r} is defined twice ({what})")
+                raise GraphError(
+                    f"{self.member}: {where}: value {name!r} is defined twice ({what})"
+                )
             slot_of[name] = len(slot_of)
             return slot_of[name]
 
         input_slots: list[int | None] = []
         for i, arg in enumerate(graph.inputs):
             refs = arg.refs()
-            input_slots.append(define(refs[0], f"input {i}") if len(refs) == 1 and arg.kind != "tensors" else None)
+            input_slots.append(
+                define(refs[0], f"input {i}") if len(refs) == 1 and arg.kind != "tensors" else None
+            )
 
         # last use of each value, so its slot can be cleared right after
         reads = [{r for na in node.inputs for r in na.arg.refs()} for node in graph.nodes]
@@ -245,7 +273,9 @@ class GraphCompiler:
             if not reads[idx] <= slot_of.keys():
                 self._undefined_read(node, npath, slot_of)
             step = self.compile_node(node, slot_of, npath, define)
-            step.free = tuple(sorted(slot_of[r] for r in reads[idx] if last_use[r] == idx and r not in pinned))
+            step.free = tuple(
+                sorted(slot_of[r] for r in reads[idx] if last_use[r] == idx and r not in pinned)
+            )
             steps.append(step)
 
         self._written = outer_written
@@ -253,16 +283,22 @@ class GraphCompiler:
         for i, arg in enumerate(graph.outputs):
             for r in arg.refs():
                 if r not in slot_of:
-                    raise GraphError(f"{self.member}: {where}.outputs[{i}] names {r!r}, which nothing defines")
+                    raise GraphError(
+                        f"{self.member}: {where}.outputs[{i}] names {r!r}, which nothing defines"
+                    )
             outputs.append(self.compile_argument(arg, slot_of, f"{where}.outputs[{i}]"))
-        return GraphPlan(graph, len(slot_of), input_slots, steps, outputs, slot_of, where, self.member)
+        return GraphPlan(
+            graph, len(slot_of), input_slots, steps, outputs, slot_of, where, self.member
+        )
 
     def _undefined_read(self, node: Node, path: str, slot_of: dict[str, int]):
         for na in node.inputs:
             for r in na.arg.refs():
                 if r not in slot_of:
-                    raise GraphError(f"{self.member}: {path} ({node.label}, {node.target}): input "
-                                     f"'{na.name or '#'}' reads {r!r}, which no input or earlier node defines")
+                    raise GraphError(
+                        f"{self.member}: {path} ({node.label}, {node.target}): input "
+                        f"'{na.name or '#'}' reads {r!r}, which no input or earlier node defines"
+                    )
 
     # -- nodes -------------------------------------------------------------------------------
     def resolve(self, node: Node, path: str) -> tuple[Callable, Any, bool]:
@@ -279,7 +315,8 @@ class GraphCompiler:
         if not node.target.startswith("torch.ops."):
             raise UnsupportedOpError(
                 f"{self.member}: {path} ({node.label}): target {node.target!r} is neither a torch.ops op nor "
-                f"one of the Python operators pt2interp runs")
+                f"one of the Python operators pt2interp runs"
+            )
         try:
             op = registry.resolve_torch_op(node.target)
         except UnsupportedOpError as exc:
@@ -292,11 +329,18 @@ class GraphCompiler:
         for i in _SUBGRAPH_INPUTS.get(node.target, ()):
             if i >= len(node.inputs) or node.inputs[i].arg.kind != "graph":
                 got = f"a {node.inputs[i].arg.kind} argument" if i < len(node.inputs) else "nothing"
-                raise GraphError(f"{self.member}: {path} ({node.label}, {node.target}): input {i} must be a "
-                                 f"subgraph, got {got}")
+                raise GraphError(
+                    f"{self.member}: {path} ({node.label}, {node.target}): input {i} must be a "
+                    f"subgraph, got {got}"
+                )
         args, kwargs = self.compile_inputs(node, op, slot_of, path)
-        if node.target == _AUTOCAST and self.device is not None and args and isinstance(args[0], _Const) \
-                and args[0].value == self._exported_on:
+        if (
+            node.target == _AUTOCAST
+            and self.device is not None
+            and args
+            and isinstance(args[0], _Const)
+            and args[0].value == self._exported_on
+        ):
             args[0] = _Const(self.device.type)  # autocast where the program runs, as export saw it
         # Tensor methods bind only with a tensor first: core ATen writes aten.sub.Tensor(1.0, x)
         if not kwargs and not via_fallback and node.inputs and node.inputs[0].arg.kind == "tensor":
@@ -309,13 +353,17 @@ class GraphCompiler:
         store, out_slots = self.compile_outputs(node, define, path)
         run = _make_step(kernel, args, kwargs, store)
         step = Step(node, kernel, run, (), via_fallback, out_slots)
-        step.subplans = [a.value.plan for a in args if isinstance(a, _Const) and isinstance(a.value, Subgraph)]
+        step.subplans = [
+            a.value.plan for a in args if isinstance(a, _Const) and isinstance(a.value, Subgraph)
+        ]
         return step
 
     def _aliasing_matters(self, node: Node) -> bool:
         """Whether a view's result must share memory with its input: some node writes into
         either (``_written`` is kept by :meth:`compile` for the graphs being compiled)."""
-        names = {r for na in node.inputs for r in na.arg.refs()} | {r for a in node.outputs for r in a.refs()}
+        names = {r for na in node.inputs for r in na.arg.refs()} | {
+            r for a in node.outputs for r in a.refs()
+        }
         return bool(names & self._written)
 
     def _refuse_unguarded_operators(self, node: Node, path: str) -> None:
@@ -324,8 +372,10 @@ class GraphCompiler:
             if na.arg.kind == "operator":
                 op = self.compile_argument(na.arg, {}, f"{path}.inputs[{i}]").value
                 if not policy.passes_unguarded(op):
-                    raise UnsupportedOpError(f"{self.member}: {path} ({node.label}): {node.target} would call "
-                                             f"{na.arg.value} without the checks pt2interp's op policy makes")
+                    raise UnsupportedOpError(
+                        f"{self.member}: {path} ({node.label}): {node.target} would call "
+                        f"{na.arg.value} without the checks pt2interp's op policy makes"
+                    )
 
     def compile_inputs(self, node: Node, op, slot_of: dict, path: str) -> tuple[list, dict]:
         schema = getattr(op, "_schema", None)
@@ -346,9 +396,12 @@ class GraphCompiler:
         params = _schema_params(op)
         for name in given:
             if name not in params.names:
-                raise SchemaError(f"node {node.label} passes argument {name!r}, which {node.target} does not take "
-                                  f"in torch {torch.__version__} (it takes {sorted(params.names)})",
-                                  member=self.member, path=path)
+                raise SchemaError(
+                    f"node {node.label} passes argument {name!r}, which {node.target} does not take "
+                    f"in torch {torch.__version__} (it takes {sorted(params.names)})",
+                    member=self.member,
+                    path=path,
+                )
         gap = False
         for name, kwarg_only, required in params.args:
             if name in given:
@@ -358,8 +411,11 @@ class GraphCompiler:
                     args.append(given[name])
             else:
                 if required:
-                    raise SchemaError(f"node {node.label} lacks required argument {name!r} of {node.target}",
-                                      member=self.member, path=path)
+                    raise SchemaError(
+                        f"node {node.label} lacks required argument {name!r} of {node.target}",
+                        member=self.member,
+                        path=path,
+                    )
                 gap = True
         return positional_unnamed + args, kwargs
 
@@ -372,7 +428,14 @@ class GraphCompiler:
         is_hop = node.target.startswith("torch.ops.higher_order.")
 
         def one(arg: Argument, where: str):
-            if arg.kind in ("tensor", "sym_int", "sym_float", "sym_bool", "optional_tensor", "custom_obj"):
+            if arg.kind in (
+                "tensor",
+                "sym_int",
+                "sym_float",
+                "sym_bool",
+                "optional_tensor",
+                "custom_obj",
+            ):
                 v = arg.value
                 if isinstance(v, (Ref,)) or hasattr(v, "name"):
                     slot = define(v.name, f"{path} output")
@@ -385,7 +448,11 @@ class GraphCompiler:
                 return slots
             if arg.kind == "none":
                 return None
-            raise SchemaError(f"node {node.label}: unsupported output kind '{arg.kind}'", member=self.member, path=where)
+            raise SchemaError(
+                f"node {node.label}: unsupported output kind '{arg.kind}'",
+                member=self.member,
+                path=where,
+            )
 
         if len(outs) == 1:
             target = one(outs[0], f"{path}.outputs[0]")
@@ -397,11 +464,14 @@ class GraphCompiler:
                 def store(env, result):
                     for s, v in zip(slots, result):
                         env[s] = v
+
                 return store, names
             slot = target
             if is_hop and not node.hop_returns_one_tensor:
+
                 def store(env, result):
                     env[slot] = result[0] if isinstance(result, (list, tuple)) else result
+
                 return store, names
             return slot, names
 
@@ -416,6 +486,7 @@ class GraphCompiler:
                 else:
                     for s, x in zip(t, v):
                         env[s] = x
+
         return store, names
 
     # -- arguments ---------------------------------------------------------------------------
@@ -448,21 +519,28 @@ class GraphCompiler:
             if self.device is not None:
                 return _Const(self.device)
             try:
-                return _Const(torch.device(v.type, v.index) if v.index is not None else torch.device(v.type))
+                return _Const(
+                    torch.device(v.type, v.index) if v.index is not None else torch.device(v.type)
+                )
             except (RuntimeError, ValueError) as exc:
                 raise SchemaError(f"not a device: {exc}", member=self.member, path=path) from None
         if k == "graph":
             return _Const(Subgraph(v.name, self.compile(v.graph, where=f"{path}.graph")))
         if k == "operator":
             try:
-                return _Const(registry.resolve_torch_op(v) if v.startswith("torch.ops.") else
-                              registry.resolve_torch_op("torch.ops." + v))
+                return _Const(
+                    registry.resolve_torch_op(v)
+                    if v.startswith("torch.ops.")
+                    else registry.resolve_torch_op("torch.ops." + v)
+                )
             except UnsupportedOpError as exc:
                 raise UnsupportedOpError(f"{self.member}: {path}: {exc}") from None
         if k == "custom_obj":
             return slot_of[v.name]
         if k == "string_to_argument":
-            return _Dict({key: self.compile_argument(a, slot_of, f"{path}.{key}") for key, a in v.items()})
+            return _Dict(
+                {key: self.compile_argument(a, slot_of, f"{path}.{key}") for key, a in v.items()}
+            )
         raise SchemaError(f"unknown argument kind '{k}'", member=self.member, path=path)
 
 
@@ -475,10 +553,14 @@ def _written_values(graph: Graph) -> set[str]:
     """Values some node writes into: an argument its schema marks ``(a!)``."""
     written: set[str] = set()
     for node in graph.nodes:
-        schema = registry.schema_of(node.target) if node.target.startswith("torch.ops.aten.") else None
+        schema = (
+            registry.schema_of(node.target) if node.target.startswith("torch.ops.aten.") else None
+        )
         if schema is None:
             continue
-        writes = {a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write}
+        writes = {
+            a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write
+        }
         if writes:
             written |= {r for na in node.inputs if na.name in writes for r in na.arg.refs()}
     return written
@@ -488,6 +570,7 @@ def _view_or_copy(kernel: Callable, node: Node, aliasing_matters: bool) -> Calla
     """``view``, falling back to ``reshape`` when this device's kernels laid the input out
     differently from the kernels export traced (CUDA's attention output is transposed in
     memory): a copy, so only where nothing needs the view to share its input's memory."""
+
     def view(self, size):
         try:
             return kernel(self, size)
@@ -495,10 +578,13 @@ def _view_or_copy(kernel: Callable, node: Node, aliasing_matters: bool) -> Calla
             if "view size is not compatible" not in str(exc):
                 raise
             if aliasing_matters:
-                raise RuntimeError("the input's layout differs from what export recorded (another device's "
-                                   "kernel made it) and the view cannot become a copy: the graph writes into "
-                                   f"it ({str(exc).split('(')[0].strip()})") from None
+                raise RuntimeError(
+                    "the input's layout differs from what export recorded (another device's "
+                    "kernel made it) and the view cannot become a copy: the graph writes into "
+                    f"it ({str(exc).split('(')[0].strip()})"
+                ) from None
             return self.reshape(size)
+
     view.__wrapped__ = kernel  # what it calls first, for introspection (tests, profiling)
     return view
 
@@ -506,11 +592,17 @@ def _view_or_copy(kernel: Callable, node: Node, aliasing_matters: bool) -> Calla
 _AUTOCAST = "torch.ops.higher_order.wrap_with_autocast"
 
 # Higher-order ops: which positional inputs must be subgraphs.
-_SUBGRAPH_INPUTS = {"torch.ops.higher_order.cond": (1, 2), "torch.ops.higher_order.while_loop": (0, 1),
-                    "torch.ops.higher_order.map_impl": (0,), "torch.ops.higher_order.wrap_with_set_grad_enabled": (1,),
-                    "torch.ops.higher_order.wrap_with_autocast": (4,), "torch.ops.higher_order.wrap": (0,),
-                    "torch.ops.higher_order.invoke_subgraph": (0,), "torch.ops.higher_order.hints_wrapper": (0,),
-                    "torch.ops.higher_order.tag_activation_checkpoint": (0,)}
+_SUBGRAPH_INPUTS = {
+    "torch.ops.higher_order.cond": (1, 2),
+    "torch.ops.higher_order.while_loop": (0, 1),
+    "torch.ops.higher_order.map_impl": (0,),
+    "torch.ops.higher_order.wrap_with_set_grad_enabled": (1,),
+    "torch.ops.higher_order.wrap_with_autocast": (4,),
+    "torch.ops.higher_order.wrap": (0,),
+    "torch.ops.higher_order.invoke_subgraph": (0,),
+    "torch.ops.higher_order.hints_wrapper": (0,),
+    "torch.ops.higher_order.tag_activation_checkpoint": (0,),
+}
 
 
 @dataclass(frozen=True)
@@ -529,7 +621,11 @@ def _schema_params(op) -> _SchemaParams:
         arguments = op._schema.arguments
         params = _SchemaParams(
             frozenset(a.name for a in arguments),
-            tuple((a.name, a.kwarg_only, not a.has_default_value() and not _is_optional(a)) for a in arguments))
+            tuple(
+                (a.name, a.kwarg_only, not a.has_default_value() and not _is_optional(a))
+                for a in arguments
+            ),
+        )
         _SCHEMA_PARAMS[id(op)] = params
     return params
 
@@ -544,21 +640,24 @@ def _make_step(kernel, args: list, kwargs: dict, store) -> Callable[[list], None
     if all_slots and store.__class__ is int:
         out = store
         if len(args) == 1:
-            a0, = args
+            (a0,) = args
 
             def step(env):
                 env[out] = kernel(env[a0])
+
             return step
         if len(args) == 2:
             a0, a1 = args
 
             def step(env):
                 env[out] = kernel(env[a0], env[a1])
+
             return step
         slots = tuple(args)
 
         def step(env):
             env[out] = kernel(*[env[i] for i in slots])
+
         return step
 
     arg_srcs = tuple(args)
@@ -567,7 +666,9 @@ def _make_step(kernel, args: list, kwargs: dict, store) -> Callable[[list], None
     def call(env):
         a = [env[x] if x.__class__ is int else x.get(env) for x in arg_srcs]
         if kw_items:
-            return kernel(*a, **{k: env[x] if x.__class__ is int else x.get(env) for k, x in kw_items})
+            return kernel(
+                *a, **{k: env[x] if x.__class__ is int else x.get(env) for k, x in kw_items}
+            )
         return kernel(*a)
 
     if store is None:
@@ -577,8 +678,10 @@ def _make_step(kernel, args: list, kwargs: dict, store) -> Callable[[list], None
 
         def step(env):
             env[out] = call(env)
+
         return step
 
     def step(env):
         store(env, call(env))
+
     return step

@@ -53,8 +53,18 @@ from pt2interp.schema import (
 )
 from pt2interp.symexpr import EvaluationError, Expr
 
-__all__ = ["ArchiveLayout", "IOValue", "ModuleNode", "ProgramSchema", "SymbolicDim", "TensorInfo",
-           "Totals", "WeightInfo", "read_payload_config", "read_schema"]
+__all__ = [
+    "ArchiveLayout",
+    "IOValue",
+    "ModuleNode",
+    "ProgramSchema",
+    "SymbolicDim",
+    "TensorInfo",
+    "Totals",
+    "WeightInfo",
+    "read_payload_config",
+    "read_schema",
+]
 
 _TORCH_OPS = "torch.ops."
 _INT64_MAX = (1 << 63) - 1
@@ -63,6 +73,7 @@ _INT64_MAX = (1 << 63) - 1
 # ----------------------------------------------------------------------------------------------
 # The description
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SymbolicDim:
@@ -109,9 +120,14 @@ class TensorInfo:
         return "[" + ", ".join(str(s) for s in self.shape) + "]"
 
     def to_dict(self) -> dict:
-        return {"dtype": self.dtype, "shape": [_jsonable(s) for s in self.shape],
-                "shape_str": self.shape_str, "numel": self.numel, "nbytes": self.nbytes,
-                "device": self.device}
+        return {
+            "dtype": self.dtype,
+            "shape": [_jsonable(s) for s in self.shape],
+            "shape_str": self.shape_str,
+            "numel": self.numel,
+            "nbytes": self.nbytes,
+            "device": self.device,
+        }
 
 
 @dataclass(frozen=True)
@@ -139,13 +155,13 @@ class WeightInfo:
     the same tensor); ``persistent`` for buffers (False: not in ``state_dict()``)."""
 
     name: str
-    kind: str                       # parameter, buffer, tensor_constant, custom_obj
+    kind: str  # parameter, buffer, tensor_constant, custom_obj
     tensor: TensorInfo | None
     module: str
     persistent: bool | None = None
     storage: str | None = None
-    tied_to: str | None = None      # the first name of the same tensor, if this one is an alias
-    class_fqn: str | None = None    # custom objects
+    tied_to: str | None = None  # the first name of the same tensor, if this one is an alias
+    class_fqn: str | None = None  # custom objects
 
     @property
     def nbytes(self) -> int | None:
@@ -163,7 +179,7 @@ class ModuleNode:
     parameters: list[str] = field(default_factory=list)
     buffers: list[str] = field(default_factory=list)
     children: list[ModuleNode] = field(default_factory=list)
-    parameter_count: int = 0        # elements of the parameters here and below (names, not storages)
+    parameter_count: int = 0  # elements of the parameters here and below (names, not storages)
 
     @property
     def name(self) -> str:
@@ -242,7 +258,9 @@ class ProgramSchema:
         d["schema_version"] = ".".join(map(str, self.schema_version))
         d["layout"] = self.layout
         d["totals"]["total_bytes"] = self.totals.total_bytes
-        d["range_constraints"] = {k: {"min": lo, "max": hi} for k, (lo, hi) in self.range_constraints.items()}
+        d["range_constraints"] = {
+            k: {"min": lo, "max": hi} for k, (lo, hi) in self.range_constraints.items()
+        }
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -283,15 +301,22 @@ def _jsonable(value: Any) -> Any:
 # Reading
 # ----------------------------------------------------------------------------------------------
 
-def read_schema(source: str | os.PathLike | BinaryIO | Archive, model: str | None = None, *,
-                check_ops: bool | None = None) -> ProgramSchema:
+
+def read_schema(
+    source: str | os.PathLike | BinaryIO | Archive,
+    model: str | None = None,
+    *,
+    check_ops: bool | None = None,
+) -> ProgramSchema:
     """Describe one model of a ``.pt2`` (see the module docstring). Never imports torch unless
     ``check_ops=True``; with ``check_ops=None`` the op check runs only when torch is already
     imported, with ``False`` never (``missing_ops`` is then ``None``)."""
     # The parsed program is dropped before the collector resumes, so its objects are freed
     # by reference counting without ever being scanned.
     with collector_paused():
-        schema = _SchemaBuilder(read_program(source, model=model, outline=True)).build(_want_op_check(check_ops))
+        schema = _SchemaBuilder(read_program(source, model=model, outline=True)).build(
+            _want_op_check(check_ops)
+        )
     return schema
 
 
@@ -323,7 +348,9 @@ class _SchemaBuilder:
             parameters=params,
             buffers=buffers,
             constants=constants,
-            range_constraints={k: (r.min_val, r.max_val) for k, r in self.ranges.items() if k in used},
+            range_constraints={
+                k: (r.min_val, r.max_val) for k, r in self.ranges.items() if k in used
+            },
             totals=_totals(params, buffers, constants),
             op_histogram=histogram,
             subgraph_ops=subgraphs,
@@ -353,7 +380,9 @@ class _SchemaBuilder:
         if not wanted:
             return found
         try:
-            for spec in self.model.signature.input_specs:  # dynamic input dims: found without a scan
+            for (
+                spec
+            ) in self.model.signature.input_specs:  # dynamic input dims: found without a scan
                 meta = self.meta_of(spec.arg) if spec.kind == "user_input" else None
                 for d in meta.sizes if meta is not None else ():
                     sizes(d)
@@ -375,8 +404,10 @@ class _SchemaBuilder:
     def tensor_info(self, meta: TensorMeta, name: str) -> TensorInfo:
         if not _countable(meta.sizes):
             # no tensor holds that many elements; its counts would not even print (4300 digits)
-            raise SchemaError(f"{self.program.source}: tensor {name!r} has sizes whose product exceeds "
-                              f"2**63-1 elements ({len(meta.sizes)} sizes)")
+            raise SchemaError(
+                f"{self.program.source}: tensor {name!r} has sizes whose product exceeds "
+                f"2**63-1 elements ({len(meta.sizes)} sizes)"
+            )
         return TensorInfo(meta.dtype, tuple(self.dim(s) for s in meta.sizes), str(meta.device))
 
     def dim(self, size: int | SymExpr) -> int | SymbolicDim:
@@ -393,40 +424,65 @@ class _SchemaBuilder:
 
     # -- inputs and outputs ------------------------------------------------------------------
     def _inputs(self) -> list[IOValue]:
-        specs = [s for s in self.model.signature.input_specs if s.kind in ("user_input", "constant_input")]
+        specs = [
+            s
+            for s in self.model.signature.input_specs
+            if s.kind in ("user_input", "constant_input")
+        ]
         paths = self.model.input_leaf_names()
         out = []
         for (name, keyword), spec in zip(paths, specs):
             if spec.kind == "constant_input":
-                out.append(IOValue(name, "constant", spec.name, None, _jsonable(spec.constant_value), keyword))
+                out.append(
+                    IOValue(
+                        name, "constant", spec.name, None, _jsonable(spec.constant_value), keyword
+                    )
+                )
             else:
                 out.append(self._value(name, spec.arg, keyword))
         return out
 
     def _outputs(self) -> list[IOValue]:
-        specs = [s for s in self.model.signature.output_specs if s.kind in ("user_output", "loss_output")]
+        specs = [
+            s for s in self.model.signature.output_specs if s.kind in ("user_output", "loss_output")
+        ]
         paths = self.model.output_leaf_names()
         return [self._value(name, spec.arg, False) for name, spec in zip(paths, specs)]
 
     def _value(self, name: str, arg: Argument, keyword: bool) -> IOValue:
         meta = self.meta_of(arg)
         if meta is not None:
-            return IOValue(name, "tensor", arg.value.name, self.tensor_info(meta, arg.value.name), None, keyword)
+            return IOValue(
+                name,
+                "tensor",
+                arg.value.name,
+                self.tensor_info(meta, arg.value.name),
+                None,
+                keyword,
+            )
         graph_name = _arg_name(arg)
         value = arg.value
         if arg.kind == "sym_int" and graph_name is not None:
             sym = self.graph.sym_int_values.get(graph_name)
             value = str(self.dim(sym)) if sym is not None else None
         elif arg.kind in ("sym_float", "sym_bool") and graph_name is not None:
-            table = self.graph.sym_float_values if arg.kind == "sym_float" else self.graph.sym_bool_values
+            table = (
+                self.graph.sym_float_values
+                if arg.kind == "sym_float"
+                else self.graph.sym_bool_values
+            )
             value = table.get(graph_name)
         return IOValue(name, arg.kind, graph_name, None, _jsonable(value), keyword)
 
     # -- weights -----------------------------------------------------------------------------
     def _weights(self) -> tuple[list[WeightInfo], list[WeightInfo], list[WeightInfo]]:
         storages = _storage_records(self.program)
-        groups: dict[str, list[WeightInfo]] = {"parameter": [], "buffer": [], "tensor_constant": [],
-                                               "custom_obj": []}
+        groups: dict[str, list[WeightInfo]] = {
+            "parameter": [],
+            "buffer": [],
+            "tensor_constant": [],
+            "custom_obj": [],
+        }
         first_of_view: dict[tuple, str] = {}
         seen: set[str] = set()
         for spec in self.model.signature.input_specs:
@@ -444,11 +500,23 @@ class _SchemaBuilder:
                 tied_to = first_of_view.setdefault(key, spec.target)
                 tied_to = None if tied_to == spec.target else tied_to
             class_fqn = spec.arg.value.class_fqn if spec.arg.kind == "custom_obj" else None
-            groups[spec.kind].append(WeightInfo(
-                spec.target, spec.kind, self.tensor_info(meta, spec.target) if meta is not None else None,
-                spec.target.rpartition(".")[0], spec.persistent, storage, tied_to, class_fqn))
-        return (groups["parameter"], groups["buffer"],
-                groups["tensor_constant"] + groups["custom_obj"])
+            groups[spec.kind].append(
+                WeightInfo(
+                    spec.target,
+                    spec.kind,
+                    self.tensor_info(meta, spec.target) if meta is not None else None,
+                    spec.target.rpartition(".")[0],
+                    spec.persistent,
+                    storage,
+                    tied_to,
+                    class_fqn,
+                )
+            )
+        return (
+            groups["parameter"],
+            groups["buffer"],
+            groups["tensor_constant"] + groups["custom_obj"],
+        )
 
 
 def _countable(sizes) -> bool:
@@ -511,14 +579,17 @@ def _is_monotone(expr: Expr) -> bool:
 
 # -- storage sharing (torch 2.9+ layout) ---------------------------------------------------------
 
+
 def _storage_records(program: Program) -> dict[str, tuple[str, TensorMeta | None]]:
     """``{name: (record member, tensor_meta)}`` from the weights/constants configs, if any."""
     archive = program.archive
     if archive.layout != "pt2":
         return {}
     out = {}
-    for config, base in ((versions.PT2_WEIGHTS_CONFIG, versions.PT2_WEIGHTS_DIR),
-                         (versions.PT2_CONSTANTS_CONFIG, versions.PT2_CONSTANTS_DIR)):
+    for config, base in (
+        (versions.PT2_WEIGHTS_CONFIG, versions.PT2_WEIGHTS_DIR),
+        (versions.PT2_CONSTANTS_CONFIG, versions.PT2_CONSTANTS_DIR),
+    ):
         member = config.format(program.model_name)
         if archive.has(member):
             for name, meta in read_payload_config(archive, member).items():
@@ -529,12 +600,21 @@ def _storage_records(program: Program) -> dict[str, tuple[str, TensorMeta | None
 def _view_key(storage: str, meta: TensorMeta | None) -> tuple:
     if meta is None:
         return (storage,)
-    return (storage, meta.dtype, tuple(map(str, meta.sizes)), tuple(map(str, meta.strides)), str(meta.storage_offset))
+    return (
+        storage,
+        meta.dtype,
+        tuple(map(str, meta.sizes)),
+        tuple(map(str, meta.strides)),
+        str(meta.storage_offset),
+    )
 
 
 # -- totals --------------------------------------------------------------------------------------
 
-def _totals(params: list[WeightInfo], buffers: list[WeightInfo], constants: list[WeightInfo]) -> Totals:
+
+def _totals(
+    params: list[WeightInfo], buffers: list[WeightInfo], constants: list[WeightInfo]
+) -> Totals:
     def unique(items):
         return [w for w in items if w.tied_to is None and w.tensor is not None]
 
@@ -558,6 +638,7 @@ def _totals(params: list[WeightInfo], buffers: list[WeightInfo], constants: list
 
 # -- ops -----------------------------------------------------------------------------------------
 
+
 def _op_histograms(graph: Graph) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """Target → count over every node (subgraphs included), and per subgraph."""
     total: Counter = Counter()
@@ -573,8 +654,10 @@ def _op_histograms(graph: Graph) -> tuple[dict[str, int], dict[str, dict[str, in
                     visit(na.arg.value.graph, [total, sub])
 
     visit(graph, [total])
-    return (dict(total.most_common()),
-            {name: dict(c.most_common()) for name, c in per_subgraph.items()})
+    return (
+        dict(total.most_common()),
+        {name: dict(c.most_common()) for name, c in per_subgraph.items()},
+    )
 
 
 def _missing_ops(histogram: dict[str, int]) -> list[str]:
@@ -631,7 +714,9 @@ def _module_tree(graph: Graph, params: list[WeightInfo], buffers: list[WeightInf
     counts = {w.name: (w.tensor.numel or 0) if w.tensor else 0 for w in params}
 
     def count(node: ModuleNode) -> int:
-        node.parameter_count = sum(counts[p] for p in node.parameters) + sum(count(c) for c in node.children)
+        node.parameter_count = sum(counts[p] for p in node.parameters) + sum(
+            count(c) for c in node.children
+        )
         return node.parameter_count
 
     count(nodes[""])
@@ -642,5 +727,6 @@ def _archive_layout(archive: Archive) -> ArchiveLayout:
     size = None
     if archive.source and os.path.isfile(archive.source):
         size = os.path.getsize(archive.source)
-    return ArchiveLayout(archive.layout, archive.top, list(archive.model_names), len(archive.members), size)
-
+    return ArchiveLayout(
+        archive.layout, archive.top, list(archive.model_names), len(archive.members), size
+    )

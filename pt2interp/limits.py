@@ -62,7 +62,9 @@ class Limits:
 
 
 _DEFAULTS = [Limits()]
-_CURRENT: contextvars.ContextVar[Limits | None] = contextvars.ContextVar("pt2interp_limits", default=None)
+_CURRENT: contextvars.ContextVar[Limits | None] = contextvars.ContextVar(
+    "pt2interp_limits", default=None
+)
 
 
 def current() -> Limits:
@@ -88,8 +90,9 @@ def set_defaults(**changes: int) -> Limits:
 
 # What Python-level values the current program call may still allocate (a one-item list, so
 # nested subgraph runs share it); None outside a call.
-_CALL_BUDGET: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("pt2interp_call_budget",
-                                                                              default=None)
+_CALL_BUDGET: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "pt2interp_call_budget", default=None
+)
 
 
 @contextlib.contextmanager
@@ -109,11 +112,17 @@ def charge_python_value(nbytes: int, what: str) -> None:
 
     budget = current()
     if nbytes > budget.max_python_value_bytes:
-        raise LimitError(f"{what} would make a value of about {nbytes} bytes, over the "
-                         f"{budget.max_python_value_bytes} one value may take", limit="max_python_value_bytes")
+        raise LimitError(
+            f"{what} would make a value of about {nbytes} bytes, over the "
+            f"{budget.max_python_value_bytes} one value may take",
+            limit="max_python_value_bytes",
+        )
     left = _CALL_BUDGET.get()
     if left is not None:
         left[0] -= nbytes
         if left[0] < 0:
-            raise LimitError(f"{what}: Python-level values of this call would pass "
-                             f"{budget.max_python_bytes_per_call} bytes", limit="max_python_bytes_per_call")
+            raise LimitError(
+                f"{what}: Python-level values of this call would pass "
+                f"{budget.max_python_bytes_per_call} bytes",
+                limit="max_python_bytes_per_call",
+            )

@@ -33,8 +33,13 @@ class LoadedProgram:
     program that uses forward-mode AD, which inference mode turns off) unless ``inference_mode=False``.
     """
 
-    def __init__(self, program: Program, device: str | torch.device | None = None, *,
-                 inference_mode: bool = True):
+    def __init__(
+        self,
+        program: Program,
+        device: str | torch.device | None = None,
+        *,
+        inference_mode: bool = True,
+    ):
         self.program = program
         self.inference_mode = inference_mode
         self._device = _usable_device(device) if device is not None else None
@@ -44,8 +49,13 @@ class LoadedProgram:
             if spec.kind in _STATE_KINDS:
                 value = program.tensor(spec.target)
                 meta = values.get(spec.arg.value.name) if spec.arg.kind == "tensor" else None
-                if spec.kind == "parameter" and meta is not None and meta.requires_grad \
-                        and isinstance(value, torch.Tensor) and value.is_floating_point():
+                if (
+                    spec.kind == "parameter"
+                    and meta is not None
+                    and meta.requires_grad
+                    and isinstance(value, torch.Tensor)
+                    and value.is_floating_point()
+                ):
                     # Kernels pick their path by requires_grad (matmul folding in linear, the RNN
                     # fast paths): parameters keep it as exported so results match ep.module()
                     # bit for bit. Inference mode still records no autograd graph.
@@ -61,24 +71,36 @@ class LoadedProgram:
         member = self.program.source
         # the program's device, not the file's: factory ops recorded with device=cuda make
         # their tensors on CPU when the program runs there, and the other way round
-        self._plan: GraphPlan = GraphCompiler(device=self.device, member=member).compile(model.graph)
+        self._plan: GraphPlan = GraphCompiler(device=self.device, member=member).compile(
+            model.graph
+        )
         specs = model.signature.input_specs
         if len(specs) != len(model.graph.inputs):
-            raise SchemaError(f"the signature lists {len(specs)} inputs but the graph has {len(model.graph.inputs)}",
-                              member=member, path="graph_module.signature.input_specs")
+            raise SchemaError(
+                f"the signature lists {len(specs)} inputs but the graph has {len(model.graph.inputs)}",
+                member=member,
+                path="graph_module.signature.input_specs",
+            )
         # inference mode turns forward-mode AD off (torch.func.jvp's tangents become None before
         # torch 2.13): a program recording a jvp runs under no_grad, which records no graph either
-        self._no_autograd = torch.no_grad if functorch.uses_forward_ad(model.graph) else torch.inference_mode
+        self._no_autograd = (
+            torch.no_grad if functorch.uses_forward_ad(model.graph) else torch.inference_mode
+        )
         root = model.root_call
         self._in_spec: TreeSpec | None = root.in_spec if root else None
         self._out_spec: TreeSpec | None = root.out_spec if root else None
         self._arg_names = (root.forward_arg_names if root else None) or []
         self._input_names = model.input_leaf_names()
-        self._leaf_specs = [i for i, s in enumerate(specs) if s.kind in ("user_input", "constant_input")]
+        self._leaf_specs = [
+            i for i, s in enumerate(specs) if s.kind in ("user_input", "constant_input")
+        ]
         if self._in_spec is not None and self._in_spec.num_leaves != len(self._leaf_specs):
-            raise SchemaError(f"the input tree spec holds {self._in_spec.num_leaves} values but the signature "
-                              f"lists {len(self._leaf_specs)} user inputs", member=member,
-                              path="graph_module.module_call_graph[0].signature.in_spec")
+            raise SchemaError(
+                f"the input tree spec holds {self._in_spec.num_leaves} values but the signature "
+                f"lists {len(self._leaf_specs)} user inputs",
+                member=member,
+                path="graph_module.module_call_graph[0].signature.in_spec",
+            )
         self._template: list[Any] = [None] * len(specs)
         for i, s in enumerate(specs):
             if s.kind in _STATE_KINDS:
@@ -87,32 +109,56 @@ class LoadedProgram:
                 self._template[i] = torch.empty(0)
             elif s.kind == "constant_input":
                 self._template[i] = s.constant_value
-        self._checks = [_InputCheck.make(specs[i], model, self._label(n))
-                        for n, i in enumerate(self._leaf_specs)]
-        self._symbols = {name: (rc.min_val, rc.max_val) for name, rc in model.range_constraints.items()}
+        self._checks = [
+            _InputCheck.make(specs[i], model, self._label(n))
+            for n, i in enumerate(self._leaf_specs)
+        ]
+        self._symbols = {
+            name: (rc.min_val, rc.max_val) for name, rc in model.range_constraints.items()
+        }
         outs = model.signature.output_specs
         if len(outs) != len(model.graph.outputs):
-            raise SchemaError(f"the signature lists {len(outs)} outputs but the graph has {len(model.graph.outputs)}",
-                              member=member, path="graph_module.signature.output_specs")
-        self._user_outputs = [i for i, s in enumerate(outs) if s.kind in ("user_output", "loss_output")]
+            raise SchemaError(
+                f"the signature lists {len(outs)} outputs but the graph has {len(model.graph.outputs)}",
+                member=member,
+                path="graph_module.signature.output_specs",
+            )
+        self._user_outputs = [
+            i for i, s in enumerate(outs) if s.kind in ("user_output", "loss_output")
+        ]
         if self._out_spec is not None and self._out_spec.num_leaves != len(self._user_outputs):
-            raise SchemaError(f"the output tree spec holds {self._out_spec.num_leaves} values but the signature "
-                              f"lists {len(self._user_outputs)} user outputs", member=member,
-                              path="graph_module.module_call_graph[0].signature.out_spec")
-        self._buffer_writes = [(i, s.target) for i, s in enumerate(outs)
-                               if s.kind in ("buffer_mutation", "parameter_mutation")]
+            raise SchemaError(
+                f"the output tree spec holds {self._out_spec.num_leaves} values but the signature "
+                f"lists {len(self._user_outputs)} user outputs",
+                member=member,
+                path="graph_module.module_call_graph[0].signature.out_spec",
+            )
+        self._buffer_writes = [
+            (i, s.target)
+            for i, s in enumerate(outs)
+            if s.kind in ("buffer_mutation", "parameter_mutation")
+        ]
         for i, target in self._buffer_writes:
             if target not in self._state:
-                raise SchemaError(f"{outs[i].kind} names {target!r}, which is no parameter or buffer",
-                                  member=member, path=f"graph_module.signature.output_specs[{i}]")
-        user_input_pos = {s.arg.value.name: n for n, s in enumerate(specs[i] for i in self._leaf_specs)
-                          if s.kind == "user_input" and s.arg.kind == "tensor"}
+                raise SchemaError(
+                    f"{outs[i].kind} names {target!r}, which is no parameter or buffer",
+                    member=member,
+                    path=f"graph_module.signature.output_specs[{i}]",
+                )
+        user_input_pos = {
+            s.arg.value.name: n
+            for n, s in enumerate(specs[i] for i in self._leaf_specs)
+            if s.kind == "user_input" and s.arg.kind == "tensor"
+        }
         self._input_writes = []
         for i, s in enumerate(outs):
             if s.kind == "user_input_mutation":
                 if s.target not in user_input_pos:
-                    raise SchemaError(f"user_input_mutation names {s.target!r}, which is no user input",
-                                      member=member, path=f"graph_module.signature.output_specs[{i}]")
+                    raise SchemaError(
+                        f"user_input_mutation names {s.target!r}, which is no user input",
+                        member=member,
+                        path=f"graph_module.signature.output_specs[{i}]",
+                    )
                 self._input_writes.append((i, user_input_pos[s.target]))
 
     def _label(self, n: int) -> str:
@@ -146,8 +192,11 @@ class LoadedProgram:
 
     def named_outputs(self, outputs: Any) -> dict[str, Any]:
         """A call's outputs by :attr:`output_names` (``{"out.sum": ..., "out.pair.0": ...}``)."""
-        leaves = self._out_spec.flatten(outputs, "outputs") if self._out_spec is not None else \
-            (list(outputs) if len(self._user_outputs) > 1 else [outputs])
+        leaves = (
+            self._out_spec.flatten(outputs, "outputs")
+            if self._out_spec is not None
+            else (list(outputs) if len(self._user_outputs) > 1 else [outputs])
+        )
         return dict(zip(self.output_names, leaves))
 
     def bind_named(self, values: dict[str, Any]) -> tuple[tuple, dict]:
@@ -161,22 +210,44 @@ class LoadedProgram:
         unknown = []
         for key, value in values.items():
             i = index.get(key)
-            if i is None and key.startswith("in_") and key[3:].isdigit() and int(key[3:]) < len(names):
+            if (
+                i is None
+                and key.startswith("in_")
+                and key[3:].isdigit()
+                and int(key[3:]) < len(names)
+            ):
                 i = int(key[3:])
             if i is None:
                 unknown.append(key)
             elif leaves[i] is not _MISSING:
-                raise InputMismatchError(f"input {names[i]!r} is given twice (as {names[i]!r} and in_{i})")
+                raise InputMismatchError(
+                    f"input {names[i]!r} is given twice (as {names[i]!r} and in_{i})"
+                )
             else:
                 leaves[i] = value
-        missing = [names[i] for i, v in enumerate(leaves) if v is _MISSING
-                   and self._template[self._leaf_specs[i]] is None]
+        missing = [
+            names[i]
+            for i, v in enumerate(leaves)
+            if v is _MISSING and self._template[self._leaf_specs[i]] is None
+        ]
         if unknown or missing:
-            expected = ", ".join(f"{n} (in_{i}{', keyword' if kw else ''})" for i, (n, kw) in enumerate(self._input_names))
-            problems = ([f"unknown {sorted(unknown)}"] if unknown else []) + ([f"missing {missing}"] if missing else [])
+            expected = ", ".join(
+                f"{n} (in_{i}{', keyword' if kw else ''})"
+                for i, (n, kw) in enumerate(self._input_names)
+            )
+            problems = ([f"unknown {sorted(unknown)}"] if unknown else []) + (
+                [f"missing {missing}"] if missing else []
+            )
             raise InputMismatchError(f"{'; '.join(problems)}: the program takes {expected}")
-        leaves = [self._template[self._leaf_specs[i]] if v is _MISSING else v for i, v in enumerate(leaves)]
-        if self._in_spec is not None and self._in_spec.type == "builtins.tuple" and len(self._in_spec.children) == 2:
+        leaves = [
+            self._template[self._leaf_specs[i]] if v is _MISSING else v
+            for i, v in enumerate(leaves)
+        ]
+        if (
+            self._in_spec is not None
+            and self._in_spec.type == "builtins.tuple"
+            and len(self._in_spec.children) == 2
+        ):
             args, kwargs = self._in_spec.unflatten(leaves)
             return tuple(args), dict(kwargs)
         return tuple(leaves), {}
@@ -200,8 +271,11 @@ class LoadedProgram:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The current parameters and persistent buffers (mutated buffers included)."""
-        return {s.target: self._state[s.target] for s in self.program.signature.input_specs
-                if s.kind == "parameter" or (s.kind == "buffer" and s.persistent is not False)}
+        return {
+            s.target: self._state[s.target]
+            for s in self.program.signature.input_specs
+            if s.kind == "parameter" or (s.kind == "buffer" and s.persistent is not False)
+        }
 
     def fallback_ops(self) -> list[str]:
         """Targets in this program that run through the generic ``torch.ops`` fallback."""
@@ -216,10 +290,18 @@ class LoadedProgram:
         with limits.call_budget():
             if self.inference_mode:
                 with self._no_autograd():
-                    flat = self._plan.run(inputs) if on_node is None else self._plan.run_hooked(inputs, on_node)
+                    flat = (
+                        self._plan.run(inputs)
+                        if on_node is None
+                        else self._plan.run_hooked(inputs, on_node)
+                    )
                     self._write_back(flat, user_leaves)
             else:
-                flat = self._plan.run(inputs) if on_node is None else self._plan.run_hooked(inputs, on_node)
+                flat = (
+                    self._plan.run(inputs)
+                    if on_node is None
+                    else self._plan.run_hooked(inputs, on_node)
+                )
                 self._write_back(flat, user_leaves)
         leaves = [flat[i] for i in self._user_outputs]
         if self._out_spec is None:
@@ -263,13 +345,15 @@ class LoadedProgram:
             raise InputMismatchError(f"expected at most {n_pos} positional inputs, got {len(args)}")
         if len(args) < n_pos and self._arg_names:
             # positional arguments passed by name
-            missing = self._arg_names[len(args):n_pos]
+            missing = self._arg_names[len(args) : n_pos]
             if all(m in kwargs for m in missing):
                 kwargs = dict(kwargs)
                 args = args + tuple(kwargs.pop(m) for m in missing)
         if len(args) < n_pos:
-            names = self._arg_names[len(args):n_pos] or [f"#{i}" for i in range(len(args), n_pos)]
-            raise InputMismatchError(f"missing positional input(s) {names}: expected {n_pos}, got {len(args)}")
+            names = self._arg_names[len(args) : n_pos] or [f"#{i}" for i in range(len(args), n_pos)]
+            raise InputMismatchError(
+                f"missing positional input(s) {names}: expected {n_pos}, got {len(args)}"
+            )
         if set(kwargs) != set(kw_keys):
             kwargs = dict(kwargs)
             for key in kw_keys:
@@ -299,9 +383,11 @@ class LoadedProgram:
                 if dst is not flat[i]:
                     dst.copy_(flat[i])
         except Exception as exc:  # the graph's new value does not fit what it mutates
-            raise ExecutionError(f"{self.program.source}: graph_module.signature.output_specs[{i}]: cannot write "
-                                 f"the new value of {target!r} back ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from exc
+            raise ExecutionError(
+                f"{self.program.source}: graph_module.signature.output_specs[{i}]: cannot write "
+                f"the new value of {target!r} back ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300] if str(exc) else ''})"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"<LoadedProgram {self.program.source!r} device={self.device}>"
@@ -333,28 +419,38 @@ class _InputCheck:
     def __call__(self, value, env: dict, ranges: dict):
         if self.kind == "int":
             if isinstance(value, torch.Tensor) or not isinstance(value, int):
-                raise InputMismatchError(f"input {self.label!r}: expected an int, got {type(value).__name__}")
+                raise InputMismatchError(
+                    f"input {self.label!r}: expected an int, got {type(value).__name__}"
+                )
             return value
         if self.kind != "tensor":
             return value
         if not isinstance(value, torch.Tensor):
-            raise InputMismatchError(f"input {self.label!r}: expected a tensor, got {type(value).__name__}")
+            raise InputMismatchError(
+                f"input {self.label!r}: expected a tensor, got {type(value).__name__}"
+            )
         meta = self.meta
         if meta is None:
             return value
         if value.dtype != self.dtype:
-            raise InputMismatchError(f"input {self.label!r}: expected dtype {self.dtype}, got {value.dtype}")
+            raise InputMismatchError(
+                f"input {self.label!r}: expected dtype {self.dtype}, got {value.dtype}"
+            )
         if value.dim() != len(meta.sizes):
-            raise InputMismatchError(f"input {self.label!r}: expected {len(meta.sizes)} dimensions "
-                                     f"{_shape_text(meta.sizes)}, got {value.dim()} {list(value.shape)}")
+            raise InputMismatchError(
+                f"input {self.label!r}: expected {len(meta.sizes)} dimensions "
+                f"{_shape_text(meta.sizes)}, got {value.dim()} {list(value.shape)}"
+            )
         shape = value.shape
         deferred = []
         for d, expected in enumerate(meta.sizes):
             got = shape[d]
             if isinstance(expected, int):
                 if got != expected:
-                    raise InputMismatchError(f"input {self.label!r} dim {d}: expected {expected}, got {got} "
-                                             f"(shape {list(shape)})")
+                    raise InputMismatchError(
+                        f"input {self.label!r} dim {d}: expected {expected}, got {got} "
+                        f"(shape {list(shape)})"
+                    )
                 continue
             sym = expected.expr.as_symbol()
             if sym is None:
@@ -363,18 +459,23 @@ class _InputCheck:
             lo, hi = ranges.get(sym, (None, None))
             if (lo is not None and got < lo) or (hi is not None and got > hi):
                 raise InputMismatchError(
-                    f"input {self.label!r} dim {d}: expected {sym} in {_range_text(lo, hi)}, got {got}")
+                    f"input {self.label!r} dim {d}: expected {sym} in {_range_text(lo, hi)}, got {got}"
+                )
             bound = env.setdefault(sym, got)
             if bound != got:
-                raise InputMismatchError(f"input {self.label!r} dim {d}: {sym} is {bound} elsewhere in the inputs, "
-                                         f"got {got}")
+                raise InputMismatchError(
+                    f"input {self.label!r} dim {d}: {sym} is {bound} elsewhere in the inputs, "
+                    f"got {got}"
+                )
         for d, expected, got in deferred:
             try:
                 want = expected.expr.evaluate(env)
             except KeyError:
                 continue  # depends on a symbol bound by a later input: torch checks this lazily too
             if want != got:
-                raise InputMismatchError(f"input {self.label!r} dim {d}: expected {expected} = {want}, got {got}")
+                raise InputMismatchError(
+                    f"input {self.label!r} dim {d}: expected {expected} = {want}, got {got}"
+                )
         return value
 
 
@@ -384,7 +485,6 @@ def _shape_text(sizes) -> str:
 
 def _range_text(lo, hi) -> str:
     return f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
-
 
 
 def _usable_device(device: str | torch.device) -> torch.device:

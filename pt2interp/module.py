@@ -24,7 +24,9 @@ class ProgramModule(torch.nn.Module):
             value = program._state.get(spec.target)
             if spec.kind == "parameter":
                 owner, leaf = self._owner(spec.target)
-                owner.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=value.requires_grad))
+                owner.register_parameter(
+                    leaf, torch.nn.Parameter(value, requires_grad=value.requires_grad)
+                )
             elif spec.kind == "buffer":
                 owner, leaf = self._owner(spec.target)
                 owner.register_buffer(leaf, value, persistent=spec.persistent is not False)

@@ -49,8 +49,17 @@ try:  # optional: real numpy dtypes for bfloat16 and float8
 except ImportError:  # pragma: no cover - depends on the environment
     ml_dtypes = None
 
-__all__ = ["MAX_ZERO_FILL_BYTES", "RAW_BITS_DTYPES", "StoredTensor", "bytes_needed", "check_record",
-           "check_view", "numpy_dtype", "read_stored_tensors", "strided_view"]
+__all__ = [
+    "MAX_ZERO_FILL_BYTES",
+    "RAW_BITS_DTYPES",
+    "StoredTensor",
+    "bytes_needed",
+    "check_record",
+    "check_view",
+    "numpy_dtype",
+    "read_stored_tensors",
+    "strided_view",
+]
 
 # Empty records (torch writes them for tensors it could not write by bytes) load as zeros, as
 # torch loads them; a file of a few bytes must not make that allocate without bound, so the
@@ -59,12 +68,32 @@ MAX_ZERO_FILL_BYTES = 1 << 30
 _INT64_MAX = (1 << 63) - 1
 
 # dtypes numpy has under the same name as torch
-_NATIVE = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
-           "uint32", "uint64", "bool", "complex64", "complex128")
+_NATIVE = (
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "complex64",
+    "complex128",
+)
 # dtypes numpy lacks: the ml_dtypes name (if any) and the unsigned type of the same width
-_BITS = {"bfloat16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8,
-         "float8_e4m3fnuz": np.uint8, "float8_e5m2fnuz": np.uint8, "float8_e8m0fnu": np.uint8,
-         "complex32": np.uint32}
+_BITS = {
+    "bfloat16": np.uint16,
+    "float8_e4m3fn": np.uint8,
+    "float8_e5m2": np.uint8,
+    "float8_e4m3fnuz": np.uint8,
+    "float8_e5m2fnuz": np.uint8,
+    "float8_e8m0fnu": np.uint8,
+    "complex32": np.uint32,
+}
 
 
 def numpy_dtype(name: str, *, where: str = "") -> tuple[np.dtype, bool]:
@@ -110,24 +139,37 @@ class StoredTensor:
         return (self.storage, self.dtype, a.shape, a.strides, a.__array_interface__["data"][0])
 
 
-def read_stored_tensors(archive: Archive, model_name: str) -> tuple[list[StoredTensor], list[StoredTensor]]:
+def read_stored_tensors(
+    archive: Archive, model_name: str
+) -> tuple[list[StoredTensor], list[StoredTensor]]:
     """``(state, constants)``: the stored state dict (parameters and persistent buffers) and the
     stored constants (tensor constants, non-persistent buffers), in stored order.
 
     Script objects and other opaque constants are skipped: they are not tensors.
     """
     if archive.layout == "legacy":
-        return (_pickled_member(archive, versions.LEGACY_STATE_DICT),
-                _pickled_member(archive, versions.LEGACY_CONSTANTS))
+        return (
+            _pickled_member(archive, versions.LEGACY_STATE_DICT),
+            _pickled_member(archive, versions.LEGACY_CONSTANTS),
+        )
     pickled = versions.PT2_PICKLED_WEIGHTS.format(model_name)
     if archive.has(pickled):  # torch 2.8
-        return (_pickled_member(archive, (pickled,)),
-                _pickled_member(archive, (versions.PT2_PICKLED_CONSTANTS.format(model_name),)))
-    return (_raw_payloads(archive, versions.PT2_WEIGHTS_CONFIG.format(model_name), versions.PT2_WEIGHTS_DIR),
-            _raw_payloads(archive, versions.PT2_CONSTANTS_CONFIG.format(model_name), versions.PT2_CONSTANTS_DIR))
+        return (
+            _pickled_member(archive, (pickled,)),
+            _pickled_member(archive, (versions.PT2_PICKLED_CONSTANTS.format(model_name),)),
+        )
+    return (
+        _raw_payloads(
+            archive, versions.PT2_WEIGHTS_CONFIG.format(model_name), versions.PT2_WEIGHTS_DIR
+        ),
+        _raw_payloads(
+            archive, versions.PT2_CONSTANTS_CONFIG.format(model_name), versions.PT2_CONSTANTS_DIR
+        ),
+    )
 
 
 # -- pickled payloads ---------------------------------------------------------------------------
+
 
 def _pickled_member(archive: Archive, candidates: tuple[str, ...]) -> list[StoredTensor]:
     for relative in candidates:
@@ -135,24 +177,37 @@ def _pickled_member(archive: Archive, candidates: tuple[str, ...]) -> list[Store
             continue
         member = archive.member_path(relative)
         if not relative.endswith(".pt"):
-            raise WeightError(f"{archive.source}: {member} is not a torch.save payload; "
-                              "this archive predates the pickled state dict (torch < 2.3)")
+            raise WeightError(
+                f"{archive.source}: {member} is not a torch.save payload; "
+                "this archive predates the pickled state dict (torch < 2.3)"
+            )
         if archive.info(relative).size == 0:
             return []
         obj = load_torch_save(archive.read(relative), source=f"{archive.source}:{member}")
         if not isinstance(obj, dict):
-            raise WeightError(f"{archive.source}: {member} holds a {type(obj).__name__}, expected a dict of tensors")
+            raise WeightError(
+                f"{archive.source}: {member} holds a {type(obj).__name__}, expected a dict of tensors"
+            )
         out = []
         for name, value in obj.items():
             if not isinstance(value, RawTensor):
                 continue  # a non-tensor constant: nothing numpy can hold
-            out.append(StoredTensor(str(name), value.array, value.dtype, f"{member}:{value.storage_key}",
-                                    value.is_parameter, value.dtype in RAW_BITS_DTYPES))
+            out.append(
+                StoredTensor(
+                    str(name),
+                    value.array,
+                    value.dtype,
+                    f"{member}:{value.storage_key}",
+                    value.is_parameter,
+                    value.dtype in RAW_BITS_DTYPES,
+                )
+            )
         return out
     return []
 
 
 # -- raw records (torch 2.9+) -------------------------------------------------------------------
+
 
 def _raw_payloads(archive: Archive, config_member: str, base_dir: str) -> list[StoredTensor]:
     if not archive.has(config_member):
@@ -176,10 +231,19 @@ def _raw_payloads(archive: Archive, config_member: str, base_dir: str) -> list[S
         key = f"{tm.dtype}:{member}"
         flat = flats.get(key)
         if flat is None:
-            flat = flats[key] = _flat_record(archive, member, dtype, tm.dtype, where, swap,
-                                             needed[meta.path_name])
-        out.append(StoredTensor(fqn, strided_view(flat, tm, where, zero_budget), tm.dtype,
-                                archive.member_path(member), meta.is_param, raw))
+            flat = flats[key] = _flat_record(
+                archive, member, dtype, tm.dtype, where, swap, needed[meta.path_name]
+            )
+        out.append(
+            StoredTensor(
+                fqn,
+                strided_view(flat, tm, where, zero_budget),
+                tm.dtype,
+                archive.member_path(member),
+                meta.is_param,
+                raw,
+            )
+        )
     return out
 
 
@@ -189,8 +253,16 @@ def _pickled_entry(archive: Archive, member: str, fqn: str, is_param: bool) -> l
     obj = load_torch_save(archive.read(member), source=f"{archive.source}:{full}")
     if not isinstance(obj, RawTensor):
         return []
-    return [StoredTensor(fqn, obj.array, obj.dtype, f"{full}:{obj.storage_key}", is_param,
-                         obj.dtype in RAW_BITS_DTYPES)]
+    return [
+        StoredTensor(
+            fqn,
+            obj.array,
+            obj.dtype,
+            f"{full}:{obj.storage_key}",
+            is_param,
+            obj.dtype in RAW_BITS_DTYPES,
+        )
+    ]
 
 
 def _archive_byteorder(archive: Archive) -> str:
@@ -200,22 +272,34 @@ def _archive_byteorder(archive: Archive) -> str:
     return "little"
 
 
-def _flat_record(archive: Archive, member: str, dtype: np.dtype, dtype_name: str, where: str,
-                 swap: bool, needed: int | None) -> np.ndarray:
+def _flat_record(
+    archive: Archive,
+    member: str,
+    dtype: np.dtype,
+    dtype_name: str,
+    where: str,
+    swap: bool,
+    needed: int | None,
+) -> np.ndarray:
     if check_record(archive, member, dtype.itemsize, dtype_name, needed, where).size == 0:
         return np.empty(0, dtype=dtype)
     flat = np.frombuffer(archive.buffer(member), dtype=dtype)
     if swap and dtype.itemsize > 1:
         # complex numbers swap each half; everything else swaps whole elements
-        unit = dtype.itemsize // 2 if dtype.kind == "c" or dtype_name == "complex32" else dtype.itemsize
+        unit = (
+            dtype.itemsize // 2
+            if dtype.kind == "c" or dtype_name == "complex32"
+            else dtype.itemsize
+        )
         raw = flat.view(np.uint8).reshape(-1, unit)[:, ::-1]
         flat = np.ascontiguousarray(raw).reshape(-1).view(dtype)
     flat.flags.writeable = False
     return flat
 
 
-def strided_view(flat: np.ndarray, tm: TensorMeta, where: str,
-                 zero_budget: list[int] | None = None) -> np.ndarray:
+def strided_view(
+    flat: np.ndarray, tm: TensorMeta, where: str, zero_budget: list[int] | None = None
+) -> np.ndarray:
     """``as_strided`` view of a flat record, refusing views that reach past its end (see
     :func:`check_view`, which ``zero_budget`` is passed to)."""
     budget = zero_budget if zero_budget is not None else [MAX_ZERO_FILL_BYTES]
@@ -226,13 +310,20 @@ def strided_view(flat: np.ndarray, tm: TensorMeta, where: str,
         return np.zeros(tm.sizes, dtype=flat.dtype)
     item = flat.itemsize
     try:
-        return np.lib.stride_tricks.as_strided(flat[tm.storage_offset:], shape=tm.sizes,
-                                               strides=[s * item for s in tm.strides], writeable=False)
+        return np.lib.stride_tricks.as_strided(
+            flat[tm.storage_offset :],
+            shape=tm.sizes,
+            strides=[s * item for s in tm.strides],
+            writeable=False,
+        )
     except ValueError as exc:  # what numpy refuses beyond check_view's rules
-        raise WeightError(f"{where}cannot view sizes {list(tm.sizes)} strides {list(tm.strides)}: {exc}") from None
+        raise WeightError(
+            f"{where}cannot view sizes {list(tm.sizes)} strides {list(tm.strides)}: {exc}"
+        ) from None
 
 
 # -- checks both backends make (pt2interp.weights uses them too) ---------------------------------
+
 
 def bytes_needed(config: dict[str, PayloadMeta]) -> dict[str, int]:
     """Per record (``path_name``): the bytes the views declared on it reach. A compressed record
@@ -244,30 +335,41 @@ def bytes_needed(config: dict[str, PayloadMeta]) -> dict[str, int]:
             continue
         tm = meta.tensor_meta
         sizes, strides, offset = tm.sizes, tm.strides, tm.storage_offset
-        static = all(isinstance(x, int) for x in (*sizes, *strides, offset)) and len(strides) == len(sizes)
+        static = all(isinstance(x, int) for x in (*sizes, *strides, offset)) and len(
+            strides
+        ) == len(sizes)
         if not static or 0 in sizes:
             n = 0  # an empty view needs nothing; check_view refuses one that is not static
         else:
-            n = (offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1) * versions.ITEMSIZE.get(tm.dtype, 1)
+            n = (
+                offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1
+            ) * versions.ITEMSIZE.get(tm.dtype, 1)
         needed[meta.path_name] = max(needed.get(meta.path_name, 0), n)
     return needed
 
 
-def check_record(archive: Archive, member: str, itemsize: int, dtype_name: str, needed: int | None,
-                 where: str) -> Member:
+def check_record(
+    archive: Archive, member: str, itemsize: int, dtype_name: str, needed: int | None, where: str
+) -> Member:
     """A raw record's directory entry, once its size fits its dtype and, compressed, the tensors
     declared on it (``needed``, from :func:`bytes_needed`)."""
     info = archive.info(member)
     if info.size % itemsize:
-        raise WeightError(f"{where}{info.size} bytes is not a whole number of {dtype_name} elements")
+        raise WeightError(
+            f"{where}{info.size} bytes is not a whole number of {dtype_name} elements"
+        )
     if not info.stored and needed is not None and info.size > needed:
         # Stored records are mapped, not read; a compressed one is inflated into memory
-        raise WeightError(f"{where}the compressed record declares {info.size} bytes but the tensors stored "
-                          f"in it need only {needed}: refusing to inflate it")
+        raise WeightError(
+            f"{where}the compressed record declares {info.size} bytes but the tensors stored "
+            f"in it need only {needed}: refusing to inflate it"
+        )
     return info
 
 
-def check_view(tm: TensorMeta, record_items: int, itemsize: int, where: str, zero_budget: list[int]) -> int:
+def check_view(
+    tm: TensorMeta, record_items: int, itemsize: int, where: str, zero_budget: list[int]
+) -> int:
     """Check the view ``tm`` declares on a flat record of ``record_items`` elements of
     ``itemsize`` bytes; returns its element count.
 
@@ -283,27 +385,36 @@ def check_view(tm: TensorMeta, record_items: int, itemsize: int, where: str, zer
     if len(strides) != len(sizes):
         raise WeightError(f"{where}{len(strides)} strides for {len(sizes)} sizes")
     if any(x < 0 for x in (*sizes, *strides, offset)):
-        raise WeightError(f"{where}negative sizes {list(sizes)}, strides {list(strides)} or offset {offset}")
+        raise WeightError(
+            f"{where}negative sizes {list(sizes)}, strides {list(strides)} or offset {offset}"
+        )
     numel = math.prod(sizes)
     if any(x > _INT64_MAX for x in (*sizes, *strides, offset, numel)):
-        raise WeightError(f"{where}sizes {list(sizes)} strides {list(strides)} offset {offset} do not fit in int64")
+        raise WeightError(
+            f"{where}sizes {list(sizes)} strides {list(strides)} offset {offset} do not fit in int64"
+        )
     if numel == 0:
         return 0
     if record_items == 0:
         # torch writes empty records for tensors it could not serialize by bytes: zeros, as torch does
         nbytes = numel * itemsize
         if nbytes > zero_budget[0]:
-            raise WeightError(f"{where}the record is empty and the tensor declares {nbytes} bytes of zeros, over "
-                              f"the {MAX_ZERO_FILL_BYTES} bytes of zeros an archive may ask for "
-                              "(pt2interp.numpy_weights.MAX_ZERO_FILL_BYTES)")
+            raise WeightError(
+                f"{where}the record is empty and the tensor declares {nbytes} bytes of zeros, over "
+                f"the {MAX_ZERO_FILL_BYTES} bytes of zeros an archive may ask for "
+                "(pt2interp.numpy_weights.MAX_ZERO_FILL_BYTES)"
+            )
         zero_budget[0] -= nbytes
         return numel
     extent = offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1
     if extent > record_items:
         raise WeightError(
             f"{where}declares sizes {list(sizes)} strides {list(strides)} offset {offset}, needing "
-            f"{extent * itemsize} bytes, but the record holds only {record_items * itemsize}")
+            f"{extent * itemsize} bytes, but the record holds only {record_items * itemsize}"
+        )
     if numel * itemsize > _INT64_MAX:  # within the record only by repeating it: stride 0
-        raise WeightError(f"{where}sizes {list(sizes)} strides {list(strides)} make {numel} elements, "
-                          f"{numel * itemsize} bytes: more than int64 can count")
+        raise WeightError(
+            f"{where}sizes {list(sizes)} strides {list(strides)} make {numel} elements, "
+            f"{numel * itemsize} bytes: more than int64 can count"
+        )
     return numel

@@ -105,15 +105,21 @@ class Program:
         for name, value in w.tensors.items():
             if name in listed:
                 first_of.setdefault(view_key(value), name)
-        return {name: first_of[view_key(value)] for name, value in w.tensors.items()
-                if name not in listed and view_key(value) in first_of}
+        return {
+            name: first_of[view_key(value)]
+            for name, value in w.tensors.items()
+            if name not in listed and view_key(value) in first_of
+        }
 
     def parameter_names(self) -> list[str]:
         return [s.target for s in self.signature.inputs_of("parameter")]
 
     def buffer_names(self, persistent_only: bool = False) -> list[str]:
-        return [s.target for s in self.signature.inputs_of("buffer")
-                if not persistent_only or s.persistent is not False]
+        return [
+            s.target
+            for s in self.signature.inputs_of("buffer")
+            if not persistent_only or s.persistent is not False
+        ]
 
     def constants(self) -> dict[str, Any]:
         """Tensor constants, non-persistent buffers and opaque objects, by name."""
@@ -130,26 +136,38 @@ class Program:
             return w.constants[name]
         from pt2interp.errors import WeightError
 
-        raise WeightError(f"{self.source}: the graph signature names {name!r}, "
-                          f"but the archive stores no weight or constant of that name")
+        raise WeightError(
+            f"{self.source}: the graph signature names {name!r}, "
+            f"but the archive stores no weight or constant of that name"
+        )
 
     def example_inputs(self) -> tuple[tuple, dict] | None:
         """The sample inputs stored at export time, as ``(args, kwargs)``, if any."""
         from pt2interp.weights import load_pickled
 
-        member = (versions.LEGACY_EXAMPLE_INPUTS if self.layout == "legacy"
-                  else f"{versions.PT2_SAMPLE_INPUTS_DIR}{self.model_name}.pt")
+        member = (
+            versions.LEGACY_EXAMPLE_INPUTS
+            if self.layout == "legacy"
+            else f"{versions.PT2_SAMPLE_INPUTS_DIR}{self.model_name}.pt"
+        )
         if not self.archive.has(member) or self.archive.info(member).size == 0:
             return None
         obj = load_pickled(self.archive, member)
-        if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], (tuple, list)) and isinstance(obj[1], dict):
+        if (
+            isinstance(obj, tuple)
+            and len(obj) == 2
+            and isinstance(obj[0], (tuple, list))
+            and isinstance(obj[1], dict)
+        ):
             return tuple(obj[0]), dict(obj[1])
         return None
 
     def __repr__(self) -> str:
         v = ".".join(map(str, self.schema_version))
-        return (f"<Program {self.source!r} model={self.model_name!r} layout={self.layout} schema={v} "
-                f"torch={self.torch_version or '?'} nodes={len(self.graph.nodes)}>")
+        return (
+            f"<Program {self.source!r} model={self.model_name!r} layout={self.layout} schema={v} "
+            f"torch={self.torch_version or '?'} nodes={len(self.graph.nodes)}>"
+        )
 
 
 def view_key(t) -> tuple:
@@ -185,12 +203,19 @@ def read_payload_config(archive: Archive, config_member: str) -> dict[str, Paylo
     try:
         doc = jsontext.loads(text)
     except ValueError as exc:
-        raise WeightError(f"{archive.source}: {archive.member_path(config_member)} is not valid JSON: {exc}") from None
+        raise WeightError(
+            f"{archive.source}: {archive.member_path(config_member)} is not valid JSON: {exc}"
+        ) from None
     return parse_payload_config(doc, archive.member_path(config_member))
 
 
-def read_program(source: str | os.PathLike | BinaryIO | Archive, model: str | None = None, *,
-                 outline: bool = False, verify: bool = True) -> Program:
+def read_program(
+    source: str | os.PathLike | BinaryIO | Archive,
+    model: str | None = None,
+    *,
+    outline: bool = False,
+    verify: bool = True,
+) -> Program:
     """Read the typed program of one model in a ``.pt2`` (weights stay on disk until asked for).
 
     ``model`` picks one of an archive's models by name; with several and none named, the
@@ -206,14 +231,20 @@ def read_program(source: str | os.PathLike | BinaryIO | Archive, model: str | No
 def _read_program(source, model: str | None, outline: bool, verify: bool = True) -> Program:
     archive = source if isinstance(source, Archive) else open_archive(source, verify=verify)
     name = _pick_model(archive, model)
-    member = (versions.LEGACY_PROGRAM if archive.layout == "legacy"
-              else f"{versions.PT2_MODELS_DIR}{name}.json")
+    member = (
+        versions.LEGACY_PROGRAM
+        if archive.layout == "legacy"
+        else f"{versions.PT2_MODELS_DIR}{name}.json"
+    )
     full = archive.member_path(member)
     info, budget = archive.info(member), limits.current().max_program_bytes
     bomb = not info.stored and info.size > max(info.compressed_size, 1) * MAX_COMPRESSION_RATIO
     if info.size > budget and not bomb:  # a bomb gets the archive's own error, from read_text
-        raise LimitError(f"{archive.source}: {full} is {info.size} bytes, over the {budget} a program "
-                         "may take (parsing costs about ten times that in memory)", limit="max_program_bytes")
+        raise LimitError(
+            f"{archive.source}: {full} is {info.size} bytes, over the {budget} a program "
+            "may take (parsing costs about ten times that in memory)",
+            limit="max_program_bytes",
+        )
     text = archive.read_text(member)
     try:
         doc = jsontext.loads(text)
@@ -229,22 +260,38 @@ def _pick_model(archive: Archive, model: str | None) -> str:
     names = archive.model_names
     if model is not None:
         if model not in names:
-            raise SchemaError(f"{archive.source}: no model named {model!r}; the archive holds {names}")
+            raise SchemaError(
+                f"{archive.source}: no model named {model!r}; the archive holds {names}"
+            )
         return model
     if len(names) == 1:
         return names[0]
     if "model" in names:
         return "model"
-    raise SchemaError(f"{archive.source}: the archive holds several models {names}; pick one with model=...")
+    raise SchemaError(
+        f"{archive.source}: the archive holds several models {names}; pick one with model=..."
+    )
 
 
 def _check_legacy_version_member(archive: Archive, doc: Any, member: str) -> None:
     # The legacy `version` member must agree with the JSON; a disagreement means a mangled file.
-    if archive.layout != "legacy" or not archive.has(versions.LEGACY_VERSION) or not isinstance(doc, dict):
+    if (
+        archive.layout != "legacy"
+        or not archive.has(versions.LEGACY_VERSION)
+        or not isinstance(doc, dict)
+    ):
         return
     text = archive.read(versions.LEGACY_VERSION, limit=64).decode("ascii", "replace").strip()
     sv = doc.get("schema_version")
-    if isinstance(sv, dict) and text and text.split(".")[0].isdigit() \
-            and int(text.split(".")[0]) != sv.get("major"):
-        raise SchemaError(f"the archive's version member says {text!r} but the program declares schema "
-                          f"{sv.get('major')}.{sv.get('minor')}", member=member, path="schema_version")
+    if (
+        isinstance(sv, dict)
+        and text
+        and text.split(".")[0].isdigit()
+        and int(text.split(".")[0]) != sv.get("major")
+    ):
+        raise SchemaError(
+            f"the archive's version member says {text!r} but the program declares schema "
+            f"{sv.get('major')}.{sv.get('minor')}",
+            member=member,
+            path="schema_version",
+        )

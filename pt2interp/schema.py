@@ -112,17 +112,31 @@ ARGUMENT_KINDS: dict[str, str] = {
     "optional_tensor": "Ref | None",
     "optional_tensors": "tuple[Ref | None, ...]",
     "nested_tensors": "tuple[tuple[Ref, ...], ...]",
-    "int": "int", "ints": "tuple[int, ...]", "int_lists": "tuple[tuple[int, ...], ...]",
-    "float": "float", "floats": "tuple[float, ...]", "float_lists": "tuple[tuple[float, ...], ...]",
-    "bool": "bool", "bools": "tuple[bool, ...]",
-    "string": "str", "strings": "tuple[str, ...]",
+    "int": "int",
+    "ints": "tuple[int, ...]",
+    "int_lists": "tuple[tuple[int, ...], ...]",
+    "float": "float",
+    "floats": "tuple[float, ...]",
+    "float_lists": "tuple[tuple[float, ...], ...]",
+    "bool": "bool",
+    "bools": "tuple[bool, ...]",
+    "string": "str",
+    "strings": "tuple[str, ...]",
     "complex": "complex",
-    "sym_int": "Ref | int", "sym_ints": "tuple[Ref | int, ...]",
-    "sym_float": "Ref | float", "sym_floats": "tuple[Ref | float, ...]",
-    "sym_bool": "Ref | bool", "sym_bools": "tuple[Ref | bool, ...]",
-    "scalar_type": "str (dtype name)", "memory_format": "str", "layout": "str",
-    "device": "Device", "graph": "GraphArgument", "custom_obj": "CustomObjRef",
-    "operator": "str (target)", "string_to_argument": "dict[str, Argument]",
+    "sym_int": "Ref | int",
+    "sym_ints": "tuple[Ref | int, ...]",
+    "sym_float": "Ref | float",
+    "sym_floats": "tuple[Ref | float, ...]",
+    "sym_bool": "Ref | bool",
+    "sym_bools": "tuple[Ref | bool, ...]",
+    "scalar_type": "str (dtype name)",
+    "memory_format": "str",
+    "layout": "str",
+    "device": "Device",
+    "graph": "GraphArgument",
+    "custom_obj": "CustomObjRef",
+    "operator": "str (target)",
+    "string_to_argument": "dict[str, Argument]",
 }
 
 
@@ -151,7 +165,9 @@ class Argument:
 class NamedArgument:
     name: str
     arg: Argument
-    kind: int | None = None  # 1 positional, 2 keyword: recorded from torch 2.7, else versions.unrecorded_input_kind
+    kind: int | None = (
+        None  # 1 positional, 2 keyword: recorded from torch 2.7, else versions.unrecorded_input_kind
+    )
 
     @property
     def is_keyword(self) -> bool:
@@ -163,7 +179,7 @@ class ModuleFrame:
     """One entry of a node's ``nn_module_stack``: the module it ran inside."""
 
     key: str
-    fqn: str        # dotted path from the root module ("layer1.0.conv1"); "" for the root
+    fqn: str  # dotted path from the root module ("layer1.0.conv1"); "" for the root
     type_name: str  # "torch.nn.modules.conv.Conv2d"
 
     @property
@@ -214,7 +230,9 @@ class Graph:
     inputs: list[Argument]
     outputs: list[Argument]
     nodes: list[Node]
-    tensor_values: Mapping[str, TensorMeta]  # a dict; in an outline, parsed entry by entry on demand
+    tensor_values: Mapping[
+        str, TensorMeta
+    ]  # a dict; in an outline, parsed entry by entry on demand
     sym_int_values: dict[str, SymInt] = field(default_factory=dict)
     sym_bool_values: dict[str, Any] = field(default_factory=dict)
     sym_float_values: dict[str, Any] = field(default_factory=dict)
@@ -324,7 +342,9 @@ class ExportedProgramModel:
         stand in. The one spelling ``info``, ``run``, the server and input errors use."""
         from pt2interp.treespec import input_leaf_names
 
-        leaves = [s for s in self.signature.input_specs if s.kind in ("user_input", "constant_input")]
+        leaves = [
+            s for s in self.signature.input_specs if s.kind in ("user_input", "constant_input")
+        ]
         root = self.root_call
         in_spec = root.in_spec if root else None
         arg_names = list((root.forward_arg_names if root else None) or [])
@@ -334,21 +354,34 @@ class ExportedProgramModel:
         keyword = [kw for _, kw in input_leaf_names(in_spec, [])] if in_spec is not None else []
         if len(keyword) != len(leaves):
             keyword = [False] * len(leaves)
-        return [(s.name or (s.arg.value.name if s.arg.kind in ("tensor", "sym_int") and hasattr(s.arg.value, "name")
-                            else f"input_{i}"), kw) for i, (s, kw) in enumerate(zip(leaves, keyword))]
+        return [
+            (
+                s.name
+                or (
+                    s.arg.value.name
+                    if s.arg.kind in ("tensor", "sym_int") and hasattr(s.arg.value, "name")
+                    else f"input_{i}"
+                ),
+                kw,
+            )
+            for i, (s, kw) in enumerate(zip(leaves, keyword))
+        ]
 
     def output_leaf_names(self) -> list[str]:
         """``out``, ``out.0``, ``out.sum``, ``out.pair.0``: each user output, in order."""
         from pt2interp.treespec import output_leaf_names
 
         root = self.root_call
-        count = len([s for s in self.signature.output_specs if s.kind in ("user_output", "loss_output")])
+        count = len(
+            [s for s in self.signature.output_specs if s.kind in ("user_output", "loss_output")]
+        )
         return output_leaf_names(root.out_spec if root else None, count)
 
 
 # ---------------------------------------------------------------------------------------
 # nn_module_stack
 # ---------------------------------------------------------------------------------------
+
 
 def _split_top_level_commas(text: str) -> list[str]:
     # Module paths like "getattr(L['s'].net, '0')" contain commas: split only outside brackets.
@@ -380,7 +413,7 @@ def normalize_module_path(path: str) -> str:
     for _ in range(_MAX_GETATTR_UNWRAP):
         if not (p.startswith("getattr(") and p.endswith(")")):
             break
-        inner = p[len("getattr("):-1]
+        inner = p[len("getattr(") : -1]
         parts = _split_top_level_commas(inner)
         if len(parts) != 2:
             break
@@ -389,7 +422,7 @@ def normalize_module_path(path: str) -> str:
         if p == prefix:
             return ""
         if p.startswith(prefix + "."):
-            p = p[len(prefix) + 1:]
+            p = p[len(prefix) + 1 :]
             break
     if p.startswith("L['") and "']" in p:
         # another root name: L['mod'].x → x
@@ -422,6 +455,7 @@ def _parse_nn_module_stack(text: str) -> tuple[ModuleFrame, ...]:
 # ---------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------
+
 
 class _Parser:
     """Walks the JSON with a path for every error. One instance per archive member."""
@@ -476,14 +510,16 @@ class _Parser:
             try:
                 return float(v)
             except OverflowError:  # an integer beyond the float range (JSON's 1e400 is inf already)
-                raise self.fail(path, f"an integer of {v.bit_length()} bits does not fit in a float") from None
+                raise self.fail(
+                    path, f"an integer of {v.bit_length()} bits does not fit in a float"
+                ) from None
         raise self.fail(path, f"expected a number, got {_type_name(v)}")
 
     def union(self, v: Any, path: str) -> tuple[str, Any]:
         """(tag, value) of a union, from a one-key object or an every-tag-present object."""
         d = self.obj(v, path)
         if len(d) == 1:
-            (tag, val), = d.items()
+            ((tag, val),) = d.items()
         else:
             present = [(k, x) for k, x in d.items() if x is not None and k != "type"]
             if len(present) != 1:
@@ -550,10 +586,14 @@ class _Parser:
         return cached
 
     def _tensor_meta(self, d: dict, path: str) -> TensorMeta:
-        sizes = tuple(self.sym_int(s, f"{path}.sizes[{i}]")
-                      for i, s in enumerate(self.lst(self.req(d, "sizes", path), path + ".sizes")))
-        strides = tuple(self.sym_int(s, f"{path}.strides[{i}]")
-                        for i, s in enumerate(self.lst(d.get("strides", []), path + ".strides")))
+        sizes = tuple(
+            self.sym_int(s, f"{path}.sizes[{i}]")
+            for i, s in enumerate(self.lst(self.req(d, "sizes", path), path + ".sizes"))
+        )
+        strides = tuple(
+            self.sym_int(s, f"{path}.strides[{i}]")
+            for i, s in enumerate(self.lst(d.get("strides", []), path + ".strides"))
+        )
         for i, s in enumerate(sizes):
             if isinstance(s, int) and s < 0:
                 raise self.fail(f"{path}.sizes[{i}]", f"negative size {s}")
@@ -618,49 +658,90 @@ class _Parser:
         if tag == "as_tensor":
             return Argument("tensor", self.ref(val, p))
         if tag == "as_tensors":
-            return Argument("tensors", tuple(self.ref(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+            return Argument(
+                "tensors", tuple(self.ref(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
+            )
         if tag == "as_optional_tensor":
             return Argument("optional_tensor", self.optional_tensor(val, p))
         if tag == "as_optional_tensors":
-            return Argument("optional_tensors",
-                            tuple(self.optional_tensor(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+            return Argument(
+                "optional_tensors",
+                tuple(self.optional_tensor(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))),
+            )
         if tag == "as_nested_tensors":
-            return Argument("nested_tensors", tuple(
-                tuple(self.ref(x, f"{p}[{i}][{j}]") for j, x in enumerate(self.lst(inner, f"{p}[{i}]")))
-                for i, inner in enumerate(self.lst(val, p))))
+            return Argument(
+                "nested_tensors",
+                tuple(
+                    tuple(
+                        self.ref(x, f"{p}[{i}][{j}]")
+                        for j, x in enumerate(self.lst(inner, f"{p}[{i}]"))
+                    )
+                    for i, inner in enumerate(self.lst(val, p))
+                ),
+            )
         if tag == "as_int":
             return Argument("int", self.int_(val, p))
         if tag == "as_ints":
-            return Argument("ints", tuple(self.int_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+            return Argument(
+                "ints", tuple(self.int_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
+            )
         if tag == "as_int_lists":
-            return Argument("int_lists", tuple(
-                tuple(self.int_(x, f"{p}[{i}][{j}]") for j, x in enumerate(self.lst(inner, f"{p}[{i}]")))
-                for i, inner in enumerate(self.lst(val, p))))
+            return Argument(
+                "int_lists",
+                tuple(
+                    tuple(
+                        self.int_(x, f"{p}[{i}][{j}]")
+                        for j, x in enumerate(self.lst(inner, f"{p}[{i}]"))
+                    )
+                    for i, inner in enumerate(self.lst(val, p))
+                ),
+            )
         if tag == "as_float":
             return Argument("float", self.float_(val, p))
         if tag == "as_floats":
-            return Argument("floats", tuple(self.float_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+            return Argument(
+                "floats", tuple(self.float_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
+            )
         if tag == "as_float_lists":
-            return Argument("float_lists", tuple(
-                tuple(self.float_(x, f"{p}[{i}][{j}]") for j, x in enumerate(self.lst(inner, f"{p}[{i}]")))
-                for i, inner in enumerate(self.lst(val, p))))
+            return Argument(
+                "float_lists",
+                tuple(
+                    tuple(
+                        self.float_(x, f"{p}[{i}][{j}]")
+                        for j, x in enumerate(self.lst(inner, f"{p}[{i}]"))
+                    )
+                    for i, inner in enumerate(self.lst(val, p))
+                ),
+            )
         if tag == "as_bool":
             return Argument("bool", self.bool_(val, p))
         if tag == "as_bools":
-            return Argument("bools", tuple(self.bool_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+            return Argument(
+                "bools", tuple(self.bool_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
+            )
         if tag == "as_string":
             return Argument("string", self.str_(val, p))
         if tag == "as_strings":
-            return Argument("strings", tuple(self.str_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+            return Argument(
+                "strings", tuple(self.str_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
+            )
         if tag == "as_complex":
             d = self.obj(val, p)
-            return Argument("complex", complex(self.float_(d.get("real", 0.0), p + ".real"),
-                                               self.float_(d.get("imag", 0.0), p + ".imag")))
+            return Argument(
+                "complex",
+                complex(
+                    self.float_(d.get("real", 0.0), p + ".real"),
+                    self.float_(d.get("imag", 0.0), p + ".imag"),
+                ),
+            )
         if tag in ("as_sym_int", "as_sym_float", "as_sym_bool"):
             return Argument(kind, self.sym_arg(val, p, kind[4:]))
         if tag in ("as_sym_ints", "as_sym_floats", "as_sym_bools"):
             scalar = kind[4:-1]
-            return Argument(kind, tuple(self.sym_arg(x, f"{p}[{i}]", scalar) for i, x in enumerate(self.lst(val, p))))
+            return Argument(
+                kind,
+                tuple(self.sym_arg(x, f"{p}[{i}]", scalar) for i, x in enumerate(self.lst(val, p))),
+            )
         if tag == "as_scalar_type":
             return Argument("scalar_type", self.dtype(val, p))
         if tag == "as_memory_format":
@@ -678,22 +759,33 @@ class _Parser:
         if tag == "as_graph":
             d = self.obj(val, p)
             name = self.str_(self.req(d, "name", p), p + ".name")
-            return Argument("graph", GraphArgument(name, self.graph(self.req(d, "graph", p), p + ".graph", depth + 1)))
+            return Argument(
+                "graph",
+                GraphArgument(name, self.graph(self.req(d, "graph", p), p + ".graph", depth + 1)),
+            )
         if tag == "as_custom_obj":
             d = self.obj(val, p)
-            return Argument("custom_obj", CustomObjRef(self.str_(self.req(d, "name", p), p + ".name"),
-                                                       str(d.get("class_fqn", ""))))
+            return Argument(
+                "custom_obj",
+                CustomObjRef(
+                    self.str_(self.req(d, "name", p), p + ".name"), str(d.get("class_fqn", ""))
+                ),
+            )
         if tag == "as_operator":
             return Argument("operator", self.str_(val, p))
         if tag == "as_string_to_argument":
             d = self.obj(val, p)
-            return Argument("string_to_argument",
-                            {k: self.argument(x, f"{p}.{k}", depth + 1) for k, x in d.items()})
+            return Argument(
+                "string_to_argument",
+                {k: self.argument(x, f"{p}.{k}", depth + 1) for k, x in d.items()},
+            )
         if tag in ("as_token", "as_tokens"):
             # torch 2.4/2.5 wrote effect tokens as their own kind in graph inputs/outputs
             if tag == "as_token":
                 return Argument("tensor", self.ref(val, p))
-            return Argument("tensors", tuple(self.ref(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))))
+            return Argument(
+                "tensors", tuple(self.ref(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
+            )
         raise self.fail(path, f"unknown argument kind '{tag}'")
 
     # -- graph -----------------------------------------------------------------------
@@ -711,8 +803,12 @@ class _Parser:
             arg = x.get("arg") if x.__class__ is dict else None
             if arg.__class__ is dict and "as_graph" in arg:
                 ip = f"{path}.inputs[{i}]"
-                inputs.append(NamedArgument(self.str_(x.get("name", ""), ip + ".name"),
-                                            self.checked_argument(arg, ip + ".arg", depth)))
+                inputs.append(
+                    NamedArgument(
+                        self.str_(x.get("name", ""), ip + ".name"),
+                        self.checked_argument(arg, ip + ".arg", depth),
+                    )
+                )
         meta = d.get("metadata") or {}
         meta = {k: v for k, v in self.obj(meta, path + ".metadata").items() if isinstance(v, str)}
         name = d.get("name")
@@ -728,16 +824,29 @@ class _Parser:
             name = xd.get("name", "")
             kind = xd.get("kind")
             name = self.str_(name, ip + ".name")
-            inputs.append(NamedArgument(name, self.argument(self.req(xd, "arg", ip), ip + ".arg", depth),
-                                        kind if type(kind) is int else versions.unrecorded_input_kind(target, name)))
-        outputs = [self.argument(x, f"{path}.outputs[{i}]", depth)
-                   for i, x in enumerate(self.lst(d.get("outputs", []), path + ".outputs"))]
+            inputs.append(
+                NamedArgument(
+                    name,
+                    self.argument(self.req(xd, "arg", ip), ip + ".arg", depth),
+                    kind if type(kind) is int else versions.unrecorded_input_kind(target, name),
+                )
+            )
+        outputs = [
+            self.argument(x, f"{path}.outputs[{i}]", depth)
+            for i, x in enumerate(self.lst(d.get("outputs", []), path + ".outputs"))
+        ]
         meta = d.get("metadata") or {}
         meta = {k: v for k, v in self.obj(meta, path + ".metadata").items() if isinstance(v, str)}
         name = d.get("name")
         single = d.get("is_hop_single_tensor_return")
-        return Node(target, inputs, outputs, meta, name if isinstance(name, str) else None,
-                    single if isinstance(single, bool) else None)
+        return Node(
+            target,
+            inputs,
+            outputs,
+            meta,
+            name if isinstance(name, str) else None,
+            single if isinstance(single, bool) else None,
+        )
 
     def graph(self, v: Any, path: str, depth: int = 0) -> Graph:
         if depth > 16:
@@ -746,31 +855,48 @@ class _Parser:
         raw_nodes = self.lst(self.req(d, "nodes", path), path + ".nodes")
         self._nodes_left -= len(raw_nodes)
         if self._nodes_left < 0:  # counted before anything of this graph is built
-            raise LimitError(f"{self.member} at {path}: the program holds more than "
-                             f"{limits.current().max_graph_nodes} nodes", limit="max_graph_nodes")
+            raise LimitError(
+                f"{self.member} at {path}: the program holds more than "
+                f"{limits.current().max_graph_nodes} nodes",
+                limit="max_graph_nodes",
+            )
         tv = self.obj(d.get("tensor_values", {}), path + ".tensor_values")
         if self.outline:
             tensor_values = _MetasOnDemand(tv, self, path + ".tensor_values")
         else:
-            tensor_values = {k: self.tensor_meta(m, f"{path}.tensor_values.{k}") for k, m in tv.items()}
+            tensor_values = {
+                k: self.tensor_meta(m, f"{path}.tensor_values.{k}") for k, m in tv.items()
+            }
         unreadable: dict[str, str] = {}
         sym_ints = self._symbolic(d, "sym_int_values", path, unreadable, self.sym_int)
-        sym_bools = self._symbolic(d, "sym_bool_values", path, unreadable,
-                                   lambda m, p: self.sym_value(m, p, "bool"))
-        sym_floats = self._symbolic(d, "sym_float_values", path, unreadable,
-                                    lambda m, p: self.sym_value(m, p, "float"))
+        sym_bools = self._symbolic(
+            d, "sym_bool_values", path, unreadable, lambda m, p: self.sym_value(m, p, "bool")
+        )
+        sym_floats = self._symbolic(
+            d, "sym_float_values", path, unreadable, lambda m, p: self.sym_value(m, p, "float")
+        )
         return Graph(
-            inputs=[self.argument(x, f"{path}.inputs[{i}]", depth)
-                    for i, x in enumerate(self.lst(self.req(d, "inputs", path), path + ".inputs"))],
-            outputs=[self.argument(x, f"{path}.outputs[{i}]", depth)
-                     for i, x in enumerate(self.lst(self.req(d, "outputs", path), path + ".outputs"))],
+            inputs=[
+                self.argument(x, f"{path}.inputs[{i}]", depth)
+                for i, x in enumerate(self.lst(self.req(d, "inputs", path), path + ".inputs"))
+            ],
+            outputs=[
+                self.argument(x, f"{path}.outputs[{i}]", depth)
+                for i, x in enumerate(self.lst(self.req(d, "outputs", path), path + ".outputs"))
+            ],
             nodes=[self.node(x, f"{path}.nodes[{i}]", depth) for i, x in enumerate(raw_nodes)],
             tensor_values=tensor_values,
             sym_int_values=sym_ints,
             sym_bool_values=sym_bools,
             sym_float_values=sym_floats,
-            custom_obj_values={k: CustomObjRef(k, str(self.obj(m, f"{path}.custom_obj_values.{k}").get("class_fqn", "")))
-                               for k, m in self.obj(d.get("custom_obj_values") or {}, path + ".custom_obj_values").items()},
+            custom_obj_values={
+                k: CustomObjRef(
+                    k, str(self.obj(m, f"{path}.custom_obj_values.{k}").get("class_fqn", ""))
+                )
+                for k, m in self.obj(
+                    d.get("custom_obj_values") or {}, path + ".custom_obj_values"
+                ).items()
+            },
             is_single_tensor_return=bool(d.get("is_single_tensor_return", False)),
             outline=self.outline,
             unreadable=unreadable,
@@ -811,15 +937,24 @@ class _Parser:
             arg = self.argument(raw_arg, p + ".arg")
         elif tag == "custom_obj":
             ad = self.obj(raw_arg, p + ".arg")
-            arg = Argument("custom_obj", CustomObjRef(self.str_(self.req(ad, "name", p + ".arg"), p + ".arg.name"),
-                                                      str(ad.get("class_fqn", ""))))
+            arg = Argument(
+                "custom_obj",
+                CustomObjRef(
+                    self.str_(self.req(ad, "name", p + ".arg"), p + ".arg.name"),
+                    str(ad.get("class_fqn", "")),
+                ),
+            )
         else:
             arg = Argument("tensor", self.ref(raw_arg, p + ".arg"))
         field_name = versions.INPUT_SPEC_TARGET_FIELDS[tag]
         target = self.str_(self.req(d, field_name, p), f"{p}.{field_name}") if field_name else None
         persistent = d.get("persistent") if tag == "buffer" else None
-        return InputSpec(tag, arg, target, persistent if isinstance(persistent, bool) else
-                         (True if tag == "buffer" else None))
+        return InputSpec(
+            tag,
+            arg,
+            target,
+            persistent if isinstance(persistent, bool) else (True if tag == "buffer" else None),
+        )
 
     def output_spec(self, v: Any, path: str) -> OutputSpec:
         tag, val = self.union(v, path)
@@ -828,7 +963,11 @@ class _Parser:
             raise self.fail(path, f"unknown output spec kind '{tag}'")
         d = self.obj(val, p)
         raw_arg = self.req(d, "arg", p)
-        arg = self.argument(raw_arg, p + ".arg") if tag == "user_output" else Argument("tensor", self.ref(raw_arg, p + ".arg"))
+        arg = (
+            self.argument(raw_arg, p + ".arg")
+            if tag == "user_output"
+            else Argument("tensor", self.ref(raw_arg, p + ".arg"))
+        )
         field_name = versions.OUTPUT_SPEC_TARGET_FIELDS[tag]
         target = self.str_(self.req(d, field_name, p), f"{p}.{field_name}") if field_name else None
         return OutputSpec(tag, arg, target)
@@ -837,12 +976,20 @@ class _Parser:
         d = self.obj(v, path)
         d = {versions.SIGNATURE_RENAMES.get(k, k): x for k, x in d.items()}
         if "input_specs" not in d:
-            raise self.fail(path, "signature has no input_specs (schema 1 signatures are not supported)")
+            raise self.fail(
+                path, "signature has no input_specs (schema 1 signatures are not supported)"
+            )
         return GraphSignature(
-            [self.input_spec(x, f"{path}.input_specs[{i}]")
-             for i, x in enumerate(self.lst(d["input_specs"], path + ".input_specs"))],
-            [self.output_spec(x, f"{path}.output_specs[{i}]")
-             for i, x in enumerate(self.lst(self.req(d, "output_specs", path), path + ".output_specs"))],
+            [
+                self.input_spec(x, f"{path}.input_specs[{i}]")
+                for i, x in enumerate(self.lst(d["input_specs"], path + ".input_specs"))
+            ],
+            [
+                self.output_spec(x, f"{path}.output_specs[{i}]")
+                for i, x in enumerate(
+                    self.lst(self.req(d, "output_specs", path), path + ".output_specs")
+                )
+            ],
         )
 
     def bound(self, v: Any, path: str) -> int | None:
@@ -870,12 +1017,26 @@ class _Parser:
                 sp = p + ".signature"
                 sd = self.obj(sig, sp)
                 msig = ModuleCallSignature(
-                    inputs=[self.argument(x, f"{sp}.inputs[{j}]") for j, x in enumerate(self.lst(sd.get("inputs", []), sp + ".inputs"))],
-                    outputs=[self.argument(x, f"{sp}.outputs[{j}]") for j, x in enumerate(self.lst(sd.get("outputs", []), sp + ".outputs"))],
-                    in_spec=parse_treespec(self.str_(self.req(sd, "in_spec", sp), sp + ".in_spec"),
-                                           namedtuple_fields=nt_fields, member=self.member, path=sp + ".in_spec"),
-                    out_spec=parse_treespec(self.str_(self.req(sd, "out_spec", sp), sp + ".out_spec"),
-                                            namedtuple_fields=nt_fields, member=self.member, path=sp + ".out_spec"),
+                    inputs=[
+                        self.argument(x, f"{sp}.inputs[{j}]")
+                        for j, x in enumerate(self.lst(sd.get("inputs", []), sp + ".inputs"))
+                    ],
+                    outputs=[
+                        self.argument(x, f"{sp}.outputs[{j}]")
+                        for j, x in enumerate(self.lst(sd.get("outputs", []), sp + ".outputs"))
+                    ],
+                    in_spec=parse_treespec(
+                        self.str_(self.req(sd, "in_spec", sp), sp + ".in_spec"),
+                        namedtuple_fields=nt_fields,
+                        member=self.member,
+                        path=sp + ".in_spec",
+                    ),
+                    out_spec=parse_treespec(
+                        self.str_(self.req(sd, "out_spec", sp), sp + ".out_spec"),
+                        namedtuple_fields=nt_fields,
+                        member=self.member,
+                        path=sp + ".out_spec",
+                    ),
                     forward_arg_names=_names_or_none(sd.get("forward_arg_names")),
                 )
             out.append(ModuleCallEntry(fqn, msig))
@@ -885,21 +1046,29 @@ class _Parser:
 def schema_version_of(doc: Any, member: str) -> tuple[int, int]:
     """The (major, minor) a program JSON declares; raises for unknown majors."""
     if not isinstance(doc, dict):
-        raise SchemaError(f"expected a JSON object at the top, got {_type_name(doc)}", member=member, path="$")
+        raise SchemaError(
+            f"expected a JSON object at the top, got {_type_name(doc)}", member=member, path="$"
+        )
     sv = doc.get("schema_version")
     if sv is None:
         major, minor = 1, 0  # torch 2.1 wrote no version inside the JSON
     elif isinstance(sv, dict) and type(sv.get("major")) is int:
         major, minor = sv["major"], sv.get("minor", 0)
         if type(minor) is not int:
-            raise SchemaError("schema_version.minor is not an integer", member=member, path="schema_version.minor")
+            raise SchemaError(
+                "schema_version.minor is not an integer", member=member, path="schema_version.minor"
+            )
     else:
-        raise SchemaError("schema_version must be {major, minor}", member=member, path="schema_version")
+        raise SchemaError(
+            "schema_version must be {major, minor}", member=member, path="schema_version"
+        )
     if major not in versions.SUPPORTED_MAJORS:
         raise SchemaError(
             f"unknown schema major {major} (this pt2interp reads majors "
             f"{min(versions.SUPPORTED_MAJORS)} to {max(versions.SUPPORTED_MAJORS)}: torch 2.3 and later)",
-            member=member, path="schema_version.major")
+            member=member,
+            path="schema_version.major",
+        )
     return major, minor
 
 
@@ -913,13 +1082,17 @@ def parse_exported_program(doc: Any, member: str, *, outline: bool = False) -> E
     version = schema_version_of(doc, member)
     p = _Parser(member, version, outline=outline)
     gm = p.obj(p.req(doc, "graph_module", "$"), "graph_module")
-    nt_raw = p.obj(gm.get("treespec_namedtuple_fields") or {}, "graph_module.treespec_namedtuple_fields")
+    nt_raw = p.obj(
+        gm.get("treespec_namedtuple_fields") or {}, "graph_module.treespec_namedtuple_fields"
+    )
     nt_fields = {k: (v.get("field_names") if isinstance(v, dict) else v) for k, v in nt_raw.items()}
     rc = {}
     for k, r in p.obj(doc.get("range_constraints") or {}, "range_constraints").items():
         rp = f"range_constraints.{k}"
         rd = p.obj(r, rp)
-        rc[k] = RangeConstraint(p.bound(rd.get("min_val"), rp + ".min_val"), p.bound(rd.get("max_val"), rp + ".max_val"))
+        rc[k] = RangeConstraint(
+            p.bound(rd.get("min_val"), rp + ".min_val"), p.bound(rd.get("max_val"), rp + ".max_val")
+        )
     verifiers = doc.get("verifiers")
     if not isinstance(verifiers, list):
         dialect = doc.get("dialect")
@@ -928,16 +1101,26 @@ def parse_exported_program(doc: Any, member: str, *, outline: bool = False) -> E
     return ExportedProgramModel(
         graph=p.graph(p.req(gm, "graph", "graph_module"), "graph_module.graph"),
         signature=p.signature(p.req(gm, "signature", "graph_module"), "graph_module.signature"),
-        module_call_graph=p.module_call_graph(gm.get("module_call_graph") or [], "graph_module.module_call_graph", nt_fields),
+        module_call_graph=p.module_call_graph(
+            gm.get("module_call_graph") or [], "graph_module.module_call_graph", nt_fields
+        ),
         range_constraints=rc,
         schema_version=version,
-        opset_version={k: v for k, v in p.obj(doc.get("opset_version") or {}, "opset_version").items()
-                       if type(v) is int},
+        opset_version={
+            k: v
+            for k, v in p.obj(doc.get("opset_version") or {}, "opset_version").items()
+            if type(v) is int
+        },
         verifiers=[x for x in verifiers if isinstance(x, str)],
         torch_version=tv if isinstance(tv, str) and tv != "<=2.4" else None,
-        metadata={k: v for k, v in p.obj(gm.get("metadata") or {}, "graph_module.metadata").items()
-                  if isinstance(v, str)},
-        guards_code=[g for g in p.lst(doc.get("guards_code") or [], "guards_code") if isinstance(g, str)],
+        metadata={
+            k: v
+            for k, v in p.obj(gm.get("metadata") or {}, "graph_module.metadata").items()
+            if isinstance(v, str)
+        },
+        guards_code=[
+            g for g in p.lst(doc.get("guards_code") or [], "guards_code") if isinstance(g, str)
+        ],
     )
 
 
@@ -989,8 +1172,15 @@ def _contiguous_strides(sizes: tuple) -> tuple:
 
 
 def _type_name(v: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
-            float: "number", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        dict: "object",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 class _MetasOnDemand(Mapping):
@@ -1004,7 +1194,9 @@ class _MetasOnDemand(Mapping):
     def __getitem__(self, name: str) -> TensorMeta:
         meta = self._parsed.get(name)
         if meta is None:
-            meta = self._parsed[name] = self._parser.tensor_meta(self._raw[name], f"{self._path}.{name}")
+            meta = self._parsed[name] = self._parser.tensor_meta(
+                self._raw[name], f"{self._path}.{name}"
+            )
         return meta
 
     def __iter__(self):
@@ -1067,7 +1259,7 @@ def _plain_optional_tensor(v: Any) -> Ref | None | bool:
 def _plain_argument(v: Any) -> Argument | None:
     if v.__class__ is not dict or len(v) != 1:
         return None
-    (tag, val), = v.items()
+    ((tag, val),) = v.items()
     cls = val.__class__
     if tag == "as_tensor":
         r = _plain_ref(val)
@@ -1081,7 +1273,11 @@ def _plain_argument(v: Any) -> Argument | None:
             return Argument("ints", tuple(val))
         return None
     if tag == "as_float":
-        return Argument("float", float(val)) if cls is float or (cls is int and val.bit_length() < 1024) else None
+        return (
+            Argument("float", float(val))
+            if cls is float or (cls is int and val.bit_length() < 1024)
+            else None
+        )
     if tag == "as_bool":
         return Argument("bool", val) if cls is bool else None
     if tag == "as_tensors":
@@ -1113,8 +1309,12 @@ def _plain_node(d: Any) -> Node | None:
         return None
     target, raw_inputs, raw_outputs = d.get("target"), d.get("inputs"), d.get("outputs", [])
     meta = d.get("metadata") or {}
-    if target.__class__ is not str or raw_inputs.__class__ is not list or raw_outputs.__class__ is not list \
-            or meta.__class__ is not dict:
+    if (
+        target.__class__ is not str
+        or raw_inputs.__class__ is not list
+        or raw_outputs.__class__ is not list
+        or meta.__class__ is not dict
+    ):
         return None
     inputs = []
     for x in raw_inputs:
@@ -1125,15 +1325,26 @@ def _plain_node(d: Any) -> Node | None:
         if arg is None or name.__class__ is not str:
             return None
         kind = x.get("kind")
-        inputs.append(NamedArgument(name, arg, kind if kind.__class__ is int
-                                    else versions.unrecorded_input_kind(target, name)))
+        inputs.append(
+            NamedArgument(
+                name,
+                arg,
+                kind if kind.__class__ is int else versions.unrecorded_input_kind(target, name),
+            )
+        )
     outputs = list(map(_plain_argument, raw_outputs))
     if None in outputs:
         return None
     name = d.get("name")
     single = d.get("is_hop_single_tensor_return")
-    return Node(target, inputs, outputs, {k: v for k, v in meta.items() if v.__class__ is str},
-                name if isinstance(name, str) else None, single if isinstance(single, bool) else None)
+    return Node(
+        target,
+        inputs,
+        outputs,
+        {k: v for k, v in meta.items() if v.__class__ is str},
+        name if isinstance(name, str) else None,
+        single if isinstance(single, bool) else None,
+    )
 
 
 def _plain_ints(v: Any) -> tuple[int, ...] | None:
@@ -1168,19 +1379,41 @@ def _plain_meta_key(d: Any) -> tuple | None:
     if off.__class__ is dict and len(off) == 1:
         off = off.get("as_int")
     dtype, layout, dev = d.get("dtype"), d.get("layout", 7), d.get("device", _CPU_JSON)
-    if off.__class__ is not int or not 0 <= off <= _INT64_MAX or dtype.__class__ is not int \
-            or dtype not in versions.SCALAR_TYPES or layout.__class__ is not int or dev.__class__ is not dict:
+    if (
+        off.__class__ is not int
+        or not 0 <= off <= _INT64_MAX
+        or dtype.__class__ is not int
+        or dtype not in versions.SCALAR_TYPES
+        or layout.__class__ is not int
+        or dev.__class__ is not dict
+    ):
         return None
     dev_type, dev_index = dev.get("type"), dev.get("index")
     if dev_type.__class__ is not str or (dev_index is not None and dev_index.__class__ is not int):
         return None
-    return (dtype, sizes, strides, off, dev_type, dev_index, layout, bool(d.get("requires_grad", False)))
+    return (
+        dtype,
+        sizes,
+        strides,
+        off,
+        dev_type,
+        dev_index,
+        layout,
+        bool(d.get("requires_grad", False)),
+    )
 
 
 def _meta_from_key(key: tuple) -> TensorMeta:
     dtype, sizes, strides, off, dev_type, dev_index, layout, requires_grad = key
-    return TensorMeta(versions.SCALAR_TYPES[dtype], sizes, strides, off, Device(dev_type, dev_index),
-                      versions.LAYOUTS.get(layout, f"layout{layout}"), requires_grad)
+    return TensorMeta(
+        versions.SCALAR_TYPES[dtype],
+        sizes,
+        strides,
+        off,
+        Device(dev_type, dev_index),
+        versions.LAYOUTS.get(layout, f"layout{layout}"),
+        requires_grad,
+    )
 
 
 def _plain_payload_meta(md: Any, parser: _Parser) -> PayloadMeta | None:
@@ -1194,4 +1427,6 @@ def _plain_payload_meta(md: Any, parser: _Parser) -> PayloadMeta | None:
         if key is None:
             return None
         tm = parser.plain_meta(key)
-    return PayloadMeta(path_name, bool(md.get("is_param", False)), bool(md.get("use_pickle", False)), tm)
+    return PayloadMeta(
+        path_name, bool(md.get("is_param", False)), bool(md.get("use_pickle", False)), tm
+    )

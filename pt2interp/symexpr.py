@@ -77,7 +77,7 @@ class Expr:
             base, exp = vals[0], vals[1]
             if abs(base) > 1 and exp > 0 and exp * abs(base).bit_length() > _MAX_VALUE_BITS:
                 raise self._too_large(env)
-            return base ** exp
+            return base**exp
         if op == "max":
             return max(vals)
         if op == "min":
@@ -104,8 +104,10 @@ class Expr:
         return value
 
     def _too_large(self, env: dict[str, int]) -> EvaluationError:
-        return EvaluationError(f"{self} is too large to evaluate for {_binding(self, env)} "
-                               f"(over {_MAX_VALUE_BITS} bits)")
+        return EvaluationError(
+            f"{self} is too large to evaluate for {_binding(self, env)} "
+            f"(over {_MAX_VALUE_BITS} bits)"
+        )
 
     def as_symbol(self) -> str | None:
         """The symbol's name when the expression is a bare symbol, else None."""
@@ -127,8 +129,14 @@ def _binding(e: Expr, env: dict) -> str:
 _PREC = {"add": 1, "sub": 1, "mul": 2, "floordiv": 2, "mod": 2, "neg": 3, "pow": 4}
 _INFIX = {"add": " + ", "sub": " - ", "mul": "*", "floordiv": "//", "mod": " % ", "pow": "**"}
 # Relations torch records about sizes (``sym_bool_values``, runtime asserts) evaluate to bools.
-_COMPARE = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
-            "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
+_COMPARE = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+}
 _COMPARE_TEXT = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
@@ -158,24 +166,63 @@ def _render(e: Expr, outer: int) -> str:
             if a.op == "int" and a.value < 0:
                 text += f" - {-a.value}"
             elif a.op == "mul" and a.args and a.args[0].op == "int" and a.args[0].value == -1:
-                text += " - " + _render(Expr("mul", a.args[1:]) if len(a.args) > 2 else a.args[1], prec)
+                text += " - " + _render(
+                    Expr("mul", a.args[1:]) if len(a.args) > 2 else a.args[1], prec
+                )
             else:
                 text += " + " + _render(a, prec)
     else:
-        text = _INFIX[e.op].join(_render(a, prec + (i > 0 and e.op != "mul")) for i, a in enumerate(e.args))
+        text = _INFIX[e.op].join(
+            _render(a, prec + (i > 0 and e.op != "mul")) for i, a in enumerate(e.args)
+        )
     return f"({text})" if prec < outer else text
 
 
-_SREPR_OPS = {"Add": "add", "Mul": "mul", "Pow": "pow", "FloorDiv": "floordiv", "Mod": "mod",
-              "Max": "max", "Min": "min", "PythonMod": "mod", "CleanDiv": "floordiv",
-              "IntTrueDiv": "floordiv"}
-_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.FloorDiv: "floordiv",
-           ast.Mod: "mod", ast.Pow: "pow", ast.BitAnd: "and", ast.BitOr: "or"}
+_SREPR_OPS = {
+    "Add": "add",
+    "Mul": "mul",
+    "Pow": "pow",
+    "FloorDiv": "floordiv",
+    "Mod": "mod",
+    "Max": "max",
+    "Min": "min",
+    "PythonMod": "mod",
+    "CleanDiv": "floordiv",
+    "IntTrueDiv": "floordiv",
+}
+_BINOPS = {
+    ast.Add: "add",
+    ast.Sub: "sub",
+    ast.Mult: "mul",
+    ast.FloorDiv: "floordiv",
+    ast.Mod: "mod",
+    ast.Pow: "pow",
+    ast.BitAnd: "and",
+    ast.BitOr: "or",
+}
 # sympy's relational and boolean classes as srepr writes them (GreaterThan is >=)
-_SREPR_RELATIONS = {"Eq": "eq", "Equality": "eq", "Ne": "ne", "Unequality": "ne", "Lt": "lt",
-                    "StrictLessThan": "lt", "Le": "le", "LessThan": "le", "Gt": "gt",
-                    "StrictGreaterThan": "gt", "Ge": "ge", "GreaterThan": "ge"}
-_COMPARE_OPS = {ast.Eq: "eq", ast.NotEq: "ne", ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge"}
+_SREPR_RELATIONS = {
+    "Eq": "eq",
+    "Equality": "eq",
+    "Ne": "ne",
+    "Unequality": "ne",
+    "Lt": "lt",
+    "StrictLessThan": "lt",
+    "Le": "le",
+    "LessThan": "le",
+    "Gt": "gt",
+    "StrictGreaterThan": "gt",
+    "Ge": "ge",
+    "GreaterThan": "ge",
+}
+_COMPARE_OPS = {
+    ast.Eq: "eq",
+    ast.NotEq: "ne",
+    ast.Lt: "lt",
+    ast.LtE: "le",
+    ast.Gt: "gt",
+    ast.GtE: "ge",
+}
 # integer roundings of a true division (sizes are non-negative: truncation is the floor)
 _ROUNDINGS = {"CeilToInt": "ceildiv", "FloorToInt": "floordiv", "TruncToInt": "floordiv"}
 
@@ -186,18 +233,26 @@ def parse_expr(text: str, *, member: str | None = None, path: str | None = None)
     Raises :class:`SchemaError` naming ``member``/``path`` on anything it does not know.
     """
     if not isinstance(text, str) or len(text) > _MAX_EXPR_CHARS:
-        raise SchemaError("symbolic expression is not a string of sane length", member=member, path=path)
+        raise SchemaError(
+            "symbolic expression is not a string of sane length", member=member, path=path
+        )
     if text.count("(") > _MAX_DEPTH and _paren_depth(text) > _MAX_DEPTH:
         # refused here, not by ast.parse: its limits and messages differ between Pythons
-        raise SchemaError(f"symbolic expression {text[:80]!r} is nested too deeply", member=member, path=path)
+        raise SchemaError(
+            f"symbolic expression {text[:80]!r} is nested too deeply", member=member, path=path
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-        raise SchemaError(f"cannot parse symbolic expression {text[:80]!r}: {exc}", member=member, path=path) from None
+        raise SchemaError(
+            f"cannot parse symbolic expression {text[:80]!r}: {exc}", member=member, path=path
+        ) from None
     try:
         return _convert(tree.body, 0)
     except _Unsupported as exc:
-        raise SchemaError(f"unsupported symbolic expression {text[:80]!r}: {exc}", member=member, path=path) from None
+        raise SchemaError(
+            f"unsupported symbolic expression {text[:80]!r}: {exc}", member=member, path=path
+        ) from None
 
 
 def _paren_depth(text: str) -> int:
@@ -221,11 +276,18 @@ def _convert(node: ast.AST, depth: int) -> Expr:
     d = depth + 1
     if isinstance(node, ast.Constant) and type(node.value) is bool:
         return Expr("int", value=int(node.value))
-    if isinstance(node, ast.Name) and node.id in ("true", "false", "True", "False"):  # sympy.true, srepr
+    if isinstance(node, ast.Name) and node.id in (
+        "true",
+        "false",
+        "True",
+        "False",
+    ):  # sympy.true, srepr
         return Expr("int", value=int(node.id.lower() == "true"))
     if isinstance(node, ast.Constant) and type(node.value) is int:
         if node.value.bit_length() > _MAX_LITERAL_BITS:
-            raise _Unsupported(f"an integer of {node.value.bit_length()} bits (at most {_MAX_LITERAL_BITS})")
+            raise _Unsupported(
+                f"an integer of {node.value.bit_length()} bits (at most {_MAX_LITERAL_BITS})"
+            )
         return Expr("int", value=node.value)
     if isinstance(node, ast.Name):
         return Expr("sym", value=node.id)
@@ -238,16 +300,25 @@ def _convert(node: ast.AST, depth: int) -> Expr:
         return Expr(_BINOPS[type(node.op)], (_convert(node.left, d), _convert(node.right, d)))
     if isinstance(node, ast.Compare) and all(type(o) in _COMPARE_OPS for o in node.ops):
         operands = [_convert(x, d) for x in (node.left, *node.comparators)]
-        pairs = [Expr(_COMPARE_OPS[type(o)], (a, b)) for o, a, b in zip(node.ops, operands, operands[1:])]
+        pairs = [
+            Expr(_COMPARE_OPS[type(o)], (a, b)) for o, a, b in zip(node.ops, operands, operands[1:])
+        ]
         return pairs[0] if len(pairs) == 1 else Expr("and", tuple(pairs))
     if isinstance(node, ast.BoolOp):
-        return Expr("and" if isinstance(node.op, ast.And) else "or", tuple(_convert(v, d) for v in node.values))
+        return Expr(
+            "and" if isinstance(node.op, ast.And) else "or",
+            tuple(_convert(v, d) for v in node.values),
+        )
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.Invert)):
         return Expr("not", (_convert(node.operand, d),))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         fn = node.func.id
-        if fn in ("Symbol", "Dummy") and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
+        if (
+            fn in ("Symbol", "Dummy")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             return Expr("sym", value=node.args[0].value)
         if fn == "Integer" and len(node.args) == 1:
             inner = _convert(node.args[0], d)
@@ -259,16 +330,24 @@ def _convert(node: ast.AST, depth: int) -> Expr:
         if fn in _SREPR_OPS and len(node.args) >= 2:
             return Expr(_SREPR_OPS[fn], tuple(_convert(a, d) for a in node.args))
         if fn in _SREPR_RELATIONS and len(node.args) == 2:
-            return Expr(_SREPR_RELATIONS[fn], (_convert(node.args[0], d), _convert(node.args[1], d)))
+            return Expr(
+                _SREPR_RELATIONS[fn], (_convert(node.args[0], d), _convert(node.args[1], d))
+            )
         if fn in ("And", "Or") and node.args:
             return Expr(fn.lower(), tuple(_convert(a, d) for a in node.args))
         if fn in ("Not", "Abs") and len(node.args) == 1:
             return Expr(fn.lower(), (_convert(node.args[0], d),))
         if fn in _ROUNDINGS and len(node.args) == 1:
             inner = node.args[0]
-            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) \
-                    and inner.func.id == "IntTrueDiv" and len(inner.args) == 2:
-                return Expr(_ROUNDINGS[fn], (_convert(inner.args[0], d), _convert(inner.args[1], d)))
+            if (
+                isinstance(inner, ast.Call)
+                and isinstance(inner.func, ast.Name)
+                and inner.func.id == "IntTrueDiv"
+                and len(inner.args) == 2
+            ):
+                return Expr(
+                    _ROUNDINGS[fn], (_convert(inner.args[0], d), _convert(inner.args[1], d))
+                )
             return _convert(inner, d)  # of an integer: the integer itself
         if fn in ("max", "min") and node.args:
             return Expr(fn, tuple(_convert(a, d) for a in node.args))

@@ -130,16 +130,33 @@ def _dtype_table() -> dict[str, _DType]:
         dt = np.dtype(np_type)
         table[name] = _DType(name, dt, raw, swap or dt.itemsize)
 
-    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                 "uint8", "uint16", "uint32", "uint64", "bool"):
+    for name in (
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+    ):
         add(name, name)
     add("complex64", np.complex64, swap=4)
     add("complex128", np.complex128, swap=8)
     add("complex32", np.uint32, raw=True, swap=2)
     add("float4_e2m1fn_x2", np.uint8, raw=True)
-    for name, bits in (("bfloat16", np.uint16), ("float8_e4m3fn", np.uint8),
-                       ("float8_e5m2", np.uint8), ("float8_e4m3fnuz", np.uint8),
-                       ("float8_e5m2fnuz", np.uint8), ("float8_e8m0fnu", np.uint8)):
+    for name, bits in (
+        ("bfloat16", np.uint16),
+        ("float8_e4m3fn", np.uint8),
+        ("float8_e5m2", np.uint8),
+        ("float8_e4m3fnuz", np.uint8),
+        ("float8_e5m2fnuz", np.uint8),
+        ("float8_e8m0fnu", np.uint8),
+    ):
         native = getattr(ml_dtypes, name, None) if ml_dtypes is not None else None
         add(name, bits if native is None else native, raw=native is None)
     return table
@@ -160,29 +177,44 @@ class _StorageType:
 
 
 _STORAGE_CLASSES = {
-    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
-    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
-    "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
+    "FloatStorage": "float32",
+    "DoubleStorage": "float64",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64",
     "ComplexDoubleStorage": "complex128",
 }
 _UNTYPED = _StorageType("UntypedStorage", None)
 
-_REBUILD_FUNCTIONS = ("_rebuild_tensor_v2", "_rebuild_tensor_v3",
-                      "_rebuild_parameter", "_rebuild_parameter_with_state")
+_REBUILD_FUNCTIONS = (
+    "_rebuild_tensor_v2",
+    "_rebuild_tensor_v3",
+    "_rebuild_parameter",
+    "_rebuild_parameter_with_state",
+)
 
 
 def _allowed_globals() -> dict[tuple[str, str], object]:
     allowed: dict[tuple[str, str], object] = {
-        ("collections", "OrderedDict"): collections.OrderedDict}
+        ("collections", "OrderedDict"): collections.OrderedDict
+    }
     for name in _REBUILD_FUNCTIONS:
         allowed["torch._utils", name] = name  # bound to the unpickler in _Unpickler.find_class
     # torch < 2 pickled CUDA tensors' storages as torch.cuda.*Storage.
     for module in ("torch", "torch.cuda"):
         for name, dtype in _STORAGE_CLASSES.items():
             allowed[module, name] = _StorageType(name, _DTYPES[dtype])
-    for module, name in (("torch.storage", "UntypedStorage"), ("torch", "UntypedStorage"),
-                         ("torch", "_UntypedStorage")):
+    for module, name in (
+        ("torch.storage", "UntypedStorage"),
+        ("torch", "UntypedStorage"),
+        ("torch", "_UntypedStorage"),
+    ):
         allowed[module, name] = _UNTYPED
     for name, dtype in _DTYPES.items():
         allowed["torch", name] = dtype
@@ -220,7 +252,8 @@ class _Storage:
             elif self._swap != dtype.swap:
                 raise WeightError(
                     f"{where}: storage {self.key!r} is viewed as {dtype.name} and as a dtype with"
-                    f" {self._swap}-byte units; cannot convert it from big-endian for both")
+                    f" {self._swap}-byte units; cannot convert it from big-endian for both"
+                )
             buffer = self._native
         flat = np.frombuffer(buffer, dtype=dtype.numpy, count=self.nbytes // dtype.itemsize)
         self._flat[dtype.name] = flat
@@ -272,7 +305,8 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
             qualified = f"{module}.{name}"[:200]
             raise WeightError(
                 f"refusing to unpickle global '{qualified}' in {self._reader.source}: only"
-                " tensor rebuild functions and storages are allowed")
+                " tensor rebuild functions and storages are allowed"
+            )
         if isinstance(found, str):
             return _Rebuild(f"torch._utils.{found}", getattr(self._reader, found))
         return found
@@ -286,10 +320,12 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
         state = self.stack[-1] if self.stack else None
         target = self.stack[-2] if len(self.stack) > 1 else None
         if type(target) is not collections.OrderedDict or not (
-                isinstance(state, dict) and set(state) <= {"_metadata"}):
+            isinstance(state, dict) and set(state) <= {"_metadata"}
+        ):
             raise WeightError(
                 f"{self._reader.where}: refusing to set state {_short(state)} on"
-                f" {_describe(target)}: only an OrderedDict's _metadata may be set")
+                f" {_describe(target)}: only an OrderedDict's _metadata may be set"
+            )
         super().load_build()
 
     dispatch[pickle.BUILD[0]] = load_build
@@ -299,7 +335,12 @@ class _Reader:
     """State of one :func:`load_torch_save` call; its methods are the rebuild stand-ins."""
 
     def __init__(self, directory: ZipDirectory, prefix: str, source: str, byteswap: bool):
-        self.directory, self.prefix, self.source, self.byteswap = directory, prefix, source, byteswap
+        self.directory, self.prefix, self.source, self.byteswap = (
+            directory,
+            prefix,
+            source,
+            byteswap,
+        )
         self.where = f"{source}: {prefix}/data.pkl"
         self.storages: dict[str, _Storage] = {}
         self.unpickler: _Unpickler | None = None
@@ -311,7 +352,9 @@ class _Reader:
         key is the nearest item below the pending rebuild calls on the unpickler's stacks (a
         Parameter's tensor is rebuilt inside its argument tuple, one stack further down).
         Tensors that are not dict values have no key."""
-        stacks = (self.unpickler.stack, *reversed(self.unpickler.metastack)) if self.unpickler else ()
+        stacks = (
+            (self.unpickler.stack, *reversed(self.unpickler.metastack)) if self.unpickler else ()
+        )
         for stack in stacks:
             for item in reversed(stack):
                 if isinstance(item, str):
@@ -329,7 +372,8 @@ class _Reader:
             raise WeightError(f"{self.where}: invalid storage key {_short(pid[2])}")
         if not isinstance(stype, _StorageType):
             raise WeightError(
-                f"{self.where}: unknown storage type {_short(stype)} for storage {key!r}")
+                f"{self.where}: unknown storage type {_short(stype)} for storage {key!r}"
+            )
         if not _is_int(numel) or numel < 0:
             raise WeightError(f"{self.where}: storage {key!r} has invalid size {_short(numel)}")
         nbytes = numel * stype.itemsize
@@ -338,10 +382,12 @@ class _Reader:
             storage = self._load_storage(key, stype, numel, nbytes)
             self.storages[key] = storage
         elif storage.nbytes != nbytes or (
-                stype.dtype is not None and storage.typed not in (None, stype.dtype)):
+            stype.dtype is not None and storage.typed not in (None, stype.dtype)
+        ):
             raise WeightError(
                 f"{self.where}: storage {key!r} is referenced as {stype.name} of {numel}"
-                f" elements, inconsistent with an earlier reference")
+                f" elements, inconsistent with an earlier reference"
+            )
         elif storage.typed is None:
             storage.typed = stype.dtype
         return _StorageRef(storage, stype)
@@ -350,16 +396,22 @@ class _Reader:
         member = f"{self.prefix}/data/{key}"
         info = self.directory.members.get(member)
         if info is None:
-            raise WeightError(f"{self.source}: storage {key!r} has no member {member} in the archive")
+            raise WeightError(
+                f"{self.source}: storage {key!r} has no member {member} in the archive"
+            )
         if info.size < nbytes:
             raise WeightError(
                 f"{self.source}: {member} holds {info.size} bytes, but its {stype.name}"
-                f" declares {numel} elements ({nbytes} bytes): storage file too short")
+                f" declares {numel} elements ({nbytes} bytes): storage file too short"
+            )
         raw = self.directory.read(member)  # whole, so that its CRC is checked
-        return _Storage(key, member, memoryview(raw)[:nbytes] if len(raw) > nbytes else raw, stype.dtype)
+        return _Storage(
+            key, member, memoryview(raw)[:nbytes] if len(raw) > nbytes else raw, stype.dtype
+        )
 
-    def _tensor(self, ref: Any, offset: Any, size: Any, stride: Any, dtype: _DType,
-                metadata: Any) -> RawTensor:
+    def _tensor(
+        self, ref: Any, offset: Any, size: Any, stride: Any, dtype: _DType, metadata: Any
+    ) -> RawTensor:
         if not isinstance(ref, _StorageRef):
             raise WeightError(f"{self.where}: a tensor rebuild got {_short(ref)}, not a storage")
         storage = ref.storage
@@ -380,31 +432,51 @@ class _Reader:
         if end > flat.size:
             raise WeightError(
                 f"{where}: {dtype.name} view with offset {offset}, size {shape}, stride {strides}"
-                f" needs {end} elements but the storage holds {flat.size}: view past the end")
+                f" needs {end} elements but the storage holds {flat.size}: view past the end"
+            )
         # as_strided rebuilds the dtype from its array-interface string, which fails for some
         # ml_dtypes types ('<f1'): stride raw void items, then view them as the dtype.
         items = flat.view(np.dtype((np.void, dtype.itemsize)))
         try:
             array = np.lib.stride_tricks.as_strided(
-                items[offset:] if not empty else items[:0], shape,
-                tuple(s * dtype.itemsize for s in strides), writeable=False).view(dtype.numpy)
+                items[offset:] if not empty else items[:0],
+                shape,
+                tuple(s * dtype.itemsize for s in strides),
+                writeable=False,
+            ).view(dtype.numpy)
         except ValueError as exc:
             raise WeightError(
-                f"{where}: cannot view size {shape} stride {strides}: {exc}") from None
+                f"{where}: cannot view size {shape} stride {strides}: {exc}"
+            ) from None
         array = _apply_metadata(array, dtype, metadata, where, storage.nbytes)
         return RawTensor(array, dtype.name, shape, strides, offset, storage.key)
 
     # Stand-ins for torch._utils; argument lists follow torch 2.13, older pickles pass fewer.
-    def _rebuild_tensor_v2(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
-                           requires_grad: Any = False, backward_hooks: Any = None,
-                           metadata: Any = None) -> RawTensor:
+    def _rebuild_tensor_v2(
+        self,
+        storage: Any,
+        storage_offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any = False,
+        backward_hooks: Any = None,
+        metadata: Any = None,
+    ) -> RawTensor:
         stype = storage.type if isinstance(storage, _StorageRef) else None
         dtype = _DTYPES["uint8"] if stype is None or stype.dtype is None else stype.dtype
         return self._tensor(storage, storage_offset, size, stride, dtype, metadata)
 
-    def _rebuild_tensor_v3(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
-                           requires_grad: Any, backward_hooks: Any, dtype: Any,
-                           metadata: Any = None) -> RawTensor:
+    def _rebuild_tensor_v3(
+        self,
+        storage: Any,
+        storage_offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any,
+        backward_hooks: Any,
+        dtype: Any,
+        metadata: Any = None,
+    ) -> RawTensor:
         if not isinstance(dtype, _DType):
             raise WeightError(f"{self.where}: _rebuild_tensor_v3 got dtype {_short(dtype)}")
         return self._tensor(storage, storage_offset, size, stride, dtype, metadata)
@@ -414,14 +486,16 @@ class _Reader:
             raise WeightError(f"{self.where}: a Parameter wraps {_short(data)}, not a tensor")
         return dataclasses.replace(data, is_parameter=True)
 
-    def _rebuild_parameter_with_state(self, data: Any, requires_grad: Any, backward_hooks: Any,
-                                      state: Any) -> RawTensor:
+    def _rebuild_parameter_with_state(
+        self, data: Any, requires_grad: Any, backward_hooks: Any, state: Any
+    ) -> RawTensor:
         # The state is Python attributes of the Parameter (e.g. dynamo markers): not data.
         return self._rebuild_parameter(data, requires_grad, backward_hooks)
 
 
-def _apply_metadata(array: np.ndarray, dtype: _DType, metadata: Any, where: str,
-                    storage_bytes: int) -> np.ndarray:
+def _apply_metadata(
+    array: np.ndarray, dtype: _DType, metadata: Any, where: str, storage_bytes: int
+) -> np.ndarray:
     """Materialize torch's lazy conj/neg bits, which numpy views can't express. The copy is as
     large as the view, which a stride of 0 makes as large as it likes: beyond its storage's
     bytes (or _MAX_COPY_BYTES, if more) it is refused."""
@@ -436,8 +510,10 @@ def _apply_metadata(array: np.ndarray, dtype: _DType, metadata: Any, where: str,
     if flags and dtype.raw:
         raise WeightError(f"{where}: cannot apply {sorted(flags)} to {dtype.name} held as raw bits")
     if flags and array.nbytes > max(storage_bytes, _MAX_COPY_BYTES):
-        raise WeightError(f"{where}: applying {sorted(flags)} would copy the view's {array.nbytes} bytes, "
-                          f"more than its storage's {storage_bytes} (a view repeating its storage)")
+        raise WeightError(
+            f"{where}: applying {sorted(flags)} would copy the view's {array.nbytes} bytes, "
+            f"more than its storage's {storage_bytes} (a view repeating its storage)"
+        )
     try:
         if "conj" in flags:
             if dtype.numpy.kind != "c":
@@ -452,8 +528,9 @@ def _apply_metadata(array: np.ndarray, dtype: _DType, metadata: Any, where: str,
     return array
 
 
-def load_torch_save(data: bytes | bytearray | memoryview | BinaryIO, *,
-                    source: str = "<bytes>") -> object:
+def load_torch_save(
+    data: bytes | bytearray | memoryview | BinaryIO, *, source: str = "<bytes>"
+) -> object:
     """Unpickle a torch.save zip payload into plain Python containers with RawTensor leaves.
 
     ``data`` is the payload's bytes or a seekable binary file; ``source`` names it in errors.
@@ -464,19 +541,24 @@ def load_torch_save(data: bytes | bytearray | memoryview | BinaryIO, *,
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         if bytes(data[:1]) == b"\x80":
-            raise WeightError(f"{source}: a raw pickle, the legacy (torch < 1.6) torch.save"
-                              " format, which is not supported")
+            raise WeightError(
+                f"{source}: a raw pickle, the legacy (torch < 1.6) torch.save"
+                " format, which is not supported"
+            )
         data = io.BytesIO(data)
-    directory = ZipDirectory(data, source, error=WeightError, not_a_zip="not a torch.save zip archive",
-                             read_in_full=True)
+    directory = ZipDirectory(
+        data, source, error=WeightError, not_a_zip="not a torch.save zip archive", read_in_full=True
+    )
     with directory.zip:
         prefix = _find_prefix(directory, source)
         byteswap = _byteorder(directory, prefix, source) != sys.byteorder
         member = f"{prefix}/data.pkl"
         size = directory.members[member].size
         if size > _MAX_PICKLE_BYTES:
-            raise WeightError(f"{source}: {member} is {size} bytes, over the"
-                              f" {_MAX_PICKLE_BYTES} byte limit for tensor metadata")
+            raise WeightError(
+                f"{source}: {member} is {size} bytes, over the"
+                f" {_MAX_PICKLE_BYTES} byte limit for tensor metadata"
+            )
         pickled = directory.read(member)
         reader = _Reader(directory, prefix, source, byteswap)
         try:
@@ -496,8 +578,10 @@ def _find_prefix(directory: ZipDirectory, source: str) -> str:
     pickles = [n for n in directory.members if n.count("/") == 1 and n.endswith("/data.pkl")]
     if len(pickles) != 1:
         found = "no" if not pickles else f"{len(pickles)}"
-        raise WeightError(f"{source}: {found} <prefix>/data.pkl members; expected exactly one in a"
-                          " torch.save archive")
+        raise WeightError(
+            f"{source}: {found} <prefix>/data.pkl members; expected exactly one in a"
+            " torch.save archive"
+        )
     return pickles[0][: -len("/data.pkl")]
 
 
@@ -543,8 +627,10 @@ def _check_result(root: Any, where: str) -> None:
             return False
         if isinstance(obj, _CONTAINERS):
             return True
-        raise WeightError(f"{where}: unexpected {_describe(obj)} in the result; only"
-                          " containers, numbers, strings and tensors are supported")
+        raise WeightError(
+            f"{where}: unexpected {_describe(obj)} in the result; only"
+            " containers, numbers, strings and tensors are supported"
+        )
 
     if not check(root):
         return

@@ -42,8 +42,20 @@ _DEQUE = "collections.deque"
 _IMMUTABLE_LIST = "torch.fx.immutable_collections.immutable_list"
 _IMMUTABLE_DICT = "torch.fx.immutable_collections.immutable_dict"
 
-KNOWN_TYPES = frozenset({_TUPLE, _LIST, _DICT, _NONE, _ORDERED_DICT, _DEFAULT_DICT, _NAMEDTUPLE,
-                         _DEQUE, _IMMUTABLE_LIST, _IMMUTABLE_DICT})
+KNOWN_TYPES = frozenset(
+    {
+        _TUPLE,
+        _LIST,
+        _DICT,
+        _NONE,
+        _ORDERED_DICT,
+        _DEFAULT_DICT,
+        _NAMEDTUPLE,
+        _DEQUE,
+        _IMMUTABLE_LIST,
+        _IMMUTABLE_DICT,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -83,21 +95,29 @@ class TreeSpec:
         if t in (_DICT, _ORDERED_DICT, _DEFAULT_DICT, _IMMUTABLE_DICT):
             keys = self.dict_keys
             if not isinstance(value, dict):
-                raise InputMismatchError(f"{where}: expected a dict with keys {keys}, got {type(value).__name__}")
+                raise InputMismatchError(
+                    f"{where}: expected a dict with keys {keys}, got {type(value).__name__}"
+                )
             missing = [k for k in keys if k not in value]
             extra = [k for k in value if k not in keys]
             if missing or extra:
                 raise InputMismatchError(
                     f"{where}: dict keys differ from the exported ones"
-                    + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
+                    + (f"; missing {missing}" if missing else "")
+                    + (f"; unexpected {extra}" if extra else "")
+                )
             for k, child in zip(keys, self.children):
                 child._flatten_into(value[k], out, f"{where}[{k!r}]")
             return
         if not isinstance(value, (tuple, list, collections.deque)):
-            raise InputMismatchError(f"{where}: expected a {self.type_label} of {len(self.children)}, "
-                                     f"got {type(value).__name__}")
+            raise InputMismatchError(
+                f"{where}: expected a {self.type_label} of {len(self.children)}, "
+                f"got {type(value).__name__}"
+            )
         if len(value) != len(self.children):
-            raise InputMismatchError(f"{where}: expected {len(self.children)} items, got {len(value)}")
+            raise InputMismatchError(
+                f"{where}: expected {len(self.children)} items, got {len(value)}"
+            )
         for i, (v, child) in enumerate(zip(value, self.children)):
             child._flatten_into(v, out, f"{where}[{i}]")
 
@@ -141,7 +161,8 @@ class TreeSpec:
     @property
     def type_label(self) -> str:
         return {_TUPLE: "tuple", _LIST: "list", _NAMEDTUPLE: f"namedtuple {self.context}"}.get(
-            self.type, self.type or "leaf")
+            self.type, self.type or "leaf"
+        )
 
     def describe(self) -> Any:
         """A JSON-friendly picture of the structure, leaves shown as ``"*"``."""
@@ -173,11 +194,20 @@ def _namedtuple_class(type_name: str, fields: tuple[str, ...]) -> type:
 
 
 def _plain_name(name: str) -> bool:
-    return name.isidentifier() and not keyword.iskeyword(name) and unicodedata.normalize("NFKC", name) == name
+    return (
+        name.isidentifier()
+        and not keyword.iskeyword(name)
+        and unicodedata.normalize("NFKC", name) == name
+    )
 
 
-def parse_treespec(text: str, *, namedtuple_fields: dict[str, list[str]] | None = None,
-                   member: str | None = None, path: str | None = None) -> TreeSpec:
+def parse_treespec(
+    text: str,
+    *,
+    namedtuple_fields: dict[str, list[str]] | None = None,
+    member: str | None = None,
+    path: str | None = None,
+) -> TreeSpec:
     """Decode ``treespec_dumps`` JSON (protocol 1). Errors name ``member`` and ``path``."""
     try:
         data = jsontext.loads(text) if isinstance(text, str) else text
@@ -188,7 +218,9 @@ def parse_treespec(text: str, *, namedtuple_fields: dict[str, list[str]] | None 
     if not (isinstance(data, list) and len(data) == 2):
         raise SchemaError("tree spec must be [protocol, spec]", member=member, path=path)
     if data[0] != 1:
-        raise SchemaError(f"unknown tree spec protocol {data[0]!r} (only 1 is known)", member=member, path=path)
+        raise SchemaError(
+            f"unknown tree spec protocol {data[0]!r} (only 1 is known)", member=member, path=path
+        )
     return _parse_node(data[1], namedtuple_fields or {}, member, path or "spec", 0)
 
 
@@ -196,54 +228,97 @@ def _parse_node(obj: Any, nt_fields: dict, member, path: str, depth: int) -> Tre
     if depth > _MAX_DEPTH:
         raise SchemaError("tree spec nested too deeply", member=member, path=path)
     if not isinstance(obj, dict):
-        raise SchemaError(f"tree spec node must be an object, got {type(obj).__name__}", member=member, path=path)
+        raise SchemaError(
+            f"tree spec node must be an object, got {type(obj).__name__}", member=member, path=path
+        )
     t = obj.get("type")
     kids_raw = obj.get("children_spec") or []
     if not isinstance(kids_raw, list):
-        raise SchemaError("children_spec must be a list", member=member, path=path + ".children_spec")
+        raise SchemaError(
+            "children_spec must be a list", member=member, path=path + ".children_spec"
+        )
     if t is None:
         return TreeSpec(None)
     if t == _NONE and kids_raw:
-        raise SchemaError("a None tree spec node cannot have children", member=member, path=path + ".children_spec")
+        raise SchemaError(
+            "a None tree spec node cannot have children",
+            member=member,
+            path=path + ".children_spec",
+        )
     if t not in KNOWN_TYPES:
-        raise SchemaError(f"tree spec names type {t!r}, which pt2interp cannot rebuild without importing it "
-                          f"(known: tuple, list, dict, OrderedDict, defaultdict, namedtuple, None)",
-                          member=member, path=path + ".type")
+        raise SchemaError(
+            f"tree spec names type {t!r}, which pt2interp cannot rebuild without importing it "
+            f"(known: tuple, list, dict, OrderedDict, defaultdict, namedtuple, None)",
+            member=member,
+            path=path + ".type",
+        )
     ctx_raw = obj.get("context")
     try:
         ctx = jsontext.loads(ctx_raw) if isinstance(ctx_raw, str) else ctx_raw
     except jsontext.NestingError:
-        raise SchemaError("tree spec context nested too deeply", member=member, path=path + ".context") from None
+        raise SchemaError(
+            "tree spec context nested too deeply", member=member, path=path + ".context"
+        ) from None
     except ValueError:
         ctx = ctx_raw  # namedtuple contexts are plain type names, not JSON
-    children = tuple(_parse_node(c, nt_fields, member, f"{path}.children_spec[{i}]", depth + 1)
-                     for i, c in enumerate(kids_raw))
+    children = tuple(
+        _parse_node(c, nt_fields, member, f"{path}.children_spec[{i}]", depth + 1)
+        for i, c in enumerate(kids_raw)
+    )
     fields = None
     if t == _NAMEDTUPLE:
         if not isinstance(ctx, str):
-            raise SchemaError(f"namedtuple tree spec context must be a type name, got {type(ctx).__name__}",
-                              member=member, path=path + ".context")
+            raise SchemaError(
+                f"namedtuple tree spec context must be a type name, got {type(ctx).__name__}",
+                member=member,
+                path=path + ".context",
+            )
         raw_fields = nt_fields.get(ctx)
         if isinstance(raw_fields, dict):
             raw_fields = raw_fields.get("field_names")
-        if raw_fields and not (isinstance(raw_fields, list) and all(isinstance(f, str) for f in raw_fields)):
-            raise SchemaError(f"namedtuple {ctx!r}: field names must be a list of strings",
-                              member=member, path=path)
-        fields = tuple(raw_fields) if raw_fields else tuple(f"field_{i}" for i in range(len(children)))
+        if raw_fields and not (
+            isinstance(raw_fields, list) and all(isinstance(f, str) for f in raw_fields)
+        ):
+            raise SchemaError(
+                f"namedtuple {ctx!r}: field names must be a list of strings",
+                member=member,
+                path=path,
+            )
+        fields = (
+            tuple(raw_fields) if raw_fields else tuple(f"field_{i}" for i in range(len(children)))
+        )
         if len(fields) != len(children):
-            raise SchemaError(f"namedtuple {ctx!r} has {len(fields)} fields but {len(children)} children",
-                              member=member, path=path)
-    if t in (_DICT, _ORDERED_DICT, _IMMUTABLE_DICT) and (not isinstance(ctx, list) or len(ctx) != len(children)):
-        raise SchemaError("dict tree spec context must list one key per child", member=member, path=path + ".context")
-    if t == _DEFAULT_DICT and not (isinstance(ctx, dict) and isinstance(ctx.get("dict_context"), list)
-                                   and len(ctx["dict_context"]) == len(children)):
-        raise SchemaError("defaultdict tree spec context lacks dict_context (one key per child)",
-                          member=member, path=path + ".context")
+            raise SchemaError(
+                f"namedtuple {ctx!r} has {len(fields)} fields but {len(children)} children",
+                member=member,
+                path=path,
+            )
+    if t in (_DICT, _ORDERED_DICT, _IMMUTABLE_DICT) and (
+        not isinstance(ctx, list) or len(ctx) != len(children)
+    ):
+        raise SchemaError(
+            "dict tree spec context must list one key per child",
+            member=member,
+            path=path + ".context",
+        )
+    if t == _DEFAULT_DICT and not (
+        isinstance(ctx, dict)
+        and isinstance(ctx.get("dict_context"), list)
+        and len(ctx["dict_context"]) == len(children)
+    ):
+        raise SchemaError(
+            "defaultdict tree spec context lacks dict_context (one key per child)",
+            member=member,
+            path=path + ".context",
+        )
     if t in (_DICT, _ORDERED_DICT, _IMMUTABLE_DICT, _DEFAULT_DICT):
         keys = ctx["dict_context"] if t == _DEFAULT_DICT else ctx
         if not all(isinstance(k, _KEY_TYPES) for k in keys):
-            raise SchemaError("dict tree spec keys must be strings, numbers, booleans or null",
-                              member=member, path=path + ".context")
+            raise SchemaError(
+                "dict tree spec keys must be strings, numbers, booleans or null",
+                member=member,
+                path=path + ".context",
+            )
     return TreeSpec(t, ctx, children, fields)
 
 
@@ -254,6 +329,7 @@ _KEY_TYPES = (str, int, float, type(None))
 # One spelling of a program's input and output leaves, shared by `info`, `run`, the server and
 # the calling convention: parameter names for inputs, `out` for outputs, nested levels joined
 # with dots (`xs.0`, `out.sum`, `out.pair.0`, a namedtuple's field names).
+
 
 def leaf_paths(spec: TreeSpec, base: str) -> list[str]:
     """``base`` for a leaf; ``base.<key>`` for each leaf below it (dict keys, namedtuple fields,
@@ -271,7 +347,9 @@ def leaf_paths(spec: TreeSpec, base: str) -> list[str]:
     return [p for k, c in zip(keys, spec.children) for p in leaf_paths(c, f"{base}.{k}")]
 
 
-def input_leaf_names(in_spec: TreeSpec | None, arg_names: list[str]) -> list[tuple[str, bool]] | None:
+def input_leaf_names(
+    in_spec: TreeSpec | None, arg_names: list[str]
+) -> list[tuple[str, bool]] | None:
     """``(name, is_keyword)`` of every input leaf of a ``((args...), {kwargs})`` spec: forward's
     parameter names, dotted below them; None where the spec has another shape."""
     if in_spec is None or in_spec.type != _TUPLE or len(in_spec.children) != 2:

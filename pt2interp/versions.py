@@ -14,25 +14,72 @@ NEWEST_KNOWN = (8, 20)
 
 # ScalarType numbers → torch dtype names (without "torch.").
 SCALAR_TYPES: dict[int, str] = {
-    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32",
-    8: "float64", 9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16",
-    28: "uint16", 29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz",
-    32: "float8_e5m2fnuz", 33: "float8_e8m0fnu", 34: "uint32", 35: "uint64",
+    1: "uint8",
+    2: "int8",
+    3: "int16",
+    4: "int32",
+    5: "int64",
+    6: "float16",
+    7: "float32",
+    8: "float64",
+    9: "complex32",
+    10: "complex64",
+    11: "complex128",
+    12: "bool",
+    13: "bfloat16",
+    28: "uint16",
+    29: "float8_e4m3fn",
+    30: "float8_e5m2",
+    31: "float8_e4m3fnuz",
+    32: "float8_e5m2fnuz",
+    33: "float8_e8m0fnu",
+    34: "uint32",
+    35: "uint64",
 }
 
 # Bytes per element of each dtype name.
 ITEMSIZE: dict[str, int] = {
-    "uint8": 1, "int8": 1, "int16": 2, "int32": 4, "int64": 8, "float16": 2, "float32": 4,
-    "float64": 8, "complex32": 4, "complex64": 8, "complex128": 16, "bool": 1, "bfloat16": 2,
-    "uint16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1,
-    "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1, "uint32": 4, "uint64": 8,
+    "uint8": 1,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "float16": 2,
+    "float32": 4,
+    "float64": 8,
+    "complex32": 4,
+    "complex64": 8,
+    "complex128": 16,
+    "bool": 1,
+    "bfloat16": 2,
+    "uint16": 2,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+    "uint32": 4,
+    "uint64": 8,
 }
 
-LAYOUTS: dict[int, str] = {0: "unknown", 1: "sparse_coo", 2: "sparse_csr", 3: "sparse_csc",
-                           4: "sparse_bsr", 5: "sparse_bsc", 6: "_mkldnn", 7: "strided"}
+LAYOUTS: dict[int, str] = {
+    0: "unknown",
+    1: "sparse_coo",
+    2: "sparse_csr",
+    3: "sparse_csc",
+    4: "sparse_bsr",
+    5: "sparse_bsc",
+    6: "_mkldnn",
+    7: "strided",
+}
 
-MEMORY_FORMATS: dict[int, str] = {0: "unknown", 1: "contiguous_format", 2: "channels_last",
-                                  3: "channels_last_3d", 4: "preserve_format"}
+MEMORY_FORMATS: dict[int, str] = {
+    0: "unknown",
+    1: "contiguous_format",
+    2: "channels_last",
+    3: "channels_last_3d",
+    4: "preserve_format",
+}
 
 # Argument union tags, old spelling → current spelling. Unions in schema 1/2 were written
 # with every tag present; from 5.1 on a union is a one-key object. Both reach the same tags.
@@ -92,13 +139,15 @@ def unrecorded_input_kind(target: str, name: str) -> int | None:
 
 # Floats that JSON cannot spell: torch 2.7+ writes these strings; older files the bare tokens
 # that Python's json module already accepts.
-SPECIAL_FLOATS: dict[str, float] = {"Infinity": float("inf"), "-Infinity": float("-inf"),
-                                    "NaN": float("nan")}
+SPECIAL_FLOATS: dict[str, float] = {
+    "Infinity": float("inf"),
+    "-Infinity": float("-inf"),
+    "NaN": float("nan"),
+}
 
 # Range-constraint bounds at or beyond these magnitudes mean "unbounded" (torch writes int_oo
 # as a huge int in some versions, infinity floats in others).
 UNBOUNDED_THRESHOLD = 2**62
-
 
 
 PT2_MODELS_DIR = "models/"
@@ -109,7 +158,7 @@ PT2_AOTI_DIR = "data/aotinductor/"
 PT2_EXTRA_DIR = "extra/"
 PT2_WEIGHTS_CONFIG = "data/weights/{}_weights_config.json"
 PT2_CONSTANTS_CONFIG = "data/constants/{}_constants_config.json"
-PT2_PICKLED_WEIGHTS = "data/weights/{}.pt"      # torch 2.8
+PT2_PICKLED_WEIGHTS = "data/weights/{}.pt"  # torch 2.8
 PT2_PICKLED_CONSTANTS = "data/constants/{}.pt"  # torch 2.8
 
 LEGACY_PROGRAM = "serialized_exported_program.json"

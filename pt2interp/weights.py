@@ -49,6 +49,7 @@ def load_weights(archive: Archive, model_name: str) -> LoadedWeights:
 
 # -- legacy layout (torch 2.1 to 2.7) -------------------------------------------------------
 
+
 def _load_legacy(archive: Archive) -> LoadedWeights:
     state = _first_pickled(archive, versions.LEGACY_STATE_DICT, "state dict")
     consts = _first_pickled(archive, versions.LEGACY_CONSTANTS, "constants")
@@ -61,8 +62,10 @@ def _first_pickled(archive: Archive, names: tuple[str, ...], what: str) -> dict:
         if archive.has(name):
             obj = load_pickled(archive, name)
             if not isinstance(obj, dict):
-                raise WeightError(f"{archive.source}: {archive.member_path(name)} holds a "
-                                  f"{type(obj).__name__}, expected a dict of tensors ({what})")
+                raise WeightError(
+                    f"{archive.source}: {archive.member_path(name)} holds a "
+                    f"{type(obj).__name__}, expected a dict of tensors ({what})"
+                )
             return obj
     return {}
 
@@ -75,8 +78,10 @@ def load_pickled(archive: Archive, relative: str) -> object:
     try:
         obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 (torch raises UnpicklingError, RuntimeError, ... for bad payloads)
-        raise WeightError(f"{where} cannot be loaded safely (weights_only): "
-                          f"{type(exc).__name__}: {_torch_load_reason(exc)}") from None
+        raise WeightError(
+            f"{where} cannot be loaded safely (weights_only): "
+            f"{type(exc).__name__}: {_torch_load_reason(exc)}"
+        ) from None
     _check_tensor_sizes(obj, where)
     return obj
 
@@ -98,8 +103,13 @@ def _check_torch_save_zip(data: bytes, where: str) -> None:
     overlapping entries, compression ratios; and a zip that starts with its first member, for
     torch.load takes anything else for a pre-1.6 raw pickle, which allocates storages of pickled
     sizes before reading them). torch.load checks no CRC: every record's is verified here."""
-    payload = ZipDirectory(io.BytesIO(data), where, error=WeightError, not_a_zip="not a torch.save zip payload",
-                           read_in_full=True)
+    payload = ZipDirectory(
+        io.BytesIO(data),
+        where,
+        error=WeightError,
+        not_a_zip="not a torch.save zip payload",
+        read_in_full=True,
+    )
     with payload.zip:
         payload.check_all_crcs()
 
@@ -115,8 +125,10 @@ def _check_tensor_sizes(obj: object, where: str) -> None:
         value, key = stack.pop()
         if isinstance(value, torch.Tensor):
             if value.numel() * value.element_size() > _INT64_MAX:
-                raise WeightError(f"{where}: tensor {key!r} has sizes {list(value.shape)}, "
-                                  f"{value.numel() * value.element_size()} bytes: more than int64 can count")
+                raise WeightError(
+                    f"{where}: tensor {key!r} has sizes {list(value.shape)}, "
+                    f"{value.numel() * value.element_size()} bytes: more than int64 can count"
+                )
         elif isinstance(value, (dict, list, tuple)) and id(value) not in seen:
             seen.add(id(value))
             items = value.items() if isinstance(value, dict) else ((key, v) for v in value)
@@ -134,6 +146,7 @@ def _plain(d: dict) -> dict:
 
 # -- PT2 archive (torch 2.8+) ----------------------------------------------------------------
 
+
 def _load_pt2(archive: Archive, model: str) -> LoadedWeights:
     pickled_w = versions.PT2_PICKLED_WEIGHTS.format(model)
     if archive.has(pickled_w):  # torch 2.8
@@ -145,8 +158,12 @@ def _load_pt2(archive: Archive, model: str) -> LoadedWeights:
         params = {k for k, v in state.items() if isinstance(v, torch.nn.Parameter)}
         return LoadedWeights(_plain(state), _plain(consts), params)
 
-    tensors, params = _load_payloads(archive, versions.PT2_WEIGHTS_CONFIG.format(model), versions.PT2_WEIGHTS_DIR)
-    consts, _ = _load_payloads(archive, versions.PT2_CONSTANTS_CONFIG.format(model), versions.PT2_CONSTANTS_DIR)
+    tensors, params = _load_payloads(
+        archive, versions.PT2_WEIGHTS_CONFIG.format(model), versions.PT2_WEIGHTS_DIR
+    )
+    consts, _ = _load_payloads(
+        archive, versions.PT2_CONSTANTS_CONFIG.format(model), versions.PT2_CONSTANTS_DIR
+    )
     return LoadedWeights(tensors, consts, params)
 
 
@@ -171,8 +188,9 @@ def _load_payloads(archive: Archive, config_member: str, base_dir: str) -> tuple
         tm = meta.tensor_meta
         flat = storages.get(meta.path_name)
         if flat is None:
-            flat = _flat_storage(archive, base_dir + meta.path_name, tm, where, big_endian,
-                                 needed[meta.path_name])
+            flat = _flat_storage(
+                archive, base_dir + meta.path_name, tm, where, big_endian, needed[meta.path_name]
+            )
             storages[meta.path_name] = flat
         out[fqn] = view_of_storage(flat, tm, where, zero_budget)
         if meta.is_param:
@@ -186,8 +204,14 @@ def _archive_is_big_endian(archive: Archive) -> bool:
     return False
 
 
-def _flat_storage(archive: Archive, member: str, tm: TensorMeta, where: str, big_endian: bool,
-                  needed: int | None = None) -> torch.Tensor:
+def _flat_storage(
+    archive: Archive,
+    member: str,
+    tm: TensorMeta,
+    where: str,
+    big_endian: bool,
+    needed: int | None = None,
+) -> torch.Tensor:
     dtype = torch_dtype(tm.dtype, where=where)
     itemsize = versions.ITEMSIZE[tm.dtype]
     if check_record(archive, member, itemsize, tm.dtype, needed, where).size == 0:
@@ -201,8 +225,9 @@ def _flat_storage(archive: Archive, member: str, tm: TensorMeta, where: str, big
     return flat
 
 
-def view_of_storage(flat: torch.Tensor, tm: TensorMeta, where: str,
-                    zero_budget: list[int] | None = None) -> torch.Tensor:
+def view_of_storage(
+    flat: torch.Tensor, tm: TensorMeta, where: str, zero_budget: list[int] | None = None
+) -> torch.Tensor:
     """``as_strided`` view of a flat storage, refusing views that reach past its end (the
     checks of :func:`pt2interp.numpy_weights.check_view`, which ``zero_budget`` is passed to)."""
     budget = zero_budget if zero_budget is not None else [MAX_ZERO_FILL_BYTES]
@@ -212,7 +237,9 @@ def view_of_storage(flat: torch.Tensor, tm: TensorMeta, where: str,
     try:
         return flat.as_strided(tm.sizes, tm.strides, tm.storage_offset)
     except RuntimeError as exc:  # what torch refuses beyond check_view's rules
-        raise WeightError(f"{where}cannot view sizes {list(tm.sizes)} strides {list(tm.strides)}: {exc}") from None
+        raise WeightError(
+            f"{where}cannot view sizes {list(tm.sizes)} strides {list(tm.strides)}: {exc}"
+        ) from None
 
 
 @dataclass(frozen=True)

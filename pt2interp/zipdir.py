@@ -60,10 +60,10 @@ class Member:
 
 @dataclass(frozen=True)
 class _EndRecord:
-    entries: int           # as the end record (or the zip64 one) declares them
+    entries: int  # as the end record (or the zip64 one) declares them
     directory_offset: int  # where it says the central directory starts
     directory_size: int
-    directory_start: int   # where the central directory is: just before the end record(s)
+    directory_start: int  # where the central directory is: just before the end record(s)
 
 
 class ZipDirectory:
@@ -80,8 +80,15 @@ class ZipDirectory:
     every member's compression ratio, and their total, is checked now rather than on read.
     """
 
-    def __init__(self, fileobj: BinaryIO, source: str, *, error: type[Pt2Error] = FormatError,
-                 not_a_zip: str = "not a readable zip archive", read_in_full: bool = False):
+    def __init__(
+        self,
+        fileobj: BinaryIO,
+        source: str,
+        *,
+        error: type[Pt2Error] = FormatError,
+        not_a_zip: str = "not a readable zip archive",
+        read_in_full: bool = False,
+    ):
         self.source, self._error, self._fileobj = source, error, fileobj
         self._fd = _file_descriptor(fileobj)
         try:
@@ -108,9 +115,11 @@ class ZipDirectory:
         if end is not None and self.zip.start_dir != end.directory_offset:
             # zipfile shifts every offset by the difference, torch's reader does not: the two
             # would read different bytes for the same member
-            raise self._error(f"{self.source}: the end record places the central directory at offset "
-                              f"{end.directory_offset} but it lies at {self.zip.start_dir} "
-                              "(bytes before the zip, or a corrupt end record)")
+            raise self._error(
+                f"{self.source}: the end record places the central directory at offset "
+                f"{end.directory_offset} but it lies at {self.zip.start_dir} "
+                "(bytes before the zip, or a corrupt end record)"
+            )
         if self.zip.filelist and self._read_at(0, 4) != _LOCAL_HEADER_SIG.to_bytes(4, "little"):
             # torch.load takes a payload that does not start with a local header for a raw pickle
             raise self._error(f"{self.source}: the zip does not start with a member's local header")
@@ -119,8 +128,11 @@ class ZipDirectory:
             self.members[info.filename] = self._check_entry(info, read_in_full)
         budget = limits.current().max_archive_members
         if len(self.members) > budget:  # an end record zipfile read differently from _end_record
-            raise LimitError(f"{self.source}: the zip holds {len(self.members)} members, more than the "
-                             f"{budget} an archive may have", limit="max_archive_members")
+            raise LimitError(
+                f"{self.source}: the zip holds {len(self.members)} members, more than the "
+                f"{budget} an archive may have",
+                limit="max_archive_members",
+            )
         if read_in_full:
             self._check_total_size()
         self._data_start = self._locate_data()
@@ -128,12 +140,21 @@ class ZipDirectory:
     def _check_member_count(self, end: _EndRecord) -> None:
         budget = limits.current().max_archive_members
         if end.entries > budget:
-            raise LimitError(f"{self.source}: the zip declares {end.entries} members, more than the "
-                             f"{budget} an archive may have", limit="max_archive_members")
+            raise LimitError(
+                f"{self.source}: the zip declares {end.entries} members, more than the "
+                f"{budget} an archive may have",
+                limit="max_archive_members",
+            )
         # zipfile parses every header the directory's size holds, whatever the count says
-        if end.directory_size > budget * _CENTRAL_HEADER_SIZE and self._count_central_headers(end, budget) > budget:
-            raise LimitError(f"{self.source}: the zip's central directory holds more than {budget} members "
-                             f"(its end record declares {end.entries})", limit="max_archive_members")
+        if (
+            end.directory_size > budget * _CENTRAL_HEADER_SIZE
+            and self._count_central_headers(end, budget) > budget
+        ):
+            raise LimitError(
+                f"{self.source}: the zip's central directory holds more than {budget} members "
+                f"(its end record declares {end.entries})",
+                limit="max_archive_members",
+            )
 
     def _count_central_headers(self, end: _EndRecord, budget: int) -> int:
         """Header signatures in the central directory (an upper bound on its entries), read in
@@ -146,7 +167,7 @@ class ZipDirectory:
             if not chunk:
                 break
             count += (carry + chunk).count(_CENTRAL_HEADER_SIG)  # carry is too short to hold one
-            carry, pos = chunk[-(len(_CENTRAL_HEADER_SIG) - 1):], pos + len(chunk)
+            carry, pos = chunk[-(len(_CENTRAL_HEADER_SIG) - 1) :], pos + len(chunk)
         return count
 
     def _check_entry(self, info: zipfile.ZipInfo, read_in_full: bool) -> Member:
@@ -159,17 +180,29 @@ class ZipDirectory:
         if info.file_size < 0 or info.compress_size < 0:
             raise error(f"{source}: member {name!r} has a negative size")
         if info.header_offset < 0:
-            raise error(f"{source}: member {name!r} has a negative header offset "
-                        f"{info.header_offset} (corrupt central directory)")
-        member = Member(name, info.file_size, info.compress_size,
-                        info.compress_type == zipfile.ZIP_STORED, info.header_offset, info.CRC)
+            raise error(
+                f"{source}: member {name!r} has a negative header offset "
+                f"{info.header_offset} (corrupt central directory)"
+            )
+        member = Member(
+            name,
+            info.file_size,
+            info.compress_size,
+            info.compress_type == zipfile.ZIP_STORED,
+            info.header_offset,
+            info.CRC,
+        )
         if read_in_full:  # first: a bomb is reported as one, whatever its compression method
             self.check_ratio(member)
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise error(f"{source}: member {name!r} uses unsupported compression {info.compress_type}")
+            raise error(
+                f"{source}: member {name!r} uses unsupported compression {info.compress_type}"
+            )
         if member.stored and member.size != member.compressed_size:
-            raise error(f"{source}: member {name!r} is stored uncompressed but its sizes differ "
-                        f"({member.compressed_size} stored, {member.size} declared)")
+            raise error(
+                f"{source}: member {name!r} is stored uncompressed but its sizes differ "
+                f"({member.compressed_size} stored, {member.size} declared)"
+            )
         return member
 
     def _check_total_size(self) -> None:
@@ -177,9 +210,11 @@ class ZipDirectory:
         # and does not depend on the overlap checks being complete.
         total = sum(m.size for m in self.members.values())
         if total > max(self.size, 1) * MAX_COMPRESSION_RATIO:
-            raise self._error(f"{self.source}: its members would inflate to {total} bytes in all, over "
-                              f"{MAX_COMPRESSION_RATIO} times the zip's {self.size} bytes: refusing "
-                              "a likely zip bomb")
+            raise self._error(
+                f"{self.source}: its members would inflate to {total} bytes in all, over "
+                f"{MAX_COMPRESSION_RATIO} times the zip's {self.size} bytes: refusing "
+                "a likely zip bomb"
+            )
 
     def _locate_data(self) -> dict[str, int]:
         """Where each member's data starts, once its local header agrees with the directory.
@@ -191,22 +226,28 @@ class ZipDirectory:
         for m in self.members.values():
             other = owner.setdefault(m.header_offset, m.name)
             if other != m.name:
-                raise self._error(f"{self.source}: members {other!r} and {m.name!r} share the local "
-                                  f"header at offset {m.header_offset} (overlapping entries)")
+                raise self._error(
+                    f"{self.source}: members {other!r} and {m.name!r} share the local "
+                    f"header at offset {m.header_offset} (overlapping entries)"
+                )
         starts = sorted(owner)
         start_dir = self.zip.start_dir
         data_start = {}
         for m in self.members.values():
             if m.header_offset + _LOCAL_HEADER.size > start_dir:
-                raise self._error(f"{self.source}: member {m.name!r} has its local header at offset "
-                                  f"{m.header_offset}, not before the central directory at {start_dir}")
+                raise self._error(
+                    f"{self.source}: member {m.name!r} has its local header at offset "
+                    f"{m.header_offset}, not before the central directory at {start_dir}"
+                )
             i = bisect.bisect_right(starts, m.header_offset)
             limit = min(starts[i], start_dir) if i < len(starts) else start_dir
             start = self._check_local_header(m)
             if start + m.compressed_size > limit:
-                raise self._error(f"{self.source}: member {m.name!r} declares {m.compressed_size} bytes, "
-                                  f"more than fit before the next member at offset {limit} "
-                                  "(overlapping or corrupt entries)")
+                raise self._error(
+                    f"{self.source}: member {m.name!r} declares {m.compressed_size} bytes, "
+                    f"more than fit before the next member at offset {limit} "
+                    "(overlapping or corrupt entries)"
+                )
             data_start[m.name] = start
         return data_start
 
@@ -220,10 +261,12 @@ class ZipDirectory:
             raw = self._read_at(m.header_offset, header + len(m.name.encode("utf-8")))
             if len(raw) < header:
                 raise error(f"{source}: local header of {m.name!r} is truncated")
-            sig, _, flags, method, _, _, crc, csize, size, name_len, extra_len = _LOCAL_HEADER.unpack_from(raw)
+            sig, _, flags, method, _, _, crc, csize, size, name_len, extra_len = (
+                _LOCAL_HEADER.unpack_from(raw)
+            )
             if sig != _LOCAL_HEADER_SIG:
                 raise error(f"{source}: bad local header signature for {m.name!r}")
-            local_name = raw[header:header + name_len]
+            local_name = raw[header : header + name_len]
             if len(local_name) != name_len:
                 local_name = self._read_at(m.header_offset + header, name_len)
             if _ZIP64_MARK in (csize, size) and not flags & _FLAG_DATA_DESCRIPTOR:
@@ -232,20 +275,29 @@ class ZipDirectory:
         except OSError as exc:
             raise error(f"{source}: cannot read the local header of {m.name!r} ({exc})") from None
         if local_name not in (m.name.encode("utf-8"), m.name.encode("cp437", "replace")):
-            raise error(f"{source}: the local header at offset {m.header_offset} names "
-                        f"{local_name[:100]!r}, not {m.name!r} (corrupt central directory)")
+            raise error(
+                f"{source}: the local header at offset {m.header_offset} names "
+                f"{local_name[:100]!r}, not {m.name!r} (corrupt central directory)"
+            )
         if flags & _FLAG_ENCRYPTED:
-            raise error(f"{source}: member {m.name!r} is encrypted (so its local header says); "
-                        "encrypted members are not read")
+            raise error(
+                f"{source}: member {m.name!r} is encrypted (so its local header says); "
+                "encrypted members are not read"
+            )
         central_method = zipfile.ZIP_STORED if m.stored else zipfile.ZIP_DEFLATED
         disagreements = [("compression method", central_method, method)]
         if not flags & _FLAG_DATA_DESCRIPTOR:  # otherwise the local fields are zeros
-            disagreements += [("compressed size", m.compressed_size, csize), ("size", m.size, size),
-                              ("CRC-32", m.crc, crc)]
+            disagreements += [
+                ("compressed size", m.compressed_size, csize),
+                ("size", m.size, size),
+                ("CRC-32", m.crc, crc),
+            ]
         for field, central, local in disagreements:
             if central != local:
-                raise error(f"{source}: member {m.name!r}: the central directory declares {field} "
-                            f"{central}, its local header {local} (corrupt or forged entry)")
+                raise error(
+                    f"{source}: member {m.name!r}: the central directory declares {field} "
+                    f"{central}, its local header {local} (corrupt or forged entry)"
+                )
         return m.header_offset + header + name_len + extra_len
 
     # -- reading ---------------------------------------------------------------------------
@@ -255,25 +307,40 @@ class ZipDirectory:
 
     def check_ratio(self, m: Member) -> None:
         if not m.stored and m.size > max(m.compressed_size, 1) * MAX_COMPRESSION_RATIO:
-            raise self._error(f"{self.source}: member {m.name!r} would inflate {m.compressed_size} bytes "
-                              f"to {m.size} (ratio over {MAX_COMPRESSION_RATIO}): refusing a likely "
-                              "zip bomb (compression bomb)")
+            raise self._error(
+                f"{self.source}: member {m.name!r} would inflate {m.compressed_size} bytes "
+                f"to {m.size} (ratio over {MAX_COMPRESSION_RATIO}): refusing a likely "
+                "zip bomb (compression bomb)"
+            )
 
     def read(self, name: str, *, limit: int | None = None) -> bytes:
         """The member's bytes, CRC-checked, refusing sizes over ``limit`` or absurd ratios."""
         m, source, error = self.members[name], self.source, self._error
         if limit is not None and m.size > limit:
-            raise error(f"{source}: member {m.name!r} declares {m.size} bytes, over the limit of {limit}")
+            raise error(
+                f"{source}: member {m.name!r} declares {m.size} bytes, over the limit of {limit}"
+            )
         self.check_ratio(m)
         try:
             with self.zip.open(m.name) as f:
                 data = f.read(m.size + 1)
         except zipfile.BadZipFile as exc:
             raise error(f"{source}: member {m.name!r} is corrupt ({exc})") from None
-        except (OSError, EOFError, zlib.error, ValueError, struct.error, NotImplementedError) as exc:
-            raise error(f"{source}: member {m.name!r} cannot be read ({type(exc).__name__}: {exc})") from None
+        except (
+            OSError,
+            EOFError,
+            zlib.error,
+            ValueError,
+            struct.error,
+            NotImplementedError,
+        ) as exc:
+            raise error(
+                f"{source}: member {m.name!r} cannot be read ({type(exc).__name__}: {exc})"
+            ) from None
         if len(data) != m.size:
-            raise error(f"{source}: member {m.name!r} holds {len(data)} bytes, its header declares {m.size}")
+            raise error(
+                f"{source}: member {m.name!r} holds {len(data)} bytes, its header declares {m.size}"
+            )
         return data
 
     def check_crc(self, m: Member, data) -> None:
@@ -293,8 +360,10 @@ class ZipDirectory:
 
     def _compare_crc(self, m: Member, crc: int) -> None:
         if crc != m.crc:
-            raise self._error(f"{self.source}: member {m.name!r} is corrupt: its bytes have CRC-32 "
-                              f"{crc:08x}, the directory declares {m.crc:08x}")
+            raise self._error(
+                f"{self.source}: member {m.name!r} is corrupt: its bytes have CRC-32 "
+                f"{crc:08x}, the directory declares {m.crc:08x}"
+            )
 
     def _read_at(self, offset: int, size: int) -> bytes:
         if self._fd is not None:
@@ -316,7 +385,7 @@ def _end_record(read_at: Callable[[int, int], bytes], size: int) -> _EndRecord |
     tail_start = max(size - _END.size - (1 << 16), 0)
     tail = read_at(tail_start, size - tail_start)
     pos = len(tail) - _END.size
-    if pos < 0 or tail[pos:pos + 4] != _END_SIG or tail[-2:] != b"\0\0":
+    if pos < 0 or tail[pos : pos + 4] != _END_SIG or tail[-2:] != b"\0\0":
         pos = tail.rfind(_END_SIG)
         if pos < 0 or pos + _END.size > len(tail):
             return None
@@ -326,8 +395,10 @@ def _end_record(read_at: Callable[[int, int], bytes], size: int) -> _EndRecord |
     record = location - _END64_LOCATOR.size - _END64.size
     if record >= 0:
         raw = read_at(record, _END64.size + _END64_LOCATOR.size)
-        if len(raw) == _END64.size + _END64_LOCATOR.size \
-                and _END64_LOCATOR.unpack_from(raw, _END64.size)[0] == _END64_LOCATOR_SIG:
+        if (
+            len(raw) == _END64.size + _END64_LOCATOR.size
+            and _END64_LOCATOR.unpack_from(raw, _END64.size)[0] == _END64_LOCATOR_SIG
+        ):
             fields = _END64.unpack_from(raw)
             if fields[0] == _END64_SIG:
                 entries, directory_size, directory_offset = fields[7], fields[8], fields[9]
@@ -350,7 +421,6 @@ def _zip64_local_sizes(extra: bytes, size: int, csize: int) -> tuple[int, int]:
             break
         pos += 4 + length
     return size, csize
-
 
 
 def _check_member_name(name: str, source: str, error: type[Pt2Error] = FormatError) -> None:

@@ -20,9 +20,9 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 @dataclass(frozen=True)
 class Case:
-    folder: str          # "zoo", "torch-2.5.1", ...
-    name: str            # model name in the manifest
-    ir: str              # "training" or "core"
+    folder: str  # "zoo", "torch-2.5.1", ...
+    name: str  # model name in the manifest
+    ir: str  # "training" or "core"
     path: Path
     entry: dict = field(compare=False, hash=False)
 
@@ -37,7 +37,9 @@ class Case:
     @property
     def torch_version(self) -> str:
         """The release that wrote the archive, as its manifest records it (``2.13.0+cpu``)."""
-        return self.entry.get("torch_version") or _manifest(self.path.parent).get("torch_version", "")
+        return self.entry.get("torch_version") or _manifest(self.path.parent).get(
+            "torch_version", ""
+        )
 
     @property
     def device(self) -> str:
@@ -85,7 +87,9 @@ class Case:
         import torch
 
         npz = np.load(self.path.with_suffix(".npz"))
-        keys = self.entry.get("outputs" + self.suffix) or [k for k in npz.files if k.startswith("out")]
+        keys = self.entry.get("outputs" + self.suffix) or [
+            k for k in npz.files if k.startswith("out")
+        ]
         return {k: torch.from_numpy(npz[k].copy()) for k in keys}
 
     @property
@@ -149,7 +153,10 @@ def torch_outputs(c: Case, args=None, kwargs=None) -> tuple[dict | None, str | N
         with torch.no_grad():
             return flatten_outputs(ep.module()(*args, **(kwargs or {}))), None
     except Exception as exc:  # noqa: BLE001
-        return None, f"torch {torch.__version__} cannot run it: {type(exc).__name__}: {str(exc)[:200]}"
+        return (
+            None,
+            f"torch {torch.__version__} cannot run it: {type(exc).__name__}: {str(exc)[:200]}",
+        )
 
 
 def reference_module(c: Case):
@@ -209,10 +216,15 @@ def generated_code_runs_or_skip(c: Case) -> None:
     import pytest
     import torch
 
-    if c.newer_than_installed_torch and not hasattr(torch._functorch, "predispatch") \
-            and b"torch._functorch.predispatch." in c.path.read_bytes():
-        pytest.skip(f"{c.id}: its generated code calls torch._functorch.predispatch, which torch "
-                    f"{torch.__version__} lacks")
+    if (
+        c.newer_than_installed_torch
+        and not hasattr(torch._functorch, "predispatch")
+        and b"torch._functorch.predispatch." in c.path.read_bytes()
+    ):
+        pytest.skip(
+            f"{c.id}: its generated code calls torch._functorch.predispatch, which torch "
+            f"{torch.__version__} lacks"
+        )
 
 
 def device_change_tolerance(dtype) -> float:
@@ -220,7 +232,12 @@ def device_change_tolerance(dtype) -> float:
     defaults on CUDA): float32 1e-3, half types 2e-2, float64 1e-6, others exact."""
     import torch
 
-    return {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 2e-2}.get(dtype, 0)
+    return {
+        torch.float64: 1e-6,
+        torch.float32: 1e-3,
+        torch.float16: 2e-2,
+        torch.bfloat16: 2e-2,
+    }.get(dtype, 0)
 
 
 def manifests() -> list[Path]:

@@ -35,10 +35,12 @@ def leave_functorch_levels() -> None:
     import torch
 
     functorch = torch._C._functorch
-    leave = {functorch.TransformType.Vmap: functorch._vmap_decrement_nesting,
-             functorch.TransformType.Jvp: functorch._jvp_decrement_nesting,
-             functorch.TransformType.Grad: functorch._grad_decrement_nesting,
-             functorch.TransformType.Functionalize: functorch._func_decrement_nesting}
+    leave = {
+        functorch.TransformType.Vmap: functorch._vmap_decrement_nesting,
+        functorch.TransformType.Jvp: functorch._jvp_decrement_nesting,
+        functorch.TransformType.Grad: functorch._grad_decrement_nesting,
+        functorch.TransformType.Functionalize: functorch._func_decrement_nesting,
+    }
     for _ in range(64):
         if functorch.maybe_current_level() is None:
             break
@@ -62,7 +64,9 @@ def save_or_skip(ep, path: Path) -> Path:
     except Exception as exc:
         if release(installed_torch_version()) >= release(case("zoo", "mlp").torch_version):
             raise
-        pytest.skip(f"torch {torch.__version__} cannot save it ({type(exc).__name__}: {str(exc)[:200]})")
+        pytest.skip(
+            f"torch {torch.__version__} cannot save it ({type(exc).__name__}: {str(exc)[:200]})"
+        )
     return path
 
 
@@ -76,7 +80,9 @@ def assert_bitwise_equal(got, want, name: str = "") -> None:
     assert got.storage_offset() == want.storage_offset(), f"{name}: storage offset differs"
     if got.numel() == 0:
         return
-    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.int64}[got.element_size()]
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.int64}[
+        got.element_size()
+    ]
     g, w = got.detach().contiguous().reshape(-1), want.detach().contiguous().reshape(-1)
     if got.dtype == torch.bool:
         assert torch.equal(g, w), f"{name}: values differ"
@@ -87,12 +93,19 @@ def assert_bitwise_equal(got, want, name: str = "") -> None:
     assert torch.equal(g.view(bits), w.view(bits)), f"{name}: bits differ"
 
 
-def rewrite_zip(src: Path, dst: Path, replace: dict[str, bytes | None] | None = None,
-                add: dict[str, bytes] | None = None, compress: bool = False) -> Path:
+def rewrite_zip(
+    src: Path,
+    dst: Path,
+    replace: dict[str, bytes | None] | None = None,
+    add: dict[str, bytes] | None = None,
+    compress: bool = False,
+) -> Path:
     """Copy a zip, replacing (bytes), dropping (None) or adding members by name."""
     replace = replace or {}
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(
-            dst, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zout:
+    with (
+        zipfile.ZipFile(src) as zin,
+        zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zout,
+    ):
         for info in zin.infolist():
             if info.filename in replace:
                 data = replace[info.filename]
@@ -130,7 +143,9 @@ def running(app):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

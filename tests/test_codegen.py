@@ -34,10 +34,10 @@ from fixture_cases import FIXTURES, case, flatten_outputs, generated_code_runs_o
 from helpers import export_or_skip, leave_functorch_levels, program_member, rewrite_zip
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from pt2interp.codegen import layout, to_python
-from pt2interp.codegen.names import comment, identifier, string_literal
 
 import pt2interp
+from pt2interp.codegen import layout, to_python
+from pt2interp.codegen.names import comment, identifier, string_literal
 
 sys.path.insert(0, str(FIXTURES.parent))  # fixtures.zoo: the exporting modules
 
@@ -68,7 +68,9 @@ def _compare(c, got: dict, want: dict, exact: bool) -> None:
             continue
         assert (g.dtype, g.shape) == (w.dtype, w.shape), key
         if exact:
-            torch.testing.assert_close(g, w, rtol=0, atol=0, msg=lambda m, k=key: f"{c.id} {k}: {m}")
+            torch.testing.assert_close(
+                g, w, rtol=0, atol=0, msg=lambda m, k=key: f"{c.id} {k}: {m}"
+            )
         elif w.dtype in (torch.float16, torch.bfloat16):
             torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2)
         else:
@@ -84,7 +86,11 @@ def _branch_inputs(c, args):
 
 # -- round trip on every fixture ---------------------------------------------------------------
 
-GRAD_MODES = {"grad": contextlib.nullcontext, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+GRAD_MODES = {
+    "grad": contextlib.nullcontext,
+    "no_grad": torch.no_grad,
+    "inference_mode": torch.inference_mode,
+}
 
 
 @pytest.mark.parametrize("mode", GRAD_MODES)
@@ -127,7 +133,9 @@ def test_attention_calls_the_path_export_recorded():
         want = layer(x, x, x, need_weights=False)[0]  # the slow path
     for mode in GRAD_MODES.values():
         with mode():
-            torch.testing.assert_close(namespace["multihead_self_attention"](layer, x), want, rtol=0, atol=0)
+            torch.testing.assert_close(
+                namespace["multihead_self_attention"](layer, x), want, rtol=0, atol=0
+            )
 
 
 def test_from_pt2_helper_loads_weights():
@@ -159,6 +167,7 @@ def test_generated_module_runs_on_cuda(name):
 
 
 # -- standard layers -----------------------------------------------------------------------
+
 
 def _standard_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(elements in torch.nn layers, all elements); tied parameters counted once."""
@@ -230,17 +239,28 @@ def test_resnet18_structure_and_original_checkpoint():
 
 # -- the generated text ----------------------------------------------------------------------
 
+
 @pytest.mark.skipif(RUFF is None, reason="ruff is not installed")
 def test_generated_files_pass_ruff(tmp_path):
     for c in CASES:
         name = f"{c.folder}_{c.path.stem}".replace("-", "_").replace(".", "_")
         (tmp_path / f"{name}.py").write_text(generated(c.path))
     # --isolated: ruff's defaults, not this repository's settings
-    check = subprocess.run([RUFF, "check", "--isolated", "--no-cache", "--output-format", "concise", "."],
-                           cwd=tmp_path, capture_output=True, text=True, check=False)
+    check = subprocess.run(
+        [RUFF, "check", "--isolated", "--no-cache", "--output-format", "concise", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert check.returncode == 0, check.stdout[-3000:]
-    fmt = subprocess.run([RUFF, "format", "--isolated", "--no-cache", "--check", "--diff", "."],
-                         cwd=tmp_path, capture_output=True, text=True, check=False)
+    fmt = subprocess.run(
+        [RUFF, "format", "--isolated", "--no-cache", "--check", "--diff", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert fmt.returncode == 0, fmt.stdout[-3000:]
 
 
@@ -250,14 +270,16 @@ def test_forward_keeps_names_structure_and_source_lines():
     assert 'return {"sum": ' in source and '"pair": (' in source
     assert "# h = self.proj(a) * scale" in source
     bare = to_python(case("zoo", "multi_io").path, comments=False, class_name="MultiIO")
-    assert "#" not in bare[bare.index("class "):bare.index("def from_pt2")]
+    assert "#" not in bare[bare.index("class ") : bare.index("def from_pt2")]
     assert "class MultiIO(nn.Module):" in bare
 
 
 def test_cond_is_an_if_calling_two_branch_methods():
     source = generated(case("zoo", "cond").path)
     assert "if gt:" in source and "def true_branch(self, x):" in source
-    assert "def false_branch(self, x):" in source and "torch . cond" not in _code_without_strings(source)
+    assert "def false_branch(self, x):" in source and "torch . cond" not in _code_without_strings(
+        source
+    )
 
 
 @pytest.fixture(scope="module")
@@ -286,8 +308,11 @@ def dynamic_archive(tmp_path_factory):
     torch.manual_seed(0)
     pair = (torch.randn(3, 8, 8), torch.randn(3, 8, 8))
     batch = torch.export.Dim("batch", min=1, max=64)
-    ep = torch.export.export(Net().eval(), (torch.randn(2, 3, 8, 8), pair),
-                             dynamic_shapes={"x": {0: batch}, "pair": (None, None)})
+    ep = torch.export.export(
+        Net().eval(),
+        (torch.randn(2, 3, 8, 8), pair),
+        dynamic_shapes={"x": {0: batch}, "pair": (None, None)},
+    )
     path = tmp_path_factory.mktemp("dyn") / "dyn.pt2"
     torch.export.save(ep, path)
     return path, pair
@@ -295,7 +320,11 @@ def dynamic_archive(tmp_path_factory):
 
 def _records_namedtuple_fields(path) -> bool:
     with zipfile.ZipFile(path) as z:
-        return bool(json.loads(z.read(program_member(path)))["graph_module"].get("treespec_namedtuple_fields"))
+        return bool(
+            json.loads(z.read(program_member(path)))["graph_module"].get(
+                "treespec_namedtuple_fields"
+            )
+        )
 
 
 def test_dynamic_dims_stay_dynamic(dynamic_archive):
@@ -309,7 +338,9 @@ def test_dynamic_dims_stay_dynamic(dynamic_archive):
         x = torch.randn(batch, 3, 8, 8)
         got, want = model(x, pair), reference(x, pair)
         # torch 2.5 writes no namedtuple field names: then both say field_0, field_1
-        fields = ("logits", "features") if _records_namedtuple_fields(path) else ("field_0", "field_1")
+        fields = (
+            ("logits", "features") if _records_namedtuple_fields(path) else ("field_0", "field_1")
+        )
         assert type(got).__name__ == "Out" and got._fields == fields
         for g, w in zip(got, want):
             torch.testing.assert_close(g.detach(), w.detach(), rtol=0, atol=0)
@@ -324,7 +355,9 @@ class _NestedCond(torch.nn.Module):
 
     def forward(self, x):
         def outer_true(x):
-            return torch.cond(x.max() > 1, lambda x: x * self.w, lambda x: x - self.w, (x,)), x.sin()
+            return torch.cond(
+                x.max() > 1, lambda x: x * self.w, lambda x: x - self.w, (x,)
+            ), x.sin()
 
         def outer_false(x):
             return x.cos(), x + 1
@@ -387,8 +420,10 @@ class _TrainMode(torch.nn.Module):
 
 _EXPORTED = {
     "nested_cond": (lambda: _NestedCond(), lambda: (torch.randn(4).abs() + 0.5,)),
-    "more_layers": (lambda: _MoreLayers().eval(),
-                    lambda: (torch.randint(0, 10, (2, 8)), torch.randn(1, 2, 5), torch.randn(1, 2, 5))),
+    "more_layers": (
+        lambda: _MoreLayers().eval(),
+        lambda: (torch.randint(0, 10, (2, 8)), torch.randn(1, 2, 5), torch.randn(1, 2, 5)),
+    ),
     "train_mode": (lambda: _TrainMode().train(), lambda: (torch.randn(2, 3, 8, 8),)),
     "norms": (lambda: _Norms().eval(), lambda: (torch.randn(2, 4, 8, 8),)),
 }
@@ -418,13 +453,22 @@ def test_models_exported_here(tmp_path, name, ir):
             for key in want:
                 torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
     if name == "more_layers":
-        for layer in ("nn.Embedding(10, 4, padding_idx=0)", "nn.Conv1d(4, 6, 3, padding=1, groups=2)",
-                      "nn.GroupNorm(2, 6)", "nn.LSTM(6, 5, batch_first=True)", "self.lstm(",
-                      "nn.ConvTranspose1d(5, 3, 2, stride=2)"):
+        for layer in (
+            "nn.Embedding(10, 4, padding_idx=0)",
+            "nn.Conv1d(4, 6, 3, padding=1, groups=2)",
+            "nn.GroupNorm(2, 6)",
+            "nn.LSTM(6, 5, batch_first=True)",
+            "self.lstm(",
+            "nn.ConvTranspose1d(5, 3, 2, stride=2)",
+        ):
             assert layer in source or ir == "core", layer
     if name == "norms":
-        for layer in ("nn.BatchNorm2d(4, eps=0.001, momentum=0.2)", "nn.BatchNorm2d(4, momentum=0.3, affine=False)",
-                      "nn.GroupNorm(2, 4, eps=0.0001)", "nn.LayerNorm(8, eps=1e-06)"):
+        for layer in (
+            "nn.BatchNorm2d(4, eps=0.001, momentum=0.2)",
+            "nn.BatchNorm2d(4, momentum=0.3, affine=False)",
+            "nn.GroupNorm(2, 4, eps=0.0001)",
+            "nn.LayerNorm(8, eps=1e-06)",
+        ):
             assert layer in source, layer
 
 
@@ -433,8 +477,22 @@ def test_cli_writes_source_and_weights(tmp_path):
 
     c = case("zoo", "mini_gpt")
     out, weights = tmp_path / "gpt.py", tmp_path / "gpt.safetensors"
-    assert main(["codegen", str(c.path), "-o", str(out), "--weights", str(weights),
-                 "--class-name", "MiniGPT", "--no-comments"]) == 0
+    assert (
+        main(
+            [
+                "codegen",
+                str(c.path),
+                "-o",
+                str(out),
+                "--weights",
+                str(weights),
+                "--class-name",
+                "MiniGPT",
+                "--no-comments",
+            ]
+        )
+        == 0
+    )
     namespace, _ = build(out.read_text(), "MiniGPT")
     model = namespace["load_safetensors"](str(weights))
     assert model.head.weight is model.tok_emb.weight
@@ -450,16 +508,34 @@ def test_cli_writes_source_and_weights(tmp_path):
 
 # -- names from the archive never become code --------------------------------------------------
 
-HOSTILE = ["x; import os", "__import__('os').system('echo')", '"""', "a\nb", "\u00fcn\u00ef\u202e",
-           "class", "0", "self", "\\", "'", "l", "forward_", "x = 1  # ", "${x}", "\x00"]
-_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+HOSTILE = [
+    "x; import os",
+    "__import__('os').system('echo')",
+    '"""',
+    "a\nb",
+    "\u00fcn\u00ef\u202e",
+    "class",
+    "0",
+    "self",
+    "\\",
+    "'",
+    "l",
+    "forward_",
+    "x = 1  # ",
+    "${x}",
+    "\x00",
+]
+_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
+)
 hostile_text = st.one_of(st.sampled_from(HOSTILE), _text)
 # attribute names torch itself can register: not empty, no ".", not an nn.Module attribute
 attribute_text = hostile_text.filter(lambda s: "." not in s and not hasattr(torch.nn.Module(), s))
 
 
-def _hostile_archive(dst: Path, values: dict, params: dict, out_key: str, class_name: str,
-                     trace: str) -> Path:
+def _hostile_archive(
+    dst: Path, values: dict, params: dict, out_key: str, class_name: str, trace: str
+) -> Path:
     """The zoo multi_io archive with hostile value, parameter, output-key and class names."""
     src = case("zoo", "multi_io").path
     top = src.stem
@@ -469,8 +545,16 @@ def _hostile_archive(dst: Path, values: dict, params: dict, out_key: str, class_
 
     def walk(o):
         if isinstance(o, dict):
-            return {k: (values.get(v, v) if k == "name" and isinstance(v, str) else
-                        params.get(v, v) if k == "parameter_name" else walk(v)) for k, v in o.items()}
+            return {
+                k: (
+                    values.get(v, v)
+                    if k == "name" and isinstance(v, str)
+                    else params.get(v, v)
+                    if k == "parameter_name"
+                    else walk(v)
+                )
+                for k, v in o.items()
+            }
         return [walk(x) for x in o] if isinstance(o, list) else o
 
     model = walk(model)
@@ -485,36 +569,80 @@ def _hostile_archive(dst: Path, values: dict, params: dict, out_key: str, class_
     out_spec[1]["context"] = json.dumps([out_key, "pair", "cat"])
     signature["out_spec"] = json.dumps(out_spec)
     config["config"] = {params.get(k, k): v for k, v in config["config"].items()}
-    return rewrite_zip(src, dst, replace={f"{top}/models/model.json": json.dumps(model).encode(),
-                                          f"{top}/data/weights/model_weights_config.json":
-                                              json.dumps(config).encode()})
+    return rewrite_zip(
+        src,
+        dst,
+        replace={
+            f"{top}/models/model.json": json.dumps(model).encode(),
+            f"{top}/data/weights/model_weights_config.json": json.dumps(config).encode(),
+        },
+    )
 
 
 def _code_without_strings(source: str) -> str:
     """The source with string literals and comments cut out."""
-    kept = [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
-            if t.type not in (tokenize.STRING, tokenize.COMMENT)]
+    kept = [
+        t.string
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type not in (tokenize.STRING, tokenize.COMMENT)
+    ]
     return " ".join(kept)
 
 
-_MULTI_IO_NAMES = {"a", "b", "mask", "scale", "linear", "mul", "sum_1", "sum_2", "add", "full_like",
-                   "where", "getitem", "getitem_1", "cat", "p_proj_weight", "p_proj_bias"}
-_ALLOWED_IMPORTS = {"math", "operator", "collections", "torch", "torch.nn.functional", "pt2interp",
-                    "safetensors.torch"}
+_MULTI_IO_NAMES = {
+    "a",
+    "b",
+    "mask",
+    "scale",
+    "linear",
+    "mul",
+    "sum_1",
+    "sum_2",
+    "add",
+    "full_like",
+    "where",
+    "getitem",
+    "getitem_1",
+    "cat",
+    "p_proj_weight",
+    "p_proj_bias",
+}
+_ALLOWED_IMPORTS = {
+    "math",
+    "operator",
+    "collections",
+    "torch",
+    "torch.nn.functional",
+    "pt2interp",
+    "safetensors.torch",
+}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(values=st.lists(hostile_text, min_size=9, max_size=9, unique=True),
-       module=attribute_text, weight=attribute_text, bias=attribute_text,
-       out_key=hostile_text, class_name=hostile_text.filter(lambda s: "," not in s and ";" not in s),
-       trace=hostile_text)
-def test_hostile_names_never_become_code(tmp_path, values, module, weight, bias, out_key, class_name, trace):
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.lists(hostile_text, min_size=9, max_size=9, unique=True),
+    module=attribute_text,
+    weight=attribute_text,
+    bias=attribute_text,
+    out_key=hostile_text,
+    class_name=hostile_text.filter(lambda s: "," not in s and ";" not in s),
+    trace=hostile_text,
+)
+def test_hostile_names_never_become_code(
+    tmp_path, values, module, weight, bias, out_key, class_name, trace
+):
     assume(weight != bias and out_key not in ("pair", "cat") and not set(values) & _MULTI_IO_NAMES)
     names = ["a", "linear", "mul", "sum_1", "add", "getitem", "cat", "p_proj_weight", "full_like"]
-    path = _hostile_archive(tmp_path / f"h{abs(hash((module, weight, bias)))}.pt2",
-                            dict(zip(names, values)),
-                            {"proj.weight": f"{module}.{weight}", "proj.bias": f"{module}.{bias}"},
-                            out_key, class_name, f'File "x.py", line 1, in forward\n    {trace}')
+    path = _hostile_archive(
+        tmp_path / f"h{abs(hash((module, weight, bias)))}.pt2",
+        dict(zip(names, values)),
+        {"proj.weight": f"{module}.{weight}", "proj.bias": f"{module}.{bias}"},
+        out_key,
+        class_name,
+        f'File "x.py", line 1, in forward\n    {trace}',
+    )
     source = to_python(path)
     tree = ast.parse(source)  # it compiles
     for node in ast.walk(tree):
@@ -562,29 +690,56 @@ def test_sanitizers(raw):
 # dict displays, binary operators on simple operands, subscripts, tuple targets and returns;
 # names up to the 60 characters the sanitizer allows.
 _name = st.from_regex(r"[a-z_][a-z0-9_]{0,59}", fullmatch=True).filter(
-    lambda s: s.isidentifier() and not __import__("keyword").iskeyword(s))
-_literal = st.one_of(st.integers(-3, 300).map(str), st.floats(-10, 10, allow_nan=False).map(repr),
-                     st.text(max_size=40).map(string_literal), st.sampled_from(["None", "True", "math.inf"]))
-_simple = st.one_of(_name, _literal, _name.map(lambda n: f"self.{n}.weight"),
-                    st.text(min_size=1, max_size=50).map(lambda t: f"getattr(self, {string_literal(t)})"))
+    lambda s: s.isidentifier() and not __import__("keyword").iskeyword(s)
+)
+_literal = st.one_of(
+    st.integers(-3, 300).map(str),
+    st.floats(-10, 10, allow_nan=False).map(repr),
+    st.text(max_size=40).map(string_literal),
+    st.sampled_from(["None", "True", "math.inf"]),
+)
+_simple = st.one_of(
+    _name,
+    _literal,
+    _name.map(lambda n: f"self.{n}.weight"),
+    st.text(min_size=1, max_size=50).map(lambda t: f"getattr(self, {string_literal(t)})"),
+)
 _display = st.one_of(
     st.lists(_simple, min_size=1, max_size=6).map(lambda xs: "[" + ", ".join(xs) + "]"),
     st.lists(st.tuples(st.text(max_size=20), _simple), min_size=1, max_size=4).map(
-        lambda kv: "{" + ", ".join(f"{string_literal(k)}: {v}" for k, v in kv) + "}"))
+        lambda kv: "{" + ", ".join(f"{string_literal(k)}: {v}" for k, v in kv) + "}"
+    ),
+)
 _argument = st.one_of(_simple, _display)
-_call = st.tuples(st.sampled_from(["torch.cat", "F.conv2d", "torch.ops.aten._native_batch_norm_legit.default",
-                                   "x.view", "self.layer1[0]", "getattr(self, \"0\")"]),
-                  st.lists(_argument, max_size=7), st.lists(st.tuples(_name, _argument), max_size=3)).map(
-    lambda t: f"{t[0]}({', '.join(t[1] + [f'{k}={v}' for k, v in t[2]])})")
+_call = st.tuples(
+    st.sampled_from(
+        [
+            "torch.cat",
+            "F.conv2d",
+            "torch.ops.aten._native_batch_norm_legit.default",
+            "x.view",
+            "self.layer1[0]",
+            'getattr(self, "0")',
+        ]
+    ),
+    st.lists(_argument, max_size=7),
+    st.lists(st.tuples(_name, _argument), max_size=3),
+).map(lambda t: f"{t[0]}({', '.join(t[1] + [f'{k}={v}' for k, v in t[2]])})")
 _expr = st.one_of(
-    _call, _display, _simple,
-    st.tuples(_simple, st.sampled_from(["+", "-", "*", "/", "**", "@", ">", "=="]), _simple).map(" ".join),
+    _call,
+    _display,
+    _simple,
+    st.tuples(_simple, st.sampled_from(["+", "-", "*", "/", "**", "@", ">", "=="]), _simple).map(
+        " ".join
+    ),
     st.tuples(_name, _simple).map(lambda t: f"{t[0]}[{t[1]}:]"),
     st.tuples(_name, _simple).map(lambda t: f"{t[0]}[:, {t[1]}]"),
     _call.map(lambda c: f"{c}[0]"),
 )
 _statement = st.one_of(
-    st.tuples(st.lists(_name, min_size=1, max_size=3), _expr).map(lambda t: f"{', '.join(t[0])} = {t[1]}"),
+    st.tuples(st.lists(_name, min_size=1, max_size=3), _expr).map(
+        lambda t: f"{', '.join(t[0])} = {t[1]}"
+    ),
     _call,
     _expr.map(lambda e: f"return {e}"),
     st.lists(_simple, min_size=2, max_size=5).map(lambda es: "return " + ", ".join(es)),
@@ -604,8 +759,12 @@ def test_layout_is_what_ruff_format_writes(statements, depth):
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "layout.py"
         f.write_text(source)
-        result = subprocess.run([RUFF, "format", "--isolated", "--no-cache", "--diff", str(f)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [RUFF, "format", "--isolated", "--no-cache", "--diff", str(f)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     assert result.returncode == 0, result.stdout
 
 
@@ -618,6 +777,7 @@ def test_layout_examples():
 def test_real_dunder_ops_are_written_and_fake_ones_refused(tmp_path):
     """aten.__and__.Scalar and the other dunder ops are real ATen ops; a dunder name torch's
     registry lacks is still refused."""
+
     class Bits(torch.nn.Module):
         def forward(self, x):
             return (x & 3) | (x >> 1) ^ (x << 2)

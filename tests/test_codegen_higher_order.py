@@ -18,9 +18,9 @@ import pytest
 import torch
 from fixture_cases import release
 from helpers import export_or_skip, program_member, rewrite_zip, save_or_skip
-from pt2interp.codegen import to_python
 
 import pt2interp
+from pt2interp.codegen import to_python
 
 
 def build(source: str) -> dict:
@@ -32,6 +32,7 @@ def build(source: str) -> dict:
 # Loop bodies read parameters: with gradients on (as these tests run the generated code), torch's
 # own higher-order kernels trace their functions, which the generated code must allow.
 
+
 class TenSteps(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -40,7 +41,9 @@ class TenSteps(torch.nn.Module):
     def forward(self, x):
         from torch._higher_order_ops.while_loop import while_loop
 
-        return while_loop(lambda i, y: i < 10, lambda i, y: (i + 1, torch.tanh(self.lin(y))), (torch.tensor(0), x))
+        return while_loop(
+            lambda i, y: i < 10, lambda i, y: (i + 1, torch.tanh(self.lin(y))), (torch.tensor(0), x)
+        )
 
 
 class MapRows(torch.nn.Module):
@@ -227,22 +230,48 @@ def test_generated_code_runs_and_equals_the_archive(tmp_path, name, ir, capsys):
 
 # -- higher-order ops torch does not write on a CPU, spelled as its serializer spells them ----------
 
+
 def _body(inputs: list[str]) -> dict:
     """A subgraph adding its inputs (or taking the sine of one), float32 vectors of 3."""
-    meta = {"dtype": 7, "sizes": [{"as_int": 3}], "requires_grad": False, "device": {"type": "cpu", "index": None},
-            "strides": [{"as_int": 1}], "storage_offset": {"as_int": 0}, "layout": 7}
+    meta = {
+        "dtype": 7,
+        "sizes": [{"as_int": 3}],
+        "requires_grad": False,
+        "device": {"type": "cpu", "index": None},
+        "strides": [{"as_int": 1}],
+        "storage_offset": {"as_int": 0},
+        "layout": 7,
+    }
     if len(inputs) == 1:
-        node = {"target": "torch.ops.aten.sin.default", "name": "out", "metadata": {},
-                "inputs": [{"name": "self", "arg": {"as_tensor": {"name": inputs[0]}}, "kind": 1}],
-                "outputs": [{"as_tensor": {"name": "out"}}]}
+        node = {
+            "target": "torch.ops.aten.sin.default",
+            "name": "out",
+            "metadata": {},
+            "inputs": [{"name": "self", "arg": {"as_tensor": {"name": inputs[0]}}, "kind": 1}],
+            "outputs": [{"as_tensor": {"name": "out"}}],
+        }
     else:
-        node = {"target": "torch.ops.aten.add.Tensor", "name": "out", "metadata": {},
-                "inputs": [{"name": "self", "arg": {"as_tensor": {"name": inputs[0]}}, "kind": 1},
-                           {"name": "other", "arg": {"as_tensor": {"name": inputs[1]}}, "kind": 1}],
-                "outputs": [{"as_tensor": {"name": "out"}}]}
-    return {"inputs": [{"as_tensor": {"name": n}} for n in inputs], "outputs": [{"as_tensor": {"name": "out"}}],
-            "nodes": [node], "tensor_values": {n: meta for n in [*inputs, "out"]}, "sym_int_values": {},
-            "sym_bool_values": {}, "sym_float_values": {}, "custom_obj_values": {}, "is_single_tensor_return": False}
+        node = {
+            "target": "torch.ops.aten.add.Tensor",
+            "name": "out",
+            "metadata": {},
+            "inputs": [
+                {"name": "self", "arg": {"as_tensor": {"name": inputs[0]}}, "kind": 1},
+                {"name": "other", "arg": {"as_tensor": {"name": inputs[1]}}, "kind": 1},
+            ],
+            "outputs": [{"as_tensor": {"name": "out"}}],
+        }
+    return {
+        "inputs": [{"as_tensor": {"name": n}} for n in inputs],
+        "outputs": [{"as_tensor": {"name": "out"}}],
+        "nodes": [node],
+        "tensor_values": {n: meta for n in [*inputs, "out"]},
+        "sym_int_values": {},
+        "sym_bool_values": {},
+        "sym_float_values": {},
+        "custom_obj_values": {},
+        "is_single_tensor_return": False,
+    }
 
 
 def _positional(arg: dict) -> dict:
@@ -256,7 +285,9 @@ def _hop_archive(tmp_path, target: str, inputs: list[dict]) -> tuple:
     member = program_member(src)
     with zipfile.ZipFile(src) as z:
         doc = json.loads(z.read(member))
-    (node,) = [n for n in doc["graph_module"]["graph"]["nodes"] if n["target"].endswith("hints_wrapper")]
+    (node,) = [
+        n for n in doc["graph_module"]["graph"]["nodes"] if n["target"].endswith("hints_wrapper")
+    ]
     node["target"] = f"torch.ops.higher_order.{target}"
     node["inputs"] = copy.deepcopy(inputs)
     node["metadata"] = {}
@@ -265,14 +296,33 @@ def _hop_archive(tmp_path, target: str, inputs: list[dict]) -> tuple:
 
 _X = {"as_tensor": {"name": "x"}}
 HAND_WRITTEN = {
-    "wrap": ([_positional({"as_graph": {"name": "wrap_body", "graph": _body(["a"])}}), _positional(_X)], torch.sin),
+    "wrap": (
+        [_positional({"as_graph": {"name": "wrap_body", "graph": _body(["a"])}}), _positional(_X)],
+        torch.sin,
+    ),
     "tag_activation_checkpoint": (
-        [_positional({"as_graph": {"name": "checkpointed", "graph": _body(["a"])}}), _positional(_X)], torch.sin),
-    "invoke_subgraph": ([_positional({"as_graph": {"name": "repeated", "graph": _body(["a"])}}),
-                         _positional({"as_string": "subgraph_0"}), _positional(_X)], torch.sin),
-    "associative_scan": ([_positional({"as_graph": {"name": "combine", "graph": _body(["a", "b"])}}),
-                          _positional({"as_tensors": [{"name": "x"}]}), _positional({"as_tensors": []})],
-                         lambda x: torch.cumsum(x, 0)),
+        [
+            _positional({"as_graph": {"name": "checkpointed", "graph": _body(["a"])}}),
+            _positional(_X),
+        ],
+        torch.sin,
+    ),
+    "invoke_subgraph": (
+        [
+            _positional({"as_graph": {"name": "repeated", "graph": _body(["a"])}}),
+            _positional({"as_string": "subgraph_0"}),
+            _positional(_X),
+        ],
+        torch.sin,
+    ),
+    "associative_scan": (
+        [
+            _positional({"as_graph": {"name": "combine", "graph": _body(["a", "b"])}}),
+            _positional({"as_tensors": [{"name": "x"}]}),
+            _positional({"as_tensors": []}),
+        ],
+        lambda x: torch.cumsum(x, 0),
+    ),
 }
 
 
@@ -291,8 +341,15 @@ def test_generated_code_for_hand_written_higher_order_ops(tmp_path, target):
 
 
 def test_an_op_codegen_cannot_write_is_refused_naming_the_node(tmp_path):
-    path = _hop_archive(tmp_path, "flex_attention", [
-        _positional(_X), _positional(_X), _positional(_X),
-        _positional({"as_graph": {"name": "score_mod", "graph": _body(["a"])}})])
+    path = _hop_archive(
+        tmp_path,
+        "flex_attention",
+        [
+            _positional(_X),
+            _positional(_X),
+            _positional(_X),
+            _positional({"as_graph": {"name": "score_mod", "graph": _body(["a"])}}),
+        ],
+    )
     with pytest.raises(pt2interp.UnsupportedOpError, match=r"node hints_wrapper\b.*flex_attention"):
         to_python(path)

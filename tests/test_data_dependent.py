@@ -19,25 +19,37 @@ import pt2interp
 from pt2interp.symexpr import parse_expr
 
 
-@pytest.mark.parametrize("text, env, want, shown", [
-    ("GreaterThan(Symbol('u0', integer=True), Integer(0))", {"u0": 3}, True, "u0 >= 0"),
-    ("StrictGreaterThan(Symbol('u0', integer=True), Integer(3))", {"u0": 3}, False, "u0 > 3"),
-    ("LessThan(Symbol('u0'), Integer(8))", {"u0": 9}, False, "u0 <= 8"),
-    ("StrictLessThan(Symbol('u0'), Integer(8))", {"u0": 7}, True, "u0 < 8"),
-    ("Eq(Mod(Symbol('s0'), Integer(2)), Integer(0))", {"s0": 4}, True, "s0 % 2 == 0"),
-    ("Ne(Symbol('u0'), Integer(1))", {"u0": 1}, False, "u0 != 1"),
-    ("And(Ge(Symbol('u0'), Integer(0)), Le(Symbol('u0'), Integer(10)))", {"u0": 11}, False,
-     "(u0 >= 0) and (u0 <= 10)"),
-    ("Or(Eq(Symbol('u0'), Integer(0)), Gt(Symbol('u0'), Integer(5)))", {"u0": 0}, True, "(u0 == 0) or (u0 > 5)"),
-    ("Not(Eq(Symbol('u0'), Integer(1)))", {"u0": 2}, True, "not (u0 == 1)"),
-    ("CeilToInt(IntTrueDiv(Symbol('s0'), Integer(2)))", {"s0": 5}, 3, "-(-s0 // 2)"),
-    ("TruncToInt(IntTrueDiv(Symbol('s0'), Integer(2)))", {"s0": 5}, 2, "s0//2"),
-    ("Abs(Add(Symbol('u0'), Integer(-5)))", {"u0": 2}, 3, "abs(u0 - 5)"),
-    ("u0 >= 0", {"u0": 0}, True, "u0 >= 0"),
-    ("(u0 >= 0) & (u0 <= 5)", {"u0": 6}, False, "(u0 >= 0) and (u0 <= 5)"),
-    ("0 <= u0 <= 5", {"u0": 5}, True, "(0 <= u0) and (u0 <= 5)"),
-    ("true", {}, 1, "1"),
-])
+@pytest.mark.parametrize(
+    "text, env, want, shown",
+    [
+        ("GreaterThan(Symbol('u0', integer=True), Integer(0))", {"u0": 3}, True, "u0 >= 0"),
+        ("StrictGreaterThan(Symbol('u0', integer=True), Integer(3))", {"u0": 3}, False, "u0 > 3"),
+        ("LessThan(Symbol('u0'), Integer(8))", {"u0": 9}, False, "u0 <= 8"),
+        ("StrictLessThan(Symbol('u0'), Integer(8))", {"u0": 7}, True, "u0 < 8"),
+        ("Eq(Mod(Symbol('s0'), Integer(2)), Integer(0))", {"s0": 4}, True, "s0 % 2 == 0"),
+        ("Ne(Symbol('u0'), Integer(1))", {"u0": 1}, False, "u0 != 1"),
+        (
+            "And(Ge(Symbol('u0'), Integer(0)), Le(Symbol('u0'), Integer(10)))",
+            {"u0": 11},
+            False,
+            "(u0 >= 0) and (u0 <= 10)",
+        ),
+        (
+            "Or(Eq(Symbol('u0'), Integer(0)), Gt(Symbol('u0'), Integer(5)))",
+            {"u0": 0},
+            True,
+            "(u0 == 0) or (u0 > 5)",
+        ),
+        ("Not(Eq(Symbol('u0'), Integer(1)))", {"u0": 2}, True, "not (u0 == 1)"),
+        ("CeilToInt(IntTrueDiv(Symbol('s0'), Integer(2)))", {"s0": 5}, 3, "-(-s0 // 2)"),
+        ("TruncToInt(IntTrueDiv(Symbol('s0'), Integer(2)))", {"s0": 5}, 2, "s0//2"),
+        ("Abs(Add(Symbol('u0'), Integer(-5)))", {"u0": 2}, 3, "abs(u0 - 5)"),
+        ("u0 >= 0", {"u0": 0}, True, "u0 >= 0"),
+        ("(u0 >= 0) & (u0 <= 5)", {"u0": 6}, False, "(u0 >= 0) and (u0 <= 5)"),
+        ("0 <= u0 <= 5", {"u0": 5}, True, "(0 <= u0) and (u0 <= 5)"),
+        ("true", {}, 1, "1"),
+    ],
+)
 def test_relations_parse_without_sympy_and_evaluate(text, env, want, shown):
     expr = parse_expr(text)
     assert expr.evaluate(env) == want and str(expr) == shown
@@ -60,12 +72,18 @@ class _ItemAsSize(torch.nn.Module):
 
 _MODELS = {
     "nonzero": (_NonZero, lambda: (torch.randn(6, generator=torch.Generator().manual_seed(0)),)),
-    "item": (_ItemAsSize, lambda: (torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor(5))),
+    "item": (
+        _ItemAsSize,
+        lambda: (torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor(5)),
+    ),
 }
 
 
-@pytest.fixture(scope="module", params=[(m, ir) for m in _MODELS for ir in ("training", "core")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    scope="module",
+    params=[(m, ir) for m in _MODELS for ir in ("training", "core")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def archive(request, tmp_path_factory):
     name, ir = request.param
     make, inputs = _MODELS[name]
@@ -82,8 +100,13 @@ def test_every_entry_point_reads_unbacked_sizes(archive):
     schema = pt2interp.read_schema(path)
     assert schema.inputs and pt2interp.read_program(path).graph.sym_bool_values
     pt2interp.extract_weights(path, backend="numpy")
-    done = subprocess.run([sys.executable, "-m", "pt2interp.cli", "info", str(path)], capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pt2interp.cli", "info", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -131,16 +154,26 @@ def test_a_symbolic_value_nothing_can_read_is_reported_not_fatal(tmp_path):
     with zipfile.ZipFile(src) as z:
         doc = json.loads(z.read(member))
     doc["graph_module"]["graph"]["sym_bool_values"] = {
-        "odd": {"as_expr": {"expr_str": "Piecewise((Symbol('s77'), True))", "hint": None}}}
+        "odd": {"as_expr": {"expr_str": "Piecewise((Symbol('s77'), True))", "hint": None}}
+    }
     path = rewrite_zip(src, tmp_path / "odd.pt2", replace={member: json.dumps(doc).encode()})
 
     schema = pt2interp.read_schema(path)
     assert list(schema.unreadable) == ["graph_module.graph.sym_bool_values.odd"]
     assert "Piecewise" in schema.unreadable["graph_module.graph.sym_bool_values.odd"]
     assert set(pt2interp.extract_weights(path)) == set(pt2interp.extract_weights(src))
-    assert set(pt2interp.extract_weights(path, backend="numpy")) == set(pt2interp.extract_weights(src))
-    done = subprocess.run([sys.executable, "-m", "pt2interp.cli", "info", str(path)], capture_output=True,
-                          text=True, timeout=120, check=False)
-    assert done.returncode == 0 and "not read" in done.stdout and "sym_bool_values.odd" in done.stdout, done.stderr
+    assert set(pt2interp.extract_weights(path, backend="numpy")) == set(
+        pt2interp.extract_weights(src)
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pt2interp.cli", "info", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (
+        done.returncode == 0 and "not read" in done.stdout and "sym_bool_values.odd" in done.stdout
+    ), done.stderr
     with pytest.raises(pt2interp.SchemaError, match=r"sym_bool_values\.odd.*Piecewise"):
         pt2interp.load(path)

@@ -19,9 +19,9 @@ import torch
 from conftest import CASES
 from fixture_cases import device_change_tolerance, flatten_outputs
 from helpers import member_named, program_member, rewrite_zip
-from pt2interp.ops import attention
 
 import pt2interp
+from pt2interp.ops import attention
 
 CUDA_EXPORTS = [c for c in CASES if c.device == "cuda"]
 
@@ -35,7 +35,9 @@ def _assert_close_across_devices(got: dict, want: dict, where: str) -> None:
         tol = device_change_tolerance(g.dtype)
         if g.dtype == torch.bfloat16:  # the npz holds bfloat16 as float32
             g = g.float()
-        torch.testing.assert_close(g, w.to(g.dtype), rtol=tol, atol=tol, msg=lambda m, k=key: f"{where} {k}: {m}")
+        torch.testing.assert_close(
+            g, w.to(g.dtype), rtol=tol, atol=tol, msg=lambda m, k=key: f"{where} {k}: {m}"
+        )
 
 
 def test_the_cuda_exports_are_all_here():
@@ -62,13 +64,19 @@ def test_a_device_this_torch_lacks_is_one_clear_error():
         pt2interp.load(c.path, device="cuda")
     with pytest.raises(pt2interp.DeviceError, match="'cuda:3' is not available"):
         pt2interp.load(c.path).to("cuda:3")
-    done = subprocess.run([sys.executable, "-m", "pt2interp.cli", "run", str(c.path), "--random", "--device", "cuda"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pt2interp.cli", "run", str(c.path), "--random", "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "not available" in done.stderr, done.stderr
 
 
 # -- the attention family on a device it was not recorded for ----------------------------------
+
 
 def _qkv(seed=0, heads=2, length=5):
     g = torch.Generator().manual_seed(seed)
@@ -98,10 +106,13 @@ def test_attention_with_an_additive_bias_on_cpu():
     q, k, v = _qkv(1)
     bias = torch.randn(1, 2, 5, 5)
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    torch.testing.assert_close(attention.efficient_attention(q, k, v, bias, True)[0], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        attention.efficient_attention(q, k, v, bias, True)[0], want, rtol=1e-5, atol=1e-5
+    )
 
 
 # -- views of inputs another device laid out differently ---------------------------------------
+
 
 def _transposed_view_archive(tmp_path, write_after: bool):
     """x (4, 16) -> transpose -> view(16, 4): export on a device whose transpose were
@@ -112,22 +123,47 @@ def _transposed_view_archive(tmp_path, write_after: bool):
         doc = json.loads(z.read(member))
 
     def node(target, inputs, out):
-        return {"target": target, "inputs": [{"name": n, "arg": a, "kind": 1} for n, a in inputs],
-                "outputs": [{"as_tensor": {"name": out}}], "metadata": {}}
+        return {
+            "target": target,
+            "inputs": [{"name": n, "arg": a, "kind": 1} for n, a in inputs],
+            "outputs": [{"as_tensor": {"name": out}}],
+            "metadata": {},
+        }
 
-    nodes = [node("torch.ops.aten.transpose.int", [("self", {"as_tensor": {"name": "x"}}), ("dim0", {"as_int": 0}),
-                                                    ("dim1", {"as_int": 1})], "t"),
-             node("torch.ops.aten.view.default", [("self", {"as_tensor": {"name": "t"}}), ("size", {"as_ints": [8, 8]})],
-                  "v")]
+    nodes = [
+        node(
+            "torch.ops.aten.transpose.int",
+            [
+                ("self", {"as_tensor": {"name": "x"}}),
+                ("dim0", {"as_int": 0}),
+                ("dim1", {"as_int": 1}),
+            ],
+            "t",
+        ),
+        node(
+            "torch.ops.aten.view.default",
+            [("self", {"as_tensor": {"name": "t"}}), ("size", {"as_ints": [8, 8]})],
+            "v",
+        ),
+    ]
     if write_after:
-        nodes.append(node("torch.ops.aten.add_.Tensor", [("self", {"as_tensor": {"name": "v"}}),
-                                                          ("other", {"as_int": 1})], "w"))
+        nodes.append(
+            node(
+                "torch.ops.aten.add_.Tensor",
+                [("self", {"as_tensor": {"name": "v"}}), ("other", {"as_int": 1})],
+                "w",
+            )
+        )
     out = "w" if write_after else "v"
     graph = doc["graph_module"]["graph"]
     graph["nodes"], graph["outputs"] = nodes, [{"as_tensor": {"name": out}}]
     graph["tensor_values"][out] = graph["tensor_values"]["linear_1"]
-    doc["graph_module"]["signature"]["output_specs"] = [{"user_output": {"arg": {"as_tensor": {"name": out}}}}]
-    return rewrite_zip(src, tmp_path / f"view_{write_after}.pt2", replace={member: json.dumps(doc).encode()})
+    doc["graph_module"]["signature"]["output_specs"] = [
+        {"user_output": {"arg": {"as_tensor": {"name": out}}}}
+    ]
+    return rewrite_zip(
+        src, tmp_path / f"view_{write_after}.pt2", replace={member: json.dumps(doc).encode()}
+    )
 
 
 def test_a_view_of_a_differently_laid_out_input_becomes_a_reshape(tmp_path):
@@ -138,11 +174,14 @@ def test_a_view_of_a_differently_laid_out_input_becomes_a_reshape(tmp_path):
 
 def test_a_view_that_must_alias_says_so(tmp_path):
     prog = pt2interp.load(_transposed_view_archive(tmp_path, write_after=True))
-    with pytest.raises(pt2interp.ExecutionError, match="view cannot become a copy: the graph writes into it"):
+    with pytest.raises(
+        pt2interp.ExecutionError, match="view cannot become a copy: the graph writes into it"
+    ):
         prog(torch.randn(4, 16))
 
 
 # -- autocast regions --------------------------------------------------------------------------
+
 
 class _Autocast(torch.nn.Module):
     def __init__(self):
@@ -169,9 +208,15 @@ def _autocast_archive(tmp_path, exported_on: str):
         text = text.replace('"as_string": "cpu"', f'"as_string": "{exported_on}"')
         text = text.replace('"type": "cpu"', f'"type": "{exported_on}"')
     doc = json.loads(text)
-    (region,) = [n for n in doc["graph_module"]["graph"]["nodes"] if n["target"].endswith("wrap_with_autocast")]
+    (region,) = [
+        n
+        for n in doc["graph_module"]["graph"]["nodes"]
+        if n["target"].endswith("wrap_with_autocast")
+    ]
     assert region["inputs"][0]["arg"] == {"as_string": exported_on}
-    return module, rewrite_zip(src, tmp_path / f"autocast_{exported_on}.pt2", replace={member: text.encode()})
+    return module, rewrite_zip(
+        src, tmp_path / f"autocast_{exported_on}.pt2", replace={member: text.encode()}
+    )
 
 
 def test_an_autocast_region_follows_the_program_to_cpu(tmp_path):
@@ -191,19 +236,29 @@ def test_an_autocast_region_for_another_device_stays_for_that_device(tmp_path):
     """A CPU program's region for another device type (a no-op where it was exported) stays one."""
     module, path = _autocast_archive(tmp_path, "cpu")
     member = program_member(path)
-    doc = json.loads(zipfile.ZipFile(path).read(member).decode().replace('"as_string": "cpu"', '"as_string": "cuda"'))
+    doc = json.loads(
+        zipfile.ZipFile(path)
+        .read(member)
+        .decode()
+        .replace('"as_string": "cpu"', '"as_string": "cuda"')
+    )
     graph = doc["graph_module"]["graph"]  # export would have recorded no bfloat16 check after it
     graph["nodes"] = [n for n in graph["nodes"] if "_assert_tensor_metadata" not in n["target"]]
-    other = rewrite_zip(path, tmp_path / "autocast_other.pt2", replace={member: json.dumps(doc).encode()})
+    other = rewrite_zip(
+        path, tmp_path / "autocast_other.pt2", replace={member: json.dumps(doc).encode()}
+    )
     x = torch.randn(2, 8)
     with torch.no_grad():
         plain = module.lin(x) + 1
-    with pytest.warns(UserWarning, match="(?i)cuda"):  # torch: CUDA autocast without CUDA is disabled
+    with pytest.warns(
+        UserWarning, match="(?i)cuda"
+    ):  # torch: CUDA autocast without CUDA is disabled
         got = pt2interp.load(other, device="cpu")(x)
     torch.testing.assert_close(got, plain)
 
 
 # -- on a GPU ----------------------------------------------------------------------------------
+
 
 @pytest.mark.cuda
 def test_an_autocast_region_follows_the_program_to_cuda(tmp_path):
@@ -213,6 +268,7 @@ def test_an_autocast_region_follows_the_program_to_cuda(tmp_path):
         want = module.cuda().lin(x.cuda()).float() + 1
     got = pt2interp.load(path, device="cuda")(x.cuda())
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)

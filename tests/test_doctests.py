@@ -8,11 +8,25 @@ import importlib
 import pytest
 
 MODULES = [
-    "pt2interp.archive", "pt2interp.program", "pt2interp.symexpr", "pt2interp.treespec",
-    "pt2interp.loaded", "pt2interp.api", "pt2interp.torch_pickle", "pt2interp.introspect",
-    "pt2interp.extract", "pt2interp.numpy_weights", "pt2interp.jsontext", "pt2interp.limits",
-    "pt2interp.printable", "pt2interp.ops.policy", "pt2interp.ops.registry", "pt2interp.codegen",
-    "pt2interp.cli", "pt2interp.codegen.layout", "pt2interp.codegen.names",
+    "pt2interp.archive",
+    "pt2interp.program",
+    "pt2interp.symexpr",
+    "pt2interp.treespec",
+    "pt2interp.loaded",
+    "pt2interp.api",
+    "pt2interp.torch_pickle",
+    "pt2interp.introspect",
+    "pt2interp.extract",
+    "pt2interp.numpy_weights",
+    "pt2interp.jsontext",
+    "pt2interp.limits",
+    "pt2interp.printable",
+    "pt2interp.ops.policy",
+    "pt2interp.ops.registry",
+    "pt2interp.codegen",
+    "pt2interp.cli",
+    "pt2interp.codegen.layout",
+    "pt2interp.codegen.names",
 ]
 
 

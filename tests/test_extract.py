@@ -36,7 +36,11 @@ def _as_torch(weights, name) -> torch.Tensor:
 def _stored_state_dict(c) -> dict | None:
     """What torch itself reads from a pickled layout's state dict member (None for raw records)."""
     with zipfile.ZipFile(c.path) as z:
-        names = [n for n in z.namelist() if n.endswith(("serialized_state_dict.pt", "data/weights/model.pt"))]
+        names = [
+            n
+            for n in z.namelist()
+            if n.endswith(("serialized_state_dict.pt", "data/weights/model.pt"))
+        ]
         if not names:
             return None
         return torch.load(io.BytesIO(z.read(names[0])), weights_only=True)
@@ -45,13 +49,16 @@ def _stored_state_dict(c) -> dict | None:
 def _shared_groups(tensors: dict) -> list[list[str]]:
     groups: dict = {}
     for name, t in tensors.items():
-        groups.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype), []).append(name)
+        groups.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype), []).append(
+            name
+        )
     return [g for g in groups.values() if len(g) > 1]
 
 
 # ----------------------------------------------------------------------------------------------
 # extract_weights
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
 def test_extracted_weights_equal_module_state_dict(c):
@@ -72,8 +79,12 @@ def test_extracted_weights_equal_module_state_dict(c):
             assert_bitwise_equal(t, ref[name].detach(), name)
         a = arrays[name]
         assert arrays.dtypes[name] == str(t.dtype).removeprefix("torch.")
-        assert a.shape == tuple(t.shape) and a.strides == tuple(s * a.itemsize for s in t.stride()), name
-        assert_bitwise_equal(_as_torch(arrays, name), t.clone(memory_format=torch.contiguous_format), name)
+        assert a.shape == tuple(t.shape) and a.strides == tuple(
+            s * a.itemsize for s in t.stride()
+        ), name
+        assert_bitwise_equal(
+            _as_torch(arrays, name), t.clone(memory_format=torch.contiguous_format), name
+        )
     # tied weights stay tied in both backends
     for group in _shared_groups(references[0] if references else got):
         present = [n for n in group if n in got]
@@ -145,12 +156,21 @@ print("ok")
 @pytest.mark.parametrize("ml_dtypes", ["with", "without"])
 def test_numpy_weights_load_into_torch_with_and_without_ml_dtypes(ml_dtypes):
     if ml_dtypes == "with":
-        pytest.importorskip("ml_dtypes", reason="ml_dtypes is in the test extras; without it only the fallback runs")
+        pytest.importorskip(
+            "ml_dtypes", reason="ml_dtypes is in the test extras; without it only the fallback runs"
+        )
     folders = sorted({c.folder for c in CASES if c.name == "bf16_mlp"})
-    assert {"zoo", "torch-2.5.1", "torch-2.8.0", "torch-2.10.0"} <= set(folders)  # all three layouts
+    assert {"zoo", "torch-2.5.1", "torch-2.8.0", "torch-2.10.0"} <= set(
+        folders
+    )  # all three layouts
     tests_dir = str(FIXTURES.parent / "tests")
-    done = subprocess.run([sys.executable, "-c", _NUMPY_TO_TORCH, ml_dtypes, tests_dir, *folders],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _NUMPY_TO_TORCH, ml_dtypes, tests_dir, *folders],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
@@ -162,7 +182,9 @@ def test_numpy_to_torch_takes_every_container_of_bits():
         unsigned = bits.view({1: np.uint8, 2: np.uint16}[bits.itemsize])
         for raw in (bits, unsigned):
             got = pt2interp.numpy_to_torch(raw, str(dtype).removeprefix("torch."))
-            assert got.dtype == dtype and torch.equal(got.view(torch.uint8), t.view(torch.uint8)), dtype
+            assert got.dtype == dtype and torch.equal(got.view(torch.uint8), t.view(torch.uint8)), (
+                dtype
+            )
     # a strided read-only view comes back as a writable copy of the same values
     base = np.arange(12, dtype=np.float32).reshape(3, 4)
     view = np.lib.stride_tricks.as_strided(base, shape=(4, 3), strides=(4, 16), writeable=False)
@@ -180,7 +202,9 @@ def test_buffers_and_constants_are_chosen_by_flags():
     path = case("zoo", "tiny_resnet").path
     everything = pt2interp.extract_weights(path, backend="numpy")
     params = pt2interp.extract_weights(path, backend="numpy", include_buffers=False)
-    assert set(params) == set(everything) - {k for k, v in everything.kinds.items() if v == "buffer"}
+    assert set(params) == set(everything) - {
+        k for k, v in everything.kinds.items() if v == "buffer"
+    }
     assert set(params.kinds.values()) == {"parameter"}
     assert any(k.endswith("running_mean") for k in everything)
     torch_params = pt2interp.extract_weights(path, include_buffers=False)
@@ -210,7 +234,9 @@ def test_legacy_pickles_refuse_anything_but_tensors(tmp_path):
         z.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
         z.writestr("archive/byteorder", "little")
     src = case("torch-2.5.1", "mlp").path
-    bad = rewrite_zip(src, tmp_path / "mlp.pt2", replace={"serialized_state_dict.pt": payload.getvalue()})
+    bad = rewrite_zip(
+        src, tmp_path / "mlp.pt2", replace={"serialized_state_dict.pt": payload.getvalue()}
+    )
     with pytest.raises(WeightError, match="serialized_state_dict.pt"):
         pt2interp.extract_weights(bad, backend="numpy")
 
@@ -218,6 +244,7 @@ def test_legacy_pickles_refuse_anything_but_tensors(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # safetensors
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
 def test_safetensors_holds_every_weight(c, tmp_path):
@@ -277,7 +304,10 @@ def test_tied_weights_are_written_once_the_way_safetensors_expects(tmp_path):
         names = set(f.keys())
         assert "tok_emb.weight" not in names and "head.weight" in names
         meta = f.metadata()
-    assert meta["torch_version"] == case("zoo", "mini_gpt").torch_version and meta["source"] == "mini_gpt.pt2"
+    assert (
+        meta["torch_version"] == case("zoo", "mini_gpt").torch_version
+        and meta["source"] == "mini_gpt.pt2"
+    )
     assert json.loads(meta["pt2interp.aliases"]) == saved.aliases
     restored = load_safetensors(out)
     assert restored["tok_emb.weight"].data_ptr() == restored["head.weight"].data_ptr()
@@ -290,9 +320,11 @@ def test_tied_weights_are_written_once_the_way_safetensors_expects(tmp_path):
 def test_cli_weights_writes_safetensors_and_npz_without_torch(tmp_path):
     path = case("torch-2.5.1", "bf16_mlp").path
     st, npz = tmp_path / "w.safetensors", tmp_path / "w.npz"
-    code = ("import sys\nfrom pt2interp.cli import main\n"
-            f"assert main(['weights', {str(path)!r}, '-o', {str(st)!r}, '--numpy', {str(npz)!r}]) == 0\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys\nfrom pt2interp.cli import main\n"
+        f"assert main(['weights', {str(path)!r}, '-o', {str(st)!r}, '--numpy', {str(npz)!r}]) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     want = pt2interp.extract_weights(path)
     got = load_safetensors(st)
@@ -308,6 +340,7 @@ def test_cli_weights_writes_safetensors_and_npz_without_torch(tmp_path):
 # load_weights into handwritten modules
 # ----------------------------------------------------------------------------------------------
 
+
 class Block(nn.Module):
     """A ResNet basic block whose layers are named differently from torchvision's."""
 
@@ -319,8 +352,11 @@ class Block(nn.Module):
         self.norm_b = nn.BatchNorm2d(cout)
         self.shortcut = None
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(OrderedDict(conv=nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                                      norm=nn.BatchNorm2d(cout)))
+            self.shortcut = nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(cin, cout, 1, stride, bias=False), norm=nn.BatchNorm2d(cout)
+                )
+            )
 
     def forward(self, x):
         y = self.norm_b(self.conv_b(F.relu(self.norm_a(self.conv_a(x)))))
@@ -332,9 +368,14 @@ class HandwrittenResNet18(nn.Module):
 
     def __init__(self, widths=(64, 128, 256, 512), classes=1000):
         super().__init__()
-        self.stem = nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), norm=nn.BatchNorm2d(widths[0]),
-            act=nn.ReLU(), pool=nn.MaxPool2d(3, 2, 1)))
+        self.stem = nn.Sequential(
+            OrderedDict(
+                conv=nn.Conv2d(3, widths[0], 7, 2, 3, bias=False),
+                norm=nn.BatchNorm2d(widths[0]),
+                act=nn.ReLU(),
+                pool=nn.MaxPool2d(3, 2, 1),
+            )
+        )
         stages, cin = [], widths[0]
         for i, w in enumerate(widths):
             stages.append(nn.Sequential(Block(cin, w, 1 if i == 0 else 2), Block(w, w, 1)))
@@ -351,10 +392,16 @@ class HandwrittenResNet18(nn.Module):
 
 # torchvision's names → the handwritten ones, as regex substitutions applied in order
 RESNET_RENAMES = [
-    (r"^conv1\.", "stem.conv."), (r"^bn1\.", "stem.norm."), (r"^fc\.", "classifier."),
+    (r"^conv1\.", "stem.conv."),
+    (r"^bn1\.", "stem.norm."),
+    (r"^fc\.", "classifier."),
     *[(rf"^layer{i + 1}\.", f"stages.{i}.") for i in range(4)],
-    (r"\.conv1\.", ".conv_a."), (r"\.bn1\.", ".norm_a."), (r"\.conv2\.", ".conv_b."), (r"\.bn2\.", ".norm_b."),
-    (r"\.downsample\.0\.", ".shortcut.conv."), (r"\.downsample\.1\.", ".shortcut.norm."),
+    (r"\.conv1\.", ".conv_a."),
+    (r"\.bn1\.", ".norm_a."),
+    (r"\.conv2\.", ".conv_b."),
+    (r"\.bn2\.", ".norm_b."),
+    (r"\.downsample\.0\.", ".shortcut.conv."),
+    (r"\.downsample\.1\.", ".shortcut.norm."),
 ]
 
 
@@ -362,7 +409,10 @@ def _check_renamed_resnet(path, npz_path, widths, classes):
     module = HandwrittenResNet18(widths, classes).eval()
     report = pt2interp.load_weights(module, path, rename=RESNET_RENAMES)
     assert report.ok and report.applied and not report.matched
-    assert report.renamed["layer2.0.downsample.1.running_var"] == "stages.1.0.shortcut.norm.running_var"
+    assert (
+        report.renamed["layer2.0.downsample.1.running_var"]
+        == "stages.1.0.shortcut.norm.running_var"
+    )
     assert len(report.renamed) == len(module.state_dict())
     ref = np.load(npz_path)
     with torch.no_grad():
@@ -380,7 +430,9 @@ def test_load_weights_renames_into_a_handwritten_resnet18():
     from fixtures.make_fixtures import ensure_large_fixture
 
     folder = ensure_large_fixture("resnet18")
-    _check_renamed_resnet(folder / "resnet18.pt2", folder / "resnet18.npz", (64, 128, 256, 512), 1000)
+    _check_renamed_resnet(
+        folder / "resnet18.pt2", folder / "resnet18.npz", (64, 128, 256, 512), 1000
+    )
 
 
 def test_a_shape_mismatch_leaves_the_module_unchanged():
@@ -389,15 +441,21 @@ def test_a_shape_mismatch_leaves_the_module_unchanged():
     with pytest.raises(LoadWeightsError) as err:
         pt2interp.load_weights(module, case("zoo", "tiny_resnet").path, rename=RESNET_RENAMES)
     report = err.value.report
-    assert [(m.target, m.source) for m in report.shape_mismatches] == [("classifier.weight", "fc.weight"),
-                                                                      ("classifier.bias", "fc.bias")]
-    assert "classifier.weight (from fc.weight): module has [11, 32], source has [10, 32]" in str(err.value)
+    assert [(m.target, m.source) for m in report.shape_mismatches] == [
+        ("classifier.weight", "fc.weight"),
+        ("classifier.bias", "fc.bias"),
+    ]
+    assert "classifier.weight (from fc.weight): module has [11, 32], source has [10, 32]" in str(
+        err.value
+    )
     assert not report.applied
     for k, v in module.state_dict().items():
         assert_bitwise_equal(v, before[k], k)
     # strict=False does not relax shape checks either
     with pytest.raises(LoadWeightsError):
-        pt2interp.load_weights(module, case("zoo", "tiny_resnet").path, rename=RESNET_RENAMES, strict=False)
+        pt2interp.load_weights(
+            module, case("zoo", "tiny_resnet").path, rename=RESNET_RENAMES, strict=False
+        )
 
 
 class _MLP(nn.Module):
@@ -415,13 +473,23 @@ def test_strictness_and_the_report():
     with pytest.raises(LoadWeightsError) as err:
         pt2interp.load_weights(module, path)
     r = err.value.report
-    assert r.missing == list(module.state_dict()) and set(r.unexpected) == {"fc1.weight", "fc1.bias",
-                                                                            "fc2.weight", "fc2.bias"}
+    assert r.missing == list(module.state_dict()) and set(r.unexpected) == {
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+    }
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
     # a dict maps module prefixes; strict=False loads what fits and reports the rest
-    report = pt2interp.load_weights(module, path, strict=False, rename={"fc1": "first", "fc2": "second"})
-    assert report.applied and report.renamed == {"fc1.weight": "first.weight", "fc1.bias": "first.bias",
-                                                 "fc2.weight": "second.weight", "fc2.bias": "second.bias"}
+    report = pt2interp.load_weights(
+        module, path, strict=False, rename={"fc1": "first", "fc2": "second"}
+    )
+    assert report.applied and report.renamed == {
+        "fc1.weight": "first.weight",
+        "fc1.bias": "first.bias",
+        "fc2.weight": "second.weight",
+        "fc2.bias": "second.bias",
+    }
     assert report.missing == ["extra.weight", "extra.bias"] and report.unexpected == []
     want = pt2interp.extract_weights(path)
     assert torch.equal(module.first.weight, want["fc1.weight"])
@@ -438,8 +506,12 @@ def test_dtype_and_device_conversion_and_dtype_checks():
     module = nn.Sequential(OrderedDict(fc1=nn.Linear(16, 32), fc2=nn.Linear(32, 8))).double()
     with pytest.raises(LoadWeightsError) as err:
         pt2interp.load_weights(module, path)
-    assert [m.target for m in err.value.report.dtype_mismatches] == ["fc1.weight", "fc1.bias", "fc2.weight",
-                                                                     "fc2.bias"]
+    assert [m.target for m in err.value.report.dtype_mismatches] == [
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+    ]
     param = module.fc1.weight
     pt2interp.load_weights(module, path, dtype=torch.float16, device="cpu")
     assert module.fc1.weight is param and param.dtype == torch.float16

@@ -14,10 +14,10 @@ import itertools
 
 import pytest
 import torch
-from pt2interp.ops.fast import FAST_METHODS, fast_kernel
-from pt2interp.ops.registry import resolve_torch_op
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from pt2interp.ops.fast import FAST_METHODS, fast_kernel
+from pt2interp.ops.registry import resolve_torch_op
 from pt2interp.schema import Argument, Graph, NamedArgument, Node, Ref
 
 
@@ -44,11 +44,26 @@ def _describe(value):
 
 # -- every argument kind the schema allows, as the serializer writes it ------------------------
 
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-           torch.bool, torch.complex64)
+_DTYPES = (
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.bool,
+    torch.complex64,
+)
 # A Tensor argument may hold a Python number in a graph (core ATen writes aten.sub.Tensor(1.0, x),
 # aten.mul.Tensor(x, s0)): each kind below is one the serializer writes for a Tensor position.
-_NUMBERS = (("int", 3), ("float", 0.5), ("bool", True), ("complex", 1 + 2j), ("sym_int", 2), ("sym_float", 1.5))
+_NUMBERS = (
+    ("int", 3),
+    ("float", 0.5),
+    ("bool", True),
+    ("complex", 1 + 2j),
+    ("sym_int", 2),
+    ("sym_float", 1.5),
+)
 
 
 def _tensor(shape, dtype, g, transposed=False):
@@ -79,14 +94,19 @@ def _variants(op, name):
     params = [a for a in op._schema.arguments if not a.kwarg_only]
     combos = []
     for self_shape, other_shape in _shapes(name):
-        selves = [("tensor", _tensor(self_shape, d, g, transposed)) for d in _DTYPES
-                  for transposed in ((False, True) if len(self_shape) >= 2 else (False,))]
+        selves = [
+            ("tensor", _tensor(self_shape, d, g, transposed))
+            for d in _DTYPES
+            for transposed in ((False, True) if len(self_shape) >= 2 else (False,))
+        ]
         selves += list(_NUMBERS)
         rest = []
         for p in params[1:]:
             kind = str(p.type)
             if kind == "Tensor":
-                rest.append([("tensor", _tensor(other_shape, d, g)) for d in _DTYPES] + list(_NUMBERS))
+                rest.append(
+                    [("tensor", _tensor(other_shape, d, g)) for d in _DTYPES] + list(_NUMBERS)
+                )
             elif kind == "int":
                 rest.append([("int", 1), ("int", -1), ("sym_int", 0)])
             elif kind == "List[int]":
@@ -118,7 +138,10 @@ def _graph_for(target, params, combo):
 
 
 def _direct_args(combo):
-    return [v.clone() if isinstance(v, torch.Tensor) else list(v) if isinstance(v, list) else v for _, v in combo]
+    return [
+        v.clone() if isinstance(v, torch.Tensor) else list(v) if isinstance(v, list) else v
+        for _, v in combo
+    ]
 
 
 def _outcome(fn, args):
@@ -150,46 +173,77 @@ def test_fast_binding_dispatches_the_same_overload_for_every_argument_kind(targe
         where = f"{target}{tuple((k, _describe(v)) for k, v in combo)}"
         graph, runtime = _graph_for(target, params, combo)
         plan = GraphCompiler().compile(graph)
-        kernel = getattr(plan.steps[0].kernel, "__wrapped__", plan.steps[0].kernel)  # view's fallback wraps it
+        kernel = getattr(
+            plan.steps[0].kernel, "__wrapped__", plan.steps[0].kernel
+        )  # view's fallback wraps it
         if combo[0][0] != "tensor":
-            assert kernel is not fast, f"{where}: a Tensor method bound to a node whose first argument is a number"
+            assert kernel is not fast, (
+                f"{where}: a Tensor method bound to a node whose first argument is a number"
+            )
         took_fast += kernel is fast
-        got = _outcome(lambda *a, plan=plan: plan.run(list(a))[0], [v.clone() if isinstance(v, torch.Tensor) else v
-                                                         for v in runtime])
+        got = _outcome(
+            lambda *a, plan=plan: plan.run(list(a))[0],
+            [v.clone() if isinstance(v, torch.Tensor) else v for v in runtime],
+        )
         want = _outcome(op, _direct_args(combo))
         if name == "view" and isinstance(want, Exception) and "reshape" in str(want):
             # a view of a layout export did not see runs as a reshape (test_devices.py): the
             # overload is tried first, and the result is the reshape's
             assert not isinstance(got, Exception) and got[0][0][0] is op, where
-            torch.testing.assert_close(got[1], runtime[0].reshape(combo[1][1]), rtol=0, atol=0, msg=where)
+            torch.testing.assert_close(
+                got[1], runtime[0].reshape(combo[1][1]), rtol=0, atol=0, msg=where
+            )
             continue
         if isinstance(want, Exception):
-            assert isinstance(got, Exception), f"{where}: the overload fails ({want}), the plan does not"
+            assert isinstance(got, Exception), (
+                f"{where}: the overload fails ({want}), the plan does not"
+            )
             continue
-        assert not isinstance(got, Exception), f"{where}: the plan fails ({got!r}), the overload does not"
+        assert not isinstance(got, Exception), (
+            f"{where}: the plan fails ({got!r}), the overload does not"
+        )
         assert got[0] == want[0], f"{where}: {got[0]} != {want[0]}"
         assert got[0][0][0] is op, where
         torch.testing.assert_close(got[1], want[1], rtol=0, atol=0, equal_nan=True, msg=where)
-        if name != target.split(".")[1] and combo[0][0] == "tensor":  # in-place: the input written alike
-            torch.testing.assert_close(got[2][0], want[2][0], rtol=0, atol=0, equal_nan=True, msg=where)
-    assert took_fast > len(combos) // 4, f"{target}: the fast binding ran for only {took_fast} of {len(combos)}"
+        if (
+            name != target.split(".")[1] and combo[0][0] == "tensor"
+        ):  # in-place: the input written alike
+            torch.testing.assert_close(
+                got[2][0], want[2][0], rtol=0, atol=0, equal_nan=True, msg=where
+            )
+    assert took_fast > len(combos) // 4, (
+        f"{target}: the fast binding ran for only {took_fast} of {len(combos)}"
+    )
 
 
 def test_nodes_with_keyword_arguments_keep_the_overload():
     from pt2interp.interpreter import GraphCompiler
 
-    node = Node("torch.ops.aten.add.Tensor",
-                [NamedArgument("self", Argument("tensor", Ref("x"))), NamedArgument("other", Argument("tensor", Ref("y"))),
-                 NamedArgument("alpha", Argument("int", 2), 2)],
-                [Argument("tensor", Ref("z"))], {})
-    graph = Graph([Argument("tensor", Ref("x")), Argument("tensor", Ref("y"))], [Argument("tensor", Ref("z"))], [node], {})
+    node = Node(
+        "torch.ops.aten.add.Tensor",
+        [
+            NamedArgument("self", Argument("tensor", Ref("x"))),
+            NamedArgument("other", Argument("tensor", Ref("y"))),
+            NamedArgument("alpha", Argument("int", 2), 2),
+        ],
+        [Argument("tensor", Ref("z"))],
+        {},
+    )
+    graph = Graph(
+        [Argument("tensor", Ref("x")), Argument("tensor", Ref("y"))],
+        [Argument("tensor", Ref("z"))],
+        [node],
+        {},
+    )
     plan = GraphCompiler().compile(graph)
     assert plan.steps[0].kernel is not torch.Tensor.add
     x, y = torch.randn(3), torch.randn(3)
     torch.testing.assert_close(plan.run([x, y])[0], torch.add(x, y, alpha=2), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("target", ["aten.sub.Tensor", "aten.add.Tensor", "aten.mul.Tensor", "aten.div.Tensor"])
+@pytest.mark.parametrize(
+    "target", ["aten.sub.Tensor", "aten.add.Tensor", "aten.mul.Tensor", "aten.div.Tensor"]
+)
 def test_a_scalar_first_argument_runs_the_overload_itself(tmp_path, target):
     """Core ATen's bicubic interpolation writes aten.sub.Tensor(1.0, x): no Tensor method takes
     a float first, so such a node runs the overload."""
@@ -206,11 +260,20 @@ def test_a_scalar_first_argument_runs_the_overload_itself(tmp_path, target):
     with zipfile.ZipFile(src) as z:
         doc = json.loads(z.read(member))
     graph = doc["graph_module"]["graph"]
-    graph["nodes"] = [{"target": f"torch.ops.{target}", "metadata": {},
-                       "inputs": [{"name": "self", "arg": {"as_float": 1.5}, "kind": 1},
-                                  {"name": "other", "arg": {"as_tensor": {"name": "x"}}, "kind": 1}],
-                       "outputs": [{"as_tensor": {"name": "linear_1"}}]}]
-    path = rewrite_zip(src, tmp_path / "scalar_first.pt2", replace={member: json.dumps(doc).encode()})
+    graph["nodes"] = [
+        {
+            "target": f"torch.ops.{target}",
+            "metadata": {},
+            "inputs": [
+                {"name": "self", "arg": {"as_float": 1.5}, "kind": 1},
+                {"name": "other", "arg": {"as_tensor": {"name": "x"}}, "kind": 1},
+            ],
+            "outputs": [{"as_tensor": {"name": "linear_1"}}],
+        }
+    ]
+    path = rewrite_zip(
+        src, tmp_path / "scalar_first.pt2", replace={member: json.dumps(doc).encode()}
+    )
     x = torch.randn(4, 16)
     overload = getattr(torch.ops.aten, target.split(".")[1]).Tensor
     torch.testing.assert_close(pt2interp.load(path)(x), overload(1.5, x), rtol=0, atol=0)

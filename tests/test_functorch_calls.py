@@ -16,9 +16,9 @@ import pytest
 import torch
 from fixture_cases import case, release
 from helpers import export_or_skip, program_member, rewrite_zip, save_or_skip
-from pt2interp.ops.functorch import ADMITTED
 
 import pt2interp
+from pt2interp.ops.functorch import ADMITTED
 
 
 class VMap(torch.nn.Module):
@@ -45,7 +45,11 @@ def _saved(tmp_path, module, args, name):
 def _functorch_targets(path) -> list[str]:
     with zipfile.ZipFile(path) as z:
         doc = json.loads(z.read(program_member(path)))
-    return [n["target"] for n in doc["graph_module"]["graph"]["nodes"] if n["target"].startswith("torch._functorch")]
+    return [
+        n["target"]
+        for n in doc["graph_module"]["graph"]["nodes"]
+        if n["target"].startswith("torch._functorch")
+    ]
 
 
 def _edited(tmp_path, src, edit, name="edited"):
@@ -56,18 +60,23 @@ def _edited(tmp_path, src, edit, name="edited"):
     return rewrite_zip(src, tmp_path / f"{name}.pt2", replace={member: json.dumps(doc).encode()})
 
 
-@pytest.mark.parametrize("make, args", [
-    (VMap, lambda: (torch.randn(4, 3), torch.randn(3))),
-    (Jvp, lambda: (torch.randn(3), torch.randn(3))),
-    (GenericAssociativeScan, lambda: (torch.randn(5, 3),)),
-], ids=["vmap", "jvp", "associative_scan"])
+@pytest.mark.parametrize(
+    "make, args",
+    [
+        (VMap, lambda: (torch.randn(4, 3), torch.randn(3))),
+        (Jvp, lambda: (torch.randn(3), torch.randn(3))),
+        (GenericAssociativeScan, lambda: (torch.randn(5, 3),)),
+    ],
+    ids=["vmap", "jvp", "associative_scan"],
+)
 @pytest.mark.parametrize("inference_mode", [True, False])
 def test_training_ir_transforms_run_as_torch_runs_them(tmp_path, make, args, inference_mode):
     inputs = args()
     path = _saved(tmp_path, make(), inputs, make.__name__)
     if not _functorch_targets(path):  # else this test tests nothing
-        assert release(torch.__version__) < release(case("zoo", "mlp").torch_version), \
+        assert release(torch.__version__) < release(case("zoo", "mlp").torch_version), (
             "the zoo's torch records functorch calls in training IR"
+        )
         pytest.skip(f"torch {torch.__version__}'s training IR of it has no functorch calls")
     want = torch.export.load(path).module()(*inputs)
     got = pt2interp.load(path, inference_mode=inference_mode)(*inputs)
@@ -80,14 +89,23 @@ def test_the_table_is_torchs_predispatch_module():
     """Every function torch's predispatch module defines is in the table, each with its reason,
     and nothing else: a call torch adds shows up here."""
     predispatch = pytest.importorskip("torch._functorch.predispatch")
-    defined = {name for name, fn in inspect.getmembers(predispatch, inspect.isfunction)
-               if fn.__module__ == predispatch.__name__}
+    defined = {
+        name
+        for name, fn in inspect.getmembers(predispatch, inspect.isfunction)
+        if fn.__module__ == predispatch.__name__
+    }
     assert defined == set(ADMITTED)
     assert all(why for _kernel, why, _enters, _exits in ADMITTED.values())
 
 
-@pytest.mark.parametrize("target", ["torch._functorch.predispatch.os", "torch._functorch.eager_transforms.grad",
-                                    "torch._functorch.predispatch.__builtins__"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "torch._functorch.predispatch.os",
+        "torch._functorch.eager_transforms.grad",
+        "torch._functorch.predispatch.__builtins__",
+    ],
+)
 def test_other_functorch_names_are_refused(tmp_path, target):
     path = _saved(tmp_path, VMap(), (torch.randn(4, 3), torch.randn(3)), "vmap")
 
@@ -105,10 +123,15 @@ def test_unpaired_levels_are_refused_before_running(tmp_path, drop):
     def without(graph):
         graph["nodes"] = [n for n in graph["nodes"] if not n["target"].endswith(drop)]
         if drop == "_vmap_increment_nesting":  # keep the graph otherwise well formed
-            graph["nodes"] = [n for n in graph["nodes"] if not n["target"].endswith(("_add_batch_dim",
-                                                                                     "_remove_batch_dim"))]
+            graph["nodes"] = [
+                n
+                for n in graph["nodes"]
+                if not n["target"].endswith(("_add_batch_dim", "_remove_batch_dim"))
+            ]
 
-    with pytest.raises(pt2interp.GraphError, match="functorch levels it never leaves|has not entered"):
+    with pytest.raises(
+        pt2interp.GraphError, match="functorch levels it never leaves|has not entered"
+    ):
         pt2interp.load(_edited(tmp_path, path, without))
     assert torch._C._functorch.maybe_current_level() is None
 
@@ -143,4 +166,6 @@ def test_functorch_calls_are_written_as_python(tmp_path):
 
     path = _saved(tmp_path, VMap(), (torch.randn(4, 3), torch.randn(3)), "vmap")
     source = to_python(path)
-    assert "torch._functorch.predispatch._vmap_increment_nesting(4, 'error')" in source.replace('"', "'")
+    assert "torch._functorch.predispatch._vmap_increment_nesting(4, 'error')" in source.replace(
+        '"', "'"
+    )

@@ -71,15 +71,26 @@ EXAMPLES = int(_EXAMPLES_ENV) if _EXAMPLES_ENV else 50
 REPORT = os.environ.get("PT2INTERP_FUZZ_REPORT")
 
 settings.register_profile(
-    "pt2interp-fuzz-ci", max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+    "pt2interp-fuzz-ci",
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
     print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 settings.register_profile(
-    "pt2interp-fuzz-long", parent=settings.get_profile("pt2interp-fuzz-ci"), derandomize=False)
+    "pt2interp-fuzz-long", parent=settings.get_profile("pt2interp-fuzz-ci"), derandomize=False
+)
 PROFILE = settings.get_profile("pt2interp-fuzz-long" if _EXAMPLES_ENV else "pt2interp-fuzz-ci")
 
 
 # -- the archives --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Fixture:
@@ -100,14 +111,23 @@ def _fixture(folder: str, name: str, ir: str) -> Fixture:
     data = c.path.read_bytes()
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         names = z.namelist()
-    program = next(n for n in names if n.endswith(("models/model.json", "serialized_exported_program.json")))
-    weights = next(n for n in names if n.endswith(("model_weights_config.json", "serialized_state_dict.pt")))
+    program = next(
+        n for n in names if n.endswith(("models/model.json", "serialized_exported_program.json"))
+    )
+    weights = next(
+        n for n in names if n.endswith(("model_weights_config.json", "serialized_state_dict.pt"))
+    )
     args, kwargs = c.inputs()
     return Fixture(c.id, data, program, weights, args, kwargs)
 
 
-FIXTURE_KEYS = [("zoo", "mlp", "training"), ("zoo", "cond", "training"), ("zoo", "dynamic_batch_mlp", "core"),
-                ("torch-2.5.1", "mlp", "training"), ("torch-2.7.1", "counter", "core")]
+FIXTURE_KEYS = [
+    ("zoo", "mlp", "training"),
+    ("zoo", "cond", "training"),
+    ("zoo", "dynamic_batch_mlp", "core"),
+    ("torch-2.5.1", "mlp", "training"),
+    ("torch-2.7.1", "counter", "core"),
+]
 FIXTURES = {f"{a}/{b}{'_core' if c == 'core' else ''}": k for k in FIXTURE_KEYS for a, b, c in [k]}
 _LOADED: dict[str, Fixture] = {}
 
@@ -119,6 +139,7 @@ def fixture(key: str) -> Fixture:
 
 
 # -- outcomes ------------------------------------------------------------------------------------
+
 
 class CaseTimeout(BaseException):  # a BaseException so that no `except Exception` eats it
     """A case ran past ``CASE_SECONDS``."""
@@ -134,15 +155,19 @@ def _report():
     yield
     shutil.rmtree(_SCRATCH, ignore_errors=True)
     if REPORT:
-        summary = {"examples_per_test": dict(EXAMPLE_COUNTS),
-                   "outcomes": {k: dict(v.most_common()) for k, v in sorted(OUTCOMES.items())},
-                   "seconds": round(time.time() - start, 1), "max_examples": EXAMPLES}
+        summary = {
+            "examples_per_test": dict(EXAMPLE_COUNTS),
+            "outcomes": {k: dict(v.most_common()) for k, v in sorted(OUTCOMES.items())},
+            "seconds": round(time.time() - start, 1),
+            "max_examples": EXAMPLES,
+        }
         Path(REPORT).write_text(json.dumps(summary, indent=2))
 
 
 @contextlib.contextmanager
 def _bounded():
     """The per-case watchdog: SIGALRM after CASE_SECONDS, and an address-space limit."""
+
     def on_alarm(signum, frame):
         raise CaseTimeout(f"case ran past {CASE_SECONDS} s")
 
@@ -190,7 +215,9 @@ def _attempt(label: str, fn, outcomes: list[str]) -> object:
     return value
 
 
-def exercise(strategy: str, fx: Fixture, data: bytes, as_bytes: bool = False, pickled: bytes | None = None) -> None:
+def exercise(
+    strategy: str, fx: Fixture, data: bytes, as_bytes: bool = False, pickled: bytes | None = None
+) -> None:
     outcomes: list[str] = []
     path = None if as_bytes else _write(data)
     source = (lambda: data) if as_bytes else (lambda: path)
@@ -207,7 +234,9 @@ def exercise(strategy: str, fx: Fixture, data: bytes, as_bytes: bool = False, pi
                 _attempt("run", lambda: prog(*args, **kwargs), outcomes)
                 _attempt("run2", lambda: prog(*args, **kwargs), outcomes)
             if pickled is not None:
-                _attempt("load_torch_save", lambda: load_torch_save(pickled, source="fuzz"), outcomes)
+                _attempt(
+                    "load_torch_save", lambda: load_torch_save(pickled, source="fuzz"), outcomes
+                )
     finally:
         if path is not None:
             path.unlink()
@@ -219,8 +248,11 @@ def exercise(strategy: str, fx: Fixture, data: bytes, as_bytes: bool = False, pi
 
 # -- (a) bytes of the zip --------------------------------------------------------------------------
 
-_byte_edit = st.tuples(st.sampled_from(["flip", "insert", "delete", "truncate", "set"]),
-                       st.integers(min_value=0, max_value=1 << 20), st.binary(min_size=1, max_size=8))
+_byte_edit = st.tuples(
+    st.sampled_from(["flip", "insert", "delete", "truncate", "set"]),
+    st.integers(min_value=0, max_value=1 << 20),
+    st.binary(min_size=1, max_size=8),
+)
 
 
 def mutate_bytes(data: bytes, edits) -> bytes:
@@ -232,11 +264,11 @@ def mutate_bytes(data: bytes, edits) -> bytes:
         if kind == "flip":
             b[pos] ^= blob[0] or 1
         elif kind == "set":
-            b[pos:pos + len(blob)] = blob
+            b[pos : pos + len(blob)] = blob
         elif kind == "insert":
             b[pos:pos] = blob
         elif kind == "delete":
-            del b[pos:pos + len(blob) * 7]
+            del b[pos : pos + len(blob) * 7]
         else:
             del b[pos:]
     return bytes(b)
@@ -253,34 +285,104 @@ def test_fuzz_zip_bytes(key, edits, as_bytes):
 # -- (b) the program JSON --------------------------------------------------------------------------
 
 HOSTILE_TARGETS = [
-    "os.system", "builtins.eval", "builtins.exec", "torch.load", "torch.ops.aten.__class__",
-    "torch.ops.import_module.x", "torch.ops.aten.definitely_not_an_op.default", "torch.ops.load_library",
-    "torch.ops.aten.add", "torch.ops.aten.add.__call__", "torch.ops.higher_order.cond.default",
-    "torch.ops.higher_order.nope", "_operator.getitem", "_operator.__import__", "torch.ops.aten.sym_size.int",
-    "torch.ops.aten.empty.memory_format", "torch.ops.aten.full.default", "torch.ops.aten.zeros.default",
-    "torch.ops.aten.arange.default", "torch.ops.aten.view.default", "torch.ops.aten.expand.default",
-    "torch.ops.aten.copy_.default", "torch.ops.aten.add_.Tensor", "torch.ops.aten._assert_async.msg",
-    "", ".", "..", "torch.ops", "torch.ops.aten", "__import__('os').system('x')",
-    "torch.ops.aten.from_file.default", "torch.ops.aten._reshape_alias.default",
-    "torch.ops.inductor._reinterpret_tensor.default", "_operator.pow", "_operator.lshift", "_operator.mul",
-    "torch.ops.higher_order.while_loop", "torch.ops.higher_order.map_impl", "torch.ops.aten.resize_.default",
-    "torch.ops.aten.set_.source_Tensor_storage_offset", "torch.ops.aten.as_strided.default",
+    "os.system",
+    "builtins.eval",
+    "builtins.exec",
+    "torch.load",
+    "torch.ops.aten.__class__",
+    "torch.ops.import_module.x",
+    "torch.ops.aten.definitely_not_an_op.default",
+    "torch.ops.load_library",
+    "torch.ops.aten.add",
+    "torch.ops.aten.add.__call__",
+    "torch.ops.higher_order.cond.default",
+    "torch.ops.higher_order.nope",
+    "_operator.getitem",
+    "_operator.__import__",
+    "torch.ops.aten.sym_size.int",
+    "torch.ops.aten.empty.memory_format",
+    "torch.ops.aten.full.default",
+    "torch.ops.aten.zeros.default",
+    "torch.ops.aten.arange.default",
+    "torch.ops.aten.view.default",
+    "torch.ops.aten.expand.default",
+    "torch.ops.aten.copy_.default",
+    "torch.ops.aten.add_.Tensor",
+    "torch.ops.aten._assert_async.msg",
+    "",
+    ".",
+    "..",
+    "torch.ops",
+    "torch.ops.aten",
+    "__import__('os').system('x')",
+    "torch.ops.aten.from_file.default",
+    "torch.ops.aten._reshape_alias.default",
+    "torch.ops.inductor._reinterpret_tensor.default",
+    "_operator.pow",
+    "_operator.lshift",
+    "_operator.mul",
+    "torch.ops.higher_order.while_loop",
+    "torch.ops.higher_order.map_impl",
+    "torch.ops.aten.resize_.default",
+    "torch.ops.aten.set_.source_Tensor_storage_offset",
+    "torch.ops.aten.as_strided.default",
     # the op policy's cases (pt2interp.ops.policy)
-    "torch.ops.aten._sparse_coo_tensor_unsafe.default", "torch.ops.aten.sparse_coo_tensor.indices_size",
-    "torch.ops.aten._indices.default", "torch.ops.aten._ctc_loss.default", "torch.ops.aten._print.default",
-    "torch.ops.higher_order.print", "torch.ops.aten.format.default", "torch.ops.aten._copy_from.default",
-    "torch.ops.higher_order.inline_asm_elementwise", "_operator.mod", "_operator.add",
+    "torch.ops.aten._sparse_coo_tensor_unsafe.default",
+    "torch.ops.aten.sparse_coo_tensor.indices_size",
+    "torch.ops.aten._indices.default",
+    "torch.ops.aten._ctc_loss.default",
+    "torch.ops.aten._print.default",
+    "torch.ops.higher_order.print",
+    "torch.ops.aten.format.default",
+    "torch.ops.aten._copy_from.default",
+    "torch.ops.higher_order.inline_asm_elementwise",
+    "_operator.mod",
+    "_operator.add",
 ]
 HOSTILE_STRINGS = HOSTILE_TARGETS + [
-    "../../../etc/passwd", "/etc/passwd", "C:\\x", "weight_0", "weight_99", "model.pt", "custom_obj_0",
-    "s0", "s77", "Symbol('s0')", "2*s0 + 1", "Pow(Integer(2), Integer(100000))", "s0**s0**s0",
-    "Integer(" * 50 + "1" + ")" * 50, "(" * 500 + "s0" + ")" * 500, "x" * 20000,
-    "[1, {\"type\": \"os.system\", \"context\": null, \"children_spec\": []}]",
-    "[1, {\"type\": \"builtins.tuple\", \"context\": \"null\", \"children_spec\": 5}]",
-    "\x00", "\ud800", "NaN", "Infinity", "-Infinity",
-    "{0.__class__.__init__.__globals__}", "%1500000000d", "{:1500000000}", "\x1b[2J\x1b]0;title\x07",
+    "../../../etc/passwd",
+    "/etc/passwd",
+    "C:\\x",
+    "weight_0",
+    "weight_99",
+    "model.pt",
+    "custom_obj_0",
+    "s0",
+    "s77",
+    "Symbol('s0')",
+    "2*s0 + 1",
+    "Pow(Integer(2), Integer(100000))",
+    "s0**s0**s0",
+    "Integer(" * 50 + "1" + ")" * 50,
+    "(" * 500 + "s0" + ")" * 500,
+    "x" * 20000,
+    '[1, {"type": "os.system", "context": null, "children_spec": []}]',
+    '[1, {"type": "builtins.tuple", "context": "null", "children_spec": 5}]',
+    "\x00",
+    "\ud800",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "{0.__class__.__init__.__globals__}",
+    "%1500000000d",
+    "{:1500000000}",
+    "\x1b[2J\x1b]0;title\x07",
 ]
-HUGE_INTS = [2**62, 2**63 - 1, 2**63, 2**64, -(2**63), -1, -2, 0, 1, 2**31, 10**30, 2**1000, -(10**30)]
+HUGE_INTS = [
+    2**62,
+    2**63 - 1,
+    2**63,
+    2**64,
+    -(2**63),
+    -1,
+    -2,
+    0,
+    1,
+    2**31,
+    10**30,
+    2**1000,
+    -(10**30),
+]
 
 
 class Deep:
@@ -297,18 +399,28 @@ class Deep:
 
 def _scalars(strings: list[str]):
     return st.one_of(
-        st.none(), st.booleans(), st.integers(), st.sampled_from(HUGE_INTS),
-        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-        st.sampled_from(HOSTILE_STRINGS), st.sampled_from(strings),
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.sampled_from(HUGE_INTS),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=12),
+        st.sampled_from(HOSTILE_STRINGS),
+        st.sampled_from(strings),
     )
 
 
 def json_values(strings: list[str]):
     leaves = _scalars(strings)
     deep = st.builds(Deep, st.sampled_from([100, 999, 1100, 5000, 100_000]), st.booleans())
-    nested = st.recursive(leaves, lambda kids: st.lists(kids, max_size=4)
-                          | st.dictionaries(st.text(max_size=8) | st.sampled_from(strings), kids, max_size=4),
-                          max_leaves=8)
+    nested = st.recursive(
+        leaves,
+        lambda kids: (
+            st.lists(kids, max_size=4)
+            | st.dictionaries(st.text(max_size=8) | st.sampled_from(strings), kids, max_size=4)
+        ),
+        max_leaves=8,
+    )
     return st.one_of(leaves, nested, deep)
 
 
@@ -367,8 +479,19 @@ def _get(doc, path):
     return doc
 
 
-MUTATIONS = ["replace", "replace", "replace", "splice", "delete", "duplicate", "reorder", "rename",
-             "retarget", "rewire", "number"]
+MUTATIONS = [
+    "replace",
+    "replace",
+    "replace",
+    "splice",
+    "delete",
+    "duplicate",
+    "reorder",
+    "rename",
+    "retarget",
+    "rewire",
+    "number",
+]
 INTERESTING_INTS = st.one_of(st.sampled_from(HUGE_INTS), st.integers(min_value=-3, max_value=70))
 
 
@@ -401,7 +524,11 @@ def mutate_json(data, doc, values) -> None:
         if kind in ("retarget", "rewire", "number"):
             typed = _typed_paths(doc, paths)[kind]
             if typed:
-                path = typed[data.draw(st.integers(min_value=0, max_value=len(typed) - 1), label="typed path")]
+                path = typed[
+                    data.draw(
+                        st.integers(min_value=0, max_value=len(typed) - 1), label="typed path"
+                    )
+                ]
                 parent, last = _get(doc, path[:-1]), path[-1]
                 if kind == "number":
                     parent[last] = data.draw(INTERESTING_INTS, label="int")
@@ -415,12 +542,16 @@ def mutate_json(data, doc, values) -> None:
         if kind == "replace":
             parent[last] = data.draw(values, label="value")
         elif kind == "splice":
-            other = paths[data.draw(st.integers(min_value=0, max_value=len(paths) - 1), label="from")]
+            other = paths[
+                data.draw(st.integers(min_value=0, max_value=len(paths) - 1), label="from")
+            ]
             parent[last] = copy.deepcopy(_get(doc, other))
         elif kind == "delete":
             del parent[last]
         elif kind == "rename" and isinstance(parent, dict):
-            new = data.draw(st.sampled_from(_strings(doc)[:500] or ["x"]) | st.text(max_size=8), label="key")
+            new = data.draw(
+                st.sampled_from(_strings(doc)[:500] or ["x"]) | st.text(max_size=8), label="key"
+            )
             parent[new] = parent.pop(last)
         elif kind == "duplicate" and isinstance(parent, list):
             parent.insert(last, copy.deepcopy(parent[last]))
@@ -433,7 +564,10 @@ def mutate_json(data, doc, values) -> None:
 
 def rewrite_member(data: bytes, member: str, content: bytes) -> bytes:
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zout:
+    with (
+        zipfile.ZipFile(io.BytesIO(data)) as zin,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zout,
+    ):
         for info in zin.infolist():
             zout.writestr(info, content if info.filename == member else zin.read(info.filename))
     return out.getvalue()
@@ -467,8 +601,12 @@ CONFIG_VALUES_EXTRA = [0, 1, 7, 12, 22, 44, 99, -1, 2**62, 2**63, 2**40, 4096]
 
 
 def config_values(strings: list[str]):
-    ints = st.one_of(st.integers(min_value=-4, max_value=40), st.sampled_from(CONFIG_VALUES_EXTRA + HUGE_INTS))
-    size_like = st.one_of(ints.map(lambda n: {"as_int": n}), st.lists(ints.map(lambda n: {"as_int": n}), max_size=4))
+    ints = st.one_of(
+        st.integers(min_value=-4, max_value=40), st.sampled_from(CONFIG_VALUES_EXTRA + HUGE_INTS)
+    )
+    size_like = st.one_of(
+        ints.map(lambda n: {"as_int": n}), st.lists(ints.map(lambda n: {"as_int": n}), max_size=4)
+    )
     return st.one_of(ints, size_like, st.sampled_from(strings), json_values(strings))
 
 
@@ -485,7 +623,9 @@ def test_fuzz_weights(key, data):
             pickle_bytes = z.read(pkl)
         edits = data.draw(st.lists(_byte_edit, min_size=1, max_size=3), label="edits")
         payload = rewrite_member(payload, pkl, mutate_bytes(pickle_bytes, edits))
-        exercise("weights", fx, rewrite_member(fx.data, fx.weights_member, payload), pickled=payload)
+        exercise(
+            "weights", fx, rewrite_member(fx.data, fx.weights_member, payload), pickled=payload
+        )
         return
     doc, strings = _doc(fx, fx.weights_member)
     mutate_json(data, doc, config_values(strings))

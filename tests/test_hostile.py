@@ -88,6 +88,7 @@ def _nodes(doc) -> list:
 # Pickles: only weights_only loading or the restricted unpickler; other callables are refused.
 # ------------------------------------------------------------------------------------------------
 
+
 class _Call:
     """Pickles as ``fn(*args)``: unpickling it *is* the call."""
 
@@ -142,7 +143,11 @@ def test_malicious_legacy_pickle_is_refused(tmp_path, attack, member):
 def test_malicious_example_inputs_are_refused(tmp_path):
     marker = tmp_path / "pwned"
     obj, _ = _attacks(marker)["exec"]
-    path = rewrite_zip(LEGACY, tmp_path / "evil.pt2", replace={"serialized_example_inputs.pt": _evil_state_dict(obj)})
+    path = rewrite_zip(
+        LEGACY,
+        tmp_path / "evil.pt2",
+        replace={"serialized_example_inputs.pt": _evil_state_dict(obj)},
+    )
     prog = pt2interp.read_program(path)
     with pytest.raises(pt2interp.WeightError, match="serialized_example_inputs.pt.*exec"):
         prog.example_inputs()
@@ -158,7 +163,13 @@ def test_malicious_torch_2_8_pickled_weights_are_refused(tmp_path, attack):
         drop = {n: None for n in z.namelist() if n.startswith(f"{TOP}/data/weights/")}
     member = f"{TOP}/data/weights/model.pt"
     path = rewrite_zip(MLP, tmp_path / "v28.pt2", replace=drop, add={member: _evil_state_dict(obj)})
-    _raises(pt2interp.WeightError, path, member, *names, fn=lambda p: pt2interp.read_program(p).state_dict())
+    _raises(
+        pt2interp.WeightError,
+        path,
+        member,
+        *names,
+        fn=lambda p: pt2interp.read_program(p).state_dict(),
+    )
     _raises(pt2interp.WeightError, path, member, *names, fn=pt2interp.load)
     assert not marker.exists()
 
@@ -168,17 +179,29 @@ def test_raw_pickle_payloads_are_refused(tmp_path):
     them; no .pt2 writer ever used it, so it is refused before torch sees it."""
     buf = io.BytesIO()
     torch.save({"fc1.weight": torch.ones(2)}, buf, _use_new_zipfile_serialization=False)
-    path = rewrite_zip(LEGACY, tmp_path / "raw.pt2", replace={"serialized_state_dict.pt": buf.getvalue()})
-    _raises(pt2interp.WeightError, path, "serialized_state_dict.pt", "not a torch.save zip",
-            fn=lambda p: pt2interp.read_program(p).state_dict())
+    path = rewrite_zip(
+        LEGACY, tmp_path / "raw.pt2", replace={"serialized_state_dict.pt": buf.getvalue()}
+    )
+    _raises(
+        pt2interp.WeightError,
+        path,
+        "serialized_state_dict.pt",
+        "not a torch.save zip",
+        fn=lambda p: pt2interp.read_program(p).state_dict(),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Zip problems
 # ------------------------------------------------------------------------------------------------
 
+
 def test_not_a_zip_and_empty_files(tmp_path):
-    for name, data in (("text.pt2", b"just text\n" * 50), ("empty.pt2", b""), ("pk.pt2", b"PK\x03\x04" + b"\0" * 40)):
+    for name, data in (
+        ("text.pt2", b"just text\n" * 50),
+        ("empty.pt2", b""),
+        ("pk.pt2", b"PK\x03\x04" + b"\0" * 40),
+    ):
         p = tmp_path / name
         p.write_bytes(data)
         _raises(pt2interp.FormatError, p, name)
@@ -192,8 +215,18 @@ def test_truncated_anywhere(tmp_path, fraction):
     _raises(pt2interp.FormatError, p, "cut.pt2")
 
 
-@pytest.mark.parametrize("name", ["../evil", "mlp/../../evil", "/abs/evil", "\\abs\\evil", "C:/evil",
-                                  "mlp/..\\..\\evil", "mlp/data/weights/../../../evil"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../evil",
+        "mlp/../../evil",
+        "/abs/evil",
+        "\\abs\\evil",
+        "C:/evil",
+        "mlp/..\\..\\evil",
+        "mlp/data/weights/../../../evil",
+    ],
+)
 def test_unsafe_member_names_are_refused_and_never_written(tmp_path, monkeypatch, name):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
@@ -222,32 +255,43 @@ def _data_span(data: bytes, member: str) -> tuple[int, int]:
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         info = z.getinfo(member)
     h = info.header_offset
-    name_len, extra_len = struct.unpack("<HH", data[h + 26:h + 30])
+    name_len, extra_len = struct.unpack("<HH", data[h + 26 : h + 30])
     start = h + 30 + name_len + extra_len
     return start, start + info.compress_size
 
 
-@pytest.mark.parametrize("src,member", [(MLP, PROGRAM), (MLP, CONFIG), (LEGACY, "serialized_state_dict.pt"),
-                                        (LEGACY, "serialized_exported_program.json")])
+@pytest.mark.parametrize(
+    "src,member",
+    [
+        (MLP, PROGRAM),
+        (MLP, CONFIG),
+        (LEGACY, "serialized_state_dict.pt"),
+        (LEGACY, "serialized_exported_program.json"),
+    ],
+)
 def test_crc_mismatch_names_the_member(tmp_path, src, member):
     data = bytearray(src.read_bytes())
     start, end = _data_span(bytes(data), member)
     data[(start + end) // 2] ^= 0x20  # a flipped bit in the middle of the member's data
     path = tmp_path / "crc.pt2"
     path.write_bytes(bytes(data))
-    err = _raises((pt2interp.FormatError, pt2interp.WeightError), path, member,
-                  fn=lambda p: pt2interp.load(p)(x_input()) if src == MLP else pt2interp.load(p))
+    err = _raises(
+        (pt2interp.FormatError, pt2interp.WeightError),
+        path,
+        member,
+        fn=lambda p: pt2interp.load(p)(x_input()) if src == MLP else pt2interp.load(p),
+    )
     assert "CRC" in str(err) or "corrupt" in str(err)
 
 
 def _central_header(data: bytes, member: str) -> int:
     """Offset of a member's central directory header."""
     pos = data.rfind(b"PK\x05\x06")
-    cd_size, cd_offset = struct.unpack("<II", data[pos + 12:pos + 20])
+    cd_size, cd_offset = struct.unpack("<II", data[pos + 12 : pos + 20])
     i = cd_offset
     while i < cd_offset + cd_size:
-        name_len, extra_len, comment_len = struct.unpack("<HHH", data[i + 28:i + 34])
-        if data[i + 46:i + 46 + name_len].decode() == member:
+        name_len, extra_len, comment_len = struct.unpack("<HHH", data[i + 28 : i + 34])
+        if data[i + 46 : i + 46 + name_len].decode() == member:
             return i
         i += 46 + name_len + extra_len + comment_len
     raise LookupError(member)
@@ -256,15 +300,17 @@ def _central_header(data: bytes, member: str) -> int:
 def _claim_size(data: bytes, member: str, size: int, local_too: bool) -> bytes:
     b = bytearray(data)
     c = _central_header(data, member)
-    b[c + 20:c + 28] = struct.pack("<II", size, size)
+    b[c + 20 : c + 28] = struct.pack("<II", size, size)
     if local_too:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             h = z.getinfo(member).header_offset
-        b[h + 18:h + 26] = struct.pack("<II", size, size)
+        b[h + 18 : h + 26] = struct.pack("<II", size, size)
     return bytes(b)
 
 
-@pytest.mark.parametrize("member_suffix", ["weight_0", "models/model.json", "byteorder", ".data/serialization_id"])
+@pytest.mark.parametrize(
+    "member_suffix", ["weight_0", "models/model.json", "byteorder", ".data/serialization_id"]
+)
 @pytest.mark.parametrize("local_too", [False, True])
 def test_member_data_shorter_than_declared(tmp_path, member_suffix, local_too):
     """The directory says a member holds more bytes than lie before the next one (or the end).
@@ -303,12 +349,37 @@ def _zip_with_raw(entries: list[tuple[str, bytes, int, int, int]]) -> bytes:
     for name, raw, method, crc, size in entries:
         nb = name.encode()
         offset = len(out)
-        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(raw), size, len(nb), 0)
+        out += struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(raw), size, len(nb), 0
+        )
         out += nb + raw
-        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(raw), size,
-                               len(nb), 0, 0, 0, 0, 0, offset) + nb
+        central += (
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                0,
+                method,
+                0,
+                0x21,
+                crc,
+                len(raw),
+                size,
+                len(nb),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + nb
+        )
     cd_offset = len(out)
-    out += central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), cd_offset, 0)
+    out += central + struct.pack(
+        "<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), cd_offset, 0
+    )
     return bytes(out)
 
 
@@ -319,7 +390,15 @@ def _with_member(src: Path, member: str, raw: bytes, method: int, crc: int, size
             if info.filename == member:
                 entries.append((member, raw, method, crc, size))
             else:
-                entries.append((info.filename, z.read(info.filename), zipfile.ZIP_STORED, info.CRC, info.file_size))
+                entries.append(
+                    (
+                        info.filename,
+                        z.read(info.filename),
+                        zipfile.ZIP_STORED,
+                        info.CRC,
+                        info.file_size,
+                    )
+                )
     return _zip_with_raw(entries)
 
 
@@ -349,11 +428,14 @@ def _peak_memory(fn) -> tuple[int, int]:
     return peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
 
 
-@pytest.mark.parametrize("member_suffix,error,message", [
-    ("models/model.json", pt2interp.FormatError, "zip bomb"),
-    ("model_weights_config.json", pt2interp.FormatError, "zip bomb"),
-    ("weight_0", pt2interp.WeightError, "need only 2048"),  # the tensor bound comes first
-])
+@pytest.mark.parametrize(
+    "member_suffix,error,message",
+    [
+        ("models/model.json", pt2interp.FormatError, "zip bomb"),
+        ("model_weights_config.json", pt2interp.FormatError, "zip bomb"),
+        ("weight_0", pt2interp.WeightError, "need only 2048"),  # the tensor bound comes first
+    ],
+)
 def test_zip_bomb_is_refused_before_inflating(tmp_path, member_suffix, error, message):
     raw, crc = _bomb()
     member = member_named(MLP, member_suffix)
@@ -393,12 +475,27 @@ def test_zip_bomb_inside_a_pickled_state_dict_is_refused(tmp_path):
         inner = z.read("serialized_state_dict.pt")
     with zipfile.ZipFile(io.BytesIO(inner)) as z:
         record = next(n for n in z.namelist() if "/data/" in n and not n.endswith(".pkl"))
-        entries = [(i.filename, z.read(i.filename), zipfile.ZIP_STORED, i.CRC, i.file_size) for i in z.infolist()
-                   if i.filename != record]
+        entries = [
+            (i.filename, z.read(i.filename), zipfile.ZIP_STORED, i.CRC, i.file_size)
+            for i in z.infolist()
+            if i.filename != record
+        ]
     entries.append((record, raw, zipfile.ZIP_DEFLATED, crc, BOMB_BYTES))
-    path = rewrite_zip(LEGACY, tmp_path / "nested.pt2", replace={"serialized_state_dict.pt": _zip_with_raw(entries)})
-    peak, rss_growth = _peak_memory(lambda: _raises(pt2interp.WeightError, path, "serialized_state_dict.pt", record,
-                                                    "zip bomb", fn=lambda p: pt2interp.read_program(p).state_dict()))
+    path = rewrite_zip(
+        LEGACY,
+        tmp_path / "nested.pt2",
+        replace={"serialized_state_dict.pt": _zip_with_raw(entries)},
+    )
+    peak, rss_growth = _peak_memory(
+        lambda: _raises(
+            pt2interp.WeightError,
+            path,
+            "serialized_state_dict.pt",
+            record,
+            "zip bomb",
+            fn=lambda p: pt2interp.read_program(p).state_dict(),
+        )
+    )
     assert peak < 64 << 20 and rss_growth < 256 << 20
 
 
@@ -414,8 +511,16 @@ def test_compressed_weight_larger_than_its_tensors_is_refused(tmp_path):
     path = tmp_path / "big.pt2"
     path.write_bytes(_with_member(MLP, member, raw, zipfile.ZIP_DEFLATED, zlib.crc32(body), size))
     del body
-    peak, _ = _peak_memory(lambda: _raises(pt2interp.WeightError, path, member, "fc1.weight", "need only 2048",
-                                           fn=lambda p: pt2interp.read_program(p).state_dict()))
+    peak, _ = _peak_memory(
+        lambda: _raises(
+            pt2interp.WeightError,
+            path,
+            member,
+            "fc1.weight",
+            "need only 2048",
+            fn=lambda p: pt2interp.read_program(p).state_dict(),
+        )
+    )
     assert peak < 32 << 20
 
 
@@ -431,6 +536,7 @@ def test_honestly_compressed_archives_still_load(tmp_path):
 # JSON problems
 # ------------------------------------------------------------------------------------------------
 
+
 def _sweep_cases(doc):
     """(path, replacement) pairs: every value of the document replaced by one of a wrong type."""
     stack = [((), doc)]
@@ -443,7 +549,15 @@ def _sweep_cases(doc):
         else:
             continue
         for k, x in items:
-            wrong = {dict: [], list: {}, str: 7, int: "7", bool: "yes", float: [], type(None): {"x": 1}}[type(x)]
+            wrong = {
+                dict: [],
+                list: {},
+                str: 7,
+                int: "7",
+                bool: "yes",
+                float: [],
+                type(None): {"x": 1},
+            }[type(x)]
             yield path + (k,), wrong
             stack.append((path + (k,), x))
 
@@ -464,7 +578,11 @@ _DELETE = object()
 def test_wrong_types_and_missing_fields_at_every_path(src):
     """Every value of the program replaced by a wrongly typed one, and every key deleted: each
     archive loads and runs, or fails with a Pt2Error; a SchemaError names a JSON path."""
-    member = member_named(src, "models/model.json") if src != LEGACY else "serialized_exported_program.json"
+    member = (
+        member_named(src, "models/model.json")
+        if src != LEGACY
+        else "serialized_exported_program.json"
+    )
     doc = _read_json(src, member)
     with zipfile.ZipFile(src) as z:
         members = {i.filename: z.read(i.filename) for i in z.infolist()}
@@ -500,50 +618,71 @@ def _meta(doc, fqn="fc1.weight"):
     return doc["config"][fqn]["tensor_meta"]
 
 
-@pytest.mark.parametrize("field,index,value,message", [
-    ("sizes", 0, 2**64, "size 18446744073709551616 does not fit in int64"),
-    ("strides", 1, 2**63, "does not fit in int64"),
-    ("sizes", 1, -1, "negative size -1"),
-    ("strides", 0, -16, "negative stride -16"),
-    ("storage_offset", None, -1, "storage offset -1"),
-])
+@pytest.mark.parametrize(
+    "field,index,value,message",
+    [
+        ("sizes", 0, 2**64, "size 18446744073709551616 does not fit in int64"),
+        ("strides", 1, 2**63, "does not fit in int64"),
+        ("sizes", 1, -1, "negative size -1"),
+        ("strides", 0, -16, "negative stride -16"),
+        ("storage_offset", None, -1, "storage offset -1"),
+    ],
+)
 def test_impossible_geometry_in_the_weights_config(tmp_path, field, index, value, message):
     def edit(doc):
         if index is None:
             _meta(doc)[field] = {"as_int": value}
         else:
             _meta(doc)[field][index] = {"as_int": value}
+
     path = _config_edit(tmp_path, edit)
     suffix = f"[{index}]" if index is not None else ""
-    _raises(pt2interp.SchemaError, path, CONFIG, f"config.fc1.weight.tensor_meta.{field}{suffix}", message,
-            fn=lambda p: pt2interp.read_program(p).state_dict())
+    _raises(
+        pt2interp.SchemaError,
+        path,
+        CONFIG,
+        f"config.fc1.weight.tensor_meta.{field}{suffix}",
+        message,
+        fn=lambda p: pt2interp.read_program(p).state_dict(),
+    )
 
 
 _PAST_END = "record holds only 2048"
 
 
-@pytest.mark.parametrize("sizes,strides,offset,message", [
-    ([2**62, 1], [1, 1], 0, _PAST_END),             # a huge int within int64
-    ([2**62, 16], [16, 1], 0, "do not fit in int64"),  # 2**66 elements
-    ([2**40], [1], 0, _PAST_END),                   # four terabytes of float32
-    ([2**31, 2**31], [2**31, 1], 0, _PAST_END),
-    ([32, 16], [16, 1], 2**40, _PAST_END),          # storage offset past the end
-    ([32, 16], [16, 1], 1, _PAST_END),              # one element past the end
-    ([32, 16], [17, 1], 0, _PAST_END),              # strides reaching past the end
-])
+@pytest.mark.parametrize(
+    "sizes,strides,offset,message",
+    [
+        ([2**62, 1], [1, 1], 0, _PAST_END),  # a huge int within int64
+        ([2**62, 16], [16, 1], 0, "do not fit in int64"),  # 2**66 elements
+        ([2**40], [1], 0, _PAST_END),  # four terabytes of float32
+        ([2**31, 2**31], [2**31, 1], 0, _PAST_END),
+        ([32, 16], [16, 1], 2**40, _PAST_END),  # storage offset past the end
+        ([32, 16], [16, 1], 1, _PAST_END),  # one element past the end
+        ([32, 16], [17, 1], 0, _PAST_END),  # strides reaching past the end
+    ],
+)
 def test_weights_declaring_more_than_the_record_holds(tmp_path, sizes, strides, offset, message):
     """Refused from the metadata, before anything is allocated."""
+
     def edit(doc):
         m = _meta(doc)
         m["sizes"] = [{"as_int": s} for s in sizes]
         m["strides"] = [{"as_int": s} for s in strides]
         m["storage_offset"] = {"as_int": offset}
+
     path = _config_edit(tmp_path, edit)
     member = member_named(MLP, "weight_0")
 
     def attempt():
-        _raises(pt2interp.WeightError, path, member, "fc1.weight", message,
-                fn=lambda p: pt2interp.read_program(p).state_dict())
+        _raises(
+            pt2interp.WeightError,
+            path,
+            member,
+            "fc1.weight",
+            message,
+            fn=lambda p: pt2interp.read_program(p).state_dict(),
+        )
 
     t0 = time.monotonic()
     peak, rss_growth = _peak_memory(attempt)
@@ -555,21 +694,37 @@ def test_weights_declaring_more_than_the_record_holds(tmp_path, sizes, strides, 
 def test_empty_record_with_huge_sizes_is_refused_before_allocating(tmp_path):
     """Empty records load as zeros (torch writes them for fake tensors): capped."""
     member = member_named(MLP, "weight_0")
-    src = _config_edit(tmp_path, lambda d: _meta(d).update(sizes=[{"as_int": 2**20}, {"as_int": 2**20}],
-                                                           strides=[{"as_int": 2**20}, {"as_int": 1}]))
+    src = _config_edit(
+        tmp_path,
+        lambda d: _meta(d).update(
+            sizes=[{"as_int": 2**20}, {"as_int": 2**20}], strides=[{"as_int": 2**20}, {"as_int": 1}]
+        ),
+    )
     path = rewrite_zip(src, tmp_path / "empty.pt2", replace={member: b""})
-    peak, rss_growth = _peak_memory(lambda: _raises(pt2interp.WeightError, path, member, "fc1.weight",
-                                                    "bytes of zeros", fn=lambda p: pt2interp.read_program(p).state_dict()))
+    peak, rss_growth = _peak_memory(
+        lambda: _raises(
+            pt2interp.WeightError,
+            path,
+            member,
+            "fc1.weight",
+            "bytes of zeros",
+            fn=lambda p: pt2interp.read_program(p).state_dict(),
+        )
+    )
     assert peak < 16 << 20 and rss_growth < 64 << 20
 
 
 def test_huge_input_size_in_the_program(tmp_path):
     """A size of 2**62 in the program's own metadata loads, and inputs are checked against it."""
+
     def edit(doc):
         doc["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][0] = {"as_int": 2**62}
+
     path = _edit_program(tmp_path, edit)
     prog = pt2interp.load(path)
-    with pytest.raises(pt2interp.InputMismatchError, match=f"input 'x' dim 0: expected {2**62}, got 4"):
+    with pytest.raises(
+        pt2interp.InputMismatchError, match=f"input 'x' dim 0: expected {2**62}, got 4"
+    ):
         prog(x_input())
 
 
@@ -579,9 +734,16 @@ def test_negative_sizes_in_the_program(tmp_path, where):
         tv = doc["graph_module"]["graph"]["tensor_values"]
         name = "linear" if where == "tensor_values" else "x"
         tv[name]["strides" if where == "tensor_values" else "sizes"][0] = {"as_int": -3}
+
     path = _edit_program(tmp_path, edit)
     name = "linear" if where == "tensor_values" else "x"
-    _raises(pt2interp.SchemaError, path, PROGRAM, f"graph_module.graph.tensor_values.{name}.", "negative")
+    _raises(
+        pt2interp.SchemaError,
+        path,
+        PROGRAM,
+        f"graph_module.graph.tensor_values.{name}.",
+        "negative",
+    )
 
 
 @pytest.mark.parametrize("where", ["metadata", "argument", "weights_config"])
@@ -590,17 +752,30 @@ def test_negative_sizes_in_the_program(tmp_path, where):
 def test_deeply_nested_json(tmp_path, where, depth):
     nested = "[" * depth + "]" * depth
     if where == "metadata":
-        path = _edit_program(tmp_path, lambda d: _nodes(d)[0]["metadata"].__setitem__("stack_trace", "@@"),
-                             text=lambda t: t.replace('"@@"', nested))
+        path = _edit_program(
+            tmp_path,
+            lambda d: _nodes(d)[0]["metadata"].__setitem__("stack_trace", "@@"),
+            text=lambda t: t.replace('"@@"', nested),
+        )
         _raises(pt2interp.SchemaError, path, PROGRAM, "nested too deeply")
     elif where == "argument":
-        path = _edit_program(tmp_path, lambda d: _nodes(d)[1]["inputs"][0].__setitem__("arg", {"as_ints": "@@"}),
-                             text=lambda t: t.replace('"@@"', nested))
+        path = _edit_program(
+            tmp_path,
+            lambda d: _nodes(d)[1]["inputs"][0].__setitem__("arg", {"as_ints": "@@"}),
+            text=lambda t: t.replace('"@@"', nested),
+        )
         _raises(pt2interp.SchemaError, path, PROGRAM, "nested too deeply")
     else:
-        path = _edit_json(MLP, tmp_path / "cfg.pt2", CONFIG, lambda d: _meta(d).__setitem__("sizes", "@@"),
-                          text=lambda t: t.replace('"@@"', nested))
-        _raises(pt2interp.Pt2Error, path, CONFIG, fn=lambda p: pt2interp.read_program(p).state_dict())
+        path = _edit_json(
+            MLP,
+            tmp_path / "cfg.pt2",
+            CONFIG,
+            lambda d: _meta(d).__setitem__("sizes", "@@"),
+            text=lambda t: t.replace('"@@"', nested),
+        )
+        _raises(
+            pt2interp.Pt2Error, path, CONFIG, fn=lambda p: pt2interp.read_program(p).state_dict()
+        )
 
 
 def test_nested_arguments_within_the_json_limit(tmp_path):
@@ -608,8 +783,16 @@ def test_nested_arguments_within_the_json_limit(tmp_path):
     arg = {"as_int": 1}
     for _ in range(150):  # two JSON levels each: within jsontext.MAX_DEPTH
         arg = {"as_string_to_argument": {"k": arg}}
-    path = _edit_program(tmp_path, lambda d: _nodes(d)[1]["inputs"].append({"name": "deep", "arg": arg}))
-    _raises(pt2interp.SchemaError, path, PROGRAM, "graph_module.graph.nodes[1].inputs[1].arg", "nested too deeply")
+    path = _edit_program(
+        tmp_path, lambda d: _nodes(d)[1]["inputs"].append({"name": "deep", "arg": arg})
+    )
+    _raises(
+        pt2interp.SchemaError,
+        path,
+        PROGRAM,
+        "graph_module.graph.nodes[1].inputs[1].arg",
+        "nested too deeply",
+    )
 
     spec = {"type": None, "context": None, "children_spec": []}
     for _ in range(250):
@@ -617,28 +800,39 @@ def test_nested_arguments_within_the_json_limit(tmp_path):
 
     def deep_spec(d):
         d["graph_module"]["module_call_graph"][0]["signature"]["out_spec"] = json.dumps([1, spec])
+
     path = _edit_program(tmp_path, deep_spec)
     _raises(pt2interp.SchemaError, path, PROGRAM, "out_spec", "nested too deeply")
 
     def deep_expr(d):
         d["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][0] = {
-            "as_expr": {"expr_str": "Integer(" * 400 + "1" + ")" * 400, "hint": 4}}
+            "as_expr": {"expr_str": "Integer(" * 400 + "1" + ")" * 400, "hint": 4}
+        }
+
     path = _edit_program(tmp_path, deep_expr)
     _raises(pt2interp.SchemaError, path, PROGRAM, "tensor_values.x.sizes[0]", "nested too deeply")
 
 
-@pytest.mark.parametrize("expr,error", [
-    ("Pow(s0, s0)", pt2interp.InputMismatchError),  # 4**4 for the input; 10**15**10**15 at the range's top
-    ("Pow(Integer(10), Pow(Integer(10), Integer(15)))", pt2interp.SchemaError),
-    ("FloorDiv(s0, Add(s0, Integer(-4)))", pt2interp.SchemaError),
-])
+@pytest.mark.parametrize(
+    "expr,error",
+    [
+        (
+            "Pow(s0, s0)",
+            pt2interp.InputMismatchError,
+        ),  # 4**4 for the input; 10**15**10**15 at the range's top
+        ("Pow(Integer(10), Pow(Integer(10), Integer(15)))", pt2interp.SchemaError),
+        ("FloorDiv(s0, Add(s0, Integer(-4)))", pt2interp.SchemaError),
+    ],
+)
 def test_symbolic_sizes_that_cannot_be_evaluated(tmp_path, expr, error):
     """A dimension like 10**(10**15) would take forever and all memory: refused instead."""
+
     def edit(d):
         tv = d["graph_module"]["graph"]["tensor_values"]
         tv["x"]["sizes"][1] = {"as_expr": {"expr_str": expr, "hint": 16}}
         tv["x"]["sizes"][0] = {"as_expr": {"expr_str": "s0", "hint": 4}}
         d["range_constraints"] = {"s0": {"min_val": 2, "max_val": 10**15}}
+
     path = _edit_program(tmp_path, edit)
     t0 = time.monotonic()
     if hasattr(pt2interp, "read_schema"):
@@ -655,10 +849,19 @@ def test_symbolic_sizes_that_cannot_be_evaluated(tmp_path, expr, error):
 # Graph problems
 # ------------------------------------------------------------------------------------------------
 
+
 def test_node_input_naming_an_undefined_value(tmp_path):
-    path = _edit_program(tmp_path, lambda d: _nodes(d)[1]["inputs"][0]["arg"]["as_tensor"].update(name="ghost"))
-    _raises(pt2interp.GraphError, path, "graph.nodes[1] (relu, torch.ops.aten.relu.default)", "input 'self'",
-            "'ghost'", "no input or earlier node defines")
+    path = _edit_program(
+        tmp_path, lambda d: _nodes(d)[1]["inputs"][0]["arg"]["as_tensor"].update(name="ghost")
+    )
+    _raises(
+        pt2interp.GraphError,
+        path,
+        "graph.nodes[1] (relu, torch.ops.aten.relu.default)",
+        "input 'self'",
+        "'ghost'",
+        "no input or earlier node defines",
+    )
 
 
 @pytest.mark.parametrize("reads", ["own output", "later node"])
@@ -666,9 +869,12 @@ def test_cycles(tmp_path, reads):
     def edit(d):
         nodes = _nodes(d)
         if reads == "own output":
-            nodes[1]["inputs"][0]["arg"]["as_tensor"]["name"] = "relu"      # relu(relu)
+            nodes[1]["inputs"][0]["arg"]["as_tensor"]["name"] = "relu"  # relu(relu)
         else:
-            nodes[0]["inputs"][0]["arg"]["as_tensor"]["name"] = "linear_1"  # linear reads the last node
+            nodes[0]["inputs"][0]["arg"]["as_tensor"]["name"] = (
+                "linear_1"  # linear reads the last node
+            )
+
     path = _edit_program(tmp_path, edit)
     node = "graph.nodes[1] (relu," if reads == "own output" else "graph.nodes[0] (linear,"
     _raises(pt2interp.GraphError, path, node, "earlier node")
@@ -677,22 +883,41 @@ def test_cycles(tmp_path, reads):
 def test_graph_output_naming_nothing(tmp_path):
     def edit(d):
         d["graph_module"]["graph"]["outputs"][0]["as_tensor"]["name"] = "nowhere"
-        d["graph_module"]["signature"]["output_specs"][0]["user_output"]["arg"]["as_tensor"]["name"] = "nowhere"
+        d["graph_module"]["signature"]["output_specs"][0]["user_output"]["arg"]["as_tensor"][
+            "name"
+        ] = "nowhere"
+
     path = _edit_program(tmp_path, edit)
     _raises(pt2interp.GraphError, path, "graph.outputs[0]", "'nowhere'", "nothing defines")
 
 
 def test_value_defined_twice(tmp_path):
-    path = _edit_program(tmp_path, lambda d: _nodes(d)[2]["outputs"][0]["as_tensor"].update(name="relu"))
+    path = _edit_program(
+        tmp_path, lambda d: _nodes(d)[2]["outputs"][0]["as_tensor"].update(name="relu")
+    )
     _raises(pt2interp.GraphError, path, "'relu'", "defined twice")
 
 
-@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "builtins.exec", "torch.load",
-                                    "torch.ops.aten.__class__", "torch.ops.import_module.x",
-                                    "torch.ops.load_library.x", "torch.ops.aten.definitely_not_an_op.default",
-                                    "torch.ops.aten.relu.__call__", "torch.ops.aten.relu.__init__.x",
-                                    "__import__('os').system('touch pwned')", "torch.ops.aten.relu.default.x.y",
-                                    "subprocess.Popen", "_operator.__import__", "torch.ops.higher_order.nope"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "os.system",
+        "builtins.eval",
+        "builtins.exec",
+        "torch.load",
+        "torch.ops.aten.__class__",
+        "torch.ops.import_module.x",
+        "torch.ops.load_library.x",
+        "torch.ops.aten.definitely_not_an_op.default",
+        "torch.ops.aten.relu.__call__",
+        "torch.ops.aten.relu.__init__.x",
+        "__import__('os').system('touch pwned')",
+        "torch.ops.aten.relu.default.x.y",
+        "subprocess.Popen",
+        "_operator.__import__",
+        "torch.ops.higher_order.nope",
+    ],
+)
 def test_targets_outside_torch_ops_are_refused(tmp_path, target, monkeypatch):
     marker = tmp_path / "pwned"
     monkeypatch.chdir(tmp_path)
@@ -701,10 +926,17 @@ def test_targets_outside_torch_ops_are_refused(tmp_path, target, monkeypatch):
         node = _nodes(d)[1]
         node["target"] = target
         node["inputs"] = [{"name": "command", "arg": {"as_string": f"touch {marker}"}, "kind": 1}]
+
     path = _edit_program(tmp_path, edit)
     prog = pt2interp.read_program(path)  # reading only records the string
     assert prog.graph.nodes[1].target == target
-    _raises(pt2interp.UnsupportedOpError, path, "graph.nodes[1] (relu)", repr(target)[:30], fn=pt2interp.load)
+    _raises(
+        pt2interp.UnsupportedOpError,
+        path,
+        "graph.nodes[1] (relu)",
+        repr(target)[:30],
+        fn=pt2interp.load,
+    )
     assert not marker.exists()
     assert not (tmp_path / "pwned").exists()
 
@@ -723,63 +955,143 @@ def test_file_system_ops_are_refused(tmp_path):
     def edit(d):
         nodes = _nodes(d)
         nodes[1]["target"] = "torch.ops.aten.from_file.default"
-        nodes[1]["inputs"] = [{"name": "filename", "arg": {"as_string": str(victim)}},
-                              {"name": "shared", "arg": {"as_bool": True}}, {"name": "size", "arg": {"as_int": 8}}]
-        nodes.insert(2, {"target": "torch.ops.aten.add_.Scalar", "inputs": [
-            {"name": "self", "arg": {"as_tensor": {"name": "relu"}}}, {"name": "other", "arg": {"as_int": 1}}],
-            "outputs": [{"as_tensor": {"name": "written"}}], "metadata": {}})
+        nodes[1]["inputs"] = [
+            {"name": "filename", "arg": {"as_string": str(victim)}},
+            {"name": "shared", "arg": {"as_bool": True}},
+            {"name": "size", "arg": {"as_int": 8}},
+        ]
+        nodes.insert(
+            2,
+            {
+                "target": "torch.ops.aten.add_.Scalar",
+                "inputs": [
+                    {"name": "self", "arg": {"as_tensor": {"name": "relu"}}},
+                    {"name": "other", "arg": {"as_int": 1}},
+                ],
+                "outputs": [{"as_tensor": {"name": "written"}}],
+                "metadata": {},
+            },
+        )
+
     path = _edit_program(tmp_path, edit)
-    _raises(pt2interp.UnsupportedOpError, path, "graph.nodes[1]", "from_file", "reads a file", fn=pt2interp.load)
+    _raises(
+        pt2interp.UnsupportedOpError,
+        path,
+        "graph.nodes[1]",
+        "from_file",
+        "reads a file",
+        fn=pt2interp.load,
+    )
     assert victim.read_text() == "original contents"  # ... and never through pt2interp
 
 
-@pytest.mark.parametrize("target,args", [
-    ("torch.ops.aten._reshape_alias.default", [{"as_ints": [1 << 20]}, {"as_ints": [1]}]),
-    ("torch.ops.inductor._reinterpret_tensor.default", [{"as_ints": [4]}, {"as_ints": [1]}, {"as_int": 1 << 20}]),
-    ("torch.ops.inductor._alloc_from_pool.default", [{"as_int": 1 << 20}, {"as_scalar_type": 7},
-                                                     {"as_ints": [4]}, {"as_ints": [1]}]),
-])
+@pytest.mark.parametrize(
+    "target,args",
+    [
+        ("torch.ops.aten._reshape_alias.default", [{"as_ints": [1 << 20]}, {"as_ints": [1]}]),
+        (
+            "torch.ops.inductor._reinterpret_tensor.default",
+            [{"as_ints": [4]}, {"as_ints": [1]}, {"as_int": 1 << 20}],
+        ),
+        (
+            "torch.ops.inductor._alloc_from_pool.default",
+            [{"as_int": 1 << 20}, {"as_scalar_type": 7}, {"as_ints": [4]}, {"as_ints": [1]}],
+        ),
+    ],
+)
 def test_unchecked_view_ops_are_refused(tmp_path, target, args):
     """Views torch builds without a bounds check: reading one reads memory outside the tensor."""
+
     def edit(d):
         node = _nodes(d)[1]
         node["target"] = target
         node["inputs"] = node["inputs"][:1] + [{"name": "", "arg": a} for a in args]
+
     path = _edit_program(tmp_path, edit)
-    _raises(pt2interp.UnsupportedOpError, path, "graph.nodes[1]", target, "without checking its bounds",
-            fn=pt2interp.load)
+    _raises(
+        pt2interp.UnsupportedOpError,
+        path,
+        "graph.nodes[1]",
+        target,
+        "without checking its bounds",
+        fn=pt2interp.load,
+    )
 
 
-@pytest.mark.parametrize("op,a,b", [("pow", 10, 10**9), ("lshift", 1, 10**12), ("mul", 2**200, 2**200)])
+@pytest.mark.parametrize(
+    "op,a,b", [("pow", 10, 10**9), ("lshift", 1, 10**12), ("mul", 2**200, 2**200)]
+)
 def test_python_operator_bombs_on_sizes(tmp_path, op, a, b):
     """Sym-int arithmetic runs Python operators: 10 ** 10 ** 9 would run for minutes."""
+
     def edit(d):
-        _nodes(d).append({"target": f"_operator.{op}", "inputs": [
-            {"name": "", "arg": {"as_int": a}}, {"name": "", "arg": {"as_int": b}}],
-            "outputs": [{"as_sym_int": {"as_name": "huge"}}], "metadata": {}})
+        _nodes(d).append(
+            {
+                "target": f"_operator.{op}",
+                "inputs": [{"name": "", "arg": {"as_int": a}}, {"name": "", "arg": {"as_int": b}}],
+                "outputs": [{"as_sym_int": {"as_name": "huge"}}],
+                "metadata": {},
+            }
+        )
+
     path = _edit_program(tmp_path, edit)
     t0 = time.monotonic()
-    _raises(pt2interp.ExecutionError, path, "graph.nodes[3]", f"_operator.{op}", "too large",
-            fn=lambda p: pt2interp.load(p)(x_input()))
+    _raises(
+        pt2interp.ExecutionError,
+        path,
+        "graph.nodes[3]",
+        f"_operator.{op}",
+        "too large",
+        fn=lambda p: pt2interp.load(p)(x_input()),
+    )
     assert time.monotonic() - t0 < 5
 
 
 def test_operator_arguments_outside_torch_ops_are_refused(tmp_path):
-    path = _edit_program(tmp_path, lambda d: _nodes(d)[1]["inputs"].append(
-        {"name": "fn", "arg": {"as_operator": "os.system"}}))
-    _raises(pt2interp.UnsupportedOpError, path, "nodes[1].inputs[1]", "os.system", fn=pt2interp.load)
+    path = _edit_program(
+        tmp_path,
+        lambda d: _nodes(d)[1]["inputs"].append(
+            {"name": "fn", "arg": {"as_operator": "os.system"}}
+        ),
+    )
+    _raises(
+        pt2interp.UnsupportedOpError, path, "nodes[1].inputs[1]", "os.system", fn=pt2interp.load
+    )
 
 
-@pytest.mark.parametrize("where,make", [
-    ("graph_module.graph.nodes[1].inputs[0].arg", lambda d: _nodes(d)[1]["inputs"][0].update(arg={"as_evil": 1})),
-    ("graph_module.graph.nodes[1].outputs[0]", lambda d: _nodes(d)[1].update(outputs=[{"as_evil": "x"}])),
-    ("graph_module.graph.outputs[0]", lambda d: d["graph_module"]["graph"]["outputs"].__setitem__(0, {"as_evil": 1})),
-    ("graph_module.graph.inputs[0]", lambda d: d["graph_module"]["graph"]["inputs"].__setitem__(0, {"as_evil": 1})),
-    ("graph_module.signature.input_specs[0]",
-     lambda d: d["graph_module"]["signature"]["input_specs"].__setitem__(0, {"evil_input": {}})),
-    ("graph_module.graph.nodes[1].inputs[0].arg",
-     lambda d: _nodes(d)[1]["inputs"][0].update(arg={"as_tensor": {"name": "x"}, "as_int": 3})),
-])
+@pytest.mark.parametrize(
+    "where,make",
+    [
+        (
+            "graph_module.graph.nodes[1].inputs[0].arg",
+            lambda d: _nodes(d)[1]["inputs"][0].update(arg={"as_evil": 1}),
+        ),
+        (
+            "graph_module.graph.nodes[1].outputs[0]",
+            lambda d: _nodes(d)[1].update(outputs=[{"as_evil": "x"}]),
+        ),
+        (
+            "graph_module.graph.outputs[0]",
+            lambda d: d["graph_module"]["graph"]["outputs"].__setitem__(0, {"as_evil": 1}),
+        ),
+        (
+            "graph_module.graph.inputs[0]",
+            lambda d: d["graph_module"]["graph"]["inputs"].__setitem__(0, {"as_evil": 1}),
+        ),
+        (
+            "graph_module.signature.input_specs[0]",
+            lambda d: d["graph_module"]["signature"]["input_specs"].__setitem__(
+                0, {"evil_input": {}}
+            ),
+        ),
+        (
+            "graph_module.graph.nodes[1].inputs[0].arg",
+            lambda d: _nodes(d)[1]["inputs"][0].update(
+                arg={"as_tensor": {"name": "x"}, "as_int": 3}
+            ),
+        ),
+    ],
+)
 def test_unknown_argument_kinds(tmp_path, where, make):
     path = _edit_program(tmp_path, make)
     err = _raises(pt2interp.SchemaError, path, PROGRAM, where)
@@ -796,15 +1108,30 @@ def _cond_node(d):
     return next(n for n in _nodes(d) if n["target"] == "torch.ops.higher_order.cond")
 
 
-@pytest.mark.parametrize("change,error,fragments", [
-    ("missing", pt2interp.GraphError, ("input 2 must be a subgraph, got nothing",)),
-    ("not a graph", pt2interp.GraphError, ("input 1 must be a subgraph, got a string argument",)),
-    ("none", pt2interp.GraphError, ("input 2 must be a subgraph, got a none argument",)),
-    ("no nodes", pt2interp.SchemaError, ("inputs[1].arg.as_graph.graph.nodes", "missing required field")),
-    ("graph not an object", pt2interp.SchemaError, ("inputs[1].arg.as_graph.graph", "expected an object")),
-    ("dangling subgraph output", pt2interp.GraphError, ("outputs[0] names 'gone'",)),
-    ("undefined inside", pt2interp.GraphError, ("inputs[1].graph.nodes[0]", "'phantom'")),
-])
+@pytest.mark.parametrize(
+    "change,error,fragments",
+    [
+        ("missing", pt2interp.GraphError, ("input 2 must be a subgraph, got nothing",)),
+        (
+            "not a graph",
+            pt2interp.GraphError,
+            ("input 1 must be a subgraph, got a string argument",),
+        ),
+        ("none", pt2interp.GraphError, ("input 2 must be a subgraph, got a none argument",)),
+        (
+            "no nodes",
+            pt2interp.SchemaError,
+            ("inputs[1].arg.as_graph.graph.nodes", "missing required field"),
+        ),
+        (
+            "graph not an object",
+            pt2interp.SchemaError,
+            ("inputs[1].arg.as_graph.graph", "expected an object"),
+        ),
+        ("dangling subgraph output", pt2interp.GraphError, ("outputs[0] names 'gone'",)),
+        ("undefined inside", pt2interp.GraphError, ("inputs[1].graph.nodes[0]", "'phantom'")),
+    ],
+)
 def test_cond_with_a_malformed_or_missing_subgraph(tmp_path, change, error, fragments):
     def edit(d):
         node = _cond_node(d)
@@ -824,6 +1151,7 @@ def test_cond_with_a_malformed_or_missing_subgraph(tmp_path, change, error, frag
             g["graph"]["outputs"][0] = {"as_tensor": {"name": "gone"}}
         else:
             g["graph"]["nodes"][0]["inputs"][0]["arg"] = {"as_tensor": {"name": "phantom"}}
+
     path = _edit_program(tmp_path, edit, src=COND)
     x = case("zoo", "cond").inputs()[0][0]
     with pytest.raises(error) as e:
@@ -836,9 +1164,17 @@ def test_cond_with_a_malformed_or_missing_subgraph(tmp_path, change, error, frag
 def test_kernel_failures_at_run_time_name_the_node(tmp_path):
     """A graph that is consistent but does not fit its own shapes fails in a kernel: the error
     is an ExecutionError naming the node, its target and torch's message."""
-    path = _edit_program(tmp_path, lambda d: _nodes(d)[2]["inputs"][1]["arg"]["as_tensor"].update(name="p_fc1_weight"))
-    err = _raises(pt2interp.ExecutionError, path, "graph.nodes[2] (linear_1, torch.ops.aten.linear.default)",
-                  "RuntimeError", fn=lambda p: pt2interp.load(p)(x_input()))
+    path = _edit_program(
+        tmp_path,
+        lambda d: _nodes(d)[2]["inputs"][1]["arg"]["as_tensor"].update(name="p_fc1_weight"),
+    )
+    err = _raises(
+        pt2interp.ExecutionError,
+        path,
+        "graph.nodes[2] (linear_1, torch.ops.aten.linear.default)",
+        "RuntimeError",
+        fn=lambda p: pt2interp.load(p)(x_input()),
+    )
     assert isinstance(err.__cause__, RuntimeError)
     # the debugging path names it the same way
     with pytest.raises(pt2interp.ExecutionError, match=r"nodes\[2\] \(linear_1"):
@@ -847,36 +1183,69 @@ def test_kernel_failures_at_run_time_name_the_node(tmp_path):
 
 def test_signature_and_graph_disagree(tmp_path):
     def edit(d):
-        d["graph_module"]["signature"]["output_specs"].append(d["graph_module"]["signature"]["output_specs"][0])
+        d["graph_module"]["signature"]["output_specs"].append(
+            d["graph_module"]["signature"]["output_specs"][0]
+        )
+
     path = _edit_program(tmp_path, edit)
-    _raises(pt2interp.SchemaError, path, "output_specs", "2 outputs but the graph has 1", fn=pt2interp.load)
+    _raises(
+        pt2interp.SchemaError,
+        path,
+        "output_specs",
+        "2 outputs but the graph has 1",
+        fn=pt2interp.load,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Errors: one hierarchy; the CLI prints one line and exits 1, a traceback only with --debug
 # ------------------------------------------------------------------------------------------------
 
+
 def test_one_hierarchy():
-    for cls in (pt2interp.FormatError, pt2interp.SchemaError, pt2interp.WeightError, pt2interp.UnsupportedOpError,
-                pt2interp.InputMismatchError, pt2interp.GraphError, pt2interp.ExecutionError,
-                pt2interp.AOTInductorPackageError):
+    for cls in (
+        pt2interp.FormatError,
+        pt2interp.SchemaError,
+        pt2interp.WeightError,
+        pt2interp.UnsupportedOpError,
+        pt2interp.InputMismatchError,
+        pt2interp.GraphError,
+        pt2interp.ExecutionError,
+        pt2interp.AOTInductorPackageError,
+    ):
         assert issubclass(cls, pt2interp.Pt2Error)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pt2interp.cli", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pt2interp.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _bad_archives(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     not_zip = tmp_path / "bad.pt2"
     not_zip.write_bytes(b"not a zip")
-    hostile = _edit_program(tmp_path, lambda d: _nodes(d)[1].update(target="os.system"), name="hostile.pt2")
-    newline = _edit_program(tmp_path, lambda d: _set_arg(d, {"as_x\nsecond line": 1}), name="newline.pt2")
-    kernel = _edit_program(tmp_path, lambda d: _nodes(d)[2]["inputs"][1]["arg"]["as_tensor"].update(name="p_fc1_weight"),
-                           name="kernel.pt2")
-    return {"format": (not_zip, "not a readable zip"), "unsupported": (hostile, "os.system"),
-            "newline": (newline, "second line"), "execution": (kernel, "linear_1")}
+    hostile = _edit_program(
+        tmp_path, lambda d: _nodes(d)[1].update(target="os.system"), name="hostile.pt2"
+    )
+    newline = _edit_program(
+        tmp_path, lambda d: _set_arg(d, {"as_x\nsecond line": 1}), name="newline.pt2"
+    )
+    kernel = _edit_program(
+        tmp_path,
+        lambda d: _nodes(d)[2]["inputs"][1]["arg"]["as_tensor"].update(name="p_fc1_weight"),
+        name="kernel.pt2",
+    )
+    return {
+        "format": (not_zip, "not a readable zip"),
+        "unsupported": (hostile, "os.system"),
+        "newline": (newline, "second line"),
+        "execution": (kernel, "linear_1"),
+    }
 
 
 def _set_arg(doc, arg):

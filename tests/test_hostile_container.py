@@ -52,35 +52,98 @@ _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
 
 
-def _member(name: str, data: bytes = b"", *, method: int = zipfile.ZIP_STORED, size: int | None = None,
-            crc: int | None = None, flags: int = 0, local: dict | None = None, share: str | None = None) -> dict:
+def _member(
+    name: str,
+    data: bytes = b"",
+    *,
+    method: int = zipfile.ZIP_STORED,
+    size: int | None = None,
+    crc: int | None = None,
+    flags: int = 0,
+    local: dict | None = None,
+    share: str | None = None,
+) -> dict:
     """One entry: ``data`` as stored, central fields, ``local`` overrides of the local header's
     (flags, method, crc, csize, size, extra), ``share``: no local header of its own, the named one's."""
-    return {"name": name, "data": data, "method": method, "size": len(data) if size is None else size,
-            "crc": zlib.crc32(data) if crc is None else crc, "flags": flags, "local": local or {}, "share": share}
+    return {
+        "name": name,
+        "data": data,
+        "method": method,
+        "size": len(data) if size is None else size,
+        "crc": zlib.crc32(data) if crc is None else crc,
+        "flags": flags,
+        "local": local or {},
+        "share": share,
+    }
 
 
-def _write_zip(members: list[dict], *, declare: int | None = None, zip64: bool = False,
-               prefix: bytes = b"") -> bytes:
+def _write_zip(
+    members: list[dict], *, declare: int | None = None, zip64: bool = False, prefix: bytes = b""
+) -> bytes:
     """A zip of ``members``; ``declare`` overrides the entry count of the end record(s)."""
     out, central, offsets = bytearray(prefix), bytearray(), {}
     for m in members:
         name = m["name"].encode()
         if m["share"] is None:
             offsets[m["name"]] = len(out) - len(prefix)
-            f = {"flags": m["flags"], "method": m["method"], "crc": m["crc"], "csize": len(m["data"]),
-                 "size": m["size"], "extra": b"", **m["local"]}
-            out += _LOCAL.pack(0x04034B50, 20, f["flags"], f["method"], 0, 0x21, f["crc"], f["csize"], f["size"],
-                               len(name), len(f["extra"])) + name + f["extra"] + m["data"]
+            f = {
+                "flags": m["flags"],
+                "method": m["method"],
+                "crc": m["crc"],
+                "csize": len(m["data"]),
+                "size": m["size"],
+                "extra": b"",
+                **m["local"],
+            }
+            out += (
+                _LOCAL.pack(
+                    0x04034B50,
+                    20,
+                    f["flags"],
+                    f["method"],
+                    0,
+                    0x21,
+                    f["crc"],
+                    f["csize"],
+                    f["size"],
+                    len(name),
+                    len(f["extra"]),
+                )
+                + name
+                + f["extra"]
+                + m["data"]
+            )
         offset = offsets[m["share"] or m["name"]]
-        central += _CENTRAL.pack(0x02014B50, 20, 20, m["flags"], m["method"], 0, 0x21, m["crc"], len(m["data"]),
-                                 m["size"], len(name), 0, 0, 0, 0, 0, offset) + name
+        central += (
+            _CENTRAL.pack(
+                0x02014B50,
+                20,
+                20,
+                m["flags"],
+                m["method"],
+                0,
+                0x21,
+                m["crc"],
+                len(m["data"]),
+                m["size"],
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + name
+        )
     count = len(members) if declare is None else declare
     cd_offset = len(out) - len(prefix)
     out += central
     if zip64:
         end64 = len(out) - len(prefix)
-        out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, len(central), cd_offset)
+        out += struct.pack(
+            "<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, len(central), cd_offset
+        )
         out += struct.pack("<IIQI", 0x07064B50, 0, end64, 1)
         out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
     else:
@@ -110,10 +173,13 @@ def _read(path: Path, member: str) -> bytes:
 
 
 def _first_record(members: list[dict]) -> str:
-    return next(m["name"] for m in members if "/data/" in m["name"] and m["name"].split("/")[-1].isdigit())
+    return next(
+        m["name"] for m in members if "/data/" in m["name"] and m["name"].split("/")[-1].isdigit()
+    )
 
 
 # -- every entry point ---------------------------------------------------------------------------
+
 
 def _entry_points(c: Case) -> dict:
     args, kwargs = c.inputs()
@@ -147,8 +213,13 @@ def _check(path: Path, c: Case, error, *fragments, failing=EVERY_ENTRY_POINT) ->
 
 
 def _cli_info(path: Path, *fragments) -> None:
-    r = subprocess.run([sys.executable, "-m", "pt2interp.cli", "info", str(path)], capture_output=True,
-                       text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "pt2interp.cli", "info", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pt2interp: error: "), r.stderr
@@ -158,6 +229,7 @@ def _cli_info(path: Path, *fragments) -> None:
 
 # -- encrypted members ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("member", [PROGRAM, WEIGHT])
 @pytest.mark.parametrize("where", ["both", "central", "local"])
 def test_encrypted_members_are_refused_when_the_archive_is_opened(tmp_path, member, where):
@@ -165,17 +237,24 @@ def test_encrypted_members_are_refused_when_the_archive_is_opened(tmp_path, memb
     a mapped weight record bypasses zipfile altogether."""
     central = 1 if where in ("both", "central") else 0
     local = {"flags": 1} if where in ("both", "local") else {"flags": 0}
-    path = _write(tmp_path, _write_zip(_changed(_members_of(MLP.path), member, flags=central, local=local)))
+    path = _write(
+        tmp_path, _write_zip(_changed(_members_of(MLP.path), member, flags=central, local=local))
+    )
     _check(path, MLP, pt2interp.FormatError, repr(member), "encrypted")
     _cli_info(path, repr(member), "encrypted")
 
 
 # -- local headers that disagree with the central directory --------------------------------------
 
+
 @pytest.mark.parametrize("member", [PROGRAM, WEIGHT])
-@pytest.mark.parametrize("field,value", [("method", zipfile.ZIP_DEFLATED), ("size", 4), ("crc", 0x12345678)])
+@pytest.mark.parametrize(
+    "field,value", [("method", zipfile.ZIP_DEFLATED), ("size", 4), ("crc", 0x12345678)]
+)
 def test_local_header_disagreeing_with_the_directory(tmp_path, member, field, value):
-    path = _write(tmp_path, _write_zip(_changed(_members_of(MLP.path), member, local={field: value})))
+    path = _write(
+        tmp_path, _write_zip(_changed(_members_of(MLP.path), member, local={field: value}))
+    )
     _check(path, MLP, pt2interp.FormatError, repr(member), "local header")
     _cli_info(path, repr(member), "local header")
 
@@ -191,10 +270,17 @@ def test_zip64_local_headers_are_read(tmp_path):
     path = _write(tmp_path, _write_zip([_zip64_local(m) for m in _members_of(MLP.path)]))
     x = MLP.inputs()[0]
     assert torch.equal(pt2interp.load(path)(*x), pt2interp.load(MLP.path)(*x))
-    assert set(pt2interp.extract_weights(path, backend="numpy")) == set(pt2interp.extract_weights(MLP.path))
+    assert set(pt2interp.extract_weights(path, backend="numpy")) == set(
+        pt2interp.extract_weights(MLP.path)
+    )
     members = [_zip64_local(m, 8) if m["name"] == WEIGHT else m for m in _members_of(MLP.path)]
-    _check(_write(tmp_path, _write_zip(members), "liar.pt2"), MLP, pt2interp.FormatError, repr(WEIGHT),
-           "local header 2056")
+    _check(
+        _write(tmp_path, _write_zip(members), "liar.pt2"),
+        MLP,
+        pt2interp.FormatError,
+        repr(WEIGHT),
+        "local header 2056",
+    )
 
 
 def test_bytes_before_the_zip_are_refused(tmp_path):
@@ -206,11 +292,14 @@ def test_bytes_before_the_zip_are_refused(tmp_path):
 
 # -- weight integrity: CRC of mapped records -----------------------------------------------------
 
+
 def _corrupt_record(tmp_path: Path) -> Path:
     data = bytearray(MLP.path.read_bytes())
     with zipfile.ZipFile(MLP.path) as z:
         info = z.getinfo(WEIGHT)
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    name_len, extra_len = struct.unpack(
+        "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+    )
     data[info.header_offset + 30 + name_len + extra_len + 1000] ^= 0x04  # one bit of fc1.weight
     return _write(tmp_path, bytes(data))
 
@@ -228,10 +317,13 @@ def test_crc_check_can_be_turned_off(tmp_path):
     path = _corrupt_record(tmp_path)
     archive = pt2interp.open_archive(path, verify=False)
     state = pt2interp.read_program(archive).state_dict()
-    assert not torch.equal(state["fc1.weight"], pt2interp.read_program(MLP.path).state_dict()["fc1.weight"])
+    assert not torch.equal(
+        state["fc1.weight"], pt2interp.read_program(MLP.path).state_dict()["fc1.weight"]
+    )
 
 
 # -- the zips nested in an archive ---------------------------------------------------------------
+
 
 def _tensor_payload() -> bytes:
     buf = io.BytesIO()
@@ -244,7 +336,11 @@ def _use_pickle_archive(tmp_path: Path, payload: bytes) -> Path:
     doc = json.loads(_read(MLP.path, CONFIG))
     doc["config"]["fc1.weight"]["use_pickle"] = True
     members = _changed(_members_of(MLP.path), CONFIG, **_member(CONFIG, json.dumps(doc).encode()))
-    return _write(tmp_path, _write_zip(_changed(members, WEIGHT, **_member(WEIGHT, payload))), "use_pickle.pt2")
+    return _write(
+        tmp_path,
+        _write_zip(_changed(members, WEIGHT, **_member(WEIGHT, payload))),
+        "use_pickle.pt2",
+    )
 
 
 # (fixture, member holding the nested zip, its original payload)
@@ -259,7 +355,11 @@ def _with_payload(tmp_path: Path, where: str, payload: bytes, name: str = "neste
     c, member, _ = NESTED[where]
     if where == "use_pickle":
         return _use_pickle_archive(tmp_path, payload)
-    return _write(tmp_path, _write_zip(_changed(_members_of(c.path), member, **_member(member, payload))), name)
+    return _write(
+        tmp_path,
+        _write_zip(_changed(_members_of(c.path), member, **_member(member, payload))),
+        name,
+    )
 
 
 def test_the_nested_archives_load_as_crafted(tmp_path):
@@ -272,6 +372,7 @@ def test_the_nested_archives_load_as_crafted(tmp_path):
 
 def _nested_defects() -> dict:
     """name → (edit of the nested zip's members returning (members, write_zip kwargs), fragments)."""
+
     def duplicate(ms):
         record = _first_record(ms)
         twin = next(m for m in ms if m["name"] == record)
@@ -297,12 +398,17 @@ def _nested_defects() -> dict:
     def prefixed(ms):
         return ms, {"prefix": b"\0" * 32}
 
-    return {"duplicate record": (duplicate, ("duplicate member 'archive/data/0'",)),
-            "shared local header": (shared, ("'archive/data/0' and 'archive/data/00' share the local header",)),
-            "encrypted record": (encrypted, ("encrypted",)),
-            "local header CRC": (local_crc, ("local header",)),
-            "record CRC": (bad_crc, ("CRC",)),
-            "bytes before the zip": (prefixed, ("central directory",))}
+    return {
+        "duplicate record": (duplicate, ("duplicate member 'archive/data/0'",)),
+        "shared local header": (
+            shared,
+            ("'archive/data/0' and 'archive/data/00' share the local header",),
+        ),
+        "encrypted record": (encrypted, ("encrypted",)),
+        "local header CRC": (local_crc, ("local header",)),
+        "record CRC": (bad_crc, ("CRC",)),
+        "bytes before the zip": (prefixed, ("central directory",)),
+    }
 
 
 @pytest.mark.parametrize("defect", list(_nested_defects()))
@@ -318,22 +424,33 @@ def test_nested_zips_get_the_archive_checks(tmp_path, where, defect):
 
 # -- member count ------------------------------------------------------------------------------
 
+
 def _many_members(count: int, *, declare: int | None = None) -> bytes:
     """``count`` central entries (all naming one empty local header's member), written fast."""
     names = [f"m/{i}" for i in range(count)]
-    local = _LOCAL.pack(0x04034B50, 20, 0, 0, 0, 0x21, 0, 0, 0, len(names[0]), 0) + names[0].encode()
-    central = b"".join(_CENTRAL.pack(0x02014B50, 20, 20, 0, 0, 0, 0x21, 0, 0, 0, len(n), 0, 0, 0, 0, 0, 0)
-                       + n.encode() for n in names)
+    local = (
+        _LOCAL.pack(0x04034B50, 20, 0, 0, 0, 0x21, 0, 0, 0, len(names[0]), 0) + names[0].encode()
+    )
+    central = b"".join(
+        _CENTRAL.pack(0x02014B50, 20, 20, 0, 0, 0, 0x21, 0, 0, 0, len(n), 0, 0, 0, 0, 0, 0)
+        + n.encode()
+        for n in names
+    )
     n = count if declare is None else declare
     end64 = len(local) + len(central)
-    return (local + central + struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, len(central),
-                                          len(local))
-            + struct.pack("<IIQI", 0x07064B50, 0, end64, 1)
-            + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0))
+    return (
+        local
+        + central
+        + struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, len(central), len(local))
+        + struct.pack("<IIQI", 0x07064B50, 0, end64, 1)
+        + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    )
 
 
 @pytest.mark.parametrize("declare", [None, 3], ids=["declared", "end record lies"])
-def test_too_many_members_are_refused_before_the_directory_is_parsed(tmp_path, monkeypatch, declare):
+def test_too_many_members_are_refused_before_the_directory_is_parsed(
+    tmp_path, monkeypatch, declare
+):
     """A zip of a million members takes zipfile half a minute to parse: the count is read from
     the end record (or, where that lies, from the directory's bytes) and held to the budget."""
     budget = limits.current().max_archive_members
@@ -349,16 +466,24 @@ def test_too_many_members_are_refused_before_the_directory_is_parsed(tmp_path, m
         for label, fn in entry_points.items():
             with pytest.raises(pt2interp.LimitError) as info:
                 fn(path)
-            assert info.value.limit == "max_archive_members" and "many.pt2" in str(info.value), label
+            assert info.value.limit == "max_archive_members" and "many.pt2" in str(info.value), (
+                label
+            )
     assert time.monotonic() - t0 < 5
     _cli_info(path, "many.pt2", "max_archive_members")
 
 
 def test_member_budget_can_be_raised(tmp_path):
     path = _write(tmp_path, _many_members(60), "many.pt2")
-    with limits.override(max_archive_members=59), pytest.raises(pt2interp.LimitError, match="60 members"):
+    with (
+        limits.override(max_archive_members=59),
+        pytest.raises(pt2interp.LimitError, match="60 members"),
+    ):
         pt2interp.open_archive(path)
-    with limits.override(max_archive_members=60), pytest.raises(pt2interp.FormatError, match="share the local"):
+    with (
+        limits.override(max_archive_members=60),
+        pytest.raises(pt2interp.FormatError, match="share the local"),
+    ):
         pt2interp.open_archive(path)  # read, and refused for what it is
 
 
@@ -379,14 +504,19 @@ def test_member_budget_applies_to_nested_zips(tmp_path, where, extra, budget):
 
 # -- views numpy and torch cannot make ----------------------------------------------------------
 
+
 def test_zero_stride_view_of_huge_size(tmp_path):
     """A stride-0 view within its record but 2**62 elements: numpy raises ValueError making
     it, torch makes one whose nbytes wraps around. Refused on both paths, by name."""
     doc = json.loads(_read(MLP.path, CONFIG))
     meta = doc["config"]["fc1.weight"]["tensor_meta"]
     meta["sizes"], meta["strides"] = [{"as_int": 2**62}], [{"as_int": 0}]
-    path = _write(tmp_path, _write_zip(_changed(_members_of(MLP.path), CONFIG,
-                                                **_member(CONFIG, json.dumps(doc).encode()))))
+    path = _write(
+        tmp_path,
+        _write_zip(
+            _changed(_members_of(MLP.path), CONFIG, **_member(CONFIG, json.dumps(doc).encode()))
+        ),
+    )
     _check(path, MLP, pt2interp.WeightError, WEIGHT, "fc1.weight", "int64", failing=WEIGHT_READERS)
 
 
@@ -417,8 +547,11 @@ def _torch_save(state: dict, records: dict[str, dict]) -> bytes:
     """A torch.save zip of ``state`` (_Tensor values) with records ``{key: member kwargs}``."""
     buf = io.BytesIO()
     _Pickler(buf, protocol=2).dump(collections.OrderedDict(state))
-    members = [_member("archive/data.pkl", buf.getvalue()), _member("archive/byteorder", b"little"),
-               _member("archive/version", b"3\n")]
+    members = [
+        _member("archive/data.pkl", buf.getvalue()),
+        _member("archive/byteorder", b"little"),
+        _member("archive/version", b"3\n"),
+    ]
     members += [_member(f"archive/data/{key}", **kw) for key, kw in records.items()]
     return _write_zip(members)
 
@@ -426,7 +559,9 @@ def _torch_save(state: dict, records: dict[str, dict]) -> bytes:
 def test_zero_stride_view_in_a_pickled_state_dict(tmp_path):
     c, member, _ = NESTED["legacy"]
     storage = _Storage("0", 512)
-    payload = _torch_save({"net.0.weight": _Tensor(storage, (2**62,), (0,))}, {"0": {"data": bytes(2048)}})
+    payload = _torch_save(
+        {"net.0.weight": _Tensor(storage, (2**62,), (0,))}, {"0": {"data": bytes(2048)}}
+    )
     path = _with_payload(tmp_path, "legacy", payload)
     _check(path, c, pt2interp.WeightError, member, "net.0.weight", failing=WEIGHT_READERS)
     with pytest.raises(pt2interp.WeightError, match=r"tensor 'net\.0\.weight' on storage '0'"):
@@ -474,8 +609,13 @@ HEADROOM = 1 << 30
 
 def _run_bounded(cases: list[tuple[Path, tuple[str, ...]]]) -> tuple[list, int]:
     arg = json.dumps([[str(p), list(labels)] for p, labels in cases])
-    r = subprocess.run([sys.executable, "-c", _CHILD, arg, str(HEADROOM)], capture_output=True, text=True,
-                       timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", _CHILD, arg, str(HEADROOM)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     return result["outcomes"], result["rss_growth"]
@@ -491,12 +631,23 @@ def _shared_record_bomb() -> bytes:
     assert 100 < size / len(raw) < pt2interp.archive.MAX_COMPRESSION_RATIO
     storages = [_Storage(str(i), size // 4) for i in range(count)]
     buf = io.BytesIO()
-    _Pickler(buf, protocol=2).dump(collections.OrderedDict(
-        (f"w{i}", _Tensor(s, (size // 4,), (1,))) for i, s in enumerate(storages)))
-    record = _member("archive/data/0", raw, method=zipfile.ZIP_DEFLATED, size=size, crc=zlib.crc32(body))
-    members = [_member("archive/data.pkl", buf.getvalue()), _member("archive/byteorder", b"little"),
-               _member("archive/version", b"3\n"), record]
-    members += [{**record, "name": f"archive/data/{i}", "share": "archive/data/0"} for i in range(1, count)]
+    _Pickler(buf, protocol=2).dump(
+        collections.OrderedDict(
+            (f"w{i}", _Tensor(s, (size // 4,), (1,))) for i, s in enumerate(storages)
+        )
+    )
+    record = _member(
+        "archive/data/0", raw, method=zipfile.ZIP_DEFLATED, size=size, crc=zlib.crc32(body)
+    )
+    members = [
+        _member("archive/data.pkl", buf.getvalue()),
+        _member("archive/byteorder", b"little"),
+        _member("archive/version", b"3\n"),
+        record,
+    ]
+    members += [
+        {**record, "name": f"archive/data/{i}", "share": "archive/data/0"} for i in range(1, count)
+    ]
     return _write_zip(members)
 
 
@@ -515,12 +666,16 @@ def test_bombs_are_refused_within_bounded_memory(tmp_path):
     v28 = _with_payload(tmp_path, "torch-2.8", bomb, "v28_bomb.pt2")
     conj = _write(tmp_path, _conj_bomb(), "conj.pt")
     readers = ("state_dict", "numpy", "torch", "load")
-    outcomes, rss_growth = _run_bounded([(legacy, readers), (v28, readers), (conj, ("load_torch_save",))])
+    outcomes, rss_growth = _run_bounded(
+        [(legacy, readers), (v28, readers), (conj, ("load_torch_save",))]
+    )
     for path, label, outcome in outcomes:
         assert outcome.startswith("WeightError: "), f"{path} {label}: {outcome}"
         if path == str(conj):
             assert "tensor 'c'" in outcome and "copy" in outcome, outcome
         else:
             member = LEGACY_STATE if path == str(legacy) else V28_STATE
-            assert member in outcome and ("zip bomb" in outcome or "share the local header" in outcome), outcome
+            assert member in outcome and (
+                "zip bomb" in outcome or "share the local header" in outcome
+            ), outcome
     assert rss_growth < 256 << 20, f"the child grew by {rss_growth} bytes"

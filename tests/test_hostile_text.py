@@ -27,19 +27,21 @@ import pytest
 import torch
 from fixture_cases import case
 from helpers import member_named, rewrite_zip
-from pt2interp.codegen.layout import constant_text
-from pt2interp.codegen.names import comment
 
 import pt2interp
 from pt2interp import cli
+from pt2interp.codegen.layout import constant_text
+from pt2interp.codegen.names import comment
 
 MLP = case("zoo", "mlp")
 DYNAMIC = case("zoo", "dynamic_batch_mlp")
 
 # What must never reach a terminal raw: C0 and C1 controls, DEL, bidi controls, line and
 # paragraph separators, lone surrogates.
-_RAW_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
-                         "\u2066-\u2069\ud800-\udfff]")
+_RAW_UNSAFE = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+    "\u2066-\u2069\ud800-\udfff]"
+)
 
 HOSTILE_TEXT = {
     "markup": "[bold red]x[/]",
@@ -54,6 +56,7 @@ HOSTILE_TEXT = {
 
 # -- crafting -------------------------------------------------------------------------------------
 
+
 def _members(src: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(src) as z:
         return {i.filename: z.read(i.filename) for i in z.infolist()}
@@ -64,7 +67,9 @@ def _program(src: Path) -> tuple[str, dict]:
     return member, json.loads(_members(src)[member])
 
 
-def _edit(tmp_path: Path, edit, src: Path = MLP.path, *, text=None, name: str = "hostile.pt2") -> Path:
+def _edit(
+    tmp_path: Path, edit, src: Path = MLP.path, *, text=None, name: str = "hostile.pt2"
+) -> Path:
     """The archive with its program JSON edited (``edit(doc)``), then its text (``text(s)``)."""
     member, doc = _program(src)
     edit(doc)
@@ -77,9 +82,14 @@ def _edit(tmp_path: Path, edit, src: Path = MLP.path, *, text=None, name: str = 
 def _rename_everywhere(tmp_path: Path, old: str, new: str, src: Path = MLP.path) -> Path:
     """``old`` replaced by ``new`` in every JSON member (module paths, weight names, configs)."""
     escaped = json.dumps(new)[1:-1]
-    replace = {n: d.decode().replace(old, escaped).encode() for n, d in _members(src).items()
-               if n.endswith(".json")}
-    return rewrite_zip(src, tmp_path / f"renamed_{len(list(tmp_path.iterdir()))}.pt2", replace=replace)
+    replace = {
+        n: d.decode().replace(old, escaped).encode()
+        for n, d in _members(src).items()
+        if n.endswith(".json")
+    }
+    return rewrite_zip(
+        src, tmp_path / f"renamed_{len(list(tmp_path.iterdir()))}.pt2", replace=replace
+    )
 
 
 def _nodes(doc) -> list:
@@ -91,6 +101,7 @@ def _tensor_values(doc) -> dict:
 
 
 # -- running --------------------------------------------------------------------------------------
+
 
 def _main(*argv: str) -> tuple[int, str, str]:
     """``pt2interp`` in this process, writing UTF-8 (strictly, as a terminal would) to pipes."""
@@ -128,13 +139,15 @@ def _every_entry_point(path: Path, inputs=None) -> dict[str, str]:
         assert source.isascii(), "generated source holds non-ASCII text"
         compile(source, "generated.py", "exec")
 
-    for name, fn in (("read_schema", lambda: pt2interp.read_schema(path)),
-                     ("state_dict", lambda: pt2interp.read_program(path).state_dict()),
-                     ("extract_weights", lambda: pt2interp.extract_weights(path, backend="numpy")),
-                     ("load", lambda: pt2interp.load(path)(*args, **kwargs)),
-                     ("to_python", generated),
-                     ("info", lambda: _cli_ok("info", str(path))[0]),
-                     ("info --json", lambda: _cli_ok("info", "--json", str(path))[0])):
+    for name, fn in (
+        ("read_schema", lambda: pt2interp.read_schema(path)),
+        ("state_dict", lambda: pt2interp.read_program(path).state_dict()),
+        ("extract_weights", lambda: pt2interp.extract_weights(path, backend="numpy")),
+        ("load", lambda: pt2interp.load(path)(*args, **kwargs)),
+        ("to_python", generated),
+        ("info", lambda: _cli_ok("info", str(path))[0]),
+        ("info --json", lambda: _cli_ok("info", "--json", str(path))[0]),
+    ):
         try:
             result = fn()
             outcomes[name] = "error line" if name.startswith("info") and result == 1 else "ok"
@@ -161,13 +174,20 @@ def _stack_budget(frames: int):
 # pt2interp info: archive text shown, never interpreted
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", list(HOSTILE_TEXT))
 def test_info_shows_hostile_names_escaped(tmp_path, kind):
     """The text as a module and weight name, a torch version, an IR name and an op target."""
     text = HOSTILE_TEXT[kind]
     path = _rename_everywhere(tmp_path, "fc1", text)
-    path = _edit(tmp_path, lambda d: (d.update(torch_version=text, verifiers=[text]),
-                                      _nodes(d)[1].update(target=f"torch.ops.aten.{text}")), src=path)
+    path = _edit(
+        tmp_path,
+        lambda d: (
+            d.update(torch_version=text, verifiers=[text]),
+            _nodes(d)[1].update(target=f"torch.ops.aten.{text}"),
+        ),
+        src=path,
+    )
     rc, out, _ = _cli_ok("info", str(path))
     assert rc == 0
     shown = cli.shown(text)
@@ -189,8 +209,13 @@ def test_info_in_a_real_process_with_markup_controls_and_surrogates(tmp_path):
     """The command as a user runs it: stdout is a pipe whose encoder refuses lone surrogates."""
     path = _rename_everywhere(tmp_path, "fc1", "[bold]\x1b[2J\ud800[/]")
     for argv in (["info", str(path)], ["info", "--json", str(path)]):
-        r = subprocess.run([sys.executable, "-m", "pt2interp.cli", *argv], capture_output=True, timeout=120,
-                           check=False, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+        r = subprocess.run(
+            [sys.executable, "-m", "pt2interp.cli", *argv],
+            capture_output=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        )
         assert r.returncode == 0, r.stderr.decode(errors="replace")
         out = r.stdout.decode("utf-8")  # strict: no surrogate made it out as bytes
         assert "\x1b" not in out and "Traceback" not in r.stderr.decode()
@@ -210,14 +235,24 @@ def test_error_lines_escape_the_archive_text_they_quote(tmp_path, command):
     markup shown as it is."""
     evil = "x\x1b]0;pwned\x07\n[/]\u202e"
     if command == "info":  # an unknown argument kind, quoted as it is
-        path = _edit(tmp_path, lambda d: d["graph_module"]["graph"]["inputs"].__setitem__(0, {f"as_{evil}": 1}))
+        path = _edit(
+            tmp_path,
+            lambda d: d["graph_module"]["graph"]["inputs"].__setitem__(0, {f"as_{evil}": 1}),
+        )
         argv = ["info", str(path)]
     elif command == "run":  # a kernel failure, naming its node
-        path = _edit(tmp_path, lambda d: (_nodes(d)[2].update(name=evil),
-                                          _nodes(d)[2]["inputs"][1]["arg"]["as_tensor"].update(name="p_fc1_weight")))
+        path = _edit(
+            tmp_path,
+            lambda d: (
+                _nodes(d)[2].update(name=evil),
+                _nodes(d)[2]["inputs"][1]["arg"]["as_tensor"].update(name="p_fc1_weight"),
+            ),
+        )
         argv = ["run", str(path), "--random"]
     else:  # a node lacking an argument its op reads
-        path = _edit(tmp_path, lambda d: _nodes(d)[1].update(name=evil, target="torch.ops.aten.add.Tensor"))
+        path = _edit(
+            tmp_path, lambda d: _nodes(d)[1].update(name=evil, target="torch.ops.aten.add.Tensor")
+        )
         argv = ["codegen", str(path)]
     rc, _, err = _cli_ok(*argv)
     assert rc == 1
@@ -232,53 +267,84 @@ _HUGE_INT = "9" * 4200  # within json's own 4300-digit limit; far beyond a float
 
 
 def _arg(value):
-    return lambda d: _nodes(d)[1].update(target="torch.ops.aten.add.Scalar", inputs=[
-        {"name": "self", "arg": {"as_tensor": {"name": "linear"}}, "kind": 1},
-        {"name": "other", "arg": value, "kind": 1}])
+    return lambda d: _nodes(d)[1].update(
+        target="torch.ops.aten.add.Scalar",
+        inputs=[
+            {"name": "self", "arg": {"as_tensor": {"name": "linear"}}, "kind": 1},
+            {"name": "other", "arg": value, "kind": 1},
+        ],
+    )
 
 
-@pytest.mark.parametrize("edit", [
-    _arg({"as_float": _HUGE_INT}),
-    _arg({"as_floats": [1.0, _HUGE_INT]}),
-    _arg({"as_complex": {"real": 1.0, "imag": _HUGE_INT}}),
-], ids=["float", "floats", "complex"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _arg({"as_float": _HUGE_INT}),
+        _arg({"as_floats": [1.0, _HUGE_INT]}),
+        _arg({"as_complex": {"real": 1.0, "imag": _HUGE_INT}}),
+    ],
+    ids=["float", "floats", "complex"],
+)
 def test_integers_too_large_for_a_float(tmp_path, edit):
     """A float argument written as a 4,200-digit integer: float() raises OverflowError."""
     path = _edit(tmp_path, edit, text=lambda s: s.replace(f'"{_HUGE_INT}"', _HUGE_INT))
     outcomes = _every_entry_point(path)
-    assert outcomes["read_schema"] == "ok" and outcomes["state_dict"] == outcomes["load"] == "SchemaError", outcomes
+    assert (
+        outcomes["read_schema"] == "ok"
+        and outcomes["state_dict"] == outcomes["load"] == "SchemaError"
+    ), outcomes
 
 
 def test_inf_and_nan_wherever_a_number_goes(tmp_path):
     """JSON's 1e400 is inf: as float, complex and list arguments, range bounds, size hints and
     constant inputs. A guard: each of these already reads or fails as a Pt2Error."""
+
     def edit(d):
         _arg({"as_complex": {"real": "@inf@", "imag": "@nan@"}})(d)
         _nodes(d)[2]["inputs"].append({"name": "alpha", "arg": {"as_float": "@-inf@"}, "kind": 2})
         d["range_constraints"] = {"s0": {"min_val": "@-inf@", "max_val": "@inf@"}}
-        _tensor_values(d)["x"]["sizes"][0] = {"as_expr": {"expr_str": "s0", "hint": {"as_float": "@inf@"}}}
+        _tensor_values(d)["x"]["sizes"][0] = {
+            "as_expr": {"expr_str": "s0", "hint": {"as_float": "@inf@"}}
+        }
         d["graph_module"]["signature"]["input_specs"].append(
-            {"constant_input": {"name": "k", "value": {"as_floats": ["@nan@", "@inf@"]}}})
-    path = _edit(tmp_path, edit, text=lambda s: s.replace('"@inf@"', "1e400").replace('"@-inf@"', "-1e400")
-                 .replace('"@nan@"', "NaN"))
+            {"constant_input": {"name": "k", "value": {"as_floats": ["@nan@", "@inf@"]}}}
+        )
+
+    path = _edit(
+        tmp_path,
+        edit,
+        text=lambda s: (
+            s.replace('"@inf@"', "1e400").replace('"@-inf@"', "-1e400").replace('"@nan@"', "NaN")
+        ),
+    )
     outcomes = _every_entry_point(path)
-    assert outcomes["read_schema"] == outcomes["to_python"] == outcomes["info --json"] == "ok", outcomes
+    assert outcomes["read_schema"] == outcomes["to_python"] == outcomes["info --json"] == "ok", (
+        outcomes
+    )
 
 
 def test_a_huge_integer_as_a_float_names_its_path(tmp_path):
     path = _edit(tmp_path, _arg({"as_float": "@@"}), text=lambda s: s.replace('"@@"', _HUGE_INT))
-    with pytest.raises(pt2interp.SchemaError, match=r"nodes\[1\]\.inputs\[1\]\.arg\.as_float.*does not fit in a float"):
+    with pytest.raises(
+        pt2interp.SchemaError,
+        match=r"nodes\[1\]\.inputs\[1\]\.arg\.as_float.*does not fit in a float",
+    ):
         pt2interp.read_program(path)
 
 
-@pytest.mark.parametrize("expr", [
-    "Integer(0x" + "f" * 5000 + ")",                    # hex: ast.parse takes it, str() would not
-    "Mul(Integer(" + "9" * 5000 + "), s77)",            # decimal: refused by Python's parser
-    "Mul(" + ", ".join(["s77"] * 1500) + ")",           # 1024**1500: 15,000 bits at the range's top
-], ids=["hex literal", "decimal literal", "product"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "Integer(0x" + "f" * 5000 + ")",  # hex: ast.parse takes it, str() would not
+        "Mul(Integer(" + "9" * 5000 + "), s77)",  # decimal: refused by Python's parser
+        "Mul(" + ", ".join(["s77"] * 1500) + ")",  # 1024**1500: 15,000 bits at the range's top
+    ],
+    ids=["hex literal", "decimal literal", "product"],
+)
 def test_huge_integers_in_symbolic_sizes(tmp_path, expr):
     def edit(d):
         _tensor_values(d)["x"]["sizes"][0] = {"as_expr": {"expr_str": expr, "hint": {"as_int": 4}}}
+
     path = _edit(tmp_path, edit, src=DYNAMIC.path)
     outcomes = _every_entry_point(path, DYNAMIC.inputs())
     assert outcomes["info"] == outcomes["info --json"], outcomes
@@ -298,7 +364,7 @@ def test_symbolic_literals_are_bounded():
     e = parse_expr("Mul(" + ", ".join(["s0"] * 100) + ")")
     with pytest.raises(EvaluationError, match="too large to evaluate"):
         e.evaluate({"s0": 2**62})
-    assert parse_expr("Mul(Integer(-9223372036854775808), s0)").evaluate({"s0": 2}) == -2**64
+    assert parse_expr("Mul(Integer(-9223372036854775808), s0)").evaluate({"s0": 2}) == -(2**64)
 
 
 @pytest.mark.parametrize("where", ["input", "parameter"])
@@ -306,13 +372,21 @@ def test_element_counts_beyond_int64(tmp_path, where):
     """300 sizes of 2**62 multiply to an int str() cannot print: refused by name, not counted."""
     sizes = [{"as_int": 2**62}] * 300
     name = "x" if where == "input" else "p_fc1_weight"
-    path = _edit(tmp_path, lambda d: _tensor_values(d)[name].update(sizes=sizes, strides=[{"as_int": 1}] * 300))
+    path = _edit(
+        tmp_path,
+        lambda d: _tensor_values(d)[name].update(sizes=sizes, strides=[{"as_int": 1}] * 300),
+    )
     if where == "parameter":
         config = member_named(path, "model_weights_config.json")
         cfg = json.loads(zipfile.ZipFile(path).read(config))
-        cfg["config"]["fc1.weight"]["tensor_meta"].update(sizes=sizes, strides=[{"as_int": 1}] * 300)
+        cfg["config"]["fc1.weight"]["tensor_meta"].update(
+            sizes=sizes, strides=[{"as_int": 1}] * 300
+        )
         path = rewrite_zip(path, tmp_path / "cfg.pt2", replace={config: json.dumps(cfg).encode()})
-    with pytest.raises(pt2interp.SchemaError, match=f"tensor '{'x' if where == 'input' else 'fc1.weight'}'.*2\\*\\*63-1"):
+    with pytest.raises(
+        pt2interp.SchemaError,
+        match=f"tensor '{'x' if where == 'input' else 'fc1.weight'}'.*2\\*\\*63-1",
+    ):
         pt2interp.read_schema(path)
     outcomes = _every_entry_point(path)
     assert outcomes["info"] == outcomes["info --json"] == "error line", outcomes
@@ -322,9 +396,20 @@ def test_element_counts_beyond_int64(tmp_path, where):
 # Codegen: constants that evaluate back to themselves, bounded comments, Pt2Errors
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", [complex(math.inf, math.nan), complex(-math.inf, -0.0), complex(-0.0, 1.0),
-                                   complex(1.0, -0.0), -2j, complex(math.nan, math.inf), -(10**5000)],
-                         ids=lambda v: f"int of {v.bit_length()} bits" if isinstance(v, int) else repr(v))
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        complex(math.inf, math.nan),
+        complex(-math.inf, -0.0),
+        complex(-0.0, 1.0),
+        complex(1.0, -0.0),
+        -2j,
+        complex(math.nan, math.inf),
+        -(10**5000),
+    ],
+    ids=lambda v: f"int of {v.bit_length()} bits" if isinstance(v, int) else repr(v),
+)
 def test_constants_evaluate_to_the_same_value(value):
     from pt2interp.codegen.layout import format_statement
 
@@ -339,15 +424,28 @@ def test_constants_evaluate_to_the_same_value(value):
         parts = (value.real, value.imag) if isinstance(value, complex) else (value,)
         got_parts = (got.real, got.imag) if isinstance(got, complex) else (got,)
         for a, b in zip(got_parts, parts):
-            assert (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+            assert (math.isnan(a) and math.isnan(b)) or (
+                a == b and math.copysign(1, a) == math.copysign(1, b)
+            )
 
 
 def test_generated_module_computes_with_an_inf_nan_complex_constant(tmp_path):
     def edit(d):
-        _nodes(d)[2].update(target="torch.ops.aten.mul.Scalar", inputs=[
-            {"name": "self", "arg": {"as_tensor": {"name": "relu"}}, "kind": 1},
-            {"name": "other", "arg": {"as_complex": {"real": "@@", "imag": "@nan@"}}, "kind": 1}])
-    path = _edit(tmp_path, edit, text=lambda s: s.replace('"@@"', "1e400").replace('"@nan@"', "NaN"))
+        _nodes(d)[2].update(
+            target="torch.ops.aten.mul.Scalar",
+            inputs=[
+                {"name": "self", "arg": {"as_tensor": {"name": "relu"}}, "kind": 1},
+                {
+                    "name": "other",
+                    "arg": {"as_complex": {"real": "@@", "imag": "@nan@"}},
+                    "kind": 1,
+                },
+            ],
+        )
+
+    path = _edit(
+        tmp_path, edit, text=lambda s: s.replace('"@@"', "1e400").replace('"@nan@"', "NaN")
+    )
     source = pt2interp.to_python(path)
     namespace: dict = {}
     exec(compile(source, "generated.py", "exec"), namespace)  # noqa: S102 (our own output, under test)
@@ -364,13 +462,25 @@ def test_comments_cut_before_they_are_sanitized():
     t0 = time.perf_counter()
     text = comment(huge)
     assert time.perf_counter() - t0 < 0.5, "comment() walked the whole string"
-    assert text.startswith("x = f(a) ?") and text.endswith("...") and len(text) <= 100 and text.isascii()
+    assert (
+        text.startswith("x = f(a) ?")
+        and text.endswith("...")
+        and len(text) <= 100
+        and text.isascii()
+    )
 
 
 def test_codegen_refuses_a_node_without_the_arguments_its_op_reads(tmp_path):
-    path = _edit(tmp_path, lambda d: _nodes(d)[1].update(target="torch.ops.aten.add.Tensor", inputs=[
-        {"name": "self", "arg": {"as_tensor": {"name": "linear"}}, "kind": 1},
-        {"name": "zz", "arg": {"as_tensor": {"name": "linear"}}, "kind": 1}]))
+    path = _edit(
+        tmp_path,
+        lambda d: _nodes(d)[1].update(
+            target="torch.ops.aten.add.Tensor",
+            inputs=[
+                {"name": "self", "arg": {"as_tensor": {"name": "linear"}}, "kind": 1},
+                {"name": "zz", "arg": {"as_tensor": {"name": "linear"}}, "kind": 1},
+            ],
+        ),
+    )
     with pytest.raises(pt2interp.GraphError, match="node relu .*lacks argument 'other'"):
         pt2interp.to_python(path)
 
@@ -378,6 +488,7 @@ def test_codegen_refuses_a_node_without_the_arguments_its_op_reads(tmp_path):
 def test_codegen_refuses_a_parameter_without_a_static_shape(tmp_path):
     def edit(d):
         d["graph_module"]["signature"]["input_specs"][0]["parameter"]["arg"]["name"] = "nowhere"
+
     with pytest.raises(pt2interp.GraphError, match="parameter 'fc1.weight' has no static shape"):
         pt2interp.to_python(_edit(tmp_path, edit))
 
@@ -403,17 +514,29 @@ def test_namedtuple_outputs_whose_names_python_cannot_compile(tmp_path):
     def edit(d):
         d["graph_module"]["module_call_graph"][0]["signature"]["out_spec"] = json.dumps(spec)
         d["graph_module"]["treespec_namedtuple_fields"] = {"mod.class": {"field_names": ["\uff41"]}}
+
     path = _edit(tmp_path, edit)
     x = MLP.inputs()[0][0]
     out = pt2interp.load(path)(x)
     assert type(out).__name__ == "Result" and out._fields == ("_0",)
     assert _every_entry_point(path) == dict.fromkeys(
-        ("read_schema", "state_dict", "extract_weights", "load", "to_python", "info", "info --json"), "ok")
+        (
+            "read_schema",
+            "state_dict",
+            "extract_weights",
+            "load",
+            "to_python",
+            "info",
+            "info --json",
+        ),
+        "ok",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Depth: nothing below the JSON nesting limit recurses much deeper than parsing it did
 # ------------------------------------------------------------------------------------------------
+
 
 def _nested(depth: int):
     value = 1
@@ -433,16 +556,20 @@ def _module_stack(depth: int) -> str:
     frames, path = ["L__self__,,fixtures.zoo.MLP"], []
     for _ in range(depth):
         path.append("m")
-        frames.append(f"L__self__{'.'.join(path)},{'.'.join(path)},torch.nn.modules.activation.ReLU")
+        frames.append(
+            f"L__self__{'.'.join(path)},{'.'.join(path)},torch.nn.modules.activation.ReLU"
+        )
     return ";".join(frames)
 
 
 def _deep_archives(tmp_path: Path, what: str) -> list[tuple[Path, str]]:
     """(archive, what it must give) at a depth the readers take and, but for the constant
     (which the JSON nesting limit bounds), one past their bound."""
+
     def constant(d, depth):
         d["graph_module"]["signature"]["input_specs"].append(
-            {"constant_input": {"name": "k", "value": {"as_int": _nested(depth)}}})
+            {"constant_input": {"name": "k", "value": {"as_int": _nested(depth)}}}
+        )
 
     def out_spec(d, depth):
         d["graph_module"]["module_call_graph"][0]["signature"]["out_spec"] = _out_spec(depth)
@@ -450,11 +577,15 @@ def _deep_archives(tmp_path: Path, what: str) -> list[tuple[Path, str]]:
     def module_path(d, depth):
         _nodes(d)[1]["metadata"]["nn_module_stack"] = _module_stack(depth)
 
-    edit, cases = {"constant": (constant, [(390, "ok")]),
-                   "output tree spec": (out_spec, [(64, "ok"), (150, "SchemaError")]),
-                   "module path": (module_path, [(64, "ok"), (300, "GraphError")])}[what]
-    return [(_edit(tmp_path, functools.partial(edit, depth=depth), name=f"deep{depth}.pt2"), outcome)
-            for depth, outcome in cases]
+    edit, cases = {
+        "constant": (constant, [(390, "ok")]),
+        "output tree spec": (out_spec, [(64, "ok"), (150, "SchemaError")]),
+        "module path": (module_path, [(64, "ok"), (300, "GraphError")]),
+    }[what]
+    return [
+        (_edit(tmp_path, functools.partial(edit, depth=depth), name=f"deep{depth}.pt2"), outcome)
+        for depth, outcome in cases
+    ]
 
 
 @pytest.mark.parametrize("what", ["constant", "output tree spec", "module path"])
@@ -468,6 +599,10 @@ def test_deep_structures_stay_within_the_stack(tmp_path, what):
         if want == "SchemaError":  # every reader parses the spec
             assert set(outcomes.values()) == {"SchemaError", "error line"}, outcomes
         elif want == "GraphError":  # only codegen builds classes for the module tree
-            assert outcomes["to_python"] == "GraphError" and outcomes["read_schema"] == "ok", outcomes
+            assert outcomes["to_python"] == "GraphError" and outcomes["read_schema"] == "ok", (
+                outcomes
+            )
         else:
-            assert outcomes["read_schema"] == outcomes["to_python"] == outcomes["info --json"] == "ok", outcomes
+            assert (
+                outcomes["read_schema"] == outcomes["to_python"] == outcomes["info --json"] == "ok"
+            ), outcomes

@@ -38,10 +38,12 @@ REQUESTS_EACH = int(os.environ.get("PT2INTERP_LOAD_REQUESTS", "200"))
 @pytest.fixture(scope="module")
 def servers():
     made = {
-        "mlp": Server(DYN_MLP, name="http-mlp"),                                   # batching off
+        "mlp": Server(DYN_MLP, name="http-mlp"),  # batching off
         "mlp_batched": Server(DYN_MLP, name="http-mlp-batched", batch_size=16, batch_timeout_ms=2),
         "multi_io": Server(MULTI_IO, name="http-multi-io"),
-        "cnn": Server(CNN, name="http-cnn", batch_size=8, batch_timeout_ms=2),     # static batch of 2: padded
+        "cnn": Server(
+            CNN, name="http-cnn", batch_size=8, batch_timeout_ms=2
+        ),  # static batch of 2: padded
     }
     yield made
     for s in made.values():
@@ -61,8 +63,15 @@ def client(url):
 
 
 def tensor_json(name, t: torch.Tensor, datatype=None) -> dict:
-    datatype = datatype or {torch.float32: "FP32", torch.int64: "INT64", torch.bool: "BOOL"}[t.dtype]
-    return {"name": name, "shape": list(t.shape), "datatype": datatype, "data": t.reshape(-1).tolist()}
+    datatype = (
+        datatype or {torch.float32: "FP32", torch.int64: "INT64", torch.bool: "BOOL"}[t.dtype]
+    )
+    return {
+        "name": name,
+        "shape": list(t.shape),
+        "datatype": datatype,
+        "data": t.reshape(-1).tolist(),
+    }
 
 
 def output_tensor(out: dict) -> torch.Tensor:
@@ -76,7 +85,12 @@ def test_health_and_server_metadata(client):
     r = client.get("/v2/health/ready")
     assert r.status_code == 200 and r.json() == {"ready": True}
     assert client.get("/v2").json()["name"] == "pt2interp"
-    assert {m["name"] for m in client.get("/v2/models").json()["models"]} == {"mlp", "mlp_batched", "multi_io", "cnn"}
+    assert {m["name"] for m in client.get("/v2/models").json()["models"]} == {
+        "mlp",
+        "mlp_batched",
+        "multi_io",
+        "cnn",
+    }
 
 
 def test_model_metadata_and_ready(client):
@@ -86,11 +100,19 @@ def test_model_metadata_and_ready(client):
     assert mlp["outputs"] == [{"name": "out", "datatype": "FP32", "shape": [-1, 8]}]
     multi = client.get("/v2/models/multi_io").json()
     assert [(i["name"], i["datatype"], i["shape"]) for i in multi["inputs"]] == [
-        ("a", "FP32", [5, 6]), ("b", "FP32", [5, 3]), ("mask", "BOOL", [5, 4]), ("scale", "FP32", [4])]
+        ("a", "FP32", [5, 6]),
+        ("b", "FP32", [5, 3]),
+        ("mask", "BOOL", [5, 4]),
+        ("scale", "FP32", [4]),
+    ]
     assert [(o["name"], o["datatype"]) for o in multi["outputs"]] == [
-        ("out.sum", "FP32"), ("out.pair.0", "FP32"), ("out.pair.1", "INT64"), ("out.cat", "FP32")]
+        ("out.sum", "FP32"),
+        ("out.pair.0", "FP32"),
+        ("out.pair.1", "INT64"),
+        ("out.cat", "FP32"),
+    ]
     cnn = client.get("/v2/models/cnn/versions/1").json()
-    assert cnn["inputs"][0]["shape"] == [-1, 3, 16, 16]        # batched with padding: any row count
+    assert cnn["inputs"][0]["shape"] == [-1, 3, 16, 16]  # batched with padding: any row count
     r = client.get("/v2/models/cnn/ready")
     assert r.status_code == 200 and r.json() == {"name": "cnn", "ready": True}
 
@@ -105,18 +127,27 @@ def test_infer_on_two_models_matches_direct_calls(client):
     assert torch.equal(output_tensor(body["outputs"][0]), pt2interp.load(DYN_MLP)(x))
 
     (a, b, mask), kw = case("zoo", "multi_io").inputs()
-    inputs = [tensor_json("a", a), tensor_json("b", b), tensor_json("mask", mask), tensor_json("scale", kw["scale"])]
+    inputs = [
+        tensor_json("a", a),
+        tensor_json("b", b),
+        tensor_json("mask", mask),
+        tensor_json("scale", kw["scale"]),
+    ]
     r = client.post("/v2/models/multi_io/infer", json={"inputs": inputs})
     assert r.status_code == 200, r.text
     got = {o["name"]: output_tensor(o) for o in r.json()["outputs"]}
     want = pt2interp.load(MULTI_IO)(a, b, mask, **kw)
     assert torch.equal(got["out.sum"], want["sum"]) and torch.equal(got["out.cat"], want["cat"])
-    assert torch.equal(got["out.pair.0"], want["pair"][0]) and torch.equal(got["out.pair.1"], want["pair"][1])
+    assert torch.equal(got["out.pair.0"], want["pair"][0]) and torch.equal(
+        got["out.pair.1"], want["pair"][1]
+    )
 
     # only the outputs asked for; nested (not flattened) data is accepted too
     nested = dict(inputs[0], data=a.tolist())
-    r = client.post("/v2/models/multi_io/infer",
-                    json={"inputs": [nested, *inputs[1:]], "outputs": [{"name": "out.pair.1"}]})
+    r = client.post(
+        "/v2/models/multi_io/infer",
+        json={"inputs": [nested, *inputs[1:]], "outputs": [{"name": "out.pair.1"}]},
+    )
     assert [o["name"] for o in r.json()["outputs"]] == ["out.pair.1"]
 
 
@@ -132,7 +163,12 @@ def test_infer_pads_a_static_batch(client):
 
 # -- errors ------------------------------------------------------------------------------------------
 def _x(shape=(2, 16), **over):
-    t = {"name": "x", "shape": list(shape), "datatype": "FP32", "data": [0.5] * (shape[0] * shape[1])}
+    t = {
+        "name": "x",
+        "shape": list(shape),
+        "datatype": "FP32",
+        "data": [0.5] * (shape[0] * shape[1]),
+    }
     t.update(over)
     return t
 
@@ -141,34 +177,95 @@ ERROR_CASES = [
     # (id, path, body (dict, or bytes sent raw), status, words in the error)
     ("unknown model", "/v2/models/nope/infer", {"inputs": [_x()]}, 404, "unknown model 'nope'"),
     ("unknown version", "/v2/models/mlp/versions/7/infer", {"inputs": [_x()]}, 404, "version '7'"),
-    ("wrong datatype", "/v2/models/mlp/infer", {"inputs": [_x(datatype="FP64")]}, 400,
-     "datatype FP64 does not match the model's FP32"),
-    ("unknown datatype", "/v2/models/mlp/infer", {"inputs": [_x(datatype="FP33")]}, 400, "unknown datatype 'FP33'"),
-    ("shape/data mismatch", "/v2/models/mlp/infer", {"inputs": [_x(data=[0.5] * 31)]}, 400,
-     "holds 32 values but data has 31"),
+    (
+        "wrong datatype",
+        "/v2/models/mlp/infer",
+        {"inputs": [_x(datatype="FP64")]},
+        400,
+        "datatype FP64 does not match the model's FP32",
+    ),
+    (
+        "unknown datatype",
+        "/v2/models/mlp/infer",
+        {"inputs": [_x(datatype="FP33")]},
+        400,
+        "unknown datatype 'FP33'",
+    ),
+    (
+        "shape/data mismatch",
+        "/v2/models/mlp/infer",
+        {"inputs": [_x(data=[0.5] * 31)]},
+        400,
+        "holds 32 values but data has 31",
+    ),
     ("missing input", "/v2/models/mlp/infer", {"inputs": []}, 400, "missing input 'x'"),
-    ("unknown input", "/v2/models/mlp/infer", {"inputs": [_x(), _x(name="y")]}, 400, "no input 'y'"),
+    (
+        "unknown input",
+        "/v2/models/mlp/infer",
+        {"inputs": [_x(), _x(name="y")]},
+        400,
+        "no input 'y'",
+    ),
     ("input twice", "/v2/models/mlp/infer", {"inputs": [_x(), _x()]}, 400, "given twice"),
-    ("wrong size", "/v2/models/mlp/infer", {"inputs": [_x(shape=(2, 15))]}, 400, "dim 1: expected 16, got 15"),
-    ("wrong rank", "/v2/models/mlp/infer", {"inputs": [_x(shape=(32, 1), data=[0.5] * 32) | {"shape": [32]}]},
-     400, "expected 2 dimensions"),
-    ("strings as data", "/v2/models/mlp/infer", {"inputs": [_x(data=["a"] * 32)]}, 400, "the only strings float data may hold"),
-    ("bools as ints", "/v2/models/multi_io/infer",
-     {"inputs": [{"name": "mask", "shape": [1], "datatype": "BOOL", "data": [1]}]}, 400, "true or false"),
-    ("negative shape", "/v2/models/mlp/infer", {"inputs": [_x(shape=(2, 16)) | {"shape": [-2, 16]}]}, 400,
-     "non-negative integers"),
-    ("no shape", "/v2/models/mlp/infer", {"inputs": [{"name": "x", "datatype": "FP32", "data": []}]}, 400,
-     "has no 'shape'"),
-    ("unknown output", "/v2/models/mlp/infer", {"inputs": [_x()], "outputs": [{"name": "logits"}]}, 400,
-     "no output 'logits'"),
-    ("no inputs list", "/v2/models/mlp/infer", {"input": []}, 400, "needs \"inputs\""),
+    (
+        "wrong size",
+        "/v2/models/mlp/infer",
+        {"inputs": [_x(shape=(2, 15))]},
+        400,
+        "dim 1: expected 16, got 15",
+    ),
+    (
+        "wrong rank",
+        "/v2/models/mlp/infer",
+        {"inputs": [_x(shape=(32, 1), data=[0.5] * 32) | {"shape": [32]}]},
+        400,
+        "expected 2 dimensions",
+    ),
+    (
+        "strings as data",
+        "/v2/models/mlp/infer",
+        {"inputs": [_x(data=["a"] * 32)]},
+        400,
+        "the only strings float data may hold",
+    ),
+    (
+        "bools as ints",
+        "/v2/models/multi_io/infer",
+        {"inputs": [{"name": "mask", "shape": [1], "datatype": "BOOL", "data": [1]}]},
+        400,
+        "true or false",
+    ),
+    (
+        "negative shape",
+        "/v2/models/mlp/infer",
+        {"inputs": [_x(shape=(2, 16)) | {"shape": [-2, 16]}]},
+        400,
+        "non-negative integers",
+    ),
+    (
+        "no shape",
+        "/v2/models/mlp/infer",
+        {"inputs": [{"name": "x", "datatype": "FP32", "data": []}]},
+        400,
+        "has no 'shape'",
+    ),
+    (
+        "unknown output",
+        "/v2/models/mlp/infer",
+        {"inputs": [_x()], "outputs": [{"name": "logits"}]},
+        400,
+        "no output 'logits'",
+    ),
+    ("no inputs list", "/v2/models/mlp/infer", {"input": []}, 400, 'needs "inputs"'),
     ("not an object", "/v2/models/mlp/infer", b"[1, 2]", 400, "must be a JSON object"),
-    ("invalid JSON", "/v2/models/mlp/infer", b"{\"inputs\": [", 400, "not valid JSON"),
+    ("invalid JSON", "/v2/models/mlp/infer", b'{"inputs": [', 400, "not valid JSON"),
     ("body over the limit", "/v2/models/mlp/infer", b"x" * (MAX_BODY + 1), 413, "over the limit"),
 ]
 
 
-@pytest.mark.parametrize("path, body, status, words", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    "path, body, status, words", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
+)
 def test_bad_requests_get_4xx_json_naming_the_problem(client, path, body, status, words):
     if isinstance(body, bytes):
         r = client.post(path, content=body, headers={"content-type": "application/json"})
@@ -177,7 +274,7 @@ def test_bad_requests_get_4xx_json_naming_the_problem(client, path, body, status
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
     assert words in r.json()["error"]
-    assert client.get("/v2/health/live").status_code == 200          # still up
+    assert client.get("/v2/health/live").status_code == 200  # still up
     assert client.post("/v2/models/mlp/infer", json={"inputs": [_x()]}).status_code == 200
 
 
@@ -186,7 +283,7 @@ def test_a_chunked_body_over_the_limit_gets_413(client):
         for _ in range(MAX_BODY // 4096 + 2):
             yield b" " * 4096
 
-    r = client.post("/v2/models/mlp/infer", content=chunks())       # no Content-Length
+    r = client.post("/v2/models/mlp/infer", content=chunks())  # no Content-Length
     assert r.status_code == 413 and "over the limit" in r.json()["error"]
 
 
@@ -194,7 +291,10 @@ def test_unknown_routes_and_models_get_json_404(client):
     r = client.get("/v2/nothing")
     assert r.status_code == 404 and "error" in r.json()
     r = client.get("/v2/models/nope")
-    assert r.status_code == 404 and "unknown model 'nope' (models: cnn, mlp, mlp_batched, multi_io)" in r.json()["error"]
+    assert (
+        r.status_code == 404
+        and "unknown model 'nope' (models: cnn, mlp, mlp_batched, multi_io)" in r.json()["error"]
+    )
     assert client.get("/v2/models/nope/ready").status_code == 404
 
 
@@ -212,8 +312,14 @@ def _metrics(client) -> dict[tuple, float]:
 def test_metrics_count_requests_latency_batches_and_errors(client, servers):
     before = _metrics(client)
     (a, b, mask), kw = case("zoo", "multi_io").inputs()
-    good = {"inputs": [tensor_json("a", a), tensor_json("b", b), tensor_json("mask", mask),
-                       tensor_json("scale", kw["scale"])]}
+    good = {
+        "inputs": [
+            tensor_json("a", a),
+            tensor_json("b", b),
+            tensor_json("mask", mask),
+            tensor_json("scale", kw["scale"]),
+        ]
+    }
     for _ in range(3):
         assert client.post("/v2/models/multi_io/infer", json=good).status_code == 200
     for _ in range(2):
@@ -239,13 +345,17 @@ def test_metrics_count_requests_latency_batches_and_errors(client, servers):
     for name, server in servers.items():
         info = server.info()
         assert after[("pt2interp_inferences_total", (("model", name),))] == info["inference_count"]
-        assert after[("pt2interp_inference_errors_total", (("model", name),))] == info["error_count"]
+        assert (
+            after[("pt2interp_inference_errors_total", (("model", name),))] == info["error_count"]
+        )
         assert after[("pt2interp_batch_rows_count", (("model", name),))] == info["batch_count"]
         assert after[("pt2interp_model_runs_total", (("model", name),))] == info["batch_count"]
         assert after[("pt2interp_model_ready", (("model", name),))] == 1.0
         assert after[("pt2interp_worker_restarts_total", (("model", name),))] == 0
         for kind, n in info["errors_by_kind"].items():
-            assert after[("pt2interp_request_failures_total", (("kind", kind), ("model", name)))] == n
+            assert (
+                after[("pt2interp_request_failures_total", (("kind", kind), ("model", name)))] == n
+            )
     assert ("pt2interp_batch_rows_bucket", (("le", "+Inf"), ("model", "cnn"))) in after
 
 
@@ -256,24 +366,37 @@ def test_every_fifth_request_malformed(url, servers):
     before = server.info()
     direct = pt2interp.load(CNN)
     malformed = [
-        lambda x: {"inputs": [tensor_json("x", x[:, :, :15])]},                           # wrong size
-        lambda x: {"inputs": [tensor_json("x", x, datatype="FP64")]},                     # wrong datatype
-        lambda x: {"inputs": []},                                                         # missing input
-        lambda x: {"inputs": [dict(tensor_json("x", x), data=[0.0] * 7)]},                # shape/data mismatch
-        lambda x: {"inputs": [dict(tensor_json("x", x), data=["?"] * x.numel())]},        # not numbers
+        lambda x: {"inputs": [tensor_json("x", x[:, :, :15])]},  # wrong size
+        lambda x: {"inputs": [tensor_json("x", x, datatype="FP64")]},  # wrong datatype
+        lambda x: {"inputs": []},  # missing input
+        lambda x: {"inputs": [dict(tensor_json("x", x), data=[0.0] * 7)]},  # shape/data mismatch
+        lambda x: {"inputs": [dict(tensor_json("x", x), data=["?"] * x.numel())]},  # not numbers
     ]
     gen = torch.Generator().manual_seed(5)
     plan = []
     for i in range(40):
         x = torch.randn(1, 3, 16, 16, generator=gen)
-        plan.append((x, malformed[(i // 5) % len(malformed)](x) if i % 5 == 4 else {"inputs": [tensor_json("x", x)]}))
+        plan.append(
+            (
+                x,
+                malformed[(i // 5) % len(malformed)](x)
+                if i % 5 == 4
+                else {"inputs": [tensor_json("x", x)]},
+            )
+        )
 
     async def drive():
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-            async def worker(k):
-                return [(i, await c.post("/v2/models/cnn/infer", json=plan[i][1])) for i in range(k, len(plan), 4)]
 
-            return [r for part in await asyncio.gather(*(worker(k) for k in range(4))) for r in part]
+            async def worker(k):
+                return [
+                    (i, await c.post("/v2/models/cnn/infer", json=plan[i][1]))
+                    for i in range(k, len(plan), 4)
+                ]
+
+            return [
+                r for part in await asyncio.gather(*(worker(k) for k in range(4))) for r in part
+            ]
 
     replies = dict(asyncio.run(drive()))
     for i, (x, _) in enumerate(plan):
@@ -329,8 +452,21 @@ with open(out_path, "w") as f:
 def _load_run(url: str, model: str, out_path) -> tuple[dict[str, dict], list[float], float]:
     """CLIENTS concurrent clients x REQUESTS_EACH requests, each with its own data and id."""
     host, port = url.rsplit("//", 1)[1].split(":")
-    subprocess.run([sys.executable, "-c", _LOAD_CLIENT, host, port, model, str(CLIENTS), str(REQUESTS_EACH),
-                    str(out_path)], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOAD_CLIENT,
+            host,
+            port,
+            model,
+            str(CLIENTS),
+            str(REQUESTS_EACH),
+            str(out_path),
+        ],
+        check=True,
+        timeout=120,
+    )
     report = json.loads(out_path.read_text())
     replies: dict[str, dict] = {}
     latencies: list[float] = []
@@ -352,26 +488,36 @@ def test_load_32_clients_every_reply_is_the_right_one(url, servers, tmp_path):
         before = server.info()
         replies, latencies, elapsed = _load_run(url, model, tmp_path / f"{model}.json")
         total = CLIENTS * REQUESTS_EACH
-        assert len(replies) == total                                     # nothing lost
+        assert len(replies) == total  # nothing lost
         # every reply against a direct call on the very data its request carried
         ids = sorted(replies)
-        xs = torch.tensor([[(int(k) * REQUESTS_EACH + int(i)) * 0.01 + j * 0.1 for j in range(16)]
-                           for k, i in (s.split("-") for s in ids)])
-        want = torch.cat([direct(xs[s:s + 1024]) for s in range(0, len(xs), 1024)])
+        xs = torch.tensor(
+            [
+                [(int(k) * REQUESTS_EACH + int(i)) * 0.01 + j * 0.1 for j in range(16)]
+                for k, i in (s.split("-") for s in ids)
+            ]
+        )
+        want = torch.cat([direct(xs[s : s + 1024]) for s in range(0, len(xs), 1024)])
         got = torch.tensor([replies[s]["outputs"][0]["data"] for s in ids])
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
         after = server.info()
-        assert after["inference_count"] - before["inference_count"] == total   # nothing duplicated
+        assert after["inference_count"] - before["inference_count"] == total  # nothing duplicated
         assert after["error_count"] == before["error_count"]
         runs = after["batch_count"] - before["batch_count"]
-        figures[model] = (total / elapsed, latencies[len(latencies) // 2] * 1000,
-                          latencies[int(len(latencies) * 0.99)] * 1000, total / runs)
-    print(f"\nHTTP load, {CLIENTS} clients x {REQUESTS_EACH} requests, dynamic_batch_mlp, loopback:")
+        figures[model] = (
+            total / elapsed,
+            latencies[len(latencies) // 2] * 1000,
+            latencies[int(len(latencies) * 0.99)] * 1000,
+            total / runs,
+        )
+    print(
+        f"\nHTTP load, {CLIENTS} clients x {REQUESTS_EACH} requests, dynamic_batch_mlp, loopback:"
+    )
     print(f"{'batching':<16}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'rows/run':>10}")
     for model, label in (("mlp", "off (1)"), ("mlp_batched", "on (16, 2 ms)")):
         rps, p50, p99, per_run = figures[model]
         print(f"{label:<16}{rps:>8.0f}{p50:>9.2f}{p99:>9.2f}{per_run:>10.2f}")
-    assert figures["mlp_batched"][3] > 1.2          # batching really happened under load
+    assert figures["mlp_batched"][3] > 1.2  # batching really happened under load
 
 
 # -- the command line --------------------------------------------------------------------------------------
@@ -379,10 +525,29 @@ def test_cli_serve_answers_and_stops(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "pt2interp.cli", "serve", str(DYN_MLP), f"io={MULTI_IO}", "--port", str(port),
-           "--batch-size", "4", "--batch-timeout-ms", "1", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pt2interp.cli",
+        "serve",
+        str(DYN_MLP),
+        f"io={MULTI_IO}",
+        "--port",
+        str(port),
+        "--batch-size",
+        "4",
+        "--batch-timeout-ms",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -393,7 +558,10 @@ def test_cli_serve_answers_and_stops(tmp_path):
                     break
             assert time.monotonic() < deadline, "pt2interp serve did not come up"
             time.sleep(0.2)
-        assert {m["name"] for m in httpx.get(f"{base}/v2/models").json()["models"]} == {"dynamic_batch_mlp", "io"}
+        assert {m["name"] for m in httpx.get(f"{base}/v2/models").json()["models"]} == {
+            "dynamic_batch_mlp",
+            "io",
+        }
         r = httpx.post(f"{base}/v2/models/dynamic_batch_mlp/infer", json={"inputs": [_x()]})
         assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 8]
     finally:
@@ -415,6 +583,6 @@ def test_status_json_matches_info(client, servers):
         shown = by_name[name]["info"]
         for key in ("device", "batch_size", "inference_count", "error_count", "batch_count"):
             assert shown[key] == info[key], key
-        assert shown["path"] == server.path.name      # the file, never where the server keeps it
+        assert shown["path"] == server.path.name  # the file, never where the server keeps it
         assert by_name[name]["metadata"]["inputs"] == server.metadata()["inputs"]
     assert json.loads(json.dumps(status)) == status

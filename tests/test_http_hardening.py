@@ -29,7 +29,7 @@ import pt2interp
 from pt2interp.serve import Server, oip
 from pt2interp.serve.http import create_app
 
-DYN_MLP = case("zoo", "dynamic_batch_mlp").path   # x: FP32 [-1, 16] -> out: FP32 [-1, 8]
+DYN_MLP = case("zoo", "dynamic_batch_mlp").path  # x: FP32 [-1, 16] -> out: FP32 [-1, 8]
 WAIT = 20.0
 
 
@@ -41,8 +41,18 @@ def serve(serve):
 
 def _body(rows: int, seed: int = 0) -> tuple[bytes, torch.Tensor]:
     x = torch.randn(rows, 16, generator=torch.Generator().manual_seed(seed))
-    body = json.dumps({"inputs": [{"name": "x", "shape": [rows, 16], "datatype": "FP32",
-                                   "data": x.reshape(-1).tolist()}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [rows, 16],
+                    "datatype": "FP32",
+                    "data": x.reshape(-1).tolist(),
+                }
+            ]
+        }
+    ).encode()
     return body, x
 
 
@@ -64,8 +74,10 @@ def _slow_runs(server: Server, seconds: float) -> list[int]:
 
 def _raw_request(port: int, path: str, body: bytes, send_bytes: int | None = None) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     sock.sendall(head + body[:send_bytes])
     return sock
 
@@ -93,8 +105,11 @@ def _port(url: str) -> int:
 
 def _metric_samples(url: str) -> dict[tuple, float]:
     text = httpx.get(url + "/metrics", timeout=WAIT).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 # -- hostile bodies --------------------------------------------------------------------------------
@@ -105,16 +120,23 @@ def test_deeply_nested_bodies_get_json_400_and_the_connection_stays_usable(serve
         f'{{"inputs": [{{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": {deep}}}]}}',
         f'{{"id": {deep}, "inputs": []}}',
         '{"id": "a", "inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": %s}]}'
-        % ("[" * 300 + "1.0" + "]" * 300),        # under the nesting limit, yet not the shape
+        % ("[" * 300 + "1.0" + "]" * 300),  # under the nesting limit, yet not the shape
         "[" * 100_000,
     ]
     with running(create_app([server])) as url:
-        conn = http.client.HTTPConnection("127.0.0.1", _port(url), timeout=WAIT)   # one connection
+        conn = http.client.HTTPConnection("127.0.0.1", _port(url), timeout=WAIT)  # one connection
         for body in bodies:
-            conn.request("POST", f"/v2/models/{server.name}/infer", body, {"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                f"/v2/models/{server.name}/infer",
+                body,
+                {"Content-Type": "application/json"},
+            )
             r = conn.getresponse()
             payload = r.read()
-            assert r.status == 400 and r.getheader("content-type") == "application/json", payload[:200]
+            assert r.status == 400 and r.getheader("content-type") == "application/json", payload[
+                :200
+            ]
             assert json.loads(payload)["error"]
         good, x = _body(2)
         conn.request("POST", f"/v2/models/{server.name}/infer", good)
@@ -123,7 +145,10 @@ def test_deeply_nested_bodies_get_json_400_and_the_connection_stays_usable(serve
         got = torch.tensor(json.loads(r.read())["outputs"][0]["data"]).reshape(2, 8)
         assert torch.allclose(got, pt2interp.load(DYN_MLP)(x), rtol=1e-5, atol=1e-6)
         samples = _metric_samples(url)
-    key = ("pt2interp_http_responses_total", (("class", "4xx"), ("code", "400"), ("model", server.name)))
+    key = (
+        "pt2interp_http_responses_total",
+        (("class", "4xx"), ("code", "400"), ("model", server.name)),
+    )
     assert samples[key] == len(bodies)
     assert server.info()["rejected_count"] == len(bodies) and server.info()["error_count"] == 0
 
@@ -134,7 +159,11 @@ def test_a_huge_model_name_is_not_echoed(serve):
         sock = _raw_request(_port(url), f"/v2/models/{'m' * 10_000}/infer", b'{"inputs": []}')
         status, _, payload = _read_response(sock)
         sock.close()
-        assert status == 404 and len(payload) < 500 and "(10000 characters)" in json.loads(payload)["error"]
+        assert (
+            status == 404
+            and len(payload) < 500
+            and "(10000 characters)" in json.loads(payload)["error"]
+        )
         # past 64 KiB uvicorn refuses the request line itself: a short answer, or a closed connection
         sock = _raw_request(_port(url), f"/v2/models/{'m' * 100_000}/infer", b'{"inputs": []}')
         sock.settimeout(WAIT)
@@ -156,7 +185,7 @@ def test_a_stalled_body_gets_408_and_the_connection_is_closed(serve):
         status, headers, payload = _read_response(sock)
         assert status == 408 and "did not arrive within 0.5 s" in json.loads(payload)["error"]
         assert time.monotonic() - started < 5 and headers.get("connection") == "close"
-        assert sock.recv(1) == b""          # closed by the server
+        assert sock.recv(1) == b""  # closed by the server
         sock.close()
         assert httpx.get(url + "/v2/health/live", timeout=WAIT).status_code == 200
 
@@ -164,22 +193,28 @@ def test_a_stalled_body_gets_408_and_the_connection_is_closed(serve):
 def test_a_client_that_goes_away_stops_its_request(serve):
     server = serve(batch_size=4)
     runs = _slow_runs(server, 0.02)
-    body, _ = _body(400)                                # 100 runs of 4 rows: 2 s or more
+    body, _ = _body(400)  # 100 runs of 4 rows: 2 s or more
     with running(create_app([server])) as url:
         sock = _raw_request(_port(url), f"/v2/models/{server.name}/infer", body)
         deadline = time.monotonic() + WAIT
         while not runs and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.1)
-        sock.close()                                    # the client is gone
+        sock.close()  # the client is gone
         deadline = time.monotonic() + WAIT
         while server.info()["cancelled_count"] < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         made = len(runs)
         time.sleep(0.3)
-        assert server.info()["cancelled_count"] == 1 and len(runs) <= made + 1 and made < 60, (made, len(runs))
+        assert server.info()["cancelled_count"] == 1 and len(runs) <= made + 1 and made < 60, (
+            made,
+            len(runs),
+        )
         samples = _metric_samples(url)
-    key = ("pt2interp_http_responses_total", (("class", "4xx"), ("code", "499"), ("model", server.name)))
+    key = (
+        "pt2interp_http_responses_total",
+        (("class", "4xx"), ("code", "499"), ("model", server.name)),
+    )
     assert samples[key] == 1
     assert server.info()["inference_count"] == 0 and server.info()["error_count"] == 0
 
@@ -195,7 +230,7 @@ def test_past_its_deadline_a_request_is_dropped_and_the_next_one_is_answered(ser
         made = len(runs)
         r = httpx.post(f"{url}/v2/models/{server.name}/infer", content=small, timeout=WAIT)
         assert r.status_code == 200, r.text
-    assert len(runs) <= made + 2, (made, len(runs))     # the big one stopped at its next run
+    assert len(runs) <= made + 2, (made, len(runs))  # the big one stopped at its next run
     info = server.info()
     assert info["timeout_count"] == 1 and info["inference_count"] == 1 and info["error_count"] == 0
 
@@ -219,27 +254,40 @@ def test_queued_rows_and_inflight_bytes_are_bounded_with_retry_after(serve, boun
     server = serve()
     first, _ = _body(4)
     more, _ = _body(8, seed=1)
-    limits = {"max_queued_rows": 10} if bound == "rows" else {"max_inflight_bytes": len(first) + 100}
-    with running(create_app([server], **limits)) as url, httpx.Client(base_url=url, timeout=WAIT) as client:
+    limits = (
+        {"max_queued_rows": 10} if bound == "rows" else {"max_inflight_bytes": len(first) + 100}
+    )
+    with (
+        running(create_app([server], **limits)) as url,
+        httpx.Client(base_url=url, timeout=WAIT) as client,
+    ):
         entered, release = _hold_worker(server)
-        pending = threading.Thread(target=client.post, args=(f"/v2/models/{server.name}/infer",),
-                                   kwargs={"content": first})
+        pending = threading.Thread(
+            target=client.post, args=(f"/v2/models/{server.name}/infer",), kwargs={"content": first}
+        )
         pending.start()
         assert entered.wait(WAIT)
         r = client.post(f"/v2/models/{server.name}/infer", content=more)
-        assert r.status_code == (429 if bound == "rows" else 503) and r.headers["retry-after"] == "1", r.text
-        assert ("4 rows waiting (at most 10)" if bound == "rows" else "bytes of requests") in r.json()["error"]
+        assert (
+            r.status_code == (429 if bound == "rows" else 503) and r.headers["retry-after"] == "1"
+        ), r.text
+        assert (
+            "4 rows waiting (at most 10)" if bound == "rows" else "bytes of requests"
+        ) in r.json()["error"]
         release.set()
         pending.join(WAIT)
         assert client.post(f"/v2/models/{server.name}/infer", content=more).status_code == 200
         samples = _metric_samples(url)
     assert samples[("pt2interp_http_inflight_rows", (("model", server.name),))] == 0
     assert samples[("pt2interp_http_inflight_bytes", (("model", server.name),))] == 0
-    assert server.info()["errors_by_kind"]["unavailable"] == 1 and server.info()["inference_count"] == 2
+    assert (
+        server.info()["errors_by_kind"]["unavailable"] == 1
+        and server.info()["inference_count"] == 2
+    )
 
 
 def test_large_answers_are_encoded_off_the_event_loop(serve, monkeypatch):
-    server = serve(batch_size=1024)     # runs of up to 1,024 rows: a larger request is split
+    server = serve(batch_size=1024)  # runs of up to 1,024 rows: a larger request is split
     threads = []
     encode = oip.encode_response
 
@@ -249,7 +297,7 @@ def test_large_answers_are_encoded_off_the_event_loop(serve, monkeypatch):
 
     monkeypatch.setattr("pt2interp.serve.http.encode_response", spy)
     with running(create_app([server])) as url, httpx.Client(base_url=url, timeout=WAIT) as client:
-        for rows in (1, 8192):           # 8 and 65,536 values
+        for rows in (1, 8192):  # 8 and 65,536 values
             body, _x = _body(rows)
             r = client.post(f"/v2/models/{server.name}/infer", content=body)
             assert r.status_code == 200
@@ -268,9 +316,16 @@ def test_request_duration_covers_encoding(serve, monkeypatch):
     monkeypatch.setattr("pt2interp.serve.http.encode_response", slow)
     with running(create_app([server])) as url:
         body, _ = _body(1)
-        assert httpx.post(f"{url}/v2/models/{server.name}/infer", content=body, timeout=WAIT).status_code == 200
+        assert (
+            httpx.post(
+                f"{url}/v2/models/{server.name}/infer", content=body, timeout=WAIT
+            ).status_code
+            == 200
+        )
         samples = _metric_samples(url)
-    assert samples[("pt2interp_http_request_duration_seconds_sum", (("model", server.name),))] >= 0.3
+    assert (
+        samples[("pt2interp_http_request_duration_seconds_sum", (("model", server.name),))] >= 0.3
+    )
     # while the server's own figures (queue + compute) know nothing of it
     assert server.info()["compute_seconds"]["sum"] < 0.3
 
@@ -288,7 +343,9 @@ def test_model_failures_are_500_without_server_paths(serve, tmp_path):
         body, _ = _body(1)
         r = httpx.post(f"{url}/v2/models/{server.name}/infer", content=body, timeout=WAIT)
         status = httpx.get(url + "/v2/status", timeout=WAIT).text
-    assert r.status_code == 500 and "weights.bin" in r.json()["error"] and str(tmp_path) not in r.text
+    assert (
+        r.status_code == 500 and "weights.bin" in r.json()["error"] and str(tmp_path) not in r.text
+    )
     assert str(tmp_path) not in status and str(DYN_MLP.parent) not in status
     assert server.info()["error_count"] == 1 and server.info()["errors_by_kind"]["model"] == 1
 
@@ -315,28 +372,50 @@ def test_metrics_follow_prometheus_conventions(serve):
     server = serve(batch_size=4, batch_timeout_ms=1)
     with running(create_app([server])) as url:
         body, _ = _body(2)
-        assert httpx.post(f"{url}/v2/models/{server.name}/infer", content=body, timeout=WAIT).status_code == 200
+        assert (
+            httpx.post(
+                f"{url}/v2/models/{server.name}/infer", content=body, timeout=WAIT
+            ).status_code
+            == 200
+        )
         text = httpx.get(url + "/metrics", timeout=WAIT).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name, family in families.items():
         if name.endswith("_created"):
-            continue   # the creation times prometheus_client adds to counters and histograms
+            continue  # the creation times prometheus_client adds to counters and histograms
         assert _NAME.fullmatch(name), name
-        assert not any("quantile" in s.labels for s in family.samples) or family.type == "summary", name
+        assert (
+            not any("quantile" in s.labels for s in family.samples) or family.type == "summary"
+        ), name
         if family.type == "counter":
             assert all(s.name in (name + "_total", name + "_created") for s in family.samples), name
         if family.type == "histogram":
-            suffixes = {s.name[len(name):] for s in family.samples}
-            assert suffixes <= {"_bucket", "_sum", "_count", "_created"} and "_bucket" in suffixes, name
+            suffixes = {s.name[len(name) :] for s in family.samples}
+            assert (
+                suffixes <= {"_bucket", "_sum", "_count", "_created"} and "_bucket" in suffixes
+            ), name
         if name.startswith("pt2interp_") and ("duration" in name or "latency" in name):
             assert name.endswith("_seconds") and family.type == "histogram", name
-    for standard in ("process_cpu_seconds", "process_resident_memory_bytes", "python_info", "python_gc_objects_collected"):
+    for standard in (
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+        "python_info",
+        "python_gc_objects_collected",
+    ):
         assert standard in families, f"{standard} is missing"
-    for ours in ("pt2interp_http_responses", "pt2interp_http_request_duration_seconds", "pt2interp_inferences",
-                 "pt2interp_inference_errors", "pt2interp_request_failures", "pt2interp_queue_duration_seconds",
-                 "pt2interp_compute_duration_seconds", "pt2interp_batch_rows", "pt2interp_model_runs"):
+    for ours in (
+        "pt2interp_http_responses",
+        "pt2interp_http_request_duration_seconds",
+        "pt2interp_inferences",
+        "pt2interp_inference_errors",
+        "pt2interp_request_failures",
+        "pt2interp_queue_duration_seconds",
+        "pt2interp_compute_duration_seconds",
+        "pt2interp_batch_rows",
+        "pt2interp_model_runs",
+    ):
         assert ours in families, f"{ours} is missing"
-    assert "pt2interp_inference_latency_seconds" not in families   # the old quantile gauge
+    assert "pt2interp_inference_latency_seconds" not in families  # the old quantile gauge
 
 
 # -- shutdown --------------------------------------------------------------------------------------------
@@ -344,20 +423,36 @@ def test_sigterm_with_a_stalled_client_exits_within_the_grace_period(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "pt2interp.cli", "serve", f"mlp={DYN_MLP}", "--port", str(port),
-           "--graceful-timeout", "2", "--body-timeout", "120", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pt2interp.cli",
+        "serve",
+        f"mlp={DYN_MLP}",
+        "--port",
+        str(port),
+        "--graceful-timeout",
+        "2",
+        "--body-timeout",
+        "120",
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sock = None
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code
+                    == 200
+                ):
                     break
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.2)
         body, _ = _body(64)
-        sock = _raw_request(port, "/v2/models/mlp/infer", body, send_bytes=100)   # and then nothing
+        sock = _raw_request(port, "/v2/models/mlp/infer", body, send_bytes=100)  # and then nothing
         time.sleep(0.3)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -367,7 +462,7 @@ def test_sigterm_with_a_stalled_client_exits_within_the_grace_period(tmp_path):
         assert code == 0
         sock.settimeout(5)
         with contextlib.suppress(OSError, AssertionError):
-            status, _, payload = _read_response(sock)     # if an answer came, it says why
+            status, _, payload = _read_response(sock)  # if an answer came, it says why
             assert status == 503 and "shutting down" in json.loads(payload)["error"]
     finally:
         if sock is not None:
@@ -386,13 +481,15 @@ def test_a_lone_request_does_not_wait_out_the_batch_timeout(serve):
             started = time.monotonic()
             r = client.post(f"/v2/models/{server.name}/infer", content=body)
             took = time.monotonic() - started
-            assert r.status_code == 200 and took < 1.5, f"a lone request took {took:.2f} s (timeout 3 s)"
+            assert r.status_code == 200 and took < 1.5, (
+                f"a lone request took {took:.2f} s (timeout 3 s)"
+            )
     # a server with no front end cannot know what is coming: there the batch waits, as configured
     alone = serve(batch_size=16, batch_timeout_ms=3000)
     future = alone.submit(torch.randn(1, 16))
     time.sleep(0.5)
     assert not future.done()
-    assert alone.predict(torch.randn(15, 16)).shape == (15, 8)     # fills the run of 16
+    assert alone.predict(torch.randn(15, 16)).shape == (15, 8)  # fills the run of 16
     assert future.result(WAIT).shape == (1, 8)
     assert alone.info()["batch_size_distribution"] == {"16": 1}
 

@@ -75,6 +75,7 @@ def _reference(c):
     def run(*args, **kwargs):
         with torch.no_grad():
             return module(*args, **kwargs)
+
     return run, exact
 
 
@@ -137,7 +138,9 @@ def test_dynamic_batch(ir):
     for batch in (1, 7, 1024):
         inp = torch.randn(batch, *x.shape[1:])
         _assert_same(prog(inp), ref(inp), exact)
-    with pytest.raises(pt2interp.InputMismatchError, match=r"dim 0: expected \w+ in 1\.\.1024, got 1025"):
+    with pytest.raises(
+        pt2interp.InputMismatchError, match=r"dim 0: expected \w+ in 1\.\.1024, got 1025"
+    ):
         prog(torch.randn(1025, *x.shape[1:]))
 
 
@@ -146,7 +149,9 @@ def test_input_errors_name_input_and_dimension():
     (x,), _ = case("zoo", "mlp").inputs()
     with pytest.raises(pt2interp.InputMismatchError, match=r"input 'x' dim 1: expected 16, got 5"):
         prog(torch.randn(x.shape[0], 5))
-    with pytest.raises(pt2interp.InputMismatchError, match="expected dtype torch.float32, got torch.float64"):
+    with pytest.raises(
+        pt2interp.InputMismatchError, match="expected dtype torch.float32, got torch.float64"
+    ):
         prog(x.double())
     with pytest.raises(pt2interp.InputMismatchError, match="expected 2 dimensions"):
         prog(x[0])
@@ -256,6 +261,7 @@ def test_to_cuda_moves_factory_ops():
 
 # -- higher-order ops exported here, beyond the fixture zoo -----------------------------------
 
+
 @torch.library.custom_op("pt2interp_test::scale_", mutates_args=("x",))
 def _scale_(x: torch.Tensor, k: float) -> None:
     x.mul_(k)
@@ -306,7 +312,11 @@ def test_higher_order_keyword_inputs_without_recorded_kinds(tmp_path):
     member = program_member(path)  # the new layout, or the legacy one torch 2.5 to 2.7 write
     with zipfile.ZipFile(path) as z:
         doc = json.loads(z.read(member))
-    hops = [n for n in doc["graph_module"]["graph"]["nodes"] if n["target"].startswith("torch.ops.higher_order.")]
+    hops = [
+        n
+        for n in doc["graph_module"]["graph"]["nodes"]
+        if n["target"].startswith("torch.ops.higher_order.")
+    ]
     assert any(i["name"] for n in hops for i in n["inputs"]), "the op takes no keyword arguments"
     for node in doc["graph_module"]["graph"]["nodes"]:
         for named in node["inputs"]:
@@ -318,11 +328,15 @@ def test_higher_order_keyword_inputs_without_recorded_kinds(tmp_path):
 
 
 @pytest.mark.parametrize("core", [False, True], ids=["training", "core"])
-@pytest.mark.parametrize("make, args", [
-    (_WhileLoop, lambda: (torch.tensor(0), torch.randn(3))),
-    (_Map, lambda: (torch.randn(5, 4), torch.randn(4))),
-    (_MutatingCustomOp, lambda: (torch.randn(3),)),
-], ids=["while_loop", "map", "auto_functionalized"])
+@pytest.mark.parametrize(
+    "make, args",
+    [
+        (_WhileLoop, lambda: (torch.tensor(0), torch.randn(3))),
+        (_Map, lambda: (torch.randn(5, 4), torch.randn(4))),
+        (_MutatingCustomOp, lambda: (torch.randn(3),)),
+    ],
+    ids=["while_loop", "map", "auto_functionalized"],
+)
 def test_higher_order_ops_match_torch(tmp_path, make, args, core):
     import warnings
 
@@ -341,10 +355,14 @@ def test_higher_order_ops_match_torch(tmp_path, make, args, core):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     if make is _MutatingCustomOp:
         used = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-        if "auto_functionalized" in used:  # older torch (2.8 does) wraps it in v1, which has a registry entry
+        if (
+            "auto_functionalized" in used
+        ):  # older torch (2.8 does) wraps it in v1, which has a registry entry
             assert not any("auto_functionalized" in t for t in prog.fallback_ops())
         else:  # the custom op (or auto_functionalized_v2) has none: the fallback runs it and says so
-            assert any("pt2interp_test" in t or "auto_functionalized" in t for t in prog.fallback_ops())
+            assert any(
+                "pt2interp_test" in t or "auto_functionalized" in t for t in prog.fallback_ops()
+            )
 
 
 def test_demo_compares_with_torch_in_this_process():
@@ -352,8 +370,13 @@ def test_demo_compares_with_torch_in_this_process():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "pt2interp.cli", "demo"], capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pt2interp.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     torch_line = next(line for line in done.stdout.splitlines() if line.startswith("torch "))
     assert "equal, bit for bit" in torch_line or "not compared" in torch_line, torch_line

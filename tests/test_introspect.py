@@ -28,14 +28,25 @@ sys.path.insert(0, str(FIXTURES.parent))  # fixtures.zoo: the exporting modules
 
 # ScalarType numbers as torch's serde schema defines them (kept apart from pt2interp.versions so
 # that the reference does not share the code under test)
-_SERDE_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32",
-                 8: "float64", 12: "bool", 13: "bfloat16"}
+_SERDE_DTYPES = {
+    1: "uint8",
+    2: "int8",
+    3: "int16",
+    4: "int32",
+    5: "int64",
+    6: "float16",
+    7: "float32",
+    8: "float64",
+    12: "bool",
+    13: "bfloat16",
+}
 _BIG = 2**62
 
 
 # ----------------------------------------------------------------------------------------------
 # The reference: torch's own view of the program, or the raw JSON where torch refuses the file
 # ----------------------------------------------------------------------------------------------
+
 
 @functools.cache
 def _torch_program(path):
@@ -87,7 +98,10 @@ def _reference_from_torch(ep) -> dict:
     values = {**ep.state_dict, **ep.constants}
 
     def described(t):
-        return (str(t.dtype).removeprefix("torch."), [int(s) if isinstance(s, int) else str(s) for s in t.shape])
+        return (
+            str(t.dtype).removeprefix("torch."),
+            [int(s) if isinstance(s, int) else str(s) for s in t.shape],
+        )
 
     ref = {"parameters": [], "buffers": [], "constants": [], "inputs": []}
     seen = set()
@@ -108,15 +122,21 @@ def _reference_from_torch(ep) -> dict:
             ref["buffers"].append((spec.target, *desc, bool(spec.persistent)))
         elif spec.kind in (InputKind.CONSTANT_TENSOR, InputKind.CUSTOM_OBJ):
             ref["constants"].append((spec.target, *desc))
-    ref["ranges"] = {str(k): (bound(v.lower), bound(v.upper)) for k, v in ep.range_constraints.items()}
+    ref["ranges"] = {
+        str(k): (bound(v.lower), bound(v.upper)) for k, v in ep.range_constraints.items()
+    }
     return ref
 
 
 def _reference_from_json(path) -> dict:
     """The same facts read straight from the archive's JSON with ``json`` and ``zipfile``."""
     with zipfile.ZipFile(path) as z:
-        name = next(n for n in z.namelist() if n.endswith("serialized_exported_program.json")
-                    or (n.split("/")[-2:-1] == ["models"] and n.endswith(".json")))
+        name = next(
+            n
+            for n in z.namelist()
+            if n.endswith("serialized_exported_program.json")
+            or (n.split("/")[-2:-1] == ["models"] and n.endswith(".json"))
+        )
         doc = json.loads(z.read(name))
     graph = doc["graph_module"]["graph"]
     tvals = graph["tensor_values"]
@@ -147,9 +167,14 @@ def _reference_from_json(path) -> dict:
             if atag == "as_tensor":
                 ref["inputs"].append((arg["name"], *described(arg["name"])))
             continue
-        target = body.get({"parameter": "parameter_name", "buffer": "buffer_name",
-                           "tensor_constant": "tensor_constant_name",
-                           "custom_obj": "custom_obj_name"}.get(tag, ""))
+        target = body.get(
+            {
+                "parameter": "parameter_name",
+                "buffer": "buffer_name",
+                "tensor_constant": "tensor_constant_name",
+                "custom_obj": "custom_obj_name",
+            }.get(tag, "")
+        )
         if target is None or target in seen:
             continue
         seen.add(target)
@@ -162,7 +187,11 @@ def _reference_from_json(path) -> dict:
             ref["constants"].append((target, *desc))
 
     def bound(v):
-        return None if v is None or isinstance(v, str) or not math.isfinite(v) or abs(v) >= _BIG else int(v)
+        return (
+            None
+            if v is None or isinstance(v, str) or not math.isfinite(v) or abs(v) >= _BIG
+            else int(v)
+        )
 
     # as torch's loader: a constraint on a symbol no size (of any graph) or sym int mentions is dropped
     mentioned = []
@@ -180,9 +209,11 @@ def _reference_from_json(path) -> dict:
 
     collect(doc["graph_module"]["graph"])
     text = " ".join(mentioned)
-    ref["ranges"] = {k: (bound(r.get("min_val")), bound(r.get("max_val")))
-                     for k, r in (doc.get("range_constraints") or {}).items()
-                     if re.search(rf"\b{re.escape(k)}\b", text)}
+    ref["ranges"] = {
+        k: (bound(r.get("min_val")), bound(r.get("max_val")))
+        for k, r in (doc.get("range_constraints") or {}).items()
+        if re.search(rf"\b{re.escape(k)}\b", text)
+    }
     return ref
 
 
@@ -197,7 +228,9 @@ def _described(schema) -> dict:
         "parameters": [weight(w) for w in schema.parameters],
         "buffers": [(*weight(w), w.persistent is not False) for w in schema.buffers],
         "constants": [weight(w) for w in schema.constants],
-        "inputs": [(v.graph_name, v.tensor.dtype, shape(v.tensor)) for v in schema.inputs if v.tensor],
+        "inputs": [
+            (v.graph_name, v.tensor.dtype, shape(v.tensor)) for v in schema.inputs if v.tensor
+        ],
         "ranges": dict(schema.range_constraints),
     }
 
@@ -235,7 +268,9 @@ def _check_ops_against_torch(schema, ep):
     assert ours == {k: v for k, v in seen.items() if k.startswith("torch.ops.aten.")}
 
 
-@pytest.mark.parametrize("name", ["tiny_resnet", "mini_gpt", "mobile_block", "encoder", "lstm", "cond"])
+@pytest.mark.parametrize(
+    "name", ["tiny_resnet", "mini_gpt", "mobile_block", "encoder", "lstm", "cond"]
+)
 def test_totals_and_module_tree_match_the_exporting_module(name):
     from fixtures import zoo
 
@@ -248,11 +283,15 @@ def test_totals_and_module_tree_match_the_exporting_module(name):
         assert node.fqn in modules, node.fqn
         if node.class_name:
             assert node.class_name == type(modules[node.fqn]).__name__, node.fqn
-        owned = {n for n, _ in modules[node.fqn].named_parameters(recurse=False, remove_duplicate=False)}
+        owned = {
+            n for n, _ in modules[node.fqn].named_parameters(recurse=False, remove_duplicate=False)
+        }
         assert {p.rpartition(".")[2] for p in node.parameters} <= owned
     for pname, p in module.named_parameters():
         assert any(pname in n.parameters for n in schema.module_tree.walk()), pname
-    assert schema.module_tree.parameter_count == sum(p.numel() for _, p in module.named_parameters(remove_duplicate=False))
+    assert schema.module_tree.parameter_count == sum(
+        p.numel() for _, p in module.named_parameters(remove_duplicate=False)
+    )
 
 
 def test_shapes_render_with_symbol_ranges():
@@ -268,8 +307,12 @@ def test_shapes_render_with_symbol_ranges():
 
 def test_call_structure_names_inputs_and_outputs():
     schema = pt2interp.read_schema(case("zoo", "multi_io").path)
-    assert [(v.name, v.keyword) for v in schema.inputs] == [("a", False), ("b", False), ("mask", False),
-                                                           ("scale", True)]
+    assert [(v.name, v.keyword) for v in schema.inputs] == [
+        ("a", False),
+        ("b", False),
+        ("mask", False),
+        ("scale", True),
+    ]
     assert [v.name for v in schema.outputs] == ["out.sum", "out.pair.0", "out.pair.1", "out.cat"]
     assert [v.tensor.dtype for v in schema.outputs] == ["float32", "float32", "int64", "float32"]
     auto = pt2interp.read_schema(case("zoo", "autoencoder").path)
@@ -281,7 +324,8 @@ def test_weights_tied_buffers_and_bytes():
     assert gpt.totals.tied == [["tok_emb.weight", "head.weight"]]
     head = next(w for w in gpt.parameters if w.name == "head.weight")
     assert head.tied_to == "tok_emb.weight" and head.storage == next(
-        w.storage for w in gpt.parameters if w.name == "tok_emb.weight")
+        w.storage for w in gpt.parameters if w.name == "tok_emb.weight"
+    )
     resnet = pt2interp.read_schema(case("zoo", "tiny_resnet").path)
     sd = torch.load(case("zoo", "tiny_resnet").state_dict_path, weights_only=True)
     by_dtype = collections.Counter()
@@ -289,7 +333,9 @@ def test_weights_tied_buffers_and_bytes():
         by_dtype[str(t.dtype).removeprefix("torch.")] += t.numel() * t.element_size()
     assert resnet.totals.bytes_by_dtype == dict(by_dtype)
     assert all(b.persistent for b in resnet.buffers)
-    assert {b.name for b in resnet.buffers} == {k for k in sd if "running" in k or "num_batches" in k}
+    assert {b.name for b in resnet.buffers} == {
+        k for k in sd if "running" in k or "num_batches" in k
+    }
 
 
 def test_op_histogram_counts_subgraphs():
@@ -305,7 +351,10 @@ def test_to_dict_is_plain_json():
     d = schema.to_dict()
     assert json.loads(schema.to_json()) == d
     assert d["schema_version"] == ".".join(map(str, schema.schema_version))
-    assert d["torch_version"] == case("zoo", "dynamic_batch_mlp").torch_version and d["layout"] == "pt2"
+    assert (
+        d["torch_version"] == case("zoo", "dynamic_batch_mlp").torch_version
+        and d["layout"] == "pt2"
+    )
     dim = d["inputs"][0]["tensor"]["shape"][0]
     assert dim["min"] == 1 and dim["max"] == 1024 and d["inputs"][0]["tensor"]["shape"][1] == 16
     assert d["parameters"][0]["tensor"]["nbytes"] == 32 * 16 * 4
@@ -320,13 +369,21 @@ def test_missing_ops_checked_only_when_torch_is_there(tmp_path):
     member = member_named(path, "models/model.json")
     with zipfile.ZipFile(path) as z:
         text = z.read(member).decode()
-    doctored = rewrite_zip(path, tmp_path / "mlp.pt2", replace={
-        member: text.replace("torch.ops.aten.relu.default", "torch.ops.aten.no_such_op.default").encode()})
+    doctored = rewrite_zip(
+        path,
+        tmp_path / "mlp.pt2",
+        replace={
+            member: text.replace(
+                "torch.ops.aten.relu.default", "torch.ops.aten.no_such_op.default"
+            ).encode()
+        },
+    )
     assert pt2interp.read_schema(doctored).missing_ops == ["torch.ops.aten.no_such_op.default"]
 
 
-@pytest.mark.parametrize("folder,name", [("zoo", "tiny_resnet"), ("torch-2.5.1", "tiny_resnet"),
-                                         ("zoo", "mini_gpt")])
+@pytest.mark.parametrize(
+    "folder,name", [("zoo", "tiny_resnet"), ("torch-2.5.1", "tiny_resnet"), ("zoo", "mini_gpt")]
+)
 def test_no_weight_bytes_are_read(monkeypatch, folder, name):
     touched = []
     real_read, real_buffer = Archive.read, Archive.buffer
@@ -342,15 +399,22 @@ def test_no_weight_bytes_are_read(monkeypatch, folder, name):
     monkeypatch.setattr(Archive, "read", read)
     monkeypatch.setattr(Archive, "buffer", buffer)
     pt2interp.read_schema(case(folder, name).path)
-    weights = [m for m in touched if (m.startswith("data/") and not m.endswith("_config.json"))
-               or m.endswith(".pt")]
+    weights = [
+        m
+        for m in touched
+        if (m.startswith("data/") and not m.endswith("_config.json")) or m.endswith(".pt")
+    ]
     assert weights == [], f"read_schema read weight members {weights}"
     assert touched, "the monkeypatch saw nothing: the test is broken"
 
 
 def test_torch_is_never_imported():
-    paths = [str(case("zoo", "mini_gpt").path), str(case("zoo", "cond", "core").path),
-             str(case("torch-2.5.1", "mini_gpt").path), str(case("torch-2.5.1", "bf16_mlp").path)]
+    paths = [
+        str(case("zoo", "mini_gpt").path),
+        str(case("zoo", "cond", "core").path),
+        str(case("torch-2.5.1", "mini_gpt").path),
+        str(case("torch-2.5.1", "bf16_mlp").path),
+    ]
     code = (
         "import sys, json, io, contextlib, pt2interp\n"
         "from pt2interp.cli import main\n"
@@ -364,7 +428,8 @@ def test_torch_is_never_imported():
         "        with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "            assert main(argv) == 0\n"
         "        assert out.getvalue()\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n")
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -373,8 +438,15 @@ def test_cli_info_prints_tables_and_json(capsys):
 
     assert main(["info", str(case("zoo", "dynamic_batch_mlp").path)]) == 0
     text = capsys.readouterr().out
-    for expected in ("Inputs and outputs", "∈1..1024, 16]", "fc1", "Linear", "aten.linear.default",
-                     "Module tree", "ops this torch lacks: none"):
+    for expected in (
+        "Inputs and outputs",
+        "∈1..1024, 16]",
+        "fc1",
+        "Linear",
+        "aten.linear.default",
+        "Module tree",
+        "ops this torch lacks: none",
+    ):
         assert expected in text
     assert main(["info", "--json", str(case("zoo", "mini_gpt").path)]) == 0
     d = json.loads(capsys.readouterr().out)

@@ -43,8 +43,8 @@ def test_the_limit_is_exact_and_does_not_recurse(depth, shape):
     elif shape == "object":
         text = '{"k":' * depth + "1" + "}" * depth
     else:  # alternating levels around a string that looks like closing brackets
-        opens = ['[' if i % 2 == 0 else '{"k":' for i in range(depth)]
-        closes = [']' if i % 2 == 0 else '}' for i in reversed(range(depth))]
+        opens = ["[" if i % 2 == 0 else '{"k":' for i in range(depth)]
+        closes = ["]" if i % 2 == 0 else "}" for i in reversed(range(depth))]
         text = "".join(opens) + r'"]}]}\\"' + "".join(closes)
     if depth <= jsontext.MAX_DEPTH:
         assert jsontext.loads(text) is not None

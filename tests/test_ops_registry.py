@@ -14,28 +14,32 @@ import operator
 import re
 from pathlib import Path
 
-import pt2interp.ops  # noqa: F401  (registers every family)
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pt2interp.codegen.layout import constant_text
-from pt2interp.ops.registry import REGISTRY, Call, OpEntry, resolve_torch_op
 
+import pt2interp.ops  # noqa: F401  (registers every family)
+from pt2interp.codegen.layout import constant_text
 from pt2interp.errors import UnsupportedOpError
+from pt2interp.ops.registry import REGISTRY, Call, OpEntry, resolve_torch_op
 
 BASELINE = Path(__file__).parent / "data" / "OPS-BASELINE.md"
 
 # Outputs read from uninitialized memory: only shape and dtype mean anything.
 UNINITIALIZED = {
-    "aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default",
+    "aten.empty.memory_format",
+    "aten.empty_like.default",
+    "aten.empty_strided.default",
     "aten.new_empty.default",
 }
 # Random outputs. Both runs start from the same global seed and draw through the same
 # overload (F.dropout calls aten.dropout), so they still agree exactly.
 SEEDED = {
-    "aten.dropout.default", "aten.dropout_.default", "aten.native_dropout.default",
+    "aten.dropout.default",
+    "aten.dropout_.default",
+    "aten.native_dropout.default",
     "aten.feature_dropout.default",
 }
 # Entries without a sample, by target prefix, and why.
@@ -44,8 +48,7 @@ NO_SAMPLE = {
     "math.": "math functions on sym ints; the kernel is the math function itself",
     "torch.sym_": "sym-int helpers; the kernel is the torch function itself",
     "torch._sym_sqrt": "sym-int helper; the kernel is the torch function itself",
-    "torch.fx.experimental.symbolic_shapes.cast_symbool_to_symint_guardless":
-        "a bool size condition as an int; tested in tests/test_symbolic_ops.py",
+    "torch.fx.experimental.symbolic_shapes.cast_symbool_to_symint_guardless": "a bool size condition as an int; tested in tests/test_symbolic_ops.py",
     "higher_order.while_loop": "takes subgraph callables; tested by the interpreter fixtures",
     "higher_order.map_impl": "takes subgraph callables; tested by the interpreter fixtures",
     "higher_order.with_effects": "wraps another op with effect tokens; tested by fixtures",
@@ -71,6 +74,7 @@ def _baseline_targets() -> list[str]:
 
 
 # -- running an entry ----------------------------------------------------------------------
+
 
 def _overload(target: str):
     """The torch.ops object of a registry key, dunder names included (the interpreter's
@@ -165,8 +169,11 @@ def _aliasing(result, inputs) -> set[tuple[int, int]]:
         for j, inp in enumerate(_tensors(inputs)):
             if out is inp:
                 pairs.add((i, -1 - j))
-            if out.untyped_storage().nbytes() and inp.untyped_storage().nbytes() and (
-                    out.untyped_storage().data_ptr() == inp.untyped_storage().data_ptr()):
+            if (
+                out.untyped_storage().nbytes()
+                and inp.untyped_storage().nbytes()
+                and (out.untyped_storage().data_ptr() == inp.untyped_storage().data_ptr())
+            ):
                 pairs.add((i, j))
     return pairs
 
@@ -176,27 +183,34 @@ def assert_same(actual, expected, exact: bool = True, where: str = "result") -> 
     if isinstance(expected, torch.Tensor):
         assert isinstance(actual, torch.Tensor), f"{where}: {type(actual).__name__}, not a tensor"
         assert (actual.dtype, actual.shape, actual.device) == (
-            expected.dtype, expected.shape, expected.device), (
-            f"{where}: {actual.dtype}{list(actual.shape)} != {expected.dtype}{list(expected.shape)}")
+            expected.dtype,
+            expected.shape,
+            expected.device,
+        ), f"{where}: {actual.dtype}{list(actual.shape)} != {expected.dtype}{list(expected.shape)}"
         if exact:
-            torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True,
-                                       msg=lambda m: f"{where}: {m}")
+            torch.testing.assert_close(
+                actual, expected, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{where}: {m}"
+            )
     elif isinstance(expected, (list, tuple)):
         kind = list if isinstance(expected, list) else tuple
         assert isinstance(actual, kind) and (kind is tuple) != isinstance(actual, list), (
-            f"{where}: {type(actual).__name__}, expected {kind.__name__}")
+            f"{where}: {type(actual).__name__}, expected {kind.__name__}"
+        )
         assert len(actual) == len(expected), f"{where}: {len(actual)} items != {len(expected)}"
         for i, (a, e) in enumerate(zip(actual, expected)):
             assert_same(a, e, exact, f"{where}[{i}]")
     elif isinstance(expected, dict):
-        assert isinstance(actual, dict) and actual.keys() == expected.keys(), f"{where}: keys differ"
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), (
+            f"{where}: keys differ"
+        )
         for key in expected:
             assert_same(actual[key], expected[key], exact, f"{where}[{key!r}]")
     elif isinstance(expected, float) and math.isnan(expected):
         assert isinstance(actual, float) and math.isnan(actual), f"{where}: {actual!r} != nan"
     else:
         assert type(actual) is type(expected) and actual == expected, (
-            f"{where}: {actual!r} != {expected!r}")
+            f"{where}: {actual!r} != {expected!r}"
+        )
 
 
 def check_entry(entry: OpEntry, args, kwargs, literal: bool) -> str:
@@ -217,11 +231,13 @@ def check_entry(entry: OpEntry, args, kwargs, literal: bool) -> str:
     # In-place effects: every input ends the same both ways.
     assert_same(render_inputs, kernel_inputs, exact, f"{where}: inputs after the call")
     assert _aliasing(actual, render_inputs) == _aliasing(expected, kernel_inputs), (
-        f"{where}: outputs alias different inputs")
+        f"{where}: outputs alias different inputs"
+    )
     return source
 
 
 # -- tests ---------------------------------------------------------------------------------
+
 
 def test_baseline_registered():
     targets = _baseline_targets()
@@ -256,27 +272,49 @@ def test_every_registered_aten_target_resolves_from_a_file_string():
     assert not unresolved
 
 
-@pytest.mark.parametrize("target", ["torch.ops.aten.__class__", "torch.ops.aten.__dict__.x",
-                                    "torch.ops.__builtins__.x.y", "torch.ops.aten.add.__call__"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "torch.ops.aten.__class__",
+        "torch.ops.aten.__dict__.x",
+        "torch.ops.__builtins__.x.y",
+        "torch.ops.aten.add.__call__",
+    ],
+)
 def test_dunder_attributes_are_not_ops(target):
     with pytest.raises(UnsupportedOpError):
         resolve_torch_op(target)
 
 
 def test_every_registered_op_has_sample_or_reason():
-    unexplained = [t for t, e in REGISTRY.items() if e.sample is None
-                   and not any(t.startswith(p) for p in NO_SAMPLE)]
+    unexplained = [
+        t
+        for t, e in REGISTRY.items()
+        if e.sample is None and not any(t.startswith(p) for p in NO_SAMPLE)
+    ]
     assert not unexplained, f"entries with neither a sample nor a reason: {unexplained}"
     # The allow-list stays honest: each prefix still matches an entry without a sample.
-    stale = [p for p in NO_SAMPLE
-             if not any(t.startswith(p) and e.sample is None for t, e in REGISTRY.items())]
+    stale = [
+        p
+        for p in NO_SAMPLE
+        if not any(t.startswith(p) and e.sample is None for t, e in REGISTRY.items())
+    ]
     assert not stale, f"allow-list prefixes matching nothing: {stale}"
 
 
 def test_families_are_the_documented_modules():
     families = {e.family for e in REGISTRY.values()}
-    assert families <= {"elementwise", "shape", "nn", "reduction", "indexing", "factory",
-                        "higher_order", "symbolic", "functorch"}, families
+    assert families <= {
+        "elementwise",
+        "shape",
+        "nn",
+        "reduction",
+        "indexing",
+        "factory",
+        "higher_order",
+        "symbolic",
+        "functorch",
+    }, families
 
 
 SAMPLED = sorted(t for t, e in REGISTRY.items() if e.sample is not None)
@@ -289,7 +327,9 @@ def _skip_if_older_schema(target: str, args, kwargs) -> None:
     arguments = _overload(target)._schema.arguments
     extra = sorted(set(kwargs) - {a.name for a in arguments})
     if extra or len(args) > len(arguments):
-        pytest.skip(f"{target} in torch {torch.__version__} takes no {extra or f'{len(args)} positional arguments'}")
+        pytest.skip(
+            f"{target} in torch {torch.__version__} takes no {extra or f'{len(args)} positional arguments'}"
+        )
 
 
 @pytest.mark.parametrize("target", SAMPLED)
@@ -331,6 +371,7 @@ def test_entry_keyword_forms_match_eager(target):
 
 def test_entries_render_readable_python():
     """A few renderings spelled out: what codegen users will read."""
+
     def render(target, **args):
         return REGISTRY[target].render(Call(target, args))
 
@@ -342,71 +383,173 @@ def test_entries_render_readable_python():
     assert render("aten.relu_.default", self="x") == "F.relu(x, inplace=True)"
     assert render("aten.cat.default", tensors="[a, b]", dim="1") == "torch.cat([a, b], 1)"
     assert render("aten.cat.default", tensors="[a, b]", dim="0") == "torch.cat([a, b])"
-    assert render("aten.slice.Tensor", self="x", dim="1", start="0",
-                  end="9223372036854775807") == "x[:, :]"
+    assert (
+        render("aten.slice.Tensor", self="x", dim="1", start="0", end="9223372036854775807")
+        == "x[:, :]"
+    )
     assert render("aten.slice.Tensor", self="x", dim="-1", start="2") == "x[..., 2:]"
     assert render("aten.select.int", self="x", dim="0", index="-1") == "x[-1]"
     assert render("aten.index.Tensor", self="x", indices="[None, i]") == "x[:, i]"
     assert render("aten.pow.Scalar", self="-2", exponent="x") == "(-2) ** x"
-    assert render("aten.max_pool2d.default", self="x", kernel_size="[3, 3]", stride="[2, 2]",
-                  padding="[1, 1]") == "F.max_pool2d(x, [3, 3], [2, 2], [1, 1])"
-    assert render("aten.max_pool2d.default", self="x", kernel_size="[2, 2]",
-                  padding="[1, 1]") == "F.max_pool2d(x, [2, 2], padding=[1, 1])"
-    conv = {"input": "x", "weight": "w", "bias": "None", "stride": "[1, 1]", "padding": "[0, 0]",
-            "dilation": "[1, 1]", "output_padding": "[0, 0]", "groups": "1"}
+    assert (
+        render(
+            "aten.max_pool2d.default",
+            self="x",
+            kernel_size="[3, 3]",
+            stride="[2, 2]",
+            padding="[1, 1]",
+        )
+        == "F.max_pool2d(x, [3, 3], [2, 2], [1, 1])"
+    )
+    assert (
+        render("aten.max_pool2d.default", self="x", kernel_size="[2, 2]", padding="[1, 1]")
+        == "F.max_pool2d(x, [2, 2], padding=[1, 1])"
+    )
+    conv = {
+        "input": "x",
+        "weight": "w",
+        "bias": "None",
+        "stride": "[1, 1]",
+        "padding": "[0, 0]",
+        "dilation": "[1, 1]",
+        "output_padding": "[0, 0]",
+        "groups": "1",
+    }
     assert render("aten.convolution.default", transposed="False", **conv) == "F.conv2d(x, w)"
-    assert render("aten.convolution.default", transposed="True",
-                  **conv) == "F.conv_transpose2d(x, w)"
+    assert (
+        render("aten.convolution.default", transposed="True", **conv) == "F.conv_transpose2d(x, w)"
+    )
     assert render("aten.convolution.default", transposed="t", **conv).startswith(
-        "torch.ops.aten.convolution.default(")
+        "torch.ops.aten.convolution.default("
+    )
     assert render("aten.split.Tensor", self="x", split_size="2") == "list(torch.split(x, 2))"
 
 
 # Extra samples for rendering branches the registry's one sample per entry does not reach.
 EXTRA_CASES = [
-    ("aten.convolution.default",
-     lambda g: ((torch.randn(1, 2, 5, generator=g), torch.randn(2, 3, 3, generator=g), None,
-                 [2], [1], [1], True, [1], 1), {})),
-    ("aten.convolution.default",
-     lambda g: ((torch.randn(1, 2, 4, 4, 4, generator=g), torch.randn(3, 2, 1, 2, 2, generator=g),
-                 torch.randn(3, generator=g), [1, 1, 1], [0, 0, 0], [1, 2, 1], False,
-                 [0, 0, 0], 1), {})),
-    ("aten._adaptive_avg_pool2d.default",
-     lambda g: ((torch.randn(2, 3, 7, 5, generator=g), [1, 1]), {})),
+    (
+        "aten.convolution.default",
+        lambda g: (
+            (
+                torch.randn(1, 2, 5, generator=g),
+                torch.randn(2, 3, 3, generator=g),
+                None,
+                [2],
+                [1],
+                [1],
+                True,
+                [1],
+                1,
+            ),
+            {},
+        ),
+    ),
+    (
+        "aten.convolution.default",
+        lambda g: (
+            (
+                torch.randn(1, 2, 4, 4, 4, generator=g),
+                torch.randn(3, 2, 1, 2, 2, generator=g),
+                torch.randn(3, generator=g),
+                [1, 1, 1],
+                [0, 0, 0],
+                [1, 2, 1],
+                False,
+                [0, 0, 0],
+                1,
+            ),
+            {},
+        ),
+    ),
+    (
+        "aten._adaptive_avg_pool2d.default",
+        lambda g: ((torch.randn(2, 3, 7, 5, generator=g), [1, 1]), {}),
+    ),
     ("aten.add.Tensor", lambda g: ((torch.randn(3, generator=g), 2.5), {"alpha": -1.5})),
     ("aten.elu.default", lambda g: ((torch.randn(4, generator=g), 1.0, 2.0, 0.5), {})),
     ("aten.slice.Tensor", lambda g: ((torch.randn(3, 6, generator=g), -1, -4, 2**63 - 1), {})),
     ("aten.select.int", lambda g: ((torch.randn(3, 6, generator=g), 1, -1), {})),
-    ("aten.index.Tensor",
-     lambda g: ((torch.randn(3, 4, generator=g), [torch.tensor([[0, 2]]), torch.tensor([1, 3])]),
-                {})),
-    ("aten.index.Tensor",
-     lambda g: ((torch.randn(3, 4, generator=g), [torch.rand(3, generator=g) > 0.5]), {})),
-    ("aten._log_softmax.default",
-     lambda g: ((torch.randn(2, 3, generator=g).half(), 1, False), {})),
-    ("aten._adaptive_avg_pool2d.default",
-     lambda g: ((torch.randn(2, 3, 7, 5, generator=g), [3, 2]), {})),
-    ("aten.upsample_nearest2d.default",
-     lambda g: ((torch.randn(1, 1, 3, 3, generator=g), [7, 4], 2.5, 1.5), {})),
-    ("aten.einsum.default",
-     lambda g: (("ij,jk,kl->il", [torch.randn(2, 3, generator=g), torch.randn(3, 4, generator=g),
-                                  torch.randn(4, 2, generator=g)]), {})),
+    (
+        "aten.index.Tensor",
+        lambda g: (
+            (torch.randn(3, 4, generator=g), [torch.tensor([[0, 2]]), torch.tensor([1, 3])]),
+            {},
+        ),
+    ),
+    (
+        "aten.index.Tensor",
+        lambda g: ((torch.randn(3, 4, generator=g), [torch.rand(3, generator=g) > 0.5]), {}),
+    ),
+    (
+        "aten._log_softmax.default",
+        lambda g: ((torch.randn(2, 3, generator=g).half(), 1, False), {}),
+    ),
+    (
+        "aten._adaptive_avg_pool2d.default",
+        lambda g: ((torch.randn(2, 3, 7, 5, generator=g), [3, 2]), {}),
+    ),
+    (
+        "aten.upsample_nearest2d.default",
+        lambda g: ((torch.randn(1, 1, 3, 3, generator=g), [7, 4], 2.5, 1.5), {}),
+    ),
+    (
+        "aten.einsum.default",
+        lambda g: (
+            (
+                "ij,jk,kl->il",
+                [
+                    torch.randn(2, 3, generator=g),
+                    torch.randn(3, 4, generator=g),
+                    torch.randn(4, 2, generator=g),
+                ],
+            ),
+            {},
+        ),
+    ),
     ("aten._to_copy.default", lambda g: ((torch.randn(2, generator=g),), {})),
-    ("aten._to_copy.default",
-     lambda g: ((torch.randn(2, generator=g),), {"dtype": torch.float32})),
+    ("aten._to_copy.default", lambda g: ((torch.randn(2, generator=g),), {"dtype": torch.float32})),
     ("aten.to.dtype", lambda g: ((torch.randn(2, generator=g), torch.float32), {})),
-    ("aten.embedding.default",
-     lambda g: ((torch.randn(4, 2, generator=g), torch.tensor([[0, 3], [1, 1]]), -1), {})),
-    ("aten.batch_norm.default",
-     lambda g: ((torch.randn(2, 3, generator=g), None, None, torch.zeros(3), torch.ones(3),
-                 False, 0.1, 1e-5, False), {})),
-    ("aten.scaled_dot_product_attention.default",
-     lambda g: ((torch.randn(1, 2, 3, 4, generator=g), torch.randn(1, 2, 3, 4, generator=g),
-                 torch.randn(1, 2, 3, 4, generator=g), None, 0.0, True), {})),
+    (
+        "aten.embedding.default",
+        lambda g: ((torch.randn(4, 2, generator=g), torch.tensor([[0, 3], [1, 1]]), -1), {}),
+    ),
+    (
+        "aten.batch_norm.default",
+        lambda g: (
+            (
+                torch.randn(2, 3, generator=g),
+                None,
+                None,
+                torch.zeros(3),
+                torch.ones(3),
+                False,
+                0.1,
+                1e-5,
+                False,
+            ),
+            {},
+        ),
+    ),
+    (
+        "aten.scaled_dot_product_attention.default",
+        lambda g: (
+            (
+                torch.randn(1, 2, 3, 4, generator=g),
+                torch.randn(1, 2, 3, 4, generator=g),
+                torch.randn(1, 2, 3, 4, generator=g),
+                None,
+                0.0,
+                True,
+            ),
+            {},
+        ),
+    ),
     ("aten.norm.ScalarOpt_dim", lambda g: ((torch.randn(3, 4, generator=g), None, [0, 1]), {})),
     ("aten.sum.dim_IntList", lambda g: ((torch.randn(3, 4, generator=g), None), {})),
-    ("aten.where.ScalarOther",
-     lambda g: ((torch.rand(3, generator=g) > 0.5, torch.arange(3), math.inf), {})),
+    (
+        "aten.where.ScalarOther",
+        lambda g: ((torch.rand(3, generator=g) > 0.5, torch.arange(3), math.inf), {}),
+    ),
     ("aten.full.default", lambda g: (([2], math.nan), {"dtype": torch.float64})),
 ]
 
@@ -436,7 +579,8 @@ def test_dropout_training_renders_random_but_well_formed():
     zero-or-scaled pattern do not."""
     x = torch.rand(64, 8) + 1.0
     source = REGISTRY["aten.dropout.default"].render(
-        Call("aten.dropout.default", {"input": "x", "p": "0.25", "train": "True"}))
+        Call("aten.dropout.default", {"input": "x", "p": "0.25", "train": "True"})
+    )
     out = eval(source, {**NAMESPACE, "x": x})
     assert_same(out, torch.ops.aten.dropout.default(x, 0.25, True), exact=False)
     kept = out != 0
@@ -446,17 +590,42 @@ def test_dropout_training_renders_random_but_well_formed():
 # -- property test: binary elementwise ops on random shapes and dtypes ---------------------
 
 BINARY_TENSOR_TARGETS = [
-    "aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor",
-    "aten.remainder.Tensor", "aten.floor_divide.default", "aten.pow.Tensor_Tensor",
-    "aten.maximum.default", "aten.minimum.default", "aten.fmod.Tensor", "aten.rsub.Tensor",
-    "aten.eq.Tensor", "aten.ne.Tensor", "aten.lt.Tensor", "aten.le.Tensor", "aten.gt.Tensor",
-    "aten.ge.Tensor", "aten.bitwise_and.Tensor", "aten.bitwise_or.Tensor",
-    "aten.bitwise_xor.Tensor", "aten.logical_and.default", "aten.div.Tensor_mode",
+    "aten.add.Tensor",
+    "aten.sub.Tensor",
+    "aten.mul.Tensor",
+    "aten.div.Tensor",
+    "aten.remainder.Tensor",
+    "aten.floor_divide.default",
+    "aten.pow.Tensor_Tensor",
+    "aten.maximum.default",
+    "aten.minimum.default",
+    "aten.fmod.Tensor",
+    "aten.rsub.Tensor",
+    "aten.eq.Tensor",
+    "aten.ne.Tensor",
+    "aten.lt.Tensor",
+    "aten.le.Tensor",
+    "aten.gt.Tensor",
+    "aten.ge.Tensor",
+    "aten.bitwise_and.Tensor",
+    "aten.bitwise_or.Tensor",
+    "aten.bitwise_xor.Tensor",
+    "aten.logical_and.default",
+    "aten.div.Tensor_mode",
 ]
 BINARY_SCALAR_TARGETS = [
-    "aten.add.Scalar", "aten.sub.Scalar", "aten.mul.Scalar", "aten.div.Scalar",
-    "aten.remainder.Scalar", "aten.pow.Tensor_Scalar", "aten.rsub.Scalar", "aten.fmod.Scalar",
-    "aten.eq.Scalar", "aten.lt.Scalar", "aten.ge.Scalar", "aten.bitwise_and.Scalar",
+    "aten.add.Scalar",
+    "aten.sub.Scalar",
+    "aten.mul.Scalar",
+    "aten.div.Scalar",
+    "aten.remainder.Scalar",
+    "aten.pow.Tensor_Scalar",
+    "aten.rsub.Scalar",
+    "aten.fmod.Scalar",
+    "aten.eq.Scalar",
+    "aten.lt.Scalar",
+    "aten.ge.Scalar",
+    "aten.bitwise_and.Scalar",
 ]
 DTYPES = [torch.float32, torch.float64, torch.int32, torch.int64, torch.bool, torch.uint8]
 
@@ -464,7 +633,7 @@ DTYPES = [torch.float32, torch.float64, torch.int32, torch.int64, torch.bool, to
 @st.composite
 def broadcast_shapes(draw):
     shape = draw(st.lists(st.integers(0, 4), min_size=0, max_size=3))
-    other = [draw(st.sampled_from([n, 1])) for n in shape][draw(st.integers(0, len(shape))):]
+    other = [draw(st.sampled_from([n, 1])) for n in shape][draw(st.integers(0, len(shape))) :]
     return tuple(shape), tuple(other)
 
 
@@ -492,21 +661,29 @@ def _raises(fn) -> BaseException | None:
 @given(data=st.data())
 def test_binary_elementwise_match_eager(data):
     use_scalar = data.draw(st.booleans(), label="scalar other")
-    target = data.draw(st.sampled_from(BINARY_SCALAR_TARGETS if use_scalar
-                                       else BINARY_TENSOR_TARGETS), label="target")
+    target = data.draw(
+        st.sampled_from(BINARY_SCALAR_TARGETS if use_scalar else BINARY_TENSOR_TARGETS),
+        label="target",
+    )
     shape, other_shape = data.draw(broadcast_shapes(), label="shapes")
     seed = data.draw(st.integers(0, 2**16), label="seed")
     x = _make_tensor(shape, data.draw(st.sampled_from(DTYPES), label="dtype"), seed)
     if use_scalar:
-        other = data.draw(st.one_of(st.integers(-5, 5), st.floats(-4, 4, allow_nan=False),
-                                    st.booleans()), label="scalar")
+        other = data.draw(
+            st.one_of(st.integers(-5, 5), st.floats(-4, 4, allow_nan=False), st.booleans()),
+            label="scalar",
+        )
     else:
-        other = _make_tensor(other_shape, data.draw(st.sampled_from(DTYPES), label="dtype2"),
-                             seed + 1)
+        other = _make_tensor(
+            other_shape, data.draw(st.sampled_from(DTYPES), label="dtype2"), seed + 1
+        )
     if data.draw(st.booleans(), label="swap") and not use_scalar:
         x, other = other, x
-    kwargs = {"rounding_mode": data.draw(st.sampled_from([None, "floor", "trunc"]))} if (
-        target.endswith("_mode")) else {}
+    kwargs = (
+        {"rounding_mode": data.draw(st.sampled_from([None, "floor", "trunc"]))}
+        if (target.endswith("_mode"))
+        else {}
+    )
     entry = REGISTRY[target]
 
     error = _raises(lambda: _kernel(entry)(x.clone(), _clone(other), **kwargs))

@@ -43,7 +43,9 @@ def test_state_dict_equals_exporting_module(c):
     # every name of the exporting module, tied names included (torch 2.5 to 2.7 lift one name of
     # a tied pair into the graph; the other comes from the pickled state dict)
     if module_sd is not None:
-        assert set(got) == set(module_sd)  # the module interleaves params and buffers; archives list params first
+        assert set(got) == set(
+            module_sd
+        )  # the module interleaves params and buffers; archives list params first
         for name in got:
             assert_bitwise_equal(got[name], module_sd[name], name)
     stored = _archive_state_dict(c)  # torch's own reading of a legacy archive's pickle
@@ -63,8 +65,11 @@ def test_state_dict_equals_exporting_module(c):
         assert len(ptrs) == 1, f"tied weights {names} do not share storage"
 
 
-@pytest.mark.parametrize("c", [c for c in CASES if c.name == "mini_gpt" and c.folder in ("torch-2.5.1", "torch-2.7.1")],
-                         ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "c",
+    [c for c in CASES if c.name == "mini_gpt" and c.folder in ("torch-2.5.1", "torch-2.7.1")],
+    ids=lambda c: c.id,
+)
 def test_legacy_tied_names_come_back_sharing_storage(c, tmp_path):
     """torch 2.5 to 2.7 lift one name of a tied pair into the graph; the pickled state dict has both."""
     stored = _archive_state_dict(c)
@@ -72,12 +77,18 @@ def test_legacy_tied_names_come_back_sharing_storage(c, tmp_path):
     program = pt2interp.read_program(c.path)
     sd = program.state_dict()
     assert set(sd) == set(stored) and program.aliases() == {"wte.weight": "lm_head.weight"}
-    assert sd["wte.weight"].untyped_storage().data_ptr() == sd["lm_head.weight"].untyped_storage().data_ptr()
+    assert (
+        sd["wte.weight"].untyped_storage().data_ptr()
+        == sd["lm_head.weight"].untyped_storage().data_ptr()
+    )
     for backend in ("torch", "numpy"):
         assert set(pt2interp.extract_weights(c.path, backend=backend)) == set(stored), backend
     out = tmp_path / "w.safetensors"
-    subprocess.run([sys.executable, "-m", "pt2interp.cli", "weights", str(c.path), "-o", str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pt2interp.cli", "weights", str(c.path), "-o", str(out)],
+        check=True,
+        capture_output=True,
+    )
     from safetensors import safe_open
 
     from pt2interp.extract import load_safetensors
@@ -87,21 +98,33 @@ def test_legacy_tied_names_come_back_sharing_storage(c, tmp_path):
     assert written == set(stored) - {"wte.weight"}  # written once, the other name an alias
     assert json.loads(metadata["pt2interp.aliases"]) == {"wte.weight": "lm_head.weight"}
     back = load_safetensors(out)
-    assert set(back) == set(stored) and back["wte.weight"].data_ptr() == back["lm_head.weight"].data_ptr()
+    assert (
+        set(back) == set(stored)
+        and back["wte.weight"].data_ptr() == back["lm_head.weight"].data_ptr()
+    )
 
 
 def test_tied_weights_fixture_really_is_tied():
     sd = pt2interp.read_program(case("zoo", "mini_gpt").path).state_dict()
-    assert sd["head.weight"].untyped_storage().data_ptr() == sd["tok_emb.weight"].untyped_storage().data_ptr()
+    assert (
+        sd["head.weight"].untyped_storage().data_ptr()
+        == sd["tok_emb.weight"].untyped_storage().data_ptr()
+    )
 
 
 def test_reading_a_program_does_not_import_torch():
-    paths = [str(case("zoo", "mlp").path), str(case("torch-2.5.1", "cond").path), str(case("zoo", "cond", "core").path)]
-    code = ("import sys, pt2interp\n"
-            f"for p in {paths!r}:\n"
-            "    prog = pt2interp.read_program(p)\n"
-            "    assert prog.graph.nodes\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    paths = [
+        str(case("zoo", "mlp").path),
+        str(case("torch-2.5.1", "cond").path),
+        str(case("zoo", "cond", "core").path),
+    ]
+    code = (
+        "import sys, pt2interp\n"
+        f"for p in {paths!r}:\n"
+        "    prog = pt2interp.read_program(p)\n"
+        "    assert prog.graph.nodes\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -110,7 +133,11 @@ def test_metadata_is_recorded():
     assert prog.layout == "pt2" and prog.torch_version == case("zoo", "mlp").torch_version
     assert prog.schema_version >= (8, 0)
     legacy = pt2interp.read_program(case("torch-2.5.1", "mlp").path)
-    assert legacy.layout == "legacy" and legacy.schema_version == (7, 3) and legacy.torch_version.startswith("2.5.1")
+    assert (
+        legacy.layout == "legacy"
+        and legacy.schema_version == (7, 3)
+        and legacy.torch_version.startswith("2.5.1")
+    )
     node = next(n for n in prog.graph.nodes if "linear" in n.target)
     assert node.stack_trace and node.nn_module_stack[-1].type_name.endswith("Linear")
 
@@ -135,8 +162,10 @@ def test_open_archive_accepts_paths_file_objects_and_bytes():
 
 
 def test_multi_model_archive_lists_and_loads_by_name(tmp_path):
-    package = pytest.importorskip("torch.export.pt2_archive._package",
-                                  reason=f"torch {torch.__version__} cannot write multi-model archives")
+    package = pytest.importorskip(
+        "torch.export.pt2_archive._package",
+        reason=f"torch {torch.__version__} cannot write multi-model archives",
+    )
     package_pt2 = package.package_pt2
 
     class A(torch.nn.Module):
@@ -163,7 +192,9 @@ def test_multi_model_archive_lists_and_loads_by_name(tmp_path):
         pt2interp.read_program(path, model="nope")
     lin = pt2interp.read_program(path, model="linear")
     assert set(lin.state_dict()) == {"lin.weight", "lin.bias"}
-    torch.testing.assert_close(pt2interp.load(path, model="linear")(x), eps["linear"].module()(x), rtol=0, atol=0)
+    torch.testing.assert_close(
+        pt2interp.load(path, model="linear")(x), eps["linear"].module()(x), rtol=0, atol=0
+    )
     torch.testing.assert_close(pt2interp.load(path, model="adder")(x), x + 1)
 
 
@@ -176,7 +207,12 @@ def test_torch_2_8_pickled_weights_layout(tmp_path):
     with zipfile.ZipFile(src) as z:
         top = z.namelist()[0].split("/")[0]
         drop = {n: None for n in z.namelist() if n.startswith(f"{top}/data/weights/")}
-    path = rewrite_zip(src, tmp_path / "v28.pt2", replace=drop, add={f"{top}/data/weights/model.pt": buf.getvalue()})
+    path = rewrite_zip(
+        src,
+        tmp_path / "v28.pt2",
+        replace=drop,
+        add={f"{top}/data/weights/model.pt": buf.getvalue()},
+    )
     got = pt2interp.read_program(path).state_dict()
     for k, v in ref.state_dict().items():
         assert_bitwise_equal(got[k], v, k)
@@ -194,6 +230,7 @@ def test_aotinductor_package_is_refused_with_advice(tmp_path):
 
 
 # -- broken archives: each gets the project's error, naming the culprit ------------------------
+
 
 def test_not_a_zip(tmp_path):
     p = tmp_path / "x.pt2"
@@ -225,7 +262,11 @@ def test_missing_program_json(tmp_path):
 
 
 def _edit_program_json(src, dst, edit):
-    name = member_named(src, "models/model.json") if "zoo" in str(src) else member_named(src, "serialized_exported_program.json")
+    name = (
+        member_named(src, "models/model.json")
+        if "zoo" in str(src)
+        else member_named(src, "serialized_exported_program.json")
+    )
     with zipfile.ZipFile(src) as z:
         doc = json.loads(z.read(name))
     edit(doc)
@@ -233,9 +274,14 @@ def _edit_program_json(src, dst, edit):
 
 
 def test_json_with_a_wrong_type_names_the_path(tmp_path):
-    p = _edit_program_json(case("zoo", "mlp").path, tmp_path / "w.pt2",
-                           lambda d: d["graph_module"]["graph"]["nodes"][1].__setitem__("inputs", "oops"))
-    with pytest.raises(pt2interp.SchemaError, match=r"graph_module\.graph\.nodes\[1\]\.inputs: expected a list"):
+    p = _edit_program_json(
+        case("zoo", "mlp").path,
+        tmp_path / "w.pt2",
+        lambda d: d["graph_module"]["graph"]["nodes"][1].__setitem__("inputs", "oops"),
+    )
+    with pytest.raises(
+        pt2interp.SchemaError, match=r"graph_module\.graph\.nodes\[1\]\.inputs: expected a list"
+    ):
         pt2interp.read_program(p)
 
 
@@ -243,21 +289,29 @@ def test_wrong_dtype_number_names_the_field(tmp_path):
     def edit(d):
         first = next(iter(d["graph_module"]["graph"]["tensor_values"]))
         d["graph_module"]["graph"]["tensor_values"][first]["dtype"] = 99
+
     p = _edit_program_json(case("zoo", "mlp").path, tmp_path / "d.pt2", edit)
-    with pytest.raises(pt2interp.SchemaError, match=r"tensor_values\..*\.dtype: unknown ScalarType 99"):
+    with pytest.raises(
+        pt2interp.SchemaError, match=r"tensor_values\..*\.dtype: unknown ScalarType 99"
+    ):
         pt2interp.read_program(p)
 
 
 def test_invalid_json(tmp_path):
     src = case("zoo", "mlp").path
-    p = rewrite_zip(src, tmp_path / "j.pt2", replace={member_named(src, "models/model.json"): b"{not json"})
+    p = rewrite_zip(
+        src, tmp_path / "j.pt2", replace={member_named(src, "models/model.json"): b"{not json"}
+    )
     with pytest.raises(pt2interp.SchemaError, match="invalid JSON"):
         pt2interp.read_program(p)
 
 
 def test_unknown_schema_major(tmp_path):
-    p = _edit_program_json(case("zoo", "mlp").path, tmp_path / "v.pt2",
-                           lambda d: d.__setitem__("schema_version", {"major": 42, "minor": 0}))
+    p = _edit_program_json(
+        case("zoo", "mlp").path,
+        tmp_path / "v.pt2",
+        lambda d: d.__setitem__("schema_version", {"major": 42, "minor": 0}),
+    )
     with pytest.raises(pt2interp.SchemaError, match="unknown schema major 42"):
         pt2interp.read_program(p)
 
@@ -268,21 +322,33 @@ def test_weight_file_too_short(tmp_path):
     with zipfile.ZipFile(src) as z:
         data = z.read(name)
     p = rewrite_zip(src, tmp_path / "s.pt2", replace={name: data[: len(data) // 2]})
-    with pytest.raises(pt2interp.WeightError, match=r"weight_0 .*needing \d+ bytes, but the record holds only"):
+    with pytest.raises(
+        pt2interp.WeightError, match=r"weight_0 .*needing \d+ bytes, but the record holds only"
+    ):
         pt2interp.read_program(p).state_dict()
 
 
 def test_unknown_argument_kind_names_the_node(tmp_path):
     def edit(d):
         d["graph_module"]["graph"]["nodes"][0]["inputs"][0]["arg"] = {"as_mystery": 1}
+
     p = _edit_program_json(case("zoo", "mlp").path, tmp_path / "a.pt2", edit)
-    with pytest.raises(pt2interp.SchemaError, match=r"nodes\[0\]\.inputs\[0\]\.arg: unknown argument kind 'as_mystery'"):
+    with pytest.raises(
+        pt2interp.SchemaError,
+        match=r"nodes\[0\]\.inputs\[0\]\.arg: unknown argument kind 'as_mystery'",
+    ):
         pt2interp.read_program(p)
 
 
 def test_errors_share_one_hierarchy():
-    for cls in (pt2interp.FormatError, pt2interp.SchemaError, pt2interp.WeightError,
-                pt2interp.UnsupportedOpError, pt2interp.InputMismatchError, pt2interp.GraphError):
+    for cls in (
+        pt2interp.FormatError,
+        pt2interp.SchemaError,
+        pt2interp.WeightError,
+        pt2interp.UnsupportedOpError,
+        pt2interp.InputMismatchError,
+        pt2interp.GraphError,
+    ):
         assert issubclass(cls, pt2interp.Pt2Error)
 
 

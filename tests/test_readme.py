@@ -54,11 +54,15 @@ STEP_TIMEOUT_S = 120
 
 # (pattern matched against a command line, why the test does not run it)
 SKIPPED = [
-    (r"^(python -m )?pip install ",
-     "installs packages from the network; the test runs where the project is installed"),
+    (
+        r"^(python -m )?pip install ",
+        "installs packages from the network; the test runs where the project is installed",
+    ),
     (r"^bash \.ci/run\b", "installs packages and runs the whole test suite, this test included"),
-    (r"^tools/compat\.sh ",
-     "builds a venv and downloads another torch release (a CUDA build of about 4 GB)"),
+    (
+        r"^tools/compat\.sh ",
+        "builds a venv and downloads another torch release (a CUDA build of about 4 GB)",
+    ),
 ]
 # run by test_serving_* instead: the server runs until it is stopped
 SERVING = (r"^pt2interp serve ", r"^curl ")
@@ -68,10 +72,10 @@ NEEDS_CUDA = r"--device cuda\b"
 @dataclass(frozen=True)
 class Step:
     index: int
-    kind: str        # "shell", "python", "file" (saved for a later command), "listing", "client"
+    kind: str  # "shell", "python", "file" (saved for a later command), "listing", "client"
     text: str
-    line: int        # README line of the command, or of the block's first line
-    name: str = ""   # the file a "file" block is saved as
+    line: int  # README line of the command, or of the block's first line
+    name: str = ""  # the file a "file" block is saved as
 
     @property
     def id(self) -> str:
@@ -89,7 +93,7 @@ def readme_steps(text: str) -> list[Step]:
             i += 1
             continue
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-        lang, body, first = fence[1], lines[i + 1:end], i + 2
+        lang, body, first = fence[1], lines[i + 1 : end], i + 2
         if lang in ("bash", "sh", "shell", "console"):
             command, start = "", None
             for n, line in enumerate(body, first):
@@ -138,7 +142,7 @@ def cuda_available() -> bool:
 
 
 def runs_here(step: Step) -> bool:
-    if skip_reason(step) or step.kind in ("listing", "client"):   # clients: test_serving_*
+    if skip_reason(step) or step.kind in ("listing", "client"):  # clients: test_serving_*
         return False
     return not re.search(NEEDS_CUDA, step.text) or cuda_available()
 
@@ -149,7 +153,7 @@ def marks(step: Step) -> list:
         return [pytest.mark.skip(reason=reason)]
     out = []
     if re.search(NEEDS_CUDA, step.text):
-        out.append(pytest.mark.cuda)        # conftest skips these where CUDA is not available
+        out.append(pytest.mark.cuda)  # conftest skips these where CUDA is not available
     return out
 
 
@@ -203,8 +207,11 @@ class Session:
         bin_dir = base / "bin"
         bin_dir.mkdir()
         python = shlex.quote(sys.executable)
-        for name, command in [("python", python), ("python3", python),
-                              ("pt2interp", f"{python} -m pt2interp.cli")]:
+        for name, command in [
+            ("python", python),
+            ("python3", python),
+            ("pt2interp", f"{python} -m pt2interp.cli"),
+        ]:
             shim = bin_dir / name
             shim.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
             shim.chmod(0o755)
@@ -223,7 +230,7 @@ class Session:
                 self.python.wait(5)
 
     def result(self, step: Step) -> subprocess.CompletedProcess:
-        for earlier in STEPS[:step.index]:
+        for earlier in STEPS[: step.index]:
             if runs_here(earlier) and earlier.index not in self.results:
                 self.results[earlier.index] = self._run(earlier)
         if step.index not in self.results:
@@ -231,9 +238,16 @@ class Session:
         return self.results[step.index]
 
     def shell(self, command: str, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-c", command], check=False, cwd=self.folder,
-                              env=self.env, capture_output=True, text=True,
-                              timeout=STEP_TIMEOUT_S, **kw)
+        return subprocess.run(
+            ["bash", "-c", command],
+            check=False,
+            cwd=self.folder,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT_S,
+            **kw,
+        )
 
     def _run(self, step: Step) -> subprocess.CompletedProcess:
         if step.kind == "shell":
@@ -254,8 +268,14 @@ class Session:
         if self.python is None:
             with open(self.folder / "python-session.log", "wb") as log:
                 self.python = subprocess.Popen(
-                    [sys.executable, "-c", PYTHON_SESSION], cwd=self.folder, env=self.env,
-                    text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+                    [sys.executable, "-c", PYTHON_SESSION],
+                    cwd=self.folder,
+                    env=self.env,
+                    text=True,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                )
         self.python.stdin.write(json.dumps([f"readme_line{step.line}.py", step.text]) + "\n")
         self.python.stdin.flush()
         ready, _, _ = select.select([self.python.stdout], [], [], STEP_TIMEOUT_S)
@@ -263,10 +283,12 @@ class Session:
         if not answer:
             self.python.kill()
             self.python.wait(5)
-            self.python = None          # later blocks start a new session
+            self.python = None  # later blocks start a new session
             log = (self.folder / "python-session.log").read_text()
-            raise AssertionError(f"README line {step.line}: the Python session "
-                                 f"{'timed out' if not ready else 'died'}\n{log[-3000:]}")
+            raise AssertionError(
+                f"README line {step.line}: the Python session "
+                f"{'timed out' if not ready else 'died'}\n{log[-3000:]}"
+            )
         status, printed = json.loads(answer)
         return subprocess.CompletedProcess(step.name, status, printed, "")
 
@@ -300,7 +322,7 @@ LISTINGS = [s for s in STEPS if s.kind == "listing"]
 @pytest.mark.parametrize("step", [pytest.param(s, id=s.id) for s in LISTINGS])
 def test_readme_listing_is_what_the_command_writes(session, step):
     session.result(step)
-    command = next(s for s in reversed(STEPS[:step.index]) if s.kind == "shell")
+    command = next(s for s in reversed(STEPS[: step.index]) if s.kind == "shell")
     written = re.search(r"(?:-o|--output)\s+(\S+)", command.text)
     assert written, f"README line {step.line}: the command before the listing names no output"
     generated = (session.folder / written[1]).read_text(encoding="utf-8")
@@ -320,10 +342,13 @@ def test_readme_listing_is_what_the_command_writes(session, step):
         if text:
             found = generated.find(text, at)
             if found < 0:
-                diff = difflib.unified_diff(text.splitlines(), generated.splitlines(),
-                                            "README", written[1], lineterm="")
-                pytest.fail(f"README line {step.line}: {written[1]} differs from the listing:\n"
-                            + "\n".join(diff))
+                diff = difflib.unified_diff(
+                    text.splitlines(), generated.splitlines(), "README", written[1], lineterm=""
+                )
+                pytest.fail(
+                    f"README line {step.line}: {written[1]} differs from the listing:\n"
+                    + "\n".join(diff)
+                )
             at = found + len(text)
 
 
@@ -341,7 +366,8 @@ def _free_port() -> int:
 
 def _on_port(text: str, port: int) -> str:
     return text.replace(f"--port {README_PORT}", f"--port {port}").replace(
-        f"localhost:{README_PORT}", f"localhost:{port}")
+        f"localhost:{README_PORT}", f"localhost:{port}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -355,8 +381,13 @@ def served(session):
     assert f"--port {port}" in command, "the README's serve command names --port 8080"
     log = session.folder / "serve.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=session.folder,
-                                  env=session.env, stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"],
+            cwd=session.folder,
+            env=session.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -395,8 +426,9 @@ def _curl_request(line: str, port: int) -> urllib.request.Request:
             raise AssertionError(f"a curl option this test does not read: {arg}")
         else:
             url = arg if "://" in arg else f"http://{arg}"
-    return urllib.request.Request(url, data=data, headers=headers,
-                                  method=method or ("POST" if data else "GET"))
+    return urllib.request.Request(
+        url, data=data, headers=headers, method=method or ("POST" if data else "GET")
+    )
 
 
 @pytest.mark.parametrize("step", [pytest.param(s, id=s.id) for s in CURLS])
@@ -431,8 +463,15 @@ def test_serving_python_client_runs(session, served, step):
     """A Python block that talks to the README's server runs, as its own script, against it."""
     script = session.folder / f"client_{step.index}.py"
     script.write_text(_on_port(step.text, served), encoding="utf-8")
-    done = subprocess.run([sys.executable, str(script)], check=False, cwd=session.folder, env=session.env,
-                          capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        cwd=session.folder,
+        env=session.env,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT_S,
+    )
     assert done.returncode == 0, f"README line {step.line}:\n{done.stdout}\n{done.stderr}"
 
 

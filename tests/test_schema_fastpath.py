@@ -25,7 +25,11 @@ ARCHIVES = sorted({c.path for c in all_cases()})
 
 def _program_json(path) -> dict:
     arc = open_archive(path)
-    member = "serialized_exported_program.json" if arc.layout == "legacy" else f"models/{arc.model_names[0]}.json"
+    member = (
+        "serialized_exported_program.json"
+        if arc.layout == "legacy"
+        else f"models/{arc.model_names[0]}.json"
+    )
     return json.loads(arc.read_text(member))
 
 
@@ -74,8 +78,16 @@ def test_fast_path_is_the_common_path():
             nodes += len(graph["nodes"])
             plain_nodes += sum(schema._plain_node(n) is not None for n in graph["nodes"])
             metas += len(graph.get("tensor_values", {}))
-            plain_metas += sum(schema._plain_meta_key(m) is not None for m in graph.get("tensor_values", {}).values())
-    assert plain_nodes >= 0.9 * nodes and plain_metas >= 0.95 * metas, (plain_nodes, nodes, plain_metas, metas)
+            plain_metas += sum(
+                schema._plain_meta_key(m) is not None
+                for m in graph.get("tensor_values", {}).values()
+            )
+    assert plain_nodes >= 0.9 * nodes and plain_metas >= 0.95 * metas, (
+        plain_nodes,
+        nodes,
+        plain_metas,
+        metas,
+    )
 
 
 def test_fast_path_covers_the_weights_config():
@@ -87,22 +99,56 @@ def test_fast_path_covers_the_weights_config():
     for fqn, md in doc["config"].items():
         fast = schema._plain_payload_meta(md, p)
         assert fast is not None, fqn
-        checked = schema.PayloadMeta(md["path_name"], bool(md.get("is_param")), bool(md.get("use_pickle")),
-                                     p._tensor_meta(md["tensor_meta"], fqn))
+        checked = schema.PayloadMeta(
+            md["path_name"],
+            bool(md.get("is_param")),
+            bool(md.get("use_pickle")),
+            p._tensor_meta(md["tensor_meta"], fqn),
+        )
         assert _same(fast, checked)
 
 
 # -- near-misses -----------------------------------------------------------------------------------
 
-_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.floats(allow_nan=True),
-                       st.text(max_size=4), st.sampled_from(["as_int", "as_name", "name", "cpu"]))
-_json = st.recursive(_json_leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=3),
-    st.dictionaries(st.sampled_from(["name", "as_int", "as_name", "as_tensor", "as_none", "type", "index", "x"]),
-                    inner, max_size=2)), max_leaves=6)
+_json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**65), 2**65),
+    st.floats(allow_nan=True),
+    st.text(max_size=4),
+    st.sampled_from(["as_int", "as_name", "name", "cpu"]),
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                ["name", "as_int", "as_name", "as_tensor", "as_none", "type", "index", "x"]
+            ),
+            inner,
+            max_size=2,
+        ),
+    ),
+    max_leaves=6,
+)
 
-_TAGS = ["as_tensor", "as_none", "as_int", "as_ints", "as_float", "as_bool", "as_tensors", "as_string",
-         "as_scalar_type", "as_sym_int", "as_sym_ints", "as_optional_tensors", "as_symint", "as_device"]
+_TAGS = [
+    "as_tensor",
+    "as_none",
+    "as_int",
+    "as_ints",
+    "as_float",
+    "as_bool",
+    "as_tensors",
+    "as_string",
+    "as_scalar_type",
+    "as_sym_int",
+    "as_sym_ints",
+    "as_optional_tensors",
+    "as_symint",
+    "as_device",
+]
 
 
 def _checked_or_error(fn):
@@ -121,19 +167,28 @@ def test_fast_argument_never_accepts_what_the_checked_parser_refuses(tag, value,
     if fast is None:
         return
     checked = _checked_or_error(lambda: p.checked_argument(raw, "arg"))
-    assert not isinstance(checked, SchemaError), f"fast path accepted {raw!r}, the checked parser says {checked}"
+    assert not isinstance(checked, SchemaError), (
+        f"fast path accepted {raw!r}, the checked parser says {checked}"
+    )
     assert _same(fast, checked)
 
 
 _size = st.one_of(st.fixed_dictionaries({"as_int": st.integers(-2, 2**64)}), _json)
 _meta = st.fixed_dictionaries(
     {"dtype": st.one_of(st.integers(-1, 50), _json), "sizes": st.lists(_size, max_size=3)},
-    optional={"strides": st.lists(_size, max_size=3),
-              "storage_offset": st.one_of(st.integers(-1, 2**64), _size, _json),
-              "device": st.one_of(st.fixed_dictionaries({"type": st.text(max_size=3)},
-                                                        optional={"index": st.one_of(st.integers(), _json)}), _json),
-              "layout": st.one_of(st.integers(0, 9), _json),
-              "requires_grad": st.one_of(st.booleans(), _json)})
+    optional={
+        "strides": st.lists(_size, max_size=3),
+        "storage_offset": st.one_of(st.integers(-1, 2**64), _size, _json),
+        "device": st.one_of(
+            st.fixed_dictionaries(
+                {"type": st.text(max_size=3)}, optional={"index": st.one_of(st.integers(), _json)}
+            ),
+            _json,
+        ),
+        "layout": st.one_of(st.integers(0, 9), _json),
+        "requires_grad": st.one_of(st.booleans(), _json),
+    },
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -144,7 +199,9 @@ def test_fast_meta_never_accepts_what_the_checked_parser_refuses(meta):
         return
     p = schema._Parser("m.json", schema.versions.NEWEST_KNOWN)
     checked = _checked_or_error(lambda: p._tensor_meta(meta, "meta"))
-    assert not isinstance(checked, SchemaError), f"fast path accepted {meta!r}, the checked parser says {checked}"
+    assert not isinstance(checked, SchemaError), (
+        f"fast path accepted {meta!r}, the checked parser says {checked}"
+    )
     assert _same(schema._meta_from_key(key), checked)
 
 
@@ -157,16 +214,17 @@ def test_floats_keep_their_value():
 def test_an_outline_describes_but_does_not_run(tmp_path):
     """``read_program(outline=True)`` (what read_schema reads) keeps targets, metadata and
     subgraphs, skips node arguments, and is refused by the interpreter and codegen."""
-    from pt2interp.codegen import to_python
-
     import pt2interp
+    from pt2interp.codegen import to_python
     from pt2interp.interpreter import GraphCompiler
     from tests.fixture_cases import case
 
     path = case("zoo", "cond").path
     full, outline = pt2interp.read_program(path), pt2interp.read_program(path, outline=True)
     assert outline.graph.outline and not full.graph.outline
-    assert [n.target for n in outline.graph.iter_nodes()] == [n.target for n in full.graph.iter_nodes()]
+    assert [n.target for n in outline.graph.iter_nodes()] == [
+        n.target for n in full.graph.iter_nodes()
+    ]
     assert [n.metadata for n in outline.graph.nodes] == [n.metadata for n in full.graph.nodes]
     assert any(n.inputs for n in outline.graph.nodes)  # the cond node keeps its two branches
     assert all(na.arg.kind == "graph" for n in outline.graph.nodes for na in n.inputs)
@@ -183,7 +241,9 @@ def test_an_outline_checks_tensor_metadata_when_asked_for_it():
     doc["graph_module"]["graph"]["tensor_values"]["linear"]["sizes"][0] = {"as_int": -3}
     outline = schema.parse_exported_program(doc, "model.json", outline=True)
     assert outline.graph.tensor_values["x"].sizes == (4, 16)
-    with pytest.raises(SchemaError, match=r"graph_module\.graph\.tensor_values\.linear\.sizes\[0\].*negative"):
+    with pytest.raises(
+        SchemaError, match=r"graph_module\.graph\.tensor_values\.linear\.sizes\[0\].*negative"
+    ):
         outline.graph.tensor_values["linear"]
     with pytest.raises(SchemaError, match="negative"):
         schema.parse_exported_program(doc, "model.json")

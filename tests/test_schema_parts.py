@@ -12,22 +12,27 @@ from pt2interp.symexpr import parse_expr
 from pt2interp.treespec import parse_treespec
 
 
-@pytest.mark.parametrize("text, env, value, rendered", [
-    ("s0", {"s0": 4}, 4, "s0"),
-    ("2*s0 + 1", {"s0": 3}, 7, "2*s0 + 1"),
-    ("Symbol('s77', positive=True, integer=True)", {"s77": 5}, 5, "s77"),
-    ("Mul(Integer(2), Symbol('s77', positive=True, integer=True))", {"s77": 5}, 10, "2*s77"),
-    ("Add(Symbol('s0', integer=True), Integer(-1))", {"s0": 5}, 4, "s0 - 1"),
-    ("FloorDiv(Symbol('s0'), Integer(2))", {"s0": 9}, 4, "s0//2"),
-    ("Max(Integer(1), Symbol('s1'))", {"s1": 0}, 1, "max(1, s1)"),
-])
+@pytest.mark.parametrize(
+    "text, env, value, rendered",
+    [
+        ("s0", {"s0": 4}, 4, "s0"),
+        ("2*s0 + 1", {"s0": 3}, 7, "2*s0 + 1"),
+        ("Symbol('s77', positive=True, integer=True)", {"s77": 5}, 5, "s77"),
+        ("Mul(Integer(2), Symbol('s77', positive=True, integer=True))", {"s77": 5}, 10, "2*s77"),
+        ("Add(Symbol('s0', integer=True), Integer(-1))", {"s0": 5}, 4, "s0 - 1"),
+        ("FloorDiv(Symbol('s0'), Integer(2))", {"s0": 9}, 4, "s0//2"),
+        ("Max(Integer(1), Symbol('s1'))", {"s1": 0}, 1, "max(1, s1)"),
+    ],
+)
 def test_symbolic_expressions(text, env, value, rendered):
     e = parse_expr(text)
     assert e.evaluate(env) == value
     assert str(e) == rendered
 
 
-@pytest.mark.parametrize("text", ["__import__('os').system('x')", "s0.attr", "lambda: 1", "[1]", "f(1)"])
+@pytest.mark.parametrize(
+    "text", ["__import__('os').system('x')", "s0.attr", "lambda: 1", "[1]", "f(1)"]
+)
 def test_symbolic_expressions_refuse_anything_else(text):
     with pytest.raises(SchemaError):
         parse_expr(text, member="m.json", path="p")
@@ -49,13 +54,29 @@ def _spec(node):
 
 
 def test_treespec_dict_tuple_namedtuple_none():
-    spec = parse_treespec(_spec({
-        "type": "builtins.tuple", "context": "null", "children_spec": [
-            {"type": "builtins.dict", "context": '["a", "b"]', "children_spec": [LEAF, LEAF]},
-            {"type": "collections.namedtuple", "context": "mod.Point", "children_spec": [LEAF, LEAF]},
-            {"type": "builtins.NoneType", "context": None, "children_spec": []},
-            {"type": "builtins.list", "context": "null", "children_spec": [LEAF]},
-        ]}), namedtuple_fields={"mod.Point": ["x", "y"]})
+    spec = parse_treespec(
+        _spec(
+            {
+                "type": "builtins.tuple",
+                "context": "null",
+                "children_spec": [
+                    {
+                        "type": "builtins.dict",
+                        "context": '["a", "b"]',
+                        "children_spec": [LEAF, LEAF],
+                    },
+                    {
+                        "type": "collections.namedtuple",
+                        "context": "mod.Point",
+                        "children_spec": [LEAF, LEAF],
+                    },
+                    {"type": "builtins.NoneType", "context": None, "children_spec": []},
+                    {"type": "builtins.list", "context": "null", "children_spec": [LEAF]},
+                ],
+            }
+        ),
+        namedtuple_fields={"mod.Point": ["x", "y"]},
+    )
     assert spec.num_leaves == 5
     value = spec.unflatten([1, 2, 3, 4, 5])
     assert value[0] == {"a": 1, "b": 2}
@@ -65,31 +86,40 @@ def test_treespec_dict_tuple_namedtuple_none():
 
 
 def test_treespec_mismatch_is_an_input_error():
-    spec = parse_treespec(_spec({"type": "builtins.dict", "context": '["a"]', "children_spec": [LEAF]}))
+    spec = parse_treespec(
+        _spec({"type": "builtins.dict", "context": '["a"]', "children_spec": [LEAF]})
+    )
     with pytest.raises(InputMismatchError, match="missing"):
         spec.flatten({"b": 1})
 
 
 def test_treespec_unknown_type_is_refused_not_imported():
     with pytest.raises(SchemaError, match="os.system"):
-        parse_treespec(_spec({"type": "os.system", "context": None, "children_spec": []}), member="m", path="p")
+        parse_treespec(
+            _spec({"type": "os.system", "context": None, "children_spec": []}), member="m", path="p"
+        )
 
 
-@pytest.mark.parametrize("path, fqn", [
-    ("L['self'].layer1", "layer1"),
-    ("getattr(L['s'].net, '0')", "net.0"),
-    ("L['self'].layers[0].conv", "layers.0.conv"),
-    ("layer1.0.conv1", "layer1.0.conv1"),
-    ("", ""),
-    ("L['self']", ""),
-])
+@pytest.mark.parametrize(
+    "path, fqn",
+    [
+        ("L['self'].layer1", "layer1"),
+        ("getattr(L['s'].net, '0')", "net.0"),
+        ("L['self'].layers[0].conv", "layers.0.conv"),
+        ("layer1.0.conv1", "layer1.0.conv1"),
+        ("", ""),
+        ("L['self']", ""),
+    ],
+)
 def test_module_paths(path, fqn):
     assert normalize_module_path(path) == fqn
 
 
 def test_nn_module_stack_with_commas_in_paths():
-    text = ("L__self__,,__main__.MLP;L__s___net,L['s'].net,torch.nn.modules.container.Sequential;"
-            "L__s___net_0,getattr(L['s'].net, '0'),torch.nn.modules.linear.Linear")
+    text = (
+        "L__self__,,__main__.MLP;L__s___net,L['s'].net,torch.nn.modules.container.Sequential;"
+        "L__s___net_0,getattr(L['s'].net, '0'),torch.nn.modules.linear.Linear"
+    )
     frames = parse_nn_module_stack(text)
     assert [f.fqn for f in frames] == ["", "net", "net.0"]
     assert frames[-1].class_name == "Linear"

@@ -37,19 +37,17 @@ from pt2interp.serve import (
 )
 from pt2interp.serve.batching import BatchLayout, PreparedRequest, chunk_request, plan_runs
 
-MLP = case("zoo", "mlp").path                      # static 4x16 -> 4x8
-DYN_MLP = case("zoo", "dynamic_batch_mlp").path    # batch dim 1..1024
-MULTI_IO = case("zoo", "multi_io").path            # dict + tuple outputs, a shared keyword input
-COUNTER = case("zoo", "counter").path              # writes a buffer: never batched
-MINI_GPT = case("zoo", "mini_gpt").path            # int64 token ids (an embedding)
+MLP = case("zoo", "mlp").path  # static 4x16 -> 4x8
+DYN_MLP = case("zoo", "dynamic_batch_mlp").path  # batch dim 1..1024
+MULTI_IO = case("zoo", "multi_io").path  # dict + tuple outputs, a shared keyword input
+COUNTER = case("zoo", "counter").path  # writes a buffer: never batched
+MINI_GPT = case("zoo", "mini_gpt").path  # int64 token ids (an embedding)
 
-WAIT = 10.0   # upper bound for anything a test waits on
+WAIT = 10.0  # upper bound for anything a test waits on
 
 
 class Fatal(BaseException):
     """Not an Exception: escapes the per-request handling and kills the worker."""
-
-
 
 
 def _wait_until(predicate, what: str, timeout: float = WAIT) -> None:
@@ -73,7 +71,7 @@ def _block_worker(server: Server):
     def blocked_run(*args, **kwargs):
         entered.set()
         assert release.wait(WAIT), "test never released the worker"
-        server.program.run = original   # instance attribute: later runs are normal
+        server.program.run = original  # instance attribute: later runs are normal
         return original(*args, **kwargs)
 
     server.program.run = blocked_run
@@ -138,8 +136,14 @@ def test_events_and_info_tell_the_same_story(serve):
     assert info["inference_count"] == 3 and info["request_count"] == 4
     # a request the caller got wrong is rejected, not an inference error
     assert info["rejected_count"] == 1 and info["error_count"] == 0
-    assert info["errors_by_kind"] == {"input": 1, "model": 0, "crash": 0, "timeout": 0, "cancelled": 0,
-                                      "unavailable": 0}
+    assert info["errors_by_kind"] == {
+        "input": 1,
+        "model": 0,
+        "crash": 0,
+        "timeout": 0,
+        "cancelled": 0,
+        "unavailable": 0,
+    }
     assert info["last_error_kind"] == "input" and "InputMismatchError" in info["last_error"]
     assert info["batch_count"] == kinds.count("batch") == 3 and info["mean_batch_size"] == 2.0
     assert info["batch_size_distribution"] == {"1": 1, "2": 1, "3": 1}
@@ -194,14 +198,14 @@ def test_a_model_error_fails_only_its_request(serve):
     server = serve(MINI_GPT)
     tokens = torch.randint(0, 100, (2, 12))
     with pytest.raises(Exception, match="index out of range"):
-        server.predict(torch.full((2, 12), 10_000, dtype=torch.int64))   # ids beyond the embedding
+        server.predict(torch.full((2, 12), 10_000, dtype=torch.int64))  # ids beyond the embedding
     assert server.predict(tokens).shape == (2, 12, 100)
     assert server.info()["error_count"] == 1 and server.info()["restarts"] == 0
 
 
 def test_worker_death_restarts_the_worker_and_reloads_from_disk(serve, tmp_path):
     path = tmp_path / "model.pt2"
-    shutil.copy(MLP, path)                       # static batch of 4
+    shutil.copy(MLP, path)  # static batch of 4
     server = serve(path)
     events = []
     server.on_event(events.append)
@@ -216,8 +220,8 @@ def test_worker_death_restarts_the_worker_and_reloads_from_disk(serve, tmp_path)
     first_program.run = dies
     doomed = server.submit(torch.randn(4, 16))
     assert entered.wait(WAIT)
-    queued = [server.submit(torch.randn(4, 16)) for _ in range(3)]   # wait behind the crash
-    shutil.copy(DYN_MLP, path)                   # the reload must read the file again
+    queued = [server.submit(torch.randn(4, 16)) for _ in range(3)]  # wait behind the crash
+    shutil.copy(DYN_MLP, path)  # the reload must read the file again
     release.set()
     with pytest.raises(WorkerCrashedError, match="died while running this request"):
         doomed.result(WAIT)
@@ -227,7 +231,7 @@ def test_worker_death_restarts_the_worker_and_reloads_from_disk(serve, tmp_path)
     info = server.info()
     assert info["restarts"] == 1 and info["ready"] and info["error_count"] == 1
     assert server.program is not first_program
-    assert server.layout.batch_symbol is not None          # the new file's dynamic batch
+    assert server.layout.batch_symbol is not None  # the new file's dynamic batch
     assert server.predict(torch.randn(7, 16)).shape == (7, 8)
     restart = [e for e in events if e.kind == "restart"]
     assert len(restart) == 1 and isinstance(restart[0].error, Fatal)
@@ -247,11 +251,13 @@ def test_a_failed_reload_fails_queued_requests_and_recovers(serve, tmp_path):
     server.program.run = dies
     doomed = server.submit(torch.randn(4, 16))
     assert entered.wait(WAIT)
-    path.unlink()                                # nothing to reload from
+    path.unlink()  # nothing to reload from
     release.set()
     with pytest.raises(WorkerCrashedError):
         doomed.result(WAIT)
-    _wait_until(lambda: not server.ready and server.info()["last_error"] is not None, "a failed reload")
+    _wait_until(
+        lambda: not server.ready and server.info()["last_error"] is not None, "a failed reload"
+    )
     waiting = server.submit(torch.randn(4, 16))
     with pytest.raises(ModelUnavailableError, match="could not be reloaded"):
         waiting.result(WAIT)
@@ -281,7 +287,9 @@ def test_shutdown_drains_what_is_queued(serve):
     entered, release = _block_worker(server)
     futures = [server.submit(torch.randn(1, 16)) for _ in range(12)]
     assert entered.wait(WAIT)
-    closer = threading.Thread(target=server.shutdown, kwargs={"drain": True, "timeout": WAIT}, daemon=True)
+    closer = threading.Thread(
+        target=server.shutdown, kwargs={"drain": True, "timeout": WAIT}, daemon=True
+    )
     closer.start()
     _wait_until(lambda: not server.ready, "shutdown to begin")
     with pytest.raises(ServerClosedError, match="shut down"):
@@ -317,20 +325,22 @@ def _reference(direct, x: torch.Tensor, static_rows: int | None) -> torch.Tensor
         return direct(x)
     outs = []
     for start in range(0, x.shape[0], static_rows):
-        part = x[start:start + static_rows]
+        part = x[start : start + static_rows]
         pad = static_rows - part.shape[0]
         if pad:
             part = torch.cat([part, part[-1:].expand(pad, *part.shape[1:])])
-        outs.append(direct(part)[:static_rows - pad])
+        outs.append(direct(part)[: static_rows - pad])
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize("path, static_rows", [(DYN_MLP, None), (MLP, 4)], ids=["dynamic", "static-padded"])
+@pytest.mark.parametrize(
+    "path, static_rows", [(DYN_MLP, None), (MLP, 4)], ids=["dynamic", "static-padded"]
+)
 def test_concurrent_requests_are_batched_and_answered_correctly(serve, path, static_rows):
     server = serve(path, batch_size=16, batch_timeout_ms=20)
     direct = pt2interp.load(path)
     gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(1 + i % 3, 16, generator=gen) + i for i in range(96)]   # distinct data
+    inputs = [torch.randn(1 + i % 3, 16, generator=gen) + i for i in range(96)]  # distinct data
     results: dict[int, torch.Tensor] = {}
 
     def client(k):
@@ -345,13 +355,20 @@ def test_concurrent_requests_are_batched_and_answered_correctly(serve, path, sta
     assert sorted(results) == list(range(len(inputs)))
     for i, x in enumerate(inputs):
         assert results[i].shape == (x.shape[0], 8)
-        assert _close(results[i], _reference(direct, x, static_rows)), f"request {i} got someone else's rows"
+        assert _close(results[i], _reference(direct, x, static_rows)), (
+            f"request {i} got someone else's rows"
+        )
     info = server.info()
     assert info["inference_count"] == 96 and info["error_count"] == 0
     assert info["batch_count"] < 96 and info["mean_batch_size"] > 2
-    assert sum(int(k) * v for k, v in info["batch_size_distribution"].items()) == sum(x.shape[0] for x in inputs)
+    assert sum(int(k) * v for k, v in info["batch_size_distribution"].items()) == sum(
+        x.shape[0] for x in inputs
+    )
     if static_rows:
-        assert info["padded_rows"] > 0 and max(map(int, info["batch_size_distribution"])) <= static_rows
+        assert (
+            info["padded_rows"] > 0
+            and max(map(int, info["batch_size_distribution"])) <= static_rows
+        )
 
 
 @pytest.mark.parametrize("path, rows_per_run", [(DYN_MLP, 21), (MLP, 4)], ids=["dynamic", "static"])
@@ -382,7 +399,9 @@ def seq_model(tmp_path_factory):
 
     torch.manual_seed(0)
     batch, seq = torch.export.Dim("batch", min=1, max=256), torch.export.Dim("seq", min=1, max=64)
-    ep = torch.export.export(MeanPool().eval(), (torch.randn(2, 5, 8),), dynamic_shapes={"x": {0: batch, 1: seq}})
+    ep = torch.export.export(
+        MeanPool().eval(), (torch.randn(2, 5, 8),), dynamic_shapes={"x": {0: batch, 1: seq}}
+    )
     path = tmp_path_factory.mktemp("seq") / "mean_pool.pt2"
     torch.export.save(ep, str(path))
     return path
@@ -390,24 +409,28 @@ def seq_model(tmp_path_factory):
 
 def test_requests_with_different_non_batch_shapes_go_to_separate_runs(serve, seq_model):
     server = serve(seq_model, batch_size=16)
-    assert server.layout.batch_symbol is not None and [s.batch_axis for s in server.layout.inputs] == [0]
+    assert server.layout.batch_symbol is not None and [
+        s.batch_axis for s in server.layout.inputs
+    ] == [0]
     runs = []
-    server.on_event(lambda e: runs.append((e.batch_size, e.requests)) if e.kind == "batch" else None)
+    server.on_event(
+        lambda e: runs.append((e.batch_size, e.requests)) if e.kind == "batch" else None
+    )
     entered, release = _block_worker(server)
     blocker = server.submit(torch.randn(1, 2, 8))
     assert entered.wait(WAIT)
     xs = [torch.randn(1, 3 if i % 2 else 5, 8) + i for i in range(8)]
-    futures = [server.submit(x) for x in xs]           # all queued while the worker is busy
+    futures = [server.submit(x) for x in xs]  # all queued while the worker is busy
     release.set()
     blocker.result(WAIT)
     direct = pt2interp.load(seq_model)
     for x, f in zip(xs, futures):
         assert _close(f.result(WAIT), direct(x))
-    assert runs[1:] == [(4, 4), (4, 4)]                # one run per sequence length
+    assert runs[1:] == [(4, 4), (4, 4)]  # one run per sequence length
 
 
 def test_requests_with_different_shared_inputs_go_to_separate_runs(serve):
-    server = serve(MULTI_IO, batch_size=5)            # static batch of 5: padded
+    server = serve(MULTI_IO, batch_size=5)  # static batch of 5: padded
     runs = []
     server.on_event(lambda e: runs.append(e.requests) if e.kind == "batch" else None)
     direct = pt2interp.load(MULTI_IO)
@@ -429,8 +452,10 @@ def test_requests_with_different_shared_inputs_go_to_separate_runs(serve):
         got = f.result(WAIT)
         padded = [torch.cat([t, t[-1:].expand(3, *t.shape[1:])]) for t in args]
         want = direct(*padded, **kw)
-        assert _close(got["cat"], want["cat"][:2]) and torch.equal(got["pair"][1], want["pair"][1][:2])
-    assert runs[1:] == [2, 2]                          # equal scales share a run
+        assert _close(got["cat"], want["cat"][:2]) and torch.equal(
+            got["pair"][1], want["pair"][1][:2]
+        )
+    assert runs[1:] == [2, 2]  # equal scales share a run
 
 
 def test_a_bad_request_never_spoils_a_batch(serve):
@@ -439,7 +464,7 @@ def test_a_bad_request_never_spoils_a_batch(serve):
     blocker = server.submit(torch.randn(1, 16))
     assert entered.wait(WAIT)
     good = [server.submit(torch.randn(2, 16)) for _ in range(4)]
-    bad = server.submit(torch.randn(2, 17))           # refused before it reaches the worker
+    bad = server.submit(torch.randn(2, 17))  # refused before it reaches the worker
     release.set()
     blocker.result(WAIT)
     assert all(f.result(WAIT).shape == (2, 8) for f in good)
@@ -452,7 +477,11 @@ def test_programs_that_must_not_batch_run_one_request_at_a_time(serve):
     info = server.info()
     assert not info["batching"] and "writes" in info["batching_note"]
     x = torch.ones(2, 4)
-    assert [server.predict(x)[0, 0].item() for _ in range(3)] == [1.0, 2.0, 3.0]   # one step per request
+    assert [server.predict(x)[0, 0].item() for _ in range(3)] == [
+        1.0,
+        2.0,
+        3.0,
+    ]  # one step per request
 
 
 def test_plan_runs_groups_by_key_and_packs_rows():
@@ -460,7 +489,11 @@ def test_plan_runs_groups_by_key_and_packs_rows():
         return chunk_request(owner, PreparedRequest([], rows, key), cap)
 
     cap = 4
-    pieces = chunks("a", 3, "f32[16]", cap) + chunks("b", 1, "f64[16]", cap) + chunks("c", 6, "f32[16]", cap)
+    pieces = (
+        chunks("a", 3, "f32[16]", cap)
+        + chunks("b", 1, "f64[16]", cap)
+        + chunks("c", 6, "f32[16]", cap)
+    )
     runs = [[(c.owner, c.start, c.stop) for c in run] for run in plan_runs(pieces, cap)]
     assert runs == [[("a", 0, 3)], [("b", 0, 1)], [("c", 0, 4)], [("c", 4, 6)]]
     assert all(sum(stop - start for _, start, stop in run) <= cap for run in runs)
@@ -503,9 +536,13 @@ def test_every_caller_gets_exactly_one_answer_through_timeouts_and_shutdown(serv
     assert not wrong, wrong[:5]
     info = server.info()
     assert outcomes["ok"] + outcomes["error"] == attempts[0] == info["request_count"]
-    _wait_until(lambda: server.info()["inference_count"] + sum(server.info()["errors_by_kind"].values())
-                == attempts[0],
-                "every request to be accounted for")
+    _wait_until(
+        lambda: (
+            server.info()["inference_count"] + sum(server.info()["errors_by_kind"].values())
+            == attempts[0]
+        ),
+        "every request to be accounted for",
+    )
     assert server.info()["inference_count"] >= outcomes["ok"]
 
 
@@ -528,8 +565,13 @@ def test_callers_who_gave_up_do_not_stall_the_callers_after_them():
     """The callers of one run wake one another in turn. Every other caller of this run gives up
     (times out) while the run is held up, so the turn must pass through them: the patient
     callers behind them get their own answers as soon as the run ends."""
-    server = _PerCallerTimeout(DYN_MLP, name=f"t-{uuid.uuid4().hex[:8]}", batch_size=8,
-                               batch_timeout_ms=5000, request_timeout_s=WAIT)
+    server = _PerCallerTimeout(
+        DYN_MLP,
+        name=f"t-{uuid.uuid4().hex[:8]}",
+        batch_size=8,
+        batch_timeout_ms=5000,
+        request_timeout_s=WAIT,
+    )
     direct = pt2interp.load(DYN_MLP)
     outcomes: dict[int, object] = {}
     try:
@@ -548,7 +590,9 @@ def test_callers_who_gave_up_do_not_stall_the_callers_after_them():
         for k in range(8):  # queued in this order: patient, impatient, patient, ...
             threads.append(threading.Thread(target=caller, args=(k,), daemon=True))
             threads[-1].start()
-            _wait_until(lambda n=k + 1: server.info()["request_count"] == n, f"caller {k} to submit")
+            _wait_until(
+                lambda n=k + 1: server.info()["request_count"] == n, f"caller {k} to submit"
+            )
         assert entered.wait(WAIT)  # all eight in one run, held up
         for t in threads[1::2]:
             t.join(WAIT)
@@ -583,7 +627,7 @@ def test_the_turn_passes_exactly_once_when_a_caller_gives_up_as_it_is_woken(seed
         go.wait()
         if i in gives_up:
             time.sleep(rng.random() * 0.002)
-            request.abandoned = True                   # as Server._give_up does
+            request.abandoned = True  # as Server._give_up does
             if not request.done.acquire(blocking=False):
                 return
         else:
@@ -592,11 +636,13 @@ def test_the_turn_passes_exactly_once_when_a_caller_gives_up_as_it_is_woken(seed
         if request.has_turn:
             line.pass_turn(request)
 
-    threads = [threading.Thread(target=waiter, args=(i, r), daemon=True) for i, r in enumerate(requests)]
+    threads = [
+        threading.Thread(target=waiter, args=(i, r), daemon=True) for i, r in enumerate(requests)
+    ]
     for t in threads:
         t.start()
     go.wait()
-    cut = rng.randrange(1, len(requests))              # two rounds of the worker
+    cut = rng.randrange(1, len(requests))  # two rounds of the worker
     time.sleep(rng.random() * 0.002)
     line.add(requests[:cut])
     time.sleep(rng.random() * 0.001)
@@ -620,14 +666,14 @@ def test_a_line_whose_turn_is_lost_gets_going_again():
     line = _WakeLine(stall_s=0.05)
     lost, second, third = requests = [_Request() for _ in range(3)]
     for request in requests:
-        request.claim.acquire()                        # answered, as the worker does first
+        request.claim.acquire()  # answered, as the worker does first
     line.add(requests)
-    assert lost.done.acquire(blocking=False) and lost.has_turn   # woken; passes nothing
+    assert lost.done.acquire(blocking=False) and lost.has_turn  # woken; passes nothing
     started = time.monotonic()
     assert line.wait(second, timeout=WAIT), "the caller behind a lost turn was never woken"
     assert time.monotonic() - started < 2.0
     assert second.has_turn and not third.has_turn
-    line.pass_turn(lost)                               # the lost caller comes back: too late
+    line.pass_turn(lost)  # the lost caller comes back: too late
     assert not third.done.acquire(blocking=False), "the turn was passed twice"
     line.pass_turn(second)
     assert line.wait(third, timeout=WAIT) and third.has_turn
@@ -670,8 +716,10 @@ def test_a_lost_turn_stalls_the_server_only_briefly(serve, monkeypatch):
         t.join(WAIT)
     assert lost_once.is_set()
     assert sorted(map(str, outcomes.values())) == ["True"] * 3 + ["interrupted"]
-    assert time.monotonic() - started < 5.0, "the callers behind the lost turn waited for their timeout"
-    for _ in range(3):                                 # and the server goes on (full runs)
+    assert time.monotonic() - started < 5.0, (
+        "the callers behind the lost turn waited for their timeout"
+    )
+    for _ in range(3):  # and the server goes on (full runs)
         x = torch.randn(4, 16)
         assert _close(server.predict(x), direct(x))
 
@@ -690,7 +738,9 @@ def test_a_full_run_starts_without_waiting_out_the_timeout(serve, first_rows):
     assert server.info()["batch_size_distribution"] == {"16": 1}
 
 
-_PLAIN_LAYOUTS = {path: BatchLayout.from_program(pt2interp.read_program(path).model) for path in (DYN_MLP, MLP)}
+_PLAIN_LAYOUTS = {
+    path: BatchLayout.from_program(pt2interp.read_program(path).model) for path in (DYN_MLP, MLP)
+}
 
 
 def test_the_plain_call_shortcut_takes_the_plain_call():
@@ -699,11 +749,15 @@ def test_the_plain_call_shortcut_takes_the_plain_call():
 
 
 @settings(max_examples=300, deadline=None)
-@given(path=st.sampled_from([DYN_MLP, MLP]),
-       shape=st.one_of(st.tuples(st.integers(0, 6), st.sampled_from([16, 8])).map(list),
-                       st.lists(st.integers(0, 20), min_size=0, max_size=3)),
-       dtype=st.sampled_from([torch.float32, torch.float64, torch.int64]),
-       as_keyword=st.booleans())
+@given(
+    path=st.sampled_from([DYN_MLP, MLP]),
+    shape=st.one_of(
+        st.tuples(st.integers(0, 6), st.sampled_from([16, 8])).map(list),
+        st.lists(st.integers(0, 20), min_size=0, max_size=3),
+    ),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.int64]),
+    as_keyword=st.booleans(),
+)
 def test_the_plain_call_shortcut_agrees_with_prepare(path, shape, dtype, as_keyword):
     """``prepare_plain`` either declines (None) or gives exactly what ``prepare`` gives, and it
     declines everything ``prepare`` refuses."""
@@ -741,13 +795,13 @@ def test_a_withdrawn_request_never_runs(serve, batch_size):
     cancelled = server.submit(torch.randn(5, 16))
     assert server.withdraw(queued, RequestTimeoutError("past its deadline"))
     assert cancelled.cancel() and cancelled.cancelled()
-    assert not server.withdraw(queued)                      # answered already
+    assert not server.withdraw(queued)  # answered already
     with pytest.raises(RequestTimeoutError, match="past its deadline"):
         queued.result(0)
     release.set()
     assert first.result(WAIT).shape == (1, 8)
     assert server.predict(torch.randn(2, 16)).shape == (2, 8)
-    assert 3 not in runs and 5 not in runs and 8 not in runs, runs   # neither ever ran
+    assert 3 not in runs and 5 not in runs and 8 not in runs, runs  # neither ever ran
     info = server.info()
     assert info["timeout_count"] == 1 and info["cancelled_count"] == 1 and info["error_count"] == 0
     assert info["inference_count"] == 2
@@ -755,7 +809,7 @@ def test_a_withdrawn_request_never_runs(serve, batch_size):
 
 def test_a_split_request_stops_at_its_next_run_once_withdrawn(serve):
     server = serve(DYN_MLP, batch_size=4)
-    server._split_rows = 4        # pieces of 4 rows, as for a request over the model's limit
+    server._split_rows = 4  # pieces of 4 rows, as for a request over the model's limit
     runs = _count_runs(server)
     original = server.program.run
     started = threading.Event()
@@ -766,22 +820,22 @@ def test_a_split_request_stops_at_its_next_run_once_withdrawn(serve):
         return original(*args, **kwargs)
 
     server.program.run = slow_run
-    big = server.submit(torch.randn(4 * 200, 16))          # 200 runs of 4 rows
+    big = server.submit(torch.randn(4 * 200, 16))  # 200 runs of 4 rows
     assert started.wait(WAIT)
     time.sleep(0.1)
-    assert not big.cancel() and not big.cancelled()         # running: cancel() stops it instead
+    assert not big.cancel() and not big.cancelled()  # running: cancel() stops it instead
     with pytest.raises(RequestCancelledError):
         big.result(WAIT)
     made = len(runs)
     time.sleep(0.2)
-    assert len(runs) <= made + 1 and made < 50, (made, len(runs))   # at most the run under way
+    assert len(runs) <= made + 1 and made < 50, (made, len(runs))  # at most the run under way
     assert server.predict(torch.randn(2, 16)).shape == (2, 8)
     assert server.info()["cancelled_count"] == 1
 
 
 def test_a_large_request_does_not_hold_up_the_ones_behind_it(serve):
     server = serve(DYN_MLP, batch_size=4)
-    server._split_rows = 4        # pieces of 4 rows, as for a request over the model's limit
+    server._split_rows = 4  # pieces of 4 rows, as for a request over the model's limit
     original = server.program.run
 
     def slow_run(*args, **kwargs):
@@ -790,7 +844,7 @@ def test_a_large_request_does_not_hold_up_the_ones_behind_it(serve):
 
     server.program.run = slow_run
     x = torch.randn(4 * 100, 16)
-    big = server.submit(x)                                  # 100 runs, over a second
+    big = server.submit(x)  # 100 runs, over a second
     time.sleep(0.05)
     started = time.monotonic()
     small = server.predict(torch.randn(1, 16))
@@ -806,14 +860,14 @@ def test_queue_and_compute_time_are_measured_apart(serve):
     first = server.submit(torch.randn(1, 16))
     assert entered.wait(WAIT)
     second = server.submit(torch.randn(1, 16))
-    time.sleep(0.2)                                         # `second` waits in the queue
+    time.sleep(0.2)  # `second` waits in the queue
     release.set()
     first.result(WAIT), second.result(WAIT)
     info = server.info()
     queue, compute = info["queue_seconds"], info["compute_seconds"]
     assert queue["count"] == compute["count"] == 2
-    assert queue["sum"] >= 0.2 and compute["sum"] >= 0.2    # first's run was held 0.2 s or more
-    assert {b: n for b, n in queue["buckets"]}[0.1] <= 1   # `second` queued 0.2 s or more
+    assert queue["sum"] >= 0.2 and compute["sum"] >= 0.2  # first's run was held 0.2 s or more
+    assert {b: n for b, n in queue["buckets"]}[0.1] <= 1  # `second` queued 0.2 s or more
 
 
 # -- torch threads ---------------------------------------------------------------------------------
@@ -825,10 +879,10 @@ def test_threads_follow_the_cpus_other_processes_leave_free():
     eight = ThreadChooser(cpus=8, interval_s=0.0)
     assert [eight.threads_for(b) for b in (0.0, 2.0, 6.6, 8.0)] == [7, 5, 1, 1]
     live = ThreadChooser(interval_s=0.0)
-    assert live.update() is None            # no interval measured yet
+    assert live.update() is None  # no interval measured yet
     time.sleep(0.05)
     threads = live.update()
-    assert threads is None or 1 <= threads <= live.cpus   # None off Linux
+    assert threads is None or 1 <= threads <= live.cpus  # None off Linux
 
 
 def test_a_server_takes_its_thread_setting(serve):
@@ -842,12 +896,14 @@ def test_a_server_takes_its_thread_setting(serve):
 
 
 def test_a_request_larger_than_a_batch_runs_whole_unless_the_model_cannot_take_it(serve):
-    server = serve(DYN_MLP, batch_size=16)               # the program takes 1..1024 rows
+    server = serve(DYN_MLP, batch_size=16)  # the program takes 1..1024 rows
     runs = _count_runs(server)
     direct = pt2interp.load(DYN_MLP)
     x = torch.randn(32, 16)
     assert _close(server.predict(x), direct(x))
-    assert runs == [32]                                   # one run, as without batching
+    assert runs == [32]  # one run, as without batching
     y = torch.randn(2500, 16)
-    assert _close(server.predict(y), torch.cat([direct(y[:1024]), direct(y[1024:2048]), direct(y[2048:])]))
+    assert _close(
+        server.predict(y), torch.cat([direct(y[:1024]), direct(y[1024:2048]), direct(y[2048:])])
+    )
     assert runs[1:] == [1024, 1024, 452]

@@ -14,13 +14,28 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("wrk") is None,
-                    reason="wrk is not installed (apt-get install wrk)")
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
 def test_quick_http_bench_pt2interp_alone(tmp_path):
     report = tmp_path / "figures.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.serve_bench", "--http", "--quick",
-                           "--no-kserve", "--json", str(report)],
-                          cwd=REPO, capture_output=True, text=True, timeout=150, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.serve_bench",
+            "--http",
+            "--quick",
+            "--no-kserve",
+            "--json",
+            str(report),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     # one table row per server, each with a positive rate and CPU figure at c=1 and c=64
@@ -38,5 +53,6 @@ def test_quick_http_bench_pt2interp_alone(tmp_path):
     figures = json.loads(report.read_text())
     cells = figures["modes"]["quiet"]["cells"]
     assert {(c["server"], c["concurrency"]) for c in cells} == {
-        (s, c) for s in ("pt2interp bs=1", "pt2interp bs=16") for c in (1, 64)}
+        (s, c) for s in ("pt2interp bs=1", "pt2interp bs=16") for c in (1, 64)
+    }
     assert all(c["median"]["requests"] > 0 and c["median"]["non200"] == 0 for c in cells)

@@ -24,12 +24,28 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_soak_40_seconds_with_crashes_passes(tmp_path):
     figures = tmp_path / "soak.json"
-    cmd = [sys.executable, "-m", "benchmarks.serve_soak", "--seconds", "40", "--crash-every", "15",
-           "--json", str(figures)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.serve_soak",
+        "--seconds",
+        "40",
+        "--crash-every",
+        "15",
+        "--json",
+        str(figures),
+    ]
     # The soak bounds itself (40 s of traffic, 30 s per request, 20 s to stop the server);
     # this timeout only catches a soak that hangs.
-    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.run(
+        cmd,
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "pt2interp serve soak" in proc.stdout and "answered 200 and correct" in proc.stdout, out

@@ -23,8 +23,10 @@ from pt2interp.serve.http import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} is missing (Debian's chromium package; .ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"{CHROMIUM} is missing (Debian's chromium package; .ci/run installs it)",
+)
 
 
 class _Figures(HTMLParser):
@@ -44,7 +46,9 @@ class _Figures(HTMLParser):
         a = dict(attrs)
         if "id" in a:
             self.attrs_by_id[a["id"]] = a
-        key = (a["data-model"], a["data-field"]) if "data-model" in a and "data-field" in a else None
+        key = (
+            (a["data-model"], a["data-field"]) if "data-model" in a and "data-field" in a else None
+        )
         if key and tag == "table":
             self._table = key
             self.rows[key] = []
@@ -78,9 +82,21 @@ class _Figures(HTMLParser):
 
 
 def _dump_dom(url: str, profile_dir) -> str:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile_dir}", "--virtual-time-budget=4000", "--dump-dom", url]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile_dir}",
+        "--virtual-time-budget=4000",
+        "--dump-dom",
+        url,
+    ]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -88,20 +104,30 @@ def _dump_dom(url: str, profile_dir) -> str:
 
 def test_status_page_shows_what_info_says(tmp_path):
     servers = {
-        "mlp": Server(case("zoo", "dynamic_batch_mlp").path, name="page-mlp", batch_size=8, batch_timeout_ms=2),
+        "mlp": Server(
+            case("zoo", "dynamic_batch_mlp").path, name="page-mlp", batch_size=8, batch_timeout_ms=2
+        ),
         "multi_io": Server(case("zoo", "multi_io").path, name="page-multi-io"),
     }
     try:
         with running(create_app(servers)) as url, httpx.Client(base_url=url, timeout=30) as client:
             for n in range(1, 13):
                 x = torch.randn(n % 4 + 1, 16)
-                body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                                    "data": x.reshape(-1).tolist()}]}
+                body = {
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "shape": list(x.shape),
+                            "datatype": "FP32",
+                            "data": x.reshape(-1).tolist(),
+                        }
+                    ]
+                }
                 assert client.post("/v2/models/mlp/infer", json=body).status_code == 200
             for _ in range(2):
                 assert client.post("/v2/models/mlp/infer", json={"inputs": []}).status_code == 400
             (a, b, mask), kw = case("zoo", "multi_io").inputs()
-            servers["multi_io"].predict(a, b, mask, **kw)       # in-process traffic shows too
+            servers["multi_io"].predict(a, b, mask, **kw)  # in-process traffic shows too
             html = _dump_dom(url + "/", tmp_path / "chromium-profile")
             infos = {name: s.info() for name, s in servers.items()}
             http = {m["name"]: m["http"] for m in client.get("/v2/status").json()["models"]}
@@ -115,14 +141,25 @@ def test_status_page_shows_what_info_says(tmp_path):
     assert page.attrs_by_id["state"].get("data-state") == "ok", "the page could not load /v2/status"
     assert page.attrs_by_id["models"]["data-count"] == "2"
     for name, info in infos.items():
+
         def value(field, name=name):
             raw = page.values.get((name, field))
             assert raw is not None, f"{name}: no {field} on the page"
             return json.loads(raw)
 
-        for field in ("inference_count", "error_count", "rejected_count", "batch_count", "restarts", "batch_size"):
+        for field in (
+            "inference_count",
+            "error_count",
+            "rejected_count",
+            "batch_count",
+            "restarts",
+            "batch_size",
+        ):
             assert value(field) == info[field], (name, field)
-            assert page.texts[(name, field)].strip().replace(",", "") == str(info[field]), (name, field)
+            assert page.texts[(name, field)].strip().replace(",", "") == str(info[field]), (
+                name,
+                field,
+            )
         assert value("mean_batch_size") == pytest.approx(info["mean_batch_size"])
         assert page.texts[(name, "mean_batch_size")].strip() == f"{info['mean_batch_size']:.2f}"
         # latency end to end, as the HTTP server measured it (in-process calls have none)
@@ -134,26 +171,36 @@ def test_status_page_shows_what_info_says(tmp_path):
         assert value("errors_by_kind") == info["errors_by_kind"]
         for kind, count in info["errors_by_kind"].items():
             assert value(f"errors_{kind}") == count, (name, kind)
-        assert value("file") == Path(info["path"]).name and str(Path(info["path"]).parent) not in html
+        assert (
+            value("file") == Path(info["path"]).name and str(Path(info["path"]).parent) not in html
+        )
         assert value("last_error") == info["last_error"]
         assert value("device") == info["device"] == "cpu"
         assert value("batch_size_distribution") == info["batch_size_distribution"]
         assert isinstance(value("throughput_rps"), (int, float)) and value("throughput_rps") >= 0
         assert page.texts[(name, "name")].strip() == name
         shown_inputs = [row for row in page.rows[(name, "inputs")][1:]]
-        assert shown_inputs == [[i["name"], i["datatype"], "[" + ", ".join(map(str, i["shape"])) + "]"]
-                                for i in metadata[name]["inputs"]]
-        assert [row[0] for row in page.rows[(name, "outputs")][1:]] == [o["name"] for o in metadata[name]["outputs"]]
+        assert shown_inputs == [
+            [i["name"], i["datatype"], "[" + ", ".join(map(str, i["shape"])) + "]"]
+            for i in metadata[name]["inputs"]
+        ]
+        assert [row[0] for row in page.rows[(name, "outputs")][1:]] == [
+            o["name"] for o in metadata[name]["outputs"]
+        ]
     assert infos["mlp"]["inference_count"] == 12 and infos["mlp"]["rejected_count"] == 2
     assert infos["mlp"]["error_count"] == 0 and "missing input 'x'" in infos["mlp"]["last_error"]
-    assert http["mlp"]["latency_samples"] == 12 and http["mlp"]["responses_by_class"] == {"2xx": 12, "4xx": 2}
+    assert http["mlp"]["latency_samples"] == 12 and http["mlp"]["responses_by_class"] == {
+        "2xx": 12,
+        "4xx": 2,
+    }
     assert http["multi_io"]["latency_samples"] == 0 and infos["multi_io"]["inference_count"] == 1
 
 
 def test_chromium_is_the_debian_one():
     # The flags above are Chromium's; a snap wrapper or another browser under that name would
     # not take them. Cheap to check, and it names what ran.
-    version = subprocess.run([CHROMIUM, "--version"], check=True, capture_output=True, text=True,
-                             timeout=30).stdout
+    version = subprocess.run(
+        [CHROMIUM, "--version"], check=True, capture_output=True, text=True, timeout=30
+    ).stdout
     assert "Chromium" in version, version
     assert shutil.which("chromium")

@@ -12,24 +12,43 @@ import operator
 
 import pytest
 import torch
+
 from pt2interp.ops import REGISTRY
 from pt2interp.ops.registry import Call
 
 _ARGS = {
-    "neg": (7,), "pos": (7,), "not_": (0,), "abs": (-7,), "getitem": ((3, 5, 9), 1),
-    "trunc": (2.7,), "ceil": (2.2,), "floor": (2.7,), "sqrt": (16.0,),
-    "sym_float": (3,), "sym_int": (3.9,), "sym_max": (3, 8), "sym_min": (3, 8), "sym_not": (True,),
-    "sym_sqrt": (16,), "_sym_sqrt": (16,), "sym_ite": (True, 4, 9), "sym_sum": ([3, 4, 5],),
+    "neg": (7,),
+    "pos": (7,),
+    "not_": (0,),
+    "abs": (-7,),
+    "getitem": ((3, 5, 9), 1),
+    "trunc": (2.7,),
+    "ceil": (2.2,),
+    "floor": (2.7,),
+    "sqrt": (16.0,),
+    "sym_float": (3,),
+    "sym_int": (3.9,),
+    "sym_max": (3, 8),
+    "sym_min": (3, 8),
+    "sym_not": (True,),
+    "sym_sqrt": (16,),
+    "_sym_sqrt": (16,),
+    "sym_ite": (True, 4, 9),
+    "sym_sum": ([3, 4, 5],),
 }
 _PLAIN = {"_operator": operator, "math": math, "torch": torch}
 
-TARGETS = sorted(t for t in REGISTRY if t.startswith(("_operator.", "math.", "torch.sym_", "torch._sym")))
+TARGETS = sorted(
+    t for t in REGISTRY if t.startswith(("_operator.", "math.", "torch.sym_", "torch._sym"))
+)
 
 
 def test_a_bool_size_condition_becomes_an_int():
     entry = REGISTRY["torch.fx.experimental.symbolic_shapes.cast_symbool_to_symint_guardless"]
     assert entry.kernel(True) == 1 and entry.kernel(False) == 0
-    assert eval(entry.render(Call(entry.target, {}, positional=["b"])), {"b": True}) == 1  # our own rendering
+    assert (
+        eval(entry.render(Call(entry.target, {}, positional=["b"])), {"b": True}) == 1
+    )  # our own rendering
 
 
 def _args(name: str):

@@ -15,7 +15,9 @@ import pt2interp
 from pt2interp.serve import Server
 from pt2interp.serve.http import create_app
 
-httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in the test extras")
+httpclient = pytest.importorskip(
+    "tritonclient.http", reason="tritonclient[http] is in the test extras"
+)
 from tritonclient.utils import InferenceServerException
 
 DYN_MLP = case("zoo", "dynamic_batch_mlp").path
@@ -24,11 +26,15 @@ MULTI_IO = case("zoo", "multi_io").path
 
 @pytest.fixture(scope="module")
 def triton():
-    servers = [Server(DYN_MLP, name="mlp", batch_size=8, batch_timeout_ms=1), Server(MULTI_IO, name="multi_io")]
+    servers = [
+        Server(DYN_MLP, name="mlp", batch_size=8, batch_timeout_ms=1),
+        Server(MULTI_IO, name="multi_io"),
+    ]
     try:
         with running(create_app(servers)) as url:
-            client = httpclient.InferenceServerClient(url=url.removeprefix("http://"), connection_timeout=30,
-                                                      network_timeout=30)
+            client = httpclient.InferenceServerClient(
+                url=url.removeprefix("http://"), connection_timeout=30, network_timeout=30
+            )
             yield client
             client.close()
     finally:
@@ -43,7 +49,9 @@ def test_health_and_metadata(triton):
     meta = triton.get_server_metadata()
     assert meta["name"] == "pt2interp" and "binary_tensor_data" in meta["extensions"]
     model = triton.get_model_metadata("mlp")
-    assert model["name"] == "mlp" and model["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]
+    assert model["name"] == "mlp" and model["inputs"] == [
+        {"name": "x", "datatype": "FP32", "shape": [-1, 16]}
+    ]
     assert model["outputs"] == [{"name": "out", "datatype": "FP32", "shape": [-1, 8]}]
 
 
@@ -51,7 +59,7 @@ def test_health_and_metadata(triton):
 @pytest.mark.parametrize("binary_out", [False, True], ids=["json-out", "binary-out"])
 def test_infer_matches_the_program(triton, binary_in, binary_out):
     x = torch.randn(5, 16, generator=torch.Generator().manual_seed(1))
-    x[0, 0] = float("nan")       # travels as "NaN" in JSON, as itself in binary
+    x[0, 0] = float("nan")  # travels as "NaN" in JSON, as itself in binary
     inp = httpclient.InferInput("x", [5, 16], "FP32")
     inp.set_data_from_numpy(x.numpy(), binary_data=binary_in)
     out = httpclient.InferRequestedOutput("out", binary_data=binary_out)
@@ -67,19 +75,25 @@ def test_infer_matches_the_program(triton, binary_in, binary_out):
 def test_many_inputs_chosen_outputs_in_the_requested_order(triton):
     (a, b, mask), kw = case("zoo", "multi_io").inputs()
     inputs = []
-    for name, t, dt, binary in (("a", a, "FP32", True), ("b", b, "FP32", False), ("mask", mask, "BOOL", True),
-                                ("scale", kw["scale"], "FP32", False)):
+    for name, t, dt, binary in (
+        ("a", a, "FP32", True),
+        ("b", b, "FP32", False),
+        ("mask", mask, "BOOL", True),
+        ("scale", kw["scale"], "FP32", False),
+    ):
         inp = httpclient.InferInput(name, list(t.shape), dt)
         inp.set_data_from_numpy(t.numpy(), binary_data=binary)
         inputs.append(inp)
-    outputs = [httpclient.InferRequestedOutput("out.pair.1", binary_data=True),
-               httpclient.InferRequestedOutput("out.cat", binary_data=False)]
+    outputs = [
+        httpclient.InferRequestedOutput("out.pair.1", binary_data=True),
+        httpclient.InferRequestedOutput("out.cat", binary_data=False),
+    ]
     result = triton.infer("multi_io", inputs, outputs=outputs)
     assert [o["name"] for o in result.get_response()["outputs"]] == ["out.pair.1", "out.cat"]
     want = pt2interp.load(MULTI_IO)(a, b, mask, **kw)
     assert np.array_equal(result.as_numpy("out.pair.1"), want["pair"][1].numpy())
     assert np.allclose(result.as_numpy("out.cat"), want["cat"].numpy(), rtol=1e-5, atol=1e-6)
-    assert result.as_numpy("out.sum") is None                     # not asked for
+    assert result.as_numpy("out.sum") is None  # not asked for
 
 
 def test_errors_reach_the_client_as_messages(triton):

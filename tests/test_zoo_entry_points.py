@@ -28,14 +28,18 @@ ZOO_CASES = [c for c in CASES if c.folder == "zoo" and c.name in NAMES]
 
 
 def test_every_class_is_here_in_both_irs():
-    assert sorted((c.name, c.ir) for c in ZOO_CASES) == sorted((n, ir) for n in NAMES for ir in ("training", "core"))
+    assert sorted((c.name, c.ir) for c in ZOO_CASES) == sorted(
+        (n, ir) for n in NAMES for ir in ("training", "core")
+    )
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, where: str):
     if got.dtype == torch.bfloat16:  # the npz holds bfloat16 as float32
         got = got.float()
     tol = 2e-2 if want.dtype in (torch.float16, torch.bfloat16) or "regions" in where else 1e-5
-    torch.testing.assert_close(got, want.to(got.dtype), rtol=tol, atol=tol, msg=lambda m: f"{where}: {m}")
+    torch.testing.assert_close(
+        got, want.to(got.dtype), rtol=tol, atol=tol, msg=lambda m: f"{where}: {m}"
+    )
 
 
 @pytest.mark.parametrize("c", ZOO_CASES, ids=lambda c: c.id)
@@ -59,7 +63,9 @@ def test_cli_weights_and_extract_weights(c, tmp_path, capsys):
     extracted = pt2interp.extract_weights(c.path)
     for name, want in state.items():
         want = want.float() if want.dtype == torch.bfloat16 else want
-        assert np.array_equal(np.asarray(tensors[name], dtype=tensors[name].dtype), want.numpy()), name
+        assert np.array_equal(np.asarray(tensors[name], dtype=tensors[name].dtype), want.numpy()), (
+            name
+        )
         assert np.array_equal(arrays[name], want.numpy()), name
         assert np.array_equal(np.asarray(extracted[name]), want.numpy()), name
 
@@ -72,8 +78,13 @@ def test_cli_run_equals_the_reference(c, tmp_path, capsys):
     args, kwargs = c.inputs()
     assert not kwargs
     inputs = tmp_path / "in.npz"
-    np.savez(inputs, **{f"in_{i}": (a.float() if a.dtype == torch.bfloat16 else a).numpy()
-                        for i, a in enumerate(args)})
+    np.savez(
+        inputs,
+        **{
+            f"in_{i}": (a.float() if a.dtype == torch.bfloat16 else a).numpy()
+            for i, a in enumerate(args)
+        },
+    )
     out = tmp_path / "out.safetensors"
     assert main(["run", str(c.path), "--inputs", str(inputs), "-o", str(out)]) == 0
     got = load_tensors(out)

@@ -30,9 +30,20 @@ from pt2interp.serve.server import (
 from pt2interp.serve.stats import ServeEvent
 
 __all__ = [
-    "BatchLayout", "ModelUnavailableError", "RequestCancelledError", "RequestTimeoutError",
-    "ServeError", "ServeEvent", "ServeFuture", "Server", "ServerBusyError", "ServerClosedError",
-    "WorkerCrashedError", "create_app", "get_server", "list_servers",
+    "BatchLayout",
+    "ModelUnavailableError",
+    "RequestCancelledError",
+    "RequestTimeoutError",
+    "ServeError",
+    "ServeEvent",
+    "ServeFuture",
+    "Server",
+    "ServerBusyError",
+    "ServerClosedError",
+    "WorkerCrashedError",
+    "create_app",
+    "get_server",
+    "list_servers",
 ]
 
 

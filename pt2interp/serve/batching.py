@@ -39,9 +39,19 @@ from pt2interp.weights import torch_dtype
 
 # torch dtype name (as archives record it) -> Open Inference Protocol datatype
 OIP_DATATYPES: dict[str, str] = {
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "float64": "FP64",
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "bfloat16": "BF16",
+    "float32": "FP32",
+    "float64": "FP64",
 }
 DTYPE_OF_OIP: dict[str, str] = {v: k for k, v in OIP_DATATYPES.items()}
 
@@ -121,12 +131,14 @@ class Chunk:
 
     __slots__ = ("index", "owner", "prepared", "rows", "start", "stop", "whole")
 
-    def __init__(self, owner: Any, prepared: PreparedRequest, start: int, stop: int, index: int = 0):
+    def __init__(
+        self, owner: Any, prepared: PreparedRequest, start: int, stop: int, index: int = 0
+    ):
         self.owner = owner
         self.prepared = prepared
         self.start = start
         self.stop = stop
-        self.index = index          # position among the owner's chunks
+        self.index = index  # position among the owner's chunks
         self.rows = stop - start
         self.whole = self.rows == prepared.rows
 
@@ -145,7 +157,7 @@ class BatchLayout:
     n_positional: int | None
     arg_names: list[str]
     batch_symbol: str | None = None
-    static_rows: int | None = None      # static programs: every run has exactly this many rows
+    static_rows: int | None = None  # static programs: every run has exactly this many rows
     min_rows: int = 1
     max_rows: int | None = None
     batchable: bool = False
@@ -176,8 +188,10 @@ class BatchLayout:
                 slots.append(InputSlot(name, "other"))
         user_outputs = model.signature.outputs_of("user_output", "loss_output")
         out_names = model.output_leaf_names()
-        outputs = [OutputSlot(n, values.get(o.arg.value.name) if o.arg.kind == "tensor" else None)
-                   for n, o in zip(out_names, user_outputs)]
+        outputs = [
+            OutputSlot(n, values.get(o.arg.value.name) if o.arg.kind == "tensor" else None)
+            for n, o in zip(out_names, user_outputs)
+        ]
         n_pos = None
         if in_spec is not None and in_spec.type == "builtins.tuple" and len(in_spec.children) == 2:
             n_pos = len(in_spec.children[0].children)
@@ -190,7 +204,9 @@ class BatchLayout:
         if reason:
             self._refuse(reason)
             return
-        tensors = [s for s in self.inputs if s.kind == "tensor" and s.meta is not None and s.meta.sizes]
+        tensors = [
+            s for s in self.inputs if s.kind == "tensor" and s.meta is not None and s.meta.sizes
+        ]
         if not tensors:
             self._refuse("no tensor input has a dimension to batch along")
             return
@@ -208,14 +224,18 @@ class BatchLayout:
         rc = model.range_constraints.get(symbol)
         self.min_rows = max(1, rc.min_val) if rc is not None and rc.min_val is not None else 1
         self.max_rows = rc.max_val if rc is not None and rc.max_val is not None else None
-        self.inputs = [_with_axis(s, _axis_of(s.meta, symbol)) if s.kind == "tensor" else s
-                       for s in self.inputs]
+        self.inputs = [
+            _with_axis(s, _axis_of(s.meta, symbol)) if s.kind == "tensor" else s
+            for s in self.inputs
+        ]
         outs = []
         for o in self.outputs:
             axis = _axis_of(o.meta, symbol)
             if axis is None:
-                self._refuse(f"output {o.name!r} has no batch dimension ({symbol}): it depends on the "
-                             f"whole batch")
+                self._refuse(
+                    f"output {o.name!r} has no batch dimension ({symbol}): it depends on the "
+                    f"whole batch"
+                )
                 return
             outs.append(OutputSlot(o.name, o.meta, axis))
         self.outputs = outs
@@ -228,11 +248,20 @@ class BatchLayout:
             return
         for o in self.outputs:
             if not o.meta.sizes or o.meta.sizes[0] != first:
-                self._refuse(f"static shapes, and output {o.name!r} does not start with the inputs' "
-                             f"dim 0 ({first})")
+                self._refuse(
+                    f"static shapes, and output {o.name!r} does not start with the inputs' "
+                    f"dim 0 ({first})"
+                )
                 return
-        self.inputs = [_with_axis(s, 0) if s.kind == "tensor" and s.meta is not None and s.meta.sizes
-                       and s.meta.sizes[0] == first else s for s in self.inputs]
+        self.inputs = [
+            _with_axis(s, 0)
+            if s.kind == "tensor"
+            and s.meta is not None
+            and s.meta.sizes
+            and s.meta.sizes[0] == first
+            else s
+            for s in self.inputs
+        ]
         self.outputs = [OutputSlot(o.name, o.meta, 0) for o in self.outputs]
         self.static_rows = self.min_rows = self.max_rows = first
         self.batchable = True
@@ -263,7 +292,7 @@ class BatchLayout:
         n_pos = self.n_positional
         if len(args) > n_pos:
             raise InputMismatchError(f"expected at most {n_pos} positional inputs, got {len(args)}")
-        missing = self.arg_names[len(args):n_pos]
+        missing = self.arg_names[len(args) : n_pos]
         if len(args) < n_pos and missing and all(m in kwargs for m in missing):
             args = args + tuple(kwargs.pop(m) for m in missing)
         if len(args) < n_pos:
@@ -271,7 +300,9 @@ class BatchLayout:
         kw_keys = self.in_spec.children[1].dict_keys
         for key in kw_keys:
             if key not in kwargs:
-                slot = next((s for s in self.inputs if s.name == key and s.kind == "constant"), None)
+                slot = next(
+                    (s for s in self.inputs if s.name == key and s.kind == "constant"), None
+                )
                 if slot is not None:
                     kwargs[key] = slot.constant
         return args, kwargs
@@ -316,8 +347,11 @@ class BatchLayout:
     def rows_of(self, leaves: list[Any]) -> int:
         """Rows along the batch dimension (1 when the program has none to speak of)."""
         for slot, value in zip(self.inputs, leaves):
-            if slot.batch_axis is not None and isinstance(value, torch.Tensor) \
-                    and value.dim() > slot.batch_axis:
+            if (
+                slot.batch_axis is not None
+                and isinstance(value, torch.Tensor)
+                and value.dim() > slot.batch_axis
+            ):
                 return int(value.shape[slot.batch_axis])
         return 1
 
@@ -338,7 +372,9 @@ class BatchLayout:
                 key.append(_untyped_key(slot, value))
                 continue
             if not isinstance(value, torch.Tensor):
-                raise InputMismatchError(f"input {slot.name!r}: expected a tensor, got {type(value).__name__}")
+                raise InputMismatchError(
+                    f"input {slot.name!r}: expected a tensor, got {type(value).__name__}"
+                )
             if device is not None and value.device != device:
                 value = leaves[i] = _moved(slot, value, device)
             shape = check.validate(value, env)
@@ -350,15 +386,20 @@ class BatchLayout:
             if rows is None:
                 rows = n
             elif n != rows:
-                raise InputMismatchError(f"input {slot.name!r} dim {axis}: batch size {n}, "
-                                         f"but other inputs have {rows}")
+                raise InputMismatchError(
+                    f"input {slot.name!r} dim {axis}: batch size {n}, but other inputs have {rows}"
+                )
             # every other dim is fixed (and was just checked) unless the input has symbols
-            key.append(check.batched_key or ("batched", value.dtype, shape[:axis] + shape[axis + 1:]))
+            key.append(
+                check.batched_key or ("batched", value.dtype, shape[:axis] + shape[axis + 1 :])
+            )
         if rows is not None and rows < 1:
             raise InputMismatchError("the request holds no rows (batch dimension of size 0)")
         return PreparedRequest(leaves, rows if rows is not None else 1, tuple(key))
 
-    def prepare_plain(self, args: tuple, kwargs: dict, device: torch.device) -> PreparedRequest | None:
+    def prepare_plain(
+        self, args: tuple, kwargs: dict, device: torch.device
+    ) -> PreparedRequest | None:
         """:meth:`prepare` for the most common call, ``f(x)`` with one tensor batched along dim 0
         and static other dims, already on ``device``, in a few steps; None for anything else
         (:meth:`prepare` then decides, and names any problem)."""
@@ -387,13 +428,19 @@ class BatchLayout:
     def _flat_positional(self) -> bool:
         """Every input is a plain positional leaf: binding is the identity."""
         spec = self.in_spec
-        return (self.n_positional == len(self.inputs) and not spec.children[1].children
-                and all(c.is_leaf for c in spec.children[0].children))
+        return (
+            self.n_positional == len(self.inputs)
+            and not spec.children[1].children
+            and all(c.is_leaf for c in spec.children[0].children)
+        )
 
     @functools.cached_property
     def _slot_checks(self) -> list[tuple[InputSlot, _TensorCheck | None]]:
         # Built once: prepare() runs for every request, in the caller's thread.
-        return [(s, _TensorCheck(s) if s.kind == "tensor" and s.meta is not None else None) for s in self.inputs]
+        return [
+            (s, _TensorCheck(s) if s.kind == "tensor" and s.meta is not None else None)
+            for s in self.inputs
+        ]
 
     # -- runs ------------------------------------------------------------------------------------
     @property
@@ -418,8 +465,12 @@ class BatchLayout:
             if axis is None:
                 out.append(first[i])  # equal in every chunk: the group key says so
                 continue
-            pieces = [c.prepared.leaves[i] if c.whole else c.prepared.leaves[i].narrow(axis, c.start, c.rows)
-                      for c in chunks]
+            pieces = [
+                c.prepared.leaves[i]
+                if c.whole
+                else c.prepared.leaves[i].narrow(axis, c.start, c.rows)
+                for c in chunks
+            ]
             if pad:
                 last = pieces[-1].narrow(axis, pieces[-1].shape[axis] - 1, 1)
                 shape = list(last.shape)
@@ -428,16 +479,24 @@ class BatchLayout:
             out.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=axis))
         return out, pad
 
-    def split(self, out_leaves: list[Any], chunks: list[Chunk], padded_rows: int) -> list[list[Any]]:
+    def split(
+        self, out_leaves: list[Any], chunks: list[Chunk], padded_rows: int
+    ) -> list[list[Any]]:
         """Each chunk's share of one run's output leaves, in chunk order."""
         total = sum(c.rows for c in chunks) + padded_rows
         shares: list[list[Any]] = [[] for _ in chunks]
         for slot, value in zip(self.outputs, out_leaves):
             axis = slot.batch_axis
-            if not isinstance(value, torch.Tensor) or axis is None or value.dim() <= axis \
-                    or value.shape[axis] != total:
+            if (
+                not isinstance(value, torch.Tensor)
+                or axis is None
+                or value.dim() <= axis
+                or value.shape[axis] != total
+            ):
                 got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise BatchSplitError(f"output {slot.name!r} is {got}; expected {total} rows along dim {axis}")
+                raise BatchSplitError(
+                    f"output {slot.name!r} is {got}; expected {total} rows along dim {axis}"
+                )
             if len(chunks) == 1 and padded_rows == 0:
                 shares[0].append(value)
                 continue
@@ -450,18 +509,30 @@ class BatchLayout:
         """One request's output leaves from the shares of its chunks (in chunk order)."""
         if len(pieces) == 1:
             return pieces[0]
-        return [torch.cat([p[i] for p in pieces], dim=slot.batch_axis)
-                for i, slot in enumerate(self.outputs)]
+        return [
+            torch.cat([p[i] for p in pieces], dim=slot.batch_axis)
+            for i, slot in enumerate(self.outputs)
+        ]
 
     def describe(self) -> dict[str, Any]:
         """Inputs and outputs as the Open Inference Protocol lists them, plus the batch layout."""
         return {
-            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": s.oip_shape}
-                       for s in self.inputs if s.kind in ("tensor", "int")],
-            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": s.oip_shape} for s in self.outputs],
-            "batching": {"possible": self.batchable, "reason": self.reason or None,
-                         "symbol": self.batch_symbol, "static_rows": self.static_rows,
-                         "min_rows": self.min_rows, "max_rows": self.max_rows},
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": s.oip_shape}
+                for s in self.inputs
+                if s.kind in ("tensor", "int")
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": s.oip_shape} for s in self.outputs
+            ],
+            "batching": {
+                "possible": self.batchable,
+                "reason": self.reason or None,
+                "symbol": self.batch_symbol,
+                "static_rows": self.static_rows,
+                "min_rows": self.min_rows,
+                "max_rows": self.max_rows,
+            },
         }
 
 
@@ -478,9 +549,14 @@ class _TensorCheck:
         self.sizes = meta.sizes
         # (dim, size) for static dims and (dim, symbol) for plain-symbol dims, batch dim left out;
         # compound sizes (2*s0) are left to the program's own check when the run starts
-        self.fixed = tuple((d, n) for d, n in enumerate(meta.sizes) if isinstance(n, int) and d != slot.batch_axis)
-        self.symbols = tuple((d, n.expr.as_symbol()) for d, n in enumerate(meta.sizes)
-                             if isinstance(n, SymExpr) and n.expr.as_symbol() and d != slot.batch_axis)
+        self.fixed = tuple(
+            (d, n) for d, n in enumerate(meta.sizes) if isinstance(n, int) and d != slot.batch_axis
+        )
+        self.symbols = tuple(
+            (d, n.expr.as_symbol())
+            for d, n in enumerate(meta.sizes)
+            if isinstance(n, SymExpr) and n.expr.as_symbol() and d != slot.batch_axis
+        )
         # A batched input whose other dims are all static: every valid request has the same key.
         self.batched_key = None
         if slot.batch_axis is not None and len(self.fixed) == self.rank - 1:
@@ -489,20 +565,28 @@ class _TensorCheck:
     def validate(self, value: torch.Tensor, env: dict[str, int]) -> tuple[int, ...]:
         """The value's shape, once dtype, rank and sizes are right; else InputMismatchError."""
         if value.dtype != self.dtype:
-            raise InputMismatchError(f"input {self.name!r}: expected dtype {self.dtype}, got {value.dtype}")
+            raise InputMismatchError(
+                f"input {self.name!r}: expected dtype {self.dtype}, got {value.dtype}"
+            )
         shape = value.shape
         if len(shape) != self.rank:
-            raise InputMismatchError(f"input {self.name!r}: expected {self.rank} dimensions "
-                                     f"{_sizes_text(self.sizes)}, got {len(shape)} {list(shape)}")
+            raise InputMismatchError(
+                f"input {self.name!r}: expected {self.rank} dimensions "
+                f"{_sizes_text(self.sizes)}, got {len(shape)} {list(shape)}"
+            )
         for d, want in self.fixed:
             if shape[d] != want:
-                raise InputMismatchError(f"input {self.name!r} dim {d}: expected {want}, got {shape[d]} "
-                                         f"(shape {list(shape)})")
+                raise InputMismatchError(
+                    f"input {self.name!r} dim {d}: expected {want}, got {shape[d]} "
+                    f"(shape {list(shape)})"
+                )
         for d, sym in self.symbols:
             bound = env.setdefault(sym, shape[d])
             if bound != shape[d]:
-                raise InputMismatchError(f"input {self.name!r} dim {d}: {sym} is {bound} elsewhere in "
-                                         f"the inputs, got {shape[d]}")
+                raise InputMismatchError(
+                    f"input {self.name!r} dim {d}: {sym} is {bound} elsewhere in "
+                    f"the inputs, got {shape[d]}"
+                )
         return tuple(shape)
 
 
@@ -536,7 +620,7 @@ def plan_runs(chunks: list[Chunk], rows_per_run: int) -> list[list[Chunk]]:
     [[('a', 3)], [('b', 2)], [('c', 2)]]
     """
     groups: dict[Any, list[list[Chunk]]] = {}
-    filled: dict[Any, int] = {}   # rows in each group's last run
+    filled: dict[Any, int] = {}  # rows in each group's last run
     for chunk in chunks:
         key = chunk.prepared.group_key
         runs = groups.get(key)
@@ -556,8 +640,10 @@ def plan_runs(chunks: list[Chunk], rows_per_run: int) -> list[list[Chunk]]:
 def _moved(slot: InputSlot, value: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``value`` on ``device``, from the CPU or another device of the same type."""
     if value.device.type not in ("cpu", device.type):
-        raise InputMismatchError(f"input {slot.name!r} is on device {value.device}; this "
-                                 f"server runs on {device}: send a cpu or {device.type} tensor")
+        raise InputMismatchError(
+            f"input {slot.name!r} is on device {value.device}; this "
+            f"server runs on {device}: send a cpu or {device.type} tensor"
+        )
     return value.to(device)
 
 
@@ -565,7 +651,9 @@ def _untyped_key(slot: InputSlot, value: Any):
     """The group-key part of an input that is not a tensor with known metadata."""
     if slot.kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InputMismatchError(f"input {slot.name!r}: expected an int, got {type(value).__name__}")
+            raise InputMismatchError(
+                f"input {slot.name!r}: expected an int, got {type(value).__name__}"
+            )
         return ("int", value)
     return ("object", _identity_key(value))
 
@@ -618,14 +706,22 @@ def _unbatchable_program(model) -> str:
     specs = model.signature
     if specs.outputs_of("buffer_mutation", "parameter_mutation", "user_input_mutation"):
         return "the program writes buffers or inputs: batching would change how often it does"
-    state_names = {s.arg.value.name for s in specs.input_specs
-                   if s.kind in _STATE_KINDS and s.arg.kind == "tensor"}
-    user_names = {s.arg.value.name for s in specs.input_specs
-                  if s.kind == "user_input" and s.arg.kind == "tensor"}
+    state_names = {
+        s.arg.value.name
+        for s in specs.input_specs
+        if s.kind in _STATE_KINDS and s.arg.kind == "tensor"
+    }
+    user_names = {
+        s.arg.value.name
+        for s in specs.input_specs
+        if s.kind == "user_input" and s.arg.kind == "tensor"
+    }
     for node in model.graph.iter_nodes():
         target = node.target or ""
         if target.startswith("torch.ops.higher_order."):
-            return f"data-dependent control flow ({target.rsplit('.', 1)[-1]}) may look at every row"
+            return (
+                f"data-dependent control flow ({target.rsplit('.', 1)[-1]}) may look at every row"
+            )
         op = target.split(".")[-2] if target.count(".") >= 2 else ""
         if op.endswith("_") and not op.startswith("_") and node.inputs:
             first = node.inputs[0].arg

@@ -57,13 +57,13 @@ class ThreadChooser:
     def __init__(self, cpus: int | None = None, interval_s: float = 2.0):
         self.cpus = cpus or available_cpus()
         self.interval_s = interval_s
-        self._last: tuple[float, float, float] | None = None   # (monotonic, machine busy, own busy)
+        self._last: tuple[float, float, float] | None = None  # (monotonic, machine busy, own busy)
         self.threads: int | None = None
 
     def threads_for(self, busy_elsewhere: float) -> int:
         """Threads for a model run when other processes keep ``busy_elsewhere`` CPUs busy."""
         free = self.cpus - busy_elsewhere
-        spare = free - 1 if self.cpus > 1 else free     # one for the server's other threads
+        spare = free - 1 if self.cpus > 1 else free  # one for the server's other threads
         return max(1, min(self.cpus, int(spare + 0.5)))
 
     def update(self) -> int | None:

@@ -101,7 +101,7 @@ class HttpLimits:
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-    request_timeout_s: float | None = None          # None: each server's own request_timeout_s
+    request_timeout_s: float | None = None  # None: each server's own request_timeout_s
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS
 
@@ -133,7 +133,7 @@ class _LoopInbox:
     the loop once, and the loop then sets all 16 waiters."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = weakref.ref(loop)   # the app's table of inboxes must not keep old loops alive
+        self.loop = weakref.ref(loop)  # the app's table of inboxes must not keep old loops alive
         self.items: collections.deque = collections.deque()
         self.wake_pending = False
 
@@ -146,7 +146,7 @@ class _LoopInbox:
             self.wake_pending = True
             loop = self.loop()
             if loop is not None:
-                with contextlib.suppress(RuntimeError):   # the loop has closed: nobody waits
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
                     loop.call_soon_threadsafe(self.drain)
 
     def drain(self) -> None:
@@ -161,11 +161,15 @@ class _LoopInbox:
                     waiter.set_exception(error)
 
 
-def create_app(servers: Server | Iterable[Server] | Mapping[str, Server], *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, request_timeout_s: float | None = None,
-               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-               max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
-               max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS) -> OipApp:
+def create_app(
+    servers: Server | Iterable[Server] | Mapping[str, Server],
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    request_timeout_s: float | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+    max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS,
+) -> OipApp:
     """An ASGI app serving ``servers`` (by their names, or the mapping's keys), for uvicorn or
     any ASGI server.
 
@@ -179,8 +183,12 @@ def create_app(servers: Server | Iterable[Server] | Mapping[str, Server], *,
     """
     if isinstance(servers, Server):
         servers = [servers]
-    models: dict[str, Server] = dict(servers) if isinstance(servers, Mapping) else {s.name: s for s in servers}
-    limits = HttpLimits(max_body_bytes, body_timeout_s, request_timeout_s, max_inflight_bytes, max_queued_rows)
+    models: dict[str, Server] = (
+        dict(servers) if isinstance(servers, Mapping) else {s.name: s for s in servers}
+    )
+    limits = HttpLimits(
+        max_body_bytes, body_timeout_s, request_timeout_s, max_inflight_bytes, max_queued_rows
+    )
     metrics = HttpMetrics(models)
     for server in models.values():
         server.attach_front_end()
@@ -192,16 +200,19 @@ class OipApp:
     on the bare ASGI interface (body reading with a deadline, disconnects, back-pressure, binary
     data); every other route is FastAPI's (:attr:`api`)."""
 
-    def __init__(self, models: dict[str, Server], api: FastAPI, limits: HttpLimits, metrics: HttpMetrics):
+    def __init__(
+        self, models: dict[str, Server], api: FastAPI, limits: HttpLimits, metrics: HttpMetrics
+    ):
         self.models = models
         self.api = api
         self.limits = limits
         self.metrics = metrics
         self.state = api.state
-        self._inflight_bytes = metrics.inflight_bytes    # touched by the event loop only: no lock
+        self._inflight_bytes = metrics.inflight_bytes  # touched by the event loop only: no lock
         self._inflight_rows = metrics.inflight_rows
-        self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopInbox] = \
+        self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopInbox] = (
             weakref.WeakKeyDictionary()
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -214,7 +225,7 @@ class OipApp:
     # -- one infer request -------------------------------------------------------------------------
     async def _infer(self, scope, receive, send, name: str, version: str | None) -> None:
         started = time.perf_counter()
-        held = [0, 0]   # body bytes and rows this request counts against its model
+        held = [0, 0]  # body bytes and rows this request counts against its model
         error = None
         try:
             try:
@@ -234,7 +245,11 @@ class OipApp:
                 raise
             except Exception:
                 log.exception("infer request for model %s failed in the server", shown_name(name))
-                status, error, headers = 500, "internal server error (the server's log has the details)", {}
+                status, error, headers = (
+                    500,
+                    "internal server error (the server's log has the details)",
+                    {},
+                )
                 body = dumps({"error": error})
             if body is not None:
                 await _send(send, status, body, headers)
@@ -244,8 +259,14 @@ class OipApp:
                 self._inflight_bytes[name] -= held[0]
                 self._inflight_rows[name] -= held[1]
 
-    async def _answer(self, scope, receive, name: str, version: str | None, held: list[int],
-                      ) -> tuple[int, bytes, dict[str, str]]:
+    async def _answer(
+        self,
+        scope,
+        receive,
+        name: str,
+        version: str | None,
+        held: list[int],
+    ) -> tuple[int, bytes, dict[str, str]]:
         server = _lookup(self.models, name, version)
         server.announce(1)
         announced = [True]
@@ -254,25 +275,41 @@ class OipApp:
         except _Answered:
             raise  # the server counted it already
         except RequestError as exc:
-            server.report_rejected(ServerBusyError(str(exc)) if exc.status in (429, 503)
-                                   else InputMismatchError(str(exc)))
+            server.report_rejected(
+                ServerBusyError(str(exc))
+                if exc.status in (429, 503)
+                else InputMismatchError(str(exc))
+            )
             raise
         except _ClientGone as exc:
             if not exc.counted:
-                server.report_rejected(RequestCancelledError("the client went away before sending its request"))
+                server.report_rejected(
+                    RequestCancelledError("the client went away before sending its request")
+                )
             raise
         finally:
             if announced[0]:
                 server.announce(-1)
 
-    async def _run(self, server: Server, scope, receive, name: str, held: list[int], announced: list[bool],
-                   ) -> tuple[int, bytes, dict[str, str]]:
+    async def _run(
+        self,
+        server: Server,
+        scope,
+        receive,
+        name: str,
+        held: list[int],
+        announced: list[bool],
+    ) -> tuple[int, bytes, dict[str, str]]:
         limits = self.limits
         headers = dict(scope["headers"])
         declared = _int_header(headers, b"content-length")
         if declared is not None and declared > limits.max_body_bytes:
-            raise RequestError(413, f"request body of {declared} bytes is over the limit of "
-                                    f"{limits.max_body_bytes} bytes", _CLOSE)
+            raise RequestError(
+                413,
+                f"request body of {declared} bytes is over the limit of "
+                f"{limits.max_body_bytes} bytes",
+                _CLOSE,
+            )
         if declared:
             self._hold_bytes(name, declared, held)
         body = await self._read_body(receive, name, held, counted=declared is not None)
@@ -285,27 +322,40 @@ class OipApp:
         del body
         rows = self._inflight_rows[name]
         if rows and rows + request.rows > limits.max_queued_rows:
-            raise RequestError(429, f"model {name!r} has {rows} rows waiting (at most {limits.max_queued_rows}); "
-                                    f"retry later", _RETRY_AFTER)
+            raise RequestError(
+                429,
+                f"model {name!r} has {rows} rows waiting (at most {limits.max_queued_rows}); "
+                f"retry later",
+                _RETRY_AFTER,
+            )
         self._inflight_rows[name] = rows + request.rows
         held[1] = request.rows
 
-        timeout = limits.request_timeout_s if limits.request_timeout_s is not None else server.request_timeout_s
+        timeout = (
+            limits.request_timeout_s
+            if limits.request_timeout_s is not None
+            else server.request_timeout_s
+        )
         out = await self._wait(server, request, receive, timeout, announced)
-        layout = server.layout   # the worker may have reloaded the model meanwhile
+        layout = server.layout  # the worker may have reloaded the model meanwhile
         try:
             leaves = layout.output_leaves(out)
             values = sum(v.numel() for v in leaves if isinstance(v, torch.Tensor))
             if values > _ENCODE_IN_THREAD_VALUES:
-                body, answer_headers = await asyncio.to_thread(encode_response, out, layout, request, name,
-                                                               leaves=leaves)
+                body, answer_headers = await asyncio.to_thread(
+                    encode_response, out, layout, request, name, leaves=leaves
+                )
             else:
                 body, answer_headers = encode_response(out, layout, request, name, leaves=leaves)
-        except RequestError as exc:   # the server counted it as answered: no second count
+        except RequestError as exc:  # the server counted it as answered: no second count
             raise _Answered(exc.status, str(exc), exc.headers) from None
         except Exception as exc:  # noqa: BLE001 - outputs that do not fit the recorded layout
-            raise _Answered(500, _public(f"model {name!r}: its outputs could not be encoded: "
-                                         f"{type(exc).__name__}: {exc}")) from None
+            raise _Answered(
+                500,
+                _public(
+                    f"model {name!r}: its outputs could not be encoded: {type(exc).__name__}: {exc}"
+                ),
+            ) from None
         return 200, body, answer_headers
 
     async def _wait(self, server: Server, request, receive, timeout: float, announced: list[bool]):
@@ -320,8 +370,9 @@ class OipApp:
         # for it to arrive.
         server.announce(-1)
         announced[0] = False
-        handle = server.submit_call(request.args, request.kwargs,
-                                    lambda result, error: inbox.post(waiter, result, error))
+        handle = server.submit_call(
+            request.args, request.kwargs, lambda result, error: inbox.post(waiter, result, error)
+        )
         # Only a disconnect can come from the client now: the body is read.
         gone = loop.create_task(_disconnect(receive))
         gone.add_done_callback(functools.partial(_on_disconnect, waiter))
@@ -332,7 +383,10 @@ class OipApp:
             server.withdraw(handle, RequestCancelledError("the client went away"))
             raise _ClientGone(counted=True) from None
         except _Expired:
-            server.withdraw(handle, RequestTimeoutError(f"server {server.name!r}: no answer within {timeout:g} s"))
+            server.withdraw(
+                handle,
+                RequestTimeoutError(f"server {server.name!r}: no answer within {timeout:g} s"),
+            )
             raise _Answered(504, f"model {server.name!r}: no answer within {timeout:g} s") from None
         except asyncio.CancelledError:
             server.withdraw(handle, ServerClosedError(f"server {server.name!r} is shutting down"))
@@ -340,7 +394,9 @@ class OipApp:
         except InputMismatchError as exc:
             raise _Answered(400, str(exc)) from None
         except ServerBusyError as exc:
-            raise _Answered(429, str(exc), {"retry-after": f"{max(1, round(exc.retry_after_s))}"}) from None
+            raise _Answered(
+                429, str(exc), {"retry-after": f"{max(1, round(exc.retry_after_s))}"}
+            ) from None
         except (ServerClosedError, ModelUnavailableError) as exc:
             raise _Answered(503, _public(str(exc)), _RETRY_AFTER) from None
         except RequestTimeoutError as exc:
@@ -348,7 +404,9 @@ class OipApp:
         except WorkerCrashedError as exc:
             raise _Answered(500, _public(str(exc))) from None
         except Exception as exc:  # noqa: BLE001 - the model's own failure, reported as a 500
-            raise _Answered(500, _public(f"model {server.name!r} failed: {type(exc).__name__}: {exc}")) from None
+            raise _Answered(
+                500, _public(f"model {server.name!r} failed: {type(exc).__name__}: {exc}")
+            ) from None
         finally:
             timer.cancel()
             gone.cancel()
@@ -368,9 +426,12 @@ class OipApp:
                 if chunk:
                     size += len(chunk)
                     if size > limits.max_body_bytes:
-                        raise RequestError(413, f"request body is over the limit of {limits.max_body_bytes} "
-                                                f"bytes", _CLOSE)
-                    if not counted:   # chunked: no size up front, so count as it comes
+                        raise RequestError(
+                            413,
+                            f"request body is over the limit of {limits.max_body_bytes} bytes",
+                            _CLOSE,
+                        )
+                    if not counted:  # chunked: no size up front, so count as it comes
                         self._hold_bytes(name, len(chunk), held)
                     parts.append(chunk)
                 if not message.get("more_body", False):
@@ -379,26 +440,41 @@ class OipApp:
         try:
             await _within(limits.body_timeout_s, read())
         except (TimeoutError, asyncio.TimeoutError):
-            raise RequestError(408, f"the request body did not arrive within {limits.body_timeout_s:g} s "
-                                    f"({size} bytes came)", _CLOSE) from None
+            raise RequestError(
+                408,
+                f"the request body did not arrive within {limits.body_timeout_s:g} s "
+                f"({size} bytes came)",
+                _CLOSE,
+            ) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _hold_bytes(self, name: str, size: int, held: list[int]) -> None:
         inflight = self._inflight_bytes[name]
         if inflight and inflight + size > self.limits.max_inflight_bytes:
-            raise RequestError(503, f"model {name!r} holds {inflight} bytes of requests (at most "
-                                    f"{self.limits.max_inflight_bytes}); retry later", _RETRY_AFTER | _CLOSE)
+            raise RequestError(
+                503,
+                f"model {name!r} holds {inflight} bytes of requests (at most "
+                f"{self.limits.max_inflight_bytes}); retry later",
+                _RETRY_AFTER | _CLOSE,
+            )
         self._inflight_bytes[name] = inflight + size
         held[0] += size
 
 
 def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
     """Every route but infer: health, metadata, status, metrics, the status page."""
-    app = FastAPI(title="pt2interp", version=pt2interp.__version__, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="pt2interp",
+        version=pt2interp.__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.servers = models
     app.state.metrics_registry = metrics.registry
-    status_page = files("pt2interp.serve").joinpath("static/status.html").read_text(encoding="utf-8")
+    status_page = (
+        files("pt2interp.serve").joinpath("static/status.html").read_text(encoding="utf-8")
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
@@ -414,7 +490,9 @@ def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
 
     @app.get("/v2")
     async def server_metadata():
-        return _json({"name": "pt2interp", "version": pt2interp.__version__, "extensions": EXTENSIONS})
+        return _json(
+            {"name": "pt2interp", "version": pt2interp.__version__, "extensions": EXTENSIONS}
+        )
 
     @app.get("/v2/health/live")
     async def live():
@@ -450,8 +528,13 @@ def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
 
     @app.get("/v2/status")
     async def status():
-        return _json({"time": time.time(), "version": pt2interp.__version__,
-                      "models": [_model_status(n, s, metrics) for n, s in models.items()]})
+        return _json(
+            {
+                "time": time.time(),
+                "version": pt2interp.__version__,
+                "models": [_model_status(n, s, metrics) for n, s in models.items()],
+            }
+        )
 
     @app.get("/metrics")
     async def prometheus():
@@ -463,19 +546,28 @@ def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
 def _lookup(models: Mapping[str, Server], name: str, version: str | None) -> Server:
     """The server for a route's model name and version; a 404 naming the ones there are."""
     if version is not None and version != "1":
-        raise RequestError(404, f"unknown model version {shown_name(version)} (only version 1 exists)")
+        raise RequestError(
+            404, f"unknown model version {shown_name(version)} (only version 1 exists)"
+        )
     server = models.get(name)
     if server is None:
-        raise RequestError(404, f"unknown model {shown_name(name)} (models: {', '.join(sorted(models)) or 'none'})")
+        raise RequestError(
+            404, f"unknown model {shown_name(name)} (models: {', '.join(sorted(models)) or 'none'})"
+        )
     return server
 
 
 def _model_status(name: str, server: Server, metrics: HttpMetrics) -> dict[str, Any]:
     info = server.info()
-    info["path"] = Path(info["path"]).name   # the file, not where this server keeps it
+    info["path"] = Path(info["path"]).name  # the file, not where this server keeps it
     if info["last_error"]:
         info["last_error"] = _public(info["last_error"])
-    return {"name": name, "info": info, "metadata": server.metadata(), "http": metrics.snapshot(name)}
+    return {
+        "name": name,
+        "info": info,
+        "metadata": server.metadata(),
+        "http": metrics.snapshot(name),
+    }
 
 
 async def _send(send, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -496,14 +588,16 @@ def _int_header(headers: dict[bytes, bytes], key: bytes) -> int | None:
     except ValueError:
         number = -1
     if number < 0:
-        raise RequestError(400, f"header {key.decode()} is not a non-negative integer: {value[:40]!r}")
+        raise RequestError(
+            400, f"header {key.decode()} is not a non-negative integer: {value[:40]!r}"
+        )
     return number
 
 
 def _on_disconnect(waiter: asyncio.Future, task: asyncio.Task) -> None:
     if task.cancelled():
-        return   # the answer came first
-    task.exception()   # retrieved, so asyncio does not log it; a failed receive counts as gone
+        return  # the answer came first
+    task.exception()  # retrieved, so asyncio does not log it; a failed receive counts as gone
     if not waiter.done():
         waiter.set_exception(_Gone())
 
@@ -524,9 +618,11 @@ def _json(content: Any, status: int = 200) -> Response:
 
 
 if hasattr(asyncio, "timeout"):
+
     async def _within(seconds: float, awaitable):
         async with asyncio.timeout(seconds):
             return await awaitable
 else:  # Python 3.10
+
     async def _within(seconds: float, awaitable):
         return await asyncio.wait_for(awaitable, seconds)

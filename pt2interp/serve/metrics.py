@@ -39,7 +39,7 @@ from pt2interp.serve.stats import (
     latency_percentiles_ms,
 )
 
-UNKNOWN_MODEL = "_unknown"   # the label for names no server has (keeps label values bounded)
+UNKNOWN_MODEL = "_unknown"  # the label for names no server has (keeps label values bounded)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -77,19 +77,27 @@ class HttpMetrics:
             # The default instances, registered here too: each reads this process afresh.
             self.registry.register(collector)
         self.responses = PromCounter(
-            "pt2interp_http_responses", "Infer responses by model, status code and status class (2xx, 4xx, "
-            "5xx); 499: the client went away first.", ["model", "code", "class"], registry=self.registry)
+            "pt2interp_http_responses",
+            "Infer responses by model, status code and status class (2xx, 4xx, "
+            "5xx); 499: the client went away first.",
+            ["model", "code", "class"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
-            "pt2interp_http_request_duration_seconds", "Infer requests from the first byte handled to the "
-            "last byte of the response sent.", ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+            "pt2interp_http_request_duration_seconds",
+            "Infer requests from the first byte handled to the last byte of the response sent.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         # Kept by the HTTP app (its event loop alone writes them), read at scrape time.
         self.inflight_bytes: dict[str, int] = dict.fromkeys(models, 0)
         self.inflight_rows: dict[str, int] = dict.fromkeys(models, 0)
         self.registry.register(ServerCollector(models))
         self.registry.register(_InflightCollector(self))
         self._models = {name: ModelHttpStats() for name in models}
-        self._children: dict[tuple[str, int], tuple] = {}   # labels() is dear: once per series
-        self._lock = threading.Lock()   # the status page may be read from another thread
+        self._children: dict[tuple[str, int], tuple] = {}  # labels() is dear: once per series
+        self._lock = threading.Lock()  # the status page may be read from another thread
 
     def observe(self, model: str, status: int, duration_s: float, error: str | None = None) -> None:
         """One answered (or abandoned, 499) infer request."""
@@ -97,8 +105,10 @@ class HttpMetrics:
         cls = status_class(status)
         children = self._children.get((label, status))
         if children is None:
-            children = self._children[(label, status)] = (self.responses.labels(label, str(status), cls),
-                                                          self.duration.labels(label))
+            children = self._children[(label, status)] = (
+                self.responses.labels(label, str(status), cls),
+                self.duration.labels(label),
+            )
         children[0].inc()
         children[1].observe(duration_s)
         stats = self._models.get(model)
@@ -124,10 +134,14 @@ class _InflightCollector:
         self.metrics = metrics
 
     def collect(self):
-        inflight_bytes = GaugeMetricFamily("pt2interp_http_inflight_bytes", "Request body bytes held by "
-                                           "requests being answered.", labels=["model"])
-        inflight_rows = GaugeMetricFamily("pt2interp_http_inflight_rows", "Rows accepted and not yet answered.",
-                                          labels=["model"])
+        inflight_bytes = GaugeMetricFamily(
+            "pt2interp_http_inflight_bytes",
+            "Request body bytes held by requests being answered.",
+            labels=["model"],
+        )
+        inflight_rows = GaugeMetricFamily(
+            "pt2interp_http_inflight_rows", "Rows accepted and not yet answered.", labels=["model"]
+        )
         for name, n in list(self.metrics.inflight_bytes.items()):
             inflight_bytes.add_metric([name], n)
         for name, n in list(self.metrics.inflight_rows.items()):
@@ -142,23 +156,44 @@ class ServerCollector:
         self.models = models
 
     def collect(self):
-        inferences = CounterMetricFamily("pt2interp_inferences", "Requests answered with a result.",
-                                         labels=["model"])
-        errors = CounterMetricFamily("pt2interp_inference_errors", "Requests the model failed (it raised, "
-                                     "or its worker died).", labels=["model"])
-        failures = CounterMetricFamily("pt2interp_request_failures", "Requests answered with an error, by "
-                                       "kind: " + ", ".join(ERROR_KINDS) + ".", labels=["model", "kind"])
-        runs = CounterMetricFamily("pt2interp_model_runs", "Model runs (one per batch).", labels=["model"])
-        restarts = CounterMetricFamily("pt2interp_worker_restarts", "Worker deaths followed by a reload.",
-                                       labels=["model"])
-        queue_depth = GaugeMetricFamily("pt2interp_queue_depth", "Requests waiting for the worker.",
-                                        labels=["model"])
-        ready = GaugeMetricFamily("pt2interp_model_ready", "1 when the model takes requests.", labels=["model"])
-        batch_rows = HistogramMetricFamily("pt2interp_batch_rows", "Rows per model run.", labels=["model"])
-        queue_time = HistogramMetricFamily("pt2interp_queue_duration_seconds", "Time from submission to the "
-                                           "start of the request's first model run.", labels=["model"])
-        compute_time = HistogramMetricFamily("pt2interp_compute_duration_seconds", "Time in the model runs "
-                                             "that served the request.", labels=["model"])
+        inferences = CounterMetricFamily(
+            "pt2interp_inferences", "Requests answered with a result.", labels=["model"]
+        )
+        errors = CounterMetricFamily(
+            "pt2interp_inference_errors",
+            "Requests the model failed (it raised, or its worker died).",
+            labels=["model"],
+        )
+        failures = CounterMetricFamily(
+            "pt2interp_request_failures",
+            "Requests answered with an error, by kind: " + ", ".join(ERROR_KINDS) + ".",
+            labels=["model", "kind"],
+        )
+        runs = CounterMetricFamily(
+            "pt2interp_model_runs", "Model runs (one per batch).", labels=["model"]
+        )
+        restarts = CounterMetricFamily(
+            "pt2interp_worker_restarts", "Worker deaths followed by a reload.", labels=["model"]
+        )
+        queue_depth = GaugeMetricFamily(
+            "pt2interp_queue_depth", "Requests waiting for the worker.", labels=["model"]
+        )
+        ready = GaugeMetricFamily(
+            "pt2interp_model_ready", "1 when the model takes requests.", labels=["model"]
+        )
+        batch_rows = HistogramMetricFamily(
+            "pt2interp_batch_rows", "Rows per model run.", labels=["model"]
+        )
+        queue_time = HistogramMetricFamily(
+            "pt2interp_queue_duration_seconds",
+            "Time from submission to the start of the request's first model run.",
+            labels=["model"],
+        )
+        compute_time = HistogramMetricFamily(
+            "pt2interp_compute_duration_seconds",
+            "Time in the model runs that served the request.",
+            labels=["model"],
+        )
         for name, server in self.models.items():
             info = server.info()
             inferences.add_metric([name], info["inference_count"])
@@ -170,13 +205,27 @@ class ServerCollector:
             queue_depth.add_metric([name], info["queue_depth"])
             ready.add_metric([name], 1.0 if info["ready"] else 0.0)
             dist = {int(k): v for k, v in info["batch_size_distribution"].items()}
-            buckets = [(str(b), sum(n for size, n in dist.items() if size <= b)) for b in _BATCH_BUCKETS]
+            buckets = [
+                (str(b), sum(n for size, n in dist.items() if size <= b)) for b in _BATCH_BUCKETS
+            ]
             buckets.append(("+Inf", sum(dist.values())))
-            batch_rows.add_metric([name], buckets, sum_value=sum(size * n for size, n in dist.items()))
+            batch_rows.add_metric(
+                [name], buckets, sum_value=sum(size * n for size, n in dist.items())
+            )
             for family, key in ((queue_time, "queue_seconds"), (compute_time, "compute_seconds")):
                 hist = info[key]
                 cumulative = [(repr(float(bound)), n) for bound, n in hist["buckets"]]
                 cumulative.append(("+Inf", hist["count"]))
                 family.add_metric([name], cumulative, sum_value=hist["sum"])
-        yield from (inferences, errors, failures, runs, restarts, queue_depth, ready, batch_rows, queue_time,
-                    compute_time)
+        yield from (
+            inferences,
+            errors,
+            failures,
+            runs,
+            restarts,
+            queue_depth,
+            ready,
+            batch_rows,
+            queue_time,
+            compute_time,
+        )

@@ -62,7 +62,7 @@ _JSON_TYPES: dict[str, frozenset] = (
 )
 _NON_FINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _TENSOR_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
-_NAME_SHOWN = 64   # longest name echoed back in an error message
+_NAME_SHOWN = 64  # longest name echoed back in an error message
 
 
 class RequestError(Exception):
@@ -78,7 +78,7 @@ class RequestError(Exception):
 @dataclass
 class RequestedOutput:
     name: str
-    binary: bool | None = None   # None: as the request's binary_data_output says
+    binary: bool | None = None  # None: as the request's binary_data_output says
 
 
 @dataclass
@@ -87,26 +87,35 @@ class InferRequest:
 
     args: tuple
     kwargs: dict
-    rows: int = 1                                   # rows along the batch dimension
+    rows: int = 1  # rows along the batch dimension
     id: str | None = None
-    outputs: list[RequestedOutput] | None = None    # None: every output, in the model's order
-    binary_output: bool = False                     # the request's binary_data_output
+    outputs: list[RequestedOutput] | None = None  # None: every output, in the model's order
+    binary_output: bool = False  # the request's binary_data_output
     leaves: list[Any] = field(default_factory=list, repr=False)
 
 
 def shown_name(name: str) -> str:
     """A name as error messages quote it: cut short, so no client can make us echo megabytes."""
-    return repr(name) if len(name) <= _NAME_SHOWN else repr(name[:_NAME_SHOWN]) + f"... ({len(name)} characters)"
+    return (
+        repr(name)
+        if len(name) <= _NAME_SHOWN
+        else repr(name[:_NAME_SHOWN]) + f"... ({len(name)} characters)"
+    )
 
 
 # -- requests ------------------------------------------------------------------------------------
-def decode_request(body: bytes, layout: BatchLayout, header_length: int | None = None) -> InferRequest:
+def decode_request(
+    body: bytes, layout: BatchLayout, header_length: int | None = None
+) -> InferRequest:
     """An infer request's body (and its ``Inference-Header-Content-Length``, if sent) ->
     :class:`InferRequest`. Raises :class:`RequestError` (400) naming what is wrong."""
     if header_length is not None:
         if not 0 <= header_length <= len(body):
-            raise RequestError(400, f"Inference-Header-Content-Length {header_length} does not fit a body of "
-                                    f"{len(body)} bytes")
+            raise RequestError(
+                400,
+                f"Inference-Header-Content-Length {header_length} does not fit a body of "
+                f"{len(body)} bytes",
+            )
         text, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         text, binary = body, memoryview(b"")
@@ -114,41 +123,50 @@ def decode_request(body: bytes, layout: BatchLayout, header_length: int | None =
         payload = jsontext.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         hint = ""
-        if header_length is None and (isinstance(exc, UnicodeDecodeError) or "Extra data" in str(exc)):
+        if header_length is None and (
+            isinstance(exc, UnicodeDecodeError) or "Extra data" in str(exc)
+        ):
             hint = " (binary tensor data needs the Inference-Header-Content-Length header)"
         raise RequestError(400, f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(payload, dict):
-        raise RequestError(400, "request body must be a JSON object with an \"inputs\" list")
+        raise RequestError(400, 'request body must be a JSON object with an "inputs" list')
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise RequestError(400, f"\"id\" must be a string, got {_json_type(request_id)}")
+        raise RequestError(400, f'"id" must be a string, got {_json_type(request_id)}')
     parameters = _parameters(payload, "the request")
     binary_output = parameters.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise RequestError(400, "parameters.binary_data_output must be true or false")
     tensors = payload.get("inputs")
     if not isinstance(tensors, list):
-        raise RequestError(400, "request body needs \"inputs\": a list of tensors")
+        raise RequestError(400, 'request body needs "inputs": a list of tensors')
 
     slots = {s.name: s for s in layout.inputs}
     given: dict[str, Any] = {}
     offset = 0
     for i, entry in enumerate(tensors):
         if not isinstance(entry, dict):
-            raise RequestError(400, f"inputs[{i}] must be an object with name, shape, datatype and data")
+            raise RequestError(
+                400, f"inputs[{i}] must be an object with name, shape, datatype and data"
+            )
         name = entry.get("name")
         if not isinstance(name, str):
-            raise RequestError(400, f"inputs[{i}] has no \"name\" string")
+            raise RequestError(400, f'inputs[{i}] has no "name" string')
         slot = slots.get(name)
         if slot is None or slot.kind not in ("tensor", "int"):
             known = [s.name for s in layout.inputs if s.kind in ("tensor", "int")]
-            raise RequestError(400, f"the model has no input {shown_name(name)} (inputs: {', '.join(known)})")
+            raise RequestError(
+                400, f"the model has no input {shown_name(name)} (inputs: {', '.join(known)})"
+            )
         if name in given:
             raise RequestError(400, f"input {name!r} is given twice")
         given[name], offset = _decode_tensor(entry, slot, binary, offset)
     if offset != len(binary):
-        raise RequestError(400, f"the body has {len(binary) - offset} bytes of binary data after the inputs' "
-                                f"binary_data_size ({offset} bytes in all)")
+        raise RequestError(
+            400,
+            f"the body has {len(binary) - offset} bytes of binary data after the inputs' "
+            f"binary_data_size ({offset} bytes in all)",
+        )
 
     leaves = []
     for slot in layout.inputs:
@@ -157,41 +175,57 @@ def decode_request(body: bytes, layout: BatchLayout, header_length: int | None =
         elif slot.kind == "constant":
             leaves.append(slot.constant)
         else:
-            raise RequestError(400, f"missing input {slot.name!r} ({slot.datatype} {slot.oip_shape})")
+            raise RequestError(
+                400, f"missing input {slot.name!r} ({slot.datatype} {slot.oip_shape})"
+            )
     try:
         args, kwargs = layout.unbind(leaves)
     except Exception as exc:  # noqa: BLE001 - a structure mismatch, whatever pytree raised
         raise RequestError(400, f"inputs do not fit the model's call: {exc}") from None
-    return InferRequest(args, kwargs, rows=layout.rows_of(leaves), id=request_id,
-                        outputs=_requested_outputs(payload.get("outputs"), layout),
-                        binary_output=binary_output, leaves=leaves)
+    return InferRequest(
+        args,
+        kwargs,
+        rows=layout.rows_of(leaves),
+        id=request_id,
+        outputs=_requested_outputs(payload.get("outputs"), layout),
+        binary_output=binary_output,
+        leaves=leaves,
+    )
 
 
 def _requested_outputs(requested: Any, layout: BatchLayout) -> list[RequestedOutput] | None:
     if requested is None:
         return None
     if not isinstance(requested, list):
-        raise RequestError(400, "\"outputs\" must be a list of objects with a \"name\"")
+        raise RequestError(400, '"outputs" must be a list of objects with a "name"')
     known = {s.name for s in layout.outputs}
     wanted, seen = [], set()
     for i, entry in enumerate(requested):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise RequestError(400, f"outputs[{i}] must be an object with a \"name\" string")
+            raise RequestError(400, f'outputs[{i}] must be an object with a "name" string')
         name = entry["name"]
         if name not in known:
-            raise RequestError(400, f"the model has no output {shown_name(name)} "
-                                    f"(outputs: {', '.join(s.name for s in layout.outputs)})")
+            raise RequestError(
+                400,
+                f"the model has no output {shown_name(name)} "
+                f"(outputs: {', '.join(s.name for s in layout.outputs)})",
+            )
         if name in seen:
             raise RequestError(400, f"output {name!r} is requested twice")
         seen.add(name)
         parameters = _parameters(entry, f"output {name!r}")
         unknown = set(parameters) - {"binary_data"}
         if unknown:
-            raise RequestError(400, f"output {name!r}: unsupported parameters {sorted(unknown)} "
-                                    f"(supported: binary_data)")
+            raise RequestError(
+                400,
+                f"output {name!r}: unsupported parameters {sorted(unknown)} "
+                f"(supported: binary_data)",
+            )
         binary = parameters.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
-            raise RequestError(400, f"output {name!r}: parameters.binary_data must be true or false")
+            raise RequestError(
+                400, f"output {name!r}: parameters.binary_data must be true or false"
+            )
         wanted.append(RequestedOutput(name, binary))
     return wanted
 
@@ -201,7 +235,7 @@ def _parameters(entry: dict, what: str) -> dict:
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
-        raise RequestError(400, f"{what}: \"parameters\" must be an object")
+        raise RequestError(400, f'{what}: "parameters" must be an object')
     return parameters
 
 
@@ -216,12 +250,18 @@ def _decode_tensor(entry: dict, slot, binary: memoryview, offset: int) -> tuple[
     datatype, shape = entry["datatype"], entry["shape"]
     if not isinstance(datatype, str) or datatype not in _JSON_TYPES:
         supported = ", ".join(sorted(_JSON_TYPES))
-        raise RequestError(400, f"input {name!r}: unknown datatype {datatype!r} (supported: {supported})")
+        raise RequestError(
+            400, f"input {name!r}: unknown datatype {datatype!r} (supported: {supported})"
+        )
     if datatype != slot.datatype:
-        raise RequestError(400, f"input {name!r}: datatype {datatype} does not match the model's {slot.datatype}")
+        raise RequestError(
+            400, f"input {name!r}: datatype {datatype} does not match the model's {slot.datatype}"
+        )
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise RequestError(400, f"input {name!r}: shape must be a list of non-negative integers, got "
-                                f"{_short(shape)}")
+        raise RequestError(
+            400,
+            f"input {name!r}: shape must be a list of non-negative integers, got {_short(shape)}",
+        )
     count = math.prod(shape)
     if slot.kind == "int" and count != 1:
         raise RequestError(400, f"input {name!r} is a single integer: shape [1], got {shape}")
@@ -230,15 +270,25 @@ def _decode_tensor(entry: dict, slot, binary: memoryview, offset: int) -> tuple[
     size = parameters.get("binary_data_size")
     if size is not None:
         if "data" in entry:
-            raise RequestError(400, f"input {name!r} has both \"data\" and parameters.binary_data_size")
+            raise RequestError(
+                400, f'input {name!r} has both "data" and parameters.binary_data_size'
+            )
         itemsize = torch.empty((), dtype=dtype).element_size()
         if type(size) is not int or size != count * itemsize:
-            raise RequestError(400, f"input {name!r}: binary_data_size {_short(size)} is not {count * itemsize} "
-                                    f"({count} {datatype} values of {itemsize} bytes)")
+            raise RequestError(
+                400,
+                f"input {name!r}: binary_data_size {_short(size)} is not {count * itemsize} "
+                f"({count} {datatype} values of {itemsize} bytes)",
+            )
         if offset + size > len(binary):
-            raise RequestError(400, f"input {name!r}: binary_data_size {size} runs past the end of the body "
-                                    f"({len(binary) - offset} bytes left)")
-        raw = bytearray(binary[offset:offset + size])   # a copy of our own: torch writes to it freely
+            raise RequestError(
+                400,
+                f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                f"({len(binary) - offset} bytes left)",
+            )
+        raw = bytearray(
+            binary[offset : offset + size]
+        )  # a copy of our own: torch writes to it freely
         tensor = torch.frombuffer(raw, dtype=dtype) if size else torch.empty(0, dtype=dtype)
         value = int(tensor[0]) if slot.kind == "int" else tensor.reshape(shape)
         return value, offset + size
@@ -253,8 +303,16 @@ def _decode_tensor(entry: dict, slot, binary: memoryview, offset: int) -> tuple[
             types.discard(str)
         if not types <= allowed:
             bad = next(v for v in flat if type(v) not in allowed)
-            want = "true or false" if datatype == "BOOL" else "integers" if allowed == {int} else "numbers"
-            raise RequestError(400, f"input {name!r}: {datatype} data must be {want}, found {_short(bad)}")
+            want = (
+                "true or false"
+                if datatype == "BOOL"
+                else "integers"
+                if allowed == {int}
+                else "numbers"
+            )
+            raise RequestError(
+                400, f"input {name!r}: {datatype} data must be {want}, found {_short(bad)}"
+            )
     if slot.kind == "int":
         return int(flat[0]), offset
     try:
@@ -266,11 +324,15 @@ def _decode_tensor(entry: dict, slot, binary: memoryview, offset: int) -> tuple[
 def _flat_values(data: Any, shape: list[int], name: str) -> list:
     """``data`` as a flat list: flat already, or nested exactly as ``shape`` says."""
     if not isinstance(data, list):
-        raise RequestError(400, f"input {name!r}: data must be a list (flat, row-major, or nested as the shape)")
+        raise RequestError(
+            400, f"input {name!r}: data must be a list (flat, row-major, or nested as the shape)"
+        )
     count = math.prod(shape)
     if list not in set(map(type, data)):
         if len(data) != count:
-            raise RequestError(400, f"input {name!r}: shape {shape} holds {count} values but data has {len(data)}")
+            raise RequestError(
+                400, f"input {name!r}: shape {shape} holds {count} values but data has {len(data)}"
+            )
         return data
     level = [data]
     for depth, size in enumerate(shape):
@@ -278,8 +340,11 @@ def _flat_values(data: Any, shape: list[int], name: str) -> list:
         for item in level:
             if type(item) is not list or len(item) != size:
                 got = f"{len(item)} entries" if type(item) is list else _json_type(item)
-                raise RequestError(400, f"input {name!r}: nested data does not follow shape {shape}: at depth "
-                                        f"{depth} a list of {size} was expected, found {got}")
+                raise RequestError(
+                    400,
+                    f"input {name!r}: nested data does not follow shape {shape}: at depth "
+                    f"{depth} a list of {size} was expected, found {got}",
+                )
             below.extend(item)
         level = below
     if list in set(map(type, level)):
@@ -294,15 +359,24 @@ def _non_finite(flat: list, name: str) -> list:
             try:
                 v = _NON_FINITE_IN[v]
             except KeyError:
-                raise RequestError(400, f"input {name!r}: the only strings float data may hold are "
-                                        f"\"NaN\", \"Infinity\" and \"-Infinity\", found {_short(v)}") from None
+                raise RequestError(
+                    400,
+                    f"input {name!r}: the only strings float data may hold are "
+                    f'"NaN", "Infinity" and "-Infinity", found {_short(v)}',
+                ) from None
         out.append(v)
     return out
 
 
 # -- responses -----------------------------------------------------------------------------------
-def encode_response(out: Any, layout: BatchLayout, request: InferRequest, model_name: str, *,
-                    leaves: list[Any] | None = None) -> tuple[bytes, dict[str, str]]:
+def encode_response(
+    out: Any,
+    layout: BatchLayout,
+    request: InferRequest,
+    model_name: str,
+    *,
+    leaves: list[Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
     """The model's result -> (body, headers): JSON, or JSON and binary data when any output is
     asked for in binary. ``leaves``: ``layout.output_leaves(out)``, where the caller has them."""
     if leaves is None:
@@ -323,16 +397,20 @@ def encode_response(out: Any, layout: BatchLayout, request: InferRequest, model_
     answer["outputs"] = described
     try:
         header = dumps(answer)
-    except ValueError:   # NaN or an infinity: JSON has neither (checked only when it happens)
+    except ValueError:  # NaN or an infinity: JSON has neither (checked only when it happens)
         for entry in described:
             if "data" in entry:
-                entry["data"] = [v if not isinstance(v, float) or math.isfinite(v) else _non_finite_text(v)
-                                 for v in entry["data"]]
+                entry["data"] = [
+                    v if not isinstance(v, float) or math.isfinite(v) else _non_finite_text(v)
+                    for v in entry["data"]
+                ]
         header = dumps(answer)
     if not chunks:
         return header, {"content-type": "application/json"}
-    return header + b"".join(chunks), {"content-type": "application/octet-stream",
-                                       HEADER_LENGTH: str(len(header))}
+    return header + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
 
 
 def _encode_value(name: str, value: Any, slot, binary: bool) -> tuple[dict, bytes | None]:
@@ -341,7 +419,11 @@ def _encode_value(name: str, value: Any, slot, binary: bool) -> tuple[dict, byte
         t = value if value.device.type == "cpu" else value.to("cpu")
         entry: dict[str, Any] = {"name": name, "datatype": slot.datatype, "shape": list(t.shape)}
         if binary:
-            raw = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            raw = (
+                t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                if t.numel()
+                else b""
+            )
             entry["parameters"] = {"binary_data_size": len(raw)}
             return entry, raw
         if t.dtype in (torch.float16, torch.bfloat16):
@@ -349,11 +431,22 @@ def _encode_value(name: str, value: Any, slot, binary: bool) -> tuple[dict, byte
         entry["data"] = t.reshape(-1).tolist()
         return entry, None
     if isinstance(value, (bool, int, float)):
-        datatype = "BOOL" if isinstance(value, bool) else "INT64" if isinstance(value, int) else "FP64"
+        datatype = (
+            "BOOL" if isinstance(value, bool) else "INT64" if isinstance(value, int) else "FP64"
+        )
         if binary:
-            raw = torch.tensor([value], dtype=getattr(torch, DTYPE_OF_OIP[datatype])).view(torch.uint8)
-            return ({"name": name, "datatype": datatype, "shape": [1],
-                     "parameters": {"binary_data_size": raw.numel()}}, raw.numpy().tobytes())
+            raw = torch.tensor([value], dtype=getattr(torch, DTYPE_OF_OIP[datatype])).view(
+                torch.uint8
+            )
+            return (
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": [1],
+                    "parameters": {"binary_data_size": raw.numel()},
+                },
+                raw.numpy().tobytes(),
+            )
         if isinstance(value, float) and not math.isfinite(value):
             value = _non_finite_text(value)
         return {"name": name, "datatype": datatype, "shape": [1], "data": [value]}, None
@@ -370,8 +463,15 @@ def dumps(content: Any) -> bytes:
 
 
 def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _short(value: Any) -> str:

@@ -153,7 +153,7 @@ class _RequestQueue:
     def __init__(self):
         self._items: collections.deque[_Request] = collections.deque()
         self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._ring_at = 1          # queue length at which producers ring for a sleeping worker
+        self._ring_at = 1  # queue length at which producers ring for a sleeping worker
         self._sleeping = False
         self.closed = False
 
@@ -192,7 +192,9 @@ class _RequestQueue:
             self._bell.put(None)
         return True
 
-    def take(self, rows: int = 1, deadline: float | None = None, most: int | None = None) -> list[_Request]:
+    def take(
+        self, rows: int = 1, deadline: float | None = None, most: int | None = None
+    ) -> list[_Request]:
         """Wait until ``rows`` rows are pending, ``deadline`` (``time.monotonic()``) passes or the
         queue closes; then take up to ``most`` requests (possibly none). Worker only."""
         rows = max(1, rows)
@@ -274,8 +276,11 @@ class _Request:
         "running",
     )
 
-    def __init__(self, future: concurrent.futures.Future | None = None,
-                 callback: Callable[[Any, BaseException | None], None] | None = None):
+    def __init__(
+        self,
+        future: concurrent.futures.Future | None = None,
+        callback: Callable[[Any, BaseException | None], None] | None = None,
+    ):
         self.id = next(_request_ids)
         self.future = future
         self.callback = callback
@@ -295,8 +300,8 @@ class _Request:
         self.failed = False
         self.has_turn = False
         self.abandoned = False
-        self.first_run: float | None = None   # monotonic start of its first model run
-        self.compute_s = 0.0                  # time in the model runs that served it
+        self.first_run: float | None = None  # monotonic start of its first model run
+        self.compute_s = 0.0  # time in the model runs that served it
 
     @property
     def finished(self) -> bool:
@@ -330,8 +335,8 @@ class _WakeLine:
         self.stall_s = stall_s
         self._waiting: collections.deque[_Request] = collections.deque()
         self._lock = threading.Lock()
-        self._holder: object | None = None     # who wakes the next caller; None: nobody waits
-        self._moved = time.monotonic()         # when the turn last changed hands
+        self._holder: object | None = None  # who wakes the next caller; None: nobody waits
+        self._moved = time.monotonic()  # when the turn last changed hands
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -357,7 +362,9 @@ class _WakeLine:
     def _take_turn(self, only_if_idle: bool) -> None:
         token = object()
         with self._lock:
-            if self._holder is not None and (only_if_idle or time.monotonic() - self._moved < self.stall_s):
+            if self._holder is not None and (
+                only_if_idle or time.monotonic() - self._moved < self.stall_s
+            ):
                 return
             self._holder, self._moved = token, time.monotonic()
         self.pass_turn(token)
@@ -381,7 +388,9 @@ class _WakeLine:
 
 
 def _group_key(request: _Request) -> Any:
-    return request.prepared.group_key if request.prepared is not None else ("unprepared", request.id)
+    return (
+        request.prepared.group_key if request.prepared is not None else ("unprepared", request.id)
+    )
 
 
 class Server:
@@ -396,10 +405,21 @@ class Server:
     processes leave free (see :mod:`pt2interp.serve.cpus`), a number fixes it.
     """
 
-    def __init__(self, path: str | os.PathLike, name: str | None = None, device: str | torch.device | None = None,
-                 batch_size: int = 1, batch_timeout_ms: float = 0, *, request_timeout_s: float = 60.0,
-                 model: str | None = None, threads: int | str | None = None):
-        if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 1,
+        batch_timeout_ms: float = 0,
+        *,
+        request_timeout_s: float = 60.0,
+        model: str | None = None,
+        threads: int | str | None = None,
+    ):
+        if not (
+            threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)
+        ):
             raise ValueError(f"threads must be a positive integer, 'auto' or None, got {threads!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -418,13 +438,13 @@ class Server:
         self._stats = ServerStats()
         self._queue = _RequestQueue()
         self._closed = False
-        self._abort = False                      # shutdown(drain=False): fail instead of run
-        self._closed_event = threading.Event()   # wakes a worker waiting to reload
+        self._abort = False  # shutdown(drain=False): fail instead of run
+        self._closed_event = threading.Event()  # wakes a worker waiting to reload
         self._inflight: list[_Request] = []
         # Runs still to make for requests split into several (see _run_round): one per round, so
         # that a large request shares the worker with those that come after it.
         self._backlog: collections.deque[list[Chunk]] = collections.deque()
-        self._answered: list[_Request] | None = None   # the worker's round: callers to wake
+        self._answered: list[_Request] | None = None  # the worker's round: callers to wake
         self._wake_line = _WakeLine()
         # Requests an HTTP front end is reading, on their way to submit() (see announce()).
         self._front_ends = 0
@@ -434,11 +454,13 @@ class Server:
         self._reloads = 0
         self._consecutive_crashes = 0
         self._ready = False
-        self._load()                             # errors in the archive surface here, at once
+        self._load()  # errors in the archive surface here, at once
         with _REGISTRY_LOCK:
             if self.name in _REGISTRY:
-                raise ValueError(f"a server named {self.name!r} is already running; pass name=... "
-                                 f"or shut that one down first")
+                raise ValueError(
+                    f"a server named {self.name!r} is already running; pass name=... "
+                    f"or shut that one down first"
+                )
             _REGISTRY[self.name] = self
         self._worker = self._start_worker(generation=0)
 
@@ -504,8 +526,10 @@ class Server:
     def _give_up(self, request: _Request):
         """``predict`` waited ``request_timeout_s`` in vain: withdraw the request (if it has not
         started) and raise, unless its answer arrived in the meantime."""
-        error = RequestTimeoutError(f"server {self.name!r}: no answer within {self.request_timeout_s:g} s "
-                                    f"({len(self._queue)} requests queued)")
+        error = RequestTimeoutError(
+            f"server {self.name!r}: no answer within {self.request_timeout_s:g} s "
+            f"({len(self._queue)} requests queued)"
+        )
         if not request.running:
             self._finish(request, error=error)  # withdrawn: the worker skips it
         request.abandoned = True
@@ -524,7 +548,9 @@ class Server:
         future._stop = (self, request)
         return self._submit(request, args, kwargs).future
 
-    def submit_call(self, args: tuple, kwargs: dict, on_done: Callable[[Any, BaseException | None], None]):
+    def submit_call(
+        self, args: tuple, kwargs: dict, on_done: Callable[[Any, BaseException | None], None]
+    ):
         """Queue a request and have ``on_done(result, error)`` called once it is answered, in the
         answering thread (the worker's, as a rule): it must be quick and must not raise. The
         low-level form of :meth:`submit` for front ends (no future, no lock per request);
@@ -539,13 +565,19 @@ class Server:
         The HTTP layer calls this for clients that went away (``RequestCancelledError``) and for
         requests past their deadline (:class:`RequestTimeoutError`), so neither costs model time.
         """
-        if isinstance(future, _Request):      # a handle from submit_call
+        if isinstance(future, _Request):  # a handle from submit_call
             request = future
         else:
             server, request = future._stop
             if server is not self:
-                raise ValueError(f"that future belongs to server {server.name!r}, not {self.name!r}")
-        error = error if error is not None else RequestCancelledError("the caller cancelled the request")
+                raise ValueError(
+                    f"that future belongs to server {server.name!r}, not {self.name!r}"
+                )
+        error = (
+            error
+            if error is not None
+            else RequestCancelledError("the caller cancelled the request")
+        )
         return self._finish(request, error=error)
 
     def attach_front_end(self) -> None:
@@ -580,12 +612,15 @@ class Server:
                 raise ServerClosedError(f"server {self.name!r} is shut down")
             layout = self._layout
             if self._batching:
-                prepared = request.prepared = (layout.prepare_plain(args, kwargs, self.device)
-                                               or layout.prepare(layout.bind(args, kwargs), self.device))
+                prepared = request.prepared = layout.prepare_plain(
+                    args, kwargs, self.device
+                ) or layout.prepare(layout.bind(args, kwargs), self.device)
                 request.rows = prepared.rows
                 request.leaves = prepared.leaves
             else:
-                request.leaves = leaves = layout.check_devices(layout.bind(args, kwargs), self.device)
+                request.leaves = leaves = layout.check_devices(
+                    layout.bind(args, kwargs), self.device
+                )
                 request.rows = layout.rows_of(leaves)
         except Exception as exc:  # noqa: BLE001 - any input problem belongs to this caller alone
             self._finish(request, error=exc)
@@ -594,7 +629,9 @@ class Server:
             self._finish(request, error=ServerClosedError(f"server {self.name!r} is shut down"))
         return request
 
-    def _finish(self, request: _Request, result: Any = None, error: BaseException | None = None) -> bool:
+    def _finish(
+        self, request: _Request, result: Any = None, error: BaseException | None = None
+    ) -> bool:
         """Answer a request exactly once and emit its ``stop`` or ``exception`` event (before the
         caller wakes, so ``info()`` read after ``predict`` returns counts it). False if it had
         been answered already."""
@@ -617,12 +654,24 @@ class Server:
             kind = error_kind(error)
             self._stats.failed(error, kind)
             if self._bus.subscribers:
-                self._bus.emit(ServeEvent("exception", self.name, request_id=request.id, duration_s=duration,
-                                          input_count=request.rows, error=error, error_kind=kind))
+                self._bus.emit(
+                    ServeEvent(
+                        "exception",
+                        self.name,
+                        request_id=request.id,
+                        duration_s=duration,
+                        input_count=request.rows,
+                        error=error,
+                        error_kind=kind,
+                    )
+                )
         else:
             first = request.first_run
-            self._stats.stopped(duration, None if first is None else first - request.enqueued,
-                                None if first is None else request.compute_s)
+            self._stats.stopped(
+                duration,
+                None if first is None else first - request.enqueued,
+                None if first is None else request.compute_s,
+            )
             if self._bus.subscribers:
                 self._bus.emit(self._stop_event(request, duration))
         request.result, request.error = result, error
@@ -630,7 +679,11 @@ class Server:
             request.callback(result, error)
             return True
         answered = self._answered
-        if answered is not None and request.future is None and threading.get_ident() == self._worker_thread_id:
+        if (
+            answered is not None
+            and request.future is None
+            and threading.get_ident() == self._worker_thread_id
+        ):
             answered.append(request)  # woken in turn when the round ends (see _WakeLine)
         else:
             request.done.release()
@@ -650,8 +703,12 @@ class Server:
         if not claimed:
             return
         durations = [now - request.enqueued for request in claimed]
-        self._stats.stopped_together(durations, now, [r.first_run - r.enqueued for r in claimed],
-                                     [r.compute_s for r in claimed])
+        self._stats.stopped_together(
+            durations,
+            now,
+            [r.first_run - r.enqueued for r in claimed],
+            [r.compute_s for r in claimed],
+        )
         if self._bus.subscribers:
             for request, duration in zip(claimed, durations):
                 self._bus.emit(self._stop_event(request, duration))
@@ -662,8 +719,14 @@ class Server:
                 answered.append(request)  # woken in turn when the round ends (see _WakeLine)
 
     def _stop_event(self, request: _Request, duration: float) -> ServeEvent:
-        return ServeEvent("stop", self.name, request_id=request.id, duration_s=duration,
-                          batch_size=request.largest_run or request.rows, input_count=request.rows)
+        return ServeEvent(
+            "stop",
+            self.name,
+            request_id=request.id,
+            duration_s=duration,
+            batch_size=request.largest_run or request.rows,
+            input_count=request.rows,
+        )
 
     # -- telemetry ---------------------------------------------------------------------------------
     def on_event(self, fn: Callable[[ServeEvent], None]) -> Callable[[], None]:
@@ -721,20 +784,32 @@ class Server:
         described = layout.describe()
         if self._batching:
             # Batching takes any number of rows (padding or splitting as needed): say so.
-            for entry, slot in zip(described["inputs"], [s for s in layout.inputs if s.kind in ("tensor", "int")]):
+            for entry, slot in zip(
+                described["inputs"], [s for s in layout.inputs if s.kind in ("tensor", "int")]
+            ):
                 if slot.batch_axis is not None:
                     entry["shape"][slot.batch_axis] = -1
             for entry, slot in zip(described["outputs"], layout.outputs):
                 if slot.batch_axis is not None:
                     entry["shape"][slot.batch_axis] = -1
-        return {"name": self.name, "versions": ["1"], "platform": "pt2interp",
-                "inputs": described["inputs"], "outputs": described["outputs"],
-                "device": str(self.device), "batching": described["batching"]}
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "pt2interp",
+            "inputs": described["inputs"],
+            "outputs": described["outputs"],
+            "device": str(self.device),
+            "batching": described["batching"],
+        }
 
     # -- the worker --------------------------------------------------------------------------------
     def _start_worker(self, generation: int, delay: float = 0.0) -> threading.Thread:
-        thread = threading.Thread(target=self._worker_main, args=(generation, delay), daemon=True,
-                                  name=f"pt2interp-serve-{self.name}-{generation}")
+        thread = threading.Thread(
+            target=self._worker_main,
+            args=(generation, delay),
+            daemon=True,
+            name=f"pt2interp-serve-{self.name}-{generation}",
+        )
         self._worker = thread
         thread.start()
         return thread
@@ -744,8 +819,13 @@ class Server:
         # core) whatever torch.set_num_threads said in the main thread, and oversubscribed
         # BLAS threads spin; restate the process's setting here, where the model runs.
         chooser = ThreadChooser() if self.threads == "auto" else None
-        threads = self.threads if isinstance(self.threads, int) else \
-            chooser.threads_for(0.0) if chooser else torch.get_num_threads()
+        threads = (
+            self.threads
+            if isinstance(self.threads, int)
+            else chooser.threads_for(0.0)
+            if chooser
+            else torch.get_num_threads()
+        )
         torch.set_num_threads(threads)
         self._threads_now = threads
         self._worker_thread_id = threading.get_ident()
@@ -795,7 +875,7 @@ class Server:
             group_rows[key] = group_rows.get(key, 0) + request.rows
         fullest = max(group_rows.values())
         while fullest < cap and len(batch) < most:
-            deadline_now = deadline if self._company_coming() else 0.0   # take what is there and run
+            deadline_now = deadline if self._company_coming() else 0.0  # take what is there and run
             more = self._queue.take(cap - fullest, deadline=deadline_now, most=most - len(batch))
             if not more:
                 return
@@ -817,10 +897,16 @@ class Server:
             if request.finished:
                 continue  # withdrawn by its caller (a timeout) while queued
             if request.future is not None and not request.future.set_running_or_notify_cancel():
-                self._finish(request, error=RequestCancelledError("the caller cancelled the request"))
+                self._finish(
+                    request, error=RequestCancelledError("the caller cancelled the request")
+                )
             elif self._abort:
-                self._finish(request, error=ServerClosedError(
-                    f"server {self.name!r} shut down before this request ran"))
+                self._finish(
+                    request,
+                    error=ServerClosedError(
+                        f"server {self.name!r} shut down before this request ran"
+                    ),
+                )
             else:
                 live.append(request)
         if not live:
@@ -891,8 +977,12 @@ class Server:
             return
         if self._abort:
             for chunk in run:
-                self._finish(chunk.owner, error=ServerClosedError(
-                    f"server {self.name!r} shut down before this request's last run"))
+                self._finish(
+                    chunk.owner,
+                    error=ServerClosedError(
+                        f"server {self.name!r} shut down before this request's last run"
+                    ),
+                )
             return
         layout = self._layout
         started = time.monotonic()
@@ -940,13 +1030,23 @@ class Server:
             answers.append((owner, result))
         self._answer(answers)
 
-    def _ran(self, started: float, rows: int, padding: int = 0, run: list[Chunk] | None = None) -> None:
+    def _ran(
+        self, started: float, rows: int, padding: int = 0, run: list[Chunk] | None = None
+    ) -> None:
         """Count one model run (of ``run``'s chunks; None: one request alone)."""
         self._stats.ran(rows, padding)
         if self._bus.subscribers:
             requests = 1 if run is None else len({id(c.owner) for c in run})
-            self._bus.emit(ServeEvent("batch", self.name, duration_s=time.monotonic() - started,
-                                      batch_size=rows, requests=requests, padding=padding))
+            self._bus.emit(
+                ServeEvent(
+                    "batch",
+                    self.name,
+                    duration_s=time.monotonic() - started,
+                    batch_size=rows,
+                    requests=requests,
+                    padding=padding,
+                )
+            )
 
     def _held(self) -> list[_Request]:
         """The requests the worker holds: its round's and those with runs in the backlog."""
@@ -959,12 +1059,19 @@ class Server:
         held = self._held()
         self._inflight = []
         self._backlog.clear()
-        crash = WorkerCrashedError(f"the worker of server {self.name!r} died while running this request "
-                                   f"({type(exc).__name__}: {exc}); a new worker is reloading the model")
+        crash = WorkerCrashedError(
+            f"the worker of server {self.name!r} died while running this request "
+            f"({type(exc).__name__}: {exc}); a new worker is reloading the model"
+        )
         for request in held:
             self._finish(request, error=crash)
-        log.error("server %r: worker died (%s: %s); restarting and reloading %s",
-                  self.name, type(exc).__name__, exc, self.path)
+        log.error(
+            "server %r: worker died (%s: %s); restarting and reloading %s",
+            self.name,
+            type(exc).__name__,
+            exc,
+            self.path,
+        )
         self._stats.restarted(exc)
         if self._bus.subscribers:
             self._bus.emit(ServeEvent("restart", self.name, error=exc))
@@ -974,7 +1081,9 @@ class Server:
             return
         self._consecutive_crashes += 1
         # A model that crashes on every request must not spin: back off up to 5 s between lives.
-        delay = 0.0 if self._consecutive_crashes <= 1 else min(5.0, 0.05 * 2 ** self._consecutive_crashes)
+        delay = (
+            0.0 if self._consecutive_crashes <= 1 else min(5.0, 0.05 * 2**self._consecutive_crashes)
+        )
         self._start_worker(generation + 1, delay)
 
     def _reload_until_ready(self, delay: float) -> bool:
@@ -993,10 +1102,14 @@ class Server:
             except Exception as exc:  # noqa: BLE001 - a missing or broken file: retry, keep serving
                 attempt += 1
                 self._ready = False
-                log.error("server %r: reloading %s failed (%s); retrying", self.name, self.path, exc)
-                self._fail_queued(f"the model could not be reloaded after a crash: {exc}",
-                                  error_type=ModelUnavailableError)
-                delay = min(5.0, 0.1 * 2 ** attempt)
+                log.error(
+                    "server %r: reloading %s failed (%s); retrying", self.name, self.path, exc
+                )
+                self._fail_queued(
+                    f"the model could not be reloaded after a crash: {exc}",
+                    error_type=ModelUnavailableError,
+                )
+                delay = min(5.0, 0.1 * 2**attempt)
         self._fail_queued("shut down while its worker was restarting")
         return False
 
@@ -1026,8 +1139,12 @@ class Server:
         if self._worker.is_alive():
             # Stuck in a model run: its callers get an answer now; the run's result is dropped.
             for request in self._held():
-                self._finish(request, error=ServerClosedError(
-                    f"server {self.name!r} shut down while this request was running"))
+                self._finish(
+                    request,
+                    error=ServerClosedError(
+                        f"server {self.name!r} shut down while this request was running"
+                    ),
+                )
         self._ready = False
         with _REGISTRY_LOCK:
             if _REGISTRY.get(self.name) is self:

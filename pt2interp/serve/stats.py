@@ -35,8 +35,25 @@ EVENT_KINDS = ("start", "stop", "exception", "batch", "restart")
 
 # Histogram buckets (seconds) for request, queue and compute times: Prometheus's defaults shifted
 # down, since a model run here takes from tens of microseconds to seconds.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                   1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 # How a failed request is counted. Only "model" and "crash" are inference errors (the model or
 # its worker failed); the others are the client's doing or the server saying "not now".
@@ -123,7 +140,7 @@ class Histogram:
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS):
         self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)   # the last one: above every bound (+Inf)
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
@@ -146,21 +163,21 @@ class ServerStats:
         self._lock = threading.Lock()
         self.started_at = time.time()
         self._started_mono = time.monotonic()
-        self.request_count = 0          # started
-        self.inference_count = 0        # finished with a result
-        self.errors_by_kind: Counter[str] = Counter()   # finished with an error, by ERROR_KINDS
-        self.batch_count = 0            # model runs
-        self.rows_run = 0               # real rows over all runs
+        self.request_count = 0  # started
+        self.inference_count = 0  # finished with a result
+        self.errors_by_kind: Counter[str] = Counter()  # finished with an error, by ERROR_KINDS
+        self.batch_count = 0  # model runs
+        self.rows_run = 0  # real rows over all runs
         self.padded_rows = 0
         self.restarts = 0
         self.last_error: str | None = None
         self.last_error_kind: str | None = None
         self.last_error_at: float | None = None
         self.batch_sizes: Counter[int] = Counter()
-        self.queue_time = Histogram()    # submission to the start of the request's first run
+        self.queue_time = Histogram()  # submission to the start of the request's first run
         self.compute_time = Histogram()  # the model runs that served the request, end to end
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._recent: deque[float] = deque()   # monotonic completion times within the window
+        self._recent: deque[float] = deque()  # monotonic completion times within the window
 
     @property
     def error_count(self) -> int:
@@ -187,14 +204,23 @@ class ServerStats:
         with self._lock:
             self.request_count += 1
 
-    def stopped(self, duration_s: float | None, queue_s: float | None = None,
-                compute_s: float | None = None) -> None:
-        self.stopped_together([duration_s], time.monotonic(),
-                              None if queue_s is None else [queue_s],
-                              None if compute_s is None else [compute_s])
+    def stopped(
+        self, duration_s: float | None, queue_s: float | None = None, compute_s: float | None = None
+    ) -> None:
+        self.stopped_together(
+            [duration_s],
+            time.monotonic(),
+            None if queue_s is None else [queue_s],
+            None if compute_s is None else [compute_s],
+        )
 
-    def stopped_together(self, durations_s: list[float | None], now: float,
-                         queue_s: list[float] | None = None, compute_s: list[float] | None = None) -> None:
+    def stopped_together(
+        self,
+        durations_s: list[float | None],
+        now: float,
+        queue_s: list[float] | None = None,
+        compute_s: list[float] | None = None,
+    ) -> None:
         """Requests answered at monotonic time ``now`` (one run's callers), with their latencies
         (None: not known) and, where known, their queue and compute times."""
         with self._lock:
@@ -258,7 +284,9 @@ class ServerStats:
                 "cancelled_count": kinds["cancelled"],
                 "errors_by_kind": {k: kinds[k] for k in ERROR_KINDS},
                 "batch_count": self.batch_count,
-                "mean_batch_size": round(self.rows_run / self.batch_count, 4) if self.batch_count else 0.0,
+                "mean_batch_size": round(self.rows_run / self.batch_count, 4)
+                if self.batch_count
+                else 0.0,
                 "padded_rows": self.padded_rows,
                 "batch_size_distribution": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "restarts": self.restarts,
@@ -292,7 +320,9 @@ def error_kind(error: BaseException | None) -> str:
         return "timeout"
     if isinstance(error, server.RequestCancelledError):
         return "cancelled"
-    if isinstance(error, (server.ServerClosedError, server.ModelUnavailableError, server.ServerBusyError)):
+    if isinstance(
+        error, (server.ServerClosedError, server.ModelUnavailableError, server.ServerBusyError)
+    ):
         return "unavailable"
     if isinstance(error, server.WorkerCrashedError):
         return "crash"
