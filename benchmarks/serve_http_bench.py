@@ -82,10 +82,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# run as a script too (python benchmarks/serve_http_bench.py): the repository's packages first
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.serve_bench import cpu_ticks, steal_share
+
+REPO = Path(__file__).resolve().parent.parent
 
 MODEL = REPO / "fixtures" / "zoo" / "dynamic_batch_mlp.pt2"
 NAME = "mlp"

@@ -78,11 +78,13 @@ from typing import Any
 import httpx
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# run as a script too (python benchmarks/serve_soak.py): the repository's packages first
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pt2interp
 from benchmarks.serve_http_bench import free_port
+
+REPO = Path(__file__).resolve().parent.parent
 
 MLP = "dynamic_batch_mlp"
 MULTI_IO = "multi_io"

@@ -76,14 +76,6 @@ class Module:
         for child in self.children.values():
             yield from child.walk()
 
-    def find(self, path: str) -> Module | None:
-        node = self
-        for part in path.split(".") if path else ():
-            node = node.children.get(part)
-            if node is None:
-                return None
-        return node
-
     def ensure(self, path: str) -> Module:
         node = self
         for part in path.split(".") if path else ():

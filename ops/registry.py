@@ -103,7 +103,6 @@ class OpEntry:
     render: Renderer | None = None
     kernel: Callable | None = None
     sample: Callable | None = None
-    inplace: bool = False
 
 
 REGISTRY: dict[str, OpEntry] = {}
@@ -114,7 +113,6 @@ def register(
     kernel: Callable | None = None,
     sample: Callable | None = None,
     family: str | None = None,
-    inplace: bool | None = None,
 ):
     """Decorator registering a renderer for ``targets`` (see the module docstring)."""
 
@@ -123,20 +121,10 @@ def register(
         for t in targets:
             if t in REGISTRY:
                 raise ValueError(f"op {t} registered twice ({REGISTRY[t].family} and {fam})")
-            ip = inplace if inplace is not None else _looks_inplace(t)
-            REGISTRY[t] = OpEntry(t, fam, render, kernel, sample, ip)
+            REGISTRY[t] = OpEntry(t, fam, render, kernel, sample)
         return render
 
     return wrap
-
-
-def register_many(targets: list[str], render: Renderer | None = None, **kw) -> None:
-    register(*targets, **kw)(render)
-
-
-def _looks_inplace(target: str) -> bool:
-    parts = target.split(".")
-    return len(parts) >= 2 and parts[1].endswith("_") and not parts[1].endswith("__")
 
 
 def registry_key(target: str) -> str:
@@ -255,19 +243,3 @@ def _wrap(src: str) -> str:
     ):
         return s
     return f"({s})"
-
-
-def default_render(c: Call) -> str:
-    """``torch.ops.<target>(...)``: what any op reads as without an entry of its own."""
-    parts = list(c.positional)
-    parts += [f"{k}={v}" for k, v in c.args.items() if k in c.keyword_names]
-    return f"torch.ops.{c.target}({', '.join(parts)})"
-
-
-def samples(entries: list[OpEntry] | None = None) -> list[OpEntry]:
-    """Entries that carry a sample, for the registry's generated tests."""
-    return [e for e in (entries or REGISTRY.values()) if e.sample is not None]
-
-
-def all_targets() -> list[str]:
-    return sorted(REGISTRY)

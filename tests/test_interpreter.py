@@ -39,7 +39,10 @@ def _check_outputs(c, got: dict, want: dict, *, exact: bool):
             g = torch.tensor(g)
         if not isinstance(w, torch.Tensor):
             w = torch.tensor(w)
-        msg = lambda m, key=key: f"{c.id} {key}: {m}"
+
+        def msg(m, key=key):
+            return f"{c.id} {key}: {m}"
+
         if exact:
             torch.testing.assert_close(g, w, rtol=0, atol=0, msg=msg)
             continue

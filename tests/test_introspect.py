@@ -287,7 +287,7 @@ def test_totals_and_module_tree_match_the_exporting_module(name):
             n for n, _ in modules[node.fqn].named_parameters(recurse=False, remove_duplicate=False)
         }
         assert {p.rpartition(".")[2] for p in node.parameters} <= owned
-    for pname, p in module.named_parameters():
+    for pname, _ in module.named_parameters():
         assert any(pname in n.parameters for n in schema.module_tree.walk()), pname
     assert schema.module_tree.parameter_count == sum(
         p.numel() for _, p in module.named_parameters(remove_duplicate=False)

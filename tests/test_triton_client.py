@@ -18,7 +18,7 @@ from pt2interp.serve.http import create_app
 httpclient = pytest.importorskip(
     "tritonclient.http", reason="tritonclient[http] is in the test extras"
 )
-from tritonclient.utils import InferenceServerException
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
 
 DYN_MLP = case("zoo", "dynamic_batch_mlp").path
 MULTI_IO = case("zoo", "multi_io").path
