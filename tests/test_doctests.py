@@ -20,6 +20,7 @@ MODULES = [
     "pt2interp.numpy_weights",
     "pt2interp.jsontext",
     "pt2interp.limits",
+    "pt2interp.serve.handoff",
     "pt2interp.printable",
     "pt2interp.ops.policy",
     "pt2interp.ops.registry",
