@@ -5,6 +5,7 @@
     python -m benchmarks.serve_bench --requests 400      # requests per caller (default 100)
     python -m benchmarks.serve_bench --threads 2         # torch intra-op threads (default 1)
     python -m benchmarks.serve_bench --cpus 0            # pin the process to CPU 0 (Linux)
+    python -m benchmarks.serve_bench --handoff plain     # the server's hand-off: plain or fast
     python -m benchmarks.serve_bench --http              # over HTTP, against KServe, with wrk
 
 ``--http`` measures something else: ``pt2interp serve`` (batching off and on) and KServe's model
@@ -36,7 +37,9 @@ other guests while the model's rounds ran (``/proc/stat``; n/a off Linux).
 
 Before the table it prints what one thread waking another costs on this machine (a lock passed
 back and forth, both threads on one CPU, then on two): every request needs at least one such
-wake-up, its caller's, however large the batch, so where it is dear the speed-up is capped.
+wake-up, its caller's, however large the batch. ``--handoff`` picks how requests and answers
+pass between threads (:mod:`pt2interp.serve.handoff`; default: ``fast`` where the GIL is on).
+Figures, and what they say about the wake-ups and the hand-off: ``benchmarks/NOTES.md``.
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import pt2interp
-from pt2interp.serve import Server
+import pt2interp  # noqa: E402 - after the path is set
+from pt2interp.serve import Server  # noqa: E402
+from pt2interp.serve.handoff import ENV_VAR, KINDS, handoff_kind  # noqa: E402
 
 CALLERS = 32
 
@@ -250,7 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--no-static", action="store_true", help="skip the static small_cnn row")
     parser.add_argument("--cpus", help="pin the process to these CPUs first, e.g. 0 or 0,1 (Linux)")
+    parser.add_argument(
+        "--handoff",
+        choices=KINDS,
+        help="the servers' hand-off (sets PT2INTERP_HANDOFF; default: fast where the GIL is on)",
+    )
     args = parser.parse_args(argv)
+    if args.handoff:
+        os.environ[ENV_VAR] = args.handoff
     if args.cpus:
         if not hasattr(os, "sched_setaffinity"):
             parser.error("--cpus needs os.sched_setaffinity (Linux)")
@@ -275,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                 ("small_cnn (static 2)", REPO / "fixtures" / "zoo" / "small_cnn.pt2", (3, 16, 16))
             )
         print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), {CALLERS} callers x "
-            f"{args.requests} one-row requests, batch_timeout_ms=2, median of {args.repeats}"
+            f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), "
+            f"{CALLERS} callers x {args.requests} one-row requests, batch_timeout_ms=2, "
+            f"median of {args.repeats}, hand-off {handoff_kind()}"
         )
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
         print(f"CPUs: {cpus if cpus is not None else os.cpu_count()}; {describe_wake_ups(cpus)}")
@@ -295,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {label} | {one['rps']:,.0f} | {sixteen['rps']:,.0f} | {ratio:.1f}x "
                 f"| {sixteen['rows_per_run']:.1f} | {one['p50_ms']:.1f} / {one['p99_ms']:.1f} "
                 f"| {sixteen['p50_ms']:.1f} / {sixteen['p99_ms']:.1f} "
-                f"| {one['cpu_us']:.0f} / {sixteen['cpu_us']:.0f} | {figures['cpu_ratio']:.1f}x | {steal} |"
+                f"| {one['cpu_us']:.0f} / {sixteen['cpu_us']:.0f} "
+                f"| {figures['cpu_ratio']:.1f}x | {steal} |"
             )
             print(lines[-1], flush=True)
         print()

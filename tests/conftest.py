@@ -46,3 +46,12 @@ def serve():
     yield start
     for server in started:
         server.shutdown(drain=False, timeout=2.0)
+
+
+@pytest.fixture(scope="module", params=["plain", "fast"])
+def handoff(request):
+    """Runs a module's tests under each hand-off implementation (``PT2INTERP_HANDOFF``, read when
+    a server is made, and inherited by servers in subprocesses); the serving tests use it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PT2INTERP_HANDOFF", request.param)
+        yield request.param

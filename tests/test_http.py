@@ -26,6 +26,8 @@ import pt2interp
 from pt2interp.serve import Server
 from pt2interp.serve.http import create_app
 
+pytestmark = pytest.mark.usefixtures("handoff")  # each test under both hand-offs
+
 DYN_MLP = case("zoo", "dynamic_batch_mlp").path
 MULTI_IO = case("zoo", "multi_io").path
 CNN = case("zoo", "small_cnn").path
@@ -36,7 +38,7 @@ REQUESTS_EACH = int(os.environ.get("PT2INTERP_LOAD_REQUESTS", "200"))
 
 
 @pytest.fixture(scope="module")
-def servers():
+def servers(handoff):
     made = {
         "mlp": Server(DYN_MLP, name="http-mlp"),  # batching off
         "mlp_batched": Server(DYN_MLP, name="http-mlp-batched", batch_size=16, batch_timeout_ms=2),

@@ -29,6 +29,8 @@ import pt2interp
 from pt2interp.serve import Server, oip
 from pt2interp.serve.http import create_app
 
+pytestmark = pytest.mark.usefixtures("handoff")  # each test under both hand-offs
+
 DYN_MLP = case("zoo", "dynamic_batch_mlp").path  # x: FP32 [-1, 16] -> out: FP32 [-1, 8]
 WAIT = 20.0
 

@@ -8,9 +8,7 @@ by the ``serve`` fixture even when the test fails.
 
 from __future__ import annotations
 
-import collections
 import os
-import random
 import shutil
 import threading
 import time
@@ -36,6 +34,8 @@ from pt2interp.serve import (
     list_servers,
 )
 from pt2interp.serve.batching import BatchLayout, PreparedRequest, chunk_request, plan_runs
+
+pytestmark = pytest.mark.usefixtures("handoff")  # each test under both hand-offs
 
 MLP = case("zoo", "mlp").path  # static 4x16 -> 4x8
 DYN_MLP = case("zoo", "dynamic_batch_mlp").path  # batch dim 1..1024
@@ -606,122 +606,6 @@ def test_callers_who_gave_up_do_not_stall_the_callers_after_them():
         assert server.info()["batch_size_distribution"] == {"8": 1}
     finally:
         server.shutdown(drain=False, timeout=2.0)
-
-
-@pytest.mark.parametrize("seed", range(30))
-def test_the_turn_passes_exactly_once_when_a_caller_gives_up_as_it_is_woken(seed):
-    """The wake line against callers giving up at the same moment (the race ``abandoned`` and
-    the non-blocking acquire settle) and against the worker lining up more callers while the
-    turn is being passed: every caller who waits to the end is woken exactly once, and the turn
-    comes back free with nobody left in line."""
-    from pt2interp.serve.server import _Request, _WakeLine
-
-    rng = random.Random(seed)
-    line = _WakeLine()
-    requests = [_Request() for _ in range(24)]
-    gives_up = {i for i in range(len(requests)) if rng.random() < 0.4}
-    woken = collections.Counter()
-    go = threading.Barrier(len(requests) + 1)
-
-    def waiter(i: int, request) -> None:
-        go.wait()
-        if i in gives_up:
-            time.sleep(rng.random() * 0.002)
-            request.abandoned = True  # as Server._give_up does
-            if not request.done.acquire(blocking=False):
-                return
-        else:
-            assert request.done.acquire(timeout=WAIT), f"caller {i} was never woken"
-        woken[i] += 1
-        if request.has_turn:
-            line.pass_turn(request)
-
-    threads = [
-        threading.Thread(target=waiter, args=(i, r), daemon=True) for i, r in enumerate(requests)
-    ]
-    for t in threads:
-        t.start()
-    go.wait()
-    cut = rng.randrange(1, len(requests))  # two rounds of the worker
-    time.sleep(rng.random() * 0.002)
-    line.add(requests[:cut])
-    time.sleep(rng.random() * 0.001)
-    line.add(requests[cut:])
-    for t in threads:
-        t.join(WAIT)
-    assert not any(t.is_alive() for t in threads)
-    assert all(woken[i] == 1 for i in range(len(requests)) if i not in gives_up)
-    assert all(woken[i] <= 1 for i in gives_up)
-    # every done lock has been taken by its caller or passed through; the turn is free again
-    assert all(r.done.locked() for r in requests)
-    assert len(line) == 0 and line._holder is None
-
-
-def test_a_line_whose_turn_is_lost_gets_going_again():
-    """A caller woken by the line who never passes the turn on (a KeyboardInterrupt between
-    waking and passing, say) must not stall the callers behind it: one of them takes the turn
-    over after ``stall_s``, and the lost caller, should it come back, passes nothing twice."""
-    from pt2interp.serve.server import _Request, _WakeLine
-
-    line = _WakeLine(stall_s=0.05)
-    lost, second, third = requests = [_Request() for _ in range(3)]
-    for request in requests:
-        request.claim.acquire()  # answered, as the worker does first
-    line.add(requests)
-    assert lost.done.acquire(blocking=False) and lost.has_turn  # woken; passes nothing
-    started = time.monotonic()
-    assert line.wait(second, timeout=WAIT), "the caller behind a lost turn was never woken"
-    assert time.monotonic() - started < 2.0
-    assert second.has_turn and not third.has_turn
-    line.pass_turn(lost)  # the lost caller comes back: too late
-    assert not third.done.acquire(blocking=False), "the turn was passed twice"
-    line.pass_turn(second)
-    assert line.wait(third, timeout=WAIT) and third.has_turn
-    line.pass_turn(third)
-    assert len(line) == 0 and line._holder is None
-
-
-def test_a_lost_turn_stalls_the_server_only_briefly(serve, monkeypatch):
-    """End to end: the first caller of a run loses its turn; the other callers of that run and
-    every later request are still answered, long before ``request_timeout_s``."""
-    from pt2interp.serve.server import _WakeLine
-
-    server = serve(DYN_MLP, batch_size=4, batch_timeout_ms=5000, request_timeout_s=WAIT)
-    server._wake_line.stall_s = 0.05
-    direct = pt2interp.load(DYN_MLP)
-    lost_once = threading.Event()
-    real_pass_turn = _WakeLine.pass_turn
-
-    def pass_turn_but_lose_the_first(line, holder):
-        if getattr(holder, "has_turn", False) and not lost_once.is_set():
-            lost_once.set()
-            raise KeyboardInterrupt("simulated: arrives between waking and passing the turn")
-        real_pass_turn(line, holder)
-
-    monkeypatch.setattr(_WakeLine, "pass_turn", pass_turn_but_lose_the_first)
-    outcomes: dict[int, object] = {}
-
-    def caller(k: int) -> None:
-        x = torch.full((1, 16), float(k))
-        try:
-            outcomes[k] = _close(server.predict(x), direct(x))
-        except KeyboardInterrupt:
-            outcomes[k] = "interrupted"
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT)
-    assert lost_once.is_set()
-    assert sorted(map(str, outcomes.values())) == ["True"] * 3 + ["interrupted"]
-    assert time.monotonic() - started < 5.0, (
-        "the callers behind the lost turn waited for their timeout"
-    )
-    for _ in range(3):  # and the server goes on (full runs)
-        x = torch.randn(4, 16)
-        assert _close(server.predict(x), direct(x))
 
 
 @pytest.mark.parametrize("first_rows", [1, 10])

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("handoff")  # each test under both hand-offs
+
 REPO = Path(__file__).resolve().parent.parent
 
 

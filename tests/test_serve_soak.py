@@ -18,6 +18,8 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
+pytestmark = pytest.mark.usefixtures("handoff")  # each test under both hand-offs
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -14,8 +14,8 @@ Design, in short:
   so the program needs no locks and torch's intra-op threads do the parallel math.
 * Callers validate their own inputs (in their own threads, so a malformed request never reaches
   the worker and never shares a run), enqueue them and wait, with a timeout, on a lock
-  released once they are answered: answered callers wake one another in turn, in one line per
-  server (:meth:`Server.submit` hands out a ``Future`` instead).
+  released once they are answered (:meth:`Server.submit` hands out a ``Future`` instead). How
+  requests reach the worker and answers their callers is :mod:`pt2interp.serve.handoff`.
 * With ``batch_size > 1`` the worker takes the first request, then keeps taking requests until
   one group of compatible requests (same non-batch shapes, dtypes and shared inputs) holds
   ``batch_size`` rows or the first request has waited ``batch_timeout_ms``; each group runs
@@ -37,7 +37,6 @@ import concurrent.futures
 import itertools
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from pt2interp.serve.batching import (
     plan_runs,
 )
 from pt2interp.serve.cpus import ThreadChooser
+from pt2interp.serve.handoff import make_handoff
 from pt2interp.serve.stats import EventBus, ServeEvent, ServerStats, error_kind
 
 log = logging.getLogger("pt2interp.serve")
@@ -137,120 +137,17 @@ def list_servers() -> dict[str, Server]:
 _request_ids = itertools.count(1)
 
 
-class _RequestQueue:
-    """A FIFO of requests with one consumer, the worker, which it wakes only when there is
-    enough to do: a waiting worker works out how long the queue must grow to hold the rows it
-    wants, and producers ring for it only once it is that long (or the queue closes). Collecting
-    a batch of 16 thus costs the worker one wake-up rather than 16, and each producer one
-    comparison.
-
-    Producers take no lock. A lock every caller must take becomes a convoy under load: a thread
-    that gets the lock while it waits for the GIL holds everyone else up, and each of them then
-    pays a sleep and a wake-up. Here ``deque.append`` and ``popleft`` (atomic under the GIL) carry
-    the requests, and a :class:`queue.SimpleQueue` carries the wake-ups.
-    """
-
-    def __init__(self):
-        self._items: collections.deque[_Request] = collections.deque()
-        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._ring_at = 1  # queue length at which producers ring for a sleeping worker
-        self._sleeping = False
-        self.closed = False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def _requests_needed(self, rows: int) -> int:
-        """The queue length that guarantees ``rows`` pending rows, from what is queued now: every
-        request holds at least one row, so each one that arrives brings one or more."""
-        items = self._items
-        if len(items) >= rows:
-            return 0
-        queued = list(items)  # copied in C, holding the GIL: no append can interleave
-        pending = 0
-        for request in queued:
-            pending += request.rows
-        return 0 if pending >= rows else len(queued) + rows - pending
-
-    def put(self, request: _Request) -> bool:
-        """Queue ``request``; False (and nothing queued) once the queue is closed."""
-        if self.closed:
-            return False
-        items = self._items
-        items.append(request)
-        if self.closed:  # closed meanwhile: withdraw it unless the worker has it already
-            try:
-                items.remove(request)
-                return False
-            except ValueError:
-                return True
-        # The worker sets _sleeping before its last look at the queue, and this looks at
-        # _sleeping after appending: one of the two sees the other, so no wake-up is lost.
-        # One-row requests ring only once there are enough of them (an O(1) test per call); a
-        # larger one always rings, and the worker counts again.
-        if self._sleeping and (len(items) >= self._ring_at or request.rows > 1):
-            self._bell.put(None)
-        return True
-
-    def take(
-        self, rows: int = 1, deadline: float | None = None, most: int | None = None
-    ) -> list[_Request]:
-        """Wait until ``rows`` rows are pending, ``deadline`` (``time.monotonic()``) passes or the
-        queue closes; then take up to ``most`` requests (possibly none). Worker only."""
-        rows = max(1, rows)
-        try:
-            while not self.closed:
-                needed = self._requests_needed(rows)
-                if not needed:
-                    break
-                self._ring_at = needed
-                self._sleeping = True
-                if self.closed or not self._requests_needed(rows):
-                    break
-                timeout = None if deadline is None else deadline - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    break
-                try:
-                    self._bell.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                finally:
-                    self._sleeping = False
-        finally:
-            self._sleeping = False
-        return self._pop(len(self._items) if most is None else most)
-
-    def _pop(self, count: int) -> list[_Request]:
-        taken = []
-        items = self._items
-        for _ in range(count):
-            try:
-                taken.append(items.popleft())
-            except IndexError:
-                break
-        return taken
-
-    def close(self) -> None:
-        """Refuse new requests and wake the worker, which finishes what is queued and ends."""
-        self.closed = True
-        self._bell.put(None)
-
-    def take_all(self) -> list[_Request]:
-        return self._pop(len(self._items))
-
-
 class _Request:
     """One ``predict`` call on its way through the queue.
 
-    A request is answered exactly once (:meth:`Server._finish` wins ``claim``) and its caller
+    A request is answered exactly once (:meth:`Server._complete` wins ``claim``) and its caller
     wakes when ``done``, held from birth, is released: two bare locks, the cheapest hand-off
     between threads CPython has. A :class:`concurrent.futures.Future` is made only for
     :meth:`Server.submit`, whose callers ask for one.
 
-    The callers the worker answers wake one another in turn (see :class:`_WakeLine`):
-    ``has_turn`` says this caller was woken by the line and must wake the next, and
-    ``abandoned`` says the caller gave up waiting (a timeout), so whoever wakes it wakes the
-    next in its place.
+    ``has_turn`` and ``abandoned`` belong to the wake line
+    (:class:`pt2interp.serve.handoff.WakeLine`): this caller must wake the next; this caller
+    gave up waiting (a timeout), so whoever wakes it wakes the next in its place.
     """
 
     __slots__ = (
@@ -308,85 +205,6 @@ class _Request:
         return self.claim.locked()
 
 
-class _WakeLine:
-    """The callers the worker has answered, woken one after another, in the order answered.
-
-    Why a line: woken all at once, the callers of a run only queue again, for the GIL, each
-    paying a second sleep and wake-up there; and two runs' callers woken side by side compete
-    the same way. Measured with 32 callers and runs of 16, one line for the whole server cut the
-    context switches per request from about 2.9 to about 2 (two lines, one per run: 2.9; every
-    caller at once: 4).
-
-    The turn to wake the next caller passes along the line: the worker takes it when it adds
-    callers to an idle line, and a woken caller passes it on first thing (see
-    :meth:`Server.predict`). ``_holder`` says who has it, so that only they can pass it.
-
-    * A caller who has given up (``abandoned``) cannot pass it on: whoever wakes it keeps the
-      turn. ``done.acquire(blocking=False)`` decides between the waker and a caller giving up at
-      the same moment (it sets ``abandoned`` before it tries): exactly one succeeds.
-    * A caller who never passes it on (a ``KeyboardInterrupt`` between waking and passing, say)
-      would stall everyone behind it. Callers therefore wait in slices of ``stall_s``; one whose
-      request is answered but who has not been woken, and who finds that the turn has not moved
-      for ``stall_s``, takes the turn over (:meth:`wait`). Should the old holder come back, it
-      is no longer ``_holder`` and passes nothing.
-    """
-
-    def __init__(self, stall_s: float = 0.25):
-        self.stall_s = stall_s
-        self._waiting: collections.deque[_Request] = collections.deque()
-        self._lock = threading.Lock()
-        self._holder: object | None = None  # who wakes the next caller; None: nobody waits
-        self._moved = time.monotonic()  # when the turn last changed hands
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def add(self, requests: list[_Request]) -> None:
-        """Line up ``requests`` behind those waiting; start waking them if nobody is."""
-        if requests:
-            self._waiting.extend(requests)
-            self._take_turn(only_if_idle=True)
-
-    def wait(self, request: _Request, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for ``request``'s caller to be woken (True) or not."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if request.done.acquire(timeout=max(0.0, min(remaining, self.stall_s))):
-                return True
-            if remaining <= 0:
-                return False
-            if request.finished:  # answered, yet not woken: is the line stuck?
-                self._take_turn(only_if_idle=False)
-
-    def _take_turn(self, only_if_idle: bool) -> None:
-        token = object()
-        with self._lock:
-            if self._holder is not None and (
-                only_if_idle or time.monotonic() - self._moved < self.stall_s
-            ):
-                return
-            self._holder, self._moved = token, time.monotonic()
-        self.pass_turn(token)
-
-    def pass_turn(self, holder: object) -> None:
-        """Wake the next caller in line, if ``holder`` has the turn."""
-        waiting = self._waiting
-        while True:
-            with self._lock:
-                if self._holder is not holder:
-                    return  # taken over while we were away
-                if not waiting:
-                    self._holder = None
-                    return
-                holder = waiting.popleft()
-                self._holder, self._moved = holder, time.monotonic()
-            holder.has_turn = True
-            holder.done.release()
-            if not (holder.abandoned and holder.done.acquire(blocking=False)):
-                return
-
-
 def _group_key(request: _Request) -> Any:
     return (
         request.prepared.group_key if request.prepared is not None else ("unprepared", request.id)
@@ -436,7 +254,8 @@ class Server:
         self._requested_device = device
         self._bus = EventBus()
         self._stats = ServerStats()
-        self._queue = _RequestQueue()
+        # how requests reach the worker and answers their callers (PT2INTERP_HANDOFF picks)
+        self._queue, self._wakeup = make_handoff()
         self._closed = False
         self._abort = False  # shutdown(drain=False): fail instead of run
         self._closed_event = threading.Event()  # wakes a worker waiting to reload
@@ -445,7 +264,6 @@ class Server:
         # that a large request shares the worker with those that come after it.
         self._backlog: collections.deque[list[Chunk]] = collections.deque()
         self._answered: list[_Request] | None = None  # the worker's round: callers to wake
-        self._wake_line = _WakeLine()
         # Requests an HTTP front end is reading, on their way to submit() (see announce()).
         self._front_ends = 0
         self._arriving = 0
@@ -511,14 +329,13 @@ class Server:
         :class:`ServerClosedError` once shut down, or whatever the model raised.
         """
         request = self._submit(_Request(), args, kwargs)
-        if not self._wake_line.wait(request, self.request_timeout_s):
+        if not self._wakeup.wait(request, self.request_timeout_s):
             return self._give_up(request)
         return self._woken(request)
 
     def _woken(self, request: _Request):
         """The answer of a request whose caller has just been woken (and holds ``done``)."""
-        if request.has_turn:
-            self._wake_line.pass_turn(request)  # first thing: the next caller's wait is on us
+        self._wakeup.woken(request)  # first thing: a caller behind may wait on us
         if request.error is not None:
             raise request.error
         return request.result
@@ -532,9 +349,8 @@ class Server:
         )
         if not request.running:
             self._finish(request, error=error)  # withdrawn: the worker skips it
-        request.abandoned = True
-        if not request.done.acquire(blocking=False):
-            raise error  # whoever wakes it later sees `abandoned` and wakes the next caller
+        if not self._wakeup.abandon(request):
+            raise error
         return self._woken(request)
 
     def submit(self, *args, **kwargs) -> ServeFuture:
@@ -632,100 +448,88 @@ class Server:
     def _finish(
         self, request: _Request, result: Any = None, error: BaseException | None = None
     ) -> bool:
-        """Answer a request exactly once and emit its ``stop`` or ``exception`` event (before the
-        caller wakes, so ``info()`` read after ``predict`` returns counts it). False if it had
-        been answered already."""
-        if not request.claim.acquire(blocking=False):
-            return False  # answered already
-        duration = time.monotonic() - request.enqueued
-        future = request.future
-        if future is not None:
-            try:
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-            except concurrent.futures.InvalidStateError:
-                # The caller cancelled after we started. It gets no answer; account for one anyway.
-                if error is None:
-                    error = RequestCancelledError("the caller cancelled the request")
-                    result = None
-        if error is not None:
-            kind = error_kind(error)
-            self._stats.failed(error, kind)
-            if self._bus.subscribers:
-                self._bus.emit(
-                    ServeEvent(
-                        "exception",
-                        self.name,
-                        request_id=request.id,
-                        duration_s=duration,
-                        input_count=request.rows,
-                        error=error,
-                        error_kind=kind,
-                    )
-                )
-        else:
-            first = request.first_run
-            self._stats.stopped(
-                duration,
-                None if first is None else first - request.enqueued,
-                None if first is None else request.compute_s,
-            )
-            if self._bus.subscribers:
-                self._bus.emit(self._stop_event(request, duration))
-        request.result, request.error = result, error
-        if request.callback is not None:
-            request.callback(result, error)
-            return True
-        answered = self._answered
-        if (
-            answered is not None
-            and request.future is None
-            and threading.get_ident() == self._worker_thread_id
-        ):
-            answered.append(request)  # woken in turn when the round ends (see _WakeLine)
-        else:
-            request.done.release()
-        return True
+        """Answer one request (see :meth:`_complete`); False if it had been answered already."""
+        return bool(self._complete([(request, result, error)]))
 
     def _answer(self, answers: list[tuple[_Request, Any]]) -> None:
-        """:meth:`_finish` with results for one run's requests at once (worker only): one clock
-        reading and one stats update for all of them."""
-        now = time.monotonic()
-        claimed, answered = [], self._answered
-        for request, result in answers:
-            if request.future is not None or answered is None:
-                self._finish(request, result=result)  # the uncommon paths, one by one
-            elif request.claim.acquire(blocking=False):
-                request.result = result
-                claimed.append(request)
+        """Answer one run's requests with their results (see :meth:`_complete`)."""
+        self._complete([(request, result, None) for request, result in answers])
+
+    def _complete(self, outcomes: list[tuple[_Request, Any, BaseException | None]]) -> int:
+        """Answer each request of ``(request, result, error)`` not answered yet (the one way a
+        request is answered): set its future, count it and emit its ``stop`` or ``exception``
+        event, then call its callback or wake its caller (after counting, so ``info()`` read
+        after ``predict`` returns counts it). On the worker, within a round, callers are woken
+        together when the round ends. Returns how many were answered here."""
+        now = time.monotonic()  # one clock reading for all of them
+        claimed: list[_Request] = []
+        for request, result, error in outcomes:
+            if not request.claim.acquire(blocking=False):
+                continue  # answered already
+            future = request.future
+            if future is not None:
+                try:
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(result)
+                except concurrent.futures.InvalidStateError:
+                    # The caller cancelled after we started. It gets no answer; count one anyway.
+                    if error is None:
+                        error = RequestCancelledError("the caller cancelled the request")
+                        result = None
+            request.result, request.error = result, error
+            claimed.append(request)
         if not claimed:
-            return
-        durations = [now - request.enqueued for request in claimed]
-        self._stats.stopped_together(
-            durations,
-            now,
-            [r.first_run - r.enqueued for r in claimed],
-            [r.compute_s for r in claimed],
-        )
+            return 0
+        answered = [r for r in claimed if r.error is None]
+        if answered:
+            ran = [r for r in answered if r.first_run is not None]
+            self._stats.stopped_together(
+                [now - r.enqueued for r in answered],
+                now,
+                [r.first_run - r.enqueued for r in ran],
+                [r.compute_s for r in ran],
+            )
+        for request in claimed:
+            error = request.error
+            if error is not None:
+                self._stats.failed(error, error_kind(error))
         if self._bus.subscribers:
-            for request, duration in zip(claimed, durations):
-                self._bus.emit(self._stop_event(request, duration))
+            for request in claimed:
+                self._bus.emit(self._end_event(request, now - request.enqueued))
+        wake_later = self._answered  # the worker's round, if this is the worker in one
+        if wake_later is not None and threading.get_ident() != self._worker_thread_id:
+            wake_later = None
         for request in claimed:
             if request.callback is not None:
-                request.callback(request.result, None)
+                request.callback(request.result, request.error)
+            elif wake_later is not None and request.future is None:
+                wake_later.append(request)  # woken in turn when the round ends
             else:
-                answered.append(request)  # woken in turn when the round ends (see _WakeLine)
+                self._wakeup.wake(request)
+        return len(claimed)
 
-    def _stop_event(self, request: _Request, duration: float) -> ServeEvent:
+    def _end_event(self, request: _Request, duration: float) -> ServeEvent:
+        """The ``stop`` or ``exception`` event of an answered request."""
+        error = request.error
+        if error is None:
+            return ServeEvent(
+                "stop",
+                self.name,
+                request_id=request.id,
+                duration_s=duration,
+                batch_size=request.largest_run or request.rows,
+                input_count=request.rows,
+            )
         return ServeEvent(
-            "stop",
+            "exception",
             self.name,
             request_id=request.id,
             duration_s=duration,
-            batch_size=request.largest_run or request.rows,
             input_count=request.rows,
+            error=error,
+            error_kind=error_kind(error),
         )
 
     # -- telemetry ---------------------------------------------------------------------------------
@@ -747,11 +551,11 @@ class Server:
         """Path, name, device, counts, mean batch size, uptime, latency percentiles and more.
 
         Keys: ``name``, ``path``, ``device``, ``ready``, ``batch_size``, ``batch_timeout_ms``,
-        ``threads``, ``batching``, ``batching_note``, ``rows_per_run``, ``queue_depth``, ``inference_count``,
-        ``error_count``, ``request_count``, ``batch_count``, ``mean_batch_size``,
-        ``batch_size_distribution`` (rows per run -> runs), ``padded_rows``, ``restarts``,
-        ``reloads``, ``last_error``, ``uptime_s``, ``throughput_rps`` (over the last 10 s),
-        ``latency_ms`` (``p50``/``p95``/``p99`` over the last 10,000 successful requests).
+        ``threads``, ``batching``, ``batching_note``, ``rows_per_run``, ``queue_depth``,
+        ``inference_count``, ``error_count``, ``request_count``, ``batch_count``,
+        ``mean_batch_size``, ``batch_size_distribution`` (rows per run -> runs), ``padded_rows``,
+        ``restarts``, ``reloads``, ``last_error``, ``uptime_s``, ``throughput_rps`` (over the last
+        10 s), ``latency_ms`` (``p50``/``p95``/``p99`` over the last 10,000 successful requests).
         """
         layout = self._layout
         note = None
@@ -857,7 +661,7 @@ class Server:
                         self._run_chunks(backlog.popleft())
                 finally:  # the worker may be dying: its callers are woken all the same
                     self._answered = None
-                    self._wake_line.add(answered)
+                    self._wakeup.wake_in_turn(answered)
                 self._inflight = []
                 self._consecutive_crashes = 0
         except BaseException as exc:  # noqa: BLE001 - the worker's death, whatever killed it
@@ -1160,4 +964,7 @@ class Server:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("ready" if self._ready else "restarting")
-        return f"<Server {self.name!r} {self.path} device={self.device} batch_size={self.batch_size} {state}>"
+        return (
+            f"<Server {self.name!r} {self.path} device={self.device} "
+            f"batch_size={self.batch_size} {state}>"
+        )
