@@ -13,7 +13,6 @@ Arguments are :class:`Argument` values: a ``kind`` (``"tensor"``, ``"ints"``,
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,9 +164,8 @@ class Argument:
 class NamedArgument:
     name: str
     arg: Argument
-    kind: int | None = (
-        None  # 1 positional, 2 keyword: recorded from torch 2.7, else versions.unrecorded_input_kind
-    )
+    # versions.INPUT_KIND_POSITIONAL or _KEYWORD; None where the file does not say
+    kind: int | None = None
 
     @property
     def is_keyword(self) -> bool:
@@ -203,7 +201,7 @@ class Node:
     @property
     def hop_returns_one_tensor(self) -> bool:
         """For a higher-order op: it returns one tensor, not a sequence of outputs."""
-        return versions.hop_returns_one_tensor(self.target, self.is_hop_single_tensor_return)
+        return self.is_hop_single_tensor_return is True
 
     @property
     def torch_fn(self) -> str | None:
@@ -460,9 +458,8 @@ def _parse_nn_module_stack(text: str) -> tuple[ModuleFrame, ...]:
 class _Parser:
     """Walks the JSON with a path for every error. One instance per archive member."""
 
-    def __init__(self, member: str, version: tuple[int, int], *, outline: bool = False):
+    def __init__(self, member: str, *, outline: bool = False):
         self.member = member
-        self.version = version
         self.outline = outline
         # Graphs repeat the same static metadata (same shape, dtype, device) many times; the
         # dataclasses are frozen, so equal JSON can share one parsed value.
@@ -516,16 +513,12 @@ class _Parser:
         raise self.fail(path, f"expected a number, got {_type_name(v)}")
 
     def union(self, v: Any, path: str) -> tuple[str, Any]:
-        """(tag, value) of a union, from a one-key object or an every-tag-present object."""
+        """(tag, value) of a union: a one-key object."""
         d = self.obj(v, path)
-        if len(d) == 1:
-            ((tag, val),) = d.items()
-        else:
-            present = [(k, x) for k, x in d.items() if x is not None and k != "type"]
-            if len(present) != 1:
-                raise self.fail(path, f"expected exactly one field of a union, found {sorted(d)}")
-            tag, val = present[0]
-        return versions.ARGUMENT_TAG_RENAMES.get(tag, tag), val
+        if len(d) != 1:
+            raise self.fail(path, f"expected exactly one field of a union, found {sorted(d)}")
+        ((tag, val),) = d.items()
+        return tag, val
 
     # -- leaf types ------------------------------------------------------------------
     def dtype(self, v: Any, path: str) -> str:
@@ -623,8 +616,6 @@ class _Parser:
 
     # -- arguments -------------------------------------------------------------------
     def ref(self, v: Any, path: str) -> Ref:
-        if isinstance(v, str):  # optional tensors before schema 5.3 held the bare name
-            return Ref(v)
         d = self.obj(v, path)
         return Ref(self.str_(self.req(d, "name", path), path + ".name"))
 
@@ -779,13 +770,6 @@ class _Parser:
                 "string_to_argument",
                 {k: self.argument(x, f"{p}.{k}", depth + 1) for k, x in d.items()},
             )
-        if tag in ("as_token", "as_tokens"):
-            # torch 2.4/2.5 wrote effect tokens as their own kind in graph inputs/outputs
-            if tag == "as_token":
-                return Argument("tensor", self.ref(val, p))
-            return Argument(
-                "tensors", tuple(self.ref(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
-            )
         raise self.fail(path, f"unknown argument kind '{tag}'")
 
     # -- graph -----------------------------------------------------------------------
@@ -828,7 +812,7 @@ class _Parser:
                 NamedArgument(
                     name,
                     self.argument(self.req(xd, "arg", ip), ip + ".arg", depth),
-                    kind if type(kind) is int else versions.unrecorded_input_kind(target, name),
+                    kind if type(kind) is int else None,
                 )
             )
         outputs = [
@@ -974,7 +958,6 @@ class _Parser:
 
     def signature(self, v: Any, path: str) -> GraphSignature:
         d = self.obj(v, path)
-        d = {versions.SIGNATURE_RENAMES.get(k, k): x for k, x in d.items()}
         if "input_specs" not in d:
             raise self.fail(
                 path, "signature has no input_specs (schema 1 signatures are not supported)"
@@ -995,14 +978,10 @@ class _Parser:
     def bound(self, v: Any, path: str) -> int | None:
         if v is None:
             return None
-        if isinstance(v, str) and v in versions.SPECIAL_FLOATS:
-            return None
-        if isinstance(v, float):
-            if math.isinf(v) or math.isnan(v) or abs(v) >= versions.UNBOUNDED_THRESHOLD:
-                return None
+        if isinstance(v, float):  # unbounded ones are null after versions.normalize
             return int(v)
         if type(v) is int:
-            return None if abs(v) >= versions.UNBOUNDED_THRESHOLD else v
+            return v
         raise self.fail(path, f"expected an integer bound, got {_type_name(v)}")
 
     def module_call_graph(self, v: Any, path: str, nt_fields: dict) -> list[ModuleCallEntry]:
@@ -1051,7 +1030,7 @@ def schema_version_of(doc: Any, member: str) -> tuple[int, int]:
         )
     sv = doc.get("schema_version")
     if sv is None:
-        major, minor = 1, 0  # torch 2.1 wrote no version inside the JSON
+        major, minor = versions.VERSION_WHEN_UNRECORDED
     elif isinstance(sv, dict) and type(sv.get("major")) is int:
         major, minor = sv["major"], sv.get("minor", 0)
         if type(minor) is not int:
@@ -1065,7 +1044,8 @@ def schema_version_of(doc: Any, member: str) -> tuple[int, int]:
     if major not in versions.SUPPORTED_MAJORS:
         raise SchemaError(
             f"unknown schema major {major} (this pt2interp reads majors "
-            f"{min(versions.SUPPORTED_MAJORS)} to {max(versions.SUPPORTED_MAJORS)}: torch 2.3 and later)",
+            f"{min(versions.SUPPORTED_MAJORS)} to {max(versions.SUPPORTED_MAJORS)}: "
+            "torch 2.3 and later)",
             member=member,
             path="schema_version.major",
         )
@@ -1080,7 +1060,8 @@ def parse_exported_program(doc: Any, member: str, *, outline: bool = False) -> E
     (``graph.outline``) and cannot be run or turned into source.
     """
     version = schema_version_of(doc, member)
-    p = _Parser(member, version, outline=outline)
+    versions.normalize(doc, version)
+    p = _Parser(member, outline=outline)
     gm = p.obj(p.req(doc, "graph_module", "$"), "graph_module")
     nt_raw = p.obj(
         gm.get("treespec_namedtuple_fields") or {}, "graph_module.treespec_namedtuple_fields"
@@ -1094,9 +1075,7 @@ def parse_exported_program(doc: Any, member: str, *, outline: bool = False) -> E
             p.bound(rd.get("min_val"), rp + ".min_val"), p.bound(rd.get("max_val"), rp + ".max_val")
         )
     verifiers = doc.get("verifiers")
-    if not isinstance(verifiers, list):
-        dialect = doc.get("dialect")
-        verifiers = [dialect] if isinstance(dialect, str) and dialect else []
+    verifiers = verifiers if isinstance(verifiers, list) else []
     tv = doc.get("torch_version")
     return ExportedProgramModel(
         graph=p.graph(p.req(gm, "graph", "graph_module"), "graph_module.graph"),
@@ -1112,7 +1091,7 @@ def parse_exported_program(doc: Any, member: str, *, outline: bool = False) -> E
             if type(v) is int
         },
         verifiers=[x for x in verifiers if isinstance(x, str)],
-        torch_version=tv if isinstance(tv, str) and tv != "<=2.4" else None,
+        torch_version=tv if isinstance(tv, str) else None,
         metadata={
             k: v
             for k, v in p.obj(gm.get("metadata") or {}, "graph_module.metadata").items()
@@ -1126,7 +1105,7 @@ def parse_exported_program(doc: Any, member: str, *, outline: bool = False) -> E
 
 def parse_payload_config(doc: Any, member: str) -> dict[str, PayloadMeta]:
     """Parse ``model_weights_config.json`` / ``model_constants_config.json`` (torch 2.9+)."""
-    p = _Parser(member, versions.NEWEST_KNOWN)
+    p = _Parser(member)
     cfg = p.obj(p.req(p.obj(doc, "$"), "config", "$"), "config")
     out = {}
     for fqn, meta in cfg.items():
@@ -1329,7 +1308,7 @@ def _plain_node(d: Any) -> Node | None:
             NamedArgument(
                 name,
                 arg,
-                kind if kind.__class__ is int else versions.unrecorded_input_kind(target, name),
+                kind if kind.__class__ is int else None,
             )
         )
     outputs = list(map(_plain_argument, raw_outputs))
