@@ -91,28 +91,6 @@ ARGUMENT_TAG_RENAMES: dict[str, str] = {
 # Signature field spellings, old → current.
 SIGNATURE_RENAMES: dict[str, str] = {}
 
-# Input spec kinds and the key that holds each one's state-dict name.
-INPUT_SPEC_TARGET_FIELDS: dict[str, str | None] = {
-    "user_input": None,
-    "parameter": "parameter_name",
-    "buffer": "buffer_name",
-    "tensor_constant": "tensor_constant_name",
-    "custom_obj": "custom_obj_name",
-    "token": None,
-    "constant_input": None,
-}
-
-OUTPUT_SPEC_TARGET_FIELDS: dict[str, str | None] = {
-    "user_output": None,
-    "loss_output": None,
-    "buffer_mutation": "buffer_name",
-    "parameter_mutation": "parameter_name",
-    "gradient_to_parameter": "parameter_name",
-    "gradient_to_user_input": "user_input_name",
-    "user_input_mutation": "user_input_name",
-    "token": None,
-}
-
 # Whether a higher-order op returns one tensor rather than a sequence of outputs: archives record
 # it per node (is_hop_single_tensor_return) in newer releases; for older ones it is the op's own
 # (out_dtype returns its op's tensor; cond, while_loop, map, scan, the wrappers a list).
