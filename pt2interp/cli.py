@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from pt2interp.errors import Pt2Error
+from pt2interp.kinds import ArgKind, InputKind
 from pt2interp.printable import printable
 
 _MAX_SHOWN = 300  # characters of one name in a table or output line
@@ -281,12 +282,12 @@ def _random_inputs(prog) -> dict:
     from pt2interp.weights import torch_dtype
 
     model = prog.program.model
-    leaves = [s for s in model.signature.input_specs if s.kind in ("user_input", "constant_input")]
+    leaves = [s for s in model.signature.input_specs if s.kind.is_passed]
     out = {}
     for (name, _keyword), spec in zip(prog.input_names, leaves):
-        if spec.kind == "constant_input":
+        if spec.kind is InputKind.CONSTANT_INPUT:
             continue  # the recorded constant is the default
-        if spec.arg.kind != "tensor":
+        if spec.arg.kind is not ArgKind.TENSOR:
             raise Pt2Error(
                 f"--random cannot make a value for input {shown(name)!r} ({spec.arg.kind}); "
                 f"pass --inputs with real data instead"

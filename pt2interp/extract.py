@@ -32,6 +32,7 @@ import numpy as np
 
 from pt2interp import jsontext
 from pt2interp.errors import WeightError
+from pt2interp.kinds import InputKind
 from pt2interp.program import Program, read_program
 
 if TYPE_CHECKING:
@@ -78,8 +79,8 @@ def _select(
     ``state``/``constants`` hold ``(name, value, is_parameter)``.
     """
     sig = program.signature
-    param_names = {s.target for s in sig.inputs_of("parameter")}
-    buffer_names = {s.target for s in sig.inputs_of("buffer")}
+    param_names = {s.target for s in sig.inputs_of(InputKind.PARAMETER)}
+    buffer_names = {s.target for s in sig.inputs_of(InputKind.BUFFER)}
     out = []
     for name, value, is_param in state:
         if is_param or name in param_names:
