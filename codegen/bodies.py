@@ -37,6 +37,7 @@ from pt2interp.codegen.statements import (
 )
 from pt2interp.codegen.tree import ChildItem, Module, NodeItem, frames_of
 from pt2interp.errors import GraphError, UnsupportedOpError
+from pt2interp.kinds import ArgKind
 from pt2interp.ops.registry import Call, lookup
 from pt2interp.schema import Argument, Graph, Node
 
@@ -45,7 +46,7 @@ MARKER = re.compile(r"^_v(\d+)$")
 
 def _grad_header(node: Node, source: Callable) -> str:
     enabled = node.inputs[0].arg
-    if enabled.kind == "bool":
+    if enabled.kind is ArgKind.BOOL:
         return "with torch.enable_grad():" if enabled.value else "with torch.no_grad():"
     return f"with torch.set_grad_enabled({source(enabled)}):"
 
@@ -59,6 +60,12 @@ def _autocast_header(node: Node, source: Callable) -> str:
 # torch.func.jvp turns forward-mode AD on inside its level, which export does not record; the
 # generated code does it in a ``with`` block between the level's enter and exit, so tangents
 # are computed under torch.inference_mode() too (it turns forward-mode AD off)
+# Arguments that hand an op tensors (whose device a factory call follows instead of its own).
+_TENSOR_KINDS = frozenset(
+    {ArgKind.TENSOR, ArgKind.TENSORS, ArgKind.OPTIONAL_TENSOR, ArgKind.OPTIONAL_TENSORS}
+)
+# Operands a helper method takes as one named parameter each.
+_OPERAND_KINDS = frozenset({ArgKind.TENSOR, ArgKind.SYM_INT, ArgKind.SYM_FLOAT, ArgKind.SYM_BOOL})
 _JVP_ENTER = "torch._functorch.predispatch._jvp_increment_nesting"
 _JVP_EXIT = "torch._functorch.predispatch._jvp_decrement_nesting"
 _FORWARD_AD_HEADER = "with torch.autograd.forward_ad._set_fwd_grad_enabled(True):"
@@ -73,11 +80,11 @@ _HELPER_NAMES = {
 
 def _items(arg: Argument, node: Node) -> list[Argument]:
     """The values of a list argument (``tensors``, ``sym_ints``, ``ints``), one Argument each."""
-    if arg.kind == "tensors":
-        return [Argument("tensor", r) for r in arg.value]
-    if arg.kind in ("sym_ints", "ints"):
+    if arg.kind is ArgKind.TENSORS:
+        return [Argument(ArgKind.TENSOR, r) for r in arg.value]
+    if arg.kind in (ArgKind.SYM_INTS, ArgKind.INTS):
         return [
-            Argument("int", v) if isinstance(v, int) else Argument("sym_int", v) for v in arg.value
+            Argument(ArgKind.INT if isinstance(v, int) else ArgKind.SYM_INT, v) for v in arg.value
         ]
     raise UnsupportedOpError(
         f"node {node.label}: a {arg.kind} argument where {node.target} takes a list"
@@ -291,7 +298,7 @@ class BodyBuilder:
         if region is not None:
             self.emit_region(node, *region)
             return
-        if any(na.arg.kind == "graph" for na in node.inputs):
+        if any(na.arg.kind is ArgKind.GRAPH for na in node.inputs):
             self.emit_hop(node)
             return
         if node.target == "torch.ops.higher_order.with_effects":
@@ -328,13 +335,9 @@ class BodyBuilder:
         """``x.device`` for an op that makes a tensor from nothing (``torch.arange(n,
         device=...)``), so the module runs where its input lives, as the original code
         most likely did (``device=idx.device``); None keeps the recorded device."""
-        if not any(na.arg.kind == "device" for na in node.inputs):
+        if not any(na.arg.kind is ArgKind.DEVICE for na in node.inputs):
             return None
-        if any(
-            na.arg.kind in ("tensor", "tensors", "optional_tensor", "optional_tensors")
-            and na.arg.refs()
-            for na in node.inputs
-        ):
+        if any(na.arg.kind in _TENSOR_KINDS and na.arg.refs() for na in node.inputs):
             return None  # `.to(device)` and friends move a tensor on purpose: keep theirs
         for marker in self.code.params:
             if self.code.values[marker] in self.tensor_values:
@@ -346,7 +349,11 @@ class BodyBuilder:
         Python); the node's result is the same tensor, so it keeps the local's name."""
         symbol = _AUGMENTED.get(node.target)
         args = {na.name: na.arg for na in node.inputs}
-        if symbol is None or set(args) != {"self", "other"} or args["self"].kind != "tensor":
+        if (
+            symbol is None
+            or set(args) != {"self", "other"}
+            or args["self"].kind is not ArgKind.TENSOR
+        ):
             return False
         receiver = self.source(args["self"].value.name)
         if not MARKER.match(receiver):
@@ -411,7 +418,7 @@ class BodyBuilder:
         not export again as ``torch.cond``, which needs the branches as callables.
         """
         ins = [na.arg for na in node.inputs]
-        if len(ins) < 3 or ins[1].kind != "graph" or ins[2].kind != "graph":
+        if len(ins) < 3 or ins[1].kind is not ArgKind.GRAPH or ins[2].kind is not ArgKind.GRAPH:
             raise UnsupportedOpError(f"cond node {node.label}: unexpected arguments")
         pred = argument_source(ins[0], self.source)
         operands = ins[3].refs() if len(ins) > 3 else []
@@ -447,7 +454,11 @@ class BodyBuilder:
         (Torch's own ``while_loop`` traces its functions when gradients are on, and cannot trace a
         bound method.)"""
         ins = node.inputs
-        if len(ins) < 3 or ins[0].arg.kind != "graph" or ins[1].arg.kind != "graph":
+        if (
+            len(ins) < 3
+            or ins[0].arg.kind is not ArgKind.GRAPH
+            or ins[1].arg.kind is not ArgKind.GRAPH
+        ):
             raise UnsupportedOpError(f"while_loop node {node.label}: unexpected arguments")
         carried = _items(ins[2].arg, node)
         additional = _items(ins[3].arg, node) if len(ins) > 3 else []
@@ -485,7 +496,7 @@ class BodyBuilder:
         """A higher-order op that runs one subgraph on operands, as a call of a helper method
         (under a ``with`` block for the grad and autocast regions): what it does in eager mode."""
         ins = node.inputs
-        if len(ins) <= graph_at or ins[graph_at].arg.kind != "graph":
+        if len(ins) <= graph_at or ins[graph_at].arg.kind is not ArgKind.GRAPH:
             raise UnsupportedOpError(
                 f"node {node.label}: input {graph_at} of {node.target} is not a subgraph"
             )
@@ -493,9 +504,9 @@ class BodyBuilder:
         for na in ins[operands_at:]:
             if na.is_keyword:
                 continue  # checkpoint policy, hints: nothing eager code needs
-            if na.arg.kind == "tensors":
-                operand_args += [Argument("tensor", r) for r in na.arg.value]
-            elif na.arg.kind == "string_to_argument":
+            if na.arg.kind is ArgKind.TENSORS:
+                operand_args += [Argument(ArgKind.TENSOR, r) for r in na.arg.value]
+            elif na.arg.kind is ArgKind.STRING_TO_ARGUMENT:
                 if na.arg.value:
                     raise UnsupportedOpError(
                         f"node {node.label}: keyword operands of {node.target}"
@@ -506,10 +517,7 @@ class BodyBuilder:
         if not graph.nodes and not graph.outputs:
             return  # an empty region (export leaves one where a block held only a grad switch)
         refs = [
-            a.refs()[0]
-            if a.kind in ("tensor", "sym_int", "sym_float", "sym_bool") and a.refs()
-            else None
-            for a in operand_args
+            a.refs()[0] if a.kind in _OPERAND_KINDS and a.refs() else None for a in operand_args
         ]
         here = source_line(node, self.module.path) if self.plan.comments else None
         name = self.ctx.helper_name(hint)
@@ -582,16 +590,17 @@ class BodyBuilder:
         positional = []
         operands: list[str] = []
         for na in node.inputs:
-            if na.arg.kind == "graph":
+            if na.arg.kind is ArgKind.GRAPH:
                 positional.append(None)
             else:
                 positional.append(argument_source(na.arg, self.source))
                 operands += na.arg.refs()
         for i, na in enumerate(node.inputs):
-            if na.arg.kind == "graph":
+            if na.arg.kind is ArgKind.GRAPH:
                 name = self.ctx.helper_name(_HELPER_NAMES.get(node.target, "subgraph"))
                 helper = self.helper(name, na.arg.value.graph, [], bind_state=False, as_tuple=True)
-                # a plain function: with gradients on, torch traces it, and cannot trace a bound method
+                # a plain function: with gradients on, torch traces it, and cannot trace a
+                # bound method
                 positional[i] = f"lambda *args: self.{helper}(*args)"
         entry = lookup(node.target)
         if entry is None or entry.render is None:
@@ -612,7 +621,7 @@ class BodyBuilder:
         outs = node_defines(node)
         for v in outs[:1]:
             self.bind(v, "None")
-        if len(node.inputs) < 2 or node.inputs[1].arg.kind != "operator":
+        if len(node.inputs) < 2 or node.inputs[1].arg.kind is not ArgKind.OPERATOR:
             raise UnsupportedOpError(
                 f"with_effects node {node.label}: its second input is not an op"
             )

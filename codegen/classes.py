@@ -37,6 +37,7 @@ from pt2interp.codegen.names import (
 )
 from pt2interp.codegen.tree import ChildItem, Module
 from pt2interp.errors import GraphError
+from pt2interp.kinds import ArgKind, InputKind
 
 SEQUENTIAL = "torch.nn.modules.container.Sequential"
 _SMALL_CONSTANT = 16  # elements: larger constants stay empty buffers that from_pt2 fills
@@ -145,7 +146,7 @@ class ModelPlan:
         self.comments = comments
         self.plan = Plan(self.kind_of, self.layer_call, self.method_of, comments)
         self.records_grad = any(
-            e.kind == "parameter" and e.meta is not None and e.meta.requires_grad
+            e.kind is InputKind.PARAMETER and e.meta is not None and e.meta.requires_grad
             for e in facts.state.values()
         )
         self.root_function: FunctionCode | None = None
@@ -259,7 +260,11 @@ class ModelPlan:
         """A module no frame names but whose weight an ``aten.linear`` reads (a projection
         used functionally, such as MultiheadAttention's ``out_proj``): ``nn.Linear``."""
         weight, bias = module.state.get("weight"), module.state.get("bias")
-        if weight is None or set(module.state) - {"weight", "bias"} or weight.kind != "parameter":
+        if (
+            weight is None
+            or set(module.state) - {"weight", "bias"}
+            or weight.kind is not InputKind.PARAMETER
+        ):
             return None
         if (
             weight.shape is None
@@ -352,7 +357,7 @@ class ModelPlan:
         shape = entry.shape
         if shape is None:
             raise GraphError(
-                f"{self.facts.program.source}: {entry.kind} {entry.target!r} has no static shape "
+                f"{self.facts.program.source}: {entry.noun} {entry.target!r} has no static shape "
                 "in the program's tensor_values, so no module attribute can be declared for it"
             )
         hint = identifier(attr)
@@ -361,17 +366,19 @@ class ModelPlan:
         if entry.dtype and entry.dtype != "float32":
             kwargs.append(("dtype", Raw(f"torch.{entry.dtype}")))
         empty = Ctor("torch.empty", dims, kwargs)
-        literal = self._small_constant(entry) if entry.kind == "constant" else None
+        constant = entry.kind is InputKind.TENSOR_CONSTANT
+        literal = self._small_constant(entry) if constant else None
         if literal is not None:  # a lifted `torch.tensor(0)` reads as itself
             return InitLine("buffer", attr, literal, persistent=entry.persistent)
-        if entry.kind == "parameter":
+        if entry.kind is InputKind.PARAMETER:
             frozen = [("requires_grad", Raw("False"))] if self._frozen(entry) else []
             return InitLine("param", attr, Ctor("nn.Parameter", [empty], frozen))
         return InitLine("buffer", attr, empty, persistent=entry.persistent)
 
     def _small_constant(self, entry: StateEntry) -> Ctor | None:
         """``torch.tensor(<values>)`` for a constant of a few finite numbers (export lifts
-        ``torch.tensor(0)`` written in ``forward``), else None (an empty buffer ``from_pt2`` fills)."""
+        ``torch.tensor(0)`` written in ``forward``), else None (an empty buffer ``from_pt2``
+        fills)."""
         import torch
 
         try:
@@ -395,7 +402,7 @@ class ModelPlan:
 
     def _frozen(self, entry: StateEntry) -> bool:
         # only archives that record requires_grad (torch 2.6+) can say a parameter is frozen
-        return self.records_grad and entry.kind == "parameter" and not entry.requires_grad
+        return self.records_grad and entry.kind is InputKind.PARAMETER and not entry.requires_grad
 
     def _ties(self, module: Module) -> list[InitLine]:
         """``self.head.weight = self.tok_emb.weight`` in the closest common ancestor."""
@@ -544,7 +551,7 @@ def _common_module(a: str, b: str) -> str:
 
 def _reads_as(facts: ProgramFacts, node, arg_name: str, target: str) -> bool:
     for na in node.inputs:
-        if na.name == arg_name and na.arg.kind == "tensor":
+        if na.name == arg_name and na.arg.kind is ArgKind.TENSOR:
             return target in facts.value_targets.get(na.arg.value.name, ())
     return False
 

@@ -6,7 +6,7 @@
 
 >>> import pt2interp, importlib.resources as r
 >>> facts = ProgramFacts.of(pt2interp.read_program(r.files("pt2interp.examples") / "tiny_mlp.pt2"))
->>> facts.state["fc1.weight"].kind, facts.state["fc1.weight"].shape
+>>> facts.state["fc1.weight"].kind.value, facts.state["fc1.weight"].shape
 ('parameter', (32, 8))
 """
 
@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pt2interp.errors import Pt2Error
+from pt2interp.kinds import ArgKind, InputKind
 from pt2interp.program import Program, view_key
 from pt2interp.schema import Argument, Graph, Node, TensorMeta
-
-STATE_KINDS = ("parameter", "buffer", "tensor_constant")
 
 
 @dataclass
@@ -26,10 +25,15 @@ class StateEntry:
     """A tensor the module holds: ``target`` is its dotted name (``layer1.0.conv1.weight``)."""
 
     target: str
-    kind: str  # parameter | buffer | constant
+    kind: InputKind  # PARAMETER, BUFFER or TENSOR_CONSTANT: the tensor state a module holds
     persistent: bool  # in state_dict(); False for non-persistent buffers and constants
     meta: TensorMeta | None
     requires_grad: bool = True
+
+    @property
+    def noun(self) -> str:
+        """What messages call it: parameter, buffer or constant."""
+        return "constant" if self.kind is InputKind.TENSOR_CONSTANT else self.kind.value
 
     @property
     def module_path(self) -> str:
@@ -74,19 +78,21 @@ class ProgramFacts:
         facts = cls(program)
         graph = program.graph
         for spec in program.signature.input_specs:
-            if spec.kind not in STATE_KINDS or spec.target is None:
+            # script objects are state too, but no tensor a generated module can hold
+            if not spec.kind.is_state_tensor or spec.target is None:
                 continue
-            name = spec.arg.value.name if spec.arg.kind == "tensor" else None
+            name = spec.arg.value.name if spec.arg.kind is ArgKind.TENSOR else None
             meta = graph.tensor_values.get(name) if name else None
-            kind = {"tensor_constant": "constant"}.get(spec.kind, spec.kind)
-            persistent = spec.kind == "parameter" or (
-                spec.kind == "buffer" and spec.persistent is not False
+            persistent = spec.kind is InputKind.PARAMETER or (
+                spec.kind is InputKind.BUFFER and spec.persistent is not False
             )
             requires_grad = (
-                meta.requires_grad if (meta is not None and spec.kind == "parameter") else True
+                meta.requires_grad
+                if (meta is not None and spec.kind is InputKind.PARAMETER)
+                else True
             )
             facts.state.setdefault(
-                spec.target, StateEntry(spec.target, kind, persistent, meta, requires_grad)
+                spec.target, StateEntry(spec.target, spec.kind, persistent, meta, requires_grad)
             )
             if name:
                 facts.value_targets.setdefault(name, []).append(spec.target)
@@ -148,7 +154,7 @@ class ProgramFacts:
                 self.defined_at[name] = i
         end = len(graph.nodes)
         sig = self.program.signature
-        for spec, arg in zip(sig.output_specs, graph.outputs):
+        for _spec, arg in zip(sig.output_specs, graph.outputs):
             for r in arg.refs():
                 self.last_use[r] = end
                 self.end_uses.append(r)
@@ -158,7 +164,11 @@ class ProgramFacts:
         module in ``train()``); the generated helpers then leave the module in train mode."""
         for node in self.program.graph.iter_nodes():
             for na in node.inputs:
-                if na.name in ("training", "train") and na.arg.kind == "bool" and na.arg.value:
+                if (
+                    na.name in ("training", "train")
+                    and na.arg.kind is ArgKind.BOOL
+                    and na.arg.value
+                ):
                     return True
             if "_native_batch_norm_legit_functional" in node.target:
                 return True
@@ -192,9 +202,7 @@ def node_defines(node: Node) -> list[str]:
 
 
 def output_refs(arg: Argument) -> list[str]:
-    if arg.kind in ("tensor", "sym_int", "sym_float", "sym_bool", "optional_tensor", "custom_obj"):
-        v = arg.value
-        return [v.name] if hasattr(v, "name") else []
-    if arg.kind == "tensors":
-        return [r.name for r in arg.value]
+    """The values a node output defines: one value, or a list of tensors."""
+    if arg.kind.names_value or arg.kind is ArgKind.TENSORS:
+        return arg.refs()
     return []

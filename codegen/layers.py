@@ -27,6 +27,7 @@ from pt2interp.codegen.ctor import Ctor, Lit, Raw
 from pt2interp.codegen.facts import ProgramFacts, StateEntry
 from pt2interp.codegen.names import list_index
 from pt2interp.codegen.tree import CallGroup, Module
+from pt2interp.kinds import ArgKind, InputKind
 from pt2interp.ops.registry import registry_key
 from pt2interp.schema import Node
 
@@ -132,9 +133,9 @@ class _View:
         if arg is None:
             return default
         v = arg.value
-        if arg.kind in ("tensor", "optional_tensor", "sym_int"):
+        if arg.kind in (ArgKind.TENSOR, ArgKind.OPTIONAL_TENSOR, ArgKind.SYM_INT):
             return v.name if hasattr(v, "name") else v
-        if arg.kind in ("tensors", "optional_tensors"):
+        if arg.kind in (ArgKind.TENSORS, ArgKind.OPTIONAL_TENSORS):
             return [x.name if hasattr(x, "name") else None for x in v]
         return v
 
@@ -302,12 +303,12 @@ def _decomposed_linear(v: _View, x: str):
 
 
 def _linear_match(v: _View, x: str, weight: StateEntry, bias_value, out: str) -> LayerMatch:
-    v.require(len(weight.shape) == 2 and weight.kind == "parameter")
+    v.require(len(weight.shape) == 2 and weight.kind is InputKind.PARAMETER)
     out_f, in_f = weight.shape
     entries, params = [weight], ["weight"]
     if bias_value is not None:
         bias = v.own(bias_value, "bias")
-        v.require(bias.shape == (out_f,) and bias.kind == "parameter")
+        v.require(bias.shape == (out_f,) and bias.kind is InputKind.PARAMETER)
         entries.append(bias)
         params.append("bias")
     kwargs = [] if bias_value is not None else [("bias", Lit(False, "bias"))]
@@ -340,7 +341,7 @@ def _conv(v: _View) -> LayerMatch:
             v.require(all(p == 0 for p in v.value(node, "output_padding", ())))
     v.require(v.value(node, "input") == x)
     weight = v.own(v.value(node, "weight"), "weight")
-    v.require(len(weight.shape) == rank + 2 and weight.kind == "parameter")
+    v.require(len(weight.shape) == rank + 2 and weight.kind is InputKind.PARAMETER)
     groups = v.value(node, "groups", 1)
     stride = tuple(v.value(node, "stride", (1,) * rank))
     padding = v.value(node, "padding", (0,) * rank)
@@ -402,8 +403,8 @@ def _batch_norm(v: _View) -> LayerMatch:
     running_mean = v.own(mean, "running_mean")
     running_var = v.own(var, "running_var")
     v.require(
-        running_mean.kind == "buffer"
-        and running_var.kind == "buffer"
+        running_mean.kind is InputKind.BUFFER
+        and running_var.kind is InputKind.BUFFER
         and len(running_mean.shape) == 1
     )
     features = running_mean.shape[0]
@@ -485,7 +486,7 @@ def _embedding(v: _View) -> LayerMatch:
     node = v.single("embedding.default")
     v.require(v.value(node, "indices") == x)
     w = v.own(v.value(node, "weight"), "weight")
-    v.require(len(w.shape) == 2 and w.kind == "parameter")
+    v.require(len(w.shape) == 2 and w.kind is InputKind.PARAMETER)
     kwargs: list = []
     padding_idx = v.value(node, "padding_idx", -1)
     if padding_idx != -1:
@@ -512,7 +513,7 @@ def _simple(cls: str, ops: dict[str, Callable[[_View, Node], list]]):
         x = v.only_input()
         node = v.single(*ops)
         first = node.inputs[0].arg if node.inputs else None
-        v.require(first is not None and first.kind == "tensor" and first.value.name == x)
+        v.require(first is not None and first.kind is ArgKind.TENSOR and first.value.name == x)
         kwargs = ops[_op(node)](v, node)
         return LayerMatch(Ctor(f"nn.{cls}", [], kwargs), [x], v.out(node))
 

@@ -23,6 +23,7 @@ import pt2interp.ops  # noqa: F401  (registers every op family)
 from pt2interp.codegen.facts import output_refs
 from pt2interp.codegen.layout import constant_text
 from pt2interp.errors import GraphError, UnsupportedOpError
+from pt2interp.kinds import ArgKind
 from pt2interp.ops.registry import Call, _wrap, lookup, registry_key, resolve_torch_op, schema_of
 from pt2interp.schema import Argument, Node
 from pt2interp.versions import LAYOUTS, MEMORY_FORMATS, SCALAR_TYPES
@@ -48,47 +49,34 @@ _SPREAD_METHODS = {
 
 def argument_source(arg: Argument, source: Source, device: str | None = None) -> str:
     """Python source for one argument value; ``device``, if given, replaces recorded devices."""
-    k, v = arg.kind, arg.value
-    if k in ("tensor", "sym_int", "sym_float", "sym_bool", "optional_tensor"):
-        if hasattr(v, "name"):
-            return source(v.name)
-        return constant_text(v)
-    if k in ("tensors", "optional_tensors", "sym_ints", "sym_floats", "sym_bools"):
-        return (
-            "["
-            + ", ".join(source(x.name) if hasattr(x, "name") else constant_text(x) for x in v)
-            + "]"
-        )
-    if k == "nested_tensors":
-        return (
-            "["
-            + ", ".join("[" + ", ".join(source(x.name) for x in inner) + "]" for inner in v)
-            + "]"
-        )
-    if k in ("none", "int", "float", "bool", "string", "complex"):
-        return constant_text(v)
-    if k in ("ints", "floats", "bools", "strings"):
-        return "[" + ", ".join(constant_text(x) for x in v) + "]"
-    if k in ("int_lists", "float_lists"):
-        return (
-            "["
-            + ", ".join("[" + ", ".join(constant_text(x) for x in inner) + "]" for inner in v)
-            + "]"
-        )
-    if k == "scalar_type" and v in _DTYPES:
+    kind, v = arg.kind, arg.value
+    if kind.leaf.holds_ref or kind.leaf.is_literal:
+        return _value_source(kind, v, source)
+    if kind is ArgKind.SCALAR_TYPE and v in _DTYPES:
         return f"torch.{v}"
-    if k == "memory_format" and v in _MEMORY_FORMATS:
+    if kind is ArgKind.MEMORY_FORMAT and v in _MEMORY_FORMATS:
         return f"torch.{v}"
-    if k == "layout" and v in _LAYOUTS:
+    if kind is ArgKind.LAYOUT and v in _LAYOUTS:
         return f"torch.{v}"
-    if k == "device":
+    if kind is ArgKind.DEVICE:
         if device is not None:
             return device
         text = v.type if v.index is None else f"{v.type}:{v.index}"
         return constant_text(text)
-    if k == "operator":
+    if kind is ArgKind.OPERATOR:
         return op_reference(v if str(v).startswith("torch.ops.") else "torch.ops." + str(v))
-    raise UnsupportedOpError(f"cannot write an argument of kind {k!r} ({str(v)[:40]!r}) as Python")
+    raise UnsupportedOpError(
+        f"cannot write an argument of kind {kind.value!r} ({str(v)[:40]!r}) as Python"
+    )
+
+
+def _value_source(kind: ArgKind, value, source: Source) -> str:
+    """A graph value's name, a constant, or a (nested) list of those."""
+    if kind.is_list:
+        return "[" + ", ".join(_value_source(kind.element, x, source) for x in value) + "]"
+    if kind.holds_ref and hasattr(value, "name"):
+        return source(value.name)
+    return constant_text(value)
 
 
 def op_reference(target: str) -> str:
@@ -151,7 +139,7 @@ def expression(node: Node, source: Source, device: str | None = None) -> str:
 
 def _list_items(node: Node, name: str, source: Source) -> list[str] | None:
     for na in node.inputs:
-        if na.name == name and na.arg.kind in ("ints", "sym_ints") and na.arg.value:
+        if na.name == name and na.arg.kind in (ArgKind.INTS, ArgKind.SYM_INTS) and na.arg.value:
             return [
                 source(x.name) if hasattr(x, "name") else constant_text(x) for x in na.arg.value
             ]
@@ -162,7 +150,7 @@ def output_pattern(node: Node):
     """What a node returns, as value names: a name, a list (``tensors``), a tuple of those,
     or None for nothing."""
     outs = node.outputs
-    if not outs or (len(outs) == 1 and outs[0].kind == "none"):
+    if not outs or (len(outs) == 1 and outs[0].kind is ArgKind.NONE):
         return None
     if len(outs) == 1:
         return _one(outs[0])
@@ -170,7 +158,7 @@ def output_pattern(node: Node):
 
 
 def _one(arg: Argument):
-    if arg.kind == "tensors":
+    if arg.kind is ArgKind.TENSORS:
         return [r.name for r in arg.value]
     refs = output_refs(arg)
     return refs[0] if refs else None

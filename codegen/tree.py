@@ -125,7 +125,7 @@ def build_tree(facts: ProgramFacts) -> Module:
     """The module tree: paths from state names and from every node's frames."""
     root = Module("", "")
     for entry in facts.state.values():
-        _check_depth(entry.module_path, f"{entry.kind} {entry.target[:200]!r}", facts)
+        _check_depth(entry.module_path, f"{entry.noun} {entry.target[:200]!r}", facts)
         root.ensure(entry.module_path).state[entry.attr] = entry
     for node in facts.program.graph.iter_nodes():
         for frame in frames_of(node):

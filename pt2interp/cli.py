@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from pt2interp.errors import Pt2Error
+from pt2interp.kinds import ArgKind, InputKind
 from pt2interp.printable import printable
 
 _MAX_SHOWN = 300  # characters of one name in a table or output line
@@ -121,7 +122,8 @@ def cmd_demo(args) -> int:
     path = _example_path()
     prog = pt2interp.read_program(path)
     print(
-        f"archive   {path.name}: layout {prog.layout}, schema {'.'.join(map(str, prog.schema_version))}, "
+        f"archive   {path.name}: layout {prog.layout}, "
+        f"schema {'.'.join(map(str, prog.schema_version))}, "
         f"written by torch {prog.torch_version}"
     )
     print(f"graph     {len(prog.graph.nodes)} nodes, {len(prog.state_dict())} weights")
@@ -146,10 +148,11 @@ def cmd_demo(args) -> int:
     stored = torch.from_numpy(ref["out"])
     close = torch.allclose(out, stored, rtol=1e-5, atol=1e-6)
     ok = ok and close
-    print(
-        f"stored    the example's reference output: "
-        f"{'equal, bit for bit' if torch.equal(out, stored) else 'equal within 1e-5' if close else 'DIFFERENT: ' + _max_diff(out, stored)}"
-    )
+    if torch.equal(out, stored):
+        verdict = "equal, bit for bit"
+    else:
+        verdict = "equal within 1e-5" if close else "DIFFERENT: " + _max_diff(out, stored)
+    print(f"stored    the example's reference output: {verdict}")
     return 0 if ok else 1
 
 
@@ -208,7 +211,8 @@ def cmd_run(args) -> int:
     fb = prog.fallback_ops()
     if fb:
         print(
-            f"ops run through the generic torch.ops fallback: {shown(', '.join(fb), _MAX_ERROR_LINE)}",
+            "ops run through the generic torch.ops fallback: "
+            f"{shown(', '.join(fb), _MAX_ERROR_LINE)}",
             file=sys.stderr,
         )
     return 0
@@ -281,12 +285,12 @@ def _random_inputs(prog) -> dict:
     from pt2interp.weights import torch_dtype
 
     model = prog.program.model
-    leaves = [s for s in model.signature.input_specs if s.kind in ("user_input", "constant_input")]
+    leaves = [s for s in model.signature.input_specs if s.kind.is_passed]
     out = {}
     for (name, _keyword), spec in zip(prog.input_names, leaves):
-        if spec.kind == "constant_input":
+        if spec.kind is InputKind.CONSTANT_INPUT:
             continue  # the recorded constant is the default
-        if spec.arg.kind != "tensor":
+        if spec.arg.kind is not ArgKind.TENSOR:
             raise Pt2Error(
                 f"--random cannot make a value for input {shown(name)!r} ({spec.arg.kind}); "
                 f"pass --inputs with real data instead"
@@ -299,8 +303,9 @@ def _random_inputs(prog) -> dict:
         ]
         if not _small_shape(shape):
             raise Pt2Error(
-                f"--random: input {shown(name)!r} would have more than {_MAX_RANDOM_ELEMENTS:,} elements "
-                f"(or a negative size) in its recorded shape; pass --inputs with real data instead"
+                f"--random: input {shown(name)!r} would have more than "
+                f"{_MAX_RANDOM_ELEMENTS:,} elements (or a negative size) in its recorded shape; "
+                "pass --inputs with real data instead"
             )
         dtype = torch_dtype(meta.dtype, where=f"--random: input {shown(name)!r}: ")
         try:
@@ -389,8 +394,9 @@ def _print_schema(schema) -> None:
     )
     console.print(
         Text(
-            f"{t.parameter_count:,} parameters ({_human_bytes(t.parameter_bytes)}), {t.buffer_count} "
-            f"buffers ({_human_bytes(t.buffer_bytes)}), {len(schema.constants)} constants; "
+            f"{t.parameter_count:,} parameters ({_human_bytes(t.parameter_bytes)}), "
+            f"{t.buffer_count} buffers ({_human_bytes(t.buffer_bytes)}), "
+            f"{len(schema.constants)} constants; "
             f"bytes by dtype: {by_dtype}"
         )
     )
@@ -525,7 +531,8 @@ def cmd_weights(args) -> int:
         )
         tied = f", {len(saved.aliases)} tied name(s) recorded as aliases" if saved.aliases else ""
         print(
-            f"wrote {len(saved.tensors)} tensors{tied} to {saved.path} ({_human_bytes(saved.nbytes)})"
+            f"wrote {len(saved.tensors)} tensors{tied} to {saved.path} "
+            f"({_human_bytes(saved.nbytes)})"
         )
     if args.numpy:
         import json
@@ -660,7 +667,10 @@ def cmd_codegen(args) -> int:
         Path(args.output).write_text(source, encoding="utf-8")
         module = Path(args.output).stem
         if args.weights:
-            how = f"from {module} import load_safetensors; model = load_safetensors({str(args.weights)!r})"
+            how = (
+                f"from {module} import load_safetensors; "
+                f"model = load_safetensors({str(args.weights)!r})"
+            )
             print(f"wrote {args.output} and {args.weights} (class {args.class_name!r}); {how}")
         else:
             how = f"from {module} import from_pt2; model = from_pt2({str(args.file)!r})"

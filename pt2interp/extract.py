@@ -32,6 +32,7 @@ import numpy as np
 
 from pt2interp import jsontext
 from pt2interp.errors import WeightError
+from pt2interp.kinds import InputKind
 from pt2interp.program import Program, read_program
 
 if TYPE_CHECKING:
@@ -78,8 +79,8 @@ def _select(
     ``state``/``constants`` hold ``(name, value, is_parameter)``.
     """
     sig = program.signature
-    param_names = {s.target for s in sig.inputs_of("parameter")}
-    buffer_names = {s.target for s in sig.inputs_of("buffer")}
+    param_names = {s.target for s in sig.inputs_of(InputKind.PARAMETER)}
+    buffer_names = {s.target for s in sig.inputs_of(InputKind.BUFFER)}
     out = []
     for name, value, is_param in state:
         if is_param or name in param_names:
@@ -117,7 +118,8 @@ class NumpyWeights(dict):
         self.storages: dict[str, str] = {}
 
     def to_torch(self) -> dict[str, torch.Tensor]:
-        """``{name: tensor}`` in the dtypes :attr:`dtypes` names (copies; see :func:`numpy_to_torch`)."""
+        """``{name: tensor}`` in the dtypes :attr:`dtypes` names (copies; see
+        :func:`numpy_to_torch`)."""
         return {name: numpy_to_torch(array, self.dtypes.get(name)) for name, array in self.items()}
 
 
@@ -202,7 +204,8 @@ def numpy_to_torch(array: np.ndarray, dtype: str | None = None) -> torch.Tensor:
     installed. Without ``dtype`` the array's own dtype decides.
 
     >>> import pt2interp, importlib.resources as r
-    >>> w = pt2interp.extract_weights(r.files("pt2interp.examples") / "tiny_mlp.pt2", backend="numpy")
+    >>> path = r.files("pt2interp.examples") / "tiny_mlp.pt2"
+    >>> w = pt2interp.extract_weights(path, backend="numpy")
     >>> t = numpy_to_torch(w["fc1.weight"], w.dtypes["fc1.weight"])
     >>> t.dtype, tuple(t.shape)
     (torch.float32, (32, 8))
@@ -461,7 +464,8 @@ class LoadReport:
     def __str__(self) -> str:
         lines = [
             f"weights from {self.source}: {len(self.matched)} matched by name, "
-            f"{len(self.renamed)} renamed, {len(self.tied)} tied, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.renamed)} renamed, {len(self.tied)} tied, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, "
             f"{len(self.shape_mismatches)} shape and {len(self.dtype_mismatches)} dtype mismatches"
             + ("" if self.applied else "; the module was not changed")
         ]

@@ -26,6 +26,7 @@ from pt2interp.errors import (
     SchemaError,
     UnsupportedOpError,
 )
+from pt2interp.kinds import ArgKind
 from pt2interp.ops import functorch, policy, registry
 from pt2interp.ops.fast import fast_kernel
 from pt2interp.schema import Argument, Graph, Node, Ref
@@ -172,7 +173,8 @@ class GraphPlan:
             return exc
         for i, step in enumerate(self.steps):
             if step.run is run:
-                where = f"{self.member}: {self.where}.nodes[{i}] ({step.node.label}, {step.node.target})"
+                node = step.node
+                where = f"{self.member}: {self.where}.nodes[{i}] ({node.label}, {node.target})"
                 return LimitError(exc.detail, limit=exc.limit, where=where)
         return exc
 
@@ -252,7 +254,9 @@ class GraphCompiler:
         for i, arg in enumerate(graph.inputs):
             refs = arg.refs()
             input_slots.append(
-                define(refs[0], f"input {i}") if len(refs) == 1 and arg.kind != "tensors" else None
+                define(refs[0], f"input {i}")
+                if len(refs) == 1 and arg.kind is not ArgKind.TENSORS
+                else None
             )
 
         # last use of each value, so its slot can be cleared right after
@@ -314,8 +318,8 @@ class GraphCompiler:
             return entry.kernel, op, False
         if not node.target.startswith("torch.ops."):
             raise UnsupportedOpError(
-                f"{self.member}: {path} ({node.label}): target {node.target!r} is neither a torch.ops op nor "
-                f"one of the Python operators pt2interp runs"
+                f"{self.member}: {path} ({node.label}): target {node.target!r} is neither a "
+                "torch.ops op nor one of the Python operators pt2interp runs"
             )
         try:
             op = registry.resolve_torch_op(node.target)
@@ -327,7 +331,7 @@ class GraphCompiler:
     def compile_node(self, node: Node, slot_of: dict, path: str, define) -> Step:
         kernel, op, via_fallback = self.resolve(node, path)
         for i in _SUBGRAPH_INPUTS.get(node.target, ()):
-            if i >= len(node.inputs) or node.inputs[i].arg.kind != "graph":
+            if i >= len(node.inputs) or node.inputs[i].arg.kind is not ArgKind.GRAPH:
                 got = f"a {node.inputs[i].arg.kind} argument" if i < len(node.inputs) else "nothing"
                 raise GraphError(
                     f"{self.member}: {path} ({node.label}, {node.target}): input {i} must be a "
@@ -343,7 +347,12 @@ class GraphCompiler:
         ):
             args[0] = _Const(self.device.type)  # autocast where the program runs, as export saw it
         # Tensor methods bind only with a tensor first: core ATen writes aten.sub.Tensor(1.0, x)
-        if not kwargs and not via_fallback and node.inputs and node.inputs[0].arg.kind == "tensor":
+        if (
+            not kwargs
+            and not via_fallback
+            and node.inputs
+            and node.inputs[0].arg.kind is ArgKind.TENSOR
+        ):
             kernel = fast_kernel(node.target, len(args)) or kernel
         kernel = policy.guard_target(node.target, op, kernel)
         if node.target in _VIEWS:
@@ -369,7 +378,7 @@ class GraphCompiler:
     def _refuse_unguarded_operators(self, node: Node, path: str) -> None:
         # torch's own higher-order kernels call an op argument directly, past the policy's checks
         for i, na in enumerate(node.inputs):
-            if na.arg.kind == "operator":
+            if na.arg.kind is ArgKind.OPERATOR:
                 op = self.compile_argument(na.arg, {}, f"{path}.inputs[{i}]").value
                 if not policy.passes_unguarded(op):
                     raise UnsupportedOpError(
@@ -397,8 +406,8 @@ class GraphCompiler:
         for name in given:
             if name not in params.names:
                 raise SchemaError(
-                    f"node {node.label} passes argument {name!r}, which {node.target} does not take "
-                    f"in torch {torch.__version__} (it takes {sorted(params.names)})",
+                    f"node {node.label} passes argument {name!r}, which {node.target} does not "
+                    f"take in torch {torch.__version__} (it takes {sorted(params.names)})",
                     member=self.member,
                     path=path,
                 )
@@ -423,30 +432,22 @@ class GraphCompiler:
         """A function storing the kernel's result into slots, and the slots by name."""
         outs = node.outputs
         names: dict[str, int] = {}
-        if not outs or (len(outs) == 1 and outs[0].kind == "none"):
+        if not outs or (len(outs) == 1 and outs[0].kind is ArgKind.NONE):
             return None, names
         is_hop = node.target.startswith("torch.ops.higher_order.")
 
         def one(arg: Argument, where: str):
-            if arg.kind in (
-                "tensor",
-                "sym_int",
-                "sym_float",
-                "sym_bool",
-                "optional_tensor",
-                "custom_obj",
-            ):
-                v = arg.value
-                if isinstance(v, (Ref,)) or hasattr(v, "name"):
-                    slot = define(v.name, f"{path} output")
-                    names[v.name] = slot
-                    return slot
-                return None  # a constant output (e.g. as_int): nothing to store
-            if arg.kind == "tensors":
+            if arg.kind.names_value:
+                refs = arg.refs()
+                if not refs:
+                    return None  # a constant output (e.g. as_int): nothing to store
+                slot = names[refs[0]] = define(refs[0], f"{path} output")
+                return slot
+            if arg.kind is ArgKind.TENSORS:
                 slots = tuple(define(r.name, f"{path} output") for r in arg.value)
                 names.update({r.name: s for r, s in zip(arg.value, slots)})
                 return slots
-            if arg.kind == "none":
+            if arg.kind is ArgKind.NONE:
                 return None
             raise SchemaError(
                 f"node {node.label}: unsupported output kind '{arg.kind}'",
@@ -491,31 +492,30 @@ class GraphCompiler:
 
     # -- arguments ---------------------------------------------------------------------------
     def compile_argument(self, arg: Argument, slot_of: dict, path: str):
-        k, v = arg.kind, arg.value
-        if k in ("tensor", "sym_int", "sym_float", "sym_bool", "optional_tensor"):
-            if isinstance(v, Ref):
-                return slot_of[v.name]
-            return _Const(v)
-        if k in ("tensors", "optional_tensors", "sym_ints", "sym_floats", "sym_bools"):
-            items = [slot_of[x.name] if isinstance(x, Ref) else _Const(x) for x in v]
-            if all(isinstance(i, _Const) for i in items):
-                return _Const([i.value for i in items])
-            return _List(items)
-        if k == "nested_tensors":
+        kind, v = arg.kind, arg.value
+        leaf = kind.leaf
+        if leaf.holds_ref:  # graph values, or constants in their place
+            if not kind.is_list:
+                return slot_of[v.name] if isinstance(v, Ref) else _Const(v)
+            if not kind.element.is_list:
+                items = [slot_of[x.name] if isinstance(x, Ref) else _Const(x) for x in v]
+                if all(isinstance(i, _Const) for i in items):
+                    return _Const([i.value for i in items])
+                return _List(items)
             return _List([_List([slot_of[x.name] for x in inner]) for inner in v])
-        if k in ("none", "int", "float", "bool", "string", "complex"):
-            return _Const(v)
-        if k in ("ints", "floats", "bools", "strings"):
-            return _Const(list(v))
-        if k in ("int_lists", "float_lists"):
+        if leaf.is_literal:
+            if not kind.is_list:
+                return _Const(v)
+            if not kind.element.is_list:
+                return _Const(list(v))
             return _Const([list(x) for x in v])
-        if k == "scalar_type":
+        if kind is ArgKind.SCALAR_TYPE:
             return _Const(torch_dtype(v, where=f"{self.member}: {path}: "))
-        if k == "memory_format":
+        if kind is ArgKind.MEMORY_FORMAT:
             return _Const(_MEMORY_FORMATS.get(v))
-        if k == "layout":
+        if kind is ArgKind.LAYOUT:
             return _Const(_LAYOUTS.get(v, torch.strided))
-        if k == "device":
+        if kind is ArgKind.DEVICE:
             if self.device is not None:
                 return _Const(self.device)
             try:
@@ -524,9 +524,9 @@ class GraphCompiler:
                 )
             except (RuntimeError, ValueError) as exc:
                 raise SchemaError(f"not a device: {exc}", member=self.member, path=path) from None
-        if k == "graph":
+        if kind is ArgKind.GRAPH:
             return _Const(Subgraph(v.name, self.compile(v.graph, where=f"{path}.graph")))
-        if k == "operator":
+        if kind is ArgKind.OPERATOR:
             try:
                 return _Const(
                     registry.resolve_torch_op(v)
@@ -535,13 +535,13 @@ class GraphCompiler:
                 )
             except UnsupportedOpError as exc:
                 raise UnsupportedOpError(f"{self.member}: {path}: {exc}") from None
-        if k == "custom_obj":
+        if kind is ArgKind.CUSTOM_OBJ:
             return slot_of[v.name]
-        if k == "string_to_argument":
+        if kind is ArgKind.STRING_TO_ARGUMENT:
             return _Dict(
                 {key: self.compile_argument(a, slot_of, f"{path}.{key}") for key, a in v.items()}
             )
-        raise SchemaError(f"unknown argument kind '{k}'", member=self.member, path=path)
+        raise SchemaError(f"unknown argument kind '{kind}'", member=self.member, path=path)
 
 
 # -- views whose input came out in another layout than export saw -----------------------------

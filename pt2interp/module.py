@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from pt2interp.kinds import InputKind
 from pt2interp.loaded import LoadedProgram
 
 
@@ -22,12 +23,12 @@ class ProgramModule(torch.nn.Module):
         specs = program.program.signature.input_specs
         for spec in specs:
             value = program._state.get(spec.target)
-            if spec.kind == "parameter":
+            if spec.kind is InputKind.PARAMETER:
                 owner, leaf = self._owner(spec.target)
                 owner.register_parameter(
                     leaf, torch.nn.Parameter(value, requires_grad=value.requires_grad)
                 )
-            elif spec.kind == "buffer":
+            elif spec.kind is InputKind.BUFFER:
                 owner, leaf = self._owner(spec.target)
                 owner.register_buffer(leaf, value, persistent=spec.persistent is not False)
 

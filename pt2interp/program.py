@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from pt2interp import jsontext, limits, versions
 from pt2interp.archive import Archive, open_archive
 from pt2interp.errors import LimitError, SchemaError, WeightError
+from pt2interp.kinds import InputKind
 from pt2interp.schema import (
     ExportedProgramModel,
     PayloadMeta,
@@ -84,7 +85,9 @@ class Program:
         w = self._loaded()
         out = {}
         for spec in self.signature.input_specs:
-            if spec.kind == "parameter" or (spec.kind == "buffer" and spec.persistent is not False):
+            if spec.kind is InputKind.PARAMETER or (
+                spec.kind is InputKind.BUFFER and spec.persistent is not False
+            ):
                 out[spec.target] = self._lookup(spec.target, w)
         for name, value in w.tensors.items():
             out.setdefault(name, value)
@@ -112,12 +115,12 @@ class Program:
         }
 
     def parameter_names(self) -> list[str]:
-        return [s.target for s in self.signature.inputs_of("parameter")]
+        return [s.target for s in self.signature.inputs_of(InputKind.PARAMETER)]
 
     def buffer_names(self, persistent_only: bool = False) -> list[str]:
         return [
             s.target
-            for s in self.signature.inputs_of("buffer")
+            for s in self.signature.inputs_of(InputKind.BUFFER)
             if not persistent_only or s.persistent is not False
         ]
 

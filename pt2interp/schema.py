@@ -5,20 +5,22 @@ dataclasses; unknown fields are ignored, renamed ones mapped through
 :mod:`pt2interp.versions`, and anything that cannot be understood raises
 :class:`~pt2interp.errors.SchemaError` naming the member, the JSON path and the field.
 
-Arguments are :class:`Argument` values: a ``kind`` (``"tensor"``, ``"ints"``,
-``"sym_int"``, ``"graph"``, ...) and a ``value`` whose type the kind fixes (see
-:data:`ARGUMENT_KINDS`). Named values in the graph (tensors, sym ints) are :class:`Ref`.
+Arguments are :class:`Argument` values: a ``kind`` (an :class:`~pt2interp.kinds.ArgKind`:
+``tensor``, ``ints``, ``sym_int``, ``graph``, ...) and a ``value`` whose type the kind fixes
+(``ArgKind.holds``). Named values in the graph (tensors, sym ints) are :class:`Ref`. Input and
+output specs have an :class:`~pt2interp.kinds.InputKind` or :class:`~pt2interp.kinds.OutputKind`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pt2interp import limits, versions
 from pt2interp.errors import LimitError, SchemaError
+from pt2interp.kinds import ArgKind, InputKind, OutputKind
 from pt2interp.symexpr import Expr, parse_expr
 from pt2interp.treespec import TreeSpec, parse_treespec
 
@@ -103,61 +105,32 @@ class GraphArgument:
     graph: Graph
 
 
+_set_field = object.__setattr__  # how a frozen dataclass sets its fields
+
 # kind → what ``Argument.value`` holds
-ARGUMENT_KINDS: dict[str, str] = {
-    "none": "None",
-    "tensor": "Ref",
-    "tensors": "tuple[Ref, ...]",
-    "optional_tensor": "Ref | None",
-    "optional_tensors": "tuple[Ref | None, ...]",
-    "nested_tensors": "tuple[tuple[Ref, ...], ...]",
-    "int": "int",
-    "ints": "tuple[int, ...]",
-    "int_lists": "tuple[tuple[int, ...], ...]",
-    "float": "float",
-    "floats": "tuple[float, ...]",
-    "float_lists": "tuple[tuple[float, ...], ...]",
-    "bool": "bool",
-    "bools": "tuple[bool, ...]",
-    "string": "str",
-    "strings": "tuple[str, ...]",
-    "complex": "complex",
-    "sym_int": "Ref | int",
-    "sym_ints": "tuple[Ref | int, ...]",
-    "sym_float": "Ref | float",
-    "sym_floats": "tuple[Ref | float, ...]",
-    "sym_bool": "Ref | bool",
-    "sym_bools": "tuple[Ref | bool, ...]",
-    "scalar_type": "str (dtype name)",
-    "memory_format": "str",
-    "layout": "str",
-    "device": "Device",
-    "graph": "GraphArgument",
-    "custom_obj": "CustomObjRef",
-    "operator": "str (target)",
-    "string_to_argument": "dict[str, Argument]",
-}
+ARGUMENT_KINDS: dict[str, str] = {kind.value: kind.holds for kind in ArgKind}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Argument:
-    kind: str
+    """One argument value; ``kind`` may be given by its spelling (``Argument("tensor", r)``).
+
+    >>> Argument("tensors", (Ref("a"), Ref("b"))).refs(), Argument("ints", (1, 2)).refs()
+    (['a', 'b'], [])
+    """
+
+    kind: ArgKind
     value: Any = None
+
+    # Written out rather than generated with a __post_init__: one call less per argument on the
+    # load path, which builds every argument of every node.
+    def __init__(self, kind: ArgKind | str, value: Any = None):
+        _set_field(self, "kind", kind if kind.__class__ is ArgKind else ArgKind(kind))
+        _set_field(self, "value", value)
 
     def refs(self) -> list[str]:
         """Names of the graph values this argument reads."""
-        v, k = self.value, self.kind
-        if isinstance(v, Ref):
-            return [v.name]
-        if k in ("tensors", "optional_tensors", "sym_ints", "sym_floats", "sym_bools"):
-            return [x.name for x in v if isinstance(x, Ref)]
-        if k == "nested_tensors":
-            return [x.name for inner in v for x in inner]
-        if k == "custom_obj":
-            return [v.name]
-        if k == "string_to_argument":
-            return [n for a in v.values() for n in a.refs()]
-        return []
+        return self.kind.refs(self.value)
 
 
 @dataclass(frozen=True)
@@ -248,7 +221,7 @@ class Graph:
         for node in self.nodes:
             yield node
             for na in node.inputs:
-                if na.arg.kind == "graph":
+                if na.arg.kind is ArgKind.GRAPH:
                     yield from na.arg.value.graph.iter_nodes()
 
 
@@ -258,19 +231,27 @@ class InputSpec:
     token or constant_input; ``target`` the state-dict name for parameters, buffers and
     constants."""
 
-    kind: str
+    kind: InputKind
     arg: Argument
     target: str | None = None
     persistent: bool | None = None
     constant_value: Any = None
     name: str | None = None  # constant inputs: the argument's name
 
+    def __post_init__(self):
+        if self.kind.__class__ is not InputKind:
+            object.__setattr__(self, "kind", InputKind(self.kind))
+
 
 @dataclass(frozen=True)
 class OutputSpec:
-    kind: str
+    kind: OutputKind
     arg: Argument
     target: str | None = None
+
+    def __post_init__(self):
+        if self.kind.__class__ is not OutputKind:
+            object.__setattr__(self, "kind", OutputKind(self.kind))
 
 
 @dataclass
@@ -278,10 +259,10 @@ class GraphSignature:
     input_specs: list[InputSpec]
     output_specs: list[OutputSpec]
 
-    def inputs_of(self, *kinds: str) -> list[InputSpec]:
+    def inputs_of(self, *kinds: InputKind | str) -> list[InputSpec]:
         return [s for s in self.input_specs if s.kind in kinds]
 
-    def outputs_of(self, *kinds: str) -> list[OutputSpec]:
+    def outputs_of(self, *kinds: OutputKind | str) -> list[OutputSpec]:
         return [s for s in self.output_specs if s.kind in kinds]
 
 
@@ -643,134 +624,56 @@ class _Parser:
             raise self.fail(path, "arguments nested too deeply")
         tag, val = self.union(v, path)
         p = f"{path}.{tag}"
-        kind = tag.removeprefix("as_")
-        if tag == "as_none":
-            return Argument("none")
-        if tag == "as_tensor":
-            return Argument("tensor", self.ref(val, p))
-        if tag == "as_tensors":
-            return Argument(
-                "tensors", tuple(self.ref(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
-            )
-        if tag == "as_optional_tensor":
-            return Argument("optional_tensor", self.optional_tensor(val, p))
-        if tag == "as_optional_tensors":
-            return Argument(
-                "optional_tensors",
-                tuple(self.optional_tensor(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p))),
-            )
-        if tag == "as_nested_tensors":
-            return Argument(
-                "nested_tensors",
-                tuple(
-                    tuple(
-                        self.ref(x, f"{p}[{i}][{j}]")
-                        for j, x in enumerate(self.lst(inner, f"{p}[{i}]"))
-                    )
-                    for i, inner in enumerate(self.lst(val, p))
-                ),
-            )
-        if tag == "as_int":
-            return Argument("int", self.int_(val, p))
-        if tag == "as_ints":
-            return Argument(
-                "ints", tuple(self.int_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
-            )
-        if tag == "as_int_lists":
-            return Argument(
-                "int_lists",
-                tuple(
-                    tuple(
-                        self.int_(x, f"{p}[{i}][{j}]")
-                        for j, x in enumerate(self.lst(inner, f"{p}[{i}]"))
-                    )
-                    for i, inner in enumerate(self.lst(val, p))
-                ),
-            )
-        if tag == "as_float":
-            return Argument("float", self.float_(val, p))
-        if tag == "as_floats":
-            return Argument(
-                "floats", tuple(self.float_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
-            )
-        if tag == "as_float_lists":
-            return Argument(
-                "float_lists",
-                tuple(
-                    tuple(
-                        self.float_(x, f"{p}[{i}][{j}]")
-                        for j, x in enumerate(self.lst(inner, f"{p}[{i}]"))
-                    )
-                    for i, inner in enumerate(self.lst(val, p))
-                ),
-            )
-        if tag == "as_bool":
-            return Argument("bool", self.bool_(val, p))
-        if tag == "as_bools":
-            return Argument(
-                "bools", tuple(self.bool_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
-            )
-        if tag == "as_string":
-            return Argument("string", self.str_(val, p))
-        if tag == "as_strings":
-            return Argument(
-                "strings", tuple(self.str_(x, f"{p}[{i}]") for i, x in enumerate(self.lst(val, p)))
-            )
-        if tag == "as_complex":
-            d = self.obj(val, p)
-            return Argument(
-                "complex",
-                complex(
-                    self.float_(d.get("real", 0.0), p + ".real"),
-                    self.float_(d.get("imag", 0.0), p + ".imag"),
-                ),
-            )
-        if tag in ("as_sym_int", "as_sym_float", "as_sym_bool"):
-            return Argument(kind, self.sym_arg(val, p, kind[4:]))
-        if tag in ("as_sym_ints", "as_sym_floats", "as_sym_bools"):
-            scalar = kind[4:-1]
-            return Argument(
-                kind,
-                tuple(self.sym_arg(x, f"{p}[{i}]", scalar) for i, x in enumerate(self.lst(val, p))),
-            )
-        if tag == "as_scalar_type":
-            return Argument("scalar_type", self.dtype(val, p))
-        if tag == "as_memory_format":
-            n = self.int_(val, p)
-            if n not in versions.MEMORY_FORMATS:
-                raise self.fail(p, f"unknown MemoryFormat {n}")
-            return Argument("memory_format", versions.MEMORY_FORMATS[n])
-        if tag == "as_layout":
-            n = self.int_(val, p)
-            if n not in versions.LAYOUTS:
-                raise self.fail(p, f"unknown Layout {n}")
-            return Argument("layout", versions.LAYOUTS[n])
-        if tag == "as_device":
-            return Argument("device", self.device(val, p))
-        if tag == "as_graph":
-            d = self.obj(val, p)
-            name = self.str_(self.req(d, "name", p), p + ".name")
-            return Argument(
-                "graph",
-                GraphArgument(name, self.graph(self.req(d, "graph", p), p + ".graph", depth + 1)),
-            )
-        if tag == "as_custom_obj":
-            d = self.obj(val, p)
-            return Argument(
-                "custom_obj",
-                CustomObjRef(
-                    self.str_(self.req(d, "name", p), p + ".name"), str(d.get("class_fqn", ""))
-                ),
-            )
-        if tag == "as_operator":
-            return Argument("operator", self.str_(val, p))
-        if tag == "as_string_to_argument":
-            d = self.obj(val, p)
-            return Argument(
-                "string_to_argument",
-                {k: self.argument(x, f"{p}.{k}", depth + 1) for k, x in d.items()},
-            )
+        kind = ArgKind.of_tag(tag)
+        if kind is not None:
+            return Argument(kind, self.argument_value(kind, val, p, depth))
         raise self.fail(path, f"unknown argument kind '{tag}'")
+
+    def argument_value(self, kind: ArgKind, v: Any, path: str, depth: int) -> Any:
+        """The value of an argument of ``kind``; a list kind's elements each at ``path[i]``."""
+        element = kind.element
+        if element is None:
+            return _VALUE_PARSERS[kind](self, v, path, depth)
+        return tuple(
+            self.argument_value(element, x, f"{path}[{i}]", depth)
+            for i, x in enumerate(self.lst(v, path))
+        )
+
+    def complex_(self, v: Any, path: str) -> complex:
+        d = self.obj(v, path)
+        return complex(
+            self.float_(d.get("real", 0.0), path + ".real"),
+            self.float_(d.get("imag", 0.0), path + ".imag"),
+        )
+
+    def memory_format(self, v: Any, path: str) -> str:
+        n = self.int_(v, path)
+        if n not in versions.MEMORY_FORMATS:
+            raise self.fail(path, f"unknown MemoryFormat {n}")
+        return versions.MEMORY_FORMATS[n]
+
+    def layout(self, v: Any, path: str) -> str:
+        n = self.int_(v, path)
+        if n not in versions.LAYOUTS:
+            raise self.fail(path, f"unknown Layout {n}")
+        return versions.LAYOUTS[n]
+
+    def graph_argument(self, v: Any, path: str, depth: int) -> GraphArgument:
+        d = self.obj(v, path)
+        name = self.str_(self.req(d, "name", path), path + ".name")
+        return GraphArgument(
+            name, self.graph(self.req(d, "graph", path), path + ".graph", depth + 1)
+        )
+
+    def custom_obj(self, v: Any, path: str) -> CustomObjRef:
+        d = self.obj(v, path)
+        return CustomObjRef(
+            self.str_(self.req(d, "name", path), path + ".name"), str(d.get("class_fqn", ""))
+        )
+
+    def arguments_by_name(self, v: Any, path: str, depth: int) -> dict[str, Argument]:
+        d = self.obj(v, path)
+        return {k: self.argument(x, f"{path}.{k}", depth + 1) for k, x in d.items()}
 
     # -- graph -----------------------------------------------------------------------
     def node(self, v: Any, path: str, depth: int) -> Node:
@@ -905,56 +808,56 @@ class _Parser:
     def input_spec(self, v: Any, path: str) -> InputSpec:
         tag, val = self.union(v, path)
         p = f"{path}.{tag}"
-        if tag not in versions.INPUT_SPEC_TARGET_FIELDS:
+        kind = _INPUT_KINDS.get(tag)
+        if kind is None:
             raise self.fail(path, f"unknown input spec kind '{tag}'")
         d = self.obj(val, p)
-        if tag == "constant_input":
+        if kind is InputKind.CONSTANT_INPUT:
             cv = d.get("value")
             value = None
             if cv is not None:
                 ctag, value = self.union(cv, p + ".value")
-                value = None if ctag == "as_none" else value
+                value = None if ctag == ArgKind.NONE.tag else value
             name = self.str_(self.req(d, "name", p), p + ".name")
-            return InputSpec("constant_input", Argument("none"), None, None, value, name)
+            return InputSpec(kind, Argument(ArgKind.NONE), None, None, value, name)
         raw_arg = self.req(d, "arg", p)
-        if tag == "user_input":
+        if kind is InputKind.USER_INPUT:
             arg = self.argument(raw_arg, p + ".arg")
-        elif tag == "custom_obj":
-            ad = self.obj(raw_arg, p + ".arg")
-            arg = Argument(
-                "custom_obj",
-                CustomObjRef(
-                    self.str_(self.req(ad, "name", p + ".arg"), p + ".arg.name"),
-                    str(ad.get("class_fqn", "")),
-                ),
-            )
+        elif kind is InputKind.CUSTOM_OBJ:
+            arg = Argument(ArgKind.CUSTOM_OBJ, self.custom_obj(raw_arg, p + ".arg"))
         else:
-            arg = Argument("tensor", self.ref(raw_arg, p + ".arg"))
-        field_name = versions.INPUT_SPEC_TARGET_FIELDS[tag]
-        target = self.str_(self.req(d, field_name, p), f"{p}.{field_name}") if field_name else None
-        persistent = d.get("persistent") if tag == "buffer" else None
+            arg = Argument(ArgKind.TENSOR, self.ref(raw_arg, p + ".arg"))
+        target = self.target(d, kind.target_field, p)
+        persistent = d.get("persistent") if kind is InputKind.BUFFER else None
         return InputSpec(
-            tag,
+            kind,
             arg,
             target,
-            persistent if isinstance(persistent, bool) else (True if tag == "buffer" else None),
+            persistent
+            if isinstance(persistent, bool)
+            else (True if kind is InputKind.BUFFER else None),
         )
 
     def output_spec(self, v: Any, path: str) -> OutputSpec:
         tag, val = self.union(v, path)
         p = f"{path}.{tag}"
-        if tag not in versions.OUTPUT_SPEC_TARGET_FIELDS:
+        kind = _OUTPUT_KINDS.get(tag)
+        if kind is None:
             raise self.fail(path, f"unknown output spec kind '{tag}'")
         d = self.obj(val, p)
         raw_arg = self.req(d, "arg", p)
         arg = (
             self.argument(raw_arg, p + ".arg")
-            if tag == "user_output"
-            else Argument("tensor", self.ref(raw_arg, p + ".arg"))
+            if kind is OutputKind.USER_OUTPUT
+            else Argument(ArgKind.TENSOR, self.ref(raw_arg, p + ".arg"))
         )
-        field_name = versions.OUTPUT_SPEC_TARGET_FIELDS[tag]
-        target = self.str_(self.req(d, field_name, p), f"{p}.{field_name}") if field_name else None
-        return OutputSpec(tag, arg, target)
+        return OutputSpec(kind, arg, self.target(d, kind.target_field, p))
+
+    def target(self, d: dict, field_name: str | None, path: str) -> str | None:
+        """A spec's state-dict name (or the user input it writes), if its kind has one."""
+        if field_name is None:
+            return None
+        return self.str_(self.req(d, field_name, path), f"{path}.{field_name}")
 
     def signature(self, v: Any, path: str) -> GraphSignature:
         d = self.obj(v, path)
@@ -1020,6 +923,36 @@ class _Parser:
                 )
             out.append(ModuleCallEntry(fqn, msig))
         return out
+
+
+_INPUT_KINDS = {kind.value: kind for kind in InputKind}
+_OUTPUT_KINDS = {kind.value: kind for kind in OutputKind}
+
+# How the checked parser reads the value of each kind that is not a list (a list kind's
+# elements are read as its element kind): (parser, JSON value, path, nesting depth) → value.
+_VALUE_PARSERS: dict[ArgKind, Callable[[_Parser, Any, str, int], Any]] = {
+    ArgKind.NONE: lambda parser, v, path, depth: None,
+    ArgKind.TENSOR: lambda parser, v, path, depth: parser.ref(v, path),
+    ArgKind.OPTIONAL_TENSOR: lambda parser, v, path, depth: parser.optional_tensor(v, path),
+    ArgKind.INT: lambda parser, v, path, depth: parser.int_(v, path),
+    ArgKind.FLOAT: lambda parser, v, path, depth: parser.float_(v, path),
+    ArgKind.BOOL: lambda parser, v, path, depth: parser.bool_(v, path),
+    ArgKind.STRING: lambda parser, v, path, depth: parser.str_(v, path),
+    ArgKind.COMPLEX: lambda parser, v, path, depth: parser.complex_(v, path),
+    ArgKind.SYM_INT: lambda parser, v, path, depth: parser.sym_arg(v, path, "int"),
+    ArgKind.SYM_FLOAT: lambda parser, v, path, depth: parser.sym_arg(v, path, "float"),
+    ArgKind.SYM_BOOL: lambda parser, v, path, depth: parser.sym_arg(v, path, "bool"),
+    ArgKind.SCALAR_TYPE: lambda parser, v, path, depth: parser.dtype(v, path),
+    ArgKind.MEMORY_FORMAT: lambda parser, v, path, depth: parser.memory_format(v, path),
+    ArgKind.LAYOUT: lambda parser, v, path, depth: parser.layout(v, path),
+    ArgKind.DEVICE: lambda parser, v, path, depth: parser.device(v, path),
+    ArgKind.GRAPH: lambda parser, v, path, depth: parser.graph_argument(v, path, depth),
+    ArgKind.CUSTOM_OBJ: lambda parser, v, path, depth: parser.custom_obj(v, path),
+    ArgKind.OPERATOR: lambda parser, v, path, depth: parser.str_(v, path),
+    ArgKind.STRING_TO_ARGUMENT: lambda parser, v, path, depth: parser.arguments_by_name(
+        v, path, depth
+    ),
+}
 
 
 def schema_version_of(doc: Any, member: str) -> tuple[int, int]:
@@ -1195,7 +1128,8 @@ class _MetasOnDemand(Mapping):
 # equal values: tests/test_schema_fastpath.py holds them to that. Building a path string for
 # every field the checked way costs more than all the checks.
 
-_NONE_ARGUMENT = Argument("none")
+_NONE_TAG = ArgKind.NONE.tag
+_NONE_ARGUMENT = Argument(ArgKind.NONE)
 
 
 def _plain_ref(v: Any) -> Ref | None:
@@ -1235,52 +1169,61 @@ def _plain_optional_tensor(v: Any) -> Ref | None | bool:
     return False
 
 
+def _plain_ints_value(v: Any) -> tuple | None:
+    if v.__class__ is list and all(x.__class__ is int for x in v):
+        return tuple(v)
+    return None
+
+
+def _plain_float_value(v: Any) -> float | None:
+    cls = v.__class__
+    return float(v) if cls is float or (cls is int and v.bit_length() < 1024) else None
+
+
+def _plain_sym_ints(v: Any) -> tuple | None:
+    if v.__class__ is not list:
+        return None
+    items = tuple(map(_plain_sym_int, v))
+    return None if None in items else items
+
+
+def _plain_optional_tensors(v: Any) -> tuple | None:
+    if v.__class__ is not list:
+        return None
+    items = tuple(map(_plain_optional_tensor, v))
+    return None if False in items else items
+
+
+# The kinds the fast path reads, by union tag: how to read a plain value (None: not plain).
+# Every value here is not None, so None can say "not plain".
+_PLAIN_VALUES: dict[str, tuple[ArgKind, Callable[[Any], Any]]] = {
+    kind.tag: (kind, plain)
+    for kind, plain in {
+        ArgKind.TENSOR: _plain_ref,
+        ArgKind.TENSORS: _plain_refs,
+        ArgKind.INT: lambda v: v if v.__class__ is int else None,
+        ArgKind.INTS: _plain_ints_value,
+        ArgKind.FLOAT: _plain_float_value,
+        ArgKind.BOOL: lambda v: v if v.__class__ is bool else None,
+        ArgKind.STRING: lambda v: v if v.__class__ is str else None,
+        ArgKind.SCALAR_TYPE: lambda v: versions.SCALAR_TYPES.get(v) if v.__class__ is int else None,
+        ArgKind.SYM_INT: _plain_sym_int,
+        ArgKind.SYM_INTS: _plain_sym_ints,
+        ArgKind.OPTIONAL_TENSORS: _plain_optional_tensors,
+    }.items()
+}
+
+
 def _plain_argument(v: Any) -> Argument | None:
     if v.__class__ is not dict or len(v) != 1:
         return None
     ((tag, val),) = v.items()
-    cls = val.__class__
-    if tag == "as_tensor":
-        r = _plain_ref(val)
-        return None if r is None else Argument("tensor", r)
-    if tag == "as_none":
-        return _NONE_ARGUMENT
-    if tag == "as_int":
-        return Argument("int", val) if cls is int else None
-    if tag == "as_ints":
-        if cls is list and all(x.__class__ is int for x in val):
-            return Argument("ints", tuple(val))
-        return None
-    if tag == "as_float":
-        return (
-            Argument("float", float(val))
-            if cls is float or (cls is int and val.bit_length() < 1024)
-            else None
-        )
-    if tag == "as_bool":
-        return Argument("bool", val) if cls is bool else None
-    if tag == "as_tensors":
-        refs = _plain_refs(val)
-        return None if refs is None else Argument("tensors", refs)
-    if tag == "as_string":
-        return Argument("string", val) if cls is str else None
-    if tag == "as_scalar_type":
-        name = versions.SCALAR_TYPES.get(val) if cls is int else None
-        return None if name is None else Argument("scalar_type", name)
-    if tag == "as_sym_int":
-        s = _plain_sym_int(val)
-        return None if s is None else Argument("sym_int", s)
-    if tag == "as_sym_ints":
-        if cls is not list:
-            return None
-        items = tuple(map(_plain_sym_int, val))
-        return None if None in items else Argument("sym_ints", items)
-    if tag == "as_optional_tensors":
-        if cls is not list:
-            return None
-        items = tuple(map(_plain_optional_tensor, val))
-        return None if False in items else Argument("optional_tensors", items)
-    return None
+    plain = _PLAIN_VALUES.get(tag)
+    if plain is None:
+        return _NONE_ARGUMENT if tag == _NONE_TAG else None
+    kind, read = plain
+    value = read(val)
+    return None if value is None else Argument(kind, value)
 
 
 def _plain_node(d: Any) -> Node | None:

@@ -103,27 +103,6 @@ MEMORY_FORMATS: dict[int, str] = {
     4: "preserve_format",
 }
 
-# Input spec kinds and the key that holds each one's state-dict name.
-INPUT_SPEC_TARGET_FIELDS: dict[str, str | None] = {
-    "user_input": None,
-    "parameter": "parameter_name",
-    "buffer": "buffer_name",
-    "tensor_constant": "tensor_constant_name",
-    "custom_obj": "custom_obj_name",
-    "token": None,
-    "constant_input": None,
-}
-
-OUTPUT_SPEC_TARGET_FIELDS: dict[str, str | None] = {
-    "user_output": None,
-    "loss_output": None,
-    "buffer_mutation": "buffer_name",
-    "parameter_mutation": "parameter_name",
-    "gradient_to_parameter": "parameter_name",
-    "gradient_to_user_input": "user_input_name",
-    "user_input_mutation": "user_input_name",
-    "token": None,
-}
 
 # Floats that JSON cannot spell: torch 2.7+ writes these strings; older files the bare tokens
 # that Python's json module already accepts.
