@@ -45,9 +45,9 @@ class InjectedCrash(BaseException):
 
 
 def arm_crash(server, number: int) -> None:
-    """Make the next ``run`` of ``server``'s current program raise :class:`InjectedCrash`."""
+    """Make the next ``run_leaves`` of ``server``'s current program raise :class:`InjectedCrash`."""
     program = server.program
-    original = program.run
+    original = program.run_leaves
     fired = threading.Lock()
 
     def run(*args, **kwargs):
@@ -55,7 +55,7 @@ def arm_crash(server, number: int) -> None:
             raise InjectedCrash(f"soak: injected crash #{number}")
         return original(*args, **kwargs)
 
-    program.run = run
+    program.run_leaves = run
 
 
 def _say(text: str) -> None:

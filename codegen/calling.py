@@ -16,6 +16,8 @@ from pt2interp.codegen.layout import constant_text
 from pt2interp.codegen.names import Scope, class_identifier, identifier
 from pt2interp.codegen.statements import argument_source
 from pt2interp.errors import SchemaError
+from pt2interp.kinds import RETURNED_OUTPUT_KINDS, InputKind, OutputKind
+from pt2interp.signature import CallSignature
 from pt2interp.treespec import TreeSpec
 
 _DICTS = (
@@ -31,12 +33,11 @@ def build_root_forward(plan, ctx: ClassContext) -> FunctionCode:
     facts = plan.facts
     model = facts.program.model
     builder = BodyBuilder(facts, plan.root, plan.root, plan.plan, ctx, "forward")
-    specs = model.signature.input_specs
-    for spec, arg in zip(specs, model.graph.inputs):
-        if spec.kind == "token":
+    for spec, arg in zip(model.signature.input_specs, model.graph.inputs):
+        if spec.kind == InputKind.TOKEN:
             for r in arg.refs():
                 builder.bind(r, "None")
-    leaves = [_leaf_value(s) for s in specs if s.kind in ("user_input", "constant_input")]
+    leaves = [_leaf_value(leaf.spec) for leaf in CallSignature.from_model(model).inputs]
     _bind_parameters(builder, model.root_call, leaves, facts)
     builder.emit_items(plan.root_items)
     builder.position = len(model.graph.nodes)
@@ -48,7 +49,7 @@ def build_root_forward(plan, ctx: ClassContext) -> FunctionCode:
 
 
 def _leaf_value(spec) -> str | None:
-    if spec.kind == "user_input":
+    if spec.kind == InputKind.USER_INPUT:
         refs = spec.arg.refs()
         return refs[0] if refs else None
     return None  # a constant input: the graph was specialised to its value
@@ -136,11 +137,11 @@ def _write_back(builder: BodyBuilder, model) -> None:
         if not refs:
             continue
         value = refs[0]
-        if spec.kind in ("buffer_mutation", "parameter_mutation"):
+        if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION):
             if spec.target in builder.facts.value_targets.get(value, ()):
                 continue  # written in place already
             builder.line(f"{builder.self_path(spec.target)}.copy_({builder.source(value)})")
-        elif spec.kind == "user_input_mutation" and spec.target != value:
+        elif spec.kind == OutputKind.USER_INPUT_MUTATION and spec.target != value:
             builder.line(f"{builder.source(spec.target)}.copy_({builder.source(value)})")
 
 
@@ -148,7 +149,7 @@ def _result(builder: BodyBuilder, model, plan) -> str:
     user = [
         arg
         for spec, arg in zip(model.signature.output_specs, model.graph.outputs)
-        if spec.kind in ("user_output", "loss_output")
+        if spec.kind in RETURNED_OUTPUT_KINDS
     ]
     texts = [argument_source(a, builder.source) for a in user]
     root = model.root_call

@@ -30,6 +30,7 @@ running torch does not have (``[]`` when it has them all).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from pt2interp.schema import (
     static_nbytes,
     static_numel,
 )
+from pt2interp.signature import CallSignature
 from pt2interp.symexpr import EvaluationError, Expr
 
 __all__ = [
@@ -423,31 +425,31 @@ class _SchemaBuilder:
         return None
 
     # -- inputs and outputs ------------------------------------------------------------------
+    # names and order are the call signature's: the server and `run` use the same
     def _inputs(self) -> list[IOValue]:
-        specs = [
-            s
-            for s in self.model.signature.input_specs
-            if s.kind in ("user_input", "constant_input")
-        ]
-        paths = self.model.input_leaf_names()
         out = []
-        for (name, keyword), spec in zip(paths, specs):
-            if spec.kind == "constant_input":
+        for leaf in self.call.inputs:
+            if leaf.kind == "constant":
                 out.append(
                     IOValue(
-                        name, "constant", spec.name, None, _jsonable(spec.constant_value), keyword
+                        leaf.name,
+                        "constant",
+                        leaf.spec.name,
+                        None,
+                        _jsonable(leaf.constant),
+                        leaf.keyword,
                     )
                 )
             else:
-                out.append(self._value(name, spec.arg, keyword))
+                out.append(self._value(leaf.name, leaf.spec.arg, leaf.keyword))
         return out
 
     def _outputs(self) -> list[IOValue]:
-        specs = [
-            s for s in self.model.signature.output_specs if s.kind in ("user_output", "loss_output")
-        ]
-        paths = self.model.output_leaf_names()
-        return [self._value(name, spec.arg, False) for name, spec in zip(paths, specs)]
+        return [self._value(leaf.name, leaf.spec.arg, False) for leaf in self.call.outputs]
+
+    @functools.cached_property
+    def call(self) -> CallSignature:
+        return CallSignature.from_model(self.model)
 
     def _value(self, name: str, arg: Argument, keyword: bool) -> IOValue:
         meta = self.meta_of(arg)

@@ -14,23 +14,21 @@ from typing import Any
 import torch
 
 from pt2interp import limits
-from pt2interp.errors import DeviceError, ExecutionError, InputMismatchError, SchemaError
+from pt2interp.errors import DeviceError, ExecutionError, SchemaError
 from pt2interp.interpreter import GraphCompiler, GraphPlan
+from pt2interp.kinds import STATE_INPUT_KINDS, InputKind, OutputKind
 from pt2interp.ops import functorch
 from pt2interp.program import Program
-from pt2interp.schema import InputSpec, TensorMeta
-from pt2interp.treespec import TreeSpec
-from pt2interp.weights import torch_dtype
-
-_STATE_KINDS = ("parameter", "buffer", "tensor_constant", "custom_obj")
+from pt2interp.signature import CallSignature
 
 
 class LoadedProgram:
     """Call it like the exported module: ``prog(*args, **kwargs)``.
 
     Outputs come back in the original structure; buffers the graph mutates advance from call to
-    call, as with ``ep.module()``. Runs under ``torch.inference_mode()`` (``torch.no_grad()`` for a
-    program that uses forward-mode AD, which inference mode turns off) unless ``inference_mode=False``.
+    call, as with ``ep.module()``. Runs under ``torch.inference_mode()`` (``torch.no_grad()`` for
+    a program that uses forward-mode AD, which inference mode turns off) unless
+    ``inference_mode=False``.
     """
 
     def __init__(
@@ -46,11 +44,11 @@ class LoadedProgram:
         self._state: dict[str, Any] = {}
         values = program.graph.tensor_values
         for spec in program.signature.input_specs:
-            if spec.kind in _STATE_KINDS:
+            if spec.kind in STATE_INPUT_KINDS:
                 value = program.tensor(spec.target)
                 meta = values.get(spec.arg.value.name) if spec.arg.kind == "tensor" else None
                 if (
-                    spec.kind == "parameter"
+                    spec.kind == InputKind.PARAMETER
                     and meta is not None
                     and meta.requires_grad
                     and isinstance(value, torch.Tensor)
@@ -74,69 +72,28 @@ class LoadedProgram:
         self._plan: GraphPlan = GraphCompiler(device=self.device, member=member).compile(
             model.graph
         )
-        specs = model.signature.input_specs
-        if len(specs) != len(model.graph.inputs):
-            raise SchemaError(
-                f"the signature lists {len(specs)} inputs but the graph has {len(model.graph.inputs)}",
-                member=member,
-                path="graph_module.signature.input_specs",
-            )
+        self.signature = signature = CallSignature.from_model(model, strict=True, member=member)
         # inference mode turns forward-mode AD off (torch.func.jvp's tangents become None before
         # torch 2.13): a program recording a jvp runs under no_grad, which records no graph either
         self._no_autograd = (
             torch.no_grad if functorch.uses_forward_ad(model.graph) else torch.inference_mode
         )
-        root = model.root_call
-        self._in_spec: TreeSpec | None = root.in_spec if root else None
-        self._out_spec: TreeSpec | None = root.out_spec if root else None
-        self._arg_names = (root.forward_arg_names if root else None) or []
-        self._input_names = model.input_leaf_names()
-        self._leaf_specs = [
-            i for i, s in enumerate(specs) if s.kind in ("user_input", "constant_input")
-        ]
-        if self._in_spec is not None and self._in_spec.num_leaves != len(self._leaf_specs):
-            raise SchemaError(
-                f"the input tree spec holds {self._in_spec.num_leaves} values but the signature "
-                f"lists {len(self._leaf_specs)} user inputs",
-                member=member,
-                path="graph_module.module_call_graph[0].signature.in_spec",
-            )
+        specs = model.signature.input_specs
         self._template: list[Any] = [None] * len(specs)
         for i, s in enumerate(specs):
-            if s.kind in _STATE_KINDS:
+            if s.kind in STATE_INPUT_KINDS:
                 self._template[i] = self._state[s.target]
-            elif s.kind == "token":
+            elif s.kind == InputKind.TOKEN:
                 self._template[i] = torch.empty(0)
-            elif s.kind == "constant_input":
+            elif s.kind == InputKind.CONSTANT_INPUT:
                 self._template[i] = s.constant_value
-        self._checks = [
-            _InputCheck.make(specs[i], model, self._label(n))
-            for n, i in enumerate(self._leaf_specs)
-        ]
-        self._symbols = {
-            name: (rc.min_val, rc.max_val) for name, rc in model.range_constraints.items()
-        }
+        self._input_slots = [leaf.graph_index for leaf in signature.inputs]
+        self._output_slots = [leaf.graph_index for leaf in signature.outputs]
         outs = model.signature.output_specs
-        if len(outs) != len(model.graph.outputs):
-            raise SchemaError(
-                f"the signature lists {len(outs)} outputs but the graph has {len(model.graph.outputs)}",
-                member=member,
-                path="graph_module.signature.output_specs",
-            )
-        self._user_outputs = [
-            i for i, s in enumerate(outs) if s.kind in ("user_output", "loss_output")
-        ]
-        if self._out_spec is not None and self._out_spec.num_leaves != len(self._user_outputs):
-            raise SchemaError(
-                f"the output tree spec holds {self._out_spec.num_leaves} values but the signature "
-                f"lists {len(self._user_outputs)} user outputs",
-                member=member,
-                path="graph_module.module_call_graph[0].signature.out_spec",
-            )
         self._buffer_writes = [
             (i, s.target)
             for i, s in enumerate(outs)
-            if s.kind in ("buffer_mutation", "parameter_mutation")
+            if s.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION)
         ]
         for i, target in self._buffer_writes:
             if target not in self._state:
@@ -146,13 +103,13 @@ class LoadedProgram:
                     path=f"graph_module.signature.output_specs[{i}]",
                 )
         user_input_pos = {
-            s.arg.value.name: n
-            for n, s in enumerate(specs[i] for i in self._leaf_specs)
-            if s.kind == "user_input" and s.arg.kind == "tensor"
+            leaf.spec.arg.value.name: n
+            for n, leaf in enumerate(signature.inputs)
+            if leaf.spec.kind == InputKind.USER_INPUT and leaf.spec.arg.kind == "tensor"
         }
         self._input_writes = []
         for i, s in enumerate(outs):
-            if s.kind == "user_input_mutation":
+            if s.kind == OutputKind.USER_INPUT_MUTATION:
                 if s.target not in user_input_pos:
                     raise SchemaError(
                         f"user_input_mutation names {s.target!r}, which is no user input",
@@ -160,9 +117,6 @@ class LoadedProgram:
                         path=f"graph_module.signature.output_specs[{i}]",
                     )
                 self._input_writes.append((i, user_input_pos[s.target]))
-
-    def _label(self, n: int) -> str:
-        return self._input_names[n][0] if n < len(self._input_names) else f"input {n}"
 
     def adopt_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Run with these tensors for the named parameters/buffers from now on (the module
@@ -183,74 +137,24 @@ class LoadedProgram:
     def input_names(self) -> list[tuple[str, bool]]:
         """``(name, is_keyword)`` of each input value, in order: the names ``pt2interp info``
         prints (``x``, ``scale``, ``xs.0``)."""
-        return list(self._input_names)
+        return list(self.signature.input_names)
 
     @property
     def output_names(self) -> list[str]:
-        """``out``, ``out.0``, ``out.sum``, ...: each output value, as ``info`` and the server name them."""
-        return self.program.model.output_leaf_names()
+        """``out``, ``out.0``, ``out.sum``, ...: each output value, as ``info`` and the server
+        name them."""
+        return list(self.signature.output_names)
 
     def named_outputs(self, outputs: Any) -> dict[str, Any]:
         """A call's outputs by :attr:`output_names` (``{"out.sum": ..., "out.pair.0": ...}``)."""
-        leaves = (
-            self._out_spec.flatten(outputs, "outputs")
-            if self._out_spec is not None
-            else (list(outputs) if len(self._user_outputs) > 1 else [outputs])
-        )
-        return dict(zip(self.output_names, leaves))
+        return self.signature.named_outputs(outputs)
 
     def bind_named(self, values: dict[str, Any]) -> tuple[tuple, dict]:
         """``(args, kwargs)`` for a call from values keyed by input name (:attr:`input_names`)
         or by position among them (``in_0``, ``in_1``, ...), as ``pt2interp run --inputs`` reads
         them. An input given twice, missing or unknown is an :class:`InputMismatchError` listing the
         expected names."""
-        names = [n for n, _ in self._input_names]
-        leaves: list[Any] = [_MISSING] * len(names)
-        index = {n: i for i, n in enumerate(names)}
-        unknown = []
-        for key, value in values.items():
-            i = index.get(key)
-            if (
-                i is None
-                and key.startswith("in_")
-                and key[3:].isdigit()
-                and int(key[3:]) < len(names)
-            ):
-                i = int(key[3:])
-            if i is None:
-                unknown.append(key)
-            elif leaves[i] is not _MISSING:
-                raise InputMismatchError(
-                    f"input {names[i]!r} is given twice (as {names[i]!r} and in_{i})"
-                )
-            else:
-                leaves[i] = value
-        missing = [
-            names[i]
-            for i, v in enumerate(leaves)
-            if v is _MISSING and self._template[self._leaf_specs[i]] is None
-        ]
-        if unknown or missing:
-            expected = ", ".join(
-                f"{n} (in_{i}{', keyword' if kw else ''})"
-                for i, (n, kw) in enumerate(self._input_names)
-            )
-            problems = ([f"unknown {sorted(unknown)}"] if unknown else []) + (
-                [f"missing {missing}"] if missing else []
-            )
-            raise InputMismatchError(f"{'; '.join(problems)}: the program takes {expected}")
-        leaves = [
-            self._template[self._leaf_specs[i]] if v is _MISSING else v
-            for i, v in enumerate(leaves)
-        ]
-        if (
-            self._in_spec is not None
-            and self._in_spec.type == "builtins.tuple"
-            and len(self._in_spec.children) == 2
-        ):
-            args, kwargs = self._in_spec.unflatten(leaves)
-            return tuple(args), dict(kwargs)
-        return tuple(leaves), {}
+        return self.signature.unbind(self.signature.bind_named(values))
 
     @property
     def device(self) -> torch.device:
@@ -274,7 +178,8 @@ class LoadedProgram:
         return {
             s.target: self._state[s.target]
             for s in self.program.signature.input_specs
-            if s.kind == "parameter" or (s.kind == "buffer" and s.persistent is not False)
+            if s.kind == InputKind.PARAMETER
+            or (s.kind == InputKind.BUFFER and s.persistent is not False)
         }
 
     def fallback_ops(self) -> list[str]:
@@ -286,7 +191,33 @@ class LoadedProgram:
 
     def run(self, *args, on_node: Callable[[str, str, Any], None] | None = None, **kwargs):
         """Run the program. ``on_node(name, target, value)``, if given, sees every value."""
-        inputs, user_leaves = self._bind(args, kwargs)
+        signature = self.signature
+        leaves = signature.bind(args, kwargs)
+        return signature.build_output(
+            self._execute(signature.check(leaves, self.device), leaves, on_node)
+        )
+
+    def run_leaves(self, leaves: list[Any], *, checked: bool = False) -> list[Any]:
+        """Run on input leaves (one value per :attr:`input_names`, constant inputs included) and
+        return the output leaves (one per :attr:`output_names`): the call without its structure.
+        The inputs are checked as a call's are, unless ``checked`` says the caller has done so
+        already with ``self.signature.check(leaves, self.device)`` (the server, which checks each
+        request as it takes it)."""
+        if checked:
+            return self._execute(leaves, leaves)
+        return self._execute(self.signature.check(leaves, self.device), leaves)
+
+    def _execute(
+        self,
+        checked: list[Any],
+        given: list[Any],
+        on_node: Callable[[str, str, Any], None] | None = None,
+    ) -> list[Any]:
+        """The output leaves of a run on ``checked`` leaves (on this device already); inputs the
+        graph mutates are written back to ``given``."""
+        inputs = list(self._template)
+        for slot, value in zip(self._input_slots, checked):
+            inputs[slot] = value
         with limits.call_budget():
             if self.inference_mode:
                 with self._no_autograd():
@@ -295,18 +226,15 @@ class LoadedProgram:
                         if on_node is None
                         else self._plan.run_hooked(inputs, on_node)
                     )
-                    self._write_back(flat, user_leaves)
+                    self._write_back(flat, given)
             else:
                 flat = (
                     self._plan.run(inputs)
                     if on_node is None
                     else self._plan.run_hooked(inputs, on_node)
                 )
-                self._write_back(flat, user_leaves)
-        leaves = [flat[i] for i in self._user_outputs]
-        if self._out_spec is None:
-            return leaves[0] if len(leaves) == 1 else tuple(leaves)
-        return self._out_spec.unflatten(leaves)
+                self._write_back(flat, given)
+        return [flat[i] for i in self._output_slots]
 
     def module(self) -> torch.nn.Module:
         """A ``torch.nn.Module`` running this program, weights registered under their original
@@ -314,60 +242,6 @@ class LoadedProgram:
         from pt2interp.module import ProgramModule
 
         return ProgramModule(self)
-
-    # -- calling convention ---------------------------------------------------------------------
-    def _bind(self, args: tuple, kwargs: dict) -> tuple[list, list]:
-        if self._in_spec is not None:
-            args, kwargs = self._normalize_call(args, kwargs)
-            leaves = self._in_spec.flatten((tuple(args), kwargs), "inputs")
-        else:
-            leaves = list(args) + list(kwargs.values())
-        if len(leaves) != len(self._leaf_specs):
-            raise InputMismatchError(f"expected {len(self._leaf_specs)} inputs, got {len(leaves)}")
-        inputs = list(self._template)
-        device = self.device  # inputs on another device are moved to the program's
-        env: dict[str, int] = {}
-        for check, slot, value in zip(self._checks, self._leaf_specs, leaves):
-            value = check(value, env, self._symbols)
-            if isinstance(value, torch.Tensor) and value.device != device:
-                value = value.to(device)
-            inputs[slot] = value
-        return inputs, leaves
-
-    def _normalize_call(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        spec = self._in_spec
-        if spec.type != "builtins.tuple" or len(spec.children) != 2:
-            return args, kwargs
-        n_pos = len(spec.children[0].children)
-        kw_keys = spec.children[1].dict_keys
-        args = tuple(args)
-        if len(args) > n_pos:
-            raise InputMismatchError(f"expected at most {n_pos} positional inputs, got {len(args)}")
-        if len(args) < n_pos and self._arg_names:
-            # positional arguments passed by name
-            missing = self._arg_names[len(args) : n_pos]
-            if all(m in kwargs for m in missing):
-                kwargs = dict(kwargs)
-                args = args + tuple(kwargs.pop(m) for m in missing)
-        if len(args) < n_pos:
-            names = self._arg_names[len(args) : n_pos] or [f"#{i}" for i in range(len(args), n_pos)]
-            raise InputMismatchError(
-                f"missing positional input(s) {names}: expected {n_pos}, got {len(args)}"
-            )
-        if set(kwargs) != set(kw_keys):
-            kwargs = dict(kwargs)
-            for key in kw_keys:
-                if key not in kwargs:
-                    const = self._constant_default(key)
-                    if const is not _MISSING:
-                        kwargs[key] = const
-        return args, kwargs
-
-    def _constant_default(self, name: str):
-        for spec in self.program.signature.input_specs:
-            if spec.kind == "constant_input" and spec.name == name:
-                return spec.constant_value
-        return _MISSING
 
     def _write_back(self, flat: list, user_leaves: list) -> None:
         i = target = None
@@ -378,7 +252,7 @@ class LoadedProgram:
                 if buf is not value:
                     buf.copy_(value)
             for i, pos in self._input_writes:
-                target = f"input {self._label(pos)}"
+                target = f"input {self.signature.label(pos)}"
                 dst = user_leaves[pos]
                 if dst is not flat[i]:
                     dst.copy_(flat[i])
@@ -391,100 +265,6 @@ class LoadedProgram:
 
     def __repr__(self) -> str:
         return f"<LoadedProgram {self.program.source!r} device={self.device}>"
-
-
-_MISSING = object()
-
-
-class _InputCheck:
-    """Checks one user input against its recorded metadata: dtype, rank, sizes, dim ranges."""
-
-    __slots__ = ("dtype", "kind", "label", "meta")
-
-    def __init__(self, label: str, meta: TensorMeta | None, kind: str):
-        self.label = label
-        self.meta = meta
-        self.kind = kind
-        self.dtype = torch_dtype(meta.dtype) if meta is not None else None
-
-    @classmethod
-    def make(cls, spec: InputSpec, model, label: str) -> _InputCheck:
-        if spec.kind == "user_input" and spec.arg.kind == "tensor":
-            meta = model.graph.tensor_values.get(spec.arg.value.name)
-            return cls(label, meta, "tensor")
-        if spec.kind == "user_input" and spec.arg.kind in ("sym_int", "int"):
-            return cls(label, None, "int")
-        return cls(label, None, "other")
-
-    def __call__(self, value, env: dict, ranges: dict):
-        if self.kind == "int":
-            if isinstance(value, torch.Tensor) or not isinstance(value, int):
-                raise InputMismatchError(
-                    f"input {self.label!r}: expected an int, got {type(value).__name__}"
-                )
-            return value
-        if self.kind != "tensor":
-            return value
-        if not isinstance(value, torch.Tensor):
-            raise InputMismatchError(
-                f"input {self.label!r}: expected a tensor, got {type(value).__name__}"
-            )
-        meta = self.meta
-        if meta is None:
-            return value
-        if value.dtype != self.dtype:
-            raise InputMismatchError(
-                f"input {self.label!r}: expected dtype {self.dtype}, got {value.dtype}"
-            )
-        if value.dim() != len(meta.sizes):
-            raise InputMismatchError(
-                f"input {self.label!r}: expected {len(meta.sizes)} dimensions "
-                f"{_shape_text(meta.sizes)}, got {value.dim()} {list(value.shape)}"
-            )
-        shape = value.shape
-        deferred = []
-        for d, expected in enumerate(meta.sizes):
-            got = shape[d]
-            if isinstance(expected, int):
-                if got != expected:
-                    raise InputMismatchError(
-                        f"input {self.label!r} dim {d}: expected {expected}, got {got} "
-                        f"(shape {list(shape)})"
-                    )
-                continue
-            sym = expected.expr.as_symbol()
-            if sym is None:
-                deferred.append((d, expected, got))
-                continue
-            lo, hi = ranges.get(sym, (None, None))
-            if (lo is not None and got < lo) or (hi is not None and got > hi):
-                raise InputMismatchError(
-                    f"input {self.label!r} dim {d}: expected {sym} in {_range_text(lo, hi)}, got {got}"
-                )
-            bound = env.setdefault(sym, got)
-            if bound != got:
-                raise InputMismatchError(
-                    f"input {self.label!r} dim {d}: {sym} is {bound} elsewhere in the inputs, "
-                    f"got {got}"
-                )
-        for d, expected, got in deferred:
-            try:
-                want = expected.expr.evaluate(env)
-            except KeyError:
-                continue  # depends on a symbol bound by a later input: torch checks this lazily too
-            if want != got:
-                raise InputMismatchError(
-                    f"input {self.label!r} dim {d}: expected {expected} = {want}, got {got}"
-                )
-        return value
-
-
-def _shape_text(sizes) -> str:
-    return "[" + ", ".join(str(s) for s in sizes) + "]"
-
-
-def _range_text(lo, hi) -> str:
-    return f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
 
 
 def _usable_device(device: str | torch.device) -> torch.device:

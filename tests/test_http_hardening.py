@@ -62,15 +62,15 @@ def _slow_runs(server: Server, seconds: float) -> list[int]:
     """Make every model run take ``seconds`` longer, and split large requests into runs of 4
     rows (as requests over the model's limit are); returns the rows of each run as it starts."""
     server._split_rows = 4
-    original = server.program.run
+    original = server.program.run_leaves
     runs: list[int] = []
 
     def slow(*args, **kwargs):
-        runs.append(int(args[0].shape[0]))
+        runs.append(int(args[0][0].shape[0]))
         time.sleep(seconds)
         return original(*args, **kwargs)
 
-    server.program.run = slow
+    server.program.run_leaves = slow
     return runs
 
 
@@ -240,14 +240,14 @@ def test_past_its_deadline_a_request_is_dropped_and_the_next_one_is_answered(ser
 # -- overload -----------------------------------------------------------------------------------------
 def _hold_worker(server: Server):
     release, entered = threading.Event(), threading.Event()
-    original = server.program.run
+    original = server.program.run_leaves
 
     def held(*args, **kwargs):
         entered.set()
         assert release.wait(WAIT)
         return original(*args, **kwargs)
 
-    server.program.run = held
+    server.program.run_leaves = held
     return entered, release
 
 
@@ -340,7 +340,7 @@ def test_model_failures_are_500_without_server_paths(serve, tmp_path):
     def failing(*args, **kwargs):
         raise RuntimeError(f"could not read {secret}: no such file")
 
-    server.program.run = failing
+    server.program.run_leaves = failing
     with running(create_app([server])) as url:
         body, _ = _body(1)
         r = httpx.post(f"{url}/v2/models/{server.name}/infer", content=body, timeout=WAIT)

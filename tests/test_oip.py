@@ -239,6 +239,7 @@ _DTYPES = [d for d in OIP_DATATYPES if d not in ("uint16", "uint32", "uint64")] 
 def test_any_tensor_survives_json_and_binary(dtype_name, shape, binary, rnd):
     """Whatever the datatype and shape, a tensor sent as JSON or binary arrives as itself."""
     from pt2interp.serve.batching import InputSlot
+    from pt2interp.signature import CallSignature, InputLeaf
 
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(rnd.randint(0, 2**31))
@@ -259,7 +260,7 @@ def test_any_tensor_survives_json_and_binary(dtype_name, shape, binary, rnd):
         sizes = shape
 
     slot = InputSlot("x", "tensor", meta=_Meta())
-    layout = BatchLayout([slot], [], None, None, None, ["x"])
+    layout = BatchLayout(CallSignature([InputLeaf("x", "tensor", _Meta())], []), [slot], [])
     entry = {"name": "x", "shape": shape, "datatype": datatype}
     if binary:
         raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""

@@ -66,15 +66,15 @@ def _block_worker(server: Server):
     """Make the worker's next model run wait for the returned event (then run normally)."""
     release = threading.Event()
     entered = threading.Event()
-    original = server.program.run
+    original = server.program.run_leaves
 
     def blocked_run(*args, **kwargs):
         entered.set()
         assert release.wait(WAIT), "test never released the worker"
-        server.program.run = original  # instance attribute: later runs are normal
+        server.program.run_leaves = original  # instance attribute: later runs are normal
         return original(*args, **kwargs)
 
-    server.program.run = blocked_run
+    server.program.run_leaves = blocked_run
     return entered, release
 
 
@@ -217,7 +217,7 @@ def test_worker_death_restarts_the_worker_and_reloads_from_disk(serve, tmp_path)
         release.wait(WAIT)
         raise Fatal("segfault-like death")
 
-    first_program.run = dies
+    first_program.run_leaves = dies
     doomed = server.submit(torch.randn(4, 16))
     assert entered.wait(WAIT)
     queued = [server.submit(torch.randn(4, 16)) for _ in range(3)]  # wait behind the crash
@@ -248,7 +248,7 @@ def test_a_failed_reload_fails_queued_requests_and_recovers(serve, tmp_path):
         release.wait(WAIT)
         raise Fatal("gone")
 
-    server.program.run = dies
+    server.program.run_leaves = dies
     doomed = server.submit(torch.randn(4, 16))
     assert entered.wait(WAIT)
     path.unlink()  # nothing to reload from
@@ -695,7 +695,7 @@ def test_a_split_request_stops_at_its_next_run_once_withdrawn(serve):
     server = serve(DYN_MLP, batch_size=4)
     server._split_rows = 4  # pieces of 4 rows, as for a request over the model's limit
     runs = _count_runs(server)
-    original = server.program.run
+    original = server.program.run_leaves
     started = threading.Event()
 
     def slow_run(*args, **kwargs):
@@ -703,7 +703,7 @@ def test_a_split_request_stops_at_its_next_run_once_withdrawn(serve):
         time.sleep(0.02)
         return original(*args, **kwargs)
 
-    server.program.run = slow_run
+    server.program.run_leaves = slow_run
     big = server.submit(torch.randn(4 * 200, 16))  # 200 runs of 4 rows
     assert started.wait(WAIT)
     time.sleep(0.1)
@@ -720,13 +720,13 @@ def test_a_split_request_stops_at_its_next_run_once_withdrawn(serve):
 def test_a_large_request_does_not_hold_up_the_ones_behind_it(serve):
     server = serve(DYN_MLP, batch_size=4)
     server._split_rows = 4  # pieces of 4 rows, as for a request over the model's limit
-    original = server.program.run
+    original = server.program.run_leaves
 
     def slow_run(*args, **kwargs):
         time.sleep(0.01)
         return original(*args, **kwargs)
 
-    server.program.run = slow_run
+    server.program.run_leaves = slow_run
     x = torch.randn(4 * 100, 16)
     big = server.submit(x)  # 100 runs, over a second
     time.sleep(0.05)

@@ -16,7 +16,8 @@ Everything here is derived from the program's recorded metadata, never from runn
   those with an output that has no batch dimension (it would depend on the whole batch).
 
 >>> import pt2interp
->>> layout = BatchLayout.from_program(pt2interp.read_program("fixtures/zoo/dynamic_batch_mlp.pt2").model)
+>>> model = pt2interp.read_program("fixtures/zoo/dynamic_batch_mlp.pt2").model
+>>> layout = BatchLayout.from_program(model)
 >>> layout.batchable, layout.batch_symbol, layout.max_rows, [s.batch_axis for s in layout.inputs]
 (True, 's77', 1024, [0])
 >>> [(s.name, s.datatype, s.oip_shape) for s in layout.inputs]
@@ -27,13 +28,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from pt2interp.errors import InputMismatchError
+from pt2interp.input_checks import RowCheck, moved
+from pt2interp.kinds import STATE_INPUT_KINDS, InputKind, OutputKind
 from pt2interp.schema import SymExpr, TensorMeta
+from pt2interp.signature import CallSignature
 from pt2interp.treespec import TreeSpec
 from pt2interp.weights import torch_dtype
 
@@ -58,7 +62,7 @@ DTYPE_OF_OIP: dict[str, str] = {v: k for k, v in OIP_DATATYPES.items()}
 # Unbatched tensor inputs up to this size are compared by content when grouping requests
 # (a shared ``scale`` of 4 floats); larger ones only batch with the very same tensor object.
 _HASHED_INPUT_BYTES = 1 << 16
-_STATE_KINDS = ("parameter", "buffer", "tensor_constant", "custom_obj")
+_MUTATING_KINDS = frozenset(k for k in OutputKind if k.mutates)
 
 
 @dataclass(frozen=True)
@@ -148,56 +152,46 @@ class Chunk:
 
 @dataclass
 class BatchLayout:
-    """The program's call structure and batch dimension (see the module docstring)."""
+    """The program's batch dimension (see the module docstring), over its call signature: names,
+    binding and checks come from :class:`~pt2interp.signature.CallSignature`."""
 
+    signature: CallSignature
     inputs: list[InputSlot]
     outputs: list[OutputSlot]
-    in_spec: TreeSpec | None
-    out_spec: TreeSpec | None
-    n_positional: int | None
-    arg_names: list[str]
     batch_symbol: str | None = None
     static_rows: int | None = None  # static programs: every run has exactly this many rows
     min_rows: int = 1
     max_rows: int | None = None
     batchable: bool = False
     reason: str = ""
-    _constant_values: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
-    def from_program(cls, model) -> BatchLayout:
-        """Read the layout from an ``ExportedProgramModel`` (``program.model``)."""
-        root = model.root_call
-        in_spec = root.in_spec if root else None
-        out_spec = root.out_spec if root else None
-        arg_names = list((root.forward_arg_names if root else None) or [])
-        specs = model.signature.input_specs
-        leaf_specs = [s for s in specs if s.kind in ("user_input", "constant_input")]
-        names = [name for name, _ in model.input_leaf_names()]
-        values = model.graph.tensor_values
-        slots: list[InputSlot] = []
-        for name, spec in zip(names, leaf_specs):
-            if spec.kind == "constant_input":
-                slots.append(InputSlot(name, "constant", constant=spec.constant_value))
-            elif spec.arg.kind == "tensor":
-                slots.append(InputSlot(name, "tensor", meta=values.get(spec.arg.value.name)))
-            elif spec.arg.kind in ("sym_int", "int"):
-                slots.append(InputSlot(name, "int"))
-            else:
-                slots.append(InputSlot(name, "other"))
-        user_outputs = model.signature.outputs_of("user_output", "loss_output")
-        out_names = model.output_leaf_names()
-        outputs = [
-            OutputSlot(n, values.get(o.arg.value.name) if o.arg.kind == "tensor" else None)
-            for n, o in zip(out_names, user_outputs)
-        ]
-        n_pos = None
-        if in_spec is not None and in_spec.type == "builtins.tuple" and len(in_spec.children) == 2:
-            n_pos = len(in_spec.children[0].children)
-        layout = cls(slots, outputs, in_spec, out_spec, n_pos, arg_names)
+    def from_program(cls, model, signature: CallSignature | None = None) -> BatchLayout:
+        """Read the layout from an ``ExportedProgramModel`` (``program.model``); ``signature``:
+        its call signature, where the caller has it."""
+        signature = signature if signature is not None else CallSignature.from_model(model)
+        slots = [InputSlot(s.name, s.kind, s.meta, None, s.constant) for s in signature.inputs]
+        outputs = [OutputSlot(o.name, o.meta) for o in signature.outputs]
+        layout = cls(signature, slots, outputs)
         layout._find_batch_dimension(model)
         return layout
+
+    @property
+    def in_spec(self) -> TreeSpec | None:
+        return self.signature.in_spec
+
+    @property
+    def out_spec(self) -> TreeSpec | None:
+        return self.signature.out_spec
+
+    @property
+    def n_positional(self) -> int | None:
+        return self.signature.n_positional
+
+    @property
+    def arg_names(self) -> list[str]:
+        return self.signature.arg_names
 
     def _find_batch_dimension(self, model) -> None:
         reason = _unbatchable_program(model)
@@ -272,77 +266,26 @@ class BatchLayout:
         self.inputs = [_with_axis(s, None) for s in self.inputs]
         self.outputs = [OutputSlot(o.name, o.meta, None) for o in self.outputs]
 
-    # -- calling convention ----------------------------------------------------------------------
+    # -- calling convention (the signature's) -------------------------------------------------
     def bind(self, args: tuple, kwargs: dict) -> list[Any]:
         """The call's input leaves in graph order (positional inputs may be passed by name)."""
-        spec = self.in_spec
-        if spec is None:
-            leaves = list(args) + list(kwargs.values())
-        elif not kwargs and self._flat_positional and len(args) == len(self.inputs):
-            leaves = list(args)  # the common call, f(x) or f(a, b): nothing nests
-        else:
-            if self.n_positional is not None:
-                args, kwargs = self._normalize(tuple(args), dict(kwargs))
-            leaves = spec.flatten((tuple(args), kwargs), "inputs")
-        if len(leaves) != len(self.inputs):
-            raise InputMismatchError(f"expected {len(self.inputs)} inputs, got {len(leaves)}")
-        return leaves
-
-    def _normalize(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        n_pos = self.n_positional
-        if len(args) > n_pos:
-            raise InputMismatchError(f"expected at most {n_pos} positional inputs, got {len(args)}")
-        missing = self.arg_names[len(args) : n_pos]
-        if len(args) < n_pos and missing and all(m in kwargs for m in missing):
-            args = args + tuple(kwargs.pop(m) for m in missing)
-        if len(args) < n_pos:
-            raise InputMismatchError(f"missing positional input(s) {missing or n_pos - len(args)}")
-        kw_keys = self.in_spec.children[1].dict_keys
-        for key in kw_keys:
-            if key not in kwargs:
-                slot = next(
-                    (s for s in self.inputs if s.name == key and s.kind == "constant"), None
-                )
-                if slot is not None:
-                    kwargs[key] = slot.constant
-        return args, kwargs
+        return self.signature.bind(args, kwargs)
 
     def unbind(self, leaves: list[Any]) -> tuple[tuple, dict]:
         """``(args, kwargs)`` for the program, from input leaves in graph order."""
-        if self.in_spec is None:
-            return tuple(leaves), {}
-        value = self.in_spec.unflatten(list(leaves))
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
-            return tuple(value[0]), value[1]
-        return (value,), {}
+        return self.signature.unbind(leaves)
 
     def output_leaves(self, out: Any) -> list[Any]:
-        if self.out_spec is None:
-            return list(out) if isinstance(out, tuple) else [out]
-        return self.out_spec.flatten(out, "outputs")
+        return self.signature.output_leaves(out)
 
     def build_output(self, leaves: list[Any]) -> Any:
         """The caller's output structure (tuple, dict, ...) from output leaves."""
-        if self._output_is_one_leaf:
-            return leaves[0]
-        if self.out_spec is None:
-            return leaves[0] if len(leaves) == 1 else tuple(leaves)
-        return self.out_spec.unflatten(leaves)
-
-    @functools.cached_property
-    def _output_is_one_leaf(self) -> bool:
-        spec = self.out_spec
-        return len(self.outputs) == 1 and (spec is None or spec.is_leaf)
+        return self.signature.build_output(leaves)
 
     # -- requests --------------------------------------------------------------------------------
     def check_devices(self, leaves: list[Any], device: torch.device) -> list[Any]:
         """Move tensors to ``device``; an input that cannot get there fails with the reason."""
-        out = []
-        for slot, value in zip(self.inputs, leaves):
-            if isinstance(value, torch.Tensor) and value.device != device:
-                value = _moved(slot, value, device)
-            out.append(value)
-        return out
+        return self.signature.moved_to(leaves, device)
 
     def rows_of(self, leaves: list[Any]) -> int:
         """Rows along the batch dimension (1 when the program has none to speak of)."""
@@ -376,7 +319,7 @@ class BatchLayout:
                     f"input {slot.name!r}: expected a tensor, got {type(value).__name__}"
                 )
             if device is not None and value.device != device:
-                value = leaves[i] = _moved(slot, value, device)
+                value = leaves[i] = moved(slot.name, value, device)
             shape = check.validate(value, env)
             axis = slot.batch_axis
             if axis is None:
@@ -398,11 +341,11 @@ class BatchLayout:
         return PreparedRequest(leaves, rows if rows is not None else 1, tuple(key))
 
     def prepare_plain(
-        self, args: tuple, kwargs: dict, device: torch.device
+        self, args: tuple | list, kwargs: dict, device: torch.device
     ) -> PreparedRequest | None:
         """:meth:`prepare` for the most common call, ``f(x)`` with one tensor batched along dim 0
         and static other dims, already on ``device``, in a few steps; None for anything else
-        (:meth:`prepare` then decides, and names any problem)."""
+        (:meth:`prepare` then decides, and names any problem). ``args`` may be the leaves."""
         plain = self._plain_input
         if plain is None or kwargs or len(args) != 1:
             return None
@@ -417,7 +360,7 @@ class BatchLayout:
 
     @functools.cached_property
     def _plain_input(self) -> tuple | None:
-        if not self.batchable or len(self.inputs) != 1 or not self._flat_positional:
+        if not self.batchable or len(self.inputs) != 1 or not self.signature._flat_positional:
             return None
         slot, check = self._slot_checks[0]
         if check is None or slot.batch_axis != 0 or check.batched_key is None:
@@ -425,20 +368,15 @@ class BatchLayout:
         return check.dtype, check.rank, torch.Size(check.batched_key[2]), (check.batched_key,)
 
     @functools.cached_property
-    def _flat_positional(self) -> bool:
-        """Every input is a plain positional leaf: binding is the identity."""
-        spec = self.in_spec
-        return (
-            self.n_positional == len(self.inputs)
-            and not spec.children[1].children
-            and all(c.is_leaf for c in spec.children[0].children)
-        )
-
-    @functools.cached_property
-    def _slot_checks(self) -> list[tuple[InputSlot, _TensorCheck | None]]:
+    def _slot_checks(self) -> list[tuple[InputSlot, RowCheck | None]]:
         # Built once: prepare() runs for every request, in the caller's thread.
         return [
-            (s, _TensorCheck(s) if s.kind == "tensor" and s.meta is not None else None)
+            (
+                s,
+                RowCheck(s.name, s.meta, s.batch_axis)
+                if s.kind == "tensor" and s.meta is not None
+                else None,
+            )
             for s in self.inputs
         ]
 
@@ -536,60 +474,6 @@ class BatchLayout:
         }
 
 
-class _TensorCheck:
-    """One tensor input's dtype, rank and non-batch sizes, ready to check a value quickly."""
-
-    __slots__ = ("batched_key", "dtype", "fixed", "name", "rank", "sizes", "symbols")
-
-    def __init__(self, slot: InputSlot):
-        meta = slot.meta
-        self.name = slot.name
-        self.dtype = torch_dtype(meta.dtype)
-        self.rank = len(meta.sizes)
-        self.sizes = meta.sizes
-        # (dim, size) for static dims and (dim, symbol) for plain-symbol dims, batch dim left out;
-        # compound sizes (2*s0) are left to the program's own check when the run starts
-        self.fixed = tuple(
-            (d, n) for d, n in enumerate(meta.sizes) if isinstance(n, int) and d != slot.batch_axis
-        )
-        self.symbols = tuple(
-            (d, n.expr.as_symbol())
-            for d, n in enumerate(meta.sizes)
-            if isinstance(n, SymExpr) and n.expr.as_symbol() and d != slot.batch_axis
-        )
-        # A batched input whose other dims are all static: every valid request has the same key.
-        self.batched_key = None
-        if slot.batch_axis is not None and len(self.fixed) == self.rank - 1:
-            self.batched_key = ("batched", self.dtype, tuple(n for _, n in self.fixed))
-
-    def validate(self, value: torch.Tensor, env: dict[str, int]) -> tuple[int, ...]:
-        """The value's shape, once dtype, rank and sizes are right; else InputMismatchError."""
-        if value.dtype != self.dtype:
-            raise InputMismatchError(
-                f"input {self.name!r}: expected dtype {self.dtype}, got {value.dtype}"
-            )
-        shape = value.shape
-        if len(shape) != self.rank:
-            raise InputMismatchError(
-                f"input {self.name!r}: expected {self.rank} dimensions "
-                f"{_sizes_text(self.sizes)}, got {len(shape)} {list(shape)}"
-            )
-        for d, want in self.fixed:
-            if shape[d] != want:
-                raise InputMismatchError(
-                    f"input {self.name!r} dim {d}: expected {want}, got {shape[d]} "
-                    f"(shape {list(shape)})"
-                )
-        for d, sym in self.symbols:
-            bound = env.setdefault(sym, shape[d])
-            if bound != shape[d]:
-                raise InputMismatchError(
-                    f"input {self.name!r} dim {d}: {sym} is {bound} elsewhere in "
-                    f"the inputs, got {shape[d]}"
-                )
-        return tuple(shape)
-
-
 class BatchSplitError(RuntimeError):
     """A run's outputs did not have the batch dimension the layout promised."""
 
@@ -635,16 +519,6 @@ def plan_runs(chunks: list[Chunk], rows_per_run: int) -> list[list[Chunk]]:
     ordered = [runs[0] for runs in groups.values()]
     ordered += [run for runs in groups.values() for run in runs[1:]]
     return [run for run in ordered if run]
-
-
-def _moved(slot: InputSlot, value: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``value`` on ``device``, from the CPU or another device of the same type."""
-    if value.device.type not in ("cpu", device.type):
-        raise InputMismatchError(
-            f"input {slot.name!r} is on device {value.device}; this "
-            f"server runs on {device}: send a cpu or {device.type} tensor"
-        )
-    return value.to(device)
 
 
 def _untyped_key(slot: InputSlot, value: Any):
@@ -704,17 +578,17 @@ def _batch_symbol(tensors: list[InputSlot]) -> str | None:
 def _unbatchable_program(model) -> str:
     """Why requests must not share a run of this program ("" when they may)."""
     specs = model.signature
-    if specs.outputs_of("buffer_mutation", "parameter_mutation", "user_input_mutation"):
+    if any(s.kind in _MUTATING_KINDS for s in specs.output_specs):
         return "the program writes buffers or inputs: batching would change how often it does"
     state_names = {
         s.arg.value.name
         for s in specs.input_specs
-        if s.kind in _STATE_KINDS and s.arg.kind == "tensor"
+        if s.kind in STATE_INPUT_KINDS and s.arg.kind == "tensor"
     }
     user_names = {
         s.arg.value.name
         for s in specs.input_specs
-        if s.kind == "user_input" and s.arg.kind == "tensor"
+        if s.kind == InputKind.USER_INPUT and s.arg.kind == "tensor"
     }
     for node in model.graph.iter_nodes():
         target = node.target or ""
@@ -728,7 +602,3 @@ def _unbatchable_program(model) -> str:
             if first.kind == "tensor" and first.value.name in state_names | user_names:
                 return f"the program writes {first.value.name!r} in place ({target})"
     return ""
-
-
-def _sizes_text(sizes) -> str:
-    return "[" + ", ".join(str(s) for s in sizes) + "]"

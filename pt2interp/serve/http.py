@@ -336,17 +336,16 @@ class OipApp:
             if limits.request_timeout_s is not None
             else server.request_timeout_s
         )
-        out = await self._wait(server, request, receive, timeout, announced)
+        leaves = await self._wait(server, request, receive, timeout, announced)
         layout = server.layout  # the worker may have reloaded the model meanwhile
         try:
-            leaves = layout.output_leaves(out)
             values = sum(v.numel() for v in leaves if isinstance(v, torch.Tensor))
             if values > _ENCODE_IN_THREAD_VALUES:
                 body, answer_headers = await asyncio.to_thread(
-                    encode_response, out, layout, request, name, leaves=leaves
+                    encode_response, None, layout, request, name, leaves=leaves
                 )
             else:
-                body, answer_headers = encode_response(out, layout, request, name, leaves=leaves)
+                body, answer_headers = encode_response(None, layout, request, name, leaves=leaves)
         except RequestError as exc:  # the server counted it as answered: no second count
             raise _Answered(exc.status, str(exc), exc.headers) from None
         except Exception as exc:  # noqa: BLE001 - outputs that do not fit the recorded layout
@@ -370,8 +369,8 @@ class OipApp:
         # for it to arrive.
         server.announce(-1)
         announced[0] = False
-        handle = server.submit_call(
-            request.args, request.kwargs, lambda result, error: inbox.post(waiter, result, error)
+        handle = server.submit_leaves(
+            request.leaves, lambda result, error: inbox.post(waiter, result, error)
         )
         # Only a disconnect can come from the client now: the body is read.
         gone = loop.create_task(_disconnect(receive))

@@ -25,7 +25,8 @@ way, its JSON saying ``binary_data_size`` instead of ``data``.
 
 >>> import json, torch, pt2interp
 >>> from pt2interp.serve.batching import BatchLayout
->>> layout = BatchLayout.from_program(pt2interp.read_program("fixtures/zoo/dynamic_batch_mlp.pt2").model)
+>>> model = pt2interp.read_program("fixtures/zoo/dynamic_batch_mlp.pt2").model
+>>> layout = BatchLayout.from_program(model)
 >>> x = torch.arange(32, dtype=torch.float32).reshape(2, 16)
 >>> header = json.dumps({"id": "a", "inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32",
 ...                      "parameters": {"binary_data_size": 128}}]}).encode()
@@ -48,6 +49,7 @@ import torch
 
 from pt2interp import jsontext
 from pt2interp.serve.batching import DTYPE_OF_OIP, BatchLayout
+from pt2interp.signature import CallSignature
 
 # The extension's own header (HTTP header names are case-insensitive; ASGI gives them lowercase).
 HEADER_LENGTH = "inference-header-content-length"
@@ -83,15 +85,23 @@ class RequestedOutput:
 
 @dataclass
 class InferRequest:
-    """A decoded infer request: the model's call, what to answer and how."""
+    """A decoded infer request: the model's input leaves (one per input name, in the signature's
+    order), what to answer and how. ``args`` and ``kwargs`` build the Python call on demand."""
 
-    args: tuple
-    kwargs: dict
+    leaves: list[Any] = field(repr=False)
+    signature: CallSignature = field(repr=False)
     rows: int = 1  # rows along the batch dimension
     id: str | None = None
     outputs: list[RequestedOutput] | None = None  # None: every output, in the model's order
     binary_output: bool = False  # the request's binary_data_output
-    leaves: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def args(self) -> tuple:
+        return self.signature.unbind(self.leaves)[0]
+
+    @property
+    def kwargs(self) -> dict:
+        return self.signature.unbind(self.leaves)[1]
 
 
 def shown_name(name: str) -> str:
@@ -178,18 +188,13 @@ def decode_request(
             raise RequestError(
                 400, f"missing input {slot.name!r} ({slot.datatype} {slot.oip_shape})"
             )
-    try:
-        args, kwargs = layout.unbind(leaves)
-    except Exception as exc:  # noqa: BLE001 - a structure mismatch, whatever pytree raised
-        raise RequestError(400, f"inputs do not fit the model's call: {exc}") from None
     return InferRequest(
-        args,
-        kwargs,
+        leaves,
+        layout.signature,
         rows=layout.rows_of(leaves),
         id=request_id,
         outputs=_requested_outputs(payload.get("outputs"), layout),
         binary_output=binary_output,
-        leaves=leaves,
     )
 
 
@@ -378,7 +383,8 @@ def encode_response(
     leaves: list[Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The model's result -> (body, headers): JSON, or JSON and binary data when any output is
-    asked for in binary. ``leaves``: ``layout.output_leaves(out)``, where the caller has them."""
+    asked for in binary. ``leaves``: its output leaves, where the caller has them (``out`` is not
+    looked at then)."""
     if leaves is None:
         leaves = layout.output_leaves(out)
     leaves = dict(zip((s.name for s in layout.outputs), leaves))

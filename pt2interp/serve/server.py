@@ -153,6 +153,7 @@ class _Request:
     __slots__ = (
         "abandoned",
         "callback",
+        "checked_by",
         "claim",
         "compute_s",
         "done",
@@ -164,6 +165,7 @@ class _Request:
         "has_turn",
         "id",
         "largest_run",
+        "leaf_answer",
         "leaves",
         "pieces",
         "prepared",
@@ -188,7 +190,10 @@ class _Request:
         self.result: Any = None
         self.error: BaseException | None = None
         self.running = False
-        self.leaves: list[Any] = []
+        self.leaves: list[Any] = []  # input leaves, in the signature's order
+        # the CallSignature whose full check the leaves passed (None: the program checks them)
+        self.checked_by: Any = None
+        self.leaf_answer = False  # answer with output leaves instead of the model's structure
         self.prepared: PreparedRequest | None = None
         self.rows = 1
         self.pieces: list[Any] = []
@@ -287,7 +292,7 @@ class Server:
         from pt2interp.api import load
 
         program = load(self.path, device=self._requested_device, model=self._model_name)
-        layout = BatchLayout.from_program(program.program.model)
+        layout = BatchLayout.from_program(program.program.model, program.signature)
         self.device = program.device
         self._program = program
         self._layout = layout
@@ -373,6 +378,17 @@ class Server:
         returns a handle for :meth:`withdraw`."""
         return self._submit(_Request(callback=on_done), args, kwargs)
 
+    def submit_leaves(
+        self, leaves: list[Any], on_done: Callable[[list[Any] | None, BaseException | None], None]
+    ):
+        """:meth:`submit_call` for a call already flat: ``leaves`` holds one value per input name
+        (``layout.inputs``) and ``on_done`` receives the output leaves (one per
+        ``layout.outputs``), never the model's structure. What the HTTP front end uses: a request
+        stays in leaves from the wire to the program and back."""
+        request = _Request(callback=on_done)
+        request.leaf_answer = True
+        return self._submit(request, (), {}, leaves)
+
     def withdraw(self, future: ServeFuture | Any, error: ServeError | None = None) -> bool:
         """Give up on a request from :meth:`submit`: it fails with ``error`` (default
         :class:`RequestCancelledError`) at once, is skipped when the worker reaches it, and, if
@@ -421,22 +437,35 @@ class Server:
         if self._bus.subscribers:
             self._bus.emit(ServeEvent("start", self.name, request_id=request.id))
 
-    def _submit(self, request: _Request, args: tuple, kwargs: dict) -> _Request:
+    def _submit(
+        self, request: _Request, args: tuple, kwargs: dict, leaves: list[Any] | None = None
+    ) -> _Request:
+        """Queue a call given as ``(args, kwargs)`` or, with ``leaves``, already bound."""
         self._started(request)
         try:
             if self._closed:
                 raise ServerClosedError(f"server {self.name!r} is shut down")
             layout = self._layout
             if self._batching:
-                prepared = request.prepared = layout.prepare_plain(
-                    args, kwargs, self.device
-                ) or layout.prepare(layout.bind(args, kwargs), self.device)
+                # checked but for the batch dim; the program checks each stacked run whole
+                if leaves is None:
+                    prepared = layout.prepare_plain(args, kwargs, self.device) or layout.prepare(
+                        layout.bind(args, kwargs), self.device
+                    )
+                else:
+                    prepared = layout.prepare_plain(leaves, {}, self.device) or layout.prepare(
+                        leaves, self.device
+                    )
+                request.prepared = prepared
                 request.rows = prepared.rows
                 request.leaves = prepared.leaves
             else:
-                request.leaves = leaves = layout.check_devices(
-                    layout.bind(args, kwargs), self.device
-                )
+                # checked whole here, in the caller's thread: the worker only runs it
+                signature = layout.signature
+                if leaves is None:
+                    leaves = signature.bind(args, kwargs)
+                leaves = signature.check(signature.moved_to(leaves, self.device), self.device)
+                request.leaves, request.checked_by = leaves, signature
                 request.rows = layout.rows_of(leaves)
         except Exception as exc:  # noqa: BLE001 - any input problem belongs to this caller alone
             self._finish(request, error=exc)
@@ -763,9 +792,14 @@ class Server:
         if request.finished:
             return  # withdrawn while the requests before it ran
         started = request.first_run = time.monotonic()
+        program = self._program
         try:
-            args, kwargs = self._layout.unbind(request.leaves)
-            out = self._program.run(*args, **kwargs)
+            # prepared for batching, or queued before a reload: checked as any call
+            out = program.run_leaves(
+                request.leaves, checked=request.checked_by is program.signature
+            )
+            if not request.leaf_answer:
+                out = program.signature.build_output(out)
         except Exception as exc:  # noqa: BLE001 - whatever the model raises goes to its caller
             self._finish(request, error=exc)
             return
@@ -792,9 +826,7 @@ class Server:
         started = time.monotonic()
         try:
             leaves, padding = layout.stack(run)
-            args, kwargs = layout.unbind(leaves)
-            out = self._program.run(*args, **kwargs)
-            shares = layout.split(layout.output_leaves(out), run, padding)
+            shares = layout.split(self._program.run_leaves(leaves), run, padding)
         except Exception as exc:  # noqa: BLE001 - retried per chunk below, then to its caller
             if len(run) > 1:
                 # Find the culprit: each chunk alone, so only its own request sees the error.
@@ -819,7 +851,7 @@ class Server:
             try:
                 if chunk.whole:  # the common case: the request's only chunk
                     owner.largest_run = rows
-                    result = layout.build_output(share)
+                    result = share if owner.leaf_answer else layout.build_output(share)
                 else:
                     owner.pieces[chunk.index] = share
                     owner.remaining -= 1
@@ -827,7 +859,9 @@ class Server:
                     if owner.remaining:
                         continue
                     pieces, owner.pieces = owner.pieces, []
-                    result = layout.build_output(layout.join(pieces))
+                    result = layout.join(pieces)
+                    if not owner.leaf_answer:
+                        result = layout.build_output(result)
             except Exception as exc:  # noqa: BLE001 - fails this request, not the worker
                 self._finish(owner, error=exc)
                 continue
