@@ -18,6 +18,8 @@ MODULES = [
     "pt2interp.introspect",
     "pt2interp.extract",
     "pt2interp.numpy_weights",
+    "pt2interp.payload",
+    "pt2interp.byteorder",
     "pt2interp.jsontext",
     "pt2interp.limits",
     "pt2interp.printable",
