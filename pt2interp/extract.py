@@ -185,9 +185,9 @@ def _numpy_weights(
 def _torch_weights(program: Program, include_buffers: bool, include_constants: bool) -> dict:
     import torch
 
-    from pt2interp.weights import load_weights as load_archive_weights
+    from pt2interp.weights import read_state_tensors
 
-    w = load_archive_weights(program.archive, program.model_name)
+    w = read_state_tensors(program.archive, program.model_name)
     state = [(k, v, k in w.parameters) for k, v in w.tensors.items() if isinstance(v, torch.Tensor)]
     consts = [(k, v, False) for k, v in w.constants.items() if isinstance(v, torch.Tensor)]
     return {

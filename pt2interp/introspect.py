@@ -39,9 +39,9 @@ from collections import Counter
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, BinaryIO
 
-from pt2interp import versions
 from pt2interp.archive import Archive
 from pt2interp.errors import Pt2Error, SchemaError
+from pt2interp.payload import declared_views
 from pt2interp.program import Program, collector_paused, read_payload_config, read_program
 from pt2interp.schema import (
     Argument,
@@ -583,20 +583,11 @@ def _is_monotone(expr: Expr) -> bool:
 
 
 def _storage_records(program: Program) -> dict[str, tuple[str, TensorMeta | None]]:
-    """``{name: (record member, tensor_meta)}`` from the weights/constants configs, if any."""
-    archive = program.archive
-    if archive.layout != "pt2":
-        return {}
-    out = {}
-    for config, base in (
-        (versions.PT2_WEIGHTS_CONFIG, versions.PT2_WEIGHTS_DIR),
-        (versions.PT2_CONSTANTS_CONFIG, versions.PT2_CONSTANTS_DIR),
-    ):
-        member = config.format(program.model_name)
-        if archive.has(member):
-            for name, meta in read_payload_config(archive, member).items():
-                out[name] = (base + meta.path_name, meta.tensor_meta)
-    return out
+    """``{name: (record member, tensor_meta)}`` as the weights/constants configs declare them."""
+    return {
+        v.name: (v.relative, v.tensor_meta)
+        for v in declared_views(program.archive, program.model_name)
+    }
 
 
 def _view_key(storage: str, meta: TensorMeta | None) -> tuple:

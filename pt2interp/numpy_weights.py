@@ -30,19 +30,26 @@ names the torch dtype.
 
 from __future__ import annotations
 
-import math
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from pt2interp import versions
 from pt2interp.archive import Archive
+from pt2interp.byteorder import to_native
 from pt2interp.errors import WeightError
-from pt2interp.program import read_payload_config
-from pt2interp.schema import PayloadMeta, TensorMeta
+from pt2interp.payload import (  # the checks live there; imported from here too
+    MAX_ZERO_FILL_BYTES,
+    OpaqueRecord,
+    PickledRecord,
+    Record,
+    TensorRecord,
+    bytes_needed,
+    check_record,
+    check_view,
+    read_payloads,
+)
+from pt2interp.schema import TensorMeta
 from pt2interp.torch_pickle import RawTensor, load_torch_save
-from pt2interp.zipdir import Member
 
 try:  # optional: real numpy dtypes for bfloat16 and float8
     import ml_dtypes
@@ -60,12 +67,6 @@ __all__ = [
     "read_stored_tensors",
     "strided_view",
 ]
-
-# Empty records (torch writes them for tensors it could not write by bytes) load as zeros, as
-# torch loads them; a file of a few bytes must not make that allocate without bound, so the
-# zeros one archive's weights (or constants) may ask for are capped, on both backends.
-MAX_ZERO_FILL_BYTES = 1 << 30
-_INT64_MAX = (1 << 63) - 1
 
 # dtypes numpy has under the same name as torch
 _NATIVE = (
@@ -132,289 +133,120 @@ class StoredTensor:
     is_parameter: bool
     raw_bits: bool
 
-    @property
-    def view_key(self) -> tuple:
-        """Equal for tensors that are the very same view of the same storage (exact aliases)."""
-        a = self.array
-        return (self.storage, self.dtype, a.shape, a.strides, a.__array_interface__["data"][0])
-
 
 def read_stored_tensors(
     archive: Archive, model_name: str
 ) -> tuple[list[StoredTensor], list[StoredTensor]]:
     """``(state, constants)``: the stored state dict (parameters and persistent buffers) and the
-    stored constants (tensor constants, non-persistent buffers), in stored order.
+    stored constants (tensor constants, non-persistent buffers), in stored order: the records
+    of :func:`pt2interp.payload.read_payloads`, materialized.
 
     Script objects and other opaque constants are skipped: they are not tensors.
     """
-    if archive.layout == "legacy":
-        return (
-            _pickled_member(archive, versions.LEGACY_STATE_DICT),
-            _pickled_member(archive, versions.LEGACY_CONSTANTS),
-        )
-    pickled = versions.PT2_PICKLED_WEIGHTS.format(model_name)
-    if archive.has(pickled):  # torch 2.8
-        return (
-            _pickled_member(archive, (pickled,)),
-            _pickled_member(archive, (versions.PT2_PICKLED_CONSTANTS.format(model_name),)),
-        )
-    return (
-        _raw_payloads(
-            archive, versions.PT2_WEIGHTS_CONFIG.format(model_name), versions.PT2_WEIGHTS_DIR
-        ),
-        _raw_payloads(
-            archive, versions.PT2_CONSTANTS_CONFIG.format(model_name), versions.PT2_CONSTANTS_DIR
-        ),
-    )
+    stored = read_payloads(archive, model_name, _numpy_itemsize)
+    return _materialize(archive, stored.state), _materialize(archive, stored.constants)
 
 
-# -- pickled payloads ---------------------------------------------------------------------------
+def _numpy_itemsize(name: str, where: str) -> int:
+    return numpy_dtype(name, where=where)[0].itemsize
 
 
-def _pickled_member(archive: Archive, candidates: tuple[str, ...]) -> list[StoredTensor]:
-    for relative in candidates:
-        if not archive.has(relative):
+def _materialize(archive: Archive, records: list[Record]) -> list[StoredTensor]:
+    out: list[StoredTensor] = []
+    flats: dict[tuple[str, str], np.ndarray] = {}  # one per record and dtype: tied views share it
+    for record in records:
+        if isinstance(record, OpaqueRecord):
+            continue  # script objects are not tensors and are never unpickled
+        if isinstance(record, PickledRecord):
+            if record.holds_tensor:
+                out.extend(_unpickled(archive, record))
             continue
-        member = archive.member_path(relative)
-        if not relative.endswith(".pt"):
-            raise WeightError(
-                f"{archive.source}: {member} is not a torch.save payload; "
-                "this archive predates the pickled state dict (torch < 2.3)"
-            )
-        if archive.info(relative).size == 0:
-            return []
-        obj = load_torch_save(archive.read(relative), source=f"{archive.source}:{member}")
-        if not isinstance(obj, dict):
-            raise WeightError(
-                f"{archive.source}: {member} holds a {type(obj).__name__}, expected a dict of tensors"
-            )
-        out = []
-        for name, value in obj.items():
-            if not isinstance(value, RawTensor):
-                continue  # a non-tensor constant: nothing numpy can hold
-            out.append(
-                StoredTensor(
-                    str(name),
-                    value.array,
-                    value.dtype,
-                    f"{member}:{value.storage_key}",
-                    value.is_parameter,
-                    value.dtype in RAW_BITS_DTYPES,
-                )
-            )
-        return out
-    return []
-
-
-# -- raw records (torch 2.9+) -------------------------------------------------------------------
-
-
-def _raw_payloads(archive: Archive, config_member: str, base_dir: str) -> list[StoredTensor]:
-    if not archive.has(config_member):
-        return []
-    swap = _archive_byteorder(archive) != sys.byteorder
-    config = read_payload_config(archive, config_member)
-    needed = bytes_needed(config)
-    zero_budget = [MAX_ZERO_FILL_BYTES]
-    flats: dict[str, np.ndarray] = {}
-    out = []
-    for fqn, meta in config.items():
-        member = base_dir + meta.path_name
-        where = f"{archive.source}: {archive.member_path(member)} ({fqn}): "
-        if meta.use_pickle or meta.tensor_meta is None:
-            if meta.path_name.startswith(("custom_obj", "opaque_obj")) or meta.tensor_meta is None:
-                continue  # script objects are not tensors and are never unpickled
-            out.extend(_pickled_entry(archive, member, fqn, meta.is_param))
-            continue
-        tm = meta.tensor_meta
-        dtype, raw = numpy_dtype(tm.dtype, where=where)
-        key = f"{tm.dtype}:{member}"
+        key = (record.relative, record.dtype)
         flat = flats.get(key)
         if flat is None:
-            flat = flats[key] = _flat_record(
-                archive, member, dtype, tm.dtype, where, swap, needed[meta.path_name]
-            )
+            flat = flats[key] = _flat_record(archive, record)
         out.append(
             StoredTensor(
-                fqn,
-                strided_view(flat, tm, where, zero_budget),
-                tm.dtype,
-                archive.member_path(member),
-                meta.is_param,
-                raw,
+                record.name,
+                _strided(
+                    flat,
+                    record.numel,
+                    record.sizes,
+                    record.strides,
+                    record.storage_offset,
+                    record.where,
+                ),
+                record.dtype,
+                record.member,
+                record.is_parameter,
+                record.dtype in RAW_BITS_DTYPES,
             )
         )
     return out
 
 
-def _pickled_entry(archive: Archive, member: str, fqn: str, is_param: bool) -> list[StoredTensor]:
-    # A use_pickle entry is one torch.save'd tensor (torch writes those it cannot write raw).
-    full = archive.member_path(member)
-    obj = load_torch_save(archive.read(member), source=f"{archive.source}:{full}")
-    if not isinstance(obj, RawTensor):
-        return []
+# -- pickled payloads ---------------------------------------------------------------------------
+
+
+def _unpickled(archive: Archive, record: PickledRecord) -> list[StoredTensor]:
+    """The tensors of a torch.save payload: a whole dict's (non-tensor values are skipped:
+    numpy has nothing to hold them in) or one entry's."""
+    obj = load_torch_save(archive.read(record.relative), source=f"{archive.source}:{record.member}")
+    items = record.entries(obj, archive.source)
     return [
         StoredTensor(
-            fqn,
-            obj.array,
-            obj.dtype,
-            f"{full}:{obj.storage_key}",
-            is_param,
-            obj.dtype in RAW_BITS_DTYPES,
+            str(name),
+            value.array,
+            value.dtype,
+            f"{record.member}:{value.storage_key}",
+            value.is_parameter if record.name is None else record.is_parameter,
+            value.dtype in RAW_BITS_DTYPES,
         )
+        for name, value in items
+        if isinstance(value, RawTensor)
     ]
 
 
-def _archive_byteorder(archive: Archive) -> str:
-    # torch writes "little" or "big"; archives without the member are little-endian
-    if archive.has("byteorder"):
-        return "big" if archive.read("byteorder", limit=16).strip() == b"big" else "little"
-    return "little"
+# -- raw records (torch 2.9+) -------------------------------------------------------------------
 
 
-def _flat_record(
-    archive: Archive,
-    member: str,
-    dtype: np.dtype,
-    dtype_name: str,
-    where: str,
-    swap: bool,
-    needed: int | None,
-) -> np.ndarray:
-    if check_record(archive, member, dtype.itemsize, dtype_name, needed, where).size == 0:
+def _flat_record(archive: Archive, record: TensorRecord) -> np.ndarray:
+    """The whole record as a flat read-only array of the record's dtype, in native byte order."""
+    dtype, _ = numpy_dtype(record.dtype)
+    if record.record_bytes == 0:
         return np.empty(0, dtype=dtype)
-    flat = np.frombuffer(archive.buffer(member), dtype=dtype)
-    if swap and dtype.itemsize > 1:
-        # complex numbers swap each half; everything else swaps whole elements
-        unit = (
-            dtype.itemsize // 2
-            if dtype.kind == "c" or dtype_name == "complex32"
-            else dtype.itemsize
-        )
-        raw = flat.view(np.uint8).reshape(-1, unit)[:, ::-1]
-        flat = np.ascontiguousarray(raw).reshape(-1).view(dtype)
+    buf = archive.buffer(record.relative)
+    if record.swap_unit > 1:
+        buf = to_native(buf, record.swap_unit)
+    flat = np.frombuffer(buf, dtype=dtype)
     flat.flags.writeable = False
     return flat
+
+
+def _strided(
+    flat: np.ndarray, numel: int, sizes: tuple, strides: tuple, offset: int, where: str
+) -> np.ndarray:
+    # the geometry is checked (pt2interp.payload.check_view): this only makes the view
+    if numel == 0:
+        return np.empty(sizes, dtype=flat.dtype)
+    if flat.size == 0:
+        return np.zeros(sizes, dtype=flat.dtype)  # an empty record stands for zeros
+    item = flat.itemsize
+    try:
+        return np.lib.stride_tricks.as_strided(
+            flat[offset:], shape=sizes, strides=[s * item for s in strides], writeable=False
+        )
+    except ValueError as exc:  # what numpy refuses beyond check_view's rules
+        raise WeightError(
+            f"{where}cannot view sizes {list(sizes)} strides {list(strides)}: {exc}"
+        ) from None
 
 
 def strided_view(
     flat: np.ndarray, tm: TensorMeta, where: str, zero_budget: list[int] | None = None
 ) -> np.ndarray:
     """``as_strided`` view of a flat record, refusing views that reach past its end (see
-    :func:`check_view`, which ``zero_budget`` is passed to)."""
+    :func:`pt2interp.payload.check_view`, which ``zero_budget`` is passed to)."""
     budget = zero_budget if zero_budget is not None else [MAX_ZERO_FILL_BYTES]
     numel = check_view(tm, flat.size, flat.itemsize, where, budget)
-    if numel == 0:
-        return np.empty(tm.sizes, dtype=flat.dtype)
-    if flat.size == 0:
-        return np.zeros(tm.sizes, dtype=flat.dtype)
-    item = flat.itemsize
-    try:
-        return np.lib.stride_tricks.as_strided(
-            flat[tm.storage_offset :],
-            shape=tm.sizes,
-            strides=[s * item for s in tm.strides],
-            writeable=False,
-        )
-    except ValueError as exc:  # what numpy refuses beyond check_view's rules
-        raise WeightError(
-            f"{where}cannot view sizes {list(tm.sizes)} strides {list(tm.strides)}: {exc}"
-        ) from None
-
-
-# -- checks both backends make (pt2interp.weights uses them too) ---------------------------------
-
-
-def bytes_needed(config: dict[str, PayloadMeta]) -> dict[str, int]:
-    """Per record (``path_name``): the bytes the views declared on it reach. A compressed record
-    may inflate to no more: torch never compresses records, so only a hostile file asks for
-    more than its tensors need."""
-    needed: dict[str, int] = {}
-    for meta in config.values():
-        if meta.use_pickle or meta.tensor_meta is None:
-            continue
-        tm = meta.tensor_meta
-        sizes, strides, offset = tm.sizes, tm.strides, tm.storage_offset
-        static = all(isinstance(x, int) for x in (*sizes, *strides, offset)) and len(
-            strides
-        ) == len(sizes)
-        if not static or 0 in sizes:
-            n = 0  # an empty view needs nothing; check_view refuses one that is not static
-        else:
-            n = (
-                offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1
-            ) * versions.ITEMSIZE.get(tm.dtype, 1)
-        needed[meta.path_name] = max(needed.get(meta.path_name, 0), n)
-    return needed
-
-
-def check_record(
-    archive: Archive, member: str, itemsize: int, dtype_name: str, needed: int | None, where: str
-) -> Member:
-    """A raw record's directory entry, once its size fits its dtype and, compressed, the tensors
-    declared on it (``needed``, from :func:`bytes_needed`)."""
-    info = archive.info(member)
-    if info.size % itemsize:
-        raise WeightError(
-            f"{where}{info.size} bytes is not a whole number of {dtype_name} elements"
-        )
-    if not info.stored and needed is not None and info.size > needed:
-        # Stored records are mapped, not read; a compressed one is inflated into memory
-        raise WeightError(
-            f"{where}the compressed record declares {info.size} bytes but the tensors stored "
-            f"in it need only {needed}: refusing to inflate it"
-        )
-    return info
-
-
-def check_view(
-    tm: TensorMeta, record_items: int, itemsize: int, where: str, zero_budget: list[int]
-) -> int:
-    """Check the view ``tm`` declares on a flat record of ``record_items`` elements of
-    ``itemsize`` bytes; returns its element count.
-
-    Refused: symbolic geometry; sizes, strides or offset beyond int64; views reaching past the
-    record's end; views whose bytes int64 cannot count (a stride-0 view of a huge size: numpy
-    cannot make one, torch's ``nbytes`` wraps around). A view on an empty record stands for
-    zeros: their bytes are taken from ``zero_budget`` (a one-item list shared by one archive's
-    tensors), and refused beyond it.
-    """
-    sizes, strides, offset = tm.sizes, tm.strides, tm.storage_offset
-    if not all(isinstance(x, int) for x in (*sizes, *strides, offset)):
-        raise WeightError(f"{where}weights must have static sizes, got {list(map(str, sizes))}")
-    if len(strides) != len(sizes):
-        raise WeightError(f"{where}{len(strides)} strides for {len(sizes)} sizes")
-    if any(x < 0 for x in (*sizes, *strides, offset)):
-        raise WeightError(
-            f"{where}negative sizes {list(sizes)}, strides {list(strides)} or offset {offset}"
-        )
-    numel = math.prod(sizes)
-    if any(x > _INT64_MAX for x in (*sizes, *strides, offset, numel)):
-        raise WeightError(
-            f"{where}sizes {list(sizes)} strides {list(strides)} offset {offset} do not fit in int64"
-        )
-    if numel == 0:
-        return 0
-    if record_items == 0:
-        # torch writes empty records for tensors it could not serialize by bytes: zeros, as torch does
-        nbytes = numel * itemsize
-        if nbytes > zero_budget[0]:
-            raise WeightError(
-                f"{where}the record is empty and the tensor declares {nbytes} bytes of zeros, over "
-                f"the {MAX_ZERO_FILL_BYTES} bytes of zeros an archive may ask for "
-                "(pt2interp.numpy_weights.MAX_ZERO_FILL_BYTES)"
-            )
-        zero_budget[0] -= nbytes
-        return numel
-    extent = offset + sum((s - 1) * st for s, st in zip(sizes, strides)) + 1
-    if extent > record_items:
-        raise WeightError(
-            f"{where}declares sizes {list(sizes)} strides {list(strides)} offset {offset}, needing "
-            f"{extent * itemsize} bytes, but the record holds only {record_items * itemsize}"
-        )
-    if numel * itemsize > _INT64_MAX:  # within the record only by repeating it: stride 0
-        raise WeightError(
-            f"{where}sizes {list(sizes)} strides {list(strides)} make {numel} elements, "
-            f"{numel * itemsize} bytes: more than int64 can count"
-        )
-    return numel
+    return _strided(flat, numel, tuple(tm.sizes), tuple(tm.strides), tm.storage_offset, where)

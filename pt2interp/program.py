@@ -73,9 +73,9 @@ class Program:
     # -- weights ---------------------------------------------------------------------
     def _loaded(self):
         if self._weights is None:
-            from pt2interp.weights import load_weights
+            from pt2interp.weights import read_state_tensors
 
-            self._weights = load_weights(self.archive, self.model_name)
+            self._weights = read_state_tensors(self.archive, self.model_name)
         return self._weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -61,13 +61,13 @@ import io
 import pickle
 import re
 import reprlib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
+from .byteorder import needs_swap, swap_unit, to_native
 from .errors import WeightError
 from .zipdir import ZipDirectory
 
@@ -116,7 +116,7 @@ class _DType:
     name: str
     numpy: np.dtype
     raw: bool  # numpy holds the bit pattern, not the value
-    swap: int  # bytes per byte-swapped unit: complex numbers swap each half separately
+    swap: int  # bytes per byte-swapped unit (pt2interp.byteorder.swap_unit)
 
     @property
     def itemsize(self) -> int:
@@ -126,9 +126,9 @@ class _DType:
 def _dtype_table() -> dict[str, _DType]:
     table: dict[str, _DType] = {}
 
-    def add(name: str, np_type: Any, *, raw: bool = False, swap: int | None = None) -> None:
+    def add(name: str, np_type: Any, *, raw: bool = False) -> None:
         dt = np.dtype(np_type)
-        table[name] = _DType(name, dt, raw, swap or dt.itemsize)
+        table[name] = _DType(name, dt, raw, swap_unit(name, dt.itemsize))
 
     for name in (
         "float16",
@@ -145,9 +145,9 @@ def _dtype_table() -> dict[str, _DType]:
         "bool",
     ):
         add(name, name)
-    add("complex64", np.complex64, swap=4)
-    add("complex128", np.complex128, swap=8)
-    add("complex32", np.uint32, raw=True, swap=2)
+    add("complex64", np.complex64)
+    add("complex128", np.complex128)
+    add("complex32", np.uint32, raw=True)
     add("float4_e2m1fn_x2", np.uint8, raw=True)
     for name, bits in (
         ("bfloat16", np.uint16),
@@ -263,9 +263,7 @@ class _Storage:
 def _swap_bytes(raw: bytes, unit: int) -> Any:
     if unit == 1:
         return raw
-    swapped = np.frombuffer(raw, dtype=np.uint8).copy()
-    whole = len(raw) // unit * unit
-    swapped[:whole].view(f"u{unit}").byteswap(inplace=True)
+    swapped = to_native(raw, unit)
     swapped.flags.writeable = False
     return swapped
 
@@ -551,7 +549,7 @@ def load_torch_save(
     )
     with directory.zip:
         prefix = _find_prefix(directory, source)
-        byteswap = _byteorder(directory, prefix, source) != sys.byteorder
+        byteswap = needs_swap(_byteorder(directory, prefix, source))
         member = f"{prefix}/data.pkl"
         size = directory.members[member].size
         if size > _MAX_PICKLE_BYTES:

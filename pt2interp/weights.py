@@ -1,4 +1,4 @@
-"""Weights and constants as torch tensors.
+"""Weights and constants as torch tensors: the records of :mod:`pt2interp.payload`, materialized.
 
 Raw records (torch 2.9+) become flat tensors over a copy-on-write mapping of the file, then
 ``as_strided`` views, so tensors that share a record share storage (tied weights) and nothing
@@ -11,17 +11,14 @@ Torch is imported here; nothing that merely reads a program imports this module.
 from __future__ import annotations
 
 import io
-import sys
 from dataclasses import dataclass
 
 import torch
 
-from pt2interp import versions
 from pt2interp.archive import Archive
+from pt2interp.byteorder import to_native
 from pt2interp.errors import WeightError
-from pt2interp.numpy_weights import MAX_ZERO_FILL_BYTES, bytes_needed, check_record, check_view
-from pt2interp.program import read_payload_config
-from pt2interp.schema import TensorMeta
+from pt2interp.payload import OpaqueRecord, PickledRecord, Record, TensorRecord, read_payloads
 from pt2interp.zipdir import ZipDirectory
 
 
@@ -34,40 +31,53 @@ def torch_dtype(name: str, *, where: str = "") -> torch.dtype:
 
 @dataclass
 class LoadedWeights:
-    """What :func:`load_weights` found: state dict entries and constants, by FQN."""
+    """What :func:`read_state_tensors` found: state dict entries and constants, by FQN."""
 
     tensors: dict[str, torch.Tensor]
     constants: dict[str, object]
     parameters: set[str]
 
 
-def load_weights(archive: Archive, model_name: str) -> LoadedWeights:
-    if archive.layout == "legacy":
-        return _load_legacy(archive)
-    return _load_pt2(archive, model_name)
+def read_state_tensors(archive: Archive, model_name: str) -> LoadedWeights:
+    """The stored state dict and constants of ``model_name`` as tensors (the records of
+    :func:`pt2interp.payload.read_payloads`, materialized)."""
+    stored = read_payloads(archive, model_name, _torch_itemsize)
+    params: set[str] = set()
+    tensors = _materialize(archive, stored.state, params)
+    constants = _materialize(archive, stored.constants, set())
+    return LoadedWeights(tensors, constants, params)
 
 
-# -- legacy layout (torch 2.1 to 2.7) -------------------------------------------------------
+def _torch_itemsize(name: str, where: str) -> int:
+    return torch_dtype(name, where=where).itemsize
 
 
-def _load_legacy(archive: Archive) -> LoadedWeights:
-    state = _first_pickled(archive, versions.LEGACY_STATE_DICT, "state dict")
-    consts = _first_pickled(archive, versions.LEGACY_CONSTANTS, "constants")
-    params = {k for k, v in state.items() if isinstance(v, torch.nn.Parameter)}
-    return LoadedWeights(_plain(state), dict(_plain(consts)), params)
-
-
-def _first_pickled(archive: Archive, names: tuple[str, ...], what: str) -> dict:
-    for name in names:
-        if archive.has(name):
-            obj = load_pickled(archive, name)
-            if not isinstance(obj, dict):
-                raise WeightError(
-                    f"{archive.source}: {archive.member_path(name)} holds a "
-                    f"{type(obj).__name__}, expected a dict of tensors ({what})"
-                )
-            return obj
-    return {}
+def _materialize(archive: Archive, records: list[Record], params: set[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    flats: dict[tuple[str, str], torch.Tensor] = {}  # one per record and dtype: tied views share it
+    for record in records:
+        if isinstance(record, OpaqueRecord):
+            out[record.name] = OpaqueConstant(record.name, record.path_name)
+            continue
+        if isinstance(record, PickledRecord):
+            entries = record.entries(load_pickled(archive, record.relative), archive.source)
+            # a whole dict marks parameters by their type, an entry by its config
+            for name, value in entries:
+                if record.name is None and isinstance(value, torch.nn.Parameter):
+                    params.add(name)
+                    value = value.detach()
+                elif record.is_parameter:
+                    params.add(name)
+                out[name] = value
+            continue
+        key = (record.relative, record.dtype)
+        flat = flats.get(key)
+        if flat is None:
+            flat = flats[key] = _flat_record(archive, record)
+        out[record.name] = _view(flat, record)
+        if record.is_parameter:
+            params.add(record.name)
+    return out
 
 
 def load_pickled(archive: Archive, relative: str) -> object:
@@ -135,110 +145,31 @@ def _check_tensor_sizes(obj: object, where: str) -> None:
             stack.extend((v, k) for k, v in items)
 
 
-def _plain(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, torch.nn.Parameter):
-            v = v.detach()
-        out[k] = v
-    return out
+# -- raw records (torch 2.9+) -------------------------------------------------------------------
 
 
-# -- PT2 archive (torch 2.8+) ----------------------------------------------------------------
-
-
-def _load_pt2(archive: Archive, model: str) -> LoadedWeights:
-    pickled_w = versions.PT2_PICKLED_WEIGHTS.format(model)
-    if archive.has(pickled_w):  # torch 2.8
-        state = load_pickled(archive, pickled_w)
-        pickled_c = versions.PT2_PICKLED_CONSTANTS.format(model)
-        consts = load_pickled(archive, pickled_c) if archive.has(pickled_c) else {}
-        if not isinstance(state, dict) or not isinstance(consts, dict):
-            raise WeightError(f"{archive.source}: pickled weights of model {model!r} are not dicts")
-        params = {k for k, v in state.items() if isinstance(v, torch.nn.Parameter)}
-        return LoadedWeights(_plain(state), _plain(consts), params)
-
-    tensors, params = _load_payloads(
-        archive, versions.PT2_WEIGHTS_CONFIG.format(model), versions.PT2_WEIGHTS_DIR
-    )
-    consts, _ = _load_payloads(
-        archive, versions.PT2_CONSTANTS_CONFIG.format(model), versions.PT2_CONSTANTS_DIR
-    )
-    return LoadedWeights(tensors, consts, params)
-
-
-def _load_payloads(archive: Archive, config_member: str, base_dir: str) -> tuple[dict, set]:
-    if not archive.has(config_member):
-        return {}, set()
-    config = read_payload_config(archive, config_member)
-    big_endian = _archive_is_big_endian(archive)
-    storages: dict[str, torch.Tensor] = {}
-    out: dict[str, object] = {}
-    params = set()
-    needed = bytes_needed(config)
-    zero_budget = [MAX_ZERO_FILL_BYTES]
-    for fqn, meta in config.items():
-        where = f"{archive.source}: {archive.member_path(base_dir + meta.path_name)} ({fqn}): "
-        if meta.use_pickle or meta.tensor_meta is None:
-            if meta.path_name.startswith(("custom_obj", "opaque_obj")):
-                out[fqn] = OpaqueConstant(fqn, meta.path_name)
-                continue
-            out[fqn] = load_pickled(archive, base_dir + meta.path_name)
-            continue
-        tm = meta.tensor_meta
-        flat = storages.get(meta.path_name)
-        if flat is None:
-            flat = _flat_storage(
-                archive, base_dir + meta.path_name, tm, where, big_endian, needed[meta.path_name]
-            )
-            storages[meta.path_name] = flat
-        out[fqn] = view_of_storage(flat, tm, where, zero_budget)
-        if meta.is_param:
-            params.add(fqn)
-    return out, params
-
-
-def _archive_is_big_endian(archive: Archive) -> bool:
-    if archive.has("byteorder"):
-        return archive.read("byteorder", limit=16).strip() == b"big"
-    return False
-
-
-def _flat_storage(
-    archive: Archive,
-    member: str,
-    tm: TensorMeta,
-    where: str,
-    big_endian: bool,
-    needed: int | None = None,
-) -> torch.Tensor:
-    dtype = torch_dtype(tm.dtype, where=where)
-    itemsize = versions.ITEMSIZE[tm.dtype]
-    if check_record(archive, member, itemsize, tm.dtype, needed, where).size == 0:
+def _flat_record(archive: Archive, record: TensorRecord) -> torch.Tensor:
+    """The whole record as a flat tensor of the record's dtype, in native byte order."""
+    dtype = torch_dtype(record.dtype)
+    if record.record_bytes == 0:
         return torch.empty(0, dtype=dtype)
-    buf = archive.buffer(member)
-    if isinstance(buf, bytes):
+    buf = archive.buffer(record.relative)
+    if record.swap_unit > 1:
+        buf = to_native(buf, record.swap_unit)
+    elif isinstance(buf, bytes):
         buf = bytearray(buf)  # frombuffer needs a writable buffer; this is the only copy
-    flat = torch.frombuffer(buf, dtype=dtype)
-    if big_endian and itemsize > 1 and sys.byteorder == "little":
-        flat = flat.view(torch.uint8).view(-1, itemsize).flip(1).contiguous().view(dtype).view(-1)
-    return flat
+    return torch.frombuffer(buf, dtype=dtype)
 
 
-def view_of_storage(
-    flat: torch.Tensor, tm: TensorMeta, where: str, zero_budget: list[int] | None = None
-) -> torch.Tensor:
-    """``as_strided`` view of a flat storage, refusing views that reach past its end (the
-    checks of :func:`pt2interp.numpy_weights.check_view`, which ``zero_budget`` is passed to)."""
-    budget = zero_budget if zero_budget is not None else [MAX_ZERO_FILL_BYTES]
-    numel = check_view(tm, flat.numel(), flat.element_size(), where, budget)
-    if numel and flat.numel() == 0:
-        return torch.zeros(tm.sizes, dtype=flat.dtype)
+def _view(flat: torch.Tensor, record: TensorRecord) -> torch.Tensor:
+    if record.zero_fill:
+        return torch.zeros(record.sizes, dtype=flat.dtype)
     try:
-        return flat.as_strided(tm.sizes, tm.strides, tm.storage_offset)
-    except RuntimeError as exc:  # what torch refuses beyond check_view's rules
+        return flat.as_strided(record.sizes, record.strides, record.storage_offset)
+    except RuntimeError as exc:  # what torch refuses beyond the record's checks
         raise WeightError(
-            f"{where}cannot view sizes {list(tm.sizes)} strides {list(tm.strides)}: {exc}"
+            f"{record.where}cannot view sizes {list(record.sizes)} strides "
+            f"{list(record.strides)}: {exc}"
         ) from None
 
 
