@@ -11,7 +11,7 @@ uses), :mod:`.tree` (the module tree and each module's calls, from ``nn_module_s
 module becomes, class sharing and ``__init__`` parameters), :mod:`.bodies` /
 :mod:`.statements` / :mod:`.calling` (method bodies, one node per statement, the root's
 calling convention), :mod:`.emit` with ``templates/module.py.j2`` (the file), and
-:mod:`.names` / :mod:`.layout` (safe identifiers and literals; ruff-style layout).
+:mod:`.names` / :mod:`.printer` (safe identifiers and literals; statements printed in ruff's style).
 
 >>> import pt2interp, importlib.resources as r
 >>> src = to_python(r.files("pt2interp.examples") / "tiny_mlp.pt2")

@@ -6,7 +6,7 @@ their graph names are; that is how instances of one block are recognised as one 
 Real local names are put in when the representative instance is written out
 (:meth:`FunctionCode.local_names`, :func:`render_line`).
 
-What a statement calls comes from the :class:`Plan` (how each child module is called) and
+What a statement calls comes from the :class:`ChildCalls` (how each child module is called) and
 the op registry (inline nodes); ``torch.cond`` becomes an ``if`` on the predicate calling
 two helper methods (see :meth:`BodyBuilder.emit_cond`).
 """
@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pt2interp.codegen import layout
+from pt2interp.codegen import printer
 from pt2interp.codegen.facts import ProgramFacts, node_defines, node_reads, relative
 from pt2interp.codegen.names import (
     COMMENT_SCAN,
@@ -172,7 +172,7 @@ class ClassContext:
 
 
 @dataclass
-class Plan:
+class ChildCalls:
     """How the bodies call each child module (decided before any body is written)."""
 
     kind_of: Callable[[Module], str]  # layer | sequential | modulelist | class | inline
@@ -191,7 +191,7 @@ class BodyBuilder:
         facts: ProgramFacts,
         module: Module,
         root: Module,
-        plan: Plan,
+        child_calls: ChildCalls,
         ctx: ClassContext,
         name: str,
         *,
@@ -200,7 +200,7 @@ class BodyBuilder:
         self.facts = facts
         self.module = module
         self.root = root
-        self.plan = plan
+        self.child_calls = child_calls
         self.ctx = ctx
         self.code = FunctionCode(name)
         self.env: dict[str, str] = {}
@@ -259,12 +259,12 @@ class BodyBuilder:
 
     def self_path(self, path: str) -> str:
         """``self.a.b[0].weight`` for a dotted path below this module."""
-        return self.module.attribute_expr(path, self.plan.kind_of)
+        return self.module.attribute_expr(path, self.child_calls.kind_of)
 
     # -- lines ------------------------------------------------------------------------------------
     def line(self, text: str, depth: int = 0, kind: str = "stmt", node: Node | None = None) -> None:
         note = None
-        if node is not None and self.plan.comments:
+        if node is not None and self.child_calls.comments:
             src = source_line(node, self.module.path)
             if src is not None and src != self._last_comment:
                 note = src
@@ -311,7 +311,7 @@ class BodyBuilder:
         self.emit_statement(node)
         if node.target == _JVP_ENTER:
             self.line(_FORWARD_AD_HEADER, kind="with")
-            if self.plan.comments:
+            if self.child_calls.comments:
                 self.code.lines[-1].comment = _FORWARD_AD_NOTE
             self.depth += 1
 
@@ -380,7 +380,7 @@ class BodyBuilder:
 
     def emit_call(self, call) -> None:
         child = call.module
-        kind = self.plan.kind_of(child)
+        kind = self.child_calls.kind_of(child)
         if kind == "inline":
             self.emit_items(call.items)
             return
@@ -392,10 +392,10 @@ class BodyBuilder:
         )
         first = call.nodes[0][1]
         if kind == "layer":
-            expr, pattern = self.plan.layer_call(call, self.source, target)
+            expr, pattern = self.child_calls.layer_call(call, self.source, target)
         else:
             args = ", ".join(self.source(v) for v in call.inputs)
-            method = "forward" if kind == "sequential" else self.plan.method_of(call)
+            method = "forward" if kind == "sequential" else self.child_calls.method_of(call)
             expr = f"{target}({args})" if method == "forward" else f"{target}.{method}({args})"
             outs = call.outputs
             pattern = outs[0] if len(outs) == 1 else tuple(outs)
@@ -423,7 +423,7 @@ class BodyBuilder:
         pred = argument_source(ins[0], self.source)
         operands = ins[3].refs() if len(ins) > 3 else []
         outs = [r for a in node.outputs for r in a.refs()]
-        here = source_line(node, self.module.path) if self.plan.comments else None
+        here = source_line(node, self.module.path) if self.child_calls.comments else None
         names = [self.ctx.helper_name("true_branch"), self.ctx.helper_name("false_branch")]
         for name, graph_arg in zip(names, ins[1:3]):
             self.helper(name, graph_arg.value.graph, operands, seen_comment=here)
@@ -470,7 +470,7 @@ class BodyBuilder:
             )
         operands = carried + additional
         refs = [a.refs()[0] if a.refs() else None for a in operands]
-        here = source_line(node, self.module.path) if self.plan.comments else None
+        here = source_line(node, self.module.path) if self.child_calls.comments else None
         names = [self.ctx.helper_name("loop_condition"), self.ctx.helper_name("loop_body")]
         for name, na in zip(names, ins[:2]):
             self.helper(name, na.arg.value.graph, refs, seen_comment=here)
@@ -519,7 +519,7 @@ class BodyBuilder:
         refs = [
             a.refs()[0] if a.kind in _OPERAND_KINDS and a.refs() else None for a in operand_args
         ]
-        here = source_line(node, self.module.path) if self.plan.comments else None
+        here = source_line(node, self.module.path) if self.child_calls.comments else None
         name = self.ctx.helper_name(hint)
         self.helper(name, graph, refs, seen_comment=here)
         args = [
@@ -556,7 +556,7 @@ class BodyBuilder:
             self.facts,
             self.module,
             self.root,
-            self.plan,
+            self.child_calls,
             self.ctx,
             name,
             last_use=_local_last_use(graph),
@@ -744,14 +744,14 @@ def render_line(line: CodeLine, names: dict[str, str], indent: int) -> list[str]
         out.append(f"{pad}else:")
     elif line.kind in ("with", "while"):
         tree = substitute(line.text[len(line.kind) + 1 : -1], names, mode="eval")
-        out.append(layout.format_header(line.kind, ast.unparse(tree), indent + 4 * line.depth))
+        out.append(printer.format_header(line.kind, ast.unparse(tree), indent + 4 * line.depth))
     elif line.kind == "if":
         test = line.text[3:-1]
         tree = substitute(test, names, mode="eval")
-        out.append(layout.format_if(ast.unparse(tree), indent + 4 * line.depth))
+        out.append(printer.format_if(ast.unparse(tree), indent + 4 * line.depth))
     else:
         tree = substitute(line.text, names)
         stmt = tree.body[0]
         column = indent + 4 * line.depth
-        out.append(pad + layout.render(layout.statement_doc(stmt, column), column))
+        out.append(pad + printer.render(printer.statement_doc(stmt, column), column))
     return out

@@ -12,8 +12,8 @@ way the interpreter writes them back after the run.
 from __future__ import annotations
 
 from pt2interp.codegen.bodies import BodyBuilder, ClassContext, FunctionCode
-from pt2interp.codegen.layout import constant_text
 from pt2interp.codegen.names import Scope, class_identifier, identifier
+from pt2interp.codegen.printer import constant_text
 from pt2interp.codegen.statements import argument_source
 from pt2interp.errors import SchemaError
 from pt2interp.kinds import RETURNED_OUTPUT_KINDS, InputKind, OutputKind
@@ -32,7 +32,7 @@ _LISTS = ("builtins.list", "torch.fx.immutable_collections.immutable_list")
 def build_root_forward(plan, ctx: ClassContext) -> FunctionCode:
     facts = plan.facts
     model = facts.program.model
-    builder = BodyBuilder(facts, plan.root, plan.root, plan.plan, ctx, "forward")
+    builder = BodyBuilder(facts, plan.root, plan.root, plan.child_calls, ctx, "forward")
     for spec, arg in zip(model.signature.input_specs, model.graph.inputs):
         if spec.kind == InputKind.TOKEN:
             for r in arg.refs():

@@ -22,11 +22,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from pt2interp.codegen.bodies import BodyBuilder, ClassContext, CodeLine, FunctionCode, Plan
+from pt2interp.codegen.bodies import BodyBuilder, ChildCalls, ClassContext, CodeLine, FunctionCode
 from pt2interp.codegen.ctor import ChildClass, Ctor, Lit, Raw, holes_of, literal, part_text
 from pt2interp.codegen.facts import ProgramFacts, StateEntry, relative
 from pt2interp.codegen.layers import LayerMatch, match_call
-from pt2interp.codegen.layout import constant_text
 from pt2interp.codegen.names import (
     MODULE_NAMES,
     Scope,
@@ -35,6 +34,7 @@ from pt2interp.codegen.names import (
     is_plain_attribute,
     list_index,
 )
+from pt2interp.codegen.printer import constant_text
 from pt2interp.codegen.tree import ChildItem, Module
 from pt2interp.errors import GraphError
 from pt2interp.kinds import ArgKind, InputKind
@@ -144,7 +144,7 @@ class ModelPlan:
         self.method_names: dict[object, str] = {}  # call → method name
         self.instances: dict[Module, Instance] = {}
         self.comments = comments
-        self.plan = Plan(self.kind_of, self.layer_call, self.method_of, comments)
+        self.child_calls = ChildCalls(self.kind_of, self.layer_call, self.method_of, comments)
         self.records_grad = any(
             e.kind is InputKind.PARAMETER and e.meta is not None and e.meta.requires_grad
             for e in facts.state.values()
@@ -157,7 +157,7 @@ class ModelPlan:
             self._decide(module)
         self.classes = self._group()
 
-    # -- plan callbacks ---------------------------------------------------------------------------
+    # -- how bodies call child modules (see bodies.ChildCalls) ---------------------------------
     def kind_of(self, module: Module) -> str:
         return self.kinds.get(module, "class")
 
@@ -331,7 +331,7 @@ class ModelPlan:
             inst.methods += [code, *ctx.helpers]
 
     def _call_body(self, module: Module, call, ctx: ClassContext, name: str) -> FunctionCode:
-        builder = BodyBuilder(self.facts, module, self.root, self.plan, ctx, name)
+        builder = BodyBuilder(self.facts, module, self.root, self.child_calls, ctx, name)
         for value in call.inputs:
             builder.add_param(value)
         builder.emit_items(call.items)

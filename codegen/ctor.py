@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pt2interp.codegen.layout import constant_text
+from pt2interp.codegen.printer import constant_text
 
 
 @dataclass(eq=False)

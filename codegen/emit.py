@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import jinja2
 
-from pt2interp.codegen import layout
+from pt2interp.codegen import printer
 from pt2interp.codegen.bodies import FunctionCode, render_line
 from pt2interp.codegen.classes import ClassDef, ModelPlan
 from pt2interp.codegen.layers import FUNCTIONS
@@ -70,19 +70,20 @@ def emit(plan: ModelPlan, *, description: str) -> str:
     classes = [_render_class(k, reserved) for k in plan.classes]
     module_lines = []
     for name, fields in plan.namedtuples.values():
-        fields_src = "[" + ", ".join(layout.constant_text(f) for f in fields) + "]"
+        fields_src = "[" + ", ".join(printer.constant_text(f) for f in fields) + "]"
         module_lines.append(
-            layout.format_statement(
-                f"{name} = namedtuple({layout.constant_text(name)}, {fields_src})"
+            printer.format_statement(
+                f"{name} = namedtuple({printer.constant_text(name)}, {fields_src})"
             )
         )
     tied = plan.facts.tied
     if tied:
         module_lines.append(
-            layout.format_statement(
+            printer.format_statement(
                 "TIED_WEIGHTS = {"
                 + ", ".join(
-                    f"{layout.constant_text(a)}: {layout.constant_text(b)}" for a, b in tied.items()
+                    f"{printer.constant_text(a)}: {printer.constant_text(b)}"
+                    for a, b in tied.items()
                 )
                 + "}"
             )
@@ -90,8 +91,8 @@ def emit(plan: ModelPlan, *, description: str) -> str:
     constants = [e.target for e in plan.facts.state.values() if not e.persistent]
     if constants:
         module_lines.append(
-            layout.format_statement(
-                "CONSTANTS = [" + ", ".join(layout.constant_text(c) for c in constants) + "]"
+            printer.format_statement(
+                "CONSTANTS = [" + ", ".join(printer.constant_text(c) for c in constants) + "]"
             )
         )
     context = {
@@ -139,10 +140,10 @@ def _render_class(klass: ClassDef, reserved: set[str]) -> RenderedClass:
         return f"{child.klass.name}({', '.join(args)})"
 
     init_lines = [
-        layout.format_statement(line.template(hole_text, child_text), 8) for line in rep.init
+        printer.format_statement(line.template(hole_text, child_text), 8) for line in rep.init
     ]
     params = ["self"] + [name for name, _ in klass.params]
-    init_header = layout.format_def("__init__", params, 4)
+    init_header = printer.format_def("__init__", params, 4)
     methods = [_render_method(m, reserved) for m in rep.methods]
     return RenderedClass(klass.name, init_header, init_lines, methods)
 
@@ -152,7 +153,7 @@ def _render_method(code: FunctionCode, reserved: set[str]) -> RenderedMethod:
     params = [names[m] for m in code.params]
     if code.kwonly_from is not None and code.kwonly_from < len(params):
         params.insert(code.kwonly_from, "*")
-    header = layout.format_def(code.name, ["self", *params], 4)
+    header = printer.format_def(code.name, ["self", *params], 4)
     lines: list[str] = []
     for line in code.lines:
         lines.extend(render_line(line, names, 8))

@@ -174,9 +174,6 @@ class ProgramFacts:
                 return True
         return False
 
-    def is_state(self, value: str) -> bool:
-        return value in self.value_targets
-
     def state_path_in(self, value: str, module_path: str) -> str | None:
         """The dotted path, relative to ``module_path``, by which that module reaches the
         state behind ``value``; None when the value is no state inside it."""

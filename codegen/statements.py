@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import pt2interp.ops  # noqa: F401  (registers every op family)
 from pt2interp.codegen.facts import output_refs
-from pt2interp.codegen.layout import constant_text
+from pt2interp.codegen.printer import constant_text
 from pt2interp.errors import GraphError, UnsupportedOpError
 from pt2interp.kinds import ArgKind
 from pt2interp.ops.registry import Call, _wrap, lookup, registry_key, resolve_torch_op, schema_of

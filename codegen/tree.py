@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pt2interp.codegen.facts import ProgramFacts, StateEntry, node_defines, node_reads, under
-from pt2interp.codegen.layout import constant_text
 from pt2interp.codegen.names import is_plain_attribute, list_index
+from pt2interp.codegen.printer import constant_text
 from pt2interp.errors import GraphError
 from pt2interp.schema import ModuleFrame, Node, parse_nn_module_stack
 

@@ -193,7 +193,7 @@ def _print(c: Call) -> str:
     value's ``repr``, keyword values as ``name=repr``."""
     import ast
 
-    from pt2interp.codegen.layout import constant_text
+    from pt2interp.codegen.printer import constant_text
 
     template, *values = c.by_position
     try:

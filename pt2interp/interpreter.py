@@ -3,7 +3,7 @@
 At compile time every node's arguments become direct references into a list of value slots
 (or constants), each target is resolved to its kernel through the op registry, outputs get
 their slots, and each value's last use is known so its slot is cleared right after. Running is
-then one loop over small pre-built steps. :meth:`GraphPlan.run_hooked` is a separate loop that
+then one loop over small pre-built steps. :meth:`CompiledGraph.run_hooked` is a separate loop that
 reports every value to a callback, so the fast path pays nothing for debugging.
 
 Subclass :class:`GraphCompiler` and override one ``compile_*`` method to change how a kind of
@@ -99,7 +99,7 @@ class Step:
     subplans: list = field(default_factory=list)
 
 
-class GraphPlan:
+class CompiledGraph:
     """A compiled graph. Call it with the graph's inputs (a list) to get its outputs (a list)."""
 
     def __init__(
@@ -205,7 +205,7 @@ class Subgraph:
 
     __slots__ = ("name", "plan")
 
-    def __init__(self, name: str, plan: GraphPlan):
+    def __init__(self, name: str, plan: CompiledGraph):
         self.name = name
         self.plan = plan
 
@@ -217,7 +217,7 @@ class Subgraph:
 
 
 class GraphCompiler:
-    """Turns a :class:`Graph` into a :class:`GraphPlan`.
+    """Turns a :class:`Graph` into a :class:`CompiledGraph`.
 
     ``device``: when set, every device argument recorded in the graph (factory ops' ``device=cpu``,
     ``to.device``) is replaced by it, so a program moved to CUDA creates its tensors there; so is
@@ -231,7 +231,7 @@ class GraphCompiler:
         self._exported_on: str | None = None  # device type of the outermost graph's tensors
 
     # -- entry point -------------------------------------------------------------------------
-    def compile(self, graph: Graph, where: str = "graph") -> GraphPlan:
+    def compile(self, graph: Graph, where: str = "graph") -> CompiledGraph:
         if graph.outline:
             raise GraphError(
                 f"{self.member}: {where} was read as an outline (read_program(outline=True)), "
@@ -291,7 +291,7 @@ class GraphCompiler:
                         f"{self.member}: {where}.outputs[{i}] names {r!r}, which nothing defines"
                     )
             outputs.append(self.compile_argument(arg, slot_of, f"{where}.outputs[{i}]"))
-        return GraphPlan(
+        return CompiledGraph(
             graph, len(slot_of), input_slots, steps, outputs, slot_of, where, self.member
         )
 

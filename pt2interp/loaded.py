@@ -15,7 +15,7 @@ import torch
 
 from pt2interp import limits
 from pt2interp.errors import DeviceError, ExecutionError, SchemaError
-from pt2interp.interpreter import GraphCompiler, GraphPlan
+from pt2interp.interpreter import CompiledGraph, GraphCompiler
 from pt2interp.kinds import STATE_INPUT_KINDS, InputKind, OutputKind
 from pt2interp.ops import functorch
 from pt2interp.program import Program
@@ -69,7 +69,7 @@ class LoadedProgram:
         member = self.program.source
         # the program's device, not the file's: factory ops recorded with device=cuda make
         # their tensors on CPU when the program runs there, and the other way round
-        self._plan: GraphPlan = GraphCompiler(device=self.device, member=member).compile(
+        self._plan: CompiledGraph = GraphCompiler(device=self.device, member=member).compile(
             model.graph
         )
         self.signature = signature = CallSignature.from_model(model, strict=True, member=member)

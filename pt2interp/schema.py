@@ -314,48 +314,6 @@ class ExportedProgramModel:
         """``TRAINING`` (export's default IR) or ``ATEN`` (core ATen after decompositions)."""
         return self.verifiers[0] if self.verifiers else "ATEN"
 
-    def input_leaf_names(self) -> list[tuple[str, bool]]:
-        """``(name, is_keyword)`` of each value a caller passes, in the signature's order: forward's
-        parameter names, dotted below them (``xs.0``). Archives before torch 2.6 record no
-        parameter names: the graph's placeholder names (export derives them from the same words)
-        stand in. The one spelling ``info``, ``run``, the server and input errors use."""
-        from pt2interp.treespec import input_leaf_names
-
-        leaves = [
-            s for s in self.signature.input_specs if s.kind in ("user_input", "constant_input")
-        ]
-        root = self.root_call
-        in_spec = root.in_spec if root else None
-        arg_names = list((root.forward_arg_names if root else None) or [])
-        named = input_leaf_names(in_spec, arg_names) if arg_names else None
-        if named is not None and len(named) == len(leaves):
-            return named
-        keyword = [kw for _, kw in input_leaf_names(in_spec, [])] if in_spec is not None else []
-        if len(keyword) != len(leaves):
-            keyword = [False] * len(leaves)
-        return [
-            (
-                s.name
-                or (
-                    s.arg.value.name
-                    if s.arg.kind in ("tensor", "sym_int") and hasattr(s.arg.value, "name")
-                    else f"input_{i}"
-                ),
-                kw,
-            )
-            for i, (s, kw) in enumerate(zip(leaves, keyword))
-        ]
-
-    def output_leaf_names(self) -> list[str]:
-        """``out``, ``out.0``, ``out.sum``, ``out.pair.0``: each user output, in order."""
-        from pt2interp.treespec import output_leaf_names
-
-        root = self.root_call
-        count = len(
-            [s for s in self.signature.output_specs if s.kind in ("user_output", "loss_output")]
-        )
-        return output_leaf_names(root.out_spec if root else None, count)
-
 
 # ---------------------------------------------------------------------------------------
 # nn_module_stack

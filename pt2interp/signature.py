@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # the checks need torch; names, binding and structure do not
     from pt2interp.schema import ExportedProgramModel, InputSpec, OutputSpec, TensorMeta
 
 _CALLER_INPUT_KINDS = (InputKind.USER_INPUT, InputKind.CONSTANT_INPUT)
-_RETURNED_KINDS = RETURNED_OUTPUT_KINDS
 _MISSING = object()
 
 
@@ -105,8 +104,10 @@ def input_leaf_names(model: ExportedProgramModel) -> list[tuple[str, bool]]:
 def output_leaf_names(model: ExportedProgramModel) -> list[str]:
     """``out``, ``out.0``, ``out.sum``, ``out.pair.0``: each value a caller gets back, in order."""
     root = model.root_call
-    count = sum(1 for s in model.signature.output_specs if s.kind in _RETURNED_KINDS)
-    names = leaf_paths(root.out_spec, "out") if root is not None else []
+    count = sum(1 for s in model.signature.output_specs if s.kind in RETURNED_OUTPUT_KINDS)
+    names = (
+        leaf_paths(root.out_spec, "out") if root is not None and root.out_spec is not None else []
+    )
     if len(names) == count:
         return names
     return ["out"] if count == 1 else [f"out.{i}" for i in range(count)]
@@ -164,7 +165,9 @@ class CallSignature:
                 kind, meta = ("int" if s.arg.kind in ("sym_int", "int") else "other"), None
             inputs.append(InputLeaf(name, kind, meta, keyword, s.constant_value, s, i))
         returned = [
-            (i, s) for i, s in enumerate(model.signature.output_specs) if s.kind in _RETURNED_KINDS
+            (i, s)
+            for i, s in enumerate(model.signature.output_specs)
+            if s.kind in RETURNED_OUTPUT_KINDS
         ]
         outputs = [
             OutputLeaf(name, values.get(s.arg.value.name) if s.arg.kind == "tensor" else None, s, i)

@@ -362,12 +362,3 @@ def input_leaf_names(
     for key, child in zip(kwargs.dict_keys, kwargs.children):
         out += [(p, True) for p in leaf_paths(child, str(key))]
     return out
-
-
-def output_leaf_names(out_spec: TreeSpec | None, count: int) -> list[str]:
-    """``out`` for one output, ``out.0``, ``out.1`` for a tuple, ``out.sum``, ``out.pair.0`` below
-    a dict (the names ``run -o``, the server and ``info`` use)."""
-    names = leaf_paths(out_spec, "out") if out_spec is not None else []
-    if len(names) == count:
-        return names
-    return ["out"] if count == 1 else [f"out.{i}" for i in range(count)]

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import pt2interp
-from pt2interp.codegen import layout, to_python
+from pt2interp.codegen import printer, to_python
 from pt2interp.codegen.names import comment, identifier, string_literal
 
 sys.path.insert(0, str(FIXTURES.parent))  # fixtures.zoo: the exporting modules
@@ -749,11 +749,11 @@ _statement = st.one_of(
 @pytest.mark.skipif(RUFF is None, reason="ruff is not installed")
 @settings(max_examples=30, deadline=None, derandomize=True)  # fixed examples: CI stays stable
 @given(st.lists(_statement, min_size=1, max_size=12), st.integers(1, 3))
-def test_layout_is_what_ruff_format_writes(statements, depth):
+def test_printer_writes_what_ruff_format_writes(statements, depth):
     lines = []
     for i in range(depth):
         lines.append(" " * 4 * i + "def f():")
-    lines += [layout.format_statement(s, 4 * depth) for s in statements]
+    lines += [printer.format_statement(s, 4 * depth) for s in statements]
     source = "\n".join(lines) + "\n"
     ast.parse(source)
     with tempfile.TemporaryDirectory() as tmp:
@@ -768,10 +768,10 @@ def test_layout_is_what_ruff_format_writes(statements, depth):
     assert result.returncode == 0, result.stdout
 
 
-def test_layout_examples():
-    assert layout.format_statement("y = x ** 2 + x[a.b:]", 0) == "y = x**2 + x[a.b :]"
-    assert layout.format_statement("y = 'it'", 0) == 'y = "it"'
-    assert layout.constant_text(math.inf) == "math.inf"
+def test_printer_examples():
+    assert printer.format_statement("y = x ** 2 + x[a.b:]", 0) == "y = x**2 + x[a.b :]"
+    assert printer.format_statement("y = 'it'", 0) == 'y = "it"'
+    assert printer.constant_text(math.inf) == "math.inf"
 
 
 def test_real_dunder_ops_are_written_and_fake_ones_refused(tmp_path):

@@ -30,8 +30,8 @@ from helpers import member_named, rewrite_zip
 
 import pt2interp
 from pt2interp import cli
-from pt2interp.codegen.layout import constant_text
 from pt2interp.codegen.names import comment
+from pt2interp.codegen.printer import constant_text
 
 MLP = case("zoo", "mlp")
 DYNAMIC = case("zoo", "dynamic_batch_mlp")
@@ -411,7 +411,7 @@ def test_element_counts_beyond_int64(tmp_path, where):
     ids=lambda v: f"int of {v.bit_length()} bits" if isinstance(v, int) else repr(v),
 )
 def test_constants_evaluate_to_the_same_value(value):
-    from pt2interp.codegen.layout import format_statement
+    from pt2interp.codegen.printer import format_statement
 
     source = format_statement(f"y = f({constant_text(value)})")
     namespace = {"math": math, "f": lambda v: v}

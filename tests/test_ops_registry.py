@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pt2interp.ops  # noqa: F401  (registers every family)
-from pt2interp.codegen.layout import constant_text
+from pt2interp.codegen.printer import constant_text
 from pt2interp.errors import UnsupportedOpError
 from pt2interp.ops.registry import REGISTRY, Call, OpEntry, resolve_torch_op
 

@@ -11,7 +11,7 @@ import torch
 import pt2interp
 from pt2interp.errors import InputMismatchError, Pt2Error
 from pt2interp.serve.batching import BatchLayout
-from pt2interp.signature import CallSignature
+from pt2interp.signature import CallSignature, input_leaf_names, output_leaf_names
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ARCHIVES = sorted(
@@ -32,8 +32,8 @@ def test_server_names_equal_info_names(path):
     schema = pt2interp.read_schema(path)
     assert [s.name for s in layout.inputs] == [v.name for v in schema.inputs]
     assert [s.name for s in layout.outputs] == [v.name for v in schema.outputs]
-    assert [(v.name, v.keyword) for v in schema.inputs] == program.model.input_leaf_names()
-    assert [v.name for v in schema.outputs] == program.model.output_leaf_names()
+    assert [(v.name, v.keyword) for v in schema.inputs] == input_leaf_names(program.model)
+    assert [v.name for v in schema.outputs] == output_leaf_names(program.model)
     # what the HTTP metadata lists is those names, for the values a client sends
     described = layout.describe()
     sent = [v.name for v in schema.inputs if v.kind != "constant"]

@@ -665,11 +665,6 @@ def format_statement(source: str, indent: int = 0) -> str:
     return " " * indent + render(statement_doc(tree.body[0], indent), indent)
 
 
-def format_expression(source: str) -> str:
-    """One expression, flat (for texts embedded in other statements)."""
-    return _flat(expression_doc(ast.parse(source, mode="eval").body))
-
-
 def format_if(test_source: str, indent: int) -> str:
     test = ast.parse(test_source, mode="eval").body
     doc = concat(
