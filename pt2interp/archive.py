@@ -30,9 +30,26 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from pt2interp import versions
 from pt2interp.errors import AOTInductorPackageError, FormatError
 from pt2interp.zipdir import MAX_COMPRESSION_RATIO, MAX_JSON_BYTES, Member, ZipDirectory  # noqa: F401 (re-exported)
+
+# Member names, below the archive's top folder (PT2 layout, torch 2.8+) or at its root (legacy).
+PT2_MODELS_DIR = "models/"
+PT2_WEIGHTS_DIR = "data/weights/"
+PT2_CONSTANTS_DIR = "data/constants/"
+PT2_SAMPLE_INPUTS_DIR = "data/sample_inputs/"
+PT2_AOTI_DIR = "data/aotinductor/"
+PT2_WEIGHTS_CONFIG = "data/weights/{}_weights_config.json"
+PT2_CONSTANTS_CONFIG = "data/constants/{}_constants_config.json"
+PT2_PICKLED_WEIGHTS = "data/weights/{}.pt"  # torch 2.8
+PT2_PICKLED_CONSTANTS = "data/constants/{}.pt"  # torch 2.8
+
+LEGACY_PROGRAM = "serialized_exported_program.json"
+LEGACY_STATE_DICT = ("serialized_state_dict.pt", "serialized_state_dict.json")
+LEGACY_CONSTANTS = ("serialized_constants.pt", "serialized_constants.json")
+LEGACY_EXAMPLE_INPUTS = "serialized_example_inputs.pt"
+LEGACY_VERSION = "version"
+LEGACY_MODEL_NAME = "model"
 
 
 class Archive:
@@ -77,18 +94,18 @@ class Archive:
     # -- layout ----------------------------------------------------------------------
     def _detect_layout(self) -> None:
         names = list(self.members)
-        if versions.LEGACY_PROGRAM in self.members:
+        if LEGACY_PROGRAM in self.members:
             self.layout, self.top = "legacy", ""
-            self.model_names = [versions.LEGACY_MODEL_NAME]
+            self.model_names = [LEGACY_MODEL_NAME]
             return
         tops = {n.split("/", 1)[0] for n in names if "/" in n}
         for top in sorted(tops):
-            if f"{top}/{versions.LEGACY_PROGRAM}" in self.members:
+            if f"{top}/{LEGACY_PROGRAM}" in self.members:
                 self.layout, self.top = "legacy", top
-                self.model_names = [versions.LEGACY_MODEL_NAME]
+                self.model_names = [LEGACY_MODEL_NAME]
                 return
         for top in sorted(tops):
-            prefix = f"{top}/{versions.PT2_MODELS_DIR}"
+            prefix = f"{top}/{PT2_MODELS_DIR}"
             models = sorted(
                 n[len(prefix) : -len(".json")]
                 for n in names
@@ -98,18 +115,18 @@ class Archive:
                 self.layout, self.top, self.model_names = "pt2", top, models
                 return
         for top in sorted(tops):
-            if any(n.startswith(f"{top}/{versions.PT2_AOTI_DIR}") for n in names):
+            if any(n.startswith(f"{top}/{PT2_AOTI_DIR}") for n in names):
                 raise AOTInductorPackageError(
                     f"{self.source}: this is an AOTInductor package (compiled code under "
-                    f"{top}/{versions.PT2_AOTI_DIR}), not an exported graph pt2interp can interpret. "
+                    f"{top}/{PT2_AOTI_DIR}), not an exported graph pt2interp can interpret. "
                     "Run it with torch._inductor.aoti_load_package(path) on a torch matching the one "
                     "that compiled it, or export the model again with torch.export.save."
                 )
         if not names:
             raise FormatError(f"{self.source}: the zip archive is empty")
         raise FormatError(
-            f"{self.source}: no exported program found: neither {versions.LEGACY_PROGRAM} (torch 2.1-2.7) "
-            f"nor <top>/{versions.PT2_MODELS_DIR}<name>.json (torch 2.8+) is in the archive"
+            f"{self.source}: no exported program found: neither {LEGACY_PROGRAM} (torch 2.1-2.7) "
+            f"nor <top>/{PT2_MODELS_DIR}<name>.json (torch 2.8+) is in the archive"
         )
 
     def member_path(self, relative: str) -> str:

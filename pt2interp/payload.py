@@ -34,7 +34,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pt2interp import versions
-from pt2interp.archive import Archive
+from pt2interp.archive import (
+    LEGACY_CONSTANTS,
+    LEGACY_STATE_DICT,
+    PT2_CONSTANTS_CONFIG,
+    PT2_CONSTANTS_DIR,
+    PT2_PICKLED_CONSTANTS,
+    PT2_PICKLED_WEIGHTS,
+    PT2_WEIGHTS_CONFIG,
+    PT2_WEIGHTS_DIR,
+    Archive,
+)
 from pt2interp.byteorder import needs_swap, swap_unit
 from pt2interp.errors import WeightError
 from pt2interp.program import read_payload_config
@@ -175,21 +185,19 @@ def read_payloads(
     """
     if archive.layout == "legacy":
         return StoredPayloads(
-            _whole_payload(archive, versions.LEGACY_STATE_DICT),
-            _whole_payload(archive, versions.LEGACY_CONSTANTS),
+            _whole_payload(archive, LEGACY_STATE_DICT),
+            _whole_payload(archive, LEGACY_CONSTANTS),
         )
-    pickled = versions.PT2_PICKLED_WEIGHTS.format(model_name)
+    pickled = PT2_PICKLED_WEIGHTS.format(model_name)
     if archive.has(pickled):  # torch 2.8
         return StoredPayloads(
             _whole_payload(archive, (pickled,)),
-            _whole_payload(archive, (versions.PT2_PICKLED_CONSTANTS.format(model_name),)),
+            _whole_payload(archive, (PT2_PICKLED_CONSTANTS.format(model_name),)),
         )
     reader = _RawReader(archive, itemsize_of or _known_itemsize)
     return StoredPayloads(
-        reader.section(versions.PT2_WEIGHTS_CONFIG.format(model_name), versions.PT2_WEIGHTS_DIR),
-        reader.section(
-            versions.PT2_CONSTANTS_CONFIG.format(model_name), versions.PT2_CONSTANTS_DIR
-        ),
+        reader.section(PT2_WEIGHTS_CONFIG.format(model_name), PT2_WEIGHTS_DIR),
+        reader.section(PT2_CONSTANTS_CONFIG.format(model_name), PT2_CONSTANTS_DIR),
     )
 
 
@@ -200,8 +208,8 @@ def declared_views(archive: Archive, model_name: str) -> list[DeclaredView]:
         return []
     out = []
     for config, base in (
-        (versions.PT2_WEIGHTS_CONFIG, versions.PT2_WEIGHTS_DIR),
-        (versions.PT2_CONSTANTS_CONFIG, versions.PT2_CONSTANTS_DIR),
+        (PT2_WEIGHTS_CONFIG, PT2_WEIGHTS_DIR),
+        (PT2_CONSTANTS_CONFIG, PT2_CONSTANTS_DIR),
     ):
         member = config.format(model_name)
         if archive.has(member):

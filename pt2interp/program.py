@@ -16,8 +16,16 @@ import gc
 import os
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pt2interp import jsontext, limits, versions
-from pt2interp.archive import Archive, open_archive
+from pt2interp import jsontext, limits
+from pt2interp.archive import (
+    LEGACY_EXAMPLE_INPUTS,
+    LEGACY_PROGRAM,
+    LEGACY_VERSION,
+    PT2_MODELS_DIR,
+    PT2_SAMPLE_INPUTS_DIR,
+    Archive,
+    open_archive,
+)
 from pt2interp.errors import LimitError, SchemaError, WeightError
 from pt2interp.kinds import InputKind
 from pt2interp.schema import (
@@ -149,9 +157,9 @@ class Program:
         from pt2interp.weights import load_pickled
 
         member = (
-            versions.LEGACY_EXAMPLE_INPUTS
+            LEGACY_EXAMPLE_INPUTS
             if self.layout == "legacy"
-            else f"{versions.PT2_SAMPLE_INPUTS_DIR}{self.model_name}.pt"
+            else f"{PT2_SAMPLE_INPUTS_DIR}{self.model_name}.pt"
         )
         if not self.archive.has(member) or self.archive.info(member).size == 0:
             return None
@@ -234,11 +242,7 @@ def read_program(
 def _read_program(source, model: str | None, outline: bool, verify: bool = True) -> Program:
     archive = source if isinstance(source, Archive) else open_archive(source, verify=verify)
     name = _pick_model(archive, model)
-    member = (
-        versions.LEGACY_PROGRAM
-        if archive.layout == "legacy"
-        else f"{versions.PT2_MODELS_DIR}{name}.json"
-    )
+    member = LEGACY_PROGRAM if archive.layout == "legacy" else f"{PT2_MODELS_DIR}{name}.json"
     full = archive.member_path(member)
     info, budget = archive.info(member), limits.current().max_program_bytes
     bomb = not info.stored and info.size > max(info.compressed_size, 1) * MAX_COMPRESSION_RATIO
@@ -278,13 +282,9 @@ def _pick_model(archive: Archive, model: str | None) -> str:
 
 def _check_legacy_version_member(archive: Archive, doc: Any, member: str) -> None:
     # The legacy `version` member must agree with the JSON; a disagreement means a mangled file.
-    if (
-        archive.layout != "legacy"
-        or not archive.has(versions.LEGACY_VERSION)
-        or not isinstance(doc, dict)
-    ):
+    if archive.layout != "legacy" or not archive.has(LEGACY_VERSION) or not isinstance(doc, dict):
         return
-    text = archive.read(versions.LEGACY_VERSION, limit=64).decode("ascii", "replace").strip()
+    text = archive.read(LEGACY_VERSION, limit=64).decode("ascii", "replace").strip()
     sv = doc.get("schema_version")
     if (
         isinstance(sv, dict)

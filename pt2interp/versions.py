@@ -117,25 +117,6 @@ SPECIAL_FLOATS: dict[str, float] = {
 UNBOUNDED_THRESHOLD = 2**62
 
 
-PT2_MODELS_DIR = "models/"
-PT2_WEIGHTS_DIR = "data/weights/"
-PT2_CONSTANTS_DIR = "data/constants/"
-PT2_SAMPLE_INPUTS_DIR = "data/sample_inputs/"
-PT2_AOTI_DIR = "data/aotinductor/"
-PT2_EXTRA_DIR = "extra/"
-PT2_WEIGHTS_CONFIG = "data/weights/{}_weights_config.json"
-PT2_CONSTANTS_CONFIG = "data/constants/{}_constants_config.json"
-PT2_PICKLED_WEIGHTS = "data/weights/{}.pt"  # torch 2.8
-PT2_PICKLED_CONSTANTS = "data/constants/{}.pt"  # torch 2.8
-
-LEGACY_PROGRAM = "serialized_exported_program.json"
-LEGACY_STATE_DICT = ("serialized_state_dict.pt", "serialized_state_dict.json")
-LEGACY_CONSTANTS = ("serialized_constants.pt", "serialized_constants.json")
-LEGACY_EXAMPLE_INPUTS = "serialized_example_inputs.pt"
-LEGACY_VERSION = "version"
-LEGACY_MODEL_NAME = "model"
-
-
 # A program JSON without a ``schema_version`` (torch 2.1) is schema 1, which is not supported.
 VERSION_WHEN_UNRECORDED = (1, 0)
 
