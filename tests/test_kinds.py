@@ -11,7 +11,7 @@ from torch._export.serde import schema as torch_schema
 from pt2interp import schema
 from pt2interp.errors import SchemaError
 from pt2interp.kinds import ArgKind, InputKind, OutputKind
-from pt2interp.schema import Argument, CustomObjRef, Device, GraphArgument, Ref
+from pt2interp.schema import Argument, CustomObjRef, Device, GraphArgument, Ref, parser
 
 
 def _tags(cls) -> list[str]:
@@ -58,7 +58,7 @@ def test_list_kinds_name_their_elements():
 
 
 def test_every_kind_that_is_no_list_has_a_value_parser():
-    assert schema._VALUE_PARSERS.keys() == {k for k in ArgKind if not k.is_list}
+    assert parser._VALUE_PARSERS.keys() == {k for k in ArgKind if not k.is_list}
 
 
 REFS = [

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pt2interp import schema
+from pt2interp import schema, versions
 from pt2interp.archive import open_archive
 from pt2interp.errors import SchemaError
+from pt2interp.schema import fastpath, parser
 from tests.fixture_cases import all_cases
 
 ARCHIVES = sorted({c.path for c in all_cases()})
@@ -42,10 +43,10 @@ def _graphs(graph: dict):
                 yield from _graphs(arg["as_graph"]["graph"])
 
 
-def _parser(doc) -> schema._Parser:
+def _parser(doc) -> parser._Parser:
     # the parser reads the newest form: older files are normalized first, as load does
-    schema.versions.normalize(doc, schema.schema_version_of(doc, "model.json"))
-    return schema._Parser("model.json")
+    versions.normalize(doc, schema.schema_version_of(doc, "model.json"))
+    return parser._Parser("model.json")
 
 
 def _same(a, b) -> bool:
@@ -59,17 +60,17 @@ def test_fast_path_builds_what_the_checked_parser_builds(path):
     p = _parser(doc)
     for graph in _graphs(doc["graph_module"]["graph"]):
         for i, raw in enumerate(graph["nodes"]):
-            fast = schema._plain_node(raw)
+            fast = fastpath._plain_node(raw)
             if fast is not None:
                 assert _same(fast, p.checked_node(raw, f"nodes[{i}]", 0))
             for x in raw["inputs"]:
-                fast_arg = schema._plain_argument(x["arg"])
+                fast_arg = fastpath._plain_argument(x["arg"])
                 if fast_arg is not None:
                     assert _same(fast_arg, p.checked_argument(x["arg"], "arg"))
         for name, meta in graph.get("tensor_values", {}).items():
-            key = schema._plain_meta_key(meta)
+            key = fastpath._plain_meta_key(meta)
             if key is not None:
-                assert _same(schema._meta_from_key(key), p._tensor_meta(meta, name))
+                assert _same(fastpath._meta_from_key(key), p._tensor_meta(meta, name))
 
 
 def test_fast_path_is_the_common_path():
@@ -79,10 +80,10 @@ def test_fast_path_is_the_common_path():
     for path in ARCHIVES:
         for graph in _graphs(_program_json(path)["graph_module"]["graph"]):
             nodes += len(graph["nodes"])
-            plain_nodes += sum(schema._plain_node(n) is not None for n in graph["nodes"])
+            plain_nodes += sum(fastpath._plain_node(n) is not None for n in graph["nodes"])
             metas += len(graph.get("tensor_values", {}))
             plain_metas += sum(
-                schema._plain_meta_key(m) is not None
+                fastpath._plain_meta_key(m) is not None
                 for m in graph.get("tensor_values", {}).values()
             )
     assert plain_nodes >= 0.9 * nodes and plain_metas >= 0.95 * metas, (
@@ -98,9 +99,9 @@ def test_fast_path_covers_the_weights_config():
     arc = open_archive(path)
     member = next(n for n in arc.list("") if n.endswith("_weights_config.json"))
     doc = json.loads(arc.read_text(member))
-    p = schema._Parser(member)
+    p = parser._Parser(member)
     for fqn, md in doc["config"].items():
-        fast = schema._plain_payload_meta(md, p)
+        fast = fastpath._plain_payload_meta(md, p)
         assert fast is not None, fqn
         checked = schema.PayloadMeta(
             md["path_name"],
@@ -165,8 +166,8 @@ def _checked_or_error(fn):
 @given(tag=st.sampled_from(_TAGS), value=_json, extra=st.booleans())
 def test_fast_argument_never_accepts_what_the_checked_parser_refuses(tag, value, extra):
     raw = {tag: value, "as_none": None} if extra and tag != "as_none" else {tag: value}
-    p = schema._Parser("m.json")
-    fast = schema._plain_argument(raw)
+    p = parser._Parser("m.json")
+    fast = fastpath._plain_argument(raw)
     if fast is None:
         return
     checked = _checked_or_error(lambda: p.checked_argument(raw, "arg"))
@@ -197,21 +198,21 @@ _meta = st.fixed_dictionaries(
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(meta=_meta)
 def test_fast_meta_never_accepts_what_the_checked_parser_refuses(meta):
-    key = schema._plain_meta_key(meta)
+    key = fastpath._plain_meta_key(meta)
     if key is None:
         return
-    p = schema._Parser("m.json")
+    p = parser._Parser("m.json")
     checked = _checked_or_error(lambda: p._tensor_meta(meta, "meta"))
     assert not isinstance(checked, SchemaError), (
         f"fast path accepted {meta!r}, the checked parser says {checked}"
     )
-    assert _same(schema._meta_from_key(key), checked)
+    assert _same(fastpath._meta_from_key(key), checked)
 
 
 def test_floats_keep_their_value():
-    arg = schema._plain_argument({"as_float": 3})
+    arg = fastpath._plain_argument({"as_float": 3})
     assert arg == schema.Argument("float", 3.0) and isinstance(arg.value, float)
-    assert math.isinf(schema._plain_argument({"as_float": float("inf")}).value)
+    assert math.isinf(fastpath._plain_argument({"as_float": float("inf")}).value)
 
 
 def test_an_outline_describes_but_does_not_run(tmp_path):
