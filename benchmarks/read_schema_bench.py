@@ -60,7 +60,8 @@ def cache_dir() -> Path:
 
 
 def build_archive(path: Path, width: int = 8192, layers: int = 4) -> None:
-    """Export ``layers`` Linear(width, width) layers with ReLUs between them and save to ``path``."""
+    """Export ``layers`` Linear(width, width) layers with ReLUs between them and save to
+    ``path``."""
     import torch
 
     class WideMLP(torch.nn.Module):

@@ -259,8 +259,8 @@ else:
     import pt2interp
     m = pt2interp.load(path)
     out = m(idx)
-# with the program and the output still held: what the peak was made of, file-backed (mapped weights, library
-# code) and anonymous (copies, activations, the output, the parsed program)
+# with the program and the output still held: what the peak was made of, file-backed (mapped
+# weights, library code) and anonymous (copies, activations, the output, the parsed program)
 print(json.dumps({"base_kb": base["VmHWM:"], "peak_kb": status_kb("VmHWM:"),
                   "anon_kb": status_kb("RssAnon:") - base["RssAnon:"],
                   "file_kb": status_kb("RssFile:") - base["RssFile:"], "output_bytes": out.nbytes}))
@@ -323,7 +323,8 @@ for _ in range(int(sys.argv[2])):
     t = time.perf_counter()
     pt2interp.read_schema(sys.argv[1])
     times.append(time.perf_counter() - t)
-print(json.dumps({"first_s": first, "median_s": statistics.median(times), "torch_imported": "torch" in sys.modules}))
+print(json.dumps({"first_s": first, "median_s": statistics.median(times),
+                  "torch_imported": "torch" in sys.modules}))
 """
 
 
@@ -409,32 +410,40 @@ def main(argv=None) -> int:
         )
         for r in rows:
             print(
-                f"{r['model']:<12} {r['params']:>6} {r['torch_load_s']:>12.3f} {r['pt2interp_load_s']:>11.4f} "
-                f"{r['load_ratio']:>5.1f}x {r['torch_fwd_ms']:>12.2f} {r['pt2interp_fwd_ms']:>11.2f} "
+                f"{r['model']:<12} {r['params']:>6} {r['torch_load_s']:>12.3f} "
+                f"{r['pt2interp_load_s']:>11.4f} {r['load_ratio']:>5.1f}x "
+                f"{r['torch_fwd_ms']:>12.2f} {r['pt2interp_fwd_ms']:>11.2f} "
                 f"{r['fwd_ratio']:>5.3f}x {r['outputs_equal']!s:>5}"
             )
         print(
-            "(load ratio: torch / pt2interp, higher is better; fwd ratio: pt2interp / torch, lower is better)"
+            "(load ratio: torch / pt2interp, higher is better; "
+            "fwd ratio: pt2interp / torch, lower is better)"
         )
     if "tiny" in want:
         t = bench_tiny(max(a.repeats, 9))
         results["tiny"] = t
         print(
-            f"\n2,000 tiny ops ({t['nodes']} nodes), µs per node: direct {t['direct_us_per_node']:.2f}, "
-            f"GraphModule {t['graph_module_us_per_node']:.2f}, pt2interp {t['pt2interp_us_per_node']:.2f} "
+            f"\n2,000 tiny ops ({t['nodes']} nodes), µs per node: "
+            f"direct {t['direct_us_per_node']:.2f}, "
+            f"GraphModule {t['graph_module_us_per_node']:.2f}, "
+            f"pt2interp {t['pt2interp_us_per_node']:.2f} "
             f"(pt2interp / GraphModule = {t['ratio_vs_graph_module']:.3f}x)"
         )
     if "memory" in want:
         m = bench_memory(gpt_path(), a.threads)
         results["memory"] = m
         print(
-            f"\npeak RSS over the post-import baseline, loading the GPT ({m['weights_mb']:.0f} MB of weights) "
-            f"and running it once: torch {m['torch_peak_over_base_mb']:.0f} MB ({m['torch_x_weights']:.2f}x weights), "
-            f"pt2interp {m['pt2interp_peak_over_base_mb']:.0f} MB ({m['pt2interp_x_weights']:.2f}x weights)"
+            "\npeak RSS over the post-import baseline, loading the GPT "
+            f"({m['weights_mb']:.0f} MB of weights) "
+            f"and running it once: torch {m['torch_peak_over_base_mb']:.0f} MB "
+            f"({m['torch_x_weights']:.2f}x weights), "
+            f"pt2interp {m['pt2interp_peak_over_base_mb']:.0f} MB "
+            f"({m['pt2interp_x_weights']:.2f}x weights)"
         )
         for who in ("torch", "pt2interp"):
             print(
-                f"  {who:<9} after the run: file-backed {m[who + '_file_mb']:.0f} MB (mapped weights, library code), "
+                f"  {who:<9} after the run: file-backed {m[who + '_file_mb']:.0f} MB "
+                "(mapped weights, library code), "
                 f"anonymous {m[who + '_anon_mb']:.0f} MB (weight copies, activations, the "
                 f"{m['output_mb']:.0f} MB of logits, the parsed program)"
             )
@@ -452,7 +461,8 @@ def main(argv=None) -> int:
         )
         print(
             f"\nread_schema on the GPT archive: {schema_text}; "
-            f"whole `pt2interp info` process {s['info_process_s']:.2f} s median of 5 (ok={s['info_ok']})"
+            f"whole `pt2interp info` process {s['info_process_s']:.2f} s median of 5 "
+            f"(ok={s['info_ok']})"
         )
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))

@@ -5,7 +5,8 @@
 class: the holes that differ become the class's ``__init__`` parameters
 (``BasicBlock(in_channels)``), the rest stay literals.
 
->>> c = Ctor("nn.Linear", [Lit(16, "in_features"), Lit(32, "out_features")], [("bias", Lit(False, "bias"))])
+>>> c = Ctor("nn.Linear", [Lit(16, "in_features"), Lit(32, "out_features")],
+...          [("bias", Lit(False, "bias"))])
 >>> c.shape(), [h.value for h in c.holes()]
 ('nn.Linear(?, ?, bias=?)', [16, 32, False])
 >>> c.text(lambda hole: literal(hole.value))

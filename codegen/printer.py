@@ -280,7 +280,8 @@ def constant_text(value) -> str:
     ``complex(re, im)`` where ``repr`` would not round-trip (``(inf+nanj)`` is no Python,
     ``(-0+1j)`` loses the sign of zero).
 
-    >>> constant_text(complex(float("inf"), float("nan"))), constant_text(-0.0), constant_text(1 - 2j)
+    >>> (constant_text(complex(float("inf"), float("nan"))), constant_text(-0.0),
+    ...  constant_text(1 - 2j))
     ('complex(math.inf, math.nan)', '-0.0', '(1-2j)')
     """
     if value is None or value is True or value is False or value is Ellipsis:

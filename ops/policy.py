@@ -298,7 +298,9 @@ def refusal(namespace: str, name: str, op: Any = None) -> str | None:
         return (
             None
             if name in HIGHER_ORDER_ALLOWED
-            else "is not a higher-order op pt2interp runs on archive data (see pt2interp.ops.policy)"
+            else (
+                "is not a higher-order op pt2interp runs on archive data (see pt2interp.ops.policy)"
+            )
         )
     rule = rule_for(namespace, name)
     if rule is not None and rule.verdict == "refuse":
@@ -309,7 +311,10 @@ def refusal(namespace: str, name: str, op: Any = None) -> str | None:
         and schema is not None
         and any(str(r.type) == "str" for r in schema.returns)
     ):
-        return "returns a string: export never emits string ops, and archive text is never formatted or grown"
+        return (
+            "returns a string: export never emits string ops, "
+            "and archive text is never formatted or grown"
+        )
     return None
 
 

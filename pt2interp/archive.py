@@ -5,16 +5,16 @@ Two layouts exist. The *PT2 archive* (torch 2.8+) keeps everything under one top
 The *legacy* layout (torch 2.1 to 2.7) has ``serialized_exported_program.json`` and pickled
 state dicts at the zip root. An *AOTInductor package* holds compiled code and no graph.
 
-Every zip is checked by :class:`pt2interp.zipdir.ZipDirectory` before anything reads it: the ``.pt2`` itself
-and the ``torch.save`` zips nested in it alike. Its member count is read from the end record
-and held to ``pt2interp.limits.current().max_archive_members`` before the directory is
-parsed; member names must be safe (no absolute or ``..`` paths, no duplicates); encrypted
-members are refused; every local header must agree with the central directory, and no two
-members may share bytes. Every read is bounded by the member's declared size and CRC-checked,
-and compressed members are refused when their ratio is absurd. Stored (uncompressed) members
-can be memory-mapped straight from the file with a private copy-on-write mapping, so weights
-cost no copy and the file is never written; their CRC is verified the first time they are
-mapped.
+Every zip is checked by :class:`pt2interp.zipdir.ZipDirectory` before anything reads it: the
+``.pt2`` itself and the ``torch.save`` zips nested in it alike. Its member count is read from
+the end record and held to ``pt2interp.limits.current().max_archive_members`` before the
+directory is parsed; member names must be safe (no absolute or ``..`` paths, no duplicates);
+encrypted members are refused; every local header must agree with the central directory, and no
+two members may share bytes. Every read is bounded by the member's declared size and
+CRC-checked, and compressed members are refused when their ratio is absurd. Stored
+(uncompressed) members can be memory-mapped straight from the file with a private copy-on-write
+mapping, so weights cost no copy and the file is never written; their CRC is verified the first
+time they are mapped.
 
 >>> import pt2interp, importlib.resources as r
 >>> arc = pt2interp.open_archive(r.files("pt2interp.examples") / "tiny_mlp.pt2")
@@ -119,8 +119,8 @@ class Archive:
                 raise AOTInductorPackageError(
                     f"{self.source}: this is an AOTInductor package (compiled code under "
                     f"{top}/{PT2_AOTI_DIR}), not an exported graph pt2interp can interpret. "
-                    "Run it with torch._inductor.aoti_load_package(path) on a torch matching the one "
-                    "that compiled it, or export the model again with torch.export.save."
+                    "Run it with torch._inductor.aoti_load_package(path) on a torch matching "
+                    "the one that compiled it, or export the model again with torch.export.save."
                 )
         if not names:
             raise FormatError(f"{self.source}: the zip archive is empty")

@@ -1,11 +1,11 @@
 """Describe a ``.pt2`` without running it, without torch and without reading weight bytes.
 
 :func:`read_schema` returns a :class:`ProgramSchema`: the archive layout, schema and torch
-versions, the user inputs and outputs in call structure (``x``, ``scale``, ``out[0]``,
-``out['pair'][1]``) with dtypes and shapes whose symbolic dims carry their ranges
-(``[s77∈1..1024, 16]``), every parameter, buffer and constant with shape, dtype and byte size,
-totals, an op histogram (subgraphs included), the module tree recovered from the nodes'
-``nn_module_stack``, and which ops the running torch lacks.
+versions, the user inputs and outputs by the names :mod:`pt2interp.signature` gives them
+(``x``, ``xs.0``, ``out.sum``, ``out.pair.1``) with dtypes and shapes whose symbolic dims carry
+their ranges (``[s77∈1..1024, 16]``), every parameter, buffer and constant with shape, dtype
+and byte size, totals, an op histogram (subgraphs included), the module tree recovered from
+the nodes' ``nn_module_stack``, and which ops the running torch lacks.
 
 Everything comes from the program JSON (and, for torch 2.9+ archives, the small
 ``<model>_weights_config.json`` that says which names share a storage record); the zip's
@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 
 from pt2interp.archive import Archive
 from pt2interp.errors import Pt2Error, SchemaError
+from pt2interp.kinds import STATE_INPUT_KINDS, ArgKind, InputKind
 from pt2interp.payload import declared_views
 from pt2interp.program import Program, collector_paused, read_payload_config, read_program
 from pt2interp.schema import (
@@ -382,10 +383,9 @@ class _SchemaBuilder:
         if not wanted:
             return found
         try:
-            for (
-                spec
-            ) in self.model.signature.input_specs:  # dynamic input dims: found without a scan
-                meta = self.meta_of(spec.arg) if spec.kind == "user_input" else None
+            # dynamic input dims: found without a scan
+            for spec in self.model.signature.input_specs:
+                meta = self.meta_of(spec.arg) if spec.kind is InputKind.USER_INPUT else None
                 for d in meta.sizes if meta is not None else ():
                     sizes(d)
             if found == wanted:
@@ -479,12 +479,7 @@ class _SchemaBuilder:
     # -- weights -----------------------------------------------------------------------------
     def _weights(self) -> tuple[list[WeightInfo], list[WeightInfo], list[WeightInfo]]:
         storages = _storage_records(self.program)
-        groups: dict[str, list[WeightInfo]] = {
-            "parameter": [],
-            "buffer": [],
-            "tensor_constant": [],
-            "custom_obj": [],
-        }
+        groups: dict[InputKind, list[WeightInfo]] = {k: [] for k in STATE_INPUT_KINDS}
         first_of_view: dict[tuple, str] = {}
         seen: set[str] = set()
         for spec in self.model.signature.input_specs:
@@ -501,7 +496,7 @@ class _SchemaBuilder:
                 key = _view_key(storage, record[1])
                 tied_to = first_of_view.setdefault(key, spec.target)
                 tied_to = None if tied_to == spec.target else tied_to
-            class_fqn = spec.arg.value.class_fqn if spec.arg.kind == "custom_obj" else None
+            class_fqn = spec.arg.value.class_fqn if spec.arg.kind is ArgKind.CUSTOM_OBJ else None
             groups[spec.kind].append(
                 WeightInfo(
                     spec.target,
@@ -515,9 +510,9 @@ class _SchemaBuilder:
                 )
             )
         return (
-            groups["parameter"],
-            groups["buffer"],
-            groups["tensor_constant"] + groups["custom_obj"],
+            groups[InputKind.PARAMETER],
+            groups[InputKind.BUFFER],
+            groups[InputKind.TENSOR_CONSTANT] + groups[InputKind.CUSTOM_OBJ],
         )
 
 

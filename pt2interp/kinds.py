@@ -6,9 +6,10 @@ and which graph values it reads. An input or output spec of the signature has a 
 (``parameter``, ``user_output``, ...): :class:`InputKind` and :class:`OutputKind` say whether it
 is state, which JSON key holds its state-dict name, whether the caller sees it. The parser, the
 interpreter, codegen and serving ask these tables, so a new kind is one entry here (and, for an
-argument kind, one way to parse, run and write it where those are kept).
+argument kind, one way to parse, run and write it where those are kept). How a node passes each
+input, positionally or by keyword, is :class:`PassedAs`.
 
-The enums derive from ``str``: a member equals its spelling in the archive, so parsed specs
+The string enums derive from ``str``: a member equals its spelling in the archive, so parsed specs
 compare equal to the strings torch writes.
 
 >>> InputKind("buffer").is_state, InputKind.USER_INPUT.is_state
@@ -26,7 +27,7 @@ compare equal to the strings torch writes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Any
 
 
@@ -261,3 +262,11 @@ for _kind in ArgKind:
 del _kind, _leaf
 
 _ARG_KINDS_BY_TAG: dict[str, ArgKind] = {kind.tag: kind for kind in ArgKind}
+
+
+class PassedAs(IntEnum):
+    """How a node passes one input (torch's ``ArgumentKind``, recorded from schema 8.7; for
+    older files :mod:`pt2interp.versions` derives it)."""
+
+    POSITIONAL = 1
+    KEYWORD = 2

@@ -16,7 +16,7 @@ import torch
 from pt2interp import limits
 from pt2interp.errors import DeviceError, ExecutionError, SchemaError
 from pt2interp.interpreter import CompiledGraph, GraphCompiler
-from pt2interp.kinds import STATE_INPUT_KINDS, InputKind, OutputKind
+from pt2interp.kinds import STATE_INPUT_KINDS, ArgKind, InputKind, OutputKind
 from pt2interp.ops import functorch
 from pt2interp.program import Program
 from pt2interp.signature import CallSignature
@@ -46,7 +46,7 @@ class LoadedProgram:
         for spec in program.signature.input_specs:
             if spec.kind in STATE_INPUT_KINDS:
                 value = program.tensor(spec.target)
-                meta = values.get(spec.arg.value.name) if spec.arg.kind == "tensor" else None
+                meta = values.get(spec.arg.value.name) if spec.arg.kind is ArgKind.TENSOR else None
                 if (
                     spec.kind == InputKind.PARAMETER
                     and meta is not None
@@ -105,7 +105,7 @@ class LoadedProgram:
         user_input_pos = {
             leaf.spec.arg.value.name: n
             for n, leaf in enumerate(signature.inputs)
-            if leaf.spec.kind == InputKind.USER_INPUT and leaf.spec.arg.kind == "tensor"
+            if leaf.spec.kind == InputKind.USER_INPUT and leaf.spec.arg.kind is ArgKind.TENSOR
         }
         self._input_writes = []
         for i, s in enumerate(outs):

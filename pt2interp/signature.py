@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pt2interp.errors import InputMismatchError, SchemaError
-from pt2interp.kinds import RETURNED_OUTPUT_KINDS, InputKind
+from pt2interp.kinds import RETURNED_OUTPUT_KINDS, ArgKind, InputKind
 from pt2interp.treespec import TreeSpec, leaf_paths
 
 if TYPE_CHECKING:  # the checks need torch; names, binding and structure do not
@@ -92,7 +92,7 @@ def input_leaf_names(model: ExportedProgramModel) -> list[tuple[str, bool]]:
             s.name
             or (
                 s.arg.value.name
-                if s.arg.kind in ("tensor", "sym_int") and hasattr(s.arg.value, "name")
+                if s.arg.kind in (ArgKind.TENSOR, ArgKind.SYM_INT) and hasattr(s.arg.value, "name")
                 else f"input_{i}"
             ),
             kw,
@@ -159,10 +159,13 @@ class CallSignature:
         for (name, keyword), (i, s) in zip(input_leaf_names(model), caller):
             if s.kind == InputKind.CONSTANT_INPUT:
                 kind, meta = "constant", None
-            elif s.arg.kind == "tensor":
+            elif s.arg.kind is ArgKind.TENSOR:
                 kind, meta = "tensor", values.get(s.arg.value.name)
             else:
-                kind, meta = ("int" if s.arg.kind in ("sym_int", "int") else "other"), None
+                kind, meta = (
+                    ("int" if s.arg.kind in (ArgKind.SYM_INT, ArgKind.INT) else "other"),
+                    None,
+                )
             inputs.append(InputLeaf(name, kind, meta, keyword, s.constant_value, s, i))
         returned = [
             (i, s)
@@ -170,7 +173,9 @@ class CallSignature:
             if s.kind in RETURNED_OUTPUT_KINDS
         ]
         outputs = [
-            OutputLeaf(name, values.get(s.arg.value.name) if s.arg.kind == "tensor" else None, s, i)
+            OutputLeaf(
+                name, values.get(s.arg.value.name) if s.arg.kind is ArgKind.TENSOR else None, s, i
+            )
             for name, (i, s) in zip(output_leaf_names(model), returned)
         ]
         signature = cls(

@@ -9,6 +9,9 @@ by a release that needs none of them is not walked at all.
 To support a new quirk: add a ``Normalizer`` to ``NORMALIZERS`` with the first version that no
 longer needs it, and a test with a file (or a JSON edit) that shows it.
 
+The format's enumerations (ScalarType numbers, layouts, memory formats) live here too: they
+grow from release to release, and each number keeps its meaning once given.
+
 Sources: torch's serde schema history (see FORMAT-NOTES in the project docs) and archives
 written by torch 2.3 to 2.15.
 
@@ -28,6 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from pt2interp.kinds import PassedAs
 
 # Schema majors this reader understands. 5 (torch 2.3/2.4), 7 (2.5), 8 (2.6 and later).
 # Majors 3, 4 and 6 were never released in a torch version but share the same shapes.
@@ -120,9 +125,6 @@ UNBOUNDED_THRESHOLD = 2**62
 # A program JSON without a ``schema_version`` (torch 2.1) is schema 1, which is not supported.
 VERSION_WHEN_UNRECORDED = (1, 0)
 
-# Node input kinds (``NamedArgument.kind``), recorded from schema 8.7 (torch 2.7) on.
-INPUT_KIND_POSITIONAL, INPUT_KIND_KEYWORD = 1, 2
-
 
 # -- normalizers --------------------------------------------------------------------------------
 
@@ -165,7 +167,7 @@ def unrecorded_input_kind(target: str, name: str) -> int | None:
     (torch's ``serialize_hoo_inputs``); ATen ops and Python operators name every input, and
     their schema or signature says which are positional (None: not known from the file)."""
     if name and target.startswith("torch.ops.higher_order."):
-        return INPUT_KIND_KEYWORD
+        return PassedAs.KEYWORD.value  # the parser reads the plain int a newer file holds
     return None
 
 

@@ -10,7 +10,10 @@ CASES = all_cases()
 
 
 def pytest_report_header(config):
-    return f"torch {torch.__version__}; {len(CASES)} fixture archives; cuda={'yes' if torch.cuda.is_available() else 'no'}"
+    return (
+        f"torch {torch.__version__}; {len(CASES)} fixture archives; "
+        f"cuda={'yes' if torch.cuda.is_available() else 'no'}"
+    )
 
 
 # Every CUDA test carries the ``cuda`` mark (``pytest -m cuda`` selects them all); they skip

@@ -73,7 +73,8 @@ class Scan(torch.nn.Module):
 
 
 class GenericAssociativeScan(torch.nn.Module):
-    """Training IR writes the generic combine as vmap calls (functorch's own, see ops/functorch.py)."""
+    """Training IR writes the generic combine as vmap calls (functorch's own, see
+    ops/functorch.py)."""
 
     def forward(self, x):
         from torch._higher_order_ops.associative_scan import associative_scan
@@ -228,7 +229,7 @@ def test_generated_code_runs_and_equals_the_archive(tmp_path, name, ir, capsys):
         torch.testing.assert_close(i, w, rtol=0, atol=0)
 
 
-# -- higher-order ops torch does not write on a CPU, spelled as its serializer spells them ----------
+# -- higher-order ops torch does not write on a CPU, spelled as its serializer spells them ---------
 
 
 def _body(inputs: list[str]) -> dict:

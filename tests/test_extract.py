@@ -1,4 +1,5 @@
-"""Issue: weight extraction — torch and numpy backends, safetensors, load_weights into handwritten modules."""
+"""Issue: weight extraction — torch and numpy backends, safetensors, load_weights into
+handwritten modules."""
 
 from __future__ import annotations
 
@@ -127,7 +128,10 @@ for folder in sys.argv[3:]:
     want = pt2interp.extract_weights(c.path)
     arrays = pt2interp.extract_weights(c.path, backend="numpy")
     assert {str(t.dtype) for t in want.values()} == {"torch.bfloat16"}, c.id
-    for got in (arrays.to_torch(), {k: pt2interp.numpy_to_torch(a, arrays.dtypes[k]) for k, a in arrays.items()}):
+    for got in (
+        arrays.to_torch(),
+        {k: pt2interp.numpy_to_torch(a, arrays.dtypes[k]) for k, a in arrays.items()},
+    ):
         assert list(got) == list(want), c.id
         for k in want:
             assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), (c.id, k)
@@ -322,7 +326,8 @@ def test_cli_weights_writes_safetensors_and_npz_without_torch(tmp_path):
     st, npz = tmp_path / "w.safetensors", tmp_path / "w.npz"
     code = (
         "import sys\nfrom pt2interp.cli import main\n"
-        f"assert main(['weights', {str(path)!r}, '-o', {str(st)!r}, '--numpy', {str(npz)!r}]) == 0\n"
+        f"assert main(['weights', {str(path)!r}, '-o', {str(st)!r}, "
+        f"'--numpy', {str(npz)!r}]) == 0\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

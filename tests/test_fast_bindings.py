@@ -119,7 +119,8 @@ def _variants(op, name):
 
 
 def _graph_for(target, params, combo):
-    """A one-node graph calling ``target`` with these argument kinds; sym values are graph inputs."""
+    """A one-node graph calling ``target`` with these argument kinds; sym values are graph
+    inputs."""
     inputs, node_args, runtime = [], [], []
     for i, (p, (kind, value)) in enumerate(zip(params, combo)):
         if kind in ("tensor", "sym_int", "sym_float"):

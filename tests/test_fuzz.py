@@ -595,7 +595,7 @@ def test_fuzz_program_json(key, data):
     exercise("program", fx, rewrite_member(fx.data, fx.program_member, dumps(doc)))
 
 
-# -- (c) weights: the payload config (new layout) or the pickled state dict (legacy) ----------------
+# -- (c) weights: the payload config (new layout) or the pickled state dict (legacy) ---------------
 
 CONFIG_VALUES_EXTRA = [0, 1, 7, 12, 22, 44, 99, -1, 2**62, 2**63, 2**40, 4096]
 

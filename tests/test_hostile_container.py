@@ -64,7 +64,8 @@ def _member(
     share: str | None = None,
 ) -> dict:
     """One entry: ``data`` as stored, central fields, ``local`` overrides of the local header's
-    (flags, method, crc, csize, size, extra), ``share``: no local header of its own, the named one's."""
+    (flags, method, crc, csize, size, extra), ``share``: no local header of its own, the named
+    one's."""
     return {
         "name": name,
         "data": data,
@@ -371,7 +372,8 @@ def test_the_nested_archives_load_as_crafted(tmp_path):
 
 
 def _nested_defects() -> dict:
-    """name → (edit of the nested zip's members returning (members, write_zip kwargs), fragments)."""
+    """name → (edit of the nested zip's members returning (members, write_zip kwargs),
+    fragments)."""
 
     def duplicate(ms):
         record = _first_record(ms)
@@ -588,7 +590,9 @@ _CHILD = textwrap.dedent("""
     }
     torch.zeros(4) @ torch.zeros(4)  # start torch's threads before the limit is set
     pages = int(open("/proc/self/statm").read().split()[0])
-    resource.setrlimit(resource.RLIMIT_AS, (pages * resource.getpagesize() + headroom, resource.RLIM_INFINITY))
+    resource.setrlimit(
+        resource.RLIMIT_AS, (pages * resource.getpagesize() + headroom, resource.RLIM_INFINITY)
+    )
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = []
     for path, labels in cases:

@@ -154,7 +154,8 @@ def test_sparse_tensors_from_unchecked_indices_are_refused(tmp_path, kind, index
 
 
 def test_sparse_index_views_are_copies(tmp_path):
-    """Writing through ``_indices()`` must not corrupt the sparse tensor (it would index anywhere)."""
+    """Writing through ``_indices()`` must not corrupt the sparse tensor (it would index
+    anywhere)."""
     path = craft(
         tmp_path,
         [
@@ -258,7 +259,7 @@ def test_refused_ops_fail_at_load_naming_node_and_reason(tmp_path, target, input
     assert "nodes[0]" in str(info.value) and fragment in str(info.value), info.value
 
 
-# -- the policy covers every op that matches the dangerous patterns ---------------------------------
+# -- the policy covers every op that matches the dangerous patterns --------------------------------
 
 _DANGEROUS = re.compile(r"unsafe|_print|print|from_file|_copy_from|set_")
 _RAW_ARGUMENT = re.compile(r"^(filename|file|path|ptr|data_ptr|pointer|addr)$")
@@ -332,7 +333,7 @@ def test_masked_unsafe_index_clamps():
     assert got.tolist() == [-1.0, 1.0]
 
 
-# -- 2. archive text is never a format string, and is printed printable -----------------------------
+# -- 2. archive text is never a format string, and is printed printable ----------------------------
 
 
 def _print_archive(tmp_path: Path, template: str) -> Path:
@@ -361,7 +362,10 @@ def _print_archive(tmp_path: Path, template: str) -> Path:
 
 def test_print_never_formats_archive_text(tmp_path, monkeypatch):
     monkeypatch.setenv("PT2INTERP_SECRET_FOR_TEST", "hunter2")
-    template = "{0.__class__.__init__.__globals__[sys].modules[os].environ[PT2INTERP_SECRET_FOR_TEST]} {:1500000000}"
+    template = (
+        "{0.__class__.__init__.__globals__[sys].modules[os].environ[PT2INTERP_SECRET_FOR_TEST]}"
+        " {:1500000000}"
+    )
     path = _print_archive(tmp_path, template)
     done = run_isolated(path, "pt2interp.load(path)(torch.randn(4, 16)); print('ran')")
     assert done.returncode == 0 and done.stdout.strip().endswith("ran"), done.stderr[-2000:]
@@ -406,7 +410,7 @@ def test_string_formatting_by_percent_is_refused(tmp_path):
     _assert_refused_cleanly(run_isolated(path), "never used as a format string")
 
 
-# -- 5. bounded work ---------------------------------------------------------------------------------
+# -- 5. bounded work -------------------------------------------------------------------------------
 
 
 class _Forever(torch.nn.Module):
@@ -519,7 +523,7 @@ def test_limits_are_validated_and_scoped():
     assert limits.current() == before
 
 
-# -- every entry point on every crafted archive -----------------------------------------------------
+# -- every entry point on every crafted archive ----------------------------------------------------
 
 
 def _crafted_archives(tmp_path: Path) -> dict[str, Path]:

@@ -81,7 +81,7 @@ def output_tensor(out: dict) -> torch.Tensor:
     return torch.tensor(out["data"], dtype=dtype).reshape(out["shape"])
 
 
-# -- health and metadata ------------------------------------------------------------------------------
+# -- health and metadata ---------------------------------------------------------------------------
 def test_health_and_server_metadata(client):
     assert client.get("/v2/health/live").json() == {"live": True}
     r = client.get("/v2/health/ready")
@@ -119,7 +119,7 @@ def test_model_metadata_and_ready(client):
     assert r.status_code == 200 and r.json() == {"name": "cnn", "ready": True}
 
 
-# -- inference ----------------------------------------------------------------------------------------
+# -- inference -------------------------------------------------------------------------------------
 def test_infer_on_two_models_matches_direct_calls(client):
     x = torch.randn(3, 16)
     r = client.post("/v2/models/mlp/infer", json={"id": "req-1", "inputs": [tensor_json("x", x)]})
@@ -163,7 +163,7 @@ def test_infer_pads_a_static_batch(client):
     assert torch.allclose(output_tensor(out), want, rtol=1e-5, atol=1e-6)
 
 
-# -- errors ------------------------------------------------------------------------------------------
+# -- errors ----------------------------------------------------------------------------------------
 def _x(shape=(2, 16), **over):
     t = {
         "name": "x",
@@ -300,7 +300,7 @@ def test_unknown_routes_and_models_get_json_404(client):
     assert client.get("/v2/models/nope/ready").status_code == 404
 
 
-# -- metrics ------------------------------------------------------------------------------------------
+# -- metrics ---------------------------------------------------------------------------------------
 def _metrics(client) -> dict[tuple, float]:
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -361,7 +361,7 @@ def test_metrics_count_requests_latency_batches_and_errors(client, servers):
     assert ("pt2interp_batch_rows_bucket", (("le", "+Inf"), ("model", "cnn"))) in after
 
 
-# -- faults -------------------------------------------------------------------------------------------
+# -- faults ----------------------------------------------------------------------------------------
 def test_every_fifth_request_malformed(url, servers):
     """40 requests from 4 concurrent clients, every fifth malformed in a different way."""
     server = servers["cnn"]
@@ -416,7 +416,7 @@ def test_every_fifth_request_malformed(url, servers):
     assert after["restarts"] == 0
 
 
-# -- load -----------------------------------------------------------------------------------------------
+# -- load ------------------------------------------------------------------------------------------
 # The load clients run in a child process (so that client and server do not share one GIL) on
 # Python's own HTTP/1.1 client, one keep-alive connection per client thread: httpx costs more
 # CPU per request than the server under test, and the clients would measure themselves.
@@ -431,10 +431,12 @@ def client(k):
     conn = http.client.HTTPConnection(host, port, timeout=60)
     start.wait()
     for i in range(each):
-        body = json.dumps({"id": f"{k}-{i}", "inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
-                           "data": [(k * each + i) * 0.01 + j * 0.1 for j in range(16)]}]})
+        body = json.dumps({"id": f"{k}-{i}", "inputs": [{
+            "name": "x", "shape": [1, 16], "datatype": "FP32",
+            "data": [(k * each + i) * 0.01 + j * 0.1 for j in range(16)]}]})
         t0 = time.perf_counter()
-        conn.request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
+        conn.request("POST", f"/v2/models/{model}/infer", body,
+                     {"Content-Type": "application/json"})
         reply = conn.getresponse()
         data = reply.read()
         results[k].append([f"{k}-{i}", reply.status, time.perf_counter() - t0, json.loads(data)])
@@ -522,7 +524,7 @@ def test_load_32_clients_every_reply_is_the_right_one(url, servers, tmp_path):
     assert figures["mlp_batched"][3] > 1.2  # batching really happened under load
 
 
-# -- the command line --------------------------------------------------------------------------------------
+# -- the command line ------------------------------------------------------------------------------
 def test_cli_serve_answers_and_stops(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -166,7 +166,8 @@ def test_a_huge_model_name_is_not_echoed(serve):
             and len(payload) < 500
             and "(10000 characters)" in json.loads(payload)["error"]
         )
-        # past 64 KiB uvicorn refuses the request line itself: a short answer, or a closed connection
+        # past 64 KiB uvicorn refuses the request line itself: a short answer, or a closed
+        # connection
         sock = _raw_request(_port(url), f"/v2/models/{'m' * 100_000}/infer", b'{"inputs": []}')
         sock.settimeout(WAIT)
         received = b""
@@ -237,7 +238,7 @@ def test_past_its_deadline_a_request_is_dropped_and_the_next_one_is_answered(ser
     assert info["timeout_count"] == 1 and info["inference_count"] == 1 and info["error_count"] == 0
 
 
-# -- overload -----------------------------------------------------------------------------------------
+# -- overload --------------------------------------------------------------------------------------
 def _hold_worker(server: Server):
     release, entered = threading.Event(), threading.Event()
     original = server.program.run_leaves
@@ -366,7 +367,7 @@ def test_not_ready_is_a_4xx_as_the_spec_says(serve):
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
 
 
-# -- metrics --------------------------------------------------------------------------------------------
+# -- metrics ---------------------------------------------------------------------------------------
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
@@ -420,7 +421,7 @@ def test_metrics_follow_prometheus_conventions(serve):
     assert "pt2interp_inference_latency_seconds" not in families  # the old quantile gauge
 
 
-# -- shutdown --------------------------------------------------------------------------------------------
+# -- shutdown --------------------------------------------------------------------------------------
 def test_sigterm_with_a_stalled_client_exits_within_the_grace_period(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -474,7 +475,7 @@ def test_sigterm_with_a_stalled_client_exits_within_the_grace_period(tmp_path):
             proc.wait()
 
 
-# -- batching without waiting for nobody -------------------------------------------------------------
+# -- batching without waiting for nobody -----------------------------------------------------------
 def test_a_lone_request_does_not_wait_out_the_batch_timeout(serve):
     server = serve(batch_size=16, batch_timeout_ms=3000)
     with running(create_app([server])) as url, httpx.Client(base_url=url, timeout=WAIT) as client:

@@ -363,14 +363,16 @@ def test_higher_order_ops_match_torch(tmp_path, make, args, core):
             "auto_functionalized" in used
         ):  # older torch (2.8 does) wraps it in v1, which has a registry entry
             assert not any("auto_functionalized" in t for t in prog.fallback_ops())
-        else:  # the custom op (or auto_functionalized_v2) has none: the fallback runs it and says so
+        else:
+            # the custom op (or auto_functionalized_v2) has none: the fallback runs it and says so
             assert any(
                 "pt2interp_test" in t or "auto_functionalized" in t for t in prog.fallback_ops()
             )
 
 
 def test_demo_compares_with_torch_in_this_process():
-    """The README's first command: equal to torch bit for bit here, to the stored output within rounding."""
+    """The README's first command: equal to torch bit for bit here, to the stored output within
+    rounding."""
     import subprocess
     import sys
 

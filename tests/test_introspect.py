@@ -1,4 +1,5 @@
-"""Issue: schema introspection — read_schema agrees with torch, never imports torch, never reads weights."""
+"""Issue: schema introspection — read_schema agrees with torch, never imports torch, never reads
+weights."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ _BIG = 2**62
 
 @functools.cache
 def _torch_program(path):
-    """``torch.export.load(path)``, or None where this torch refuses the file (older schema majors)."""
+    """``torch.export.load(path)``, or None where this torch refuses the file (older schema
+    majors)."""
     logger = logging.getLogger("torch.export")
     level = logger.level
     logger.setLevel(logging.ERROR)  # torch logs a traceback before falling back to the old format
@@ -148,7 +150,8 @@ def _reference_from_json(path) -> dict:
         tag, v = one(s)
         if tag == "as_int":
             return v
-        # torch 2.15 writes a bare symbol as sympy's srepr: Symbol('s77', positive=True, integer=True)
+        # torch 2.15 writes a bare symbol as sympy's srepr:
+        # Symbol('s77', positive=True, integer=True)
         symbol = re.fullmatch(r"Symbol\('(\w+)'(?:, \w+=\w+)*\)", v["expr_str"])
         return symbol.group(1) if symbol else v["expr_str"]
 
@@ -193,7 +196,8 @@ def _reference_from_json(path) -> dict:
             else int(v)
         )
 
-    # as torch's loader: a constraint on a symbol no size (of any graph) or sym int mentions is dropped
+    # as torch's loader: a constraint on a symbol no size (of any graph) or sym int mentions
+    # is dropped
     mentioned = []
 
     def collect(value):
@@ -242,7 +246,9 @@ def test_schema_agrees_with_torch(c):
     if c.exported_by_installed_torch:
         assert ep is not None, "torch must load what it wrote itself"
     if c.newer_than_installed_torch:
-        ep = None  # an older torch may misread a newer file (2.8 reads 2.10's symbols as "Symbol('s77', ...)")
+        # an older torch may misread a newer file (2.8 reads 2.10's symbols as
+        # "Symbol('s77', ...)")
+        ep = None
     want = _reference_from_torch(ep) if ep is not None else _reference_from_json(c.path)
     got = _described(schema)
     for key in ("parameters", "buffers", "constants", "inputs", "ranges"):

@@ -1,4 +1,5 @@
-"""The JSON nesting limit is the project's own: the same document gets the same answer on every Python."""
+"""The JSON nesting limit is the project's own: the same document gets the same answer on every
+Python."""
 
 from __future__ import annotations
 

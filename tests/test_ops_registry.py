@@ -48,23 +48,39 @@ NO_SAMPLE = {
     "math.": "math functions on sym ints; the kernel is the math function itself",
     "torch.sym_": "sym-int helpers; the kernel is the torch function itself",
     "torch._sym_sqrt": "sym-int helper; the kernel is the torch function itself",
-    "torch.fx.experimental.symbolic_shapes.cast_symbool_to_symint_guardless": "a bool size condition as an int; tested in tests/test_symbolic_ops.py",
+    "torch.fx.experimental.symbolic_shapes.cast_symbool_to_symint_guardless": (
+        "a bool size condition as an int; tested in tests/test_symbolic_ops.py"
+    ),
     "higher_order.while_loop": "takes subgraph callables; tested by the interpreter fixtures",
     "higher_order.map_impl": "takes subgraph callables; tested by the interpreter fixtures",
     "higher_order.with_effects": "wraps another op with effect tokens; tested by fixtures",
     "higher_order.auto_functionalized": "wraps a mutating custom op; tested by fixtures",
     "higher_order.print": "prints; tested in tests/test_hostile_ops.py",
     "higher_order.scan": "torch's own kernel runs it; tested in tests/test_codegen_higher_order.py",
-    "higher_order.associative_scan": "torch's own kernel runs it; tested in tests/test_codegen_higher_order.py",
-    "higher_order.tag_activation_checkpoint": "runs its body; tested in tests/test_codegen_higher_order.py",
+    "higher_order.associative_scan": (
+        "torch's own kernel runs it; tested in tests/test_codegen_higher_order.py"
+    ),
+    "higher_order.tag_activation_checkpoint": (
+        "runs its body; tested in tests/test_codegen_higher_order.py"
+    ),
     "higher_order.wrap": "runs its body; tested in tests/test_codegen_higher_order.py",
     "higher_order.invoke_subgraph": "runs its body; tested in tests/test_codegen_higher_order.py",
     "higher_order.hints_wrapper": "runs its body; tested in tests/test_codegen_higher_order.py",
-    "higher_order.wrap_with_": "runs its body in a grad or autocast mode; tested in tests/test_codegen_higher_order.py",
-    "torch._functorch.predispatch.": "functorch transform state; tested in tests/test_functorch_calls.py",
-    "aten._scaled_dot_product_efficient_attention": "CUDA-only op; its stand-in elsewhere: tests/test_devices.py",
-    "aten._scaled_dot_product_flash_attention.": "CUDA-only op; its stand-in elsewhere: tests/test_devices.py",
-    "aten._scaled_dot_product_cudnn_attention": "CUDA-only op; its stand-in elsewhere: tests/test_devices.py",
+    "higher_order.wrap_with_": (
+        "runs its body in a grad or autocast mode; tested in tests/test_codegen_higher_order.py"
+    ),
+    "torch._functorch.predispatch.": (
+        "functorch transform state; tested in tests/test_functorch_calls.py"
+    ),
+    "aten._scaled_dot_product_efficient_attention": (
+        "CUDA-only op; its stand-in elsewhere: tests/test_devices.py"
+    ),
+    "aten._scaled_dot_product_flash_attention.": (
+        "CUDA-only op; its stand-in elsewhere: tests/test_devices.py"
+    ),
+    "aten._scaled_dot_product_cudnn_attention": (
+        "CUDA-only op; its stand-in elsewhere: tests/test_devices.py"
+    ),
 }
 NAMESPACE = {"torch": torch, "F": F, "math": math, "operator": operator}
 
@@ -328,7 +344,8 @@ def _skip_if_older_schema(target: str, args, kwargs) -> None:
     extra = sorted(set(kwargs) - {a.name for a in arguments})
     if extra or len(args) > len(arguments):
         pytest.skip(
-            f"{target} in torch {torch.__version__} takes no {extra or f'{len(args)} positional arguments'}"
+            f"{target} in torch {torch.__version__} takes no "
+            f"{extra or f'{len(args)} positional arguments'}"
         )
 
 

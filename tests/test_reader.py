@@ -71,7 +71,8 @@ def test_state_dict_equals_exporting_module(c):
     ids=lambda c: c.id,
 )
 def test_legacy_tied_names_come_back_sharing_storage(c, tmp_path):
-    """torch 2.5 to 2.7 lift one name of a tied pair into the graph; the pickled state dict has both."""
+    """torch 2.5 to 2.7 lift one name of a tied pair into the graph; the pickled state dict has
+    both."""
     stored = _archive_state_dict(c)
     assert {"wte.weight", "lm_head.weight"} <= set(stored)
     program = pt2interp.read_program(c.path)

@@ -167,7 +167,7 @@ def test_a_failing_subscriber_does_not_fail_requests(serve):
     assert server.predict(torch.randn(4, 16)).shape == (4, 8)
 
 
-# -- faults ------------------------------------------------------------------------------------------
+# -- faults ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch_size", [1, 8])
 def test_bad_requests_fail_alone_and_the_worker_goes_on(serve, batch_size):
     server = serve(MLP, batch_size=batch_size)
@@ -281,7 +281,7 @@ def test_predict_times_out_instead_of_waiting_forever(serve):
     assert server.info()["timeout_count"] == 1 and server.info()["error_count"] == 0
 
 
-# -- shutdown ----------------------------------------------------------------------------------------
+# -- shutdown --------------------------------------------------------------------------------------
 def test_shutdown_drains_what_is_queued(serve):
     server = serve(DYN_MLP, batch_size=4)
     entered, release = _block_worker(server)
@@ -318,7 +318,7 @@ def test_shutdown_without_draining_fails_everyone_promptly(serve):
     assert server.info()["errors_by_kind"]["unavailable"] == 6 and server.info()["error_count"] == 0
 
 
-# -- batching ------------------------------------------------------------------------------------------
+# -- batching --------------------------------------------------------------------------------------
 def _reference(direct, x: torch.Tensor, static_rows: int | None) -> torch.Tensor:
     """What the program gives for ``x`` run alone: in static chunks padded with the last row."""
     if static_rows is None:
@@ -546,7 +546,7 @@ def test_every_caller_gets_exactly_one_answer_through_timeouts_and_shutdown(serv
     assert server.info()["inference_count"] >= outcomes["ok"]
 
 
-# -- waking callers in turn ----------------------------------------------------------------------------
+# -- waking callers in turn ------------------------------------------------------------------------
 class _PerCallerTimeout(Server):
     """A server whose ``request_timeout_s`` a calling thread may set for itself."""
 

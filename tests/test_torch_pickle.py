@@ -542,7 +542,8 @@ def _fixture_archives():
                     None,
                     id=version,
                     marks=pytest.mark.skip(
-                        reason=f"{folder} has no .pt2 fixtures; copy the cross-version fixtures there"
+                        reason=f"{folder} has no .pt2 fixtures; "
+                        "copy the cross-version fixtures there"
                     ),
                 )
             )

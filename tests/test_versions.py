@@ -17,6 +17,7 @@ import pytest
 
 from pt2interp import schema, versions
 from pt2interp.errors import SchemaError
+from pt2interp.kinds import PassedAs
 from tests.helpers import program_member
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -74,7 +75,7 @@ def test_unrecorded_input_kinds_come_from_the_target():
     doc = _doc(FIXTURES / "torch-2.6.0" / "cond.pt2")
     model = _parse(doc)
     hop = _hop_nodes(model.graph)[0]
-    assert {x.kind for x in hop.inputs if x.name} <= {versions.INPUT_KIND_KEYWORD}
+    assert {x.kind for x in hop.inputs if x.name} <= {PassedAs.KEYWORD}
     aten = next(n for n in model.graph.nodes if n.target.startswith("torch.ops.aten."))
     assert {x.kind for x in aten.inputs} == {None}  # the op's schema decides, not the file
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pt2interp import versions
-from pt2interp.kinds import ArgKind, InputKind, OutputKind
+from pt2interp.kinds import ArgKind, InputKind, OutputKind, PassedAs
 from pt2interp.schema.module_stack import ModuleFrame, parse_nn_module_stack
 from pt2interp.symexpr import Expr
 from pt2interp.treespec import TreeSpec
@@ -131,12 +131,12 @@ class Argument:
 class NamedArgument:
     name: str
     arg: Argument
-    # versions.INPUT_KIND_POSITIONAL or _KEYWORD; None where the file does not say
+    # a PassedAs; None where the file does not say
     kind: int | None = None
 
     @property
     def is_keyword(self) -> bool:
-        return self.kind == versions.INPUT_KIND_KEYWORD
+        return self.kind == PassedAs.KEYWORD
 
 
 @dataclass

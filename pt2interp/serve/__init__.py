@@ -4,7 +4,9 @@
 >>> import torch
 >>> from pt2interp.serve import Server
 >>> with Server("fixtures/zoo/multi_io.pt2", name="doc-multi") as server:
-...     a, b, mask, scale = torch.zeros(5, 6), torch.zeros(5, 3), torch.zeros(5, 4, dtype=torch.bool), torch.ones(4)
+...     a, b, mask, scale = (
+...         torch.zeros(5, 6), torch.zeros(5, 3), torch.zeros(5, 4, dtype=torch.bool), torch.ones(4)
+...     )
 ...     out = server.predict(a, b, mask, scale=scale)
 ...     sorted(out), type(out["pair"]).__name__
 (['cat', 'pair', 'sum'], 'tuple')

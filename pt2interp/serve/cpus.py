@@ -13,7 +13,8 @@ server's own threads also need a CPU (the HTTP event loop, callers), so one is l
 where there are two or more. Elsewhere (no ``/proc``) the count stays at what torch chose.
 
 >>> chooser = ThreadChooser(cpus=4, interval_s=0.0)
->>> chooser.threads_for(busy_elsewhere=0.0), chooser.threads_for(busy_elsewhere=1.0), chooser.threads_for(3.9)
+>>> (chooser.threads_for(busy_elsewhere=0.0), chooser.threads_for(busy_elsewhere=1.0),
+...  chooser.threads_for(3.9))
 (3, 2, 1)
 """
 

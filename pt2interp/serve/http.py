@@ -6,7 +6,8 @@ metrics and a live status page, for one or more :class:`~pt2interp.serve.Server`
 >>> server = Server("fixtures/zoo/mlp.pt2", name="doc-http")
 >>> client = TestClient(create_app([server]))
 >>> client.post("/v2/models/doc-http/infer", json={"inputs": [
-...     {"name": "x", "shape": [4, 16], "datatype": "FP32", "data": [0.0] * 64}]}).json()["outputs"][0]["shape"]
+...     {"name": "x", "shape": [4, 16], "datatype": "FP32", "data": [0.0] * 64}
+... ]}).json()["outputs"][0]["shape"]
 [4, 8]
 >>> server.shutdown()
 

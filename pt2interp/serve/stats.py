@@ -2,7 +2,8 @@
 
 Every request emits ``start`` when it is submitted and then exactly one of ``stop`` (with its
 duration, the size of the run that served it and its own row count) or ``exception`` (with the
-error, and its kind: see :func:`error_kind`). Every model run emits ``batch``; a worker that dies and comes back emits ``restart``.
+error, and its kind: see :func:`error_kind`). Every model run emits ``batch``; a worker that
+dies and comes back emits ``restart``.
 The server hands the figures of each event to :class:`ServerStats` and, when anyone has
 subscribed, to the :class:`EventBus` as a :class:`ServeEvent`: the counters ``info()`` shows are
 made from the very figures subscribers see, and nobody pays for building events nobody reads.
@@ -337,7 +338,8 @@ def latency_percentiles_ms(sorted_s: list[float]) -> dict[str, float]:
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (0.0 for none).
 
-    >>> percentile([1.0, 2.0, 3.0, 4.0], 50), percentile([1.0, 2.0, 3.0, 4.0], 99), percentile([], 50)
+    >>> (percentile([1.0, 2.0, 3.0, 4.0], 50), percentile([1.0, 2.0, 3.0, 4.0], 99),
+    ...  percentile([], 50))
     (2.0, 4.0, 0.0)
     """
     if not sorted_values:
