@@ -83,22 +83,27 @@ def test_inferenceservice_is_a_valid_kserve_object_on_our_runtime():
 
 
 @pytest.mark.parametrize(
-    "path, bad",
+    "path, bad, reason",
     [
-        (("spec", "containers", 0, "readinessProbe"), {"httpGet": {"path": "/v2/health/ready"}}),
-        (("spec", "containers", 0, "args"), "{{.Name}}=/mnt/models"),
-        (("spec", "supportedModelFormats", 0, "autoselect"), True),
-        (("spec", "protocolVersion"), ["v2"]),
+        (
+            ("spec", "containers", 0, "readinessProbe"),
+            {"httpGet": {"path": "/v2/health/ready"}},
+            "readinessProbe.httpGet: 'port' is a required property",
+        ),
+        (("spec", "containers", 0, "args"), "{{.Name}}=/mnt/models", "is not of type 'array'"),
+        (("spec", "supportedModelFormats", 0, "autoselect"), True, "'autoselect' was unexpected"),
+        (("spec", "protocolVersion"), ["v2"], "'protocolVersion' was unexpected"),
     ],
     ids=["probe-without-port", "args-not-a-list", "misspelt-field", "field-of-another-kind"],
 )
-def test_the_schema_rejects_what_kserve_would(path, bad):
+def test_the_schema_rejects_what_kserve_would(path, bad, reason):
     runtime = copy.deepcopy(_manifest("servingruntime.yaml"))
     node = runtime
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = bad
-    assert _errors("servingruntime", runtime) != []
+    (error,) = _errors("servingruntime", runtime)
+    assert reason in error
 
 
 def test_the_container_listens_where_kserve_looks():
