@@ -591,6 +591,31 @@ def _threads_arg(text: str) -> int | str:
     return value
 
 
+def _serve_targets(specs: list[str]) -> list[tuple[str, str]]:
+    """(name, path) of each archive to serve; name "" for the file's stem.
+
+    NAME=PATH names a model. PATH may be a directory, as a model store mounts one (KServe puts
+    a storageUri's contents at /mnt/models): the .pt2 files directly in it are served, and
+    NAME=DIR must hold exactly one, so a runtime can name the model without knowing the file.
+    """
+    targets = []
+    for spec in specs:
+        name, _, path = (
+            spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        )
+        if not Path(path).is_dir():
+            targets.append((name, path))
+            continue
+        found = sorted(str(p) for p in Path(path).glob("*.pt2") if p.is_file())
+        if not found:
+            raise Pt2Error(f"{path}: a directory with no .pt2 file in it")
+        if name and len(found) > 1:
+            listed = ", ".join(Path(f).name for f in found)
+            raise Pt2Error(f"{path}: holds several .pt2 files ({listed}): name one as {name}=FILE")
+        targets.extend((name, f) for f in found)
+    return targets
+
+
 def cmd_serve(args) -> int:
     """Serve one or more archives over HTTP (Open Inference Protocol v2, /metrics, status page)."""
     import uvicorn  # first: without the serve extras, say so before torch takes seconds to import
@@ -602,11 +627,7 @@ def cmd_serve(args) -> int:
 
     servers = []
     try:
-        for spec in args.files:
-            # NAME=PATH names a model; otherwise the file's stem does
-            name, _, path = (
-                spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
-            )
+        for name, path in _serve_targets(args.files):
             servers.append(
                 Server(
                     path,
@@ -778,7 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
         "files",
         nargs="+",
         metavar="[NAME=]FILE",
-        help="archives to serve, each named NAME or after its file",
+        help="archives to serve, each named NAME or after its file; a directory serves the .pt2 "
+        "files in it (NAME=DIR: exactly one)",
     )
     sv.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
