@@ -7,6 +7,10 @@ gRPC and REST requests share one model's batches. Triton's gRPC client, where in
 from __future__ import annotations
 
 import concurrent.futures
+import signal
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -265,3 +269,32 @@ def test_triton_grpc_client(served):
     with pytest.raises(tg.InferenceServerException, match="unknown model"):
         client.infer("nope", [entry])
     client.close()
+
+
+# -- pt2interp serve --grpc-port ------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_serves_grpc_beside_http_and_stops_on_sigterm():
+    http_port, grpc_port = _free_port(), _free_port()
+    command = [sys.executable, "-m", "pt2interp.cli", "serve", f"mlp={DYN_MLP}"]
+    command += ["--port", str(http_port), "--grpc-port", str(grpc_port), "--threads", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = GRPCInferenceServiceStub(channel)
+            x = torch.randn(2, 16)
+            got = outputs_of(stub.ModelInfer(infer_request("mlp", {"x": x}), timeout=30))
+            assert torch.equal(got["out"], pt2interp.load(DYN_MLP)(x))
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output.decode()
+    assert f"serving gRPC on 127.0.0.1:{grpc_port}" in output.decode()
