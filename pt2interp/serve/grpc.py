@@ -225,9 +225,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if remaining is not None:
             timeout = min(timeout, max(remaining, 0.0))
         handle = server.submit_leaves(decoded.leaves, on_done)
+        # a timer, not asyncio.wait_for: that costs a task per request
+        timer = loop.call_later(timeout, _settle, waiter, None, _Expired())
         try:
-            return await asyncio.wait_for(waiter, timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+            return await waiter
+        except _Expired:
             server.withdraw(
                 handle,
                 RequestTimeoutError(f"server {server.name!r}: no answer within {timeout:g} s"),
@@ -252,6 +254,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise RequestError(
                 500, public_message(f"model {server.name!r} failed: {type(exc).__name__}: {exc}")
             ) from None
+        finally:
+            timer.cancel()
+
+
+class _Expired(Exception):
+    """Set on a request's waiter when its deadline passes."""
 
 
 def _settle(waiter: asyncio.Future, result: Any, error: BaseException | None) -> None:
