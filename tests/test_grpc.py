@@ -15,13 +15,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from fixture_cases import case
 
 import pt2interp
 
 grpc = pytest.importorskip("grpc", reason="grpcio is in the serve extras")
 pytest.importorskip("google.protobuf", reason="protobuf is in the serve extras")
+TestClient = pytest.importorskip(
+    "fastapi.testclient", reason="fastapi is in the serve extras"
+).TestClient
 
 from pt2interp.serve import Server, create_app  # noqa: E402
 from pt2interp.serve.grpc import GrpcLimits, GrpcThread  # noqa: E402
