@@ -101,6 +101,8 @@ _INSTALL_HINTS = {
     "fastapi": "needs the serve extras: pip install 'pt2interp[serve]'",
     "prometheus_client": "needs the serve extras: pip install 'pt2interp[serve]'",
     "httpx": "needs the serve extras: pip install 'pt2interp[serve]'",
+    "grpc": "needs the serve extras: pip install 'pt2interp[serve]'",
+    "google": "needs the serve extras: pip install 'pt2interp[serve]'",
 }
 
 
@@ -659,6 +661,20 @@ def cmd_serve(args) -> int:
         # finish for --graceful-timeout seconds; then the models' queues drain for as long again.
         # uvicorn raises the signal once more when it is done, for the handler it found: ours
         # takes SIGTERM as the normal way to stop a server, so the drain below still runs.
+        grpc_front = None
+        if args.grpc_port is not None:
+            from pt2interp.serve.grpc import GrpcLimits, GrpcThread
+
+            # its own event loop in a thread, beside uvicorn's, for the same Server objects
+            grpc_front = GrpcThread(
+                servers,
+                host=args.host,
+                port=args.grpc_port,
+                limits=GrpcLimits(
+                    max_message_bytes=args.max_body_bytes, max_queued_rows=args.max_queued_rows
+                ),
+            )
+            print(f"serving gRPC on {args.host}:{grpc_front.port}", flush=True)
         with _sigterm_ends_quietly():
             uvicorn.run(
                 app,
@@ -668,6 +684,8 @@ def cmd_serve(args) -> int:
                 timeout_graceful_shutdown=args.graceful_timeout,
                 access_log=args.access_log,
             )
+        if grpc_front is not None:  # HTTP has stopped (SIGTERM, Ctrl-C): gRPC stops with it
+            grpc_front.stop(grace=args.graceful_timeout)
     except ValueError as exc:
         raise Pt2Error(str(exc)) from None
     finally:
@@ -806,6 +824,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
     sv.add_argument("--port", type=int, default=8080, help="port to listen on")
+    sv.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the Open Inference Protocol over gRPC on this port (same models, "
+        "batches and stats; --max-body-bytes bounds its messages)",
+    )
     sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     sv.add_argument(
         "--batch-size", type=int, default=1, help="most rows per model run (1: no batching)"

@@ -69,6 +69,7 @@ from pt2interp.serve.oip import (
     encode_response,
     shown_name,
 )
+from pt2interp.serve.oip import public_message as _public
 from pt2interp.serve.server import (
     ModelUnavailableError,
     RequestCancelledError,
@@ -92,8 +93,6 @@ _ENCODE_IN_THREAD_VALUES = 32 * 1024
 _RETRY_AFTER = {"retry-after": "1"}
 _CLOSE = {"connection": "close"}
 _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
-# Absolute paths in error messages are cut to their last part: the server's layout is its own.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^/\s'\"():,;]+){2,}")
 
 
 @dataclass(frozen=True)
@@ -606,11 +605,6 @@ async def _disconnect(receive) -> None:
     """Returns once the client has disconnected."""
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _public(message: str) -> str:
-    """``message`` with every absolute path cut to its file name."""
-    return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], message)
 
 
 def _json(content: Any, status: int = 200) -> Response:

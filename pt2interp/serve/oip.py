@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,8 @@ _JSON_TYPES: dict[str, frozenset] = (
 _NON_FINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _TENSOR_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _NAME_SHOWN = 64  # longest name echoed back in an error message
+# Absolute paths in error messages are cut to their last part: the server's layout is its own.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^/\s'\"():,;]+){2,}")
 
 
 class RequestError(Exception):
@@ -113,6 +116,15 @@ def shown_name(name: str) -> str:
     )
 
 
+def public_message(message: str) -> str:
+    """``message`` with every absolute path cut to its file name.
+
+    >>> public_message("cannot open /srv/models/secret/net.pt2: bad zip")
+    'cannot open net.pt2: bad zip'
+    """
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], message)
+
+
 # -- requests ------------------------------------------------------------------------------------
 def decode_request(
     body: bytes, layout: BatchLayout, header_length: int | None = None
@@ -140,6 +152,16 @@ def decode_request(
         raise RequestError(400, f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(payload, dict):
         raise RequestError(400, 'request body must be a JSON object with an "inputs" list')
+    return decode_payload(payload, layout, binary)
+
+
+def decode_payload(
+    payload: dict, layout: BatchLayout, binary: memoryview | bytes = b""
+) -> InferRequest:
+    """An infer request already parsed into its JSON form (``binary``: the binary tensor data
+    its inputs' ``binary_data_size`` parameters count) -> :class:`InferRequest`; the part of
+    :func:`decode_request` other encodings of the protocol (gRPC) share."""
+    binary = memoryview(binary)
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError(400, f'"id" must be a string, got {_json_type(request_id)}')
@@ -393,7 +415,7 @@ def encode_response(
     described, chunks = [], []
     for want in wanted:
         binary = request.binary_output if want.binary is None else want.binary
-        entry, raw = _encode_value(want.name, leaves[want.name], slots[want.name], binary)
+        entry, raw = encode_value(want.name, leaves[want.name], slots[want.name], binary)
         described.append(entry)
         if raw is not None:
             chunks.append(raw)
@@ -419,7 +441,8 @@ def encode_response(
     }
 
 
-def _encode_value(name: str, value: Any, slot, binary: bool) -> tuple[dict, bytes | None]:
+def encode_value(name: str, value: Any, slot, binary: bool) -> tuple[dict, bytes | None]:
+    """One output leaf -> its JSON entry and, when ``binary``, its raw little-endian bytes."""
     if isinstance(value, torch.Tensor):
         # each torch call costs microseconds, a good part of a small answer: only those needed
         t = value if value.device.type == "cpu" else value.to("cpu")
