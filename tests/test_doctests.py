@@ -34,12 +34,15 @@ def _module_names() -> list[str]:
 
 
 def _optional_modules() -> frozenset[str]:
-    """Top-level module names of the distributions the extras bring (``torch``,
-    ``fastapi``, ``prometheus_client``, ...), from the installed metadata."""
+    """Top-level import names of the distributions the extras bring (``torch``, ``fastapi``,
+    ``grpc`` for grpcio, ``google`` for protobuf, ...), from the installed metadata."""
     extras = [r for r in importlib.metadata.requires("pt2interp") or () if "extra ==" in r]
-    return frozenset(
-        re.match(r"[A-Za-z0-9_.-]+", r).group().lower().replace("-", "_") for r in extras
-    )
+    wanted = {re.match(r"[A-Za-z0-9_.-]+", r).group().lower().replace("-", "_") for r in extras}
+    names = set(wanted)  # a distribution not installed: its import name is usually its own
+    for module, dists in importlib.metadata.packages_distributions().items():
+        if any(d.lower().replace("-", "_") in wanted for d in dists):
+            names.add(module)
+    return frozenset(names)
 
 
 MODULES = _module_names()

@@ -63,6 +63,11 @@ SKIPPED = [
         r"^tools/compat\.sh ",
         "builds a venv and downloads another torch release (a CUDA build of about 4 GB)",
     ),
+    (
+        r"^(docker|kubectl) ",
+        "needs Docker and a Kubernetes cluster; tests/test_kserve_runtime.py runs the runtime's "
+        "command as KServe starts it, without them",
+    ),
 ]
 # run by test_serving_* instead: the server runs until it is stopped
 SERVING = (r"^pt2interp serve ", r"^curl ")
@@ -112,7 +117,7 @@ def readme_steps(text: str) -> list[Step]:
                 steps.append(Step(len(steps), "file", source, first, saved[1]))
             elif re.search(r"^def \w+\(.*\):\s*\.\.\.", source, re.MULTILINE):
                 steps.append(Step(len(steps), "listing", source, first))
-            elif f"localhost:{README_PORT}" in source:
+            elif f"localhost:{README_PORT}" in source or f"localhost:{README_GRPC_PORT}" in source:
                 steps.append(Step(len(steps), "client", source, first))
             else:
                 steps.append(Step(len(steps), "python", source, first))
@@ -121,6 +126,7 @@ def readme_steps(text: str) -> list[Step]:
 
 
 README_PORT = "8080"
+README_GRPC_PORT = "8081"
 STEPS = readme_steps(README.read_text(encoding="utf-8"))
 
 
@@ -364,19 +370,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# the gRPC port the served README command listens on, chosen when it starts
+_GRPC_PORT: list[int] = []
+
+
 def _on_port(text: str, port: int) -> str:
-    return text.replace(f"--port {README_PORT}", f"--port {port}").replace(
+    text = text.replace(f"--port {README_PORT}", f"--port {port}").replace(
         f"localhost:{README_PORT}", f"localhost:{port}"
     )
+    if _GRPC_PORT:
+        grpc_port = _GRPC_PORT[-1]
+        text = text.replace(f"--grpc-port {README_GRPC_PORT}", f"--grpc-port {grpc_port}")
+        text = text.replace(f"localhost:{README_GRPC_PORT}", f"localhost:{grpc_port}")
+    return text
 
 
 @pytest.fixture(scope="module")
 def served(session):
     """The README's `pt2interp serve` line, on a free port instead of 8080; yields the port."""
-    for module in ("fastapi", "uvicorn", "prometheus_client"):
+    for module in ("fastapi", "uvicorn", "prometheus_client", "grpc"):
         pytest.importorskip(module, reason="the serve extra is not installed")
     assert len(SERVE) == 1, "the README shows one `pt2interp serve` command"
     port = _free_port()
+    _GRPC_PORT.append(_free_port())
     command = _on_port(SERVE[0].text, port)
     assert f"--port {port}" in command, "the README's serve command names --port 8080"
     log = session.folder / "serve.log"
