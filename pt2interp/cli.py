@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from pt2interp.errors import Pt2Error
@@ -101,6 +102,7 @@ _INSTALL_HINTS = {
     "fastapi": "needs the serve extras: pip install 'pt2interp[serve]'",
     "prometheus_client": "needs the serve extras: pip install 'pt2interp[serve]'",
     "httpx": "needs the serve extras: pip install 'pt2interp[serve]'",
+    "ray": "needs Ray Serve: pip install 'pt2interp[ray]'",
 }
 
 
@@ -591,8 +593,23 @@ def _threads_arg(text: str) -> int | str:
     return value
 
 
+def _model_specs(files: list[str]) -> list[tuple[str, str]]:
+    """``[(name, path)]`` for serve's FILE arguments: NAME=PATH names a model, else its stem."""
+    specs = []
+    for spec in files:
+        name, _, path = (
+            spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        )
+        specs.append((name or Path(path).stem, path))
+    return specs
+
+
 def cmd_serve(args) -> int:
     """Serve one or more archives over HTTP (Open Inference Protocol v2, /metrics, status page)."""
+    if args.ray:
+        return _serve_on_ray(args)
+    if args.replicas is not None or args.ray_address is not None:
+        raise Pt2Error("--replicas and --ray-address need --ray")
     import uvicorn  # first: without the serve extras, say so before torch takes seconds to import
 
     _import_torch(args)
@@ -602,15 +619,11 @@ def cmd_serve(args) -> int:
 
     servers = []
     try:
-        for spec in args.files:
-            # NAME=PATH names a model; otherwise the file's stem does
-            name, _, path = (
-                spec.partition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
-            )
+        for name, path in _model_specs(args.files):
             servers.append(
                 Server(
                     path,
-                    name=name or None,
+                    name=name,
                     device=args.device,
                     batch_size=args.batch_size,
                     batch_timeout_ms=args.batch_timeout_ms,
@@ -652,6 +665,67 @@ def cmd_serve(args) -> int:
     finally:
         for s in servers:
             s.shutdown(timeout=args.graceful_timeout)
+    return 0
+
+
+def _serve_on_ray(args) -> int:
+    """``serve --ray``: the same routes from ``--replicas`` Ray Serve replicas behind Ray's HTTP
+    proxy, on a new local Ray cluster or the one at ``--ray-address``; until SIGINT or SIGTERM."""
+    import ray  # first: without the ray extra, say so before anything starts
+    from ray import serve
+
+    from pt2interp.serve.ray import deploy
+
+    if args.replicas is not None and args.replicas < 1:
+        raise Pt2Error(f"--replicas must be at least 1, got {args.replicas}")
+    stop = threading.Event()
+    # "local": a cluster of our own, even where `ray start` left one running on this machine
+    # (plain ray.init() would join that one, and stopping would then take down its Serve).
+    ray.init(address=args.ray_address or "local", logging_level="warning")
+    try:
+        previous = {
+            sig: signal.signal(sig, lambda signum, frame: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            deploy(
+                dict(_model_specs(args.files)),
+                host=args.host,
+                port=args.port,
+                replicas=args.replicas or 1,
+                batch_size=args.batch_size,
+                batch_timeout_ms=args.batch_timeout_ms,
+                request_timeout_s=args.request_timeout,
+                threads=args.threads,
+                device=args.device,
+                http_options={
+                    "max_body_bytes": args.max_body_bytes,
+                    "body_timeout_s": args.body_timeout,
+                    "max_inflight_bytes": args.max_inflight_bytes,
+                    "max_queued_rows": args.max_queued_rows,
+                    "graceful_timeout_s": args.graceful_timeout,
+                },
+                logging_config={"enable_access_log": args.access_log},
+            )
+            print(
+                f"serving {args.replicas or 1} Ray Serve replica(s) on "
+                f"http://{args.host}:{args.port}/  (Ray's HTTP proxy)",
+                flush=True,
+            )
+            while not stop.wait(0.5):
+                pass
+        except ValueError as exc:
+            raise Pt2Error(str(exc)) from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            # A cluster we joined keeps its other applications; one we started goes entirely.
+            if args.ray_address is None:
+                serve.shutdown()
+            else:
+                serve.delete("pt2interp")
+    finally:
+        ray.shutdown()
     return 0
 
 
@@ -836,6 +910,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="torch threads per model run: a number, or auto (the CPUs other processes leave free, "
         "less one for the server, re-read every 2 s)",
+    )
+    sv.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve from Ray Serve replicas behind Ray's HTTP proxy; needs "
+        "pip install 'pt2interp[ray]'",
+    )
+    sv.add_argument(
+        "--replicas", type=int, default=None, help="with --ray: how many replicas (default 1)"
+    )
+    sv.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --ray: the Ray cluster to join (auto: the one `ray start` began here; "
+        "default: start a local one)",
     )
     sv.add_argument(
         "--log-level",
