@@ -674,10 +674,30 @@ def _serve_on_ray(args) -> int:
     import ray  # first: without the ray extra, say so before anything starts
     from ray import serve
 
-    from pt2interp.serve.ray import deploy
+    from pt2interp.serve.ray import DEFAULT_APP_NAME, DeployFailedError, build_app, run_app
 
     if args.replicas is not None and args.replicas < 1:
         raise Pt2Error(f"--replicas must be at least 1, got {args.replicas}")
+    try:  # the files and options are checked before a cluster starts
+        app = build_app(
+            dict(_model_specs(args.files)),
+            replicas=args.replicas or 1,
+            batch_size=args.batch_size,
+            batch_timeout_ms=args.batch_timeout_ms,
+            request_timeout_s=args.request_timeout,
+            threads=args.threads,
+            device=args.device,
+            http_options={
+                "max_body_bytes": args.max_body_bytes,
+                "body_timeout_s": args.body_timeout,
+                "max_inflight_bytes": args.max_inflight_bytes,
+                "max_queued_rows": args.max_queued_rows,
+                "graceful_timeout_s": args.graceful_timeout,
+            },
+            logging_config={"enable_access_log": args.access_log},
+        )
+    except ValueError as exc:
+        raise Pt2Error(str(exc)) from None
     stop = threading.Event()
     # "local": a cluster of our own, even where `ray start` left one running on this machine
     # (plain ray.init() would join that one, and stopping would then take down its Serve).
@@ -688,25 +708,7 @@ def _serve_on_ray(args) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM)
         }
         try:
-            deploy(
-                dict(_model_specs(args.files)),
-                host=args.host,
-                port=args.port,
-                replicas=args.replicas or 1,
-                batch_size=args.batch_size,
-                batch_timeout_ms=args.batch_timeout_ms,
-                request_timeout_s=args.request_timeout,
-                threads=args.threads,
-                device=args.device,
-                http_options={
-                    "max_body_bytes": args.max_body_bytes,
-                    "body_timeout_s": args.body_timeout,
-                    "max_inflight_bytes": args.max_inflight_bytes,
-                    "max_queued_rows": args.max_queued_rows,
-                    "graceful_timeout_s": args.graceful_timeout,
-                },
-                logging_config={"enable_access_log": args.access_log},
-            )
+            run_app(app, host=args.host, port=args.port)
             print(
                 f"serving {args.replicas or 1} Ray Serve replica(s) on "
                 f"http://{args.host}:{args.port}/  (Ray's HTTP proxy)",
@@ -714,8 +716,8 @@ def _serve_on_ray(args) -> int:
             )
             while not stop.wait(0.5):
                 pass
-        except ValueError as exc:
-            raise Pt2Error(str(exc)) from None
+        except DeployFailedError as exc:
+            raise Pt2Error(f"the Ray Serve replicas did not start: {exc}") from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -723,7 +725,7 @@ def _serve_on_ray(args) -> int:
             if args.ray_address is None:
                 serve.shutdown()
             else:
-                serve.delete("pt2interp")
+                serve.delete(DEFAULT_APP_NAME)
     finally:
         ray.shutdown()
     return 0

@@ -259,3 +259,7 @@ def test_build_app_refuses_bad_options(tmp_path):
         build_app(tmp_path / "missing.pt2")
     with pytest.raises(ValueError, match="two models named"):
         build_app([DYN_MLP, DYN_MLP])
+    truncated = tmp_path / "truncated.pt2"
+    truncated.write_bytes(DYN_MLP.read_bytes()[:3000])
+    with pytest.raises(pt2interp.Pt2Error, match="truncated.pt2"):
+        build_app(truncated)

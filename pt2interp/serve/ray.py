@@ -20,6 +20,7 @@ the replicas, so on a cluster of several machines each path must exist on every 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,11 @@ except ImportError as exc:  # the optional extra is missing: say how to get it
         "pt2interp.serve.ray needs Ray Serve: pip install 'pt2interp[ray]'", name="ray"
     ) from exc
 
+from pt2interp import read_schema
+
 REPLICA_HEADER = "x-pt2interp-replica"
 DEFAULT_APP_NAME = "pt2interp"
+DEFAULT_MAX_ONGOING_REQUESTS = 256
 
 # The app this process's replica serves. Ray's ingress takes its ASGI app when the deployment
 # is defined, on the driver, before any replica exists; it gets _ThisReplica, which forwards to
@@ -143,10 +147,13 @@ def build_app(
     ``batch_timeout_ms``, ``request_timeout_s``, ``threads`` and ``device`` configure each
     replica's :class:`~pt2interp.serve.Server` (``threads=None`` keeps the torch threads Ray
     gives an actor: its ``num_cpus``). ``max_ongoing_requests`` is how many requests Ray hands
-    one replica at a time (default ``max(16, 2 * batch_size)``: a replica batches only what
-    it holds, and Ray's own default is lower than a batch). ``ray_actor_options`` (``num_cpus``,
-    ``num_gpus``, ``runtime_env``, ...) and ``http_options`` (``create_app``'s limits, and
-    ``graceful_timeout_s`` for a stopping replica's queue) pass through, as does
+    one replica at a time (default 256): a replica batches only what it holds, and Ray's own
+    default, 5, is less than a batch; past the cap Ray's proxy holds requests back and polls,
+    which cut 1-row requests from 64 connections to one replica from about 200 req/s to 30
+    when the cap was 32. What a replica holds is bounded by its own limits as well
+    (``max_queued_rows``, ``max_inflight_bytes``: 429 and 503). ``ray_actor_options``
+    (``num_cpus``, ``num_gpus``, ``runtime_env``, ...) and ``http_options`` (``create_app``'s
+    limits, and ``graceful_timeout_s`` for a stopping replica's queue) pass through, as does
     ``logging_config`` (Ray's, e.g. ``{"enable_access_log": False}``).
     """
     named = _named_paths(models)
@@ -157,7 +164,7 @@ def build_app(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if max_ongoing_requests is None:
-        max_ongoing_requests = max(16, 2 * int(batch_size))
+        max_ongoing_requests = DEFAULT_MAX_ONGOING_REQUESTS
     options: dict[str, Any] = {
         "name": deployment_name,
         "max_ongoing_requests": int(max_ongoing_requests),
@@ -189,19 +196,53 @@ def deploy(
     route_prefix: str = "/",
     **build_options: Any,
 ):
-    """Start Serve's HTTP proxy on ``host:port`` (on the cluster ``ray.init`` joined, or a new
-    local one) and run :func:`build_app`'s application there; returns once every replica is
-    up, with the deployment's handle. ``serve.shutdown()`` stops it all."""
+    """:func:`build_app`, then :func:`run_app`: the deployment's handle, once every replica is
+    up. ``serve.shutdown()`` stops it all."""
     app = build_app(models, **build_options)
+    return run_app(app, host=host, port=port, app_name=app_name, route_prefix=route_prefix)
+
+
+def run_app(
+    app: serve.Application,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    app_name: str = DEFAULT_APP_NAME,
+    route_prefix: str = "/",
+):
+    """Start Serve's HTTP proxy on ``host:port`` (on the cluster ``ray.init`` joined, or a new
+    local one) and run ``app`` there; returns once every replica is up.
+
+    Where Serve already runs on the cluster, its proxy keeps the host and port it has (Ray
+    applies HTTP options only when Serve starts). A replica that cannot load its models fails
+    the deployment: Ray retries it a few times, then this raises :class:`DeployFailedError`
+    with the replica's error.
+    """
     if not ray.is_initialized():
         ray.init()
     serve.start(http_options={"host": host, "port": int(port)})
-    return serve.run(app, name=app_name, route_prefix=route_prefix)
+    try:
+        return serve.run(app, name=app_name, route_prefix=route_prefix)
+    except RuntimeError as exc:
+        raise DeployFailedError(_replica_error(str(exc))) from exc
+
+
+class DeployFailedError(RuntimeError):
+    """The application did not start: its replicas failed (the message says how)."""
+
+
+def _replica_error(message: str) -> str:
+    """The last line of Ray's report that names an exception: the replica's own error, not
+    the traceback around it."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"[\w.]+(Error|Exception)\b", line)]
+    return (named or lines or ["the deployment failed"])[-1]
 
 
 def _named_paths(models) -> list[tuple[str, str]]:
-    """``[(name, absolute path)]``, checked here: a missing file is named before any replica
-    starts (a replica failing to load is retried by Ray, more slowly and less clearly)."""
+    """``[(name, absolute path)]``, checked here: a missing or unreadable file is named before
+    any replica starts (a replica failing to load is retried by Ray, slowly, and its error
+    lands in Ray's logs)."""
     if isinstance(models, (str, os.PathLike)):
         models = [models]
     pairs = (
@@ -220,6 +261,7 @@ def _named_paths(models) -> list[tuple[str, str]]:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(2, "no such file", str(path))
+        read_schema(path)  # an unreadable archive: its error here, not in Ray's logs
         named.append((name, str(path.resolve())))
     return named
 
