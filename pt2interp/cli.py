@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from pt2interp.errors import Pt2Error
@@ -103,6 +104,7 @@ _INSTALL_HINTS = {
     "httpx": "needs the serve extras: pip install 'pt2interp[serve]'",
     "grpc": "needs the serve extras: pip install 'pt2interp[serve]'",
     "google": "needs the serve extras: pip install 'pt2interp[serve]'",
+    "ray": "needs Ray Serve: pip install 'pt2interp[ray]'",
 }
 
 
@@ -618,8 +620,19 @@ def _serve_targets(specs: list[str]) -> list[tuple[str, str]]:
     return targets
 
 
+def _model_specs(files: list[str]) -> list[tuple[str, str]]:
+    """``[(name, path)]`` for serve's FILE arguments: NAME=PATH names a model, else its stem."""
+    return [(name or Path(path).stem, path) for name, path in _serve_targets(files)]
+
+
 def cmd_serve(args) -> int:
     """Serve one or more archives over HTTP (Open Inference Protocol v2, /metrics, status page)."""
+    if args.ray:
+        if args.grpc_port is not None:
+            raise Pt2Error("--grpc-port does not go with --ray: Ray's proxy serves HTTP only")
+        return _serve_on_ray(args)
+    if args.replicas is not None or args.ray_address is not None:
+        raise Pt2Error("--replicas and --ray-address need --ray")
     import uvicorn  # first: without the serve extras, say so before torch takes seconds to import
 
     _import_torch(args)
@@ -633,7 +646,7 @@ def cmd_serve(args) -> int:
             servers.append(
                 Server(
                     path,
-                    name=name or None,
+                    name=name,
                     device=args.device,
                     batch_size=args.batch_size,
                     batch_timeout_ms=args.batch_timeout_ms,
@@ -691,6 +704,69 @@ def cmd_serve(args) -> int:
     finally:
         for s in servers:
             s.shutdown(timeout=args.graceful_timeout)
+    return 0
+
+
+def _serve_on_ray(args) -> int:
+    """``serve --ray``: the same routes from ``--replicas`` Ray Serve replicas behind Ray's HTTP
+    proxy, on a new local Ray cluster or the one at ``--ray-address``; until SIGINT or SIGTERM."""
+    import ray  # first: without the ray extra, say so before anything starts
+    from ray import serve
+
+    from pt2interp.serve.ray import DEFAULT_APP_NAME, DeployFailedError, build_app, run_app
+
+    if args.replicas is not None and args.replicas < 1:
+        raise Pt2Error(f"--replicas must be at least 1, got {args.replicas}")
+    try:  # the files and options are checked before a cluster starts
+        app = build_app(
+            dict(_model_specs(args.files)),
+            replicas=args.replicas or 1,
+            batch_size=args.batch_size,
+            batch_timeout_ms=args.batch_timeout_ms,
+            request_timeout_s=args.request_timeout,
+            threads=args.threads,
+            device=args.device,
+            http_options={
+                "max_body_bytes": args.max_body_bytes,
+                "body_timeout_s": args.body_timeout,
+                "max_inflight_bytes": args.max_inflight_bytes,
+                "max_queued_rows": args.max_queued_rows,
+                "graceful_timeout_s": args.graceful_timeout,
+            },
+            logging_config={"enable_access_log": args.access_log},
+        )
+    except ValueError as exc:
+        raise Pt2Error(str(exc)) from None
+    stop = threading.Event()
+    # "local": a cluster of our own, even where `ray start` left one running on this machine
+    # (plain ray.init() would join that one, and stopping would then take down its Serve).
+    ray.init(address=args.ray_address or "local", logging_level="warning")
+    try:
+        previous = {
+            sig: signal.signal(sig, lambda signum, frame: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            run_app(app, host=args.host, port=args.port)
+            print(
+                f"serving {args.replicas or 1} Ray Serve replica(s) on "
+                f"http://{args.host}:{args.port}/  (Ray's HTTP proxy)",
+                flush=True,
+            )
+            while not stop.wait(0.5):
+                pass
+        except DeployFailedError as exc:
+            raise Pt2Error(f"the Ray Serve replicas did not start: {exc}") from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            # A cluster we joined keeps its other applications; one we started goes entirely.
+            if args.ray_address is None:
+                serve.shutdown()
+            else:
+                serve.delete(DEFAULT_APP_NAME)
+    finally:
+        ray.shutdown()
     return 0
 
 
@@ -883,6 +959,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="torch threads per model run: a number, or auto (the CPUs other processes leave free, "
         "less one for the server, re-read every 2 s)",
+    )
+    sv.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve from Ray Serve replicas behind Ray's HTTP proxy; needs "
+        "pip install 'pt2interp[ray]'",
+    )
+    sv.add_argument(
+        "--replicas", type=int, default=None, help="with --ray: how many replicas (default 1)"
+    )
+    sv.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --ray: the Ray cluster to join (auto: the one `ray start` began here; "
+        "default: start a local one)",
     )
     sv.add_argument(
         "--log-level",
