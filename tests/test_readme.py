@@ -64,6 +64,10 @@ SKIPPED = [
         "builds a venv and downloads another torch release (a CUDA build of about 4 GB)",
     ),
     (
+        r"^pt2interp serve .*--ray\b",
+        "starts a Ray cluster of its own; tests/test_ray_serve.py runs `serve --ray`",
+    ),
+    (
         r"^(docker|kubectl) ",
         "needs Docker and a Kubernetes cluster; tests/test_kserve_runtime.py runs the runtime's "
         "command as KServe starts it, without them",
@@ -359,7 +363,15 @@ def test_readme_listing_is_what_the_command_writes(session, step):
 
 
 # -- the server and its clients ------------------------------------------------------------------
-SERVE = [s for s in STEPS if s.kind == "shell" and re.search(SERVING[0], s.text)]
+def _skipped_outright(step: Step) -> bool:
+    return any(re.search(pattern, step.text) for pattern, _ in SKIPPED)
+
+
+SERVE = [
+    s
+    for s in STEPS
+    if s.kind == "shell" and re.search(SERVING[0], s.text) and not _skipped_outright(s)
+]
 CURLS = [s for s in STEPS if s.kind == "shell" and re.search(SERVING[1], s.text)]
 CLIENTS = [s for s in STEPS if s.kind == "client"]
 
