@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pt2interp.errors import InputMismatchError, SchemaError
-from pt2interp.kinds import RETURNED_OUTPUT_KINDS, ArgKind, InputKind
+from pt2interp.kinds import PASSED_INPUT_KINDS, RETURNED_OUTPUT_KINDS, ArgKind, InputKind
 from pt2interp.treespec import TreeSpec, leaf_paths
+from pt2interp.treespec import input_leaf_names as spec_names
 
 if TYPE_CHECKING:  # the checks need torch; names, binding and structure do not
     import torch
@@ -42,7 +43,6 @@ if TYPE_CHECKING:  # the checks need torch; names, binding and structure do not
     from pt2interp.input_checks import LeafChecks
     from pt2interp.schema import ExportedProgramModel, InputSpec, OutputSpec, TensorMeta
 
-_CALLER_INPUT_KINDS = (InputKind.USER_INPUT, InputKind.CONSTANT_INPUT)
 _MISSING = object()
 
 
@@ -75,9 +75,7 @@ def input_leaf_names(model: ExportedProgramModel) -> list[tuple[str, bool]]:
     """``(name, is_keyword)`` of each value a caller passes, in the signature's order: forward's
     parameter names, dotted below them (``xs.0``). Archives before torch 2.6 record no parameter
     names: the graph's placeholder names (export derives them from the same words) stand in."""
-    from pt2interp.treespec import input_leaf_names as spec_names
-
-    leaves = [s for s in model.signature.input_specs if s.kind in _CALLER_INPUT_KINDS]
+    leaves = [s for s in model.signature.input_specs if s.kind in PASSED_INPUT_KINDS]
     root = model.root_call
     in_spec = root.in_spec if root else None
     arg_names = list((root.forward_arg_names if root else None) or [])
@@ -154,7 +152,7 @@ class CallSignature:
         root = model.root_call
         values = model.graph.tensor_values
         specs = model.signature.input_specs
-        caller = [(i, s) for i, s in enumerate(specs) if s.kind in _CALLER_INPUT_KINDS]
+        caller = [(i, s) for i, s in enumerate(specs) if s.kind in PASSED_INPUT_KINDS]
         inputs = []
         for (name, keyword), (i, s) in zip(input_leaf_names(model), caller):
             if s.kind == InputKind.CONSTANT_INPUT:

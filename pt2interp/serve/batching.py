@@ -35,7 +35,7 @@ import torch
 
 from pt2interp.errors import InputMismatchError
 from pt2interp.input_checks import RowCheck, moved
-from pt2interp.kinds import STATE_INPUT_KINDS, InputKind, OutputKind
+from pt2interp.kinds import STATE_INPUT_KINDS, ArgKind, InputKind
 from pt2interp.schema import SymExpr, TensorMeta
 from pt2interp.signature import CallSignature
 from pt2interp.treespec import TreeSpec
@@ -62,7 +62,6 @@ DTYPE_OF_OIP: dict[str, str] = {v: k for k, v in OIP_DATATYPES.items()}
 # Unbatched tensor inputs up to this size are compared by content when grouping requests
 # (a shared ``scale`` of 4 floats); larger ones only batch with the very same tensor object.
 _HASHED_INPUT_BYTES = 1 << 16
-_MUTATING_KINDS = frozenset(k for k in OutputKind if k.mutates)
 
 
 @dataclass(frozen=True)
@@ -578,17 +577,17 @@ def _batch_symbol(tensors: list[InputSlot]) -> str | None:
 def _unbatchable_program(model) -> str:
     """Why requests must not share a run of this program ("" when they may)."""
     specs = model.signature
-    if any(s.kind in _MUTATING_KINDS for s in specs.output_specs):
+    if any(s.kind.mutates for s in specs.output_specs):
         return "the program writes buffers or inputs: batching would change how often it does"
     state_names = {
         s.arg.value.name
         for s in specs.input_specs
-        if s.kind in STATE_INPUT_KINDS and s.arg.kind == "tensor"
+        if s.kind in STATE_INPUT_KINDS and s.arg.kind is ArgKind.TENSOR
     }
     user_names = {
         s.arg.value.name
         for s in specs.input_specs
-        if s.kind == InputKind.USER_INPUT and s.arg.kind == "tensor"
+        if s.kind is InputKind.USER_INPUT and s.arg.kind is ArgKind.TENSOR
     }
     for node in model.graph.iter_nodes():
         target = node.target or ""
@@ -599,6 +598,6 @@ def _unbatchable_program(model) -> str:
         op = target.split(".")[-2] if target.count(".") >= 2 else ""
         if op.endswith("_") and not op.startswith("_") and node.inputs:
             first = node.inputs[0].arg
-            if first.kind == "tensor" and first.value.name in state_names | user_names:
+            if first.kind is ArgKind.TENSOR and first.value.name in state_names | user_names:
                 return f"the program writes {first.value.name!r} in place ({target})"
     return ""

@@ -52,25 +52,23 @@ from pt2interp.serve.oip import (
     RequestError,
     decode_payload,
     encode_value,
+    failure_answer,
     public_message,
     shown_name,
 )
 from pt2interp.serve.proto import grpc_predict_v2_pb2 as pb
 from pt2interp.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from pt2interp.serve.server import (
-    ModelUnavailableError,
+    DEFAULT_MAX_QUEUED_ROWS,
     RequestCancelledError,
     RequestTimeoutError,
     Server,
     ServerBusyError,
-    ServerClosedError,
-    WorkerCrashedError,
 )
 
 log = logging.getLogger("pt2interp.serve")
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_QUEUED_ROWS = 65_536
 # Requests with more raw bytes than this are decoded in a worker thread, so that the event loop
 # keeps answering health checks and small requests meanwhile.
 _DECODE_IN_THREAD_BYTES = 256 * 1024
@@ -240,20 +238,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except asyncio.CancelledError:  # the client cancelled, or the server is stopping
             server.withdraw(handle, RequestCancelledError("the client went away"))
             raise
-        except InputMismatchError as exc:
-            raise RequestError(400, str(exc)) from None
-        except ServerBusyError as exc:
-            raise RequestError(429, str(exc)) from None
-        except (ServerClosedError, ModelUnavailableError) as exc:
-            raise RequestError(503, public_message(str(exc))) from None
-        except RequestTimeoutError as exc:
-            raise RequestError(504, str(exc)) from None
-        except WorkerCrashedError as exc:
-            raise RequestError(500, public_message(str(exc))) from None
-        except Exception as exc:  # noqa: BLE001 - the model's own failure: INTERNAL
-            raise RequestError(
-                500, public_message(f"model {server.name!r} failed: {type(exc).__name__}: {exc}")
-            ) from None
+        except Exception as exc:  # noqa: BLE001 - every failure has its answer
+            raise failure_answer(server.name, exc) from None
         finally:
             timer.cancel()
 

@@ -67,24 +67,23 @@ from pt2interp.serve.oip import (
     decode_request,
     dumps,
     encode_response,
+    failure_answer,
     shown_name,
 )
 from pt2interp.serve.oip import public_message as _public
 from pt2interp.serve.server import (
-    ModelUnavailableError,
+    DEFAULT_MAX_QUEUED_ROWS,
     RequestCancelledError,
     RequestTimeoutError,
     Server,
     ServerBusyError,
     ServerClosedError,
-    WorkerCrashedError,
 )
 
 log = logging.getLogger("pt2interp.serve")
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_QUEUED_ROWS = 65_536
 DEFAULT_BODY_TIMEOUT_S = 30.0
 # Bodies and answers above these sizes are decoded / encoded in a worker thread: a 100,000-row
 # answer takes a second to encode, and the event loop must keep answering meanwhile.
@@ -390,22 +389,9 @@ class OipApp:
         except asyncio.CancelledError:
             server.withdraw(handle, ServerClosedError(f"server {server.name!r} is shutting down"))
             raise
-        except InputMismatchError as exc:
-            raise _Answered(400, str(exc)) from None
-        except ServerBusyError as exc:
-            raise _Answered(
-                429, str(exc), {"retry-after": f"{max(1, round(exc.retry_after_s))}"}
-            ) from None
-        except (ServerClosedError, ModelUnavailableError) as exc:
-            raise _Answered(503, _public(str(exc)), _RETRY_AFTER) from None
-        except RequestTimeoutError as exc:
-            raise _Answered(504, str(exc)) from None
-        except WorkerCrashedError as exc:
-            raise _Answered(500, _public(str(exc))) from None
-        except Exception as exc:  # noqa: BLE001 - the model's own failure, reported as a 500
-            raise _Answered(
-                500, _public(f"model {server.name!r} failed: {type(exc).__name__}: {exc}")
-            ) from None
+        except Exception as exc:  # noqa: BLE001 - every failure has its answer
+            answer = failure_answer(server.name, exc)
+            raise _Answered(answer.status, str(answer), answer.headers) from None
         finally:
             timer.cancel()
             gone.cancel()

@@ -49,7 +49,15 @@ from typing import Any
 import torch
 
 from pt2interp import jsontext
+from pt2interp.errors import InputMismatchError
 from pt2interp.serve.batching import DTYPE_OF_OIP, BatchLayout
+from pt2interp.serve.server import (
+    ModelUnavailableError,
+    RequestTimeoutError,
+    ServerBusyError,
+    ServerClosedError,
+    WorkerCrashedError,
+)
 from pt2interp.signature import CallSignature
 
 # The extension's own header (HTTP header names are case-insensitive; ASGI gives them lowercase).
@@ -123,6 +131,23 @@ def public_message(message: str) -> str:
     'cannot open net.pt2: bad zip'
     """
     return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], message)
+
+
+def failure_answer(model: str, exc: Exception) -> RequestError:
+    """How a request's failure in ``model``'s server reads in the protocol: its status (HTTP's;
+    the gRPC front end maps it to a code), message and headers. REST and gRPC share it."""
+    if isinstance(exc, InputMismatchError):
+        return RequestError(400, str(exc))
+    if isinstance(exc, ServerBusyError):
+        return RequestError(429, str(exc), {"retry-after": f"{max(1, round(exc.retry_after_s))}"})
+    if isinstance(exc, (ServerClosedError, ModelUnavailableError)):
+        return RequestError(503, public_message(str(exc)), {"retry-after": "1"})
+    if isinstance(exc, RequestTimeoutError):
+        return RequestError(504, str(exc))
+    if isinstance(exc, WorkerCrashedError):
+        return RequestError(500, public_message(str(exc)))
+    # the model's own failure
+    return RequestError(500, public_message(f"model {model!r} failed: {type(exc).__name__}: {exc}"))
 
 
 # -- requests ------------------------------------------------------------------------------------

@@ -85,6 +85,10 @@ class RequestCancelledError(ServeError):
     answered: it was dropped from the queue, or stopped at its next run."""
 
 
+# Rows one model's unanswered requests may hold before a front end (REST, gRPC) answers busy.
+DEFAULT_MAX_QUEUED_ROWS = 65_536
+
+
 class ServerBusyError(ServeError):
     """The server holds as much work as it may: try again after ``retry_after_s`` seconds."""
 
