@@ -710,10 +710,15 @@ def cmd_serve(args) -> int:
 def _serve_on_ray(args) -> int:
     """``serve --ray``: the same routes from ``--replicas`` Ray Serve replicas behind Ray's HTTP
     proxy, on a new local Ray cluster or the one at ``--ray-address``; until SIGINT or SIGTERM."""
-    import ray  # first: without the ray extra, say so before anything starts
+    # first: without a usable ray extra, say so before anything starts
+    try:
+        from pt2interp.serve.ray import DEFAULT_APP_NAME, DeployFailedError, build_app, run_app
+    except ModuleNotFoundError:
+        raise  # not installed: main's install hint
+    except ImportError as exc:  # installed, but it cannot be imported here
+        raise Pt2Error(str(exc)) from None
+    import ray
     from ray import serve
-
-    from pt2interp.serve.ray import DEFAULT_APP_NAME, DeployFailedError, build_app, run_app
 
     if args.replicas is not None and args.replicas < 1:
         raise Pt2Error(f"--replicas must be at least 1, got {args.replicas}")

@@ -52,11 +52,11 @@ MODULES = _module_names()
 def test_docstring_examples(name):
     try:
         module = importlib.import_module(name)
-    except ModuleNotFoundError as error:
+    except ImportError as error:  # ModuleNotFoundError, or an extra installed but unusable
         missing = (error.name or "").split(".")[0]
         if missing not in _optional_modules():
             raise
-        pytest.skip(f"{name} needs {missing}, which an optional extra installs")
+        pytest.skip(f"{name} needs {missing}, which an optional extra installs ({error})")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
 

@@ -30,6 +30,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the extras installed
     httpx = ray = serve = None
     MISSING = f"needs Ray Serve and httpx (pip install 'pt2interp[ray,serve]'): {exc}"
+except Exception as exc:  # pragma: no cover - installed, but its dependencies do not fit
+    httpx = ray = serve = None
+    MISSING = f"Ray Serve is installed but cannot be imported here: {type(exc).__name__}: {exc}"
 else:
     MISSING = None
 

@@ -32,6 +32,12 @@ except ImportError as exc:  # the optional extra is missing: say how to get it
     raise ModuleNotFoundError(
         "pt2interp.serve.ray needs Ray Serve: pip install 'pt2interp[ray]'", name="ray"
     ) from exc
+except Exception as exc:  # installed but unusable here, e.g. a protobuf its gRPC code refuses
+    raise ImportError(
+        f"pt2interp.serve.ray: Ray Serve is installed but cannot be imported here "
+        f"({type(exc).__name__}: {exc})",
+        name="ray",
+    ) from exc
 
 from pt2interp import read_schema
 
