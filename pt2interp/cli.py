@@ -800,6 +800,40 @@ def cmd_codegen(args) -> int:
     return 0
 
 
+_GRAPH_FORMATS = ("html", "svg", "png")
+
+
+def cmd_graph(args) -> int:
+    """Draw a program: the interactive HTML page, or a static picture of its module tree.
+    Never imports torch and never reads weight bytes."""
+    fmt = args.format
+    if fmt is None:
+        suffix = Path(args.output).suffix.lower().lstrip(".") if args.output else ""
+        fmt = suffix if suffix in _GRAPH_FORMATS else "html"
+    output = Path(args.output) if args.output else Path(Path(args.file).stem + "." + fmt)
+    if fmt == "html":
+        from pt2interp.graphview import graph_data, page_from_data
+
+        data = graph_data(args.file, model=args.model)
+        output.write_text(page_from_data(data), encoding="utf-8")
+        ops = data["program"]["op_count"]
+        size = output.stat().st_size
+        print(
+            f"wrote {printable(str(output))} ({ops} ops, {len(data['modules'])} modules, "
+            f"{_human_bytes(size)}): open it in a browser"
+        )
+        return 0
+    from pt2interp.graphview import module_tree_svg, svg_to_png
+
+    picture = module_tree_svg(args.file, model=args.model, depth=args.depth)
+    if fmt == "svg":
+        output.write_text(picture, encoding="utf-8")
+    else:
+        svg_to_png(picture, output)
+    print(f"wrote {printable(str(output))}")
+    return 0
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Help that shows each option's default where it has one worth saying."""
 
@@ -985,6 +1019,35 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
         help="uvicorn's log level",
+    )
+
+    gr = command(
+        "graph",
+        "draw a .pt2: an interactive HTML view of its graph, or a picture of its module tree "
+        "(torch not needed)",
+        cmd_graph,
+    )
+    gr.add_argument("file", help=_FILE_HELP)
+    gr.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="where to write (default: the archive's name with the format's suffix, here)",
+    )
+    gr.add_argument(
+        "--format",
+        choices=_GRAPH_FORMATS,
+        default=None,
+        help="html: the interactive page (one self-contained file); svg or png: a static "
+        "picture of the module tree, png drawn by a headless Chromium (default: from the "
+        "output's suffix, else html)",
+    )
+    gr.add_argument("--model", default=None, help=_MODEL_HELP)
+    gr.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="svg/png: how many levels of the module tree to draw (default: all)",
     )
 
     cg = command("codegen", "write a .pt2 back as readable nn.Module source", cmd_codegen)

@@ -65,8 +65,10 @@ __all__ = [
     "TensorInfo",
     "Totals",
     "WeightInfo",
+    "describe_program",
     "read_payload_config",
     "read_schema",
+    "symbolic_dim",
 ]
 
 _TORCH_OPS = "torch.ops."
@@ -317,10 +319,16 @@ def read_schema(
     # The parsed program is dropped before the collector resumes, so its objects are freed
     # by reference counting without ever being scanned.
     with collector_paused():
-        schema = _SchemaBuilder(read_program(source, model=model, outline=True)).build(
-            _want_op_check(check_ops)
+        schema = describe_program(
+            read_program(source, model=model, outline=True), check_ops=check_ops
         )
     return schema
+
+
+def describe_program(program: Program, *, check_ops: bool | None = False) -> ProgramSchema:
+    """:func:`read_schema` for a program already read (outline or whole), so a caller that
+    needs the nodes' arguments too parses the program once."""
+    return _SchemaBuilder(program).build(_want_op_check(check_ops))
 
 
 def _want_op_check(check_ops: bool | None) -> bool:
@@ -413,11 +421,7 @@ class _SchemaBuilder:
         return TensorInfo(meta.dtype, tuple(self.dim(s) for s in meta.sizes), str(meta.device))
 
     def dim(self, size: int | SymExpr) -> int | SymbolicDim:
-        if isinstance(size, int):
-            return size
-        lo, hi = _expr_range(size.expr, self.ranges)
-        hint = size.hint if isinstance(size.hint, int) and not isinstance(size.hint, bool) else None
-        return SymbolicDim(str(size.expr), lo, hi, hint)
+        return symbolic_dim(size, self.ranges)
 
     def meta_of(self, arg: Argument) -> TensorMeta | None:
         if arg.kind == "tensor":
@@ -564,6 +568,15 @@ def _expr_range(expr: Expr, ranges: dict[str, RangeConstraint]) -> tuple[int | N
     except EvaluationError:  # a range too wide to evaluate (hostile or absurd): show it unbounded
         return None, None
     return lo, hi
+
+
+def symbolic_dim(size: int | SymExpr, ranges: dict[str, RangeConstraint]) -> int | SymbolicDim:
+    """A size as described: an int, or its expression with the range the constraints give."""
+    if isinstance(size, int):
+        return size
+    lo, hi = _expr_range(size.expr, ranges)
+    hint = size.hint if isinstance(size.hint, int) and not isinstance(size.hint, bool) else None
+    return SymbolicDim(str(size.expr), lo, hi, hint)
 
 
 def _is_monotone(expr: Expr) -> bool:

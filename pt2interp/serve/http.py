@@ -42,6 +42,7 @@ import collections
 import contextlib
 import functools
 import logging
+import os
 import re
 import time
 import weakref
@@ -58,7 +59,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pt2interp
-from pt2interp.errors import InputMismatchError
+from pt2interp.errors import InputMismatchError, Pt2Error
 from pt2interp.serve.metrics import HttpMetrics
 from pt2interp.serve.oip import (
     EXTENSIONS,
@@ -521,6 +522,18 @@ def _routes(models: dict[str, Server], metrics: HttpMetrics) -> FastAPI:
             }
         )
 
+    @app.get("/v2/models/{name}/graph", response_class=HTMLResponse)
+    async def model_graph(name: str):
+        """The model's graph as the interactive page of ``pt2interp graph``."""
+        try:
+            server = _lookup(models, name, None)
+            page = await asyncio.to_thread(_graph_page, server.path, server.model_name)
+        except RequestError as exc:
+            return _json({"error": str(exc)}, exc.status)
+        except Pt2Error as exc:
+            return _json({"error": f"model {name!r}: cannot draw its graph: {exc}"}, 500)
+        return HTMLResponse(page, headers={"X-Content-Type-Options": "nosniff"})
+
     @app.get("/metrics")
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -606,3 +619,16 @@ else:  # Python 3.10
 
     async def _within(seconds: float, awaitable):
         return await asyncio.wait_for(awaitable, seconds)
+
+
+@functools.lru_cache(maxsize=16)
+def _graph_page_cached(path: str, model: str | None, mtime_ns: int, size: int) -> str:
+    from pt2interp.graphview import html_document
+
+    return html_document(path, model=model)
+
+
+def _graph_page(path, model: str | None) -> str:
+    # keyed by the file's identity too: a model reloaded from a new file gets a new page
+    st = os.stat(path)
+    return _graph_page_cached(str(path), model, st.st_mtime_ns, st.st_size)

@@ -580,6 +580,11 @@ class Server:
         """
         return self._bus.subscribe(fn)
 
+    @property
+    def model_name(self) -> str | None:
+        """Which model of the archive this server runs (None: the archive's only one)."""
+        return self._model_name
+
     def info(self) -> dict[str, Any]:
         """Path, name, device, counts, mean batch size, uptime, latency percentiles and more.
 
