@@ -25,16 +25,18 @@ browser context per case):
   ``pt2graph.timings`` (parse / layout / render ms) and its JS heap afterwards;
 * ``expand``: a real click on the header of a collapsed module box (``h.0``, one GPT block;
   ``stages.0``; else the first one on screen), until that box carries the class ``expanded``;
+* ``search``: filling ``#search`` with a broad term (many hits) until ``#search-results`` lists
+  them (the page waits 120 ms after the last keystroke; that is counted);
+* ``reveal``: searching a node's exact name, then clicking its result, until the node is drawn
+  (``g.node[data-node=...]``) and ``#details`` names it. The node is two thirds down the graph,
+  the deepest in modules there (in a module that starts collapsed, where there are modules);
 * ``Expand``: a click on the toolbar's Expand button (one more level of every open box, up to
   a few thousand boxes: the most one click draws), until the number of boxes drawn changes;
-* ``search``: filling ``#search`` with a broad term (many hits) until ``#search-results`` lists
-  them;
-* ``reveal``: searching a node's exact name, then clicking its result, until the node is drawn
-  (``g.node[data-node=...]``) and ``#details`` names it. The node is one deep in the graph (in a
-  module that starts collapsed, where there are modules).
+* ``reveal after``: another reveal (a node a third down the graph) with all of that drawn: what
+  any interaction costs once the page is full.
 
 Targets (PASS/MISS per row): the GPT opens in under 2 s; the 50k graphs are "usable": open in
-under 5 s; every interaction (expand, Expand, search, reveal) under 1 s in every case.
+under 5 s; every interaction (each of the five above) under 1 s in every case.
 """
 
 from __future__ import annotations
@@ -187,18 +189,22 @@ class Case:
     kind: str  # "gpt" or "big"
     path: Path
     search: str  # a broad search term
-    reveal: str  # a node name deep in the graph
     expand: str | None  # the module to expand, if the page has it collapsed
+    reveal: str = ""  # a node two thirds down the graph, deep in modules
+    reveal_late: str = ""  # one a third down, revealed after the toolbar's Expand
     figures: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        from pt2interp.program import read_program
 
-def pick_reveal_node(path: Path) -> str:
-    """A node about two thirds down the graph, inside the deepest module stack there."""
-    from pt2interp.program import read_program
+        nodes = list(read_program(self.path, outline=True).graph.iter_nodes())
+        self.figures["nodes"] = len(nodes)
 
-    nodes = list(read_program(path, outline=True).graph.iter_nodes())
-    tail = nodes[(2 * len(nodes)) // 3 :]
-    return max(tail, key=lambda n: len(n.nn_module_stack)).name
+        def deepest_from(start: int) -> str:
+            return max(nodes[start:], key=lambda n: len(n.nn_module_stack)).name
+
+        self.reveal = deepest_from((2 * len(nodes)) // 3)
+        self.reveal_late = deepest_from(len(nodes) // 3)
 
 
 def build_html(case: Case, out_dir: Path, repeats: int) -> Path:
@@ -232,6 +238,24 @@ _FIRST_COLLAPSED = """() => {
 
 def _css_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _reveal(page, name: str) -> float:
+    """Search ``name``, click its result; seconds from the click until the node is drawn and
+    the details panel names it."""
+    item = f"#search-results li[data-node={_css_string(name)}]"
+    page.fill("#search", name, timeout=PAGE_TIMEOUT_MS)
+    page.wait_for_selector(item, timeout=PAGE_TIMEOUT_MS)
+    t = time.perf_counter()
+    page.locator(item).first.click(timeout=PAGE_TIMEOUT_MS)
+    page.wait_for_function(
+        """name => document.querySelector(`g.node[data-node="${CSS.escape(name)}"]`)
+            && (document.querySelector('#details')?.textContent ?? '').includes(name)""",
+        arg=name,
+        timeout=PAGE_TIMEOUT_MS,
+        polling="raf",
+    )
+    return time.perf_counter() - t
 
 
 def measure_page(browser, case: Case, html: Path) -> None:
@@ -279,16 +303,6 @@ def measure_page(browser, case: Case, html: Path) -> None:
             )
             f["expand_s"] = time.perf_counter() - t
 
-        # the toolbar's Expand: one more level of every open box (the most it ever draws)
-        before = page.evaluate(_BOXES)
-        t = time.perf_counter()
-        page.click("#expand", timeout=PAGE_TIMEOUT_MS)
-        page.wait_for_function(
-            f"n => {_BOXES} !== n", arg=before, timeout=PAGE_TIMEOUT_MS, polling="raf"
-        )
-        f["expand_level_s"] = time.perf_counter() - t
-        f["boxes_before_after"] = [before, page.evaluate(_BOXES)]
-
         # search: a broad term, until results are listed
         t = time.perf_counter()
         page.fill("#search", case.search, timeout=PAGE_TIMEOUT_MS)
@@ -303,19 +317,20 @@ def measure_page(browser, case: Case, html: Path) -> None:
         )
 
         # reveal: one node's exact name, then a click on its result
-        item = f"#search-results li[data-node={_css_string(case.reveal)}]"
-        page.fill("#search", case.reveal, timeout=PAGE_TIMEOUT_MS)
-        page.wait_for_selector(item, timeout=PAGE_TIMEOUT_MS)
+        f["reveal_s"] = _reveal(page, case.reveal)
+
+        # the toolbar's Expand: one more level of every open box (the most it ever draws)
+        before = page.evaluate(_BOXES)
         t = time.perf_counter()
-        page.locator(item).first.click(timeout=PAGE_TIMEOUT_MS)
+        page.click("#expand", timeout=PAGE_TIMEOUT_MS)
         page.wait_for_function(
-            """name => document.querySelector(`g.node[data-node="${CSS.escape(name)}"]`)
-                && (document.querySelector('#details')?.textContent ?? '').includes(name)""",
-            arg=case.reveal,
-            timeout=PAGE_TIMEOUT_MS,
-            polling="raf",
+            f"n => {_BOXES} !== n", arg=before, timeout=PAGE_TIMEOUT_MS, polling="raf"
         )
-        f["reveal_s"] = time.perf_counter() - t
+        f["expand_level_s"] = time.perf_counter() - t
+        f["boxes_before_after"] = [before, page.evaluate(_BOXES)]
+
+        # reveal again, now that the page draws thousands of boxes
+        f["reveal_after_expand_s"] = _reveal(page, case.reveal_late)
     except Exception as exc:  # noqa: BLE001 (a timeout or a missing element is a figure too)
         f["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
     finally:
@@ -331,7 +346,7 @@ def verdict(case: Case) -> tuple[str, list[str]]:
     target = OPEN_TARGET_S[case.kind]
     if f.get("open_s", float("inf")) >= target:
         why.append(f"open {f.get('open_s', float('nan')):.2f} s >= {target:g} s")
-    for key in ("expand_s", "expand_level_s", "search_s", "reveal_s"):
+    for key in ("expand_s", "search_s", "reveal_s", "expand_level_s", "reveal_after_expand_s"):
         if key in f and f[key] >= INTERACTION_TARGET_S:
             why.append(f"{key[:-2]} {f[key]:.2f} s >= {INTERACTION_TARGET_S:g} s")
     return ("MISS" if why else "PASS"), why
@@ -344,9 +359,10 @@ def _s(value) -> str:
 def table(cases: list[Case]) -> str:
     head = (
         "| case | nodes | write_html s | HTML MB | open s | parse / layout / render ms "
-        "| JS heap MB | expand s | Expand s (boxes) | search s (hits) | reveal s | target |"
+        "| JS heap MB | expand s | search s (hits) | reveal s | Expand s (boxes) | reveal s "
+        "after | target |"
     )
-    lines = [head, "|" + " --- |" * 12]
+    lines = [head, "|" + " --- |" * 13]
     for c in cases:
         f = c.figures
         tm = f.get("timings") or {}
@@ -362,8 +378,9 @@ def table(cases: list[Case]) -> str:
             f"| {c.name} | {f.get('nodes', 0):,} | {_s(f.get('write_html_s'))} "
             f"| {_s(f.get('html_mb'))} | {_s(f.get('open_s'))} | {pl} "
             f"| {_s(f.get('heap_mb'))} | {_s(f.get('expand_s'))} "
-            f"| {_s(f.get('expand_level_s'))}{grew} "
-            f"| {_s(f.get('search_s'))}{hits} | {_s(f.get('reveal_s'))} | {verdict_text} |"
+            f"| {_s(f.get('search_s'))}{hits} | {_s(f.get('reveal_s'))} "
+            f"| {_s(f.get('expand_level_s'))}{grew} | {_s(f.get('reveal_after_expand_s'))} "
+            f"| {verdict_text} |"
         )
     return "\n".join(lines)
 
@@ -388,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         path = gpt_archive(cache, cfg)
         params = gpt_parameter_count(**cfg)
         name = f"gpt {params / 1e6:.1f}M params"
-        cases.append(Case(name, "gpt", path, "linear", pick_reveal_node(path), "h.0"))
+        cases.append(Case(name, "gpt", path, "linear", "h.0"))
         cases[-1].figures["parameters"] = params
         cases[-1].figures["archive_mb"] = path.stat().st_size / 1e6
     for flat in (False, True):
@@ -401,12 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             write_big_archive(path, nodes, flat=flat)
         name = f"{nodes // 1000}k {label}" if nodes % 1000 == 0 else f"{nodes} {label}"
         expand = None if flat else "stages.0"
-        cases.append(Case(name, "big", path, "mul", pick_reveal_node(path), expand))
+        cases.append(Case(name, "big", path, "mul", expand))
         cases[-1].figures["archive_mb"] = path.stat().st_size / 1e6
-    from pt2interp.program import read_program
-
-    for c in cases:
-        c.figures["nodes"] = len(list(read_program(c.path, outline=True).graph.iter_nodes()))
 
     print(f"machine: {os.cpu_count()} CPUs; archives in {cache}", file=sys.stderr)
     if cases and cases[0].kind == "gpt":
@@ -442,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if f.get("expand_path") is not None:
             notes.append(f"expanded {f['expand_path']!r}")
-        notes.append(f"revealed {c.reveal!r}")
+        notes.append(f"revealed {c.reveal!r}, after Expand {c.reveal_late!r}")
         if f.get("dom_elements"):
             notes.append(f"{f['dom_elements']:,} DOM elements at open")
         _, why = verdict(c)
@@ -451,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{c.name}: " + "; ".join(notes))
     print(
         f"targets: gpt opens in < {OPEN_TARGET_S['gpt']:g} s; the big graphs open in "
-        f"< {OPEN_TARGET_S['big']:g} s; expand, Expand, search and reveal each < "
+        f"< {OPEN_TARGET_S['big']:g} s; every interaction < "
         f"{INTERACTION_TARGET_S:g} s. Chromium {browser_version}, {os.cpu_count()} CPUs."
     )
     if args.json:
@@ -466,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                             "path": str(c.path),
                             "search": c.search,
                             "reveal": c.reveal,
+                            "reveal_late": c.reveal_late,
                             **c.figures,
                         }
                         for c in cases
