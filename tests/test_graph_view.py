@@ -213,6 +213,15 @@ def test_cli_writes_the_page_and_names_bad_input(tmp_path, capsys, monkeypatch):
     assert "bad.pt2" in err and "Traceback" not in err
 
 
+def test_readme_picture_is_what_the_command_draws():
+    from pt2interp.graphview import module_tree_svg
+
+    committed = (FIXTURES.parent / "docs" / "mini_gpt-modules.svg").read_text(encoding="utf-8")
+    assert committed == module_tree_svg(case("zoo", "mini_gpt").path), (
+        "regenerate it: pt2interp graph fixtures/zoo/mini_gpt.pt2 -o docs/mini_gpt-modules.svg"
+    )
+
+
 def test_page_is_self_contained():
     page = html_document(case("zoo", "tiny_resnet").path)
     # nothing to fetch: no external script, style, font or image
