@@ -492,3 +492,18 @@ def test_status_page_links_each_model_to_its_graph(browser, tmp_path):
     finally:
         for s in servers.values():
             s.shutdown(drain=False, timeout=2.0)
+
+
+@pytest.mark.slow
+def test_every_archive_opens_in_the_browser(browser, tmp_path):
+    failures = []
+    for path in EVERY_ARCHIVE:
+        out = write_html(path, tmp_path / f"{path.parent.name}-{path.stem}.html")
+        page = _Page(browser, out.as_uri())
+        try:
+            visible = page.page.evaluate("pt2graph.visibleCount()")
+            if page.state != "ready" or page.problems or not visible:
+                failures.append((str(path), page.state, page.problems))
+        finally:
+            page.close()
+    assert failures == []
