@@ -213,6 +213,15 @@ def test_cli_writes_the_page_and_names_bad_input(tmp_path, capsys, monkeypatch):
     assert "bad.pt2" in err and "Traceback" not in err
 
 
+def test_readme_picture_is_what_the_command_draws():
+    from pt2interp.graphview import module_tree_svg
+
+    committed = (FIXTURES.parent / "docs" / "mini_gpt-modules.svg").read_text(encoding="utf-8")
+    assert committed == module_tree_svg(case("zoo", "mini_gpt").path), (
+        "regenerate it: pt2interp graph fixtures/zoo/mini_gpt.pt2 -o docs/mini_gpt-modules.svg"
+    )
+
+
 def test_page_is_self_contained():
     page = html_document(case("zoo", "tiny_resnet").path)
     # nothing to fetch: no external script, style, font or image
@@ -483,3 +492,18 @@ def test_status_page_links_each_model_to_its_graph(browser, tmp_path):
     finally:
         for s in servers.values():
             s.shutdown(drain=False, timeout=2.0)
+
+
+@pytest.mark.slow
+def test_every_archive_opens_in_the_browser(browser, tmp_path):
+    failures = []
+    for path in EVERY_ARCHIVE:
+        out = write_html(path, tmp_path / f"{path.parent.name}-{path.stem}.html")
+        page = _Page(browser, out.as_uri())
+        try:
+            visible = page.page.evaluate("pt2graph.visibleCount()")
+            if page.state != "ready" or page.problems or not visible:
+                failures.append((str(path), page.state, page.problems))
+        finally:
+            page.close()
+    assert failures == []

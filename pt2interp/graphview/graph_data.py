@@ -85,6 +85,7 @@ class _Builder:
         self._shape_text: dict[tuple, str] = {}
         self.modules: list[dict] = []
         self._module_index: dict[str, int] = {}
+        self._module_by_stack: dict[str, int] = {}
 
     def build(self) -> dict[str, Any]:
         self._add_modules()
@@ -134,6 +135,15 @@ class _Builder:
                 add(child, index)
 
         add(self.schema.module_tree, -1)
+
+    def _module_of_node(self, node: Node) -> int:
+        # Consecutive nodes of a module share one stack string: each is parsed once per build
+        # (the parser's own cache is bounded, and a big model has more distinct stacks).
+        text = node.metadata.get("nn_module_stack") or ""
+        index = self._module_by_stack.get(text)
+        if index is None:
+            index = self._module_by_stack[text] = self._module_of(_innermost_module(node))
+        return index
 
     def _module_of(self, fqn: str) -> int:
         """The index of the module ``fqn``, or of its nearest ancestor the tree holds."""
@@ -281,7 +291,7 @@ class _Builder:
             "op": _short_target(node.target),
             "t": node.target,
             "g": g,
-            "m": self._module_of(_innermost_module(node)) if main else -1,
+            "m": self._module_of_node(node) if main else -1,
             "in": inputs,
             "a": args,
         }

@@ -745,8 +745,7 @@
   });
   $("expand").addEventListener("click", function () {
     // one more level of every open box, never past a few thousand drawn boxes
-    var budget = 3000, drawn = 0, toOpen = [];
-    boxes.forEach(function (b, i) { if (b.open || isShown(i) && !b.open) drawn += b.open ? b.items.length : 0; });
+    var budget = 3000, drawn = Object.keys(unitEl).length, toOpen = [];
     boxes.forEach(function (b, i) { if (!b.open && isShown(i)) toOpen.push(i); });
     toOpen.forEach(function (i) { if (drawn + boxes[i].items.length <= budget) { boxes[i].open = true; drawn += boxes[i].items.length; } });
     render(); fit();
