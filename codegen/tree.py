@@ -217,18 +217,15 @@ def make_call(module: Module, nodes: list[tuple[int, Node]], facts: ProgramFacts
 
 
 def frames_of(node: Node) -> tuple[ModuleFrame, ...]:
-    """The node's ``nn_module_stack``, outermost first, without export's placeholder frames."""
+    """The node's ``nn_module_stack``, outermost first (the parser leaves out export's
+    placeholder frame for nodes it made itself)."""
     return _parse_frames(node.metadata.get("nn_module_stack"))
-
-
-# Export's stand-in stack for nodes it creates itself (runtime asserts, sym sizes).
-_PLACEHOLDER_FRAME = "_empty_nn_module_stack_from_metadata_hook"
 
 
 @functools.lru_cache(maxsize=4096)
 def _parse_frames(text: str | None) -> tuple[ModuleFrame, ...]:
     # The stack is stored as text on every node; most nodes share a few distinct stacks.
-    return tuple(f for f in parse_nn_module_stack(text) if _PLACEHOLDER_FRAME not in (f.key, f.fqn))
+    return tuple(parse_nn_module_stack(text))
 
 
 def _child_path(node: Node, module_path: str) -> str | None:

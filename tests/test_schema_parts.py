@@ -123,3 +123,11 @@ def test_nn_module_stack_with_commas_in_paths():
     frames = parse_nn_module_stack(text)
     assert [f.fqn for f in frames] == ["", "net", "net.0"]
     assert frames[-1].class_name == "Linear"
+
+
+def test_exports_placeholder_stack_is_no_module():
+    # torch writes this stand-in on nodes it makes itself (an input's sym_size): no module ran them
+    empty = "_empty_nn_module_stack_from_metadata_hook"
+    assert parse_nn_module_stack(f"{empty},{empty},{empty}") == []
+    frames = parse_nn_module_stack(f"L__self__,,m.M;{empty},{empty},{empty}")
+    assert [f.fqn for f in frames] == [""]

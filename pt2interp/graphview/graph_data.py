@@ -130,6 +130,8 @@ class _Builder:
                     "params": module.parameter_count,
                 }
             )
+            if not module.fqn:  # the whole program: a tied weight once, as in the totals
+                self.modules[-1]["params"] = self.schema.totals.parameter_count
             # iterative would be no clearer: the tree is at most _MAX_MODULE_DEPTH deep
             for child in module.children:
                 add(child, index)

@@ -84,7 +84,11 @@ def parse_nn_module_stack(text: str | None) -> list[ModuleFrame]:
     return list(_parse_nn_module_stack(text))
 
 
-@functools.lru_cache(maxsize=4096)
+# torch's stand-in for "no module stack recorded" (a sym_size node of an input, say): no module
+_EMPTY_STACK_KEY = "_empty_nn_module_stack_from_metadata_hook"
+
+
+@functools.lru_cache(maxsize=65536)
 def _parse_nn_module_stack(text: str) -> tuple[ModuleFrame, ...]:
     # Consecutive nodes of one module share the same string: parse each distinct one once.
     frames = []
@@ -94,5 +98,7 @@ def _parse_nn_module_stack(text: str) -> tuple[ModuleFrame, ...]:
             continue
         key, type_name = parts[0], parts[-1]
         path = ",".join(parts[1:-1])
+        if _EMPTY_STACK_KEY in (key, path):
+            continue
         frames.append(ModuleFrame(key=key, fqn=normalize_module_path(path), type_name=type_name))
     return tuple(frames)

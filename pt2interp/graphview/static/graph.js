@@ -51,8 +51,14 @@
     int32: "i32", int16: "i16", int8: "i8", uint8: "u8", bool: "bool", complex64: "c64",
   };
   function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
-  function valueText(v) {  // [name, dtype, shape] → "f32[2, 8]"
+  var SYMBOLIC = { sym_int: 1, sym_bool: 1, sym_float: 1, object: 1 };
+  function valueText(v) {  // [name, dtype, shape] → "f32[2, 8]"; a symbolic int → "sym_int s0"
+    if (SYMBOLIC[v[1]]) return v[1] + (v[2] ? " " + v[2] : "");
     return (DTYPE[v[1]] || v[1]) + (v[2] || "");
+  }
+  // a node that makes only sizes and flags: its many edges are drawn faint
+  function makesSizes(n) {
+    return n.out && n.out.length && n.out.every(function (v) { return SYMBOLIC[v[1]]; });
   }
 
   // ---- data -------------------------------------------------------------------------------
@@ -400,7 +406,7 @@
 
   function drawEdges() {
     while (layerEdges.firstChild) layerEdges.removeChild(layerEdges.firstChild);
-    var seen = new Set(), parts = [];
+    var seen = new Set();
     nodes.forEach(function (n, i) {
       var to = rep[i];
       n.in.forEach(function (p) {
@@ -414,10 +420,18 @@
         var s = abs[a], t = abs[c];
         if (!s || !t) return;
         if (contains(s, t) || contains(t, s)) return;
-        var x1 = s.x + s.w / 2, y1 = s.y + s.h, x2 = t.x + t.w / 2, y2 = t.y;
-        var bend = Math.max(16, Math.abs(y2 - y1) / 2);
-        parts.push(["M", x1, y1, "C", x1, y1 + bend, x2, y2 - bend, x2, y2].join(" "));
-        var path = svg("path", { d: parts[parts.length - 1] }, layerEdges);
+        var d;
+        if (t.y >= s.y + s.h) {  // downwards, bottom to top
+          var x1 = s.x + s.w / 2, y1 = s.y + s.h, x2 = t.x + t.w / 2, y2 = t.y;
+          var bend = Math.min(Math.max(16, (y2 - y1) / 2), 120);
+          d = ["M", x1, y1, "C", x1, y1 + bend, x2, y2 - bend, x2, y2];
+        } else {  // to something above or beside (a weight shared with an earlier module)
+          var ya = s.y + s.h / 2, yb = t.y + t.h / 2, xa = s.x + s.w, xb = t.x + t.w;
+          var out = Math.max(xa, xb) + 30 + Math.min(Math.abs(yb - ya) / 20, 60);
+          d = ["M", xa, ya, "C", out, ya, out, yb, xb, yb];
+        }
+        var path = svg("path", { d: d.join(" ") }, layerEdges);
+        if (makesSizes(nodes[p])) path.setAttribute("class", "sym");
         path.setAttribute("data-from", a);
         path.setAttribute("data-to", c);
       });
@@ -444,8 +458,19 @@
   function applyView() {
     viewport.setAttribute("transform", "translate(" + view.x + "," + view.y + ") scale(" + view.k + ")");
   }
+  // The canvas's size, read when it changes: reading it right after a redraw would force the
+  // browser to lay out the whole new SVG there and then (a third of a second at 3,000 boxes).
+  var canvasSize = null;
+  function size() {
+    if (!canvasSize) {
+      var r = root.getBoundingClientRect();
+      canvasSize = { width: r.width, height: r.height, left: r.left, top: r.top };
+    }
+    return canvasSize;
+  }
+  window.addEventListener("resize", function () { canvasSize = null; });
   function fit() {
-    var r = root.getBoundingClientRect(), p = pos.b0;
+    var r = size(), p = pos.b0;
     if (!p || !r.width) return;
     view.k = Math.min(1.2, Math.max(0.02, Math.min((r.width - 40) / p.w, (r.height - 40) / p.h)));
     view.x = (r.width - p.w * view.k) / 2; view.y = 20;
@@ -454,14 +479,14 @@
   // the first view: the whole graph if it can be read that way, else its top, readable
   function firstView() {
     fit();
-    var r = root.getBoundingClientRect(), p = pos.b0;
+    var r = size(), p = pos.b0;
     if (!p || !r.width || view.k >= 0.6) return;
     view.k = Math.min(1, Math.max(0.6, (r.width - 40) / p.w));
     view.x = Math.max(20, (r.width - p.w * view.k) / 2); view.y = 20;
     applyView();
   }
   function centerOn(key) {
-    var a = abs[key], r = root.getBoundingClientRect();
+    var a = abs[key], r = size();
     if (!a || !r.width) return;
     view.k = Math.max(view.k, 0.6);
     view.x = r.width / 2 - (a.x + a.w / 2) * view.k;
@@ -471,7 +496,7 @@
   var canvas = $("canvas"), drag = null;
   canvas.addEventListener("wheel", function (e) {
     e.preventDefault();
-    var r = root.getBoundingClientRect(), mx = e.clientX - r.left, my = e.clientY - r.top;
+    var r = size(), mx = e.clientX - r.left, my = e.clientY - r.top;
     var k = Math.min(4, Math.max(0.02, view.k * Math.exp(-e.deltaY * 0.0015)));
     view.x = mx - (mx - view.x) * (k / view.k);
     view.y = my - (my - view.y) * (k / view.k);
@@ -730,7 +755,7 @@
   var pending = null;
   searchInput.addEventListener("input", function () {
     clearTimeout(pending);
-    pending = setTimeout(function () { search(searchInput.value); }, 120);
+    pending = setTimeout(function () { search(searchInput.value); }, 60);
   });
   searchInput.addEventListener("keydown", function (e) {
     if (e.key === "Enter") { clearTimeout(pending); search(searchInput.value); if (results.length) goTo(results[0]); }
@@ -748,13 +773,14 @@
     var budget = 3000, drawn = Object.keys(unitEl).length, toOpen = [];
     boxes.forEach(function (b, i) { if (!b.open && isShown(i)) toOpen.push(i); });
     toOpen.forEach(function (i) { if (drawn + boxes[i].items.length <= budget) { boxes[i].open = true; drawn += boxes[i].items.length; } });
-    render(); fit();
+    render(); firstView();
   });
 
   // ---- start ------------------------------------------------------------------------------
   function header() {
     var p = data.program;
     $("title").textContent = p.file || "model";
+    $("title").setAttribute("title", (p.file || "model") + (p.model ? " \u00b7 model " + p.model : ""));
     var facts = $("facts");
     [["torch", p.torch_version || "?"], ["schema", p.schema_version], [p.dialect, ""],
      ["ops", p.op_count], ["params", human(p.parameter_count)], ["weights", bytes(p.total_bytes)]]
