@@ -231,6 +231,7 @@
     else top = n.n;
     if (n.out && n.out.length) sub = n.out.map(valueText).join(", ");
     else if (n.value !== undefined) sub = "= " + n.value;
+    if (n.w && n.w.bytes !== null && n.w.bytes !== undefined) sub += " \u00b7 " + bytes(n.w.bytes);
     return [clip(top, MAX_LABEL), clip(sub, MAX_LABEL)];
   }
   function boxLines(b) {
@@ -716,6 +717,16 @@
         return [k, (r[0] === null ? "-\u221e" : r[0]) + " .. " + (r[1] === null ? "\u221e" : r[1])];
       })));
     }
+    var legend = el("div", "legend");
+    [["input", "user input"], ["param", "parameter"], ["buffer", "buffer"], ["const", "constant"],
+     ["op", "op"], ["output", "output"], ["mutation", "buffer or input written back"],
+     ["hop", "cond / while_loop / map: its subgraphs inside"]].forEach(function (k) {
+      var item = el("div");
+      item.appendChild(el("span", "swatch kind-" + k[0]));
+      item.appendChild(el("span", null, k[1]));
+      legend.appendChild(item);
+    });
+    section("legend", legend);
     details.appendChild(el("p", "hint", "Click a box to open or close it, a node to see its arguments and source. Drag to pan, wheel to zoom, / to search."));
   }
 
