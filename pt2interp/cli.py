@@ -22,6 +22,7 @@ from pathlib import Path
 from pt2interp.errors import Pt2Error
 from pt2interp.kinds import ArgKind, InputKind
 from pt2interp.printable import printable
+from pt2interp.units import human_bytes
 
 _MAX_SHOWN = 300  # characters of one name in a table or output line
 _MAX_ERROR_LINE = 2000  # characters of an error message
@@ -383,7 +384,7 @@ def _print_schema(schema) -> None:
             f": {arch.kind} layout",
             f" (top folder {shown(repr(arch.top))})" if arch.top else "",
             f", {arch.members} members"
-            + (f", {_human_bytes(arch.file_bytes)}" if arch.file_bytes else ""),
+            + (f", {human_bytes(arch.file_bytes)}" if arch.file_bytes else ""),
         )
     )
     console.print(
@@ -394,12 +395,12 @@ def _print_schema(schema) -> None:
         )
     )
     by_dtype = (
-        ", ".join(f"{shown(k)} {_human_bytes(v)}" for k, v in t.bytes_by_dtype.items()) or "none"
+        ", ".join(f"{shown(k)} {human_bytes(v)}" for k, v in t.bytes_by_dtype.items()) or "none"
     )
     console.print(
         Text(
-            f"{t.parameter_count:,} parameters ({_human_bytes(t.parameter_bytes)}), "
-            f"{t.buffer_count} buffers ({_human_bytes(t.buffer_bytes)}), "
+            f"{t.parameter_count:,} parameters ({human_bytes(t.parameter_bytes)}), "
+            f"{t.buffer_count} buffers ({human_bytes(t.buffer_bytes)}), "
             f"{len(schema.constants)} constants; "
             f"bytes by dtype: {by_dtype}"
         )
@@ -536,7 +537,7 @@ def cmd_weights(args) -> int:
         tied = f", {len(saved.aliases)} tied name(s) recorded as aliases" if saved.aliases else ""
         print(
             f"wrote {len(saved.tensors)} tensors{tied} to {saved.path} "
-            f"({_human_bytes(saved.nbytes)})"
+            f"({human_bytes(saved.nbytes)})"
         )
     if args.numpy:
         import json
@@ -559,14 +560,6 @@ def cmd_weights(args) -> int:
         )
         print(f"wrote {len(weights)} arrays{raw} to {args.numpy}")
     return 0
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @contextlib.contextmanager
@@ -820,7 +813,7 @@ def cmd_graph(args) -> int:
         size = output.stat().st_size
         print(
             f"wrote {printable(str(output))} ({ops} ops, {len(data['modules'])} modules, "
-            f"{_human_bytes(size)}): open it in a browser"
+            f"{human_bytes(size)}): open it in a browser"
         )
         return 0
     from pt2interp.graphview import module_tree_svg, svg_to_png

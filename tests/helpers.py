@@ -158,3 +158,33 @@ def running(app):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def record_member_reads(monkeypatch) -> list[str]:
+    """Record every archive member read (``Archive.read`` and ``Archive.buffer``) from now on;
+    the list returned grows as they are read."""
+    from pt2interp.archive import Archive
+
+    touched: list[str] = []
+    real_read, real_buffer = Archive.read, Archive.buffer
+
+    def read(self, relative, **kw):
+        touched.append(relative)
+        return real_read(self, relative, **kw)
+
+    def buffer(self, relative):
+        touched.append(relative)
+        return real_buffer(self, relative)
+
+    monkeypatch.setattr(Archive, "read", read)
+    monkeypatch.setattr(Archive, "buffer", buffer)
+    return touched
+
+
+def weight_members(touched: list[str]) -> list[str]:
+    """The members among ``touched`` that hold weight bytes (not the small configs)."""
+    return [
+        m
+        for m in touched
+        if (m.startswith("data/") and not m.endswith("_config.json")) or m.endswith(".pt")
+    ]

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 from fixture_cases import case
-from helpers import member_named, rewrite_zip
+from helpers import member_named, record_member_reads, rewrite_zip, weight_members
 
 import pt2interp
-from pt2interp.archive import Archive
 from pt2interp.graphview import tree_svg
 from pt2interp.graphview.tree_svg import MAX_ROWS, RenderError, module_tree_svg, svg_to_png
 
@@ -316,26 +315,10 @@ def test_hostile_names_come_out_as_inert_text(tmp_path):
 
 
 def test_the_picture_reads_the_program_and_no_weights(monkeypatch):
-    touched = []
-    real_read, real_buffer = Archive.read, Archive.buffer
-
-    def read(self, relative, **kw):
-        touched.append(relative)
-        return real_read(self, relative, **kw)
-
-    def buffer(self, relative):
-        touched.append(relative)
-        return real_buffer(self, relative)
-
-    monkeypatch.setattr(Archive, "read", read)
-    monkeypatch.setattr(Archive, "buffer", buffer)
+    touched = record_member_reads(monkeypatch)
     for folder, name in (("zoo", "mini_gpt"), ("torch-2.5.1", "tiny_resnet")):
         module_tree_svg(case(folder, name).path)
-    weights = [
-        m
-        for m in touched
-        if (m.startswith("data/") and not m.endswith("_config.json")) or m.endswith(".pt")
-    ]
+    weights = weight_members(touched)
     assert touched and weights == []
 
 

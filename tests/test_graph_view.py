@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 from fixture_cases import case
-from helpers import program_member, rewrite_zip
+from helpers import program_member, record_member_reads, rewrite_zip, weight_members
 
-from pt2interp.archive import Archive
 from pt2interp.cli import main
 from pt2interp.graphview import graph_data, html_document, write_html
 from pt2interp.kinds import InputKind, OutputKind
@@ -164,26 +163,10 @@ def test_stack_traces_point_at_the_users_line():
 
 
 def test_no_weight_bytes_are_read(monkeypatch):
-    touched = []
-    real_read, real_buffer = Archive.read, Archive.buffer
-
-    def read(self, relative, **kw):
-        touched.append(relative)
-        return real_read(self, relative, **kw)
-
-    def buffer(self, relative):
-        touched.append(relative)
-        return real_buffer(self, relative)
-
-    monkeypatch.setattr(Archive, "read", read)
-    monkeypatch.setattr(Archive, "buffer", buffer)
+    touched = record_member_reads(monkeypatch)
     for folder in ("zoo", "torch-2.5.1", "torch-2.11.0-cuda"):
         html_document(case(folder, "mini_gpt").path)
-    weights = [
-        m
-        for m in touched
-        if (m.startswith("data/") and not m.endswith("_config.json")) or m.endswith(".pt")
-    ]
+    weights = weight_members(touched)
     assert weights == [] and touched
 
 

@@ -19,10 +19,9 @@ import pytest
 import torch
 from conftest import CASES
 from fixture_cases import FIXTURES, case
-from helpers import member_named, rewrite_zip
+from helpers import member_named, record_member_reads, rewrite_zip, weight_members
 
 import pt2interp
-from pt2interp.archive import Archive
 from pt2interp.introspect import SymbolicDim
 
 sys.path.insert(0, str(FIXTURES.parent))  # fixtures.zoo: the exporting modules
@@ -391,25 +390,9 @@ def test_missing_ops_checked_only_when_torch_is_there(tmp_path):
     "folder,name", [("zoo", "tiny_resnet"), ("torch-2.5.1", "tiny_resnet"), ("zoo", "mini_gpt")]
 )
 def test_no_weight_bytes_are_read(monkeypatch, folder, name):
-    touched = []
-    real_read, real_buffer = Archive.read, Archive.buffer
-
-    def read(self, relative, **kw):
-        touched.append(relative)
-        return real_read(self, relative, **kw)
-
-    def buffer(self, relative):
-        touched.append(relative)
-        return real_buffer(self, relative)
-
-    monkeypatch.setattr(Archive, "read", read)
-    monkeypatch.setattr(Archive, "buffer", buffer)
+    touched = record_member_reads(monkeypatch)
     pt2interp.read_schema(case(folder, name).path)
-    weights = [
-        m
-        for m in touched
-        if (m.startswith("data/") and not m.endswith("_config.json")) or m.endswith(".pt")
-    ]
+    weights = weight_members(touched)
     assert weights == [], f"read_schema read weight members {weights}"
     assert touched, "the monkeypatch saw nothing: the test is broken"
 

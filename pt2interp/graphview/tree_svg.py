@@ -50,6 +50,7 @@ from pt2interp.errors import Pt2Error
 from pt2interp.introspect import IOValue, ModuleNode, ProgramSchema, read_schema
 from pt2interp.printable import printable
 from pt2interp.program import read_program
+from pt2interp.units import human_bytes
 
 __all__ = ["MAX_ROWS", "RenderError", "module_tree_svg", "svg_to_png"]
 
@@ -306,14 +307,6 @@ def _human_count(n: int) -> str:
     return str(n)
 
 
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _io_text(value: IOValue) -> str:
     if value.tensor is not None:
         return f"{value.name} {value.tensor.dtype}{value.tensor.shape_str}"
@@ -357,7 +350,7 @@ def _facts_line(schema: ProgramSchema) -> str:
         f"torch {schema.torch_version}" if schema.torch_version else "torch version not recorded",
         "schema " + ".".join(map(str, schema.schema_version)),
         count,
-        _human_bytes(totals.total_bytes),
+        human_bytes(totals.total_bytes),
     ]
     if totals.tied:  # the tree counts a tied weight under each of its names
         tied = sum(len(names) - 1 for names in totals.tied)
