@@ -490,3 +490,33 @@ def test_every_archive_opens_in_the_browser(browser, tmp_path):
         finally:
             page.close()
     assert failures == []
+
+
+def test_the_address_keeps_the_selection(browser, tmp_path):
+    out = write_html(case("zoo", "mini_gpt").path, tmp_path / "gpt.html")
+    page = _Page(browser, out.as_uri() + "#node=gelu_1")
+    try:
+        p = page.page
+        p.wait_for_selector('g.node.selected[data-node="gelu_1"]')
+        assert p.text_content("#details h2") == "gelu_1"
+        p.locator('g.node[data-node="gelu"]').dispatch_event("click")  # off screen
+        assert p.evaluate("location.hash") == "#node=gelu"
+        assert page.problems == []
+    finally:
+        page.close()
+    page = _Page(browser, out.as_uri() + "#module=blocks.1.attn")
+    try:
+        p = page.page
+        p.wait_for_selector('g.container.selected[data-path="blocks.1.attn"]')
+        assert p.text_content("#details h2") == "blocks.1.attn"
+        assert "CausalSelfAttention" in p.text_content("#details")
+        assert page.problems == []
+    finally:
+        page.close()
+    # a hash naming nothing, or not decodable, leaves the page as it opens
+    for junk in ("#node=nope", "#module=%E0%A4%A", "#<script>"):
+        page = _Page(browser, out.as_uri() + junk)
+        try:
+            assert page.state == "ready" and page.problems == []
+        finally:
+            page.close()

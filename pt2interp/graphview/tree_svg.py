@@ -658,7 +658,10 @@ def _run_browser(command: list[str]) -> str:
     try:
         _, stderr = process.communicate(timeout=_BROWSER_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:  # Windows: no process groups; the browser itself ends its helpers
+            process.kill()
         # not read to its end: a helper that left the group could hold the pipe open for ever
         process.stderr.close()
         process.wait()

@@ -521,6 +521,7 @@
 
   // ---- interaction ------------------------------------------------------------------------
   root.addEventListener("click", function (e) {
+    clear(resultsList);
     if (drag && drag.moved) return;
     var target = e.target;
     var header = target.closest ? target.closest(".header") : null;
@@ -553,11 +554,35 @@
     selected = { node: i };
     applySelection();
     showNode(i);
+    remember("node=" + encodeURIComponent(nodes[i].n));
+  }
+  // The selection is in the address (#node=NAME, #module=PATH): a link to it, or a reload,
+  // opens the page on it. Never more than a name looked up in the data.
+  function remember(hash) {
+    if (history.replaceState) history.replaceState(null, "", "#" + hash);
+  }
+  function restore() {
+    var hash = location.hash.replace(/^#/, ""), eq = hash.indexOf("=");
+    if (eq < 0) return false;
+    var kind = hash.slice(0, eq), name;
+    try { name = decodeURIComponent(hash.slice(eq + 1)); } catch (e) { return false; }
+    if (kind === "node") {
+      for (var i = 0; i < nodes.length; i++) if (nodes[i].n === name) { goTo(i); return true; }
+    } else if (kind === "module") {
+      var b = boxOfPath(name);
+      if (b >= 0) { openTo(b); selectBox(b); centerOn("b" + b); return true; }
+    }
+    return false;
+  }
+  function openTo(b) {
+    ancestors(b).forEach(function (x) { boxes[x].open = true; });
+    render();
   }
   function selectBox(bIndex) {
     selected = { box: bIndex };
     applySelection();
     showBox(bIndex);
+    if (boxes[bIndex].kind === "module") remember("module=" + encodeURIComponent(boxes[bIndex].path));
   }
   function applySelection() {
     Array.prototype.forEach.call(root.querySelectorAll(".selected"), function (e) { e.classList.remove("selected"); });
@@ -618,7 +643,7 @@
       var path = m.path;
       facts.push(["module", link(path + (m.cls ? " (" + m.cls + ")" : ""), function () {
         var b = boxOfPath(path);
-        if (b >= 0) { ancestors(b).forEach(function (x) { boxes[x].open = true; }); render(); selectBox(b); centerOn("b" + b); }
+        if (b >= 0) { openTo(b); selectBox(b); centerOn("b" + b); }
       })]);
     }
     if (n.v) facts.push(["graph value", n.v]);
@@ -800,7 +825,7 @@
   }
   window.pt2graph = {
     timings: timings,
-    expand: function (path) { var b = boxOfPath(path); if (b >= 0) { ancestors(b).forEach(function (x) { boxes[x].open = true; }); render(); } return b >= 0; },
+    expand: function (path) { var b = boxOfPath(path); if (b >= 0) openTo(b); return b >= 0; },
     collapse: function (path) { var b = boxOfPath(path); if (b >= 0) { boxes[b].open = false; render(); } return b >= 0; },
     search: function (q) { return search(q).map(function (i) { return nodes[i].n; }); },
     reveal: function (name) { for (var i = 0; i < nodes.length; i++) if (nodes[i].n === name) { goTo(i); return true; } return false; },
@@ -814,6 +839,7 @@
     timings.render_ms = r.render_ms;
     firstView();
     showProgram();
+    restore();
     timings.total_ms = performance.now() - t0;
     document.documentElement.setAttribute("data-state", "ready");
   } catch (err) {
