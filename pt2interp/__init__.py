@@ -38,11 +38,19 @@ __all__ = [
 ]
 
 
-def load(path, device=None, model=None, *, inference_mode=True, verify=True):
-    """Load a ``.pt2`` and return a callable program (see :func:`pt2interp.api.load`)."""
+def load(path, device=None, model=None, *, inference_mode=True, verify=True, **cuda_graphs):
+    """Load a ``.pt2`` and return a callable program (see :func:`pt2interp.api.load`, which
+    also takes ``cuda_graphs``, ``max_cuda_graphs`` and ``reuse_outputs``)."""
     from pt2interp.api import load as _load
 
-    return _load(path, device=device, model=model, inference_mode=inference_mode, verify=verify)
+    return _load(
+        path,
+        device=device,
+        model=model,
+        inference_mode=inference_mode,
+        verify=verify,
+        **cuda_graphs,
+    )
 
 
 def read_schema(path, model=None, *, check_ops=None):

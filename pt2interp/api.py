@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
+from pt2interp.cuda_graphs import DEFAULT_MAX_GRAPHS
 from pt2interp.loaded import LoadedProgram
 from pt2interp.program import collector_paused, read_program
 
@@ -16,12 +17,22 @@ def load(
     *,
     inference_mode: bool = True,
     verify: bool = True,
+    cuda_graphs: bool = False,
+    max_cuda_graphs: int = DEFAULT_MAX_GRAPHS,
+    reuse_outputs: bool = False,
 ) -> LoadedProgram:
     """Load a ``.pt2`` and return a program you call like the exported module.
 
     ``device``: where weights live and computation runs (``"cpu"``, ``"cuda"``, ...); None keeps
     them where the archive stored them (CPU). ``model``: which model of a multi-model archive.
     ``verify=False`` skips the CRC-32 check of the weight records (about 0.25 s per GB).
+
+    ``cuda_graphs=True`` (on a CUDA device) runs calls as CUDA graphs: the first call with a new
+    input signature (shapes, dtypes, devices) captures one, later calls replay it; at most
+    ``max_cuda_graphs`` are kept (least recently used dropped), ``prog.capture(...)`` captures
+    ahead of time. Calls return fresh tensors unless ``reuse_outputs=True`` returns the graph's
+    own output tensors, which the next call overwrites. A program a graph cannot hold (see
+    ``prog.capture_plan``) runs eagerly, with a warning saying why.
 
     >>> import torch, pt2interp, importlib.resources as r
     >>> prog = pt2interp.load(r.files("pt2interp.examples") / "tiny_mlp.pt2")
@@ -34,4 +45,7 @@ def load(
             read_program(path, model=model, verify=verify),
             device=device,
             inference_mode=inference_mode,
+            cuda_graphs=cuda_graphs,
+            max_cuda_graphs=max_cuda_graphs,
+            reuse_outputs=reuse_outputs,
         )

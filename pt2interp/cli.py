@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import signal
@@ -357,11 +358,45 @@ def cmd_info(args) -> int:
     schema = pt2interp.read_schema(
         args.file, model=args.model, check_ops=True if args.check_ops else None
     )
+    plan = _capture_plan(args)
     if args.json:
-        print(json_printable(schema.to_json()))
+        doc = schema.to_dict()
+        doc["cuda_graphs"] = plan.to_dict() if plan is not None else None
+        print(json_printable(json.dumps(doc, indent=2, ensure_ascii=False)))
         return 0
     _print_schema(schema)
+    _print_capture_plan(plan)
     return 0
+
+
+def _capture_plan(args):
+    """Whether the program can run as CUDA graphs. Needs the nodes' arguments, which the
+    description reads without: the program is read whole once more. A program that cannot be
+    (the description tolerates values running never would) has no plan."""
+    from pt2interp.capture_plan import plan_capture
+    from pt2interp.program import read_program
+
+    try:
+        return plan_capture(read_program(args.file, model=args.model).model)
+    except Pt2Error:
+        return None
+
+
+def _print_capture_plan(plan) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    if plan is None:
+        console.print("CUDA graphs: not decided (the program cannot be read to run)")
+    elif plan.verdict == "whole":
+        console.print(
+            "CUDA graphs: the whole program can be captured (load(..., cuda_graphs=True))"
+        )
+    else:
+        console.print(Text.assemble(("CUDA graphs", "yellow"), ": runs eagerly, because"))
+        for reason in plan.reasons:
+            console.print(Text(f"  {shown(reason, _MAX_ERROR_LINE)}"))
 
 
 def _print_schema(schema) -> None:

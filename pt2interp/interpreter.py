@@ -270,7 +270,7 @@ class GraphCompiler:
         outer_written = self._written
         # only views consult it: a graph tree without one pays no schema look-ups
         has_views = any(n.target in _VIEWS for n in graph.iter_nodes())
-        self._written = (_written_values(graph) if has_views else set()) | outer_written
+        self._written = (written_values(graph) if has_views else set()) | outer_written
         steps = []
         for idx, node in enumerate(graph.nodes):
             npath = f"{where}.nodes[{idx}]"
@@ -549,7 +549,7 @@ class GraphCompiler:
 _VIEWS = frozenset({"torch.ops.aten.view.default", "torch.ops.aten._unsafe_view.default"})
 
 
-def _written_values(graph: Graph) -> set[str]:
+def written_values(graph: Graph) -> set[str]:
     """Values some node writes into: an argument its schema marks ``(a!)``."""
     written: set[str] = set()
     for node in graph.nodes:

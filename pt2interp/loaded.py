@@ -8,14 +8,19 @@ torch.Size([2, 16])
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from pt2interp import cuda_graphs as cuda_graphs_mod
 from pt2interp import limits
+from pt2interp.capture_plan import CapturePlan, plan_capture
 from pt2interp.errors import DeviceError, ExecutionError, SchemaError
-from pt2interp.interpreter import CompiledGraph, GraphCompiler
+from pt2interp.interpreter import CompiledGraph, GraphCompiler, written_values
 from pt2interp.kinds import STATE_INPUT_KINDS, ArgKind, InputKind, OutputKind
 from pt2interp.ops import functorch
 from pt2interp.program import Program
@@ -37,9 +42,16 @@ class LoadedProgram:
         device: str | torch.device | None = None,
         *,
         inference_mode: bool = True,
+        cuda_graphs: bool = False,
+        max_cuda_graphs: int = cuda_graphs_mod.DEFAULT_MAX_GRAPHS,
+        reuse_outputs: bool = False,
     ):
         self.program = program
         self.inference_mode = inference_mode
+        self.cuda_graphs = cuda_graphs
+        self._graph_options = {"max_graphs": max_cuda_graphs, "reuse_outputs": reuse_outputs}
+        self._graphs: cuda_graphs_mod.GraphCache | None = None
+        self._recorder = None
         self._device = _usable_device(device) if device is not None else None
         self._state: dict[str, Any] = {}
         values = program.graph.tensor_values
@@ -117,6 +129,61 @@ class LoadedProgram:
                         path=f"graph_module.signature.output_specs[{i}]",
                     )
                 self._input_writes.append((i, user_input_pos[s.target]))
+        self._graphs = None
+        if self.cuda_graphs:
+            self._start_graphs(self._chosen_recorder)
+
+    @functools.cached_property
+    def capture_plan(self) -> CapturePlan:
+        """Whether this program can run as CUDA graphs, and if not which nodes prevent it
+        (decided from the graph; see :mod:`pt2interp.capture_plan`)."""
+        return plan_capture(self.program.model)
+
+    def _start_graphs(self, recorder=None) -> None:
+        """Run calls as captured graphs from now on (``recorder``: how to capture; the CUDA
+        one by default, which needs the program on a CUDA device)."""
+        self.cuda_graphs = True
+        self._chosen_recorder = recorder
+        plan = self.capture_plan
+        if plan.verdict != "whole":
+            if not self._warned_eager:
+                self._warned_eager = True
+                warnings.warn(
+                    f"{self.program.source}: runs eagerly, not as CUDA graphs: "
+                    + "; ".join(plan.reasons[:3])
+                    + (f" (and {len(plan.reasons) - 3} more)" if len(plan.reasons) > 3 else ""),
+                    stacklevel=3,
+                )
+            return
+        if recorder is None:
+            if self.device.type != "cuda":
+                raise DeviceError(
+                    f"CUDA graphs need the program on a CUDA device; it runs on {self.device} "
+                    "(load it with device='cuda')"
+                )
+            if self._recorder is None or self._recorder.device != self.device:
+                self._recorder = cuda_graphs_mod.CudaRecorder(self.device)
+            recorder = self._recorder
+        # what a run writes: state and inputs named by mutation outputs (core IR), and those
+        # in-place ops write into (training IR keeps ``add_`` on a buffer or input)
+        written = written_values(self.program.model.graph)
+        specs = self.program.model.signature.input_specs
+        state = {t for _, t in self._buffer_writes} | {
+            s.target for s in specs if s.kind in STATE_INPUT_KINDS and _names(s.arg) & written
+        }
+        inputs = {pos for _, pos in self._input_writes} | {
+            n for n, leaf in enumerate(self.signature.inputs) if _names(leaf.spec.arg) & written
+        }
+        self._graphs = cuda_graphs_mod.GraphCache(
+            lambda leaves: self._eager(leaves, leaves),
+            recorder,
+            mutable_state=[self._state[t] for t in sorted(state)],
+            mutated_inputs=sorted(inputs),
+            **self._graph_options,
+        )
+
+    _warned_eager = False
+    _chosen_recorder = None
 
     def adopt_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Run with these tensors for the named parameters/buffers from now on (the module
@@ -214,27 +281,49 @@ class LoadedProgram:
         on_node: Callable[[str, str, Any], None] | None = None,
     ) -> list[Any]:
         """The output leaves of a run on ``checked`` leaves (on this device already); inputs the
-        graph mutates are written back to ``given``."""
+        graph mutates are written back to ``given``. A hooked run is always eager (a replay has
+        no values to show)."""
+        with limits.call_budget():
+            with self._no_autograd() if self.inference_mode else contextlib.nullcontext():
+                if self._graphs is not None and on_node is None:
+                    return self._graphs.run(checked, given)
+                return self._eager(checked, given, on_node)
+
+    def _eager(
+        self,
+        checked: list[Any],
+        given: list[Any],
+        on_node: Callable[[str, str, Any], None] | None = None,
+    ) -> list[Any]:
         inputs = list(self._template)
         for slot, value in zip(self._input_slots, checked):
             inputs[slot] = value
-        with limits.call_budget():
-            if self.inference_mode:
-                with self._no_autograd():
-                    flat = (
-                        self._plan.run(inputs)
-                        if on_node is None
-                        else self._plan.run_hooked(inputs, on_node)
-                    )
-                    self._write_back(flat, given)
-            else:
-                flat = (
-                    self._plan.run(inputs)
-                    if on_node is None
-                    else self._plan.run_hooked(inputs, on_node)
-                )
-                self._write_back(flat, given)
+        flat = self._plan.run(inputs) if on_node is None else self._plan.run_hooked(inputs, on_node)
+        self._write_back(flat, given)
         return [flat[i] for i in self._output_slots]
+
+    def capture(self, *args, **kwargs) -> bool:
+        """Capture the CUDA graph for this call's input signature now, so that no call captures
+        on the hot path (a server does this for each batch size at start-up). Returns False
+        if that signature was captured already, or if the program runs eagerly (see
+        :attr:`capture_plan`); buffers keep their values."""
+        if self._graphs is None:
+            if not self.cuda_graphs:
+                raise ValueError("capture() needs a program loaded with cuda_graphs=True")
+            return False
+        leaves = self.signature.bind(args, kwargs)
+        checked = self.signature.check(leaves, self.device)
+        with limits.call_budget():
+            with self._no_autograd() if self.inference_mode else contextlib.nullcontext():
+                return self._graphs.capture(checked)
+
+    def cuda_graphs_info(self) -> dict:
+        """The capture plan's verdict and, when graphs run, how many are held, captured and
+        replayed."""
+        info = {"enabled": self.cuda_graphs, **self.capture_plan.to_dict()}
+        if self._graphs is not None:
+            info.update(self._graphs.info())
+        return info
 
     def module(self) -> torch.nn.Module:
         """A ``torch.nn.Module`` running this program, weights registered under their original
@@ -277,3 +366,7 @@ def _usable_device(device: str | torch.device) -> torch.device:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DeviceError(f"device {str(device)!r} is not available: {first}") from None
     return dev
+
+
+def _names(arg) -> set[str]:
+    return set(arg.refs())

@@ -1,0 +1,177 @@
+"""CUDA-graph mode. On any machine: the graph cache's behaviour (one graph per signature, least
+recently used dropped, static inputs, fresh outputs, buffer and input mutations, capture ahead
+of time) through :class:`EagerReplay`, which replays by running the program again. With a GPU
+(``pytest -m cuda``): the real capture, against eager runs of the same program.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import requires_cuda
+from fixture_cases import case
+from helpers import export_or_skip, save_or_skip
+
+import pt2interp
+from pt2interp.cuda_graphs import EagerReplay, GraphCache, signature_of
+from pt2interp.errors import DeviceError
+
+
+def _same(prog, want, got, tol=0.0):
+    want, got = prog.named_outputs(want), prog.named_outputs(got)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=tol, atol=tol, msg=name)
+
+
+def _replaying(path, **options):
+    prog = pt2interp.load(path, **options)
+    prog._start_graphs(EagerReplay())
+    return prog
+
+
+@pytest.mark.parametrize("name", ["mini_gpt", "tiny_resnet", "multi_io", "small_cnn", "gru"])
+def test_replays_equal_eager_runs(name):
+    c = case("zoo", name)
+    eager = pt2interp.load(c.path)
+    graphs = _replaying(c.path)
+    args, kwargs = c.inputs()
+    for _ in range(3):
+        _same(eager, eager(*args, **kwargs), graphs(*args, **kwargs))
+    info = graphs.cuda_graphs_info()
+    assert (info["verdict"], info["graphs"], info["captures"], info["replays"]) == (
+        "whole",
+        1,
+        1,
+        3,
+    )
+
+
+def test_one_graph_per_signature_least_recently_used_dropped():
+    c = case("zoo", "dynamic_batch_mlp")
+    eager = pt2interp.load(c.path)
+    graphs = _replaying(c.path, max_cuda_graphs=2)
+    for batch in (1, 2, 1, 3, 2, 1):
+        x = torch.randn(batch, 16)
+        torch.testing.assert_close(graphs(x), eager(x), rtol=0, atol=0)
+    info = graphs.cuda_graphs_info()
+    # 1, 2 captured; 1 replayed; 3 captured (2 dropped); 2 captured again (1 dropped); 1 again
+    assert (info["captures"], info["evictions"], info["graphs"]) == (5, 3, 2)
+
+
+def test_outputs_are_never_overwritten_unless_asked():
+    c = case("zoo", "dynamic_batch_mlp")
+    graphs = _replaying(c.path)
+    a, b = torch.randn(4, 16), torch.randn(4, 16)
+    out_a = graphs(a)
+    kept = out_a.clone()
+    out_b = graphs(b)
+    assert torch.equal(out_a, kept) and not torch.equal(out_a, out_b)
+    reused = _replaying(c.path, reuse_outputs=True)
+    first = reused(a)
+    second = reused(b)
+    assert first is second  # the graph's own output tensor, overwritten by the later call
+
+
+def test_buffer_mutations_advance_call_by_call():
+    c = case("zoo", "counter")
+    eager = pt2interp.load(c.path)
+    graphs = _replaying(c.path)
+    x = torch.randn(2, 4)
+    assert graphs.capture(x) is True and graphs.capture(x) is False
+    # capturing ahead of time ran the program (warm-up) but left the buffer as it was
+    assert torch.equal(graphs.state_dict()["steps"], eager.state_dict()["steps"])
+    for _ in range(4):
+        torch.testing.assert_close(graphs(x), eager(x), rtol=0, atol=0)
+    assert torch.equal(graphs.state_dict()["steps"], eager.state_dict()["steps"])
+    assert graphs.cuda_graphs_info()["captures"] == 1
+
+
+def test_inputs_the_program_writes_are_written_back(tmp_path):
+    class AddsInPlace(torch.nn.Module):
+        def forward(self, x):
+            x.add_(1.0)
+            return x * 2
+
+    ep = export_or_skip(AddsInPlace(), (torch.zeros(3),))
+    path = save_or_skip(ep, tmp_path / "adds.pt2")
+    graphs = _replaying(path)
+    x = torch.zeros(3)
+    for n in range(1, 4):
+        out = graphs(x)
+        assert torch.equal(x, torch.full((3,), float(n))), "the input was not written back"
+        assert torch.equal(out, 2 * x)
+
+
+def test_programs_a_graph_cannot_hold_run_eagerly_and_say_why():
+    c = case("zoo", "data_dependent")
+    with pytest.warns(UserWarning, match="runs eagerly, not as CUDA graphs: graph.nodes"):
+        prog = _replaying(c.path)
+    args, kwargs = c.inputs()
+    want = pt2interp.load(c.path)(*args, **kwargs)
+    got = prog(*args, **kwargs)
+    _same(prog, want, got)
+    info = prog.cuda_graphs_info()
+    assert info["verdict"] == "eager" and "graphs" not in info
+    assert any("output size depends on the data" in r for r in info["reasons"])
+    assert prog.capture(*args, **kwargs) is False
+
+
+def test_cuda_graphs_need_a_cuda_device():
+    with pytest.raises(DeviceError, match="CUDA graphs need the program on a CUDA device"):
+        pt2interp.load(case("zoo", "mlp").path, cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs=True"):
+        pt2interp.load(case("zoo", "mlp").path).capture(torch.randn(2, 16))
+
+
+def test_signatures_tell_shapes_dtypes_strides_and_values_apart():
+    x = torch.randn(2, 3)
+    same = [signature_of([x, 1]), signature_of([torch.zeros(2, 3), 1])]
+    assert same[0] == same[1]
+    for other in (
+        [torch.randn(3, 3), 1],
+        [x.double(), 1],
+        [x.t().contiguous().t(), 1],
+        [x, 2],
+    ):
+        assert signature_of(other) != same[0]
+
+
+def test_the_cache_refuses_no_room():
+    with pytest.raises(ValueError, match="max_graphs"):
+        GraphCache(lambda leaves: leaves, EagerReplay(), max_graphs=0)
+
+
+# ---- on a GPU -------------------------------------------------------------------------------
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", ["mini_gpt", "tiny_resnet", "multi_io", "counter", "encoder"])
+def test_cuda_graphs_equal_eager_on_cuda(name):
+    c = case("zoo", name)
+    eager = pt2interp.load(c.path, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # these programs are whole-graph ones
+        graphs = pt2interp.load(c.path, device="cuda", cuda_graphs=True)
+    args, kwargs = c.inputs()
+    for _ in range(4):
+        _same(eager, eager(*args, **kwargs), graphs(*args, **kwargs), tol=1e-3)
+    info = graphs.cuda_graphs_info()
+    assert info["captures"] == 1 and info["replays"] == 4
+    if name == "counter":
+        assert torch.equal(graphs.state_dict()["steps"], eager.state_dict()["steps"])
+
+
+@requires_cuda
+def test_cuda_graphs_share_one_pool_and_keep_outputs():
+    c = case("zoo", "dynamic_batch_mlp")
+    prog = pt2interp.load(c.path, device="cuda", cuda_graphs=True)
+    for batch in (1, 2, 4, 8):
+        prog.capture(torch.randn(batch, 16, device="cuda"))
+    assert prog.cuda_graphs_info()["graphs"] == 4
+    a = prog(torch.randn(4, 16, device="cuda"))
+    kept = a.clone()
+    prog(torch.randn(4, 16, device="cuda"))
+    assert torch.equal(a, kept)
