@@ -658,6 +658,8 @@ def cmd_serve(args) -> int:
     if args.ray:
         if args.grpc_port is not None:
             raise Pt2Error("--grpc-port does not go with --ray: Ray's proxy serves HTTP only")
+        if args.cuda_graphs:
+            raise Pt2Error("--cuda-graphs does not go with --ray yet: serve without --ray")
         return _serve_on_ray(args)
     if args.replicas is not None or args.ray_address is not None:
         raise Pt2Error("--replicas and --ray-address need --ray")
@@ -680,6 +682,7 @@ def cmd_serve(args) -> int:
                     batch_timeout_ms=args.batch_timeout_ms,
                     request_timeout_s=args.request_timeout,
                     threads=args.threads,
+                    cuda_graphs=args.cuda_graphs,
                 )
             )
         app = create_app(
@@ -1026,6 +1029,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="torch threads per model run: a number, or auto (the CPUs other processes leave free, "
         "less one for the server, re-read every 2 s)",
+    )
+    sv.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="with --device cuda: run the models as CUDA graphs, captured at start-up for each "
+        "run size (1, 2, 4, ... up to --batch-size rows; runs padded up to the next)",
     )
     sv.add_argument(
         "--ray",

@@ -156,14 +156,7 @@ class LoadedProgram:
                 )
             return
         if recorder is None:
-            if self.device.type != "cuda":
-                raise DeviceError(
-                    f"CUDA graphs need the program on a CUDA device; it runs on {self.device} "
-                    "(load it with device='cuda')"
-                )
-            if self._recorder is None or self._recorder.device != self.device:
-                self._recorder = cuda_graphs_mod.CudaRecorder(self.device)
-            recorder = self._recorder
+            recorder = self._cuda_recorder()
         # what a run writes: state and inputs named by mutation outputs (core IR), and those
         # in-place ops write into (training IR keeps ``add_`` on a buffer or input)
         written = written_values(self.program.model.graph)
@@ -181,6 +174,16 @@ class LoadedProgram:
             mutated_inputs=sorted(inputs),
             **self._graph_options,
         )
+
+    def _cuda_recorder(self):
+        if self.device.type != "cuda":
+            raise DeviceError(
+                f"CUDA graphs need the program on a CUDA device; it runs on {self.device} "
+                "(load it with device='cuda')"
+            )
+        if self._recorder is None or self._recorder.device != self.device:
+            self._recorder = cuda_graphs_mod.CudaRecorder(self.device)
+        return self._recorder
 
     _warned_eager = False
     _chosen_recorder = None
@@ -311,7 +314,15 @@ class LoadedProgram:
             if not self.cuda_graphs:
                 raise ValueError("capture() needs a program loaded with cuda_graphs=True")
             return False
-        leaves = self.signature.bind(args, kwargs)
+        return self.capture_leaves(self.signature.bind(args, kwargs))
+
+    def capture_leaves(self, leaves: list[Any]) -> bool:
+        """:meth:`capture` for input leaves (one per :attr:`input_names`), as a server has
+        them."""
+        if self._graphs is None:
+            if not self.cuda_graphs:
+                raise ValueError("capture() needs a program loaded with cuda_graphs=True")
+            return False
         checked = self.signature.check(leaves, self.device)
         with limits.call_budget():
             with self._no_autograd() if self.inference_mode else contextlib.nullcontext():

@@ -175,3 +175,57 @@ def test_cuda_graphs_share_one_pool_and_keep_outputs():
     kept = a.clone()
     prog(torch.randn(4, 16, device="cuda"))
     assert torch.equal(a, kept)
+
+
+# ---- serving ----------------------------------------------------------------------------------
+
+
+def test_server_captures_each_run_size_ahead_and_pads_runs_to_them(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pt2interp.loaded import LoadedProgram
+    from pt2interp.serve import Server
+
+    # the CPU stands in for the GPU: captures "replay" by running again
+    monkeypatch.setattr(LoadedProgram, "_cuda_recorder", lambda self: EagerReplay())
+    c = case("zoo", "dynamic_batch_mlp")
+    eager = pt2interp.load(c.path)
+    server = Server(c.path, name="graphs-mlp", batch_size=8, batch_timeout_ms=20, cuda_graphs=True)
+    try:
+        info = server.info()
+        assert info["run_sizes"] == [1, 2, 4, 8]
+        assert info["cuda_graphs"]["captures"] == 4  # before any request
+        xs = [torch.randn(rows, 16) for rows in (1, 3, 2, 5, 1, 1, 7, 2)]
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(server.predict, xs))
+        for x, out in zip(xs, outs):
+            torch.testing.assert_close(out, eager(x), rtol=1e-5, atol=1e-5)
+        info = server.info()
+        assert info["cuda_graphs"]["captures"] == 4, "a request waited for a capture"
+        assert info["cuda_graphs"]["replays"] == info["batch_count"]
+        # every run padded up to a captured size: the padding is what the real rows left
+        padding = sum(
+            (next(b for b in (1, 2, 4, 8) if b >= int(rows)) - int(rows)) * runs
+            for rows, runs in info["batch_size_distribution"].items()
+        )
+        assert info["padded_rows"] == padding
+    finally:
+        server.shutdown(drain=False, timeout=2.0)
+
+
+def test_server_without_batching_captures_the_example_size(monkeypatch):
+    from pt2interp.loaded import LoadedProgram
+    from pt2interp.serve import Server
+
+    monkeypatch.setattr(LoadedProgram, "_cuda_recorder", lambda self: EagerReplay())
+    c = case("zoo", "tiny_resnet")
+    server = Server(c.path, name="graphs-resnet", cuda_graphs=True)
+    try:
+        assert server.info()["cuda_graphs"]["captures"] == 1
+        args, kwargs = c.inputs()
+        torch.testing.assert_close(
+            server.predict(*args, **kwargs), pt2interp.load(c.path)(*args, **kwargs)
+        )
+        assert server.info()["cuda_graphs"]["captures"] == 1
+    finally:
+        server.shutdown(drain=False, timeout=2.0)

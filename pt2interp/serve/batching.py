@@ -163,6 +163,9 @@ class BatchLayout:
     max_rows: int | None = None
     batchable: bool = False
     reason: str = ""
+    # With CUDA graphs: the run sizes graphs were captured for; a run is padded up to the
+    # smallest that holds it (rows are independent, so padding changes no real row's result)
+    buckets: tuple[int, ...] = ()
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -394,6 +397,7 @@ class BatchLayout:
         """
         rows = sum(c.rows for c in chunks)
         target = max(rows, self.min_rows if self.static_rows is None else self.static_rows)
+        target = next((b for b in self.buckets if b >= target), target)
         pad = target - rows
         first = chunks[0].prepared.leaves
         out = []
@@ -415,6 +419,21 @@ class BatchLayout:
                 pieces.append(last.expand(shape))
             out.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=axis))
         return out, pad
+
+    def example_leaves(self, rows: int | None, device: torch.device) -> list[Any]:
+        """Input leaves of the recorded dtypes and example sizes (the batch dimension set to
+        ``rows`` where given), zeros: for capturing a run's graph before any request comes.
+        Constant inputs take their recorded value; other non-tensor inputs their example."""
+        out = []
+        for slot in self.inputs:
+            if slot.kind != "tensor" or slot.meta is None:
+                out.append(slot.constant if slot.constant is not None or slot.kind != "int" else 1)
+                continue
+            shape = [_example_size(d) for d in slot.meta.sizes]
+            if rows is not None and slot.batch_axis is not None:
+                shape[slot.batch_axis] = rows
+            out.append(torch.zeros(shape, dtype=slot.dtype, device=device))
+        return out
 
     def split(
         self, out_leaves: list[Any], chunks: list[Chunk], padded_rows: int
@@ -601,3 +620,24 @@ def _unbatchable_program(model) -> str:
             if first.kind is ArgKind.TENSOR and first.value.name in state_names | user_names:
                 return f"the program writes {first.value.name!r} in place ({target})"
     return ""
+
+
+def _example_size(size) -> int:
+    """A recorded size: the int, or a symbolic one's hint (1 where export recorded none)."""
+    if isinstance(size, int):
+        return size
+    hint = getattr(size, "hint", None)
+    return hint if isinstance(hint, int) and not isinstance(hint, bool) and hint >= 0 else 1
+
+
+def capture_buckets(rows_per_run: int) -> tuple[int, ...]:
+    """The run sizes to capture graphs for: powers of two below ``rows_per_run``, and it.
+
+    >>> capture_buckets(1), capture_buckets(16), capture_buckets(12)
+    ((1,), (1, 2, 4, 8, 16), (1, 2, 4, 8, 12))
+    """
+    sizes, b = [], 1
+    while b < rows_per_run:
+        sizes.append(b)
+        b *= 2
+    return (*sizes, rows_per_run)

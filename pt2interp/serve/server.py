@@ -50,6 +50,7 @@ from pt2interp.serve.batching import (
     BatchLayout,
     Chunk,
     PreparedRequest,
+    capture_buckets,
     chunk_request,
     plan_runs,
 )
@@ -230,6 +231,9 @@ class Server:
     ``model`` picks one model of a multi-model archive. ``threads`` is how many torch threads a
     model run uses: None keeps the process's setting, ``"auto"`` follows the CPUs other
     processes leave free (see :mod:`pt2interp.serve.cpus`), a number fixes it.
+    ``cuda_graphs=True`` (on a CUDA device) runs the model as CUDA graphs, captured at start-up
+    for each run size: with batching 1, 2, 4, ... up to ``batch_size`` rows, a run padded up to
+    the next size (see :meth:`pt2interp.loaded.LoadedProgram.capture`).
     """
 
     def __init__(
@@ -243,6 +247,7 @@ class Server:
         request_timeout_s: float = 60.0,
         model: str | None = None,
         threads: int | str | None = None,
+        cuda_graphs: bool = False,
     ):
         if not (
             threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)
@@ -258,6 +263,7 @@ class Server:
         self.batch_timeout_ms = float(batch_timeout_ms)
         self.request_timeout_s = float(request_timeout_s)
         self._model_name = model
+        self.cuda_graphs = cuda_graphs
         self.threads = threads
         self._threads_now: int | None = None
         self._requested_device = device
@@ -295,7 +301,12 @@ class Server:
     def _load(self) -> None:
         from pt2interp.api import load
 
-        program = load(self.path, device=self._requested_device, model=self._model_name)
+        program = load(
+            self.path,
+            device=self._requested_device,
+            model=self._model_name,
+            cuda_graphs=self.cuda_graphs,
+        )
         layout = BatchLayout.from_program(program.program.model, program.signature)
         self.device = program.device
         self._program = program
@@ -308,7 +319,30 @@ class Server:
         self._batching = self.batch_size > 1 and layout.batchable
         if self.batch_size > 1 and not layout.batchable:
             log.warning("server %r: batching off: %s", self.name, layout.reason)
+        if program.cuda_graphs_info().get("graphs") is not None:
+            self._capture_runs(program, layout)
         self._ready = True
+
+    def _capture_runs(self, program, layout: BatchLayout) -> None:
+        """Capture a CUDA graph for every run size before serving, so no request waits for a
+        capture: with batching one per bucket (1, 2, 4, ... rows), runs padded up to the next;
+        without, the inputs' example sizes (other sizes capture on first use)."""
+        if self._batching and layout.static_rows is None:
+            buckets = capture_buckets(self._rows_per_run)
+            layout.buckets = tuple(b for b in buckets if b >= layout.min_rows)
+            sizes: list[int | None] = list(layout.buckets)
+        else:
+            sizes = [None]
+        for rows in sizes:
+            try:
+                program.capture_leaves(layout.example_leaves(rows, program.device))
+            except (Pt2Error, RuntimeError) as exc:  # serve on: that size captures when it runs
+                log.warning(
+                    "server %r: could not capture the graph for %s rows ahead (%s)",
+                    self.name,
+                    rows if rows is not None else "the example's",
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                )
 
     @property
     def program(self):
@@ -590,6 +624,8 @@ class Server:
 
         Keys: ``name``, ``path``, ``device``, ``ready``, ``batch_size``, ``batch_timeout_ms``,
         ``threads``, ``batching``, ``batching_note``, ``rows_per_run``, ``queue_depth``,
+        ``cuda_graphs`` (with ``cuda_graphs=True``: the plan's verdict and the graphs held,
+        captured and replayed), ``run_sizes`` (the padded run sizes graphs were captured for),
         ``inference_count``, ``error_count``, ``request_count``, ``batch_count``,
         ``mean_batch_size``, ``batch_size_distribution`` (rows per run -> runs), ``padded_rows``,
         ``restarts``, ``reloads``, ``last_error``, ``uptime_s``, ``throughput_rps`` (over the last
@@ -614,6 +650,8 @@ class Server:
             "rows_per_run": self._rows_per_run if self._batching else None,
             "queue_depth": len(self._queue),
             "reloads": self._reloads,
+            "cuda_graphs": self._program.cuda_graphs_info() if self.cuda_graphs else None,
+            "run_sizes": list(layout.buckets) or None,
         }
         info.update(self._stats.snapshot())
         return info
