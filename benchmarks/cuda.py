@@ -765,57 +765,73 @@ def serving(run: Run, report: dict) -> None:
     if path is None:
         return
     (x,) = make_inputs("resnet18", "fp32", opts.smoke, "cpu", seed=3)  # a client's CPU row
-    servers: dict[int, Any] = {}
+    # eager at batch_size 1 and 16, and on a GPU the same with CUDA graphs (one per run size,
+    # captured at start-up): label → server
+    variants = [(1, False), (16, False)] + ([(1, True), (16, True)] if dev.cuda else [])
+    servers: dict[str, Any] = {}
     try:
-        for bs in (1, 16):
+        for bs, graphs in variants:
+            label = f"bs{bs}" + ("_graphs" if graphs else "")
             server = step(
                 row,
-                f"server batch_size={bs}",
-                lambda bs=bs: Server(
+                f"server {label}",
+                lambda bs=bs, graphs=graphs: Server(
                     path,
                     name=f"cudabench-bs{bs}-{uuid.uuid4().hex[:8]}",
                     device=str(dev.device),
                     batch_size=bs,
                     batch_timeout_ms=2,
+                    **({"cuda_graphs": True} if graphs else {}),
                 ),
             )
             if server is not None:
-                servers[bs] = server
-                row[f"bs{bs}_batching"] = server.batching
+                servers[label] = server
+                row[f"{label}_batching"] = server.batching
                 if bs > 1 and not server.batching:
-                    row[f"bs{bs}_batching_off"] = str(getattr(server.layout, "reason", "?"))
+                    row[f"{label}_batching_off"] = str(getattr(server.layout, "reason", "?"))
         outs = {}
-        for bs, server in servers.items():
-            outs[bs] = step(row, f"predict bs={bs}", lambda s=server: s.predict(x))
+        for label, server in servers.items():
+            outs[label] = step(row, f"predict {label}", lambda s=server: s.predict(x))
             step(
                 row,
-                f"warm-up bs={bs}",
+                f"warm-up {label}",
                 lambda s=server: serve_rate(s, x, opts.serve_threads, opts.serve_warmup_s),
             )
-        if outs.get(1) is not None and outs.get(16) is not None:
-            row["max_abs_diff_bs1_bs16"] = step(
-                row, "compare", lambda: compare(outs[16], outs[1], 1.0)[0]
-            )
-        rates: dict[int, list[float]] = {bs: [] for bs in servers}
+        for label in servers:
+            if label != "bs1" and outs.get("bs1") is not None and outs.get(label) is not None:
+                row[f"max_abs_diff_bs1_{label}"] = step(
+                    row, f"compare {label}", lambda lb=label: compare(outs[lb], outs["bs1"], 1.0)[0]
+                )
+        rates: dict[str, list[float]] = {label: [] for label in servers}
         for r in range(opts.serve_rounds):
-            for bs in sorted(servers, reverse=bool(r % 2)):  # take turns: 1, 16, 16, 1, ...
+            for label in sorted(servers, reverse=bool(r % 2)):  # take turns, both directions
                 got = step(
                     row,
-                    f"round bs={bs}",
-                    lambda s=servers[bs]: serve_rate(s, x, opts.serve_threads, opts.serve_seconds),
+                    f"round {label}",
+                    lambda s=servers[label]: serve_rate(
+                        s, x, opts.serve_threads, opts.serve_seconds
+                    ),
                 )
                 if got is not None:
-                    rates[bs].append(got["rps"])
+                    rates[label].append(got["rps"])
                     if got["errors"]:
-                        row.setdefault("errors", {})[f"requests bs={bs}"] = got["errors"][0]
+                        row.setdefault("errors", {})[f"requests {label}"] = got["errors"][0]
             if run.left_s() <= 0:
                 break
-        for bs, values in rates.items():
+        for label, values in rates.items():
             if values:
-                row[f"bs{bs}_rps"] = statistics.median(values)
-                row[f"bs{bs}_rps_rounds"] = values
+                row[f"{label}_rps"] = statistics.median(values)
+                row[f"{label}_rps_rounds"] = values
         if row.get("bs1_rps") and row.get("bs16_rps"):
             row["ratio"] = row["bs16_rps"] / row["bs1_rps"]
+        if row.get("bs1_graphs_rps") and row.get("bs16_graphs_rps"):
+            row["ratio_graphs"] = row["bs16_graphs_rps"] / row["bs1_graphs_rps"]
+        for label, server in servers.items():
+            info = server.info()
+            if info.get("cuda_graphs"):
+                row[f"{label}_cuda_graphs"] = {
+                    k: info["cuda_graphs"].get(k) for k in ("verdict", "graphs", "captures")
+                }
     finally:
         for server in servers.values():
             try:
@@ -1027,15 +1043,19 @@ def serve_line(row: dict) -> str:
         return f"serving: {row.get('skipped') or row.get('errors') or 'not measured'}"
     head = f"serving ResNet-18 fp32, {row['threads']} threads x {row['seconds']:g} s:"
     parts = []
-    for bs in (1, 16):
-        if row.get(f"bs{bs}_rps") is not None:
-            parts.append(f"batch_size={bs} {row[f'bs{bs}_rps']:,.0f} req/s")
-        else:
-            parts.append(f"batch_size={bs} -")
+    for label in ("bs1", "bs16", "bs1_graphs", "bs16_graphs"):
+        name = label.replace("bs", "batch_size=").replace("_graphs", " with CUDA graphs")
+        if row.get(f"{label}_rps") is not None:
+            parts.append(f"{name} {row[f'{label}_rps']:,.0f} req/s")
+        elif not label.endswith("_graphs"):
+            parts.append(f"{name} -")
     if row.get("ratio"):
         parts.append(f"ratio {row['ratio']:.2f}x")
-    if row.get("max_abs_diff_bs1_bs16") is not None:
-        parts.append(f"max |diff| of one row's answers {row['max_abs_diff_bs1_bs16']:.3g}")
+    if row.get("ratio_graphs"):
+        parts.append(f"ratio with graphs {row['ratio_graphs']:.2f}x")
+    diffs = [v for k, v in row.items() if k.startswith("max_abs_diff_bs1_") and v is not None]
+    if diffs:
+        parts.append(f"max |diff| of one row's answers {max(diffs):.3g}")
     if row.get("bs16_batching_off"):
         parts.append(f"(batching off: {row['bs16_batching_off']})")
     if row.get("errors"):
