@@ -285,10 +285,15 @@ class LoadedProgram:
     ) -> list[Any]:
         """The output leaves of a run on ``checked`` leaves (on this device already); inputs the
         graph mutates are written back to ``given``. A hooked run is always eager (a replay has
-        no values to show)."""
+        no values to show), and so is one that records autograd (``inference_mode=False`` with
+        grad enabled: a replay builds no autograd graph)."""
         with limits.call_budget():
             with self._no_autograd() if self.inference_mode else contextlib.nullcontext():
-                if self._graphs is not None and on_node is None:
+                if (
+                    self._graphs is not None
+                    and on_node is None
+                    and (self.inference_mode or not torch.is_grad_enabled())
+                ):
                     return self._graphs.run(checked, given)
                 return self._eager(checked, given, on_node)
 
@@ -310,10 +315,6 @@ class LoadedProgram:
         on the hot path (a server does this for each batch size at start-up). Returns False
         if that signature was captured already, or if the program runs eagerly (see
         :attr:`capture_plan`); buffers keep their values."""
-        if self._graphs is None:
-            if not self.cuda_graphs:
-                raise ValueError("capture() needs a program loaded with cuda_graphs=True")
-            return False
         return self.capture_leaves(self.signature.bind(args, kwargs))
 
     def capture_leaves(self, leaves: list[Any]) -> bool:

@@ -229,3 +229,15 @@ def test_server_without_batching_captures_the_example_size(monkeypatch):
         assert server.info()["cuda_graphs"]["captures"] == 1
     finally:
         server.shutdown(drain=False, timeout=2.0)
+
+
+def test_runs_that_record_autograd_stay_eager():
+    c = case("zoo", "mlp")
+    prog = pt2interp.load(c.path, inference_mode=False)
+    prog._start_graphs(EagerReplay())
+    (x,), _ = c.inputs()
+    out = prog(x)  # grad enabled: eager, with an autograd graph to train through
+    assert out.requires_grad and prog.cuda_graphs_info()["captures"] == 0
+    with torch.no_grad():
+        prog(x)
+    assert prog.cuda_graphs_info()["captures"] == 1
