@@ -41,11 +41,18 @@ def load(
     (2, 16)
     """
     with collector_paused():
-        return LoadedProgram(
-            read_program(path, model=model, verify=verify),
-            device=device,
-            inference_mode=inference_mode,
-            cuda_graphs=cuda_graphs,
-            max_cuda_graphs=max_cuda_graphs,
-            reuse_outputs=reuse_outputs,
-        )
+        program = read_program(path, model=model, verify=verify)
+        try:
+            return LoadedProgram(
+                program,
+                device=device,
+                inference_mode=inference_mode,
+                cuda_graphs=cuda_graphs,
+                max_cuda_graphs=max_cuda_graphs,
+                reuse_outputs=reuse_outputs,
+            )
+        except BaseException:
+            # nothing will read the weights: the file is closed now, not when collected
+            if not hasattr(path, "read"):  # a file object stays the caller's to close
+                program.archive.close()
+            raise
