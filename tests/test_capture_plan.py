@@ -45,10 +45,14 @@ def test_tables_agree_with_torchs_tags():
             host.add(name)
         if torch.Tag.nondeterministic_seeded in op.tags:
             seeded.add(name)
-    assert host == HOST_SYNC_OPS
-    # every seeded op is either always random or random on its named arguments, and back
-    assert seeded == RANDOM_OPS | set(RANDOM_WHEN) & seeded
-    assert RANDOM_OPS <= seeded
+    # nothing this torch tags is missing (the direction that keeps capture safe) ...
+    assert host <= HOST_SYNC_OPS
+    assert seeded <= RANDOM_OPS | set(RANDOM_WHEN)
+    # ... and, on the release the tables were written from, nothing is there it does not tag
+    # (other releases tag a few ops more or fewer)
+    if torch.__version__.startswith("2.13."):
+        assert host == HOST_SYNC_OPS
+        assert RANDOM_OPS <= seeded and set(RANDOM_WHEN) <= seeded
     known = {name for name, _ in _aten_overloads()}
     for name, (p, train) in RANDOM_WHEN.items():
         if name not in known:
