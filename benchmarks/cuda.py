@@ -18,7 +18,8 @@ it runs on and saved with ``torch.export.save`` into ``--cache``, default
 * ``gpt-fp32`` / ``gpt-bf16``: ``benchmarks.graph_view_bench.gpt_module`` (GPT-2-small-like,
   12 layers, d_model 768, vocab 30522, context 512, 109M parameters); input ids 1x128 (int64).
 * ``serve``: ``pt2interp.serve.Server`` on ResNet-18 fp32 exported with a dynamic batch dim
-  (1..64), ``batch_size=1`` against ``batch_size=16`` (``batch_timeout_ms=2``): requests/s from
+  (1..64), ``batch_size=1`` against ``batch_size=16`` (``batch_timeout_ms=2``), and on a GPU
+  both again with ``cuda_graphs=True`` (a graph per run size, captured at start-up): requests/s from
   ``--serve-threads`` threads each calling ``server.predict(row)`` with a 1-row CPU tensor in a
   loop for ``--serve-seconds``, after a warm-up.
 
