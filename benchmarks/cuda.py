@@ -10,7 +10,7 @@ Models (each exported with ``torch.export.export(model.eval().to(device), args)`
 it runs on and saved with ``torch.export.save`` into ``--cache``, default
 ``~/.cache/pt2interp/bench/``; later runs reuse the archive):
 
-* ``resnet18-fp32`` / ``resnet18-bf16``: ResNet-18 written out here (torchvision's layout and
+* ``resnet18-fp32`` / ``resnet18-bf16``: the fixture zoo's ResNet-18 (torchvision's layout and
   names: ``conv1 bn1 relu maxpool layer1..4 avgpool fc``, BasicBlocks, 1000 classes, 11,689,512
   parameters; torchvision is not needed), its BatchNorm statistics taken from one batch of noise
   so that activations keep a sane scale; input 1x3x224x224. bf16: the module converted with
@@ -156,73 +156,12 @@ def short_error(exc: BaseException, limit: int = 300) -> str:
 
 
 def resnet18(width: int = 64, num_classes: int = 1000):
-    """ResNet-18 as torchvision lays it out (same module names, same initialisation), with
-    ``width`` channels in the stem (64 in the real one)."""
-    from torch import nn
-
-    class BasicBlock(nn.Module):
-        expansion = 1
-
-        def __init__(self, inplanes, planes, stride=1, downsample=None):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.relu = nn.ReLU(inplace=True)
-            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.downsample = downsample
-            self.stride = stride
-
-        def forward(self, x):
-            identity = x
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            if self.downsample is not None:
-                identity = self.downsample(x)
-            out += identity
-            return self.relu(out)
-
-    class ResNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inplanes = width
-            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(width)
-            self.relu = nn.ReLU(inplace=True)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            self.layer1 = self._make_layer(width, 2)
-            self.layer2 = self._make_layer(2 * width, 2, stride=2)
-            self.layer3 = self._make_layer(4 * width, 2, stride=2)
-            self.layer4 = self._make_layer(8 * width, 2, stride=2)
-            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.fc = nn.Linear(8 * width, num_classes)
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.constant_(m.weight, 1)
-                    nn.init.constant_(m.bias, 0)
-
-        def _make_layer(self, planes, blocks, stride=1):
-            downsample = None
-            if stride != 1 or self.inplanes != planes:
-                downsample = nn.Sequential(
-                    nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
-                    nn.BatchNorm2d(planes),
-                )
-            layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
-            self.inplanes = planes
-            layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
-            return nn.Sequential(*layers)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            x = torch.flatten(self.avgpool(x), 1)
-            return self.fc(x)
+    """The fixture zoo's ResNet-18 (torchvision's layout, module names and initialisation),
+    with ``width`` channels in the stem (64 in the real one)."""
+    from fixtures.zoo import ResNet
 
     torch.manual_seed(0)
-    return ResNet().eval()
+    return ResNet(widths=(width, 2 * width, 4 * width, 8 * width), num_classes=num_classes).eval()
 
 
 def calibrate_batchnorm(model, x) -> None:
