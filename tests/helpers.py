@@ -188,3 +188,26 @@ def weight_members(touched: list[str]) -> list[str]:
         for m in touched
         if (m.startswith("data/") and not m.endswith("_config.json")) or m.endswith(".pt")
     ]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_benchmark(module: str, *args: str, timeout: float, **env: str):
+    """Run ``python -m benchmarks.<module> *args`` from the repository root, as its docs say
+    to; fail with its output if it exits non-zero. Returns the completed process."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=dict(os.environ, **env) if env else None,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done

@@ -4,40 +4,29 @@ row; the full run is for a GPU (see ``benchmarks/NOTES.md``)."""
 
 import json
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO, run_benchmark
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # benchmarks.cuda, imported by a test
 MODEL_KEYS = ["resnet18-fp32", "resnet18-bf16", "gpt-fp32", "gpt-bf16"]
 
 
 def run_smoke(tmp_path, device: str, timeout: int) -> tuple[str, dict]:
     report = tmp_path / "figures.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.cuda",
-            "--device",
-            device,
-            "--smoke",
-            "--no-compile",
-            "--cache",
-            str(tmp_path / "cache"),
-            "--json",
-            str(report),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    done = run_benchmark(
+        "cuda",
+        "--device",
+        device,
+        "--smoke",
+        "--no-compile",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--json",
+        str(report),
         timeout=timeout,
-        check=False,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads(report.read_text())
     assert [r["key"] for r in figures["cases"]] == MODEL_KEYS, done.stdout
     # one table row per model, in the order of the cases

@@ -5,13 +5,10 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import run_benchmark
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -22,28 +19,19 @@ CHROMIUM = "/usr/bin/chromium"
 )
 def test_quick_graph_view_bench(tmp_path):
     report = tmp_path / "figures.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.graph_view_bench",
-            "--quick",
-            "--nodes",
-            "2000",
-            "--repeats",
-            "1",
-            "--cache",
-            str(tmp_path / "cache"),
-            "--json",
-            str(report),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    done = run_benchmark(
+        "graph_view_bench",
+        "--quick",
+        "--nodes",
+        "2000",
+        "--repeats",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--json",
+        str(report),
         timeout=300,
-        check=False,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
     rows = re.findall(r"^\| (gpt [\d.]+M params|2k nested|2k flat) \|", done.stdout, re.MULTILINE)
     assert rows == ["gpt 0.2M params", "2k nested", "2k flat"], done.stdout
 

@@ -4,15 +4,11 @@ checks their answers, loads them with wrk and prints a table with figures (about
 import json
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import run_benchmark
 
 pytestmark = pytest.mark.usefixtures("handoff")  # each test under both hand-offs
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
@@ -21,24 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 )
 def test_quick_http_bench_pt2interp_alone(tmp_path):
     report = tmp_path / "figures.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.serve_bench",
-            "--http",
-            "--quick",
-            "--no-kserve",
-            "--json",
-            str(report),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
+    done = run_benchmark(
+        "serve_bench", "--http", "--quick", "--no-kserve", "--json", str(report), timeout=150
     )
-    assert done.returncode == 0, done.stdout + done.stderr
 
     # one table row per server, each with a positive rate and CPU figure at c=1 and c=64
     line = re.compile(r"^\| (pt2interp bs=\d+) \| 1 \| (.*) \|$", re.MULTILINE)

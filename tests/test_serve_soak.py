@@ -7,12 +7,9 @@ Slow (about a minute, both CPUs busy): ``pytest -m slow tests/test_serve_soak.py
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import run_benchmark
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
@@ -20,36 +17,24 @@ pytest.importorskip("httpx")
 
 pytestmark = pytest.mark.usefixtures("handoff")  # each test under both hand-offs
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.mark.slow
 def test_soak_40_seconds_with_crashes_passes(tmp_path):
     figures = tmp_path / "soak.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.serve_soak",
+    # The soak bounds itself (40 s of traffic, 30 s per request, 20 s to stop the server);
+    # this timeout only catches a soak that hangs.
+    proc = run_benchmark(
+        "serve_soak",
         "--seconds",
         "40",
         "--crash-every",
         "15",
         "--json",
         str(figures),
-    ]
-    # The soak bounds itself (40 s of traffic, 30 s per request, 20 s to stop the server);
-    # this timeout only catches a soak that hangs.
-    proc = subprocess.run(
-        cmd,
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=300,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        PYTHONUNBUFFERED="1",
     )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
     assert "pt2interp serve soak" in proc.stdout and "answered 200 and correct" in proc.stdout, out
     assert "PASS" in proc.stdout, out
     result = json.loads(figures.read_text())
