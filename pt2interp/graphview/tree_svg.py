@@ -8,9 +8,10 @@ and outputs with their shapes. A run of siblings built alike (``blocks.1`` to ``
 each like ``blocks.0``) takes one row, ``depth`` and ``max_children`` cut the rest, and at
 most :data:`MAX_ROWS` rows are drawn, so any file gives a picture of bounded size.
 
-Everything comes from the program JSON (:func:`pt2interp.read_schema` and an outline of the
-graph): torch is not imported and no weight byte is read. Names are file content, shown as
-inert text with control characters as escapes; a long one is cut, its full text a tooltip.
+Everything comes from one outline of the program JSON (described as
+:func:`pt2interp.read_schema` describes it): torch is not imported and no weight byte is
+read. Names are file content, shown as inert text with control characters as escapes; a long
+one is cut, its full text a tooltip.
 
 >>> import importlib.resources as r, xml.etree.ElementTree as ET
 >>> svg = module_tree_svg(r.files("pt2interp.examples") / "tiny_mlp.pt2")
@@ -47,9 +48,9 @@ from xml.sax.saxutils import escape
 
 from pt2interp.archive import open_archive
 from pt2interp.errors import Pt2Error
-from pt2interp.introspect import IOValue, ModuleNode, ProgramSchema, read_schema
+from pt2interp.introspect import IOValue, ModuleNode, ProgramSchema, describe_program
 from pt2interp.printable import printable
-from pt2interp.program import read_program
+from pt2interp.program import collector_paused, read_program
 from pt2interp.units import human_bytes
 
 __all__ = ["MAX_ROWS", "RenderError", "module_tree_svg", "svg_to_png"]
@@ -542,10 +543,11 @@ def module_tree_svg(
         raise ValueError(f"depth must be None or at least 0, not {depth}")
     if max_children < 1:
         raise ValueError(f"max_children must be at least 1, not {max_children}")
-    with open_archive(source) as archive:
-        schema = read_schema(archive, model)
-        # the schema has no per-module node counts: an outline of the graph (no arguments) has
+    with open_archive(source) as archive, collector_paused():
+        # one outline of the program (no node arguments): the description, and the per-module
+        # node counts the description does not keep
         outline = read_program(archive, model, outline=True)
+        schema = describe_program(outline, check_ops=None)
         facts = _TreeFacts(schema.module_tree, outline.model.graph)
         del outline  # not kept while drawing
     layout = _Layout(facts, depth, max_children)
