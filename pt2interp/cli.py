@@ -351,14 +351,9 @@ def _preview(t, n: int = 4) -> str:
 def cmd_info(args) -> int:
     """Describe an archive: rich tables for people, ``--json`` for programs. Never imports torch
     (unless ``--check-ops`` asks whether this torch has every op)."""
-    import pt2interp
-
     if args.check_ops:
         _import_torch(args)
-    schema = pt2interp.read_schema(
-        args.file, model=args.model, check_ops=True if args.check_ops else None
-    )
-    plan = _capture_plan(args)
+    schema, plan = _describe(args, check_ops=True if args.check_ops else None)
     if args.json:
         doc = schema.to_dict()
         doc["cuda_graphs"] = plan.to_dict() if plan is not None else None
@@ -369,17 +364,22 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _capture_plan(args):
-    """Whether the program can run as CUDA graphs. Needs the nodes' arguments, which the
-    description reads without: the program is read whole once more. A program that cannot be
-    (the description tolerates values running never would) has no plan."""
+def _describe(args, check_ops: bool | None):
+    """The description, and whether the program can run as CUDA graphs, from one reading of
+    the program whole. The plan needs the nodes' arguments; a program that cannot be read
+    whole (a value running never would, which the description tolerates) is described from an
+    outline instead, and has no plan."""
+    import pt2interp
     from pt2interp.capture_plan import plan_capture
-    from pt2interp.program import read_program
+    from pt2interp.introspect import describe_program
+    from pt2interp.program import collector_paused, read_program
 
     try:
-        return plan_capture(read_program(args.file, model=args.model).model)
+        with collector_paused():
+            program = read_program(args.file, model=args.model)
+            return describe_program(program, check_ops=check_ops), plan_capture(program.model)
     except Pt2Error:
-        return None
+        return pt2interp.read_schema(args.file, model=args.model, check_ops=check_ops), None
 
 
 def _print_capture_plan(plan) -> None:
