@@ -287,15 +287,21 @@ class LoadedProgram:
         graph mutates are written back to ``given``. A hooked run is always eager (a replay has
         no values to show), and so is one that records autograd (``inference_mode=False`` with
         grad enabled: a replay builds no autograd graph)."""
+        with self._calling():
+            if (
+                self._graphs is not None
+                and on_node is None
+                and (self.inference_mode or not torch.is_grad_enabled())
+            ):
+                return self._graphs.run(checked, given)
+            return self._eager(checked, given, on_node)
+
+    @contextlib.contextmanager
+    def _calling(self):
+        """What every run (and capture) is under: the call budget and the autograd mode."""
         with limits.call_budget():
             with self._no_autograd() if self.inference_mode else contextlib.nullcontext():
-                if (
-                    self._graphs is not None
-                    and on_node is None
-                    and (self.inference_mode or not torch.is_grad_enabled())
-                ):
-                    return self._graphs.run(checked, given)
-                return self._eager(checked, given, on_node)
+                yield
 
     def _eager(
         self,
@@ -325,9 +331,8 @@ class LoadedProgram:
                 raise ValueError("capture() needs a program loaded with cuda_graphs=True")
             return False
         checked = self.signature.check(leaves, self.device)
-        with limits.call_budget():
-            with self._no_autograd() if self.inference_mode else contextlib.nullcontext():
-                return self._graphs.capture(checked)
+        with self._calling():
+            return self._graphs.capture(checked)
 
     def cuda_graphs_info(self) -> dict:
         """The capture plan's verdict and, when graphs run, how many are held, captured and

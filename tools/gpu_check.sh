@@ -5,7 +5,7 @@
 #   bash tools/gpu_check.sh            # about 8 minutes; BENCH_BUDGET_S=240 by default
 set -u
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/pt2interp-gpu}
+OUT=${OUT:-gpu-check}  # the device tool sets it; here, a folder of the checkout
 mkdir -p "$OUT"
 PY=${PYTHON:-python}
 
