@@ -304,9 +304,7 @@ def _random_inputs(prog) -> dict:
         meta = model.graph.tensor_values.get(spec.arg.value.name)
         if meta is None:
             raise Pt2Error(f"--random: the archive records no shape for input {shown(name)!r}")
-        shape = [
-            s if isinstance(s, int) else (s.hint if type(s.hint) is int else 2) for s in meta.sizes
-        ]
+        shape = meta.example_sizes(unknown=2)
         if not _small_shape(shape):
             raise Pt2Error(
                 f"--random: input {shown(name)!r} would have more than "

@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -112,7 +112,6 @@ class _Counts:
     captures: int = 0
     replays: int = 0
     evictions: int = 0
-    signatures: list = field(default_factory=list)
 
 
 class GraphCache:
@@ -192,7 +191,6 @@ class GraphCache:
         entry = _Entry(graph, static_inputs, list(outputs))
         self._entries[key] = entry
         self._counts.captures += 1
-        self._counts.signatures.append(key)
         while len(self._entries) > self.max_graphs:
             self._entries.popitem(last=False)
             self._counts.evictions += 1

@@ -37,7 +37,16 @@ from pt2interp.archive import Archive
 from pt2interp.introspect import ProgramSchema, describe_program, symbolic_dim
 from pt2interp.kinds import ArgKind, InputKind, OutputKind
 from pt2interp.program import Program, collector_paused, read_program
-from pt2interp.schema import Argument, Graph, GraphArgument, Node, SymExpr, TensorMeta
+from pt2interp.schema import (
+    Argument,
+    CustomObjRef,
+    Graph,
+    GraphArgument,
+    Node,
+    Ref,
+    SymExpr,
+    TensorMeta,
+)
 
 __all__ = ["FORMAT_VERSION", "graph_data"]
 
@@ -391,7 +400,7 @@ def _value_text(kind: ArgKind, value: Any) -> str:
 
 
 def _plain_text(value: Any, depth: int = 0) -> str:
-    if hasattr(value, "name") and value.__class__.__name__ in ("Ref", "CustomObjRef"):
+    if isinstance(value, (Ref, CustomObjRef)):
         return value.name
     if isinstance(value, (tuple, list)):
         if depth > 8:

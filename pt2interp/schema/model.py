@@ -86,6 +86,14 @@ class TensorMeta:
     def nbytes(self) -> int | None:
         return static_nbytes(self.sizes, self.dtype)
 
+    def example_sizes(self, unknown: int) -> list[int]:
+        """The sizes seen at export: static ones as they are, a symbolic one's hint, and
+        ``unknown`` where export recorded no hint."""
+        return [
+            s if isinstance(s, int) else (s.hint if type(s.hint) is int else unknown)
+            for s in self.sizes
+        ]
+
 
 @dataclass(frozen=True)
 class CustomObjRef:

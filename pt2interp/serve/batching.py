@@ -429,7 +429,7 @@ class BatchLayout:
             if slot.kind != "tensor" or slot.meta is None:
                 out.append(slot.constant if slot.constant is not None or slot.kind != "int" else 1)
                 continue
-            shape = [_example_size(d) for d in slot.meta.sizes]
+            shape = [d if d >= 0 else 1 for d in slot.meta.example_sizes(unknown=1)]
             if rows is not None and slot.batch_axis is not None:
                 shape[slot.batch_axis] = rows
             out.append(torch.zeros(shape, dtype=slot.dtype, device=device))
@@ -620,14 +620,6 @@ def _unbatchable_program(model) -> str:
             if first.kind is ArgKind.TENSOR and first.value.name in state_names | user_names:
                 return f"the program writes {first.value.name!r} in place ({target})"
     return ""
-
-
-def _example_size(size) -> int:
-    """A recorded size: the int, or a symbolic one's hint (1 where export recorded none)."""
-    if isinstance(size, int):
-        return size
-    hint = getattr(size, "hint", None)
-    return hint if isinstance(hint, int) and not isinstance(hint, bool) and hint >= 0 else 1
 
 
 def capture_buckets(rows_per_run: int) -> tuple[int, ...]:
