@@ -107,14 +107,12 @@
   });
   if (!modules.length) moduleBox.push(box("module", "model", "", -1, { path: "", module: 0 }));
   var graphBox = {};
-  var hopBox = {};
   nodes.forEach(function (n, i) {
     var home;
     if (n.g > 0 && graphBox[n.g] !== undefined) home = graphBox[n.g];
     else home = moduleBox[n.m >= 0 && n.m < moduleBox.length ? n.m : 0];
     if (n.k === "hop") {
       var hb = box("hop", n.op || n.n, n.n, home, { node: i });
-      hopBox[i] = hb;
       (n.sub || []).forEach(function (g) {
         var gr = graphs[g] || {};
         graphBox[g] = box("graph", gr.name || "graph " + g, "subgraph", hb, { graph: g });
@@ -283,7 +281,7 @@
     rows = rows.filter(Boolean);
     var cx = new Array(count).fill(0);
     var head = boxLines(b);
-    var y = HEAD_H + 6, width = (head[0].length + head[1].length) * CHAR + 50, rowWidths = [];
+    var y = HEAD_H + 6, width = (head[0].length + head[1].length) * CHAR + 50;
     rows.forEach(function (row) {
       row.forEach(function (i) {
         var sum = 0;
@@ -299,7 +297,6 @@
         h = Math.max(h, sizes[i].h);
       });
       row.y = y; row.h = h; row.w = x - GAP_X;
-      rowWidths.push(row.w);
       width = Math.max(width, row.w + 2 * PAD);
       y += h + GAP_Y;
     });
@@ -544,10 +541,8 @@
     return -1;
   }
   function reveal(i) {
+    // a higher-order op's node is its own box's header: that box may stay closed
     ancestors(nodeParent[i]).forEach(function (b) { if (boxes[b].node !== i) boxes[b].open = true; });
-    if (hopBox[i] !== undefined) {
-      ancestors(boxes[hopBox[i]].parent).forEach(function (b) { boxes[b].open = true; });
-    }
     render();
   }
   function select(i) {
