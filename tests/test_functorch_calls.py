@@ -94,7 +94,9 @@ def test_the_table_is_torchs_predispatch_module():
         for name, fn in inspect.getmembers(predispatch, inspect.isfunction)
         if fn.__module__ == predispatch.__name__
     }
-    assert defined == set(ADMITTED)
+    assert defined <= set(ADMITTED)
+    if release(torch.__version__) >= (2, 13):  # the jvp calls came with torch 2.13
+        assert defined == set(ADMITTED)
     assert all(why for _kernel, why, _enters, _exits in ADMITTED.values())
 
 

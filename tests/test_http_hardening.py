@@ -26,8 +26,12 @@ from helpers import running
 from prometheus_client.parser import text_string_to_metric_families
 
 import pt2interp
-from pt2interp.serve import Server, oip
-from pt2interp.serve.http import create_app
+
+pytest.importorskip("fastapi", reason="fastapi is in the serve extras")
+pytest.importorskip("uvicorn", reason="uvicorn is in the serve extras")
+
+from pt2interp.serve import Server, oip  # noqa: E402
+from pt2interp.serve.http import create_app  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("handoff")  # each test under both hand-offs
 

@@ -242,7 +242,7 @@ def _described(schema) -> dict:
 def test_schema_agrees_with_torch(c):
     schema = pt2interp.read_schema(c.path)
     ep = _torch_program(str(c.path))
-    if c.exported_by_installed_torch:
+    if c.exported_by_installed_torch and (c.device == "cpu" or torch.cuda.is_available()):
         assert ep is not None, "torch must load what it wrote itself"
     if c.newer_than_installed_torch:
         # an older torch may misread a newer file (2.8 reads 2.10's symbols as

@@ -18,8 +18,11 @@ import torch
 from fixture_cases import case
 from helpers import running
 
-from pt2interp.serve import Server
-from pt2interp.serve.http import create_app
+pytest.importorskip("fastapi", reason="fastapi is in the serve extras")
+pytest.importorskip("uvicorn", reason="uvicorn is in the serve extras")
+
+from pt2interp.serve import Server  # noqa: E402
+from pt2interp.serve.http import create_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 

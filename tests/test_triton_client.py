@@ -12,13 +12,17 @@ from fixture_cases import case
 from helpers import running
 
 import pt2interp
-from pt2interp.serve import Server
-from pt2interp.serve.http import create_app
 
 httpclient = pytest.importorskip(
     "tritonclient.http", reason="tritonclient[http] is in the test extras"
 )
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
+
+pytest.importorskip("fastapi", reason="fastapi is in the serve extras")
+pytest.importorskip("uvicorn", reason="uvicorn is in the serve extras")
+
+from pt2interp.serve import Server  # noqa: E402
+from pt2interp.serve.http import create_app  # noqa: E402
 
 DYN_MLP = case("zoo", "dynamic_batch_mlp").path
 MULTI_IO = case("zoo", "multi_io").path
