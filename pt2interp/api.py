@@ -31,8 +31,11 @@ def load(
     input signature (shapes, dtypes, devices) captures one, later calls replay it; at most
     ``max_cuda_graphs`` are kept (least recently used dropped), ``prog.capture(...)`` captures
     ahead of time. Calls return fresh tensors unless ``reuse_outputs=True`` returns the graph's
-    own output tensors, which the next call overwrites. A program a graph cannot hold (see
-    ``prog.capture_plan``) runs eagerly, with a warning saying why.
+    own output tensors, which the next call overwrites. A program one graph cannot hold (see
+    ``prog.capture_plan``: a ``.item()``, ``nonzero``, ``cond`` on data, random numbers) runs
+    its long runs of nodes between such blockers as graphs of their own and the rest eagerly
+    (verdict ``segments``), or, where no run is long enough to pay, all eagerly, with a warning
+    saying why.
 
     >>> import torch, pt2interp, importlib.resources as r
     >>> prog = pt2interp.load(r.files("pt2interp.examples") / "tiny_mlp.pt2")

@@ -15,9 +15,10 @@ node that needs the host between kernels cannot be in one:
   side effects (``with_effects``).
 
 :func:`plan_capture` finds every such node (subgraphs included: a blocker inside a ``map``
-body blocks the ``map``) and says ``whole`` (capture the whole program) or ``eager`` (run it
-eagerly), with the reasons, and the runs of top-level nodes between blockers that could be
-captured on their own (``segments``). Which ops are random or data-dependent is torch's own
+body blocks the ``map``) and says ``whole`` (capture the whole program), ``segments`` (capture
+the runs of top-level nodes between blockers that launch enough kernels to pay for a replay,
+each on its own, and run the rest eagerly: :mod:`pt2interp.cuda_segments`) or ``eager``, with
+the reasons. Which ops are random or data-dependent is torch's own
 classification (the ``nondeterministic_seeded`` and ``data_dependent_output`` tags), written
 out here so that describing a program needs no torch; ``tests/test_capture_plan.py`` checks the
 tables against the running torch's tags. Ops tagged ``dynamic_output_shape`` (and custom ops
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pt2interp.kinds import ArgKind, InputKind
 from pt2interp.schema import Argument, ExportedProgramModel, Graph, Node, SymExpr
 
-__all__ = ["Blocker", "CapturePlan", "plan_capture"]
+__all__ = ["MIN_SEGMENT_NODES", "Blocker", "CapturePlan", "kernel_launches", "plan_capture"]
 
 # ops whose value is read on the host (torch tag: data_dependent_output)
 HOST_SYNC_OPS = frozenset({"aten._local_scalar_dense", "aten.allclose", "aten.equal", "aten.item"})
@@ -126,6 +127,27 @@ RANDOM_WHEN = {
 }
 
 _EFFECT_OPS = frozenset({"higher_order.with_effects"})
+
+# ops on sizes and checks of them, which run on the host without touching the device
+_HOST_VALUE_OPS = frozenset(
+    {
+        "aten.sym_size",
+        "aten.sym_stride",
+        "aten.sym_numel",
+        "aten.sym_storage_offset",
+        "aten._assert_scalar",
+        "aten.sym_constrain_range",
+        "aten.sym_constrain_range_for_size",
+        "aten._assert_tensor_metadata",
+    }
+)
+
+# The fewest kernel launches worth a graph of their own: a segment's replay adds a copy for
+# each value it reads from the eager part and a clone for each it hands back, each about one
+# eager launch, so short runs between blockers gain little. Unmeasured on a GPU so far:
+# ``python -m benchmarks.cuda_segments`` times eager against segments to tune it.
+MIN_SEGMENT_NODES = 8
+
 _UNBACKED = re.compile(r"^u\d+$")
 
 
@@ -143,13 +165,18 @@ class Blocker:
 
 @dataclass(frozen=True)
 class CapturePlan:
-    """``verdict``: ``whole`` (the program can be one CUDA graph) or ``eager``; ``blockers``
-    say why not; ``segments`` are the ``[start, end)`` runs of top-level node indices between
-    blockers (with at least one node), each of which a graph could hold."""
+    """``verdict``: ``whole`` (the program can be one CUDA graph), ``segments`` (the runs of
+    nodes between blockers that are long enough are captured, each as graphs of its own, and the
+    rest runs eagerly) or ``eager``; ``blockers`` say why not whole. ``segments`` are the
+    ``[start, end)`` runs of top-level node indices between blockers (with at least one node),
+    each of which a graph could hold; ``captured`` those of them with at least
+    ``min_segment_nodes`` kernel launches (shorter ones save less than a replay costs)."""
 
     verdict: str
     blockers: tuple[Blocker, ...] = ()
     segments: tuple[tuple[int, int], ...] = field(default=())
+    captured: tuple[tuple[int, int], ...] = field(default=())
+    min_segment_nodes: int = MIN_SEGMENT_NODES
 
     @property
     def reasons(self) -> list[str]:
@@ -160,13 +187,21 @@ class CapturePlan:
             "verdict": self.verdict,
             "reasons": self.reasons,
             "segments": [list(s) for s in self.segments],
+            "captured_segments": [list(s) for s in self.captured],
+            "min_segment_nodes": self.min_segment_nodes,
         }
 
 
-def plan_capture(model: ExportedProgramModel) -> CapturePlan:
-    """The capture plan of a whole program (read with arguments: not an outline)."""
+def plan_capture(
+    model: ExportedProgramModel, *, min_segment_nodes: int = MIN_SEGMENT_NODES
+) -> CapturePlan:
+    """The capture plan of a whole program (read with arguments: not an outline).
+    ``min_segment_nodes``: the fewest kernel launches (nodes but getitem and size reads) a run
+    between blockers needs to be captured on its own."""
     if model.graph.outline:
         raise ValueError("plan_capture needs the nodes' arguments: read the program whole")
+    if min_segment_nodes < 1:
+        raise ValueError(f"min_segment_nodes must be at least 1, not {min_segment_nodes}")
     blockers: list[Blocker] = []
     for spec in model.signature.input_specs:
         if spec.kind is InputKind.CUSTOM_OBJ:
@@ -188,7 +223,29 @@ def plan_capture(model: ExportedProgramModel) -> CapturePlan:
         if i > start:
             segments.append((start, i))
         start = i + 1
-    return CapturePlan("eager" if blockers else "whole", tuple(blockers), tuple(segments))
+    nodes = model.graph.nodes
+    if not blockers:
+        return CapturePlan("whole", (), tuple(segments), tuple(segments), min_segment_nodes)
+    captured = tuple(
+        (a, b) for a, b in segments if kernel_launches(nodes[a:b]) >= min_segment_nodes
+    )
+    return CapturePlan(
+        "segments" if captured else "eager",
+        tuple(blockers),
+        tuple(segments),
+        captured,
+        min_segment_nodes,
+    )
+
+
+def kernel_launches(nodes) -> int:
+    """How many of these nodes launch work on the device: torch ops but those reading or
+    checking sizes (``getitem`` and Python arithmetic on sizes are no torch ops)."""
+    return sum(
+        1
+        for n in nodes
+        if n.target.startswith("torch.ops.") and _op_name(n.target) not in _HOST_VALUE_OPS
+    )
 
 
 def _node_blockers(node: Node, graph: Graph, where: str) -> list[Blocker]:

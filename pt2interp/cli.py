@@ -392,7 +392,15 @@ def _print_capture_plan(plan) -> None:
             "CUDA graphs: the whole program can be captured (load(..., cuda_graphs=True))"
         )
     else:
-        console.print(Text.assemble(("CUDA graphs", "yellow"), ": runs eagerly, because"))
+        if plan.verdict == "segments":
+            runs = ", ".join(f"{a}-{b - 1}" for a, b in plan.captured)
+            what = (
+                f"runs {len(plan.captured)} segment(s) as graphs (nodes {runs}) and the rest "
+                "eagerly, because"
+            )
+        else:
+            what = "runs eagerly, because"
+        console.print(Text.assemble(("CUDA graphs", "yellow"), f": {what}"))
         for reason in plan.reasons:
             console.print(Text(f"  {shown(reason, _MAX_ERROR_LINE)}"))
 

@@ -196,6 +196,11 @@ class GraphCache:
             self._counts.evictions += 1
         return entry
 
+    @property
+    def evictions(self) -> int:
+        """Graphs dropped so far to keep at most ``max_graphs``."""
+        return self._counts.evictions
+
     def clear(self) -> None:
         """Drop every graph (weights moved, state replaced: the graphs read the old tensors)."""
         with self._lock:

@@ -124,13 +124,34 @@ class CompiledGraph:
         self._fast = [(s.run, s.free) for s in steps]
 
     def run(self, inputs: list) -> list:
+        env = self.start(inputs)
+        self.run_steps(env, self._fast)
+        return self.finish(env)
+
+    __call__ = run
+
+    def start(self, inputs: list) -> list:
+        """A fresh value list holding the graph's inputs (what :meth:`run_steps` runs in)."""
         env = [None] * self.nslots
         for slot, value in zip(self.input_slots, inputs):
             if slot is not None:
                 env[slot] = value
+        return env
+
+    def finish(self, env: list) -> list:
+        """The graph's outputs, read from a value list the steps have run in."""
+        return [env[s] if s.__class__ is int else s.get(env) for s in self.output_sources]
+
+    def steps_between(self, start: int, end: int) -> list[tuple[Callable, tuple[int, ...]]]:
+        """``(run, free)`` of nodes ``start`` to ``end - 1``, for :meth:`run_steps`."""
+        return self._fast[start:end]
+
+    def run_steps(self, env: list, fast: list[tuple[Callable, tuple[int, ...]]]) -> None:
+        """Run some of this graph's steps (from :meth:`steps_between`) in ``env``, clearing
+        each value after its last use; a failing kernel is named by its node."""
         step = None
         try:
-            for step, free in self._fast:
+            for step, free in fast:
                 step(env)
                 for s in free:
                     env[s] = None
@@ -141,9 +162,6 @@ class CompiledGraph:
             if isinstance(exc, Pt2Error) or not isinstance(exc, Exception):
                 raise
             raise self._failure(step, exc) from exc  # a kernel failed: ``step`` is the failing one
-        return [env[s] if s.__class__ is int else s.get(env) for s in self.output_sources]
-
-    __call__ = run
 
     def run_hooked(self, inputs: list, on_node: Callable[[str, str, Any], None]) -> list:
         """Like :meth:`run`, calling ``on_node(name, target, value)`` after every node."""
@@ -553,17 +571,21 @@ def written_values(graph: Graph) -> set[str]:
     """Values some node writes into: an argument its schema marks ``(a!)``."""
     written: set[str] = set()
     for node in graph.nodes:
-        schema = (
-            registry.schema_of(node.target) if node.target.startswith("torch.ops.aten.") else None
-        )
-        if schema is None:
-            continue
-        writes = {
-            a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write
-        }
-        if writes:
-            written |= {r for na in node.inputs if na.name in writes for r in na.arg.refs()}
+        written |= node_writes(node)
     return written
+
+
+def node_writes(node: Node) -> set[str]:
+    """The values one node writes into (its arguments the op's schema marks ``(a!)``)."""
+    schema = registry.schema_of(node.target) if node.target.startswith("torch.ops.aten.") else None
+    if schema is None:
+        return set()
+    writes = {
+        a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write
+    }
+    if not writes:
+        return set()
+    return {r for na in node.inputs if na.name in writes for r in na.arg.refs()}
 
 
 def _view_or_copy(kernel: Callable, node: Node, aliasing_matters: bool) -> Callable:

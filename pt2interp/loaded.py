@@ -19,7 +19,8 @@ import torch
 from pt2interp import cuda_graphs as cuda_graphs_mod
 from pt2interp import limits
 from pt2interp.capture_plan import CapturePlan, plan_capture
-from pt2interp.errors import DeviceError, ExecutionError, SchemaError
+from pt2interp.cuda_segments import SegmentedRun
+from pt2interp.errors import DeviceError, ExecutionError, Pt2Error, SchemaError
 from pt2interp.interpreter import CompiledGraph, GraphCompiler, written_values
 from pt2interp.kinds import STATE_INPUT_KINDS, ArgKind, InputKind, OutputKind
 from pt2interp.ops import functorch
@@ -51,6 +52,7 @@ class LoadedProgram:
         self.cuda_graphs = cuda_graphs
         self._graph_options = {"max_graphs": max_cuda_graphs, "reuse_outputs": reuse_outputs}
         self._graphs: cuda_graphs_mod.GraphCache | None = None
+        self._segments: SegmentedRun | None = None
         self._recorder = None
         self._device = _usable_device(device) if device is not None else None
         self._state: dict[str, Any] = {}
@@ -129,7 +131,8 @@ class LoadedProgram:
                         path=f"graph_module.signature.output_specs[{i}]",
                     )
                 self._input_writes.append((i, user_input_pos[s.target]))
-        self._graphs = None
+        self._graphs = self._segments = None
+        self._graphs_failed = ""
         if self.cuda_graphs:
             self._start_graphs(self._chosen_recorder)
 
@@ -141,11 +144,12 @@ class LoadedProgram:
 
     def _start_graphs(self, recorder=None) -> None:
         """Run calls as captured graphs from now on (``recorder``: how to capture; the CUDA
-        one by default, which needs the program on a CUDA device)."""
+        one by default, which needs the program on a CUDA device): the whole program as one
+        graph, or the plan's segments as graphs of their own between nodes run eagerly."""
         self.cuda_graphs = True
         self._chosen_recorder = recorder
         plan = self.capture_plan
-        if plan.verdict != "whole":
+        if plan.verdict == "eager":
             if not self._warned_eager:
                 self._warned_eager = True
                 warnings.warn(
@@ -157,8 +161,26 @@ class LoadedProgram:
             return
         if recorder is None:
             recorder = self._cuda_recorder()
-        # what a run writes: state and inputs named by mutation outputs (core IR), and those
-        # in-place ops write into (training IR keeps ``add_`` on a buffer or input)
+        if plan.verdict == "segments":
+            user_slots = set(self._input_slots)
+            fixed = {i: v for i, v in enumerate(self._template) if i not in user_slots}
+            self._segments = SegmentedRun(
+                self._plan, plan, fixed, recorder, max_graphs=self._graph_options["max_graphs"]
+            )
+            return
+        state, inputs = self._written_by_a_run()
+        self._graphs = cuda_graphs_mod.GraphCache(
+            lambda leaves: self._eager(leaves, leaves),
+            recorder,
+            mutable_state=[self._state[t] for t in sorted(state)],
+            mutated_inputs=sorted(inputs),
+            **self._graph_options,
+        )
+
+    def _written_by_a_run(self) -> tuple[set[str], set[int]]:
+        """The parameters/buffers (by name) and user inputs (by position) a run writes: those
+        named by mutation outputs (core IR), and those in-place ops write into (training IR
+        keeps ``add_`` on a buffer or input)."""
         written = written_values(self.program.model.graph)
         specs = self.program.model.signature.input_specs
         state = {t for _, t in self._buffer_writes} | {
@@ -167,12 +189,17 @@ class LoadedProgram:
         inputs = {pos for _, pos in self._input_writes} | {
             n for n, leaf in enumerate(self.signature.inputs) if _names(leaf.spec.arg) & written
         }
-        self._graphs = cuda_graphs_mod.GraphCache(
-            lambda leaves: self._eager(leaves, leaves),
-            recorder,
-            mutable_state=[self._state[t] for t in sorted(state)],
-            mutated_inputs=sorted(inputs),
-            **self._graph_options,
+        return state, inputs
+
+    def _graph_failure(self, exc: Exception) -> None:
+        """A capture or replay failed: run eagerly from now on, and say why."""
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        self._graphs_failed = f"{type(exc).__name__}: {first}"
+        self._graphs = None
+        warnings.warn(
+            f"{self.program.source}: capturing a CUDA graph failed ({self._graphs_failed}); "
+            "runs eagerly from now on",
+            stacklevel=4,
         )
 
     def _cuda_recorder(self):
@@ -288,12 +315,16 @@ class LoadedProgram:
         no values to show), and so is one that records autograd (``inference_mode=False`` with
         grad enabled: a replay builds no autograd graph)."""
         with self._calling():
-            if (
-                self._graphs is not None
-                and on_node is None
-                and (self.inference_mode or not torch.is_grad_enabled())
-            ):
-                return self._graphs.run(checked, given)
+            replayable = on_node is None and (self.inference_mode or not torch.is_grad_enabled())
+            if self._graphs is not None and replayable:
+                try:
+                    return self._graphs.run(checked, given)
+                except Pt2Error:
+                    raise  # a node failed, as it would have eagerly
+                except Exception as exc:  # the capture itself (an op the plan did not foresee)
+                    self._graph_failure(exc)
+            if self._segments is not None and replayable:
+                return self._eager(checked, given, run=self._segments.run)
             return self._eager(checked, given, on_node)
 
     @contextlib.contextmanager
@@ -308,11 +339,15 @@ class LoadedProgram:
         checked: list[Any],
         given: list[Any],
         on_node: Callable[[str, str, Any], None] | None = None,
+        run: Callable[[list], list] | None = None,
     ) -> list[Any]:
         inputs = list(self._template)
         for slot, value in zip(self._input_slots, checked):
             inputs[slot] = value
-        flat = self._plan.run(inputs) if on_node is None else self._plan.run_hooked(inputs, on_node)
+        if on_node is not None:
+            flat = self._plan.run_hooked(inputs, on_node)
+        else:
+            flat = (run or self._plan.run)(inputs)
         self._write_back(flat, given)
         return [flat[i] for i in self._output_slots]
 
@@ -326,20 +361,53 @@ class LoadedProgram:
     def capture_leaves(self, leaves: list[Any]) -> bool:
         """:meth:`capture` for input leaves (one per :attr:`input_names`), as a server has
         them."""
-        if self._graphs is None:
-            if not self.cuda_graphs:
-                raise ValueError("capture() needs a program loaded with cuda_graphs=True")
-            return False
+        if not self.cuda_graphs:
+            raise ValueError("capture() needs a program loaded with cuda_graphs=True")
         checked = self.signature.check(leaves, self.device)
-        with self._calling():
-            return self._graphs.capture(checked)
+        if self._graphs is not None:
+            with self._calling():
+                try:
+                    return self._graphs.capture(checked)
+                except Pt2Error:
+                    raise
+                except Exception as exc:
+                    self._graph_failure(exc)
+                    return False
+        if self._segments is None:
+            return False
+        # the segments are captured by running the program once (a segment's inputs come from
+        # the eager nodes before it), on copies of the inputs, with the state put back after
+        state, _ = self._written_by_a_run()
+        saved = {t: self._state[t].detach().clone() for t in sorted(state)}
+        copies = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in checked]
+        before = self._segments.captures()
+        try:
+            with self._calling():
+                self._eager(copies, copies, run=self._segments.run)
+        finally:
+            with torch.no_grad():  # a parameter the program writes is a leaf that needs grad
+                for t, value in saved.items():
+                    self._state[t].copy_(value)
+        return self._segments.captures() > before
 
     def cuda_graphs_info(self) -> dict:
         """The capture plan's verdict and, when graphs run, how many are held, captured and
         replayed."""
         info = {"enabled": self.cuda_graphs, **self.capture_plan.to_dict()}
+        if self._graphs_failed:
+            info["failed"] = self._graphs_failed
         if self._graphs is not None:
             info.update(self._graphs.info())
+        elif self._segments is not None:
+            pieces = self._segments.info()
+            captured = [p for p in pieces if p["runs"] == "graphs"]
+            info.update(
+                graphs=sum(p["graphs"] for p in captured),
+                max_graphs=self._segments.max_graphs,
+                captures=self._segments.captures(),
+                replays=sum(p["replays"] for p in captured),
+                pieces=pieces,
+            )
         return info
 
     def module(self) -> torch.nn.Module:

@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # The whole GPU check in one run, for a lent machine (torch with CUDA preinstalled, no
-# network): `pytest -m cuda`, the CUDA fixture count, and the CUDA benchmark. Everything goes
-# to $OUT (the folder the device tool brings back); a summary goes to standard output.
-#   bash tools/gpu_check.sh            # about 8 minutes; BENCH_BUDGET_S=240 by default
+# network): `pytest -m cuda` (the CUDA fixture count read from its report), the CUDA benchmark
+# and the segments benchmark. Everything goes to $OUT (the folder the device tool brings back);
+# a summary goes to standard output. All of it ends within TOTAL_S (default 560 s, inside one
+# 10-minute call): the tests get at most PYTEST_TIMEOUT_S (180), the segments benchmark
+# SEGMENTS_TIMEOUT_S (80), and the CUDA benchmark what is left.
+#   bash tools/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}  # the device tool sets it; here, a folder of the checkout
 mkdir -p "$OUT"
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+export PYTHONUNBUFFERED=1
 
-"$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 \
-    || { echo "install failed:"; tail -5 "$OUT/install.log"; }
+if ! "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1; then
+    # without the install, the packages installed under other names (ops/ is pt2interp.ops,
+    # codegen/ pt2interp.codegen) are put where imports from the checkout find them
+    echo "install failed, running from the checkout:"; tail -3 "$OUT/install.log"
+    ln -sfn ../ops pt2interp/ops; ln -sfn ../codegen pt2interp/codegen
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
     "$PY" -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.is_available())"
@@ -19,17 +28,28 @@ PY=${PYTHON:-python}
 echo "== environment"; cat "$OUT/env.txt"
 
 echo "== pytest -m cuda"
-timeout "${PYTEST_TIMEOUT_S:-200}" "$PY" -m pytest -m cuda -q -p no:cacheprovider -rfE --disable-warnings \
+timeout "${PYTEST_TIMEOUT_S:-180}" "$PY" -m pytest -m cuda -q -p no:cacheprovider -rA --disable-warnings \
     >"$OUT/pytest-cuda.txt" 2>&1
-echo "exit $?"; tail -15 "$OUT/pytest-cuda.txt"
+echo "exit $?"; grep -E "^(FAILED|ERROR)" "$OUT/pytest-cuda.txt" | head -20; tail -1 "$OUT/pytest-cuda.txt"
 
 echo "== fixtures equal to their references on CUDA (test_every_fixture_runs_on_cuda)"
-timeout 120 "$PY" -m pytest -m cuda -q -p no:cacheprovider -rA \
-    "tests/test_devices.py::test_every_fixture_runs_on_cuda" >"$OUT/fixtures-cuda.txt" 2>&1
-grep -c "^PASSED" "$OUT/fixtures-cuda.txt" | sed 's/^/passed: /'
-grep -E "^(FAILED|ERROR)" "$OUT/fixtures-cuda.txt" | head -20
+grep -c "^PASSED tests/test_devices.py::test_every_fixture_runs_on_cuda" "$OUT/pytest-cuda.txt" \
+    | sed 's/^/passed: /'
+grep -E "^(FAILED|ERROR) tests/test_devices.py::test_every_fixture_runs_on_cuda" \
+    "$OUT/pytest-cuda.txt" | sed 's/^/  /' | head -20
 
-echo "== python -m benchmarks.cuda"
-timeout "${BENCH_TIMEOUT_S:-330}" "$PY" -m benchmarks.cuda --budget-s "${BENCH_BUDGET_S:-240}" \
-    --json "$OUT/cuda.json" >"$OUT/cuda.txt" 2>&1
-echo "exit $?"; tail -40 "$OUT/cuda.txt"
+seg_s=${SEGMENTS_TIMEOUT_S:-80}
+budget=$(( ${TOTAL_S:-560} - SECONDS - seg_s - 50 ))
+echo "== python -m benchmarks.cuda (budget ${budget} s)"
+if [ "$budget" -gt 60 ]; then
+    timeout $((budget + 40)) "$PY" -m benchmarks.cuda --budget-s "$budget" \
+        --hard-limit-s $((budget + 30)) --json "$OUT/cuda.json" >"$OUT/cuda.txt" 2>&1
+    echo "exit $?"; tail -40 "$OUT/cuda.txt"
+else
+    echo "skipped: too little time left"
+fi
+
+echo "== python -m benchmarks.cuda_segments"
+timeout "$seg_s" "$PY" -m benchmarks.cuda_segments --rounds 5 --iters 30 \
+    --json "$OUT/segments.json" >"$OUT/segments.txt" 2>&1
+echo "exit $?"; tail -14 "$OUT/segments.txt"
