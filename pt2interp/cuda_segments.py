@@ -226,24 +226,30 @@ class SegmentedRun:
                     return after[r]
         return None
 
-    def run(self, inputs: list) -> list:
-        """The graph's outputs for ``inputs`` (as :meth:`CompiledGraph.run`)."""
+    def run(self, inputs: list, *, capture_only: bool = False) -> list:
+        """The graph's outputs for ``inputs`` (as :meth:`CompiledGraph.run`). ``capture_only``:
+        capture the graphs these inputs need and run every piece eagerly (ahead of serving: no
+        replay counted)."""
         plan = self.plan
         env = plan.start(inputs)
         with self._lock:
             try:
-                self._run_pieces(env)
+                self._run_pieces(env, capture_only)
             except BaseException:
                 functorch.unwind()  # a failure inside a vmap must not leave this thread in it
                 raise
         return plan.finish(env)
 
-    def _run_pieces(self, env: list) -> None:
+    def _run_pieces(self, env: list, capture_only: bool) -> None:
         for piece in self.pieces:
             if piece.graphs is None:
                 self.plan.run_steps(env, piece.steps)
                 continue
             try:
+                if capture_only:
+                    piece.graphs.capture([env[s] for s in piece.reads])
+                    self.plan.run_steps(env, piece.steps)
+                    continue
                 outs = piece.graphs.run([env[s] for s in piece.reads])
             except Pt2Error:
                 raise  # a node failed, as it would have eagerly

@@ -375,15 +375,17 @@ class LoadedProgram:
                     return False
         if self._segments is None:
             return False
-        # the segments are captured by running the program once (a segment's inputs come from
-        # the eager nodes before it), on copies of the inputs, with the state put back after
+        # the segments are captured while the program runs once eagerly (a segment's inputs come
+        # from the eager nodes before it), on copies of the inputs, with the state put back after
         state, _ = self._written_by_a_run()
         saved = {t: self._state[t].detach().clone() for t in sorted(state)}
         copies = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in checked]
         before = self._segments.captures()
         try:
             with self._calling():
-                self._eager(copies, copies, run=self._segments.run)
+                self._eager(
+                    copies, copies, run=functools.partial(self._segments.run, capture_only=True)
+                )
         finally:
             with torch.no_grad():  # a parameter the program writes is a leaf that needs grad
                 for t, value in saved.items():

@@ -353,3 +353,23 @@ def test_a_failed_whole_capture_runs_eagerly_with_a_warning():
         _close(eager(x), prog(x))  # eagerly from now on, without another warning
     assert torch.equal(prog.state_dict()["steps"], eager.state_dict()["steps"])
     assert prog.cuda_graphs_info()["failed"].startswith("RuntimeError: operation not permitted")
+
+
+def test_a_server_captures_the_segments_at_start_up(gated, monkeypatch):
+    from pt2interp.loaded import LoadedProgram
+    from pt2interp.serve import Server
+
+    monkeypatch.setattr(LoadedProgram, "_cuda_recorder", lambda self: EagerReplay())
+    eager = pt2interp.load(gated)
+    server = Server(gated, name="segments", cuda_graphs=True)
+    try:
+        info = server.info()["cuda_graphs"]
+        assert info["verdict"] == "segments" and info["captures"] == 1  # before any request
+        assert int(server._program.state_dict()["calls"]) == 0  # the capture's run undone
+        for _ in range(3):
+            x = torch.randn(3, 16)
+            _close(eager(x), server.predict(x))
+        info = server.info()["cuda_graphs"]
+        assert info["captures"] == 1 and info["replays"] == 3
+    finally:
+        server.shutdown(drain=False, timeout=2.0)
