@@ -227,29 +227,43 @@ def test_info_names_the_captured_segments(gated, capsys):
     assert "reads a tensor's value on the host" in out
 
 
+def _cut_plan(prog, cuts) -> CapturePlan:
+    """A plan whose blockers are the program's own and the nodes ``cuts``, every run between
+    them captured."""
+    blocked = set(cuts)
+    plan = prog.capture_plan
+    covered = {i for a, b in plan.segments for i in range(a, b)}
+    n = len(prog.program.graph.nodes)
+    blocked |= set(range(n)) - covered  # the program's own blockers
+    bounds = [-1, *sorted(blocked), n]
+    parts = tuple((a + 1, b) for a, b in zip(bounds, bounds[1:]) if a + 1 < b)
+    return CapturePlan("segments", plan.blockers, parts, parts, 1)
+
+
 @pytest.mark.parametrize("c", all_cases(), ids=lambda c: c.id)
 def test_any_cut_of_any_fixture_runs_as_eagerly(c):
-    """Two nodes picked at random (seeded by the fixture's name) treated as blockers, the runs
-    around them captured: two calls equal two eager calls. What crosses the boundaries (values
-    handed on, slots freed, buffers advanced, in-place writes, functorch levels) is carried
-    right, or the run is refused a graph with a reason."""
+    """Two nodes picked at random (seeded by the fixture's name) treated as blockers besides
+    the program's own, every run between them captured: two calls equal two eager calls. What
+    crosses the boundaries (values handed on, slots freed, buffers advanced, in-place writes,
+    functorch levels) is carried right, or the run is refused a graph with a reason."""
     import random
 
     eager = pt2interp.load(c.path)
     n = len(eager.program.graph.nodes)
     if n < 3:
         pytest.skip("too few nodes to cut")
-    cuts = sorted(random.Random(c.id).sample(range(n), 2))
-    parts = tuple(
-        (a, b) for a, b in ((0, cuts[0]), (cuts[0] + 1, cuts[1]), (cuts[1] + 1, n)) if a < b
-    )
-    prog = _segmented(c.path, CapturePlan("segments", (), parts, parts, 1))
+    plan = _cut_plan(eager, random.Random(c.id).sample(range(n), 2))
+    prog = _segmented(c.path, plan)
     args, kwargs = c.inputs()
     for _ in range(2):
         _close(eager(*args, **kwargs), prog(*args, **kwargs))
     _close(eager.state_dict(), prog.state_dict())
     for piece in prog.cuda_graphs_info()["pieces"]:
-        assert piece["runs"] == "graphs" or "why" in piece or tuple(piece["nodes"]) not in parts
+        assert (
+            piece["runs"] == "graphs"
+            or "why" in piece
+            or tuple(piece["nodes"]) not in plan.captured
+        )
 
 
 # ---- on a GPU -------------------------------------------------------------------------------
