@@ -17,8 +17,9 @@ node that needs the host between kernels cannot be in one:
 :func:`plan_capture` finds every such node (subgraphs included: a blocker inside a ``map``
 body blocks the ``map``) and says ``whole`` (capture the whole program), ``segments`` (capture
 the runs of top-level nodes between blockers that launch enough kernels to pay for a replay,
-each on its own, and run the rest eagerly: :mod:`pt2interp.cuda_segments`) or ``eager``, with
-the reasons. Which ops are random or data-dependent is torch's own
+each on its own, and the branches, conditions and bodies of a top-level ``cond`` or
+``while_loop`` alike, and run the rest eagerly: :mod:`pt2interp.cuda_segments`) or ``eager``,
+with the reasons. Which ops are random or data-dependent is torch's own
 classification (the ``nondeterministic_seeded`` and ``data_dependent_output`` tags), written
 out here so that describing a program needs no torch; ``tests/test_capture_plan.py`` checks the
 tables against the running torch's tags. Ops tagged ``dynamic_output_shape`` (and custom ops
@@ -128,6 +129,10 @@ RANDOM_WHEN = {
 
 _EFFECT_OPS = frozenset({"higher_order.with_effects"})
 
+# control flow whose choice or loop runs on the host, but whose subgraphs (a branch, a loop's
+# condition or body) can each be a graph, replayed from the op as it runs eagerly
+_SUBGRAPH_CAPTURING_OPS = frozenset({"higher_order.cond", "higher_order.while_loop"})
+
 # ops on sizes and checks of them, which run on the host without touching the device
 _HOST_VALUE_OPS = frozenset(
     {
@@ -177,6 +182,9 @@ class CapturePlan:
     segments: tuple[tuple[int, int], ...] = field(default=())
     captured: tuple[tuple[int, int], ...] = field(default=())
     min_segment_nodes: int = MIN_SEGMENT_NODES
+    # (node index, subgraph name): a top-level cond or while_loop's branch, condition or body
+    # that is captured on its own (the op itself runs eagerly and replays it)
+    captured_subgraphs: tuple[tuple[int, str], ...] = field(default=())
 
     @property
     def reasons(self) -> list[str]:
@@ -188,6 +196,7 @@ class CapturePlan:
             "reasons": self.reasons,
             "segments": [list(s) for s in self.segments],
             "captured_segments": [list(s) for s in self.captured],
+            "captured_subgraphs": [list(s) for s in self.captured_subgraphs],
             "min_segment_nodes": self.min_segment_nodes,
         }
 
@@ -229,13 +238,26 @@ def plan_capture(
     captured = tuple(
         (a, b) for a, b in segments if kernel_launches(nodes[a:b]) >= min_segment_nodes
     )
+    subgraphs = tuple(
+        (i, sub.name)
+        for i in blocked_at
+        if _op_name(nodes[i].target) in _SUBGRAPH_CAPTURING_OPS
+        for sub in _subgraphs(nodes[i])
+        if kernel_launches(sub.graph.nodes) >= min_segment_nodes
+        and not any(_node_blockers(n, sub.graph, "") for n in sub.graph.nodes)
+    )
     return CapturePlan(
-        "segments" if captured else "eager",
+        "segments" if captured or subgraphs else "eager",
         tuple(blockers),
         tuple(segments),
         captured,
         min_segment_nodes,
+        subgraphs,
     )
+
+
+def _subgraphs(node: Node) -> list:
+    return [na.arg.value for na in node.inputs if na.arg.kind is ArgKind.GRAPH]
 
 
 def kernel_launches(nodes) -> int:

@@ -393,10 +393,12 @@ def _print_capture_plan(plan) -> None:
         )
     else:
         if plan.verdict == "segments":
-            runs = ", ".join(f"{a}-{b - 1}" for a, b in plan.captured)
+            parts = [f"nodes {a}-{b - 1}" for a, b in plan.captured] + [
+                f"{name} of node {i}" for i, name in plan.captured_subgraphs
+            ]
             what = (
-                f"runs {len(plan.captured)} segment(s) as graphs (nodes {runs}) and the rest "
-                "eagerly, because"
+                f"runs {len(parts)} part(s) as graphs of their own ({', '.join(parts)}) and "
+                "the rest eagerly, because"
             )
         else:
             what = "runs eagerly, because"

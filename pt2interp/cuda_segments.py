@@ -6,7 +6,9 @@ but the runs of nodes between such blockers need it no more than a whole program
 worth a graph (``captured``); :class:`SegmentedRun` runs the blockers and short runs eagerly
 and each captured run through a :class:`~pt2interp.cuda_graphs.GraphCache` of its own, keyed
 by the signature of the values it reads from the eager part. All graphs share the recorder's
-memory pool.
+memory pool. A ``cond`` on data or a ``while_loop`` runs eagerly (the host picks the branch,
+or reads the condition every round), but its branches, condition and body, where long enough,
+are replayed from their own graph caches as the op calls them (``captured_subgraphs``).
 
 What crosses a boundary is copied: a segment's inputs into its static tensors, its outputs
 out of them (parameters and buffers are read in place). So a run is refused a graph, and runs
@@ -30,6 +32,7 @@ the host).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +41,8 @@ from typing import Any
 from pt2interp.capture_plan import CapturePlan
 from pt2interp.cuda_graphs import GraphCache
 from pt2interp.errors import GraphError, Pt2Error
-from pt2interp.interpreter import CompiledGraph, node_writes
+from pt2interp.interpreter import CompiledGraph, Subgraph, node_writes
+from pt2interp.kinds import ArgKind
 from pt2interp.ops import functorch, registry
 from pt2interp.schema import Node
 
@@ -65,6 +69,28 @@ class _Piece:
             self.graphs.clear()
         self.graphs = None
         self.why_eager = why
+
+
+@dataclass
+class _SubgraphPiece:
+    """A cond's branch or a while_loop's condition or body, replayed from the op."""
+
+    node: int
+    name: str
+    subgraph: Subgraph | None = None
+    graphs: GraphCache | None = None
+    why_eager: str = ""
+    dynamic: list[int] = field(default_factory=list)  # operand positions copied in
+    dropped_captures: int = 0
+
+    def turn_eager(self, why: str) -> None:
+        if self.graphs is not None:
+            self.dropped_captures += self.graphs.info()["captures"]
+            self.graphs.clear()
+        self.graphs = None
+        self.why_eager = why
+        if self.subgraph is not None:
+            self.subgraph.runner = self.subgraph.plan.run
 
 
 class SegmentedRun:
@@ -117,6 +143,8 @@ class SegmentedRun:
             if a < b:
                 self.pieces.append(self._segment(a, b))
             start = b
+        self._capture_only = False  # set while a run captures ahead (see run())
+        self.subgraphs = [self._subgraph(i, name) for i, name in capture_plan.captured_subgraphs]
 
     def _segment(self, a: int, b: int) -> _Piece:
         piece = _Piece(a, b, self.plan.steps_between(a, b))
@@ -172,6 +200,65 @@ class SegmentedRun:
             max_graphs=self.max_graphs,
         )
         return piece
+
+    def _subgraph(self, i: int, name: str) -> _SubgraphPiece:
+        """Replay subgraph ``name`` of node ``i`` (a cond or while_loop the plan runs eagerly)
+        from a graph cache of its own: its operands that are parameters or buffers are read in
+        place, the others copied in."""
+        piece = _SubgraphPiece(i, name)
+        node = self.plan.graph.nodes[i]
+        sub = next((g for g in self.plan.steps[i].subgraphs if g.name == name), None)
+        lists = [na.arg for na in node.inputs if na.arg.kind is ArgKind.TENSORS]
+        if sub is None or not lists:
+            piece.why_eager = "its operands are no list of tensors"
+            return piece
+        if not _balanced(self.plan.graph.nodes[:i]):
+            piece.why_eager = "it runs inside a vmap or jvp level"
+            return piece
+        if any(node_writes(n) for n in sub.plan.graph.nodes):
+            piece.why_eager = "it writes in place"
+            return piece
+        # the subgraph's inputs are the op's operand lists, in order (cond: the operands;
+        # while_loop: the carried values, which change every round, then the others)
+        refs = [r for arg in lists for r in arg.refs()]
+        changing = len(lists[0].refs()) if _op(node) == "while_loop" else 0
+        fixed = {
+            pos: self._fixed_slots[self.plan.slot_of[r]]
+            for pos, r in enumerate(refs)
+            if pos >= changing and self.plan.slot_of.get(r) in self._fixed_slots
+        }
+        piece.dynamic = [pos for pos in range(len(refs)) if pos not in fixed]
+        template = [fixed.get(pos) for pos in range(len(refs))]
+
+        def run_subgraph(values: Sequence[Any]) -> list:
+            operands = list(template)
+            for pos, v in zip(piece.dynamic, values):
+                operands[pos] = v
+            return sub.plan.run(operands)
+
+        piece.graphs = GraphCache(run_subgraph, self._recorder, max_graphs=self.max_graphs)
+        piece.subgraph = sub
+        sub.runner = functools.partial(self._replay_subgraph, piece, len(refs))
+        return piece
+
+    def _replay_subgraph(self, piece: _SubgraphPiece, expected: int, operands: list) -> list:
+        graphs = piece.graphs
+        if graphs is None or len(operands) != expected:
+            return piece.subgraph.plan.run(operands)
+        values = [operands[pos] for pos in piece.dynamic]
+        try:
+            if self._capture_only:
+                graphs.capture(values)
+                return piece.subgraph.plan.run(operands)
+            outs = graphs.run(values)
+        except Pt2Error:
+            raise
+        except Exception as exc:  # the capture or replay itself: eagerly from now on
+            piece.turn_eager(f"capturing it failed ({_first_line(exc)})")
+            return piece.subgraph.plan.run(operands)
+        if graphs.evictions >= self.max_graphs:
+            piece.turn_eager(_CHANGING_SIZES.format(n=self.max_graphs))
+        return outs
 
     def _memory_roots(self, a: int, b: int, needed: set) -> dict[str, str]:
         """Whose memory each value of nodes ``a`` to ``b - 1`` is: a value it reads, a node's
@@ -233,11 +320,14 @@ class SegmentedRun:
         plan = self.plan
         env = plan.start(inputs)
         with self._lock:
+            self._capture_only = capture_only
             try:
                 self._run_pieces(env, capture_only)
             except BaseException:
                 functorch.unwind()  # a failure inside a vmap must not leave this thread in it
                 raise
+            finally:
+                self._capture_only = False
         return plan.finish(env)
 
     def _run_pieces(self, env: list, capture_only: bool) -> None:
@@ -254,8 +344,7 @@ class SegmentedRun:
             except Pt2Error:
                 raise  # a node failed, as it would have eagerly
             except Exception as exc:  # the capture or replay itself: run it eagerly from now on
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                piece.turn_eager(f"capturing it failed ({type(exc).__name__}: {first})")
+                piece.turn_eager(f"capturing it failed ({_first_line(exc)})")
                 self.plan.run_steps(env, piece.steps)
                 continue
             for s in piece.frees:
@@ -263,16 +352,14 @@ class SegmentedRun:
             for s, v in zip(piece.writes, outs, strict=True):
                 env[s] = v
             if piece.graphs.evictions >= self.max_graphs:
-                piece.turn_eager(
-                    f"its input sizes changed on {self.max_graphs} more calls than it keeps "
-                    "graphs for: capturing cost more than it saved"
-                )
+                piece.turn_eager(_CHANGING_SIZES.format(n=self.max_graphs))
 
     def captures(self) -> int:
-        """Graphs captured so far, over every segment (those since dropped included)."""
+        """Graphs captured so far, over every segment and subgraph (those since dropped
+        included)."""
         return sum(
             p.dropped_captures + (p.graphs.info()["captures"] if p.graphs is not None else 0)
-            for p in self.pieces
+            for p in (*self.pieces, *self.subgraphs)
         )
 
     def info(self) -> list[dict]:
@@ -290,6 +377,35 @@ class SegmentedRun:
                 item["runs"] = "eager"  # blockers, and runs too short to pay
             out.append(item)
         return out
+
+    def subgraph_info(self) -> list[dict]:
+        """Each subgraph replayed from a cond or while_loop: its node and name, whether it runs
+        as graphs (else why not), and its graph counts."""
+        out = []
+        for p in self.subgraphs:
+            item: dict = {"node": p.node, "subgraph": p.name}
+            if p.graphs is not None:
+                item.update(p.graphs.info(), reads=len(p.dynamic), runs="graphs")
+            else:
+                item.update(runs="eager", why=p.why_eager, captures=p.dropped_captures)
+            out.append(item)
+        return out
+
+
+_CHANGING_SIZES = (
+    "its input sizes changed on {n} more calls than it keeps graphs for: capturing cost more "
+    "than it saved"
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def _op(node: Node) -> str:
+    """``torch.ops.higher_order.while_loop`` → ``while_loop``."""
+    return node.target.rsplit(".", 1)[-1]
 
 
 def _balanced(nodes) -> bool:

@@ -96,7 +96,7 @@ class Step:
     free: tuple[int, ...]
     via_fallback: bool = False
     output_slots: dict[str, int] = field(default_factory=dict)
-    subplans: list = field(default_factory=list)
+    subgraphs: list[Subgraph] = field(default_factory=list)
 
 
 class CompiledGraph:
@@ -213,22 +213,24 @@ class CompiledGraph:
         """Targets that ran through the generic ``torch.ops`` fallback (no registry entry)."""
         out = {s.node.target for s in self.steps if s.via_fallback}
         for s in self.steps:
-            for sub in s.subplans:
-                out |= sub.fallback_targets()
+            for sub in s.subgraphs:
+                out |= sub.plan.fallback_targets()
         return out
 
 
 class Subgraph:
-    """A compiled subgraph of a higher-order op, callable as ``fn(*operands) -> list``."""
+    """A compiled subgraph of a higher-order op, callable as ``fn(*operands) -> list``.
+    ``runner`` runs it (``plan.run`` unless replaced: CUDA graphs replay some subgraphs)."""
 
-    __slots__ = ("name", "plan")
+    __slots__ = ("name", "plan", "runner")
 
     def __init__(self, name: str, plan: CompiledGraph):
         self.name = name
         self.plan = plan
+        self.runner: Callable[[list], list] = plan.run
 
     def __call__(self, *operands):
-        return self.plan.run(list(operands))
+        return self.runner(list(operands))
 
     def __repr__(self) -> str:
         return f"<subgraph {self.name}: {len(self.plan.steps)} nodes>"
@@ -380,8 +382,10 @@ class GraphCompiler:
         store, out_slots = self.compile_outputs(node, define, path)
         run = _make_step(kernel, args, kwargs, store)
         step = Step(node, kernel, run, (), via_fallback, out_slots)
-        step.subplans = [
-            a.value.plan for a in args if isinstance(a, _Const) and isinstance(a.value, Subgraph)
+        step.subgraphs = [
+            a.value
+            for a in (*args, *kwargs.values())
+            if isinstance(a, _Const) and isinstance(a.value, Subgraph)
         ]
         return step
 

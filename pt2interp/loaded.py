@@ -83,9 +83,7 @@ class LoadedProgram:
         member = self.program.source
         # the program's device, not the file's: factory ops recorded with device=cuda make
         # their tensors on CPU when the program runs there, and the other way round
-        self._plan: CompiledGraph = GraphCompiler(device=self.device, member=member).compile(
-            model.graph
-        )
+        self._plan: CompiledGraph = self._compile()
         self.signature = signature = CallSignature.from_model(model, strict=True, member=member)
         # inference mode turns forward-mode AD off (torch.func.jvp's tangents become None before
         # torch 2.13): a program recording a jvp runs under no_grad, which records no graph either
@@ -136,6 +134,11 @@ class LoadedProgram:
         if self.cuda_graphs:
             self._start_graphs(self._chosen_recorder)
 
+    def _compile(self) -> CompiledGraph:
+        return GraphCompiler(device=self.device, member=self.program.source).compile(
+            self.program.model.graph
+        )
+
     @functools.cached_property
     def capture_plan(self) -> CapturePlan:
         """Whether this program can run as CUDA graphs, and if not which nodes prevent it
@@ -164,8 +167,11 @@ class LoadedProgram:
         if plan.verdict == "segments":
             user_slots = set(self._input_slots)
             fixed = {i: v for i, v in enumerate(self._template) if i not in user_slots}
+            # subgraphs replayed from their op are set up in a plan of their own: eager and
+            # hooked runs keep running them as they are
+            compiled = self._compile() if plan.captured_subgraphs else self._plan
             self._segments = SegmentedRun(
-                self._plan, plan, fixed, recorder, max_graphs=self._graph_options["max_graphs"]
+                compiled, plan, fixed, recorder, max_graphs=self._graph_options["max_graphs"]
             )
             return
         state, inputs = self._written_by_a_run()
@@ -402,13 +408,15 @@ class LoadedProgram:
             info.update(self._graphs.info())
         elif self._segments is not None:
             pieces = self._segments.info()
-            captured = [p for p in pieces if p["runs"] == "graphs"]
+            subgraphs = self._segments.subgraph_info()
+            captured = [p for p in (*pieces, *subgraphs) if p["runs"] == "graphs"]
             info.update(
                 graphs=sum(p["graphs"] for p in captured),
                 max_graphs=self._segments.max_graphs,
                 captures=self._segments.captures(),
                 replays=sum(p["replays"] for p in captured),
                 pieces=pieces,
+                subgraphs=subgraphs,
             )
         return info
 

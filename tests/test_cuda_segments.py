@@ -78,7 +78,9 @@ def test_every_blocked_fixture_runs_in_segments_as_eagerly(c):
     graphs = [p for p in pieces if p["runs"] == "graphs"]
     assert graphs, pieces
     assert all(p["replays"] == len(calls) for p in graphs)
-    assert info["replays"] == len(calls) * len(graphs)
+    # and the subgraphs of a cond or while_loop as often as the op ran them
+    replayed = [s for s in info["subgraphs"] if s["runs"] == "graphs"]
+    assert info["replays"] == len(calls) * len(graphs) + sum(s["replays"] for s in replayed)
 
 
 class _GatedBody(torch.nn.Module):
@@ -209,6 +211,43 @@ def test_a_segment_writing_through_a_view_writes_back(tmp_path):
     _close(x_eager, x)  # the input the program wrote into holds the same values
 
 
+def test_cond_branches_replay_as_graphs_of_their_own():
+    """A cond on data runs eagerly (its predicate is read on the host) and replays the branch
+    it picks; the branches read the parameters in place and copy only ``x`` in."""
+    from fixture_cases import case
+
+    c = case("zoo", "cond")
+    eager = pt2interp.load(c.path)
+    prog = _segmented(c.path)
+    (x,), _ = c.inputs()
+    calls = [x, -x, x, x, -x]
+    for arg in calls:
+        _close(eager(arg), prog(arg))
+    subgraphs = {s["subgraph"]: s for s in prog.cuda_graphs_info()["subgraphs"]}
+    assert set(subgraphs) == {"true_graph_0", "false_graph_0"}
+    assert all(s["runs"] == "graphs" and s["captures"] == 1 for s in subgraphs.values())
+    assert sum(s["replays"] for s in subgraphs.values()) == len(calls)
+    assert {s["replays"] for s in subgraphs.values()} == {2, 3}  # each branch as often as taken
+    assert all(s["reads"] == 1 for s in subgraphs.values())  # x; weight and bias in place
+
+
+def test_a_while_loops_body_replays_every_round():
+    from fixture_cases import case
+
+    c = case("zoo", "loops")
+    eager = pt2interp.load(c.path)
+    prog = _segmented(c.path)
+    args, kwargs = c.inputs()
+    for _ in range(3):
+        _close(eager(*args, **kwargs), prog(*args, **kwargs))
+    body = next(
+        s for s in prog.cuda_graphs_info()["subgraphs"] if s["subgraph"].endswith("body_graph_0")
+    )
+    assert body["runs"] == "graphs" and body["captures"] == 1
+    assert body["replays"] % 3 == 0 and body["replays"] >= 3, body  # every round of each call
+    assert body["reads"] == 2  # the carried values; the linear layer's weights in place
+
+
 def test_plans_with_no_run_worth_a_graph_stay_eager():
     c = next(c for c in _BLOCKED if c.id == "zoo/data_dependent.pt2")
     plan = plan_capture(read_program(c.path).model)
@@ -223,7 +262,7 @@ def test_info_names_the_captured_segments(gated, capsys):
 
     assert main(["info", str(gated)]) == 0
     out = capsys.readouterr().out
-    assert "CUDA graphs: runs 1 segment(s) as graphs (nodes 0-" in out
+    assert "CUDA graphs: runs 1 part(s) as graphs of their own (nodes 0-" in out
     assert "reads a tensor's value on the host" in out
 
 
@@ -231,13 +270,13 @@ def _cut_plan(prog, cuts) -> CapturePlan:
     """A plan whose blockers are the program's own and the nodes ``cuts``, every run between
     them captured."""
     blocked = set(cuts)
-    plan = prog.capture_plan
+    plan = plan_capture(prog.program.model, min_segment_nodes=1)
     covered = {i for a, b in plan.segments for i in range(a, b)}
     n = len(prog.program.graph.nodes)
     blocked |= set(range(n)) - covered  # the program's own blockers
     bounds = [-1, *sorted(blocked), n]
     parts = tuple((a + 1, b) for a, b in zip(bounds, bounds[1:]) if a + 1 < b)
-    return CapturePlan("segments", plan.blockers, parts, parts, 1)
+    return CapturePlan("segments", plan.blockers, parts, parts, 1, plan.captured_subgraphs)
 
 
 @pytest.mark.parametrize("c", all_cases(), ids=lambda c: c.id)
