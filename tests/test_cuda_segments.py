@@ -42,11 +42,13 @@ def _other_inputs(c):
     """The case's inputs with other values (same shapes and dtypes): bools and integers
     shuffled, floats drawn afresh, so data-dependent sizes change."""
 
+    gen = torch.Generator().manual_seed(21)  # the same values whatever ran before
+
     def other(v):
         if isinstance(v, torch.Tensor) and v.is_floating_point():
-            return torch.randn_like(v) * 2
+            return torch.randn(v.shape, generator=gen, dtype=v.dtype) * 2
         if isinstance(v, torch.Tensor) and v.numel() > 1:
-            return v.flatten()[torch.randperm(v.numel())].reshape(v.shape)
+            return v.flatten()[torch.randperm(v.numel(), generator=gen)].reshape(v.shape)
         if isinstance(v, (list, tuple)):
             return type(v)(other(x) for x in v)
         if isinstance(v, dict):
