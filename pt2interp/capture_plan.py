@@ -274,15 +274,11 @@ def _node_blockers(node: Node, graph: Graph, where: str) -> list[Blocker]:
     op = _op_name(node.target)
     why = _why_blocked(node, graph, op)
     found = [Blocker(where, node.target, why)] if why else []
-    for na in node.inputs:
-        if na.arg.kind is ArgKind.GRAPH:
-            sub = na.arg.value
-            for j, inner in enumerate(sub.graph.nodes):
-                found.extend(
-                    _node_blockers(
-                        inner, sub.graph, f"{where} > {sub.name}.nodes[{j}] ({inner.label})"
-                    )
-                )
+    for sub in _subgraphs(node):
+        for j, inner in enumerate(sub.graph.nodes):
+            found.extend(
+                _node_blockers(inner, sub.graph, f"{where} > {sub.name}.nodes[{j}] ({inner.label})")
+            )
     return found
 
 

@@ -49,8 +49,34 @@ from pt2interp.schema import Node
 __all__ = ["SegmentedRun"]
 
 
+class _GraphsOrEager:
+    """What both kinds of piece share: a graph cache, or the reason it runs eagerly."""
+
+    graphs: GraphCache | None
+    why_eager: str
+    dropped_captures: int  # captures of graphs it no longer holds (it turned eager)
+
+    def turn_eager(self, why: str) -> None:
+        if self.graphs is not None:
+            self.dropped_captures += self.graphs.info()["captures"]
+            self.graphs.clear()
+        self.graphs = None
+        self.why_eager = why
+
+    def captures(self) -> int:
+        return self.dropped_captures + (self.graphs.info()["captures"] if self.graphs else 0)
+
+    def state(self) -> dict:
+        """How it runs, for ``info()``: its graph counts, or why it runs eagerly."""
+        if self.graphs is not None:
+            return {**self.graphs.info(), "runs": "graphs"}
+        if not self.why_eager:
+            return {"runs": "eager"}  # blockers, and runs too short to pay
+        return {"runs": "eager", "why": self.why_eager, "captures": self.dropped_captures}
+
+
 @dataclass
-class _Piece:
+class _Piece(_GraphsOrEager):
     """Nodes ``[start, end)`` of the plan, run eagerly or as graphs."""
 
     start: int
@@ -61,18 +87,11 @@ class _Piece:
     reads: list[int] = field(default_factory=list)  # slots read from before the segment
     writes: list[int] = field(default_factory=list)  # slots it sets that later nodes read
     frees: tuple[int, ...] = ()  # slots whose last reader is in it
-    dropped_captures: int = 0  # captures of graphs it no longer holds (it turned eager)
-
-    def turn_eager(self, why: str) -> None:
-        if self.graphs is not None:
-            self.dropped_captures += self.graphs.info()["captures"]
-            self.graphs.clear()
-        self.graphs = None
-        self.why_eager = why
+    dropped_captures: int = 0
 
 
 @dataclass
-class _SubgraphPiece:
+class _SubgraphPiece(_GraphsOrEager):
     """A cond's branch or a while_loop's condition or body, replayed from the op."""
 
     node: int
@@ -84,11 +103,7 @@ class _SubgraphPiece:
     dropped_captures: int = 0
 
     def turn_eager(self, why: str) -> None:
-        if self.graphs is not None:
-            self.dropped_captures += self.graphs.info()["captures"]
-            self.graphs.clear()
-        self.graphs = None
-        self.why_eager = why
+        super().turn_eager(why)
         if self.subgraph is not None:
             self.subgraph.runner = self.subgraph.plan.run
 
@@ -152,31 +167,9 @@ class SegmentedRun:
         inside = set().union(*self._defines[a:b])
         needed = set().union(*self._reads[a:b]) - inside
         handed = sorted(r for r in inside if self._last_read.get(r, -1) >= b)
-        if not _balanced(self.plan.graph.nodes[:a]):
-            # inside a vmap or jvp: its values are functorch's wrappers, which copies would strip
-            piece.why_eager = "it runs inside a vmap or jvp level"
-            return piece
-        if not _balanced(self.plan.graph.nodes[a:b]):
-            # a warm-up run would enter the level again and again
-            piece.why_eager = "it enters or leaves a vmap or jvp level without the other"
-            return piece
         root = self._memory_roots(a, b, needed)
-        shared = self._shared_and_written_later(b, needed, handed, root)
-        if shared:
-            piece.why_eager = (
-                f"a later node writes in place into {shared!r}, which it hands on, and a copy "
-                "would not share that value's memory as the program does"
-            )
-            return piece
-        clash = self._writes_shared_input(a, b, needed, root)
-        if clash:
-            piece.why_eager = (
-                f"it writes into {clash!r}, whose memory another value it reads shares, and "
-                "copies of the two would not"
-            )
-            return piece
-        if any(r not in slot_of for r in needed | set(handed)):
-            piece.why_eager = "it reads or hands on a list of tensors held as one value"
+        piece.why_eager = self._why_not_a_graph(a, b, needed, handed, root)
+        if piece.why_eager:
             return piece
         piece.frees = tuple(sorted({s for _, free in piece.steps for s in free}))
         piece.reads = sorted(slot_of[r] for r in needed if slot_of[r] not in self._fixed_slots)
@@ -200,6 +193,30 @@ class SegmentedRun:
             max_graphs=self.max_graphs,
         )
         return piece
+
+    def _why_not_a_graph(self, a: int, b: int, needed: set, handed: list, root: dict) -> str:
+        """Why nodes ``a`` to ``b - 1`` must run eagerly, or "" where a graph can hold them."""
+        if not _balanced(self.plan.graph.nodes[:a]):
+            # inside a vmap or jvp: its values are functorch's wrappers, which copies would strip
+            return "it runs inside a vmap or jvp level"
+        if not _balanced(self.plan.graph.nodes[a:b]):
+            # a warm-up run would enter the level again and again
+            return "it enters or leaves a vmap or jvp level without the other"
+        shared = self._shared_and_written_later(b, needed, handed, root)
+        if shared:
+            return (
+                f"a later node writes in place into {shared!r}, which it hands on, and a copy "
+                "would not share that value's memory as the program does"
+            )
+        clash = self._writes_shared_input(a, b, needed, root)
+        if clash:
+            return (
+                f"it writes into {clash!r}, whose memory another value it reads shares, and "
+                "copies of the two would not"
+            )
+        if any(r not in self.plan.slot_of for r in needed | set(handed)):
+            return "it reads or hands on a list of tensors held as one value"
+        return ""
 
     def _subgraph(self, i: int, name: str) -> _SubgraphPiece:
         """Replay subgraph ``name`` of node ``i`` (a cond or while_loop the plan runs eagerly)
@@ -242,21 +259,26 @@ class SegmentedRun:
         return piece
 
     def _replay_subgraph(self, piece: _SubgraphPiece, expected: int, operands: list) -> list:
-        graphs = piece.graphs
-        if graphs is None or len(operands) != expected:
-            return piece.subgraph.plan.run(operands)
-        values = [operands[pos] for pos in piece.dynamic]
+        outs = None
+        if piece.graphs is not None and len(operands) == expected:
+            outs = self._replayed(piece, [operands[pos] for pos in piece.dynamic])
+        return piece.subgraph.plan.run(operands) if outs is None else outs
+
+    def _replayed(self, piece: _GraphsOrEager, values: list) -> list | None:
+        """The outputs of ``piece``'s graph for ``values``, or None where the piece is to run
+        eagerly this time: capturing ahead (captured now), or its capture just failed. A piece
+        whose sizes keep changing turns eager for the calls after this one."""
         try:
             if self._capture_only:
-                graphs.capture(values)
-                return piece.subgraph.plan.run(operands)
-            outs = graphs.run(values)
+                piece.graphs.capture(values)
+                return None
+            outs = piece.graphs.run(values)
         except Pt2Error:
-            raise
+            raise  # a node failed, as it would have eagerly
         except Exception as exc:  # the capture or replay itself: eagerly from now on
             piece.turn_eager(f"capturing it failed ({_first_line(exc)})")
-            return piece.subgraph.plan.run(operands)
-        if graphs.evictions >= self.max_graphs:
+            return None
+        if piece.graphs.evictions >= self.max_graphs:
             piece.turn_eager(_CHANGING_SIZES.format(n=self.max_graphs))
         return outs
 
@@ -322,7 +344,7 @@ class SegmentedRun:
         with self._lock:
             self._capture_only = capture_only
             try:
-                self._run_pieces(env, capture_only)
+                self._run_pieces(env)
             except BaseException:
                 functorch.unwind()  # a failure inside a vmap must not leave this thread in it
                 raise
@@ -330,51 +352,32 @@ class SegmentedRun:
                 self._capture_only = False
         return plan.finish(env)
 
-    def _run_pieces(self, env: list, capture_only: bool) -> None:
+    def _run_pieces(self, env: list) -> None:
         for piece in self.pieces:
-            if piece.graphs is None:
-                self.plan.run_steps(env, piece.steps)
-                continue
-            try:
-                if capture_only:
-                    piece.graphs.capture([env[s] for s in piece.reads])
-                    self.plan.run_steps(env, piece.steps)
-                    continue
-                outs = piece.graphs.run([env[s] for s in piece.reads])
-            except Pt2Error:
-                raise  # a node failed, as it would have eagerly
-            except Exception as exc:  # the capture or replay itself: run it eagerly from now on
-                piece.turn_eager(f"capturing it failed ({_first_line(exc)})")
+            outs = None
+            if piece.graphs is not None:
+                outs = self._replayed(piece, [env[s] for s in piece.reads])
+            if outs is None:
                 self.plan.run_steps(env, piece.steps)
                 continue
             for s in piece.frees:
                 env[s] = None
             for s, v in zip(piece.writes, outs, strict=True):
                 env[s] = v
-            if piece.graphs.evictions >= self.max_graphs:
-                piece.turn_eager(_CHANGING_SIZES.format(n=self.max_graphs))
 
     def captures(self) -> int:
         """Graphs captured so far, over every segment and subgraph (those since dropped
         included)."""
-        return sum(
-            p.dropped_captures + (p.graphs.info()["captures"] if p.graphs is not None else 0)
-            for p in (*self.pieces, *self.subgraphs)
-        )
+        return sum(p.captures() for p in (*self.pieces, *self.subgraphs))
 
     def info(self) -> list[dict]:
         """Each piece: its nodes, whether it runs as graphs (else why not), and its graph
         counts."""
         out = []
         for p in self.pieces:
-            item: dict = {"nodes": [p.start, p.end]}
+            item = {"nodes": [p.start, p.end], **p.state()}
             if p.graphs is not None:
-                item.update(p.graphs.info(), reads=len(p.reads), hands_on=len(p.writes))
-                item["runs"] = "graphs"
-            elif p.why_eager:
-                item.update(runs="eager", why=p.why_eager, captures=p.dropped_captures)
-            else:
-                item["runs"] = "eager"  # blockers, and runs too short to pay
+                item.update(reads=len(p.reads), hands_on=len(p.writes))
             out.append(item)
         return out
 
@@ -383,11 +386,9 @@ class SegmentedRun:
         as graphs (else why not), and its graph counts."""
         out = []
         for p in self.subgraphs:
-            item: dict = {"node": p.node, "subgraph": p.name}
+            item = {"node": p.node, "subgraph": p.name, **p.state()}
             if p.graphs is not None:
-                item.update(p.graphs.info(), reads=len(p.dynamic), runs="graphs")
-            else:
-                item.update(runs="eager", why=p.why_eager, captures=p.dropped_captures)
+                item["reads"] = len(p.dynamic)
             out.append(item)
         return out
 
