@@ -52,24 +52,36 @@ def signature_of(leaves: Sequence[Any]) -> tuple:
 
 
 class CudaRecorder:
-    """Captures with ``torch.cuda.graph``, every graph in one memory pool."""
+    """Captures with ``torch.cuda.graph``, every graph in one memory pool.
+
+    Capture happens on a stream of the program's own device, with that device current:
+    ``torch.cuda.graph``'s default capture stream is one per process, made on whichever device
+    was current when it was first used, so a program on ``cuda:1`` would be captured from a
+    stream of ``cuda:0``. The capture is ``thread_local``: under torch's default ("global") mode,
+    any other thread that allocates CUDA memory while a capture runs (another model's worker, an
+    HTTP handler moving a tensor) fails, and so does the capture.
+    """
 
     def __init__(self, device: torch.device, warmup: int = _WARMUP_RUNS):
         self.device = device
         self.warmup = warmup
         self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream(device=device)
 
     def capture(self, fn: Callable[[list], list], static_inputs: list) -> tuple[Any, list]:
-        current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                fn(static_inputs)
-        current.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            outputs = fn(static_inputs)
+        with torch.cuda.device(self.device):
+            current = torch.cuda.current_stream(self.device)
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    fn(static_inputs)
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(
+                graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"
+            ):
+                outputs = fn(static_inputs)
         return graph, outputs
 
 

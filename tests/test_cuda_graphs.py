@@ -136,6 +136,64 @@ def test_cuda_graphs_need_a_cuda_device():
         pt2interp.load(case("zoo", "mlp").path).capture(torch.randn(2, 16))
 
 
+def test_the_recorder_captures_on_the_programs_device_in_thread_local_mode(monkeypatch):
+    """How :class:`CudaRecorder` drives ``torch.cuda`` (here a stand-in that logs each call, as
+    CI has no GPU): warm-up on a side stream, then the capture on a stream of the program's
+    own device with that device current, into the shared pool, in ``thread_local`` mode (other
+    threads may allocate meanwhile). The real capture is tested under ``pytest -m cuda``."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from pt2interp import cuda_graphs
+
+    log, where = [], {"device": "cuda:0", "stream": None, "graph": None}
+
+    def context(key, value):
+        @contextlib.contextmanager
+        def entered():
+            before, where[key] = where[key], value
+            try:
+                yield
+            finally:
+                where[key] = before
+
+        return entered()
+
+    class FakeStream(SimpleNamespace):
+        def wait_stream(self, other):
+            log.append(("wait", self.name, other.name))
+
+    streams = iter(["capture", "side", "other"])
+    fake = SimpleNamespace(
+        graph_pool_handle=lambda: "pool",
+        Stream=lambda device: FakeStream(name=next(streams), device=str(device)),
+        current_stream=lambda device: FakeStream(name="current", device=str(device)),
+        stream=lambda s: context("stream", s.name),
+        device=lambda d: context("device", str(d)),
+        CUDAGraph=lambda: "graph",
+        graph=lambda g, pool, stream, capture_error_mode: context(
+            "graph", (g, pool, stream.name, stream.device, capture_error_mode)
+        ),
+    )
+    for name, value in vars(fake).items():  # just these: other threads may still ask torch.cuda
+        monkeypatch.setattr(torch.cuda, name, value)
+
+    def program(inputs):
+        log.append(("run", where["device"], where["stream"], where["graph"]))
+        return [inputs[0] + 1]
+
+    recorder = cuda_graphs.CudaRecorder(torch.device("cuda:1"), warmup=2)
+    graph, outputs = recorder.capture(program, [torch.zeros(2)])
+    assert graph == "graph" and torch.equal(outputs[0], torch.ones(2))
+    assert log == [
+        ("wait", "side", "current"),
+        ("run", "cuda:1", "side", None),
+        ("run", "cuda:1", "side", None),
+        ("wait", "current", "side"),
+        ("run", "cuda:1", None, ("graph", "pool", "capture", "cuda:1", "thread_local")),
+    ]
+
+
 def test_signatures_tell_shapes_dtypes_strides_and_values_apart():
     x = torch.randn(2, 3)
     same = [signature_of([x, 1]), signature_of([torch.zeros(2, 3), 1])]
