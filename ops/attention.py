@@ -30,14 +30,41 @@ def _attend(query, key, value, mask, dropout_p: float, is_causal: bool, scale):
             )
         )
     if query.device.type == "cuda":
-        out, lse, *_ = aten._scaled_dot_product_efficient_attention.default(
-            query, key, value, mask, True, dropout_p, is_causal, scale=scale
-        )
-        return out, lse[..., : query.shape[-2]]  # CUDA pads the log-sum-exp to a multiple of 32
-    return _math_attention(query, key, value, mask, is_causal, scale)
+        bias = None if mask is None else efficient_bias(mask, query, key)
+        if bias is None or bias.dtype == query.dtype:
+            try:
+                out, lse, *_ = aten._scaled_dot_product_efficient_attention.default(
+                    query, key, value, bias, True, dropout_p, is_causal, scale=scale
+                )
+                return out, lse[..., : query.shape[-2]]  # CUDA pads it to a multiple of 32
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:
+                pass  # a dtype or head size the kernel lacks: the math below has no such limits
+    return _math_attention(query, key, value, mask, dropout_p, is_causal, scale)
 
 
-def _math_attention(query, key, value, mask, is_causal: bool, scale):
+_EFFICIENT_ALIGNMENT = 8  # elements; torch's SDPA pads a bias to this before the CUDA kernel
+
+
+def efficient_bias(mask, query, key):
+    """``mask`` as CUDA's memory-efficient kernel takes a bias, prepared as torch's own
+    ``scaled_dot_product_attention`` prepares it (the recorded CPU kernel took it as it was): a
+    boolean mask as 0 / -inf in the query's dtype, every stride but the last a multiple of 8
+    elements (a padded copy, sliced back), broadcast to (batch, heads, queries, keys). The
+    kernel refuses a bias laid out otherwise ("attn_bias is not correctly aligned")."""
+    import torch
+
+    if mask.dtype == torch.bool:
+        mask = torch.zeros_like(mask, dtype=query.dtype).masked_fill_(~mask, float("-inf"))
+    if any(s % _EFFICIENT_ALIGNMENT for s in mask.stride()[:-1]):
+        keys = mask.shape[-1]
+        pad = -keys % _EFFICIENT_ALIGNMENT
+        mask = torch.nn.functional.pad(mask, (0, pad))[..., :keys]
+    return mask.expand(*query.shape[:-1], key.shape[-2])
+
+
+def _math_attention(query, key, value, mask, dropout_p: float, is_causal: bool, scale):
     import math
 
     import torch
@@ -52,7 +79,10 @@ def _math_attention(query, key, value, mask, is_causal: bool, scale):
             scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
         )
     lse = scores.logsumexp(-1)
-    return (scores - lse.unsqueeze(-1)).exp().to(value.dtype) @ value, lse
+    weights = (scores - lse.unsqueeze(-1)).exp()
+    if dropout_p > 0:
+        weights = torch.nn.functional.dropout(weights, dropout_p)
+    return weights.to(value.dtype) @ value, lse
 
 
 def _empty(like, dtype=None):

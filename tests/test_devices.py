@@ -111,6 +111,86 @@ def test_attention_with_an_additive_bias_on_cpu():
     )
 
 
+def _mask(kind: str, queries: int, keys: int, seed: int = 0):
+    """A mask that leaves every query at least one key (a fully masked row is NaN everywhere)."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(queries, keys, generator=g) > 0.4
+    keep[:, 0] = True
+    if kind == "bool":
+        return keep
+    return torch.randn(queries, keys, generator=g).masked_fill(~keep, float("-inf"))
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("keys", [5, 7, 8, 13])
+def test_a_mask_becomes_the_bias_cudas_kernel_takes(kind, keys):
+    """CUDA's memory-efficient kernel refuses a bias whose rows are not 8-element aligned, and
+    takes no boolean mask: the recorded CPU kernel's mask is prepared as torch's own SDPA
+    prepares it, with the same meaning."""
+    q, _, _ = _qkv(2)
+    k, v = (torch.randn(1, 2, keys, 8) for _ in range(2))
+    mask = _mask(kind, 5, keys)
+    bias = attention.efficient_bias(mask, q, k)
+    assert bias.shape == (1, 2, 5, keys) and bias.dtype == q.dtype
+    assert all(s % 8 == 0 for s in bias.stride()[:-1]), bias.stride()
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [None, "bool", "float"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_attention_where_no_fused_kernel_serves_is_torchs(kind, is_causal):
+    """The math fallback (a device with no fused kernel, or inputs the CUDA kernel refuses)."""
+    q, k, v = _qkv(3)
+    mask = None if kind is None else _mask(kind, 5, 5, seed=3)
+    if is_causal and mask is not None:
+        pytest.skip("SDPA takes a mask or is_causal, not both")
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal)
+    out, lse = attention._math_attention(q, k, v, mask, 0.0, is_causal, None)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    cpu_out, cpu_lse = attention._attend(
+        q,
+        k,
+        v,
+        None if mask is None else attention.efficient_bias(mask, q, k),
+        0.0,
+        is_causal,
+        None,
+    )
+    torch.testing.assert_close(lse, cpu_lse, rtol=1e-5, atol=1e-5)
+    dropped, _ = attention._math_attention(q, k, v, mask, 1.0, is_causal, None)
+    assert torch.equal(dropped, torch.zeros_like(dropped))  # every weight dropped
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("kind", [None, "bool", "float"])
+@pytest.mark.parametrize("keys", [5, 13])
+def test_cpu_recorded_attention_runs_on_cuda_with_any_mask(dtype, kind, keys):
+    """A CPU export's ``_scaled_dot_product_flash_attention_for_cpu`` on CUDA: output and
+    log-sum-exp as the CPU kernel gives them, for masks of unaligned lengths and dtypes the
+    fused CUDA kernel lacks (float64 takes the math path)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    g = torch.Generator().manual_seed(keys)
+    q = torch.randn(2, 3, 7, 16, generator=g)
+    k, v = (torch.randn(2, 3, keys, 16, generator=g) for _ in range(2))
+    mask = None if kind is None else _mask(kind, 7, keys, seed=keys)
+    if kind == "float":
+        mask = mask.to(dtype)
+    elif kind == "bool":
+        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, float("-inf"))
+    cpu = [t.to(dtype) for t in (q, k, v)]
+    want = attention.flash_attention_for_cpu(*cpu, attn_mask=mask)
+    got = attention.flash_attention_for_cpu(
+        *(t.cuda() for t in cpu), attn_mask=None if mask is None else mask.cuda()
+    )
+    tol = device_change_tolerance(dtype)
+    for w, o in zip(want[:2], got[:2], strict=True):
+        torch.testing.assert_close(o.cpu(), w, rtol=tol, atol=tol)
+
+
 # -- views of inputs another device laid out differently ---------------------------------------
 
 
