@@ -17,7 +17,7 @@ import zipfile
 import pytest
 import torch
 from conftest import CASES
-from fixture_cases import device_change_tolerance, flatten_outputs
+from fixture_cases import device_change_tolerance, flatten_outputs, load_or_skip
 from helpers import member_named, program_member, rewrite_zip
 
 import pt2interp
@@ -54,6 +54,67 @@ def test_cuda_exports_run_on_cpu(c):
     for value in out.values():
         assert not isinstance(value, torch.Tensor) or value.device.type == "cpu"
     _assert_close_across_devices(out, c.expected(), c.id)
+
+
+def _needs_values_or_autocast(c) -> str | None:
+    """Why ``c`` cannot run on the meta device (which holds no values), or None."""
+    prog = pt2interp.load(c.path)
+    reads = [
+        b
+        for b in prog.capture_plan.blockers
+        if not b.why.startswith(("draws random", "dropout", "an op with side effects"))
+    ]
+    if reads:
+        return f"needs tensor values: {reads[0]}"
+    pending = [prog.program.graph]
+    while pending:
+        graph = pending.pop()
+        for node in graph.nodes:
+            if "autocast" in node.target:
+                return "torch.autocast has no meta device"
+            pending += [a.arg.value for a in node.inputs if a.arg.kind.name == "GRAPH"]
+    return None
+
+
+@pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
+def test_every_tensor_follows_the_program_to_another_device(c):
+    """CPU exports to CUDA, checked where there is no GPU: on the meta device (shapes, no
+    data) every tensor any op makes, factory ops' included, must be on the program's device,
+    and the outputs must have the references' shapes and dtypes. CUDA exports go from cuda
+    to meta here, and to CPU above."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    why = _needs_values_or_autocast(c)
+    if why:
+        pytest.skip(why)
+    prog = load_or_skip(c, device="meta")
+    strays = []
+
+    class Devices(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(
+                isinstance(t, torch.Tensor) and t.device.type != "meta" for t in tree_leaves(out)
+            ):
+                strays.append(str(func))
+            return out
+
+    args, kwargs = c.inputs()
+    args = [a.to("meta") for a in args]
+    kwargs = {k: v.to("meta") for k, v in kwargs.items()}
+    with Devices():
+        out = flatten_outputs(prog(*args, **kwargs))
+    assert not strays, f"made off the program's device by: {sorted(set(strays))}"
+    want = c.expected()
+    assert out.keys() == want.keys()
+    for key, value in out.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        assert value.device.type == "meta", key
+        assert value.shape == want[key].shape, key
+        dtype = torch.float32 if value.dtype == torch.bfloat16 else value.dtype  # npz has no bf16
+        assert dtype == want[key].dtype, key
 
 
 def test_a_device_this_torch_lacks_is_one_clear_error():
