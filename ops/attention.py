@@ -70,7 +70,8 @@ def _math_attention(query, key, value, mask, dropout_p: float, is_causal: bool, 
     import torch
 
     scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
-    scores = (query @ key.transpose(-2, -1)).float() * scale
+    accumulate = torch.promote_types(query.dtype, torch.float32)  # half types in float32
+    scores = (query @ key.transpose(-2, -1)).to(accumulate) * scale
     if is_causal:
         keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
         scores = scores.masked_fill(~keep, float("-inf"))

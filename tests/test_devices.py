@@ -199,27 +199,25 @@ def test_a_mask_becomes_the_bias_cudas_kernel_takes(kind, keys):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", [None, "bool", "float"])
 @pytest.mark.parametrize("is_causal", [False, True])
-def test_attention_where_no_fused_kernel_serves_is_torchs(kind, is_causal):
-    """The math fallback (a device with no fused kernel, or inputs the CUDA kernel refuses)."""
-    q, k, v = _qkv(3)
+def test_attention_where_no_fused_kernel_serves_is_torchs(kind, is_causal, dtype):
+    """The math fallback (a device with no fused kernel, or inputs the CUDA kernel refuses):
+    torch's SDPA output, the CPU kernel's log-sum-exp, in float64 where given float64."""
+    q, k, v = (t.to(dtype) for t in _qkv(3))
     mask = None if kind is None else _mask(kind, 5, 5, seed=3)
     if is_causal and mask is not None:
         pytest.skip("SDPA takes a mask or is_causal, not both")
+    if kind == "float":
+        mask = mask.to(dtype)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal)
     out, lse = attention._math_attention(q, k, v, mask, 0.0, is_causal, None)
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-    cpu_out, cpu_lse = attention._attend(
-        q,
-        k,
-        v,
-        None if mask is None else attention.efficient_bias(mask, q, k),
-        0.0,
-        is_causal,
-        None,
-    )
-    torch.testing.assert_close(lse, cpu_lse, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, want, rtol=tol, atol=tol)
+    bias = None if mask is None else attention.efficient_bias(mask, q, k)
+    _, cpu_lse = attention._attend(q, k, v, bias, 0.0, is_causal, None)
+    torch.testing.assert_close(lse, cpu_lse, rtol=tol, atol=tol)
     dropped, _ = attention._math_attention(q, k, v, mask, 1.0, is_causal, None)
     assert torch.equal(dropped, torch.zeros_like(dropped))  # every weight dropped
 
