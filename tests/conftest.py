@@ -1,6 +1,6 @@
 import pytest
 import torch
-from fixture_cases import all_cases
+from fixture_cases import all_cases, cuda_float32_as_computed_on
 
 # The fixtures' reference outputs were computed single-threaded; some CPU kernels (oneDNN
 # convolutions, RNNs) split work differently with more threads and change the last bits.
@@ -28,6 +28,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cuda_float32_as_on_a_cpu(request):
+    """CUDA tests compare with CPU runs or references computed on a CPU: their float32 matmuls
+    and convolutions run in full float32, not TF32 (which cuDNN uses by default)."""
+    if "cuda" not in request.keywords or not torch.cuda.is_available():
+        yield
+        return
+    with cuda_float32_as_computed_on("cpu"):
+        yield
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ flattened expected outputs ``out``, ``out.0``, ``out.<key>``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -232,8 +233,9 @@ def generated_code_runs_or_skip(c: Case) -> None:
 
 
 def device_change_tolerance(dtype) -> float:
-    """rtol = atol for outputs computed on another device (other kernels; TF32, as torch
-    defaults on CUDA): float32 1e-3, half types 2e-2, float64 1e-6, others exact."""
+    """rtol = atol for outputs computed on another device (its kernels sum in another order;
+    float32 with TF32 as the reference had it, :func:`cuda_float32_as_computed_on`): float32
+    1e-3, half types 2e-2, float64 1e-6, others exact."""
     import torch
 
     return {
@@ -242,6 +244,26 @@ def device_change_tolerance(dtype) -> float:
         torch.float16: 2e-2,
         torch.bfloat16: 2e-2,
     }.get(dtype, 0)
+
+
+# torch's own defaults: float32 matmuls in full precision, cuDNN convolutions in TF32
+_TF32_AS_COMPUTED_ON = {"cpu": (False, False), "cuda": (False, True)}
+
+
+@contextlib.contextmanager
+def cuda_float32_as_computed_on(device: str):
+    """CUDA float32 matmuls and convolutions (TF32 or not) as a reference computed on ``device``
+    had them: in full float32 for one computed on a CPU, with torch's defaults (cuDNN
+    convolutions in TF32) for the fixtures' CUDA references."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32, cudnn.allow_tf32 = _TF32_AS_COMPUTED_ON[device]
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 def manifests() -> list[Path]:

@@ -17,7 +17,12 @@ import zipfile
 import pytest
 import torch
 from conftest import CASES
-from fixture_cases import device_change_tolerance, flatten_outputs, load_or_skip
+from fixture_cases import (
+    cuda_float32_as_computed_on,
+    device_change_tolerance,
+    flatten_outputs,
+    load_or_skip,
+)
 from helpers import member_named, program_member, rewrite_zip
 
 import pt2interp
@@ -413,7 +418,8 @@ def test_an_autocast_region_follows_the_program_to_cuda(tmp_path):
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
 def test_every_fixture_runs_on_cuda(c):
     args, kwargs = c.inputs()
-    out = flatten_outputs(pt2interp.load(c.path, device="cuda")(*args, **kwargs))
+    with cuda_float32_as_computed_on(c.device):
+        out = flatten_outputs(pt2interp.load(c.path, device="cuda")(*args, **kwargs))
     for value in out.values():
         assert not isinstance(value, torch.Tensor) or value.device.type == "cuda"
     _assert_close_across_devices(out, c.expected(), c.id)
