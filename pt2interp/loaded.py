@@ -452,15 +452,17 @@ class LoadedProgram:
 
 
 def _usable_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``, refusing one this torch or machine does not have
-    (a CPU-only torch asked for ``cuda`` raises an AssertionError deep inside otherwise)."""
+    """``device`` as a ``torch.device`` with its index where it has one (``cuda`` is the
+    current CUDA device now, ``cuda:0``, as ``nn.Module.to("cuda")`` moves to it), refusing one
+    this torch or machine does not have (a CPU-only torch asked for ``cuda`` raises an
+    AssertionError deep inside otherwise). With the index, tensors made later (factory ops, a
+    graph capture) land where the weights are even if another device has become current, and
+    inputs already there compare equal to it."""
     try:
-        dev = torch.device(device)
-        torch.empty(0, device=dev)
+        return torch.empty(0, device=torch.device(device)).device
     except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DeviceError(f"device {str(device)!r} is not available: {first}") from None
-    return dev
 
 
 def _names(arg) -> set[str]:

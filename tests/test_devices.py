@@ -415,6 +415,17 @@ def test_an_autocast_region_follows_the_program_to_cuda(tmp_path):
 
 
 @pytest.mark.cuda
+def test_cuda_means_the_current_cuda_device_from_load_on():
+    c = next(c for c in CASES if c.folder == "zoo" and c.name == "mini_gpt")
+    here = torch.device("cuda", torch.cuda.current_device())
+    prog = pt2interp.load(c.path, device="cuda")
+    assert prog.device == here  # with its index: inputs on it are not moved again
+    args, kwargs = c.inputs()
+    assert all(t.device == here for t in flatten_outputs(prog(*args, **kwargs)).values())
+    assert pt2interp.load(c.path).to("cuda").device == here
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.id)
 def test_every_fixture_runs_on_cuda(c):
     args, kwargs = c.inputs()
