@@ -12,6 +12,7 @@ argument or output is handled (as ``torch.fx.Interpreter`` lets one override ``c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,8 +199,10 @@ class CompiledGraph:
 
     def _failure(self, run: Callable | None, exc: Exception) -> ExecutionError:
         """The error for a kernel that raised ``exc`` in the step whose ``run`` is ``run``."""
-        lines = [x for x in str(exc).splitlines() if x.strip()]
-        what = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+        what = _kernel_missing(exc)
+        if what is None:
+            lines = [x for x in str(exc).splitlines() if x.strip()]
+            what = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
         for i, step in enumerate(self.steps):
             if step.run is run:
                 node = step.node
@@ -216,6 +219,30 @@ class CompiledGraph:
             for sub in s.subgraphs:
                 out |= sub.plan.fallback_targets()
         return out
+
+
+_NO_KERNEL = re.compile(r"Could not run '([^']+)' with arguments from the '([^']+)' backend")
+_KERNELS_ON = re.compile(r"is only available for these backends: \[([^\]]*)\]")
+_DEVICE_KEYS = ("CPU", "CUDA", "HIP", "XPU", "MPS", "MTIA", "HPU", "PrivateUse1")
+
+
+def _kernel_missing(exc: Exception) -> str | None:
+    """torch's "Could not run 'aten::x' with arguments from the 'CPU' backend ..." (a paragraph
+    about custom builds, then every dispatch key) as one line: which op has no kernel for this
+    device, and on which devices it has one: an op bound to the device the program was
+    exported on."""
+    text = str(exc)
+    missing = _NO_KERNEL.search(text)
+    if not isinstance(exc, NotImplementedError) or missing is None:
+        return None
+    op, backend = missing.groups()
+    listed = _KERNELS_ON.search(text)
+    devices = [k for k in (listed.group(1).split(", ") if listed else []) if k in _DEVICE_KEYS]
+    where = f" (this torch runs it on {', '.join(devices)} only)" if devices else ""
+    return (
+        f"{op} has no kernel for {backend.lower()}{where}: the op is bound to the device the "
+        "program was exported on; load it on that device"
+    )
 
 
 class Subgraph:

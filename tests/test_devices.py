@@ -258,33 +258,42 @@ def test_cpu_recorded_attention_runs_on_cuda_with_any_mask(dtype, kind, keys):
 # -- views of inputs another device laid out differently ---------------------------------------
 
 
-def _transposed_view_archive(tmp_path, write_after: bool):
-    """x (4, 16) -> transpose -> view(16, 4): export on a device whose transpose were
-    contiguous would record this; here the view meets a non-contiguous input."""
+def _node(target, inputs, out):
+    return {
+        "target": target,
+        "inputs": [{"name": n, "arg": a, "kind": 1} for n, a in inputs],
+        "outputs": [{"as_tensor": {"name": out}}],
+        "metadata": {},
+    }
+
+
+def _mlp_rewritten(dst, nodes, out):
+    """The zoo's mlp archive with its graph replaced by ``nodes`` on its input ``x`` (4, 16),
+    returning ``out`` (described as the mlp's output)."""
     src = next(c for c in CASES if c.folder == "zoo" and c.name == "mlp").path
     member = member_named(src, "models/model.json")
     with zipfile.ZipFile(src) as z:
         doc = json.loads(z.read(member))
+    graph = doc["graph_module"]["graph"]
+    graph["nodes"], graph["outputs"] = nodes, [{"as_tensor": {"name": out}}]
+    graph["tensor_values"][out] = graph["tensor_values"]["linear_1"]
+    doc["graph_module"]["signature"]["output_specs"] = [
+        {"user_output": {"arg": {"as_tensor": {"name": out}}}}
+    ]
+    return rewrite_zip(src, dst, replace={member: json.dumps(doc).encode()})
 
-    def node(target, inputs, out):
-        return {
-            "target": target,
-            "inputs": [{"name": n, "arg": a, "kind": 1} for n, a in inputs],
-            "outputs": [{"as_tensor": {"name": out}}],
-            "metadata": {},
-        }
 
+def _transposed_view_archive(tmp_path, write_after: bool):
+    """x (4, 16) -> transpose -> view(16, 4): export on a device whose transpose were
+    contiguous would record this; here the view meets a non-contiguous input."""
+    x = {"as_tensor": {"name": "x"}}
     nodes = [
-        node(
+        _node(
             "torch.ops.aten.transpose.int",
-            [
-                ("self", {"as_tensor": {"name": "x"}}),
-                ("dim0", {"as_int": 0}),
-                ("dim1", {"as_int": 1}),
-            ],
+            [("self", x), ("dim0", {"as_int": 0}), ("dim1", {"as_int": 1})],
             "t",
         ),
-        node(
+        _node(
             "torch.ops.aten.view.default",
             [("self", {"as_tensor": {"name": "t"}}), ("size", {"as_ints": [8, 8]})],
             "v",
@@ -292,22 +301,14 @@ def _transposed_view_archive(tmp_path, write_after: bool):
     ]
     if write_after:
         nodes.append(
-            node(
+            _node(
                 "torch.ops.aten.add_.Tensor",
                 [("self", {"as_tensor": {"name": "v"}}), ("other", {"as_int": 1})],
                 "w",
             )
         )
     out = "w" if write_after else "v"
-    graph = doc["graph_module"]["graph"]
-    graph["nodes"], graph["outputs"] = nodes, [{"as_tensor": {"name": out}}]
-    graph["tensor_values"][out] = graph["tensor_values"]["linear_1"]
-    doc["graph_module"]["signature"]["output_specs"] = [
-        {"user_output": {"arg": {"as_tensor": {"name": out}}}}
-    ]
-    return rewrite_zip(
-        src, tmp_path / f"view_{write_after}.pt2", replace={member: json.dumps(doc).encode()}
-    )
+    return _mlp_rewritten(tmp_path / f"view_{write_after}.pt2", nodes, out)
 
 
 def test_a_view_of_a_differently_laid_out_input_becomes_a_reshape(tmp_path):
@@ -322,6 +323,20 @@ def test_a_view_that_must_alias_says_so(tmp_path):
         pt2interp.ExecutionError, match="view cannot become a copy: the graph writes into it"
     ):
         prog(torch.randn(4, 16))
+
+
+def test_an_op_bound_to_another_device_is_one_line_naming_op_and_device(tmp_path):
+    """An op with kernels for some devices only (``cudnn_grid_sampler``: CUDA) on one it lacks:
+    torch's paragraph about custom builds and dispatch keys becomes one line."""
+    x = {"as_tensor": {"name": "x"}}
+    nodes = [_node("torch.ops.aten.cudnn_grid_sampler.default", [("self", x), ("grid", x)], "g")]
+    prog = pt2interp.load(_mlp_rewritten(tmp_path / "cudnn.pt2", nodes, "g"))
+    with pytest.raises(pt2interp.ExecutionError) as caught:
+        prog(torch.randn(4, 16))
+    message = str(caught.value)
+    assert "graph.nodes[0] (g, torch.ops.aten.cudnn_grid_sampler.default) failed: " in message
+    assert "aten::cudnn_grid_sampler has no kernel for cpu" in message
+    assert "\n" not in message and "custom build" not in message
 
 
 # -- autocast regions --------------------------------------------------------------------------
