@@ -139,6 +139,21 @@ def torch_program(path: Path):
         return None, f"torch {torch.__version__} cannot load it: {type(exc).__name__}: {first}"
 
 
+def torch_loads_or_skip(path: Path):
+    """``torch.export.load(path)``; skips (saying why) where the installed torch is older than
+    the one that wrote the fixture zoo and cannot read the archive. With the zoo's torch or a
+    later one, a failure is a failure."""
+    import pytest
+    import torch
+
+    ep, why = torch_program(path)
+    if ep is not None:
+        return ep
+    if release(installed_torch_version()) >= release(case("zoo", "mlp").torch_version):
+        return torch.export.load(path)  # fails again, with torch's own traceback
+    pytest.skip(why)
+
+
 def torch_outputs(c: Case, args=None, kwargs=None) -> tuple[dict | None, str | None]:
     """``(flattened outputs, None)`` of ``ep.module()`` in this process, without gradients as
     pt2interp runs by default, on the fixture's inputs (or those given); ``(None, why)`` where

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixture_cases import all_cases, case
+from fixture_cases import all_cases, case, load_or_skip
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import pt2interp
 from pt2interp.capture_plan import HOST_SYNC_OPS, RANDOM_OPS, RANDOM_WHEN, plan_capture
 from pt2interp.program import read_program
 
@@ -110,7 +109,7 @@ def _what_running_shows(c) -> dict[int, set[str]]:
     (seen between its report and the one before), or an output size that changed between the
     runs while the sizes of the node's inputs (and the host values it reads) did not: the node
     made it depend on the data."""
-    prog = pt2interp.load(c.path)
+    prog = load_or_skip(c)
     graph = prog.program.model.graph
     index_of = {r: i for i, n in enumerate(graph.nodes) for out in n.outputs for r in out.refs()}
     args, kwargs = c.inputs()

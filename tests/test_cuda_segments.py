@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 from conftest import requires_cuda
-from fixture_cases import all_cases, release
+from fixture_cases import all_cases, load_or_skip, release
 from helpers import export_or_skip, save_or_skip
 
 import pt2interp
@@ -66,7 +66,7 @@ _BLOCKED = [c for c in all_cases() if plan_capture(read_program(c.path).model).v
 def test_every_blocked_fixture_runs_in_segments_as_eagerly(c):
     """Each program a graph cannot hold whole, with every run between blockers captured (the
     shortest included), equals its eager runs call after call, on its own inputs and others."""
-    eager = pt2interp.load(c.path)
+    eager = load_or_skip(c)
     prog = _segmented(c.path)
     calls = [c.inputs(), _other_inputs(c), c.inputs()]
     for args, kwargs in calls:
@@ -219,7 +219,7 @@ def test_cond_branches_replay_as_graphs_of_their_own():
     from fixture_cases import case
 
     c = case("zoo", "cond")
-    eager = pt2interp.load(c.path)
+    eager = load_or_skip(c)
     prog = _segmented(c.path)
     (x,), _ = c.inputs()
     calls = [x, -x, x, x, -x]
@@ -237,7 +237,7 @@ def test_a_while_loops_body_replays_every_round():
     from fixture_cases import case
 
     c = case("zoo", "loops")
-    eager = pt2interp.load(c.path)
+    eager = load_or_skip(c)
     prog = _segmented(c.path)
     args, kwargs = c.inputs()
     for _ in range(3):
@@ -289,7 +289,7 @@ def test_any_cut_of_any_fixture_runs_as_eagerly(c):
     functorch levels) is carried right, or the run is refused a graph with a reason."""
     import random
 
-    eager = pt2interp.load(c.path)
+    eager = load_or_skip(c)
     n = len(eager.program.graph.nodes)
     if n < 3:
         pytest.skip("too few nodes to cut")
@@ -326,7 +326,7 @@ def test_segments_on_cuda_equal_eager(gated):
 @requires_cuda
 @pytest.mark.parametrize("c", _BLOCKED, ids=lambda c: c.id)
 def test_every_blocked_fixture_in_segments_on_cuda(c):
-    eager = pt2interp.load(c.path, device="cuda")
+    eager = load_or_skip(c, device="cuda")
     prog = pt2interp.load(c.path, device="cuda", cuda_graphs=True)
     prog.capture_plan = plan_capture(prog.program.model, min_segment_nodes=1)
     prog._start_graphs()
@@ -401,7 +401,7 @@ def test_a_failed_whole_capture_runs_eagerly_with_a_warning():
     from fixture_cases import case
 
     c = case("zoo", "counter")
-    eager = pt2interp.load(c.path)
+    eager = load_or_skip(c)
     prog = pt2interp.load(c.path)
     prog._start_graphs(_FailingRecorder())
     x = torch.randn(2, 4)

@@ -35,14 +35,20 @@ def test_argument_kinds_are_torchs_argument_union():
 
 
 def test_spec_kinds_are_torchs_spec_unions():
-    assert sorted(k.value for k in InputKind) == sorted(_tags(torch_schema.InputSpec))
-    assert sorted(k.value for k in OutputKind) == sorted(_tags(torch_schema.OutputSpec))
+    # every kind this torch writes; from the release the kinds were written from, no more
+    for ours, union in ((InputKind, torch_schema.InputSpec), (OutputKind, torch_schema.OutputSpec)):
+        assert set(_tags(union)) <= {k.value for k in ours}
+        if release(torch.__version__) >= (2, 13):
+            assert sorted(k.value for k in ours) == sorted(_tags(union))
 
 
 @pytest.mark.parametrize("kind", [*InputKind, *OutputKind])
 def test_target_fields_are_torchs(kind):
     union = torch_schema.InputSpec if isinstance(kind, InputKind) else torch_schema.OutputSpec
-    fields = _tags(typing.get_type_hints(union)[kind.value])
+    hints = typing.get_type_hints(union)
+    if kind.value not in hints:
+        pytest.skip(f"torch {torch.__version__} writes no {kind.value} spec")
+    fields = _tags(hints[kind.value])
     named = [f for f in fields if f.endswith("_name")]
     assert named == ([] if kind.target_field is None else [kind.target_field])
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixture_cases import case
+from fixture_cases import case, torch_loads_or_skip
 from helpers import assert_bitwise_equal, export_or_skip, rewrite_zip, save_or_skip
 
 import pt2interp
@@ -119,6 +119,11 @@ def big_endian_archive(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor],
     replace: dict[str, bytes | None] = {}
     with zipfile.ZipFile(little) as z:
         top = z.namelist()[0].split("/", 1)[0]
+        if f"{top}/data/weights/model_weights_config.json" not in z.namelist():
+            pytest.skip(
+                f"torch {torch.__version__} pickles the weights (the layout before torch 2.8): "
+                "there are no raw records to store big-endian"
+            )
         for kind in ("weights", "constants"):
             config = json.loads(z.read(f"{top}/data/{kind}/model_{kind}_config.json"))["config"]
             for name, meta in config.items():
@@ -178,7 +183,7 @@ def test_pickled_layouts_are_one_record_per_payload(folder):
 @pytest.mark.parametrize("name", ["mlp", "mini_gpt", "bf16_mlp", "small_cnn", "counter"])
 def test_raw_records_are_what_torch_loads(name):
     c = case("zoo", name)
-    ep = torch.export.load(c.path)
+    ep = torch_loads_or_skip(c.path)
     want = {**ep.state_dict, **ep.constants}
     stored = read_payloads(open_archive(c.path), "model")
     records = [r for r in stored.state + stored.constants if not isinstance(r, OpaqueRecord)]
