@@ -34,6 +34,10 @@ import torch
 __all__ = ["CudaRecorder", "EagerReplay", "GraphCache", "signature_of"]
 
 DEFAULT_MAX_GRAPHS = 8
+# torch allows one capture underway at a time in a process; each server worker or program
+# may start one (a new input signature), so they queue here. Reentrant: a capture that runs
+# a piece which captures on its own (a subgraph) does not wait for itself.
+_ONE_CAPTURE_AT_A_TIME = threading.RLock()
 _WARMUP_RUNS = 3  # before a capture: lazy initialisations (cuBLAS handles, workspaces) happen here
 
 
@@ -59,7 +63,8 @@ class CudaRecorder:
     was current when it was first used, so a program on ``cuda:1`` would be captured from a
     stream of ``cuda:0``. The capture is ``thread_local``: under torch's default ("global") mode,
     any other thread that allocates CUDA memory while a capture runs (another model's worker, an
-    HTTP handler moving a tensor) fails, and so does the capture.
+    HTTP handler moving a tensor) fails, and so does the capture. Captures in different threads
+    take turns.
     """
 
     def __init__(self, device: torch.device, warmup: int = _WARMUP_RUNS):
@@ -78,8 +83,11 @@ class CudaRecorder:
                     fn(static_inputs)
             current.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(
-                graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"
+            with (
+                _ONE_CAPTURE_AT_A_TIME,
+                torch.cuda.graph(
+                    graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"
+                ),
             ):
                 outputs = fn(static_inputs)
         return graph, outputs

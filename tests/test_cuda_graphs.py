@@ -194,6 +194,52 @@ def test_the_recorder_captures_on_the_programs_device_in_thread_local_mode(monke
     ]
 
 
+def test_captures_in_different_threads_take_turns(monkeypatch):
+    """torch allows one capture underway at a time in a process: two programs (two server
+    workers) meeting a new input signature at once capture one after the other."""
+    import contextlib
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from pt2interp import cuda_graphs
+
+    inside, most = [0], [0]
+
+    @contextlib.contextmanager
+    def capturing(*_, **__):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.05)  # long enough for the other thread to arrive meanwhile
+        try:
+            yield
+        finally:
+            inside[0] -= 1
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    fake = SimpleNamespace(
+        graph_pool_handle=lambda: "pool",
+        Stream=lambda device: stream,
+        current_stream=lambda device: stream,
+        stream=lambda s: contextlib.nullcontext(),
+        device=lambda d: contextlib.nullcontext(),
+        CUDAGraph=lambda: "graph",
+        graph=capturing,
+    )
+    for name, value in vars(fake).items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    recorders = [cuda_graphs.CudaRecorder(torch.device(f"cuda:{i}"), warmup=0) for i in (0, 1)]
+    threads = [
+        threading.Thread(target=r.capture, args=(lambda inputs: list(inputs), [torch.ones(1)]))
+        for r in recorders
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert most == [1] and inside == [0]
+
+
 def test_signatures_tell_shapes_dtypes_strides_and_values_apart():
     x = torch.randn(2, 3)
     same = [signature_of([x, 1]), signature_of([torch.zeros(2, 3), 1])]
