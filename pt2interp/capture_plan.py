@@ -111,6 +111,7 @@ RANDOM_WHEN = {
     "aten._efficient_attention_forward": ("dropout_p", None),
     "aten._flash_attention_forward": ("dropout_p", None),
     "aten._flash_attention_forward_no_dropout_inplace": (None, None),
+    "aten._cudnn_attention_forward_no_dropout_inplace": (None, None),  # torch 2.15
     "aten._scaled_dot_product_cudnn_attention_backward": ("dropout_p", None),
     "aten._scaled_dot_product_efficient_attention_backward": ("dropout_p", None),
     "aten.lstm": ("dropout", "train"),
