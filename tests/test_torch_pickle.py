@@ -117,7 +117,11 @@ def random_tensor(dtype: torch.dtype, shape, seed: int = 0) -> torch.Tensor:
 def torch_bits(t: torch.Tensor) -> np.ndarray:
     if t.numel() == 0:
         return np.empty(0, np.uint8)
-    t = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+    t = t.detach().resolve_conj().resolve_neg()
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(t.element_size())
+    if bits is not None:  # copied as integers: torch 2.8 has no copy kernel for float4
+        t = t.view(bits)
+    t = t.contiguous().reshape(-1)
     if t.stride() != (1,):  # contiguous() leaves one-element tensors' strides alone
         t = t.as_strided((t.numel(),), (1,))
     return t.view(torch.uint8).numpy()
