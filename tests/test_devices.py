@@ -71,13 +71,8 @@ def _needs_values_or_autocast(c) -> str | None:
     ]
     if reads:
         return f"needs tensor values: {reads[0]}"
-    pending = [prog.program.graph]
-    while pending:
-        graph = pending.pop()
-        for node in graph.nodes:
-            if "autocast" in node.target:
-                return "torch.autocast has no meta device"
-            pending += [a.arg.value for a in node.inputs if a.arg.kind.name == "GRAPH"]
+    if any("autocast" in node.target for node in prog.program.graph.iter_nodes()):
+        return "torch.autocast has no meta device"
     return None
 
 
